@@ -1,0 +1,230 @@
+"""Bencode, the serialisation of rtpengine's ng control protocol (and of BitTorrent, BEP 3).
+
+Four kinds of value exist on the wire:
+
+- integer: ``i<decimal>e`` (``i-3e``; no leading zeros, no ``-0``),
+- byte string: ``<length>:<bytes>`` (``4:spam``),
+- list: ``l<values>e``,
+- dictionary: ``d<key><value>...e`` with byte-string keys.
+
+:func:`decode` is strict about syntax: anything that is not exactly one well-formed value raises
+:class:`BencodeError` with the offset and what was wrong, so a control server can answer the peer
+with a precise ``error-reason``. It deliberately accepts dictionary keys in any order, because
+Kamailio's and OpenSIPS's encoders emit keys in insertion order, not in the sorted order BEP 3
+asks for; it rejects duplicate keys, which no encoder produces on purpose and which would make the
+meaning of a request ambiguous. :func:`encode` always writes the canonical form (keys sorted by
+their raw bytes).
+
+Decoded strings are ``bytes`` (the protocol carries SDP bodies that need not be UTF-8); the encoder
+also accepts ``str`` (written as UTF-8) and ``bool`` is refused, since it has no bencode form and
+silently writing ``i1e`` would hide a programming error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias
+
+from icerelay.errors import ControlError
+
+__all__ = [
+    "BencodeError",
+    "BencodeValue",
+    "Encodable",
+    "IncompleteBencode",
+    "decode",
+    "decode_prefix",
+    "encode",
+]
+
+#: A decoded value: the four bencode types, with ``bytes`` for strings and dictionary keys.
+BencodeValue: TypeAlias = "int | bytes | list[BencodeValue] | dict[bytes, BencodeValue]"
+
+#: Values :func:`encode` accepts: like :data:`BencodeValue`, plus ``str`` strings and keys.
+Encodable: TypeAlias = (
+    "int | bytes | str | Sequence[Encodable] | Mapping[str, Encodable] | Mapping[bytes, Encodable]"
+)
+
+# Nesting bound: ng messages nest three levels at most; the bound keeps a hostile "llll..." from
+# exhausting the Python stack, which would otherwise surface as RecursionError, not BencodeError.
+MAX_DEPTH = 64
+# Decimal digits accepted in an integer or a string length. Bounding them before int() keeps a
+# 100 kB digit run cheap and avoids CPython's int-conversion limit raising ValueError instead.
+_MAX_DIGITS = 20
+
+_DIGITS = frozenset(b"0123456789")
+# rtpengine, Kamailio and OpenSIPS decode integers into 64-bit C integers; anything wider would be
+# truncated silently on their side, so neither direction lets it through.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
+
+
+class BencodeError(ControlError):
+    """Bytes that are not exactly one well-formed bencode value, or a value with no encoding."""
+
+
+class IncompleteBencode(BencodeError):
+    """The input ended in the middle of a value; more bytes might complete it."""
+
+
+def encode(value: Encodable) -> bytes:
+    """Encode ``value`` canonically: dictionary keys sorted by their bytes, strings as UTF-8."""
+    out: list[bytes] = []
+    _encode(value, out, 0)
+    return b"".join(out)
+
+
+def _encode(value: object, out: list[bytes], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise BencodeError(f"value nests deeper than {MAX_DEPTH} levels")
+    # bool is an int subclass: test it first so that True does not become i1e unnoticed.
+    if isinstance(value, bool):
+        raise BencodeError("bencode has no boolean type; send 'yes'/'no' or an integer")
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise BencodeError(f"integer {value} does not fit the 64 bits peers decode into")
+        out.append(b"i%de" % value)
+    elif isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        out.append(b"%d:" % len(raw))
+        out.append(raw)
+    elif isinstance(value, str):
+        raw = value.encode("utf-8")
+        out.append(b"%d:" % len(raw))
+        out.append(raw)
+    elif isinstance(value, Mapping):
+        items: dict[bytes, object] = {}
+        for key, item in value.items():
+            if isinstance(key, str):
+                raw_key = key.encode("utf-8")
+            elif isinstance(key, bytes):
+                raw_key = key
+            else:
+                raise BencodeError(f"dictionary key {key!r} is not a string")
+            if raw_key in items:
+                raise BencodeError(f"dictionary key {raw_key!r} appears twice")
+            items[raw_key] = item
+        out.append(b"d")
+        for raw_key in sorted(items):
+            out.append(b"%d:" % len(raw_key))
+            out.append(raw_key)
+            _encode(items[raw_key], out, depth + 1)
+        out.append(b"e")
+    elif isinstance(value, list | tuple):
+        out.append(b"l")
+        for item in value:
+            _encode(item, out, depth + 1)
+        out.append(b"e")
+    else:
+        raise BencodeError(f"cannot bencode a {type(value).__name__}")
+
+
+def decode(data: bytes) -> BencodeValue:
+    """Decode exactly one bencode value; trailing bytes are an error."""
+    value, end = decode_prefix(data)
+    if end != len(data):
+        raise BencodeError(f"{len(data) - end} trailing bytes after the value at offset {end}")
+    return value
+
+
+def decode_prefix(data: bytes, start: int = 0) -> tuple[BencodeValue, int]:
+    """Decode the one value that starts at ``start``; return it and the offset just after it.
+
+    A stream transport uses this to find where a message ends. Input that ends in the middle of a
+    value raises :class:`IncompleteBencode` (a :class:`BencodeError`), so a reader can tell "wait
+    for more bytes" from "this is garbage".
+    """
+    return _Decoder(bytes(data)).value(start, 0)
+
+
+class _Decoder:
+    """Recursive-descent decoder over one immutable buffer (offsets, no slicing until the end)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def value(self, pos: int, depth: int) -> tuple[BencodeValue, int]:
+        data = self.data
+        if pos >= len(data):
+            raise IncompleteBencode(f"input ends at offset {pos} where a value should start")
+        lead = data[pos]
+        if lead == ord("i"):
+            return self.integer(pos)
+        if lead in _DIGITS:
+            return self.string(pos)
+        if depth >= MAX_DEPTH:
+            raise BencodeError(f"value at offset {pos} nests deeper than {MAX_DEPTH} levels")
+        if lead == ord("l"):
+            items: list[BencodeValue] = []
+            pos += 1
+            while True:
+                if pos >= len(data):
+                    raise IncompleteBencode("input ends inside a list")
+                if data[pos] == ord("e"):
+                    return items, pos + 1
+                item, pos = self.value(pos, depth + 1)
+                items.append(item)
+        if lead == ord("d"):
+            entries: dict[bytes, BencodeValue] = {}
+            pos += 1
+            while True:
+                if pos >= len(data):
+                    raise IncompleteBencode("input ends inside a dictionary")
+                if data[pos] == ord("e"):
+                    return entries, pos + 1
+                if data[pos] not in _DIGITS:
+                    raise BencodeError(
+                        f"dictionary key at offset {pos} is not a string "
+                        f"(starts with {chr(data[pos])!r})"
+                    )
+                key, pos = self.string(pos)
+                if key in entries:
+                    raise BencodeError(f"dictionary key {key[:40]!r} appears twice")
+                entries[key], pos = self.value(pos, depth + 1)
+        raise BencodeError(f"unexpected byte {chr(lead)!r} at offset {pos}")
+
+    def integer(self, pos: int) -> tuple[int, int]:
+        data = self.data
+        end = data.find(b"e", pos + 1, pos + 2 + _MAX_DIGITS + 1)
+        if end < 0:
+            if len(data) - pos < _MAX_DIGITS + 3 and _all_digits(data[pos + 1 :], signed=True):
+                raise IncompleteBencode(f"input ends inside the integer at offset {pos}")
+            raise BencodeError(f"integer at offset {pos} has no 'e' within {_MAX_DIGITS} digits")
+        text = data[pos + 1 : end]
+        body = text[1:] if text.startswith(b"-") else text
+        if not body or not _all_digits(body, signed=False):
+            raise BencodeError(f"integer at offset {pos} is not decimal: {text[:24]!r}")
+        if body.startswith(b"0") and (len(body) > 1 or text.startswith(b"-")):
+            raise BencodeError(f"integer at offset {pos} is not canonical: {text!r}")
+        number = int(text)
+        if not _INT_MIN <= number <= _INT_MAX:
+            raise BencodeError(f"integer at offset {pos} does not fit in 64 bits")
+        return number, end + 1
+
+    def string(self, pos: int) -> tuple[bytes, int]:
+        data = self.data
+        colon = data.find(b":", pos, pos + _MAX_DIGITS + 1)
+        if colon < 0:
+            if len(data) - pos <= _MAX_DIGITS and _all_digits(data[pos:], signed=False):
+                raise IncompleteBencode(f"input ends inside the string length at offset {pos}")
+            raise BencodeError(f"string length at offset {pos} is not followed by ':'")
+        digits = data[pos:colon]
+        if not _all_digits(digits, signed=False) or not digits:
+            raise BencodeError(f"string length at offset {pos} is not decimal: {digits[:24]!r}")
+        if digits.startswith(b"0") and len(digits) > 1:
+            raise BencodeError(f"string length at offset {pos} has a leading zero")
+        length = int(digits)
+        start = colon + 1
+        if start + length > len(data):
+            raise IncompleteBencode(
+                f"string at offset {pos} claims {length} bytes, {len(data) - start} remain"
+            )
+        return data[start : start + length], start + length
+
+
+def _all_digits(text: bytes, *, signed: bool) -> bool:
+    if signed and text.startswith(b"-"):
+        text = text[1:]
+    return all(c in _DIGITS for c in text)
