@@ -1,0 +1,173 @@
+"""The physical lines of an SDP body, kept exactly as they came (RFC 8866 §5).
+
+An SDP body is a sequence of ``<type>=<value>`` lines. To rewrite an SDP without disturbing anything
+we did not mean to change (a relay must hand a phone back its own bytes), each :class:`Line` keeps
+its raw text and its own line ending; only a line built or changed through the API is rendered from
+its type and value.
+
+Leniency, decided once here for the whole package:
+
+* lines end with CRLF or LF, freely mixed (RFC 8866 §5 allows LF on input); a CR anywhere else is
+  rejected because its meaning (line break or data?) is ambiguous;
+* the last line may lack a line ending;
+* trailing spaces and tabs are kept in the raw text but are not part of the value;
+* blank (empty or whitespace-only) lines are kept and otherwise ignored (SIP stacks often append
+  one);
+* a line must start with a single ASCII letter followed by ``=``; leading spaces or a missing ``=``
+  are rejected (we could not tell which field was meant). Unknown letters are kept and ignored.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from icerelay.errors import SdpError
+
+CRLF = "\r\n"
+LF = "\n"
+
+# Characters a value must never contain: they would split or end the line (SDP injection).
+_FORBIDDEN_IN_VALUE = ("\r", "\n", "\0")
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One SDP line.
+
+    ``type`` is the type letter (``"v"``, ``"o"``, ``"a"`` ...) or ``""`` for a blank line;
+    ``value`` is the text after ``=`` without trailing spaces or tabs. ``raw`` is the original text
+    (without the line ending) of a line that was parsed and not changed, or ``None`` for a line the
+    caller built or changed: then :attr:`text` renders it as ``type=value``. ``eol`` is the line's
+    own ending (``"\\r\\n"``, ``"\\n"`` or ``""`` for a last line without one) or ``None`` for
+    "the document's". ``number`` is the 1-based line number in the parsed text (0 for a new
+    line) and takes no part in equality.
+    """
+
+    type: str
+    value: str
+    raw: str | None = None
+    eol: str | None = None
+    number: int = field(default=0, compare=False)
+
+    @classmethod
+    def make(cls, type: str, value: str) -> Line:
+        """Build a new line (rendered as ``type=value`` in the document's line ending)."""
+        if len(type) != 1 or not (type.isascii() and type.isalpha()):
+            raise SdpError(f"line type must be one ASCII letter, got {type!r}")
+        _check_value(value)
+        return cls(type, value)
+
+    @property
+    def text(self) -> str:
+        """The line's text without its ending: the raw text if unchanged, else ``type=value``."""
+        if self.raw is not None:
+            return self.raw
+        return f"{self.type}={self.value}" if self.type else ""
+
+    @property
+    def is_blank(self) -> bool:
+        """True for an empty or whitespace-only line."""
+        return self.type == ""
+
+    @property
+    def attribute_name(self) -> str | None:
+        """For an ``a=`` line, the attribute name (the text before the first ``:``); else None."""
+        if self.type != "a":
+            return None
+        return self.value.partition(":")[0]
+
+    @property
+    def attribute_value(self) -> str | None:
+        """For an ``a=name:value`` line, ``value``; None for a flag (``a=name``) or another type."""
+        if self.type != "a":
+            return None
+        _, colon, value = self.value.partition(":")
+        return value if colon else None
+
+    def with_value(self, value: str) -> Line:
+        """This line with a new value: it will be re-rendered, keeping its place and line ending."""
+        _check_value(value)
+        return replace(self, value=value, raw=None)
+
+    @property
+    def where(self) -> str:
+        """``"line N"`` for error messages (``"new line"`` for one built through the API)."""
+        return f"line {self.number}" if self.number else "new line"
+
+
+def attribute_line(name: str, value: str | None = None) -> Line:
+    """Build a new ``a=name`` or ``a=name:value`` line."""
+    if not name or ":" in name or any(c in name for c in " \t"):
+        raise SdpError(f"attribute name {name!r} is empty or contains ':' or a blank")
+    return Line.make("a", name if value is None else f"{name}:{value}")
+
+
+def _check_value(value: str) -> None:
+    if any(c in value for c in _FORBIDDEN_IN_VALUE):
+        raise SdpError(f"a line value must not contain CR, LF or NUL: {value!r}")
+
+
+def split_lines(text: str) -> list[Line]:
+    """Cut ``text`` into :class:`Line` objects; SdpError (with the line number) on a bad line."""
+    if not text:
+        raise SdpError("empty SDP")
+    lines: list[Line] = []
+    position = 0
+    end = len(text)
+    number = 0
+    while position < end:
+        number += 1
+        newline = text.find("\n", position)
+        if newline < 0:
+            content, eol, position = text[position:], "", end
+        else:
+            content, eol, position = text[position:newline], LF, newline + 1
+            if content.endswith("\r"):
+                content, eol = content[:-1], CRLF
+        lines.append(_parse_line(content, eol, number))
+    return lines
+
+
+def _parse_line(content: str, eol: str, number: int) -> Line:
+    if "\r" in content:
+        raise SdpError(f"line {number}: carriage return not followed by line feed")
+    value = content.rstrip(" \t")
+    if not value:
+        return Line("", "", content, eol, number)
+    if len(value) < 2 or value[1] != "=":
+        raise SdpError(f"line {number}: expected '<letter>=<value>', got {_excerpt(content)}")
+    type = value[0]
+    if not (type.isascii() and type.isalpha()):
+        raise SdpError(f"line {number}: line type must be an ASCII letter, got {type!r}")
+    return Line(type, value[2:], content, eol, number)
+
+
+def _excerpt(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def dominant_line_ending(lines: Iterable[Line]) -> str:
+    """The line ending most lines use (CRLF on a tie or when none has one): used for new lines."""
+    counts = Counter(line.eol for line in lines if line.eol)
+    if counts[LF] > counts[CRLF]:
+        return LF
+    return CRLF
+
+
+def render(lines: list[Line], default_eol: str) -> str:
+    """Join lines back into text: raw lines byte for byte, changed lines in ``default_eol``.
+
+    A line that had no ending (it was last) gets ``default_eol`` once lines follow it, so that an
+    appended line can never be glued onto it.
+    """
+    parts: list[str] = []
+    last = len(lines) - 1
+    for index, line in enumerate(lines):
+        eol = line.eol
+        if eol is None or (eol == "" and index != last):
+            eol = default_eol
+        parts.append(line.text)
+        parts.append(eol)
+    return "".join(parts)
