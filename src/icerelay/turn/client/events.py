@@ -1,0 +1,155 @@
+"""What the TURN allocation engine tells its driver: outgoing datagrams, events and counters.
+
+Events are small frozen dataclasses, returned one at a time by
+:meth:`icerelay.turn.client.allocation.Allocation.next_event`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from icerelay.stun import Address
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """Bytes to put on the wire towards *destination* (always the TURN server).
+
+    On stream transports (TCP, TLS) *data* is a piece of the byte stream: write it to the
+    connection to *destination*; the framing is already in the bytes.
+    """
+
+    data: bytes
+    destination: Address
+
+
+class Event:
+    """Base class of everything :meth:`Allocation.next_event` returns."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationSucceeded(Event):
+    """The server made the allocation.
+
+    *relayed_address* is the transport address peers send to (the relayed candidate);
+    *mapped_address* is how the server saw us (a server-reflexive candidate, for free);
+    *lifetime* is what the server granted, in seconds.
+    """
+
+    relayed_address: Address
+    mapped_address: Address | None
+    lifetime: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationFailed(Event):
+    """The allocation could not be made (or a stream connection broke before it was).
+
+    *code* is the STUN error code when the server sent one (401 after credentials: wrong
+    password; 486: quota; 508: no capacity ...), else None (timeout, protocol violation).
+    """
+
+    reason: str
+    code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlternateServer(Event):
+    """The server answered 300 (Try Alternate, RFC 8489 §10): the engine now talks to *server*.
+
+    Over UDP nothing else is needed: the next datagrams simply go to *server*. Over TCP/TLS the
+    driver must open a new connection to *server* before it sends the next datagrams.
+    The engine follows at most one redirection, so a loop of 300s cannot hold it forever.
+    """
+
+    server: Address
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRefreshed(Event):
+    """A Refresh succeeded; the allocation now lives *lifetime* more seconds."""
+
+    lifetime: int
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionCreated(Event):
+    """The server now relays traffic from/to the peer IP address *peer* (RFC 8656 §9)."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionFailed(Event):
+    """CreatePermission for *peer* failed (403 forbidden peer, timeout, ...); its queued data
+    was dropped."""
+
+    peer: str
+    reason: str
+    code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelBound(Event):
+    """*channel* (0x4000-0x4FFF) now stands for *peer*; data goes as ChannelData (RFC 8656 §12)."""
+
+    peer: Address
+    channel: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelBindFailed(Event):
+    """ChannelBind for *peer* failed; data keeps flowing in Send/Data indications."""
+
+    peer: Address
+    reason: str
+    code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived(Event):
+    """*peer* sent *data* to our relayed address (in a Data indication or ChannelData)."""
+
+    peer: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationExpired(Event):
+    """The allocation ended without us closing it: a Refresh failed (437, timeout) or its
+    lifetime passed. Nothing more can be sent."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationClosed(Event):
+    """:meth:`Allocation.close` finished: the server confirmed (or we stopped waiting for) the
+    Refresh with LIFETIME 0. This is always the last event."""
+
+
+@dataclass(slots=True)
+class AllocationCounters:
+    """Plain counters, read by drivers, tests and benchmarks. Never reset by the engine."""
+
+    #: Requests put on the wire the first time and again (retransmissions, UDP only).
+    requests_sent: int = 0
+    retransmissions: int = 0
+    send_indications_sent: int = 0
+    channel_data_sent: int = 0
+    data_indications_received: int = 0
+    channel_data_received: int = 0
+    #: Bytes of application data both ways, before TURN framing.
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    #: Input that could not be parsed (bad STUN, bad ChannelData, broken stream framing).
+    malformed: int = 0
+    #: Well-formed but ignored: responses with no matching transaction, datagrams from elsewhere,
+    #: Data indications for peers without a permission, ChannelData on unknown channels.
+    ignored: int = 0
+    #: Responses whose MESSAGE-INTEGRITY did not verify (dropped, as RFC 8489 §9.2.5 says).
+    integrity_failures: int = 0
+    #: Application data dropped because a queue was full or its permission failed.
+    dropped: int = 0
