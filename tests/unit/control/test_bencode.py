@@ -103,7 +103,7 @@ def test_encoder_refuses_what_bencode_cannot_express() -> None:
     with pytest.raises(BencodeError, match="cannot bencode"):
         encode(1.5)  # type: ignore[arg-type]
     with pytest.raises(BencodeError, match="appears twice"):
-        encode({"a": 1, b"a": 2})  # type: ignore[dict-item]
+        encode({"a": 1, b"a": 2})  # type: ignore[arg-type]
     with pytest.raises(BencodeError, match="64 bits"):
         encode(2**63)
 
@@ -111,7 +111,8 @@ def test_encoder_refuses_what_bencode_cannot_express() -> None:
 values: st.SearchStrategy[BencodeValue] = st.recursive(
     st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=40),
     lambda children: (
-        st.lists(children, max_size=6) | st.dictionaries(st.binary(max_size=10), children, max_size=6)
+        st.lists(children, max_size=6)
+        | st.dictionaries(st.binary(max_size=10), children, max_size=6)
     ),
     max_leaves=30,
 )
