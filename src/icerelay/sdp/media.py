@@ -41,7 +41,7 @@ class MediaDescription(Section):
     media-level ``c=``, direction or ICE attribute overrides the session-level one.
     """
 
-    _BEFORE_CONNECTION = "mi"
+    _BEFORE_CONNECTION = frozenset("mi")
 
     def __init__(self, lines: list[Line]) -> None:
         if not lines or lines[0].type != "m":
@@ -240,7 +240,7 @@ class MediaDescription(Section):
         line = self.lines[0]
         _at(line, MediaLine.parse, line.value)
         for other in self.lines[1:]:
-            if other.type in "vo":
+            if other.type in ("v", "o"):
                 raise SdpError(f"{other.where}: {other.type}= line inside a media description")
         self._validate("media")
 

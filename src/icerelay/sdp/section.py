@@ -66,7 +66,7 @@ class Section:
     """The lines of one level of an SDP (session level or one media description)."""
 
     # Line types that RFC 8866 puts before c= at this level; a new c= line goes after them.
-    _BEFORE_CONNECTION: ClassVar[str] = ""
+    _BEFORE_CONNECTION: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, lines: list[Line]) -> None:
         self.lines = lines
@@ -268,7 +268,7 @@ class Section:
         seen: dict[str, Line] = {}
         direction: Line | None = None
         for line in self.lines:
-            if line.type in "oc":
+            if line.type in ("o", "c"):
                 if line.type in seen:
                     raise SdpError(f"{line.where}: second {line.type}= line at {level} level "
                                    f"(first at {seen[line.type].where})")

@@ -22,7 +22,7 @@ class SessionDescription(Section):
     Two descriptions are equal when they serialize to the same text.
     """
 
-    _BEFORE_CONNECTION = "vosiuep"
+    _BEFORE_CONNECTION = frozenset("vosiuep")
 
     def __init__(self, lines: list[Line], media: list[MediaDescription] | None = None,
                  line_ending: str = "\r\n", from_bytes: bool = False) -> None:
