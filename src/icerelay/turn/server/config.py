@@ -1,0 +1,188 @@
+"""``TurnServerConfig``: everything the TURN server needs, as one validated, frozen model.
+
+It is the ``[turn]`` section of icerelay's configuration file and can be built directly in
+code and tests. It deliberately does not import :mod:`icerelay.config` (which imports this
+module to add the section).
+
+Example (TOML)::
+
+    [turn]
+    enabled = true
+    listen = ["0.0.0.0:3478"]
+    realm = "example.org"
+    relay_ipv4 = "198.51.100.7"
+    relay_port_min = 20000
+    relay_port_max = 29999
+    auth_secrets = ["north"]            # coturn's static-auth-secret (TURN REST API)
+    users = { alice = "wonderland" }     # static long-term credentials
+    allow_peers = []                     # networks opened despite the default deny list
+    [turn.quotas]
+    allocations_per_user = 100
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from icerelay.turn.server.policy import parse_networks
+from icerelay.turn.server.quotas import TurnQuotas
+
+TURN_PORT = 3478
+TURNS_PORT = 5349
+
+
+def parse_listen(value: object, default_port: int = TURN_PORT) -> tuple[str, int]:
+    """``"ip:port"``, ``"[v6]:port"``, ``"ip"`` or a (host, port) pair → (compressed ip, port)."""
+    if isinstance(value, tuple | list) and len(value) == 2:
+        host, port = str(value[0]), int(value[1])
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else default_port
+        elif text.count(":") == 1:
+            host, port_text = text.split(":")
+            port = int(port_text)
+        else:
+            host, port = text, default_port
+    else:
+        raise ValueError(f"expected 'ip:port', got {value!r}")
+    if not 0 <= port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return ipaddress.ip_address(host).compressed, port
+
+
+_TRANSPORTS: tuple[Literal["udp", "tcp"], ...] = ("udp", "tcp")
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _listen_list(value: object) -> object:
+    value = _comma_list(value)
+    if isinstance(value, list):
+        return [parse_listen(item) for item in value]
+    return value
+
+
+def _tls_listen_list(value: object) -> object:
+    value = _comma_list(value)
+    if isinstance(value, list):
+        return [parse_listen(item, TURNS_PORT) for item in value]
+    return value
+
+
+def _ip_or_none(value: object) -> object:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return ipaddress.ip_address(value.strip()).compressed
+    return value
+
+
+ListenList = Annotated[list[tuple[str, int]], BeforeValidator(_listen_list)]
+TlsListenList = Annotated[list[tuple[str, int]], BeforeValidator(_tls_listen_list)]
+NetworkList = Annotated[list[str], BeforeValidator(_comma_list)]
+OptionalIp = Annotated[str | None, BeforeValidator(_ip_or_none)]
+
+
+class TurnServerConfig(BaseModel):
+    """``[turn]``: the TURN server (RFC 8656). Frozen; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    """Run the TURN server under ``icerelay serve``."""
+    listen: ListenList = Field(default_factory=lambda: [("127.0.0.1", TURN_PORT)])
+    """Addresses the server listens on (UDP and/or TCP, see ``transports``)."""
+    transports: Annotated[list[Literal["udp", "tcp"]], BeforeValidator(_comma_list)] = Field(
+        default_factory=lambda: list(_TRANSPORTS), min_length=1
+    )
+    tls_listen: TlsListenList = Field(default_factory=list)
+    """TLS listening addresses; when empty and a certificate is configured, port 5349 on each
+    ``listen`` host."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    realm: str = Field(default="icerelay", min_length=1, max_length=127)
+    users: dict[str, str] = Field(default_factory=dict)
+    """Static long-term credentials: user name → password."""
+    auth_secrets: NetworkList = Field(default_factory=list)
+    """TURN REST API shared secrets (coturn ``use-auth-secret``/``static-auth-secret``); several
+    may be listed so that a secret can be rotated without downtime."""
+    relay_ipv4: OptionalIp = None
+    """IPv4 address relayed addresses are bound to; defaults to the first concrete IPv4 listen
+    address."""
+    relay_ipv6: OptionalIp = None
+    """IPv6 address for IPv6 relays (REQUESTED-ADDRESS-FAMILY / ADDITIONAL-ADDRESS-FAMILY);
+    defaults to the first concrete IPv6 listen address; without one, IPv6 relays get 440."""
+    relay_port_min: int = Field(default=61000, ge=1, le=65535)
+    relay_port_max: int = Field(default=65535, ge=1, le=65535)
+    """Relay ports; the range must not overlap the OS ephemeral range (checked at start)."""
+    force_relay_port_range: bool = False
+    """Start even when the relay range overlaps the OS ephemeral range."""
+    allow_peers: NetworkList = Field(default_factory=list)
+    """Networks opened despite the default deny list (e.g. ``127.0.0.0/8`` in tests)."""
+    deny_peers: NetworkList = Field(default_factory=list)
+    """More networks to deny; wins over ``allow_peers``."""
+    quotas: TurnQuotas = Field(default_factory=TurnQuotas)
+    default_lifetime: int = Field(default=600, ge=60)
+    max_lifetime: int = Field(default=3600, ge=60)
+    nonce_lifetime: int = Field(default=600, ge=10)
+    """Seconds a NONCE stays valid before requests get 438 Stale Nonce."""
+    unauthenticated_rate: float = Field(default=50.0, ge=0)
+    """Answers per second to unauthenticated requests, per source IP (0: unlimited)."""
+    unauthenticated_burst: float = Field(default=200.0, ge=1)
+    software: str | None = Field(default=None, max_length=127)
+    """SOFTWARE attribute value; omitted unless set."""
+    sha256: bool = True
+    """Offer SHA-256 keys and USERHASH (RFC 8489 PASSWORD-ALGORITHMS) in the nonce cookie."""
+    tcp_idle_timeout: float = Field(default=300.0, gt=0)
+    """Seconds a TCP/TLS connection without an allocation may stay open."""
+    max_tcp_connections: int = Field(default=4096, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TurnServerConfig:
+        if self.relay_port_min > self.relay_port_max:
+            raise ValueError("relay_port_min is above relay_port_max")
+        if self.max_lifetime < self.default_lifetime:
+            raise ValueError("max_lifetime is below default_lifetime")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_listen and self.tls_cert is None:
+            raise ValueError("tls_listen needs tls_cert and tls_key")
+        parse_networks(self.allow_peers)
+        parse_networks(self.deny_peers)
+        for host in (self.relay_ipv4, self.relay_ipv6):
+            if host is not None and ipaddress.ip_address(host).is_unspecified:
+                raise ValueError("a relay address must be concrete, not a wildcard")
+        if self.relay_ipv4 is not None and ":" in self.relay_ipv4:
+            raise ValueError("relay_ipv4 is not an IPv4 address")
+        if self.relay_ipv6 is not None and ":" not in self.relay_ipv6:
+            raise ValueError("relay_ipv6 is not an IPv6 address")
+        return self
+
+    def relay_host(self, family: int) -> str | None:
+        """The relay IP for *family* (4 or 6), falling back to a concrete listen address."""
+        explicit = self.relay_ipv4 if family == 4 else self.relay_ipv6
+        if explicit is not None:
+            return explicit
+        for host, _port in self.listen:
+            address = ipaddress.ip_address(host)
+            if address.version == family and not address.is_unspecified:
+                return host
+        return None
+
+    def tls_endpoints(self) -> list[tuple[str, int]]:
+        """TLS listening addresses in effect (empty without a certificate)."""
+        if self.tls_cert is None:
+            return []
+        if self.tls_listen:
+            return list(self.tls_listen)
+        return sorted({(host, TURNS_PORT) for host, _port in self.listen})
