@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit deps clean bench
+.PHONY: run test lint typecheck unit deps clean bench bench-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ unit: $(STAMP)
 
 test: $(STAMP) deps lint
 	$(BIN)/pytest -q
+
+# TURN benchmark, icerelay vs coturn (needs gcc and coturn; not part of `make test`).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.turn
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.turn --smoke
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,378 @@
+"""The measurements: relayed streams (stepped load), allocation rate, memory per allocation."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.turn import servers
+from benchmarks.turn.allocate import CHANNEL, allocate_many
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+PPS_PER_STREAM = 50.0  # one RTP stream at 20 ms packetisation
+PAYLOAD = 172  # 12-byte RTP header + 160 bytes of G.711 (20 ms at 8 kHz)
+LOSS_LIMIT_PCT = 0.1
+
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How hard and how long to push; ``smoke`` only checks the harness works end to end."""
+
+    seconds: float
+    steps: tuple[int, ...]
+    alloc_count: int
+    alloc_window: int
+    max_streams: int
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(
+            seconds=10.0,
+            # Fine steps at first: on a 2-core machine shared with the generator the limit
+            # may be a few hundred streams.
+            steps=(
+                100,
+                200,
+                300,
+                400,
+                500,
+                600,
+                800,
+                1000,
+                1250,
+                1500,
+                2000,
+                2500,
+                3000,
+                4000,
+                5000,
+                6000,
+                7000,
+            ),
+            alloc_count=4000,
+            alloc_window=32,
+            max_streams=7000,
+        )
+
+    @classmethod
+    def smoke(cls) -> Plan:
+        return cls(seconds=2.0, steps=(20, 100), alloc_count=200, alloc_window=16, max_streams=100)
+
+
+def build_turnload(outdir: Path) -> Path:
+    """Compile the C load generator (it is small; always rebuild so edits are never stale)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    binary = outdir / "turnload"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-o", str(binary), str(TOOLS / "turnload.c")], check=True
+    )
+    return binary
+
+
+def raise_fd_limit() -> int:
+    """Each stream holds one client socket in this process and in the generator."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def udp_drops() -> dict[int, int]:
+    """Per local UDP port, the kernel's receive-buffer drop counter (summed over sockets).
+
+    Drops on the generator's own sockets are the generator's fault, drops on the server's
+    relay and listening sockets are the server's: /proc/net/udp tells them apart.
+    """
+    drops: dict[int, int] = {}
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        port = int(fields[1].split(":")[1], 16)
+        drops[port] = drops.get(port, 0) + int(fields[-1])
+    return drops
+
+
+def _peer_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # The peer socket carries the whole client->peer direction: give it a deep queue so a
+    # scheduling hiccup of the generator does not show up as the server's loss.
+    for option, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # *BUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, 32 << 20)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, option, 8 << 20)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def run_streams(
+    server: servers.Server, streams: int, plan: Plan, turnload: Path, workdir: Path
+) -> Result:
+    """One load step on a freshly started server: ``streams`` allocations, both directions."""
+    settings = server.settings
+    server.start()
+    peer = _peer_socket()
+    result: Result = {"streams": streams}
+    run = None
+    try:
+        peer_address = peer.getsockname()
+        run = allocate_many(
+            (settings.host, settings.port),
+            streams,
+            servers.USERNAME,
+            servers.PASSWORD,
+            window=plan.alloc_window,
+            peer=(peer_address[0], peer_address[1]),
+        )
+        ok = run.succeeded
+        result["allocated"] = len(ok)
+        result["allocation_failures"] = run.failures
+        if len(ok) < streams:
+            result["error"] = f"only {len(ok)} of {streams} allocations: {run.failures}"
+            return result
+        spec = workdir / f"{server.name}-{streams}.spec"
+        lines = [str(peer.fileno())]
+        lines += [f"{c.sock.fileno()} {CHANNEL} {c.relayed_port}" for c in ok]
+        spec.write_text("\n".join(lines) + "\n")
+        result["server_rss_kib"] = servers.rss_kib(server.pid)
+        generator_ports = {c.sock.getsockname()[1] for c in ok} | {peer_address[1]}
+        drops0 = udp_drops()
+        cpu0, t0 = servers.cpu_seconds(server.pid), time.monotonic()
+        proc = subprocess.run(
+            [
+                str(turnload),
+                str(spec),
+                settings.host,
+                str(PPS_PER_STREAM),
+                str(plan.seconds),
+                str(PAYLOAD),
+                "both",
+                "0.5",
+            ],
+            capture_output=True,
+            text=True,
+            pass_fds=[peer.fileno()] + [c.sock.fileno() for c in ok],
+            check=False,
+        )
+        wall = time.monotonic() - t0
+        server_cpu = servers.cpu_seconds(server.pid) - cpu0
+        drops1 = udp_drops()
+        if proc.returncode != 0:
+            result["error"] = f"turnload failed: {proc.stderr.strip()}"
+            return result
+        load = json.loads(proc.stdout)
+        result.update(load)
+        gen_drops = server_drops = 0
+        for port, count in drops1.items():
+            delta = count - drops0.get(port, 0)
+            if port in generator_ports:
+                gen_drops += delta
+            else:
+                server_drops += delta
+        result["generator_socket_drops"] = gen_drops
+        result["other_socket_drops"] = server_drops
+        result["server_cpu_pct"] = round(100.0 * server_cpu / wall, 1)
+        result["server_threads"] = servers.threads(server.pid)
+        _summarise_step(result, plan)
+        return result
+    finally:
+        peer.close()
+        if run is not None:
+            for c in run.clients:
+                c.sock.close()
+        server.stop()
+
+
+def _summarise_step(result: Result, plan: Plan) -> None:
+    directions = result["directions"]
+    sent = sum(d["sent"] for d in directions.values())
+    received = sum(d["received"] for d in directions.values())
+    expected = 2 * result["streams"] * PPS_PER_STREAM * plan.seconds
+    result["relayed_pps"] = round(received / plan.seconds)
+    result["offered_pps"] = round(expected / plan.seconds)
+    result["loss_pct"] = round(100.0 * (sent - received) / sent, 4) if sent else 100.0
+    result["p99_us"] = max(d["latency_us"]["p99"] for d in directions.values())
+    result["p50_us"] = max(d["latency_us"]["p50"] for d in directions.values())
+    # The generator is the limit (not the server) when it could not keep its own schedule,
+    # when its receiver was busy all the time, or when its own sockets dropped packets.
+    reasons = []
+    if sent < 0.995 * expected:
+        reasons.append(f"sender fell behind ({sent} of {int(expected)} sent)")
+    if result["receiver_cpu_s"] > 0.9 * (plan.seconds + 0.7):
+        reasons.append(f"receiver CPU-bound ({result['receiver_cpu_s']:.1f} s)")
+    if result["generator_socket_drops"] > 0.5 * max(sent - received, 0) > 0:
+        reasons.append(f"generator sockets dropped {result['generator_socket_drops']}")
+    result["generator_saturated"] = reasons
+
+
+def step_streams(
+    server_classes: list[type[servers.Server]],
+    settings: servers.Settings,
+    plan: Plan,
+    turnload: Path,
+    workdir: Path,
+    log: Any,
+) -> dict[str, Result]:
+    """Raise the stream count until loss exceeds the limit or the generator saturates.
+
+    The servers take turns at each step (A at n, B at n, A at the next n, ...) so that both
+    meet the same background load on a shared machine, rather than one getting a quiet
+    minute and the other a busy one.
+    """
+    state: dict[str, Result] = {
+        cls.name: {"steps": [], "stop_reason": "reached the plan's largest step"}
+        for cls in server_classes
+    }
+    active = list(server_classes)
+    for streams in plan.steps:
+        if streams > plan.max_streams or not active:
+            break
+        for server_class in list(active):
+            entry = state[server_class.name]
+            server = server_class(settings, workdir / server_class.name)
+            for attempt in (1, 2):
+                cpu0 = _machine_cpu()
+                try:
+                    step = run_streams(server, streams, plan, turnload, workdir)
+                except (RuntimeError, OSError) as exc:
+                    step = {"streams": streams, "error": str(exc)}
+                step["machine_busy_pct"], step["steal_pct"] = _cpu_pcts(cpu0, _machine_cpu())
+                step["attempt"] = attempt
+                entry["steps"].append(step)
+                log(f"  {server_class.name} {streams} streams: {_step_line(step)}")
+                # One retry of a lossy step: on a shared 2-core VM a single burst of steal
+                # or of another process can cost 0.1% of a 10 s run; a server's real limit
+                # fails twice. Both attempts stay in the report.
+                if "error" in step or step["loss_pct"] <= LOSS_LIMIT_PCT or attempt == 2:
+                    break
+            stop = None
+            if "error" in step:
+                stop = f"error at {streams} streams: {step['error']}"
+            elif step["loss_pct"] > LOSS_LIMIT_PCT:
+                stop = f"loss {step['loss_pct']:.3f}% > {LOSS_LIMIT_PCT}% at {streams} streams"
+            elif step["generator_saturated"]:
+                stop = f"generator saturated at {streams} streams: " + "; ".join(
+                    step["generator_saturated"]
+                )
+            if stop:
+                entry["stop_reason"] = stop
+                active.remove(server_class)
+    for entry in state.values():
+        good = [
+            s
+            for s in entry["steps"]
+            if "error" not in s and s["loss_pct"] <= LOSS_LIMIT_PCT and not s["generator_saturated"]
+        ]
+        best = max(good, key=lambda s: s["relayed_pps"]) if good else None
+        entry["sustained_streams"] = best["streams"] if best else 0
+        entry["sustained_relayed_pps"] = best["relayed_pps"] if best else 0
+        entry["p99_us_at_sustained"] = best["p99_us"] if best else None
+    return state
+
+
+def _machine_cpu() -> tuple[int, int, int]:
+    """(busy, steal, total) jiffies over all CPUs, to show how loaded the machine was.
+
+    Steal is time the hypervisor gave to other guests: on a shared VM it, not the server,
+    can be what a latency tail measures.
+    """
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    idle, steal = fields[3] + fields[4], fields[7]
+    return sum(fields) - idle - steal, steal, sum(fields)
+
+
+def _cpu_pcts(before: tuple[int, int, int], after: tuple[int, int, int]) -> tuple[float, float]:
+    total = after[2] - before[2]
+    if not total:
+        return 0.0, 0.0
+    return (
+        round(100.0 * (after[0] - before[0]) / total, 1),
+        round(100.0 * (after[1] - before[1]) / total, 1),
+    )
+
+
+def _step_line(step: Result) -> str:
+    if "error" in step:
+        return f"ERROR {step['error']}"
+    sat = " GENERATOR-SATURATED" if step["generator_saturated"] else ""
+    return (
+        f"relayed {step['relayed_pps']} pps of {step['offered_pps']}, loss {step['loss_pct']}%, "
+        f"p50 {step['p50_us']:.0f} us p99 {step['p99_us']:.0f} us, "
+        f"server CPU {step['server_cpu_pct']}%, machine busy {step['machine_busy_pct']}%, "
+        f"steal {step['steal_pct']}%{sat}"
+    )
+
+
+def allocation_rate(
+    server_class: type[servers.Server], settings: servers.Settings, plan: Plan, workdir: Path
+) -> Result:
+    """Allocate+401+Allocate round trips from many clients, and RSS growth per allocation."""
+    server = server_class(settings, workdir / server_class.name)
+    server.start()
+    run = None
+    try:
+        # A few allocations first, so one-off lazy set-up is not charged to the measured ones.
+        warm = allocate_many(
+            (settings.host, settings.port), 20, servers.USERNAME, servers.PASSWORD, window=4
+        )
+        time.sleep(0.3)
+        rss0 = servers.rss_kib(server.pid)
+        cpu0 = servers.cpu_seconds(server.pid)
+        run = allocate_many(
+            (settings.host, settings.port),
+            plan.alloc_count,
+            servers.USERNAME,
+            servers.PASSWORD,
+            window=plan.alloc_window,
+        )
+        server_cpu = servers.cpu_seconds(server.pid) - cpu0
+        time.sleep(0.3)
+        rss1 = servers.rss_kib(server.pid)
+        done = len(run.succeeded)
+        for c in warm.clients:
+            c.sock.close()
+        return {
+            "clients": plan.alloc_count,
+            "window": plan.alloc_window,
+            "succeeded": done,
+            "failures": run.failures,
+            "elapsed_s": round(run.elapsed_s, 3),
+            "allocations_per_s": round(done / run.elapsed_s, 1) if run.elapsed_s else 0,
+            "server_cpu_pct": round(100.0 * server_cpu / run.elapsed_s, 1),
+            "generator_cpu_pct": round(100.0 * run.generator_cpu_s / run.elapsed_s, 1),
+            "rss_before_kib": rss0,
+            "rss_after_kib": rss1,
+            "bytes_per_allocation": round((rss1 - rss0) * 1024 / done) if done else None,
+        }
+    finally:
+        if run is not None:
+            for c in run.clients:
+                with contextlib.suppress(OSError):
+                    c.sock.close()
+        server.stop()
+
+
+def environment(coturn_threads: int | None) -> Result:
+    uname = os.uname()
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": f"{uname.sysname} {uname.release}",
+        "machine": uname.machine,
+        "cpu_model": _cpu_model(),
+        "coturn_threads": coturn_threads,
+    }
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"

@@ -1,0 +1,192 @@
+"""Start, probe and stop the two TURN servers under test, with equivalent settings.
+
+Both listen on UDP 127.0.0.1 only, relay on 127.0.0.1 from a port range kept clear of Linux's
+ephemeral range (so a relay port never collides with a client socket), accept loopback peers
+(the load generator is on loopback), use one static long-term-credential user, and have quotas
+high enough not to be what is measured.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.turn import wire
+
+USERNAME = "bench"
+PASSWORD = "bench-secret"
+REALM = "bench.icerelay"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 13478
+    # 22000-29999: below Linux's default ephemeral range (32768-60999) and clear of the
+    # 20000-20999 range the interop tests give coturn, should they run at the same time.
+    min_port: int = 22000
+    max_port: int = 29999
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process (VmRSS), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process (all threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+class Server:
+    """A TURN server process; subclasses say how to start it."""
+
+    name = "server"
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / f"{self.name}.out").open("ab")
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}; see {self.workdir}"
+                )
+            if self._answers():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not answer on {self.settings.port}")
+
+    def _answers(self) -> bool:
+        """True once an unauthenticated Allocate gets its 401 (the server is really serving)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.2)
+            tid = wire.new_transaction_id()
+            try:
+                sock.sendto(wire.allocate_request(tid), (self.settings.host, self.settings.port))
+                response = wire.decode(sock.recv(2048))
+            except OSError:
+                return False
+            return response is not None and response.transaction_id == tid
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+class Coturn(Server):
+    name = "coturn"
+
+    def version(self) -> str:
+        out = subprocess.run(["turnserver", "--version"], capture_output=True, text=True)
+        return f"coturn {out.stdout.strip() or out.stderr.strip()}"
+
+    def command(self) -> list[str]:
+        s = self.settings
+        conf = self.workdir / "turnserver.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"listening-ip={s.host}",
+                    f"listening-port={s.port}",
+                    f"relay-ip={s.host}",
+                    f"min-port={s.min_port}",
+                    f"max-port={s.max_port}",
+                    f"realm={REALM}",
+                    "lt-cred-mech",
+                    f"user={USERNAME}:{PASSWORD}",
+                    "allow-loopback-peers",
+                    "user-quota=0",  # 0 = unlimited
+                    "total-quota=0",
+                    "no-tcp",
+                    "no-tls",
+                    "no-dtls",
+                    "no-cli",
+                    "no-rfc5780",
+                    "no-tcp-relay",
+                    f"pidfile={self.workdir / 'turnserver.pid'}",
+                    f"log-file={self.workdir / 'turnserver.log'}",
+                    "simple-log",
+                    "no-stdout-log",
+                    "",
+                ]
+            )
+        )
+        return ["turnserver", "-c", str(conf)]
+
+
+class Icerelay(Server):
+    """Our server, run by benchmarks.turn.run_ours with settings equivalent to coturn's."""
+
+    name = "icerelay"
+
+    def version(self) -> str:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        return f"icerelay {out.stdout.strip()}"
+
+    def command(self) -> list[str]:
+        s = self.settings
+        return [
+            sys.executable,
+            "-m",
+            "benchmarks.turn.run_ours",
+            "--host",
+            s.host,
+            "--port",
+            str(s.port),
+            "--min-port",
+            str(s.min_port),
+            "--max-port",
+            str(s.max_port),
+            "--realm",
+            REALM,
+            "--user",
+            f"{USERNAME}:{PASSWORD}",
+        ]
+
+
+SERVERS: dict[str, type[Server]] = {"coturn": Coturn, "icerelay": Icerelay}
