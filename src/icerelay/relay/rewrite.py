@@ -1,0 +1,303 @@
+"""Reading what a relay needs out of an SDP body, and rewriting it so media flows via the relay.
+
+The rewrite touches only what a relay must change: ``c=`` lines, the ``m=`` port, ``a=rtcp``, ICE
+lines and, when asked, the address in ``o=``. Every other line keeps its exact bytes (the SDP model
+re-renders only lines that are changed), so codecs, crypto, extension attributes and the peer's
+formatting reach the other side untouched.
+
+ICE policy (the MediaProxy ICE design, done to RFC 8445/8839): when the body carries ICE
+(``ice-ufrag``, ``ice-pwd`` and candidates) the relay adds itself as a ``typ relay`` candidate, so
+the ``c=``/``m=`` default destination -- now the relay -- is one of the candidates (no
+``ice-mismatch`` at the far end) and ICE may still find a direct path, in which case the relay
+steps aside. Its priority follows :class:`~icerelay.relay.policy.IcePriority`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from icerelay.errors import RelayError
+from icerelay.relay.policy import IceMode, IcePriority, candidate_priority
+from icerelay.sdp import (
+    Candidate,
+    Connection,
+    Direction,
+    IceCredentials,
+    MediaDescription,
+    Rtcp,
+    SessionDescription,
+)
+
+__all__ = [
+    "MediaInfo",
+    "StreamPlan",
+    "carries_ice",
+    "describe",
+    "relay_candidates",
+    "relay_foundation",
+    "rewrite",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInfo:
+    """What one ``m=`` section tells the relay about the party that wrote it.
+
+    :attr:`rtcp_address`/:attr:`rtcp_port` come from ``a=rtcp`` when present, else RTP port + 1 on
+    the RTP address (RFC 3550 §11); with ``a=rtcp-mux`` they equal the RTP address.
+    :attr:`hold` is True for ``sendonly``/``inactive`` and for the RFC 2543 ``c=0.0.0.0`` hold.
+    """
+
+    index: int
+    media: str
+    proto: str
+    address: str | None
+    port: int
+    rtcp_address: str | None
+    rtcp_port: int
+    rtcp_mux: bool
+    direction: Direction
+    ice: bool
+    component_2: bool
+    codec: str | None
+    remote_candidates: tuple[tuple[int, str, int], ...]
+
+    @property
+    def rejected(self) -> bool:
+        """Port 0: the stream is rejected (in an answer) or disabled (in an offer)."""
+        return self.port == 0
+
+    @property
+    def hold(self) -> bool:
+        """True if the party does not want to receive media (hold in either style)."""
+        if self.direction in (Direction.SENDONLY, Direction.INACTIVE):
+            return True
+        return self.address is not None and _is_unspecified(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPlan:
+    """Where the far party must send one stream: the relay's advertised address and ports."""
+
+    address: str
+    rtp_port: int
+    rtcp_port: int
+    #: Credentials of the relay's own ICE-lite agent, used by ``ICE=force`` only.
+    ice_credentials: IceCredentials | None = None
+
+
+def describe(sdp: SessionDescription) -> list[MediaInfo]:
+    """One :class:`MediaInfo` per ``m=`` section, in order."""
+    session_ice = sdp.ice_ufrag is not None and sdp.ice_pwd is not None
+    infos = []
+    for index, media in enumerate(sdp.media):
+        connection = media.effective_connection(sdp)
+        address = connection.address if connection is not None else None
+        port = media.port
+        rtcp = media.rtcp
+        mux = media.rtcp_mux
+        if rtcp is not None:
+            rtcp_port = rtcp.port
+            rtcp_address = rtcp.address if rtcp.address is not None else address
+        elif mux:
+            rtcp_port, rtcp_address = port, address
+        else:
+            rtcp_port, rtcp_address = (port + 1 if port else 0), address
+        candidates = media.candidates()
+        has_credentials = session_ice or media.ice_credentials(sdp) is not None
+        codec = None
+        if media.formats:
+            codec = media.codec_name(media.formats[0]) or media.formats[0]
+        infos.append(
+            MediaInfo(
+                index=index,
+                media=media.media,
+                proto=media.proto,
+                address=address,
+                port=port,
+                rtcp_address=rtcp_address,
+                rtcp_port=rtcp_port,
+                rtcp_mux=mux,
+                direction=media.direction(sdp),
+                ice=has_credentials and bool(candidates),
+                component_2=any(candidate.component == 2 for candidate in candidates),
+                codec=codec,
+                remote_candidates=tuple(
+                    (item.component, item.address, item.port) for item in media.remote_candidates
+                ),
+            )
+        )
+    return infos
+
+
+def carries_ice(sdp: SessionDescription, media: MediaDescription) -> bool:
+    """True if ``media`` has ICE credentials (own or session level) and at least one candidate."""
+    return media.ice_credentials(sdp) is not None and bool(media.candidates())
+
+
+def relay_foundation(address: str) -> str:
+    """A stable foundation for the relay's candidates on ``address``.
+
+    RFC 8445 §5.1.1.3: candidates of the same type from the same base share a foundation, and
+    different ones must differ. ``R`` marks the relay (as MediaProxy's design does); the CRC of
+    the address keeps two relay addresses apart and is unlikely to equal a peer's foundation.
+    """
+    return f"R{zlib.crc32(address.encode('ascii')):08x}"
+
+
+def relay_candidates(
+    plan: StreamPlan, priority: IcePriority, *, component_2: bool, candidate_type: str = "relay"
+) -> list[Candidate]:
+    """The candidate lines the relay inserts for one stream (none for ``IcePriority.NONE``)."""
+    if priority is IcePriority.NONE:
+        return []
+    type_preference = priority.type_preference
+    if candidate_type == "host":
+        # The ICE-lite relay of ICE=force is the only candidate; its type is host (RFC 8445 §2.5).
+        type_preference = 126
+    foundation = relay_foundation(plan.address)
+    components = [(1, plan.rtp_port)]
+    if component_2:
+        components.append((2, plan.rtcp_port))
+    # A relayed candidate names its mapped address in raddr/rport; the relay's is itself.
+    relayed = candidate_type == "relay"
+    return [
+        Candidate(
+            foundation=foundation,
+            component=component,
+            transport="UDP",
+            priority=candidate_priority(type_preference, component),
+            address=plan.address,
+            port=port,
+            type=candidate_type,
+            related_address=plan.address if relayed else None,
+            related_port=port if relayed else None,
+        )
+        for component, port in components
+    ]
+
+
+def rewrite(
+    sdp: SessionDescription,
+    plans: Sequence[StreamPlan | None],
+    *,
+    ice: IceMode = IceMode.DEFAULT,
+    priority: IcePriority = IcePriority.LOW,
+    replace_origin: bool = False,
+    replace_session_connection: bool = False,
+) -> SessionDescription:
+    """Return a copy of ``sdp`` in which every stream with a plan goes through the relay.
+
+    ``plans[i]`` belongs to ``sdp.media[i]``; None leaves that section as it is (a rejected
+    stream, or one whose ICE went direct). ``c=0.0.0.0`` (RFC 2543 hold) stays as it is, because
+    it tells the far side not to send; only the port changes.
+    """
+    if len(plans) != len(sdp.media):
+        raise RelayError(f"{len(plans)} stream plans for {len(sdp.media)} media sections")
+    out = sdp.copy()
+    planned = [(media, plan) for media, plan in zip(out.media, plans, strict=True) if plan]
+    if not planned:
+        return out
+    relay_address = planned[0][1].address
+    keep_defaults = ice is IceMode.FORCE_RELAY
+
+    if not keep_defaults:
+        session_connection = out.connection
+        inherits = any(media.connection is None for media, _ in planned)
+        if session_connection is not None and (inherits or replace_session_connection):
+            if not _is_unspecified(session_connection.address):
+                out.set_connection(_connection_like(session_connection, relay_address))
+        elif session_connection is None and inherits:
+            # No c= anywhere for this stream (a broken body): give it one at media level.
+            for media, plan in planned:
+                if media.connection is None:
+                    media.set_connection(plan.address)
+
+    if replace_origin and not keep_defaults:
+        origin = out.origin
+        if origin is not None:
+            family = "IP6" if ":" in relay_address else "IP4"
+            out.set_origin(replace(origin, addrtype=family, address=relay_address))
+
+    if ice is IceMode.REMOVE or ice is IceMode.FORCE:
+        out.remove_ice()
+    if ice is IceMode.FORCE:
+        out.set_ice_lite(True)
+
+    for (media, plan), original in zip(planned, _originals(sdp, plans), strict=True):
+        _rewrite_media(out, media, plan, original, ice, priority)
+    return out
+
+
+def _originals(sdp: SessionDescription, plans: Sequence[StreamPlan | None]) -> list[bool]:
+    """Per planned section: did the original carry ICE (needed after session lines are gone)."""
+    return [carries_ice(sdp, media) for media, plan in zip(sdp.media, plans, strict=True) if plan]
+
+
+def _rewrite_media(
+    session: SessionDescription,
+    media: MediaDescription,
+    plan: StreamPlan,
+    had_ice: bool,
+    ice: IceMode,
+    priority: IcePriority,
+) -> None:
+    component_2 = any(candidate.component == 2 for candidate in media.candidates())
+    if ice is IceMode.FORCE_RELAY:
+        # The peer's defaults stay; only its own relayed candidates make way for the relay's.
+        if had_ice:
+            kept = [candidate for candidate in media.candidates() if candidate.type != "relay"]
+            media.remove_candidates()
+            media.add_candidates(kept)
+            media.add_candidates(relay_candidates(plan, priority, component_2=component_2))
+        return
+
+    connection = media.connection
+    if connection is not None and not _is_unspecified(connection.address):
+        media.set_connection(_connection_like(connection, plan.address))
+    original_port = media.port
+    media.set_port(plan.rtp_port)
+    rtcp = media.rtcp
+    if rtcp is not None:
+        # a=rtcp equal to the m= port means RTCP rides on the RTP port (RFC 5761); keep it so.
+        port = plan.rtp_port if rtcp.port == original_port else plan.rtcp_port
+        if rtcp.address is not None and not _is_unspecified(rtcp.address):
+            family = "IP6" if ":" in plan.address else "IP4"
+            media.set_rtcp(Rtcp(port, rtcp.nettype or "IN", family, plan.address))
+        else:
+            media.set_rtcp(replace(rtcp, port=port))
+
+    if ice is IceMode.REMOVE:
+        media.remove_ice()
+    elif ice is IceMode.FORCE:
+        media.remove_ice()
+        if plan.ice_credentials is None:
+            raise RelayError("ICE=force needs the relay's own ICE credentials")
+        media.set_ice_credentials(plan.ice_credentials)
+        media.add_candidates(
+            relay_candidates(
+                plan,
+                IcePriority.HIGH,
+                component_2=not media.rtcp_mux,
+                candidate_type="host",
+            )
+        )
+    elif had_ice:
+        # c=/m= now name the relay; listing the relay as a candidate keeps that default among
+        # the candidates, so the far agent runs ICE instead of declaring ice-mismatch.
+        media.add_candidates(relay_candidates(plan, priority, component_2=component_2))
+
+
+def _connection_like(connection: Connection, address: str) -> Connection:
+    family = "IP6" if ":" in address else "IP4"
+    return Connection(connection.nettype, family, address)
+
+
+def _is_unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        return False
