@@ -17,13 +17,13 @@ from typing import Any, Literal, overload
 
 from icerelay.errors import StunError
 from icerelay.stun.attributes import (
+    CODECS,
     Address,
     AddressErrorCode,
     AttributeValue,
     ErrorCode,
     Icmp,
     PasswordAlgorithmEntry,
-    decode_value,
     encode_value,
 )
 from icerelay.stun.constants import (
@@ -40,7 +40,13 @@ _HEADER = struct.Struct("!HHI12s")
 _ATTRIBUTE_HEADER = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_KNOWN = frozenset(int(t) for t in AttributeType)
+_MEMBERS: dict[int, AttributeType] = {int(t): t for t in AttributeType}
+_DECODERS = {t: codec[0] for t, codec in CODECS.items()}
+_FINGERPRINT = int(AttributeType.FINGERPRINT)
+_MESSAGE_INTEGRITY = int(AttributeType.MESSAGE_INTEGRITY)
+_MESSAGE_INTEGRITY_SHA256 = int(AttributeType.MESSAGE_INTEGRITY_SHA256)
+# message type -> (method, class); at most 16384 entries, filled as types are seen.
+_MESSAGE_TYPES: dict[int, tuple[int, MessageClass]] = {}
 
 A = AttributeType
 
@@ -352,6 +358,8 @@ class Message:
         for attribute_type, value in self.attributes:
             if attribute_type in _COMPUTED:
                 continue
+            if not 0 <= attribute_type <= 0xFFFF:
+                raise ValueError(f"attribute type {attribute_type} does not fit in 16 bits")
             raw = encode_value(attribute_type, value, cookie_and_id)
             if len(raw) > 0xFFFF:
                 raise ValueError(f"attribute 0x{attribute_type:04X} is longer than 65535 bytes")
@@ -476,28 +484,31 @@ def decode_message(
         raise StunError(f"length field says {length} but {size - HEADER_LENGTH} bytes follow")
     if cookie != MAGIC_COOKIE and not allow_rfc3489:
         raise StunError(f"bad magic cookie 0x{cookie:08X}")
-    method, message_class = split_message_type(mtype)
-    message = Message(
-        _method_or_int(method), MessageClass(message_class), transaction_id, cookie=cookie
-    )
+    kind = _MESSAGE_TYPES.get(mtype)
+    if kind is None:
+        method, message_class = split_message_type(mtype)
+        kind = _MESSAGE_TYPES[mtype] = (_method_or_int(method), MessageClass(message_class))
+    message = Message(kind[0], kind[1], transaction_id, cookie=cookie)
     message._raw = raw
     cookie_and_id = raw[4:20]
     attributes = message.attributes
     offset = HEADER_LENGTH
-    after_integrity = False
-    integrity_offset: int | None = None
+    # State for RFC 8489 §14.5-14.6: after MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256
+    # and FINGERPRINT count; after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT.
+    seen_integrity = False
+    seen_integrity_sha256 = False
+    unpack_attribute = _ATTRIBUTE_HEADER.unpack_from
     while offset < size:
         if offset + 4 > size:
             raise StunError(f"attribute header overruns the message at offset {offset}")
-        attribute_type, value_length = _ATTRIBUTE_HEADER.unpack_from(raw, offset)
+        attribute_type, value_length = unpack_attribute(raw, offset)
         start = offset + 4
-        end = start + value_length
         next_offset = start + ((value_length + 3) & ~3)
         if next_offset > size:
             raise StunError(
                 f"attribute 0x{attribute_type:04X} of length {value_length} overruns the message"
             )
-        if attribute_type == A.FINGERPRINT:
+        if attribute_type == _FINGERPRINT:
             if next_offset != size:
                 raise StunError("FINGERPRINT is not the last attribute")
             if value_length != 4:
@@ -509,25 +520,26 @@ def decode_message(
             message.fingerprint_ok = received == expected
             if check_fingerprint and not message.fingerprint_ok:
                 raise StunError("FINGERPRINT mismatch")
-            attributes.append((attribute_type, received))
+            attributes.append((A.FINGERPRINT, received))
             break
-        if after_integrity and not (
-            attribute_type == A.MESSAGE_INTEGRITY_SHA256
-            and integrity_offset is not None
-            and message._integrity_sha256_offset is None
+        if seen_integrity_sha256 or (
+            seen_integrity and attribute_type != _MESSAGE_INTEGRITY_SHA256
         ):
             message.ignored_after_integrity += 1
             offset = next_offset
             continue
-        value = decode_value(attribute_type, raw[start:end], cookie_and_id)
-        if attribute_type == A.MESSAGE_INTEGRITY:
-            integrity_offset = offset
-            message._integrity_offset = offset
-            after_integrity = True
-        elif attribute_type == A.MESSAGE_INTEGRITY_SHA256:
-            message._integrity_sha256_offset = offset
-            after_integrity = True
-        elif attribute_type < 0x8000 and attribute_type not in _KNOWN:
+        value = raw[start : start + value_length]
+        decoder = _DECODERS.get(attribute_type)
+        if decoder is not None:
+            value = decoder(value, cookie_and_id)
+            if attribute_type == _MESSAGE_INTEGRITY:
+                message._integrity_offset = offset
+                seen_integrity = True
+            elif attribute_type == _MESSAGE_INTEGRITY_SHA256:
+                message._integrity_sha256_offset = offset
+                seen_integrity_sha256 = True
+            attribute_type = _MEMBERS[attribute_type]
+        elif attribute_type < 0x8000:
             message.unknown_comprehension_required.append(attribute_type)
         attributes.append((attribute_type, value))
         offset = next_offset

@@ -483,3 +483,14 @@ def test_decode_accepts_bytearray_and_memoryview() -> None:
     for form in (bytearray(data), memoryview(data)):
         decoded = decode_message(form)
         assert decoded.get(A.SOFTWARE) == "x" and decoded.check_integrity(KEY)
+
+
+def test_every_registered_attribute_type_has_a_codec() -> None:
+    from icerelay.stun.attributes import CODECS
+
+    assert set(AttributeType) <= set(CODECS)
+
+
+def test_decoded_attribute_types_are_enum_members() -> None:
+    decoded = decode_message(_request((A.SOFTWARE, "x"), (0x7F00, b"")).encode())
+    assert [type(t) for t, _ in decoded] == [AttributeType, int]
