@@ -1,0 +1,5 @@
+"""``python -m icerelay`` = the ``icerelay`` command."""
+
+from icerelay.cli import main
+
+main()

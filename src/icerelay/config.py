@@ -1,0 +1,367 @@
+"""The one configuration model of icerelay, and how it is loaded.
+
+Sources, lowest precedence first:
+
+1. defaults in the model (they run on a laptop: STUN on 127.0.0.1:3478, UDP and TCP);
+2. a TOML file (``icerelay serve --config FILE``, or ``ICERELAY_CONFIG=FILE``);
+3. environment variables: ``ICERELAY_<SECTION>__<KEY>`` such as ``ICERELAY_STUN__LISTEN``
+   (lists are comma-separated: ``ICERELAY_STUN__LISTEN=127.0.0.1:3478,[::1]:3478``);
+4. command-line flags (``--stun-listen``, ``--set stun.software=x``, ...).
+
+Every section is a frozen pydantic model with ``extra="forbid"`` so that a typo is an error
+that names the key and where it came from, never a silently ignored setting. Adding a section
+(``[turn]``, ``[relay]``, ...) means: define its model here and add one field to :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+
+from icerelay.errors import ConfigError
+
+ENV_PREFIX = "ICERELAY_"
+ENV_CONFIG_FILE = "ICERELAY_CONFIG"
+STUN_PORT = 3478
+
+
+class HostPort(NamedTuple):
+    """An IP address (no brackets) and a port, as given in the configuration."""
+
+    host: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return 6 if ":" in self.host else 4
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family == 6 else f"{self.host}:{self.port}"
+
+
+def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port``, ``[v6]:port``, ``host``, ``[v6]`` or a bare IPv6 address.
+
+    The host is returned without brackets and is not resolved (it may be a name). Raises
+    ``ValueError`` with a readable message when the text cannot be a host and port.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("empty address")
+    host: str
+    port_text: str | None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"missing ']' in {text!r}")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"unexpected {rest!r} after ']' in {text!r}")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        # No colon, or several (a bare IPv6 address, which cannot carry a port without brackets).
+        host, port_text = text, None
+    if not host:
+        raise ValueError(f"missing host in {text!r}")
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(f"missing port in {text!r}")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"invalid port {port_text!r} in {text!r}")
+    return host, int(port_text)
+
+
+def parse_endpoint(value: object, default_port: int = STUN_PORT) -> HostPort:
+    """Parse an IP literal with optional port into a :class:`HostPort` (names are refused:
+    a server binds addresses, and resolving at load time would hide which address was meant)."""
+    if isinstance(value, HostPort):
+        return value
+    if isinstance(value, tuple | list) and len(value) == 2:
+        host, port = str(value[0]), int(value[1])
+    elif isinstance(value, str):
+        host, port = split_host_port(value, default_port)
+    else:
+        raise ValueError(f"expected 'ip:port' as a string, got {value!r}")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not 0 <= port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return HostPort(ip.compressed, port)
+
+
+def _comma_list(value: object) -> object:
+    # Environment variables and flags carry lists as "a,b,c"; TOML carries real lists.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Endpoint = Annotated[HostPort, BeforeValidator(parse_endpoint), PlainSerializer(str)]
+_PORTLESS = -1
+
+
+def _parse_alternate(value: object) -> object:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        # Keep "no port given" visible so the model can default it to primary port + 1.
+        host, port = split_host_port(value, default_port=_PORTLESS)
+        return HostPort(parse_endpoint((host, 1)).host, port)
+    return parse_endpoint(value)
+
+
+AlternateEndpoint = Annotated[
+    HostPort | None,
+    BeforeValidator(_parse_alternate),
+    PlainSerializer(lambda value: None if value is None else str(value)),
+]
+
+
+class Section(BaseModel):
+    """Base of every section: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StunConfig(Section):
+    """``[stun]``: the STUN Binding service (RFC 8489), with RFC 5780 when ``alternate`` is set."""
+
+    enabled: bool = True
+    listen: Annotated[list[Endpoint], BeforeValidator(_comma_list)] = Field(
+        default_factory=lambda: [HostPort("127.0.0.1", STUN_PORT)], min_length=1
+    )
+    transports: Annotated[list[Literal["udp", "tcp"]], BeforeValidator(_comma_list)] = Field(
+        default_factory=lambda: ["udp", "tcp"],  # type: ignore[arg-type]
+        min_length=1,
+    )
+    alternate: AlternateEndpoint = None
+    """RFC 5780 second address ``IP[:PORT]``; pairs with the listen address of its family.
+    Without a port, the alternate port is the primary port + 1."""
+    software: str | None = Field(default=None, max_length=127)
+    """SOFTWARE attribute value; omitted unless set (it tells attackers what to attack)."""
+    padding_limit: int = Field(default=1500, ge=0, le=65000)
+    """Largest PADDING (RFC 5780) a response carries; responses are never padded beyond the size
+    of the request, so PADDING cannot amplify."""
+    log_interval: float = Field(default=60.0, ge=0)
+    """Seconds between two log lines about malformed input from the same source."""
+    tcp_idle_timeout: float = Field(default=300.0, gt=0)
+    max_tcp_connections: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="after")
+    def _check_alternate(self) -> StunConfig:
+        if len(set(self.listen)) != len(self.listen):
+            raise ValueError("listen has duplicate addresses")
+        if self.alternate is None:
+            return self
+        primaries = [a for a in self.listen if a.family == self.alternate.family]
+        if len(primaries) != 1:
+            raise ValueError(
+                f"alternate {self.alternate.host} needs exactly one listen address of IPv"
+                f"{self.alternate.family}, found {len(primaries)}"
+            )
+        primary = primaries[0]
+        if primary.host == self.alternate.host:
+            raise ValueError("alternate must be a different IP address from the listen address")
+        if ipaddress.ip_address(primary.host).is_unspecified:
+            raise ValueError("RFC 5780 needs a concrete listen address, not a wildcard")
+        if primary.port == 0:
+            raise ValueError("RFC 5780 needs a fixed listen port, not 0")
+        port = self.alternate.port if self.alternate.port != _PORTLESS else primary.port + 1
+        if port == primary.port or not 0 < port < 65536:
+            raise ValueError("alternate port must differ from the listen port")
+        object.__setattr__(self, "alternate", HostPort(self.alternate.host, port))
+        return self
+
+    @property
+    def rfc5780_primary(self) -> HostPort | None:
+        """The listen address paired with ``alternate`` (RFC 5780 A1:P1), if any."""
+        if self.alternate is None:
+            return None
+        return next(a for a in self.listen if a.family == self.alternate.family)
+
+
+class LogConfig(Section):
+    """``[log]``: structured logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["kv", "json"] = "kv"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lower(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v.lower() if isinstance(v, str) else v for k, v in data.items()}
+        return data
+
+
+class Config(Section):
+    """The whole configuration. One field per section."""
+
+    stun: StunConfig = Field(default_factory=StunConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def _deep_merge(
+    base: dict[str, Any],
+    update: Mapping[str, Any],
+    origin: str,
+    sources: dict[tuple[str, ...], str],
+    path: tuple[str, ...] = (),
+) -> None:
+    for key, value in update.items():
+        here = (*path, key)
+        if isinstance(value, Mapping):
+            if not isinstance(base.get(key), dict):
+                base[key] = {}
+            _deep_merge(base[key], value, origin, sources, here)
+        else:
+            base[key] = value
+            sources[here] = origin
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, what: str) -> None:
+    parts = [p for p in dotted.split(".") if p]
+    if len(parts) < 2:
+        raise ConfigError(f"{what}: expected section.key, got {dotted!r}")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {dotted!r} conflicts with another setting")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML configuration file; errors become :class:`ConfigError` naming the file."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {exc}") from None
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``ICERELAY_SECTION__KEY=value`` → ``{"section": {"key": "value"}}``.
+
+    Variables without ``__`` (such as ``ICERELAY_CONFIG``) are not settings and are skipped.
+    """
+    tree: dict[str, Any] = {}
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        _set_path(tree, dotted, value, f"environment variable {name}")
+    return tree
+
+
+def parse_set_options(options: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["stun.software=x", ...]`` (from ``--set``) → nested overrides."""
+    tree: dict[str, Any] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {option!r}: expected section.key=value")
+        _set_path(tree, key.strip(), value, f"--set {option!r}")
+    return tree
+
+
+def load_config(
+    *,
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration: defaults < file < environment < ``overrides`` (CLI flags).
+
+    ``path`` defaults to ``$ICERELAY_CONFIG`` when set. Raises :class:`ConfigError` with one line
+    per problem, each naming the setting and the source it came from.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(ENV_CONFIG_FILE):
+        path = environ[ENV_CONFIG_FILE]
+    merged: dict[str, Any] = {}
+    sources: dict[tuple[str, ...], str] = {}
+    if path is not None:
+        _deep_merge(merged, read_toml(path), f"file {os.fspath(path)}", sources)
+    for name in sorted(environ):
+        # One variable at a time, so an error can name the variable it came from.
+        tree = env_overrides({name: environ[name]})
+        if tree:
+            _deep_merge(merged, tree, f"environment variable {name}", sources)
+    if overrides:
+        _deep_merge(merged, overrides, "command line", sources)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None
+
+
+def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        where = ".".join(loc) or "(top level)"
+        origin = next(
+            (sources[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in sources), None
+        )
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        line = f"{where}: {message}"
+        if origin:
+            line += f" (from {origin})"
+        lines.append(line)
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def example_toml() -> str:
+    """A commented example configuration (printed by ``icerelay config --example``)."""
+    return EXAMPLE_TOML
+
+
+EXAMPLE_TOML = """\
+# icerelay configuration. Every key is optional; shown values are the defaults unless noted.
+
+[stun]
+enabled = true
+listen = ["127.0.0.1:3478"]          # also e.g. "[::1]:3478"
+transports = ["udp", "tcp"]
+# alternate = "127.0.0.2"            # RFC 5780: second IP (optionally :PORT, default port+1)
+# software = "icerelay"              # SOFTWARE attribute; omitted unless set
+padding_limit = 1500
+log_interval = 60.0                   # seconds between log lines about one bad source
+tcp_idle_timeout = 300.0
+max_tcp_connections = 1024
+
+[log]
+level = "info"                        # debug | info | warning | error
+format = "kv"                         # kv | json
+"""
+

@@ -1,0 +1,81 @@
+"""What ``icerelay serve`` runs: a list of services built from the configuration.
+
+A service is anything with a ``name`` and ``async start()`` / ``async stop()`` (see
+:class:`Service`). :data:`SERVICE_FACTORIES` maps the configuration to services, one factory per
+section; a factory returns None when its section is disabled. To add a service (TURN, relay,
+control, metrics): write ``def _turn(config: Config) -> Service | None`` and append it to the
+tuple. :func:`run_services` starts them in order, stops them in reverse order, and if one fails
+to start, stops the ones already running before re-raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from icerelay.config import Config
+from icerelay.server.stun_service import StunService
+
+logger = logging.getLogger("icerelay.server")
+
+
+class Service(Protocol):
+    """A long-running part of the daemon."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Open sockets and begin serving; raise (OSError, IcerelayError) if it cannot."""
+
+    async def stop(self) -> None:
+        """Stop serving and release everything; must not raise, may be called twice."""
+
+
+def _stun(config: Config) -> Service | None:
+    return StunService(config.stun) if config.stun.enabled else None
+
+
+ServiceFactory = Callable[[Config], Service | None]
+
+#: One factory per configuration section, in start order.
+SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_stun,)
+
+
+def build_services(
+    config: Config, factories: Sequence[ServiceFactory] = SERVICE_FACTORIES
+) -> list[Service]:
+    """The enabled services for ``config``, in start order."""
+    return [s for s in (factory(config) for factory in factories) if s is not None]
+
+
+async def start_services(services: Sequence[Service]) -> None:
+    """Start each service in order; on failure stop the started ones (reverse) and re-raise."""
+    started: list[Service] = []
+    try:
+        for service in services:
+            await service.start()
+            started.append(service)
+    except BaseException:
+        await stop_services(started)
+        raise
+
+
+async def stop_services(services: Sequence[Service]) -> None:
+    """Stop services in reverse order; a failing stop is logged and does not stop the others."""
+    for service in reversed(services):
+        try:
+            await service.stop()
+        except Exception:
+            logger.exception("service.stop_failed", extra={"service": service.name})
+
+
+async def run_services(services: Sequence[Service], stop: asyncio.Event) -> None:
+    """Start ``services``, log ``serve.ready``, wait for ``stop``, then stop them all."""
+    await start_services(services)
+    logger.info("serve.ready", extra={"services": ",".join(s.name for s in services) or "none"})
+    try:
+        await stop.wait()
+    finally:
+        await stop_services(services)

@@ -1,0 +1,109 @@
+"""Run ``icerelay serve`` as a real subprocess (loopback or inside a namespace).
+
+The server is started with ``python -m icerelay`` from this interpreter (so the checkout under test
+is what runs), waited for with an independent STUN Binding poll, and stopped with SIGINT (what
+Ctrl-C sends) so that tests also exercise the clean shutdown path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from tests.support import stunraw
+from tests.support.netns import Namespace
+
+
+@dataclass
+class ServeProcess:
+    """A running ``icerelay serve``."""
+
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+    argv: list[str]
+    namespace: Namespace | None = None
+    _output: str | None = None
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGINT and wait; returns the exit status (SIGKILL if it does not stop in time)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            out, err = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            out, err = self.process.communicate(timeout=5)
+        if self._output is None:
+            self._output = (out or "") + (err or "")
+        return self.process.returncode
+
+    def output(self) -> str:
+        """stdout + stderr (only after :meth:`stop`)."""
+        return self._output or ""
+
+
+def icerelay_command(*args: str) -> list[str]:
+    """The argv that runs the icerelay CLI of this checkout."""
+    return [sys.executable, "-m", "icerelay", *args]
+
+
+def start_serve(
+    args: Sequence[str],
+    *,
+    host: str,
+    port: int,
+    namespace: Namespace | None = None,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 10.0,
+) -> ServeProcess:
+    """Start ``icerelay serve ARGS`` and wait until ``host:port`` answers a Binding over UDP."""
+    argv = icerelay_command("serve", *args)
+    command = namespace.command(argv) if namespace is not None else argv
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ICERELAY_")}
+    full_env.update(env or {})
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+    )
+    server = ServeProcess(process, host, port, argv, namespace)
+    if namespace is not None:
+        namespace.lab.processes.append(process)
+    try:
+        _wait_ready(server, ready_timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_ready(server: ServeProcess, timeout: float) -> None:
+    if server.namespace is not None:
+        result = server.namespace.python(
+            stunraw.WAIT_SNIPPET, server.host, str(server.port), str(timeout),
+            check=False, timeout=timeout + 5,
+        )  # fmt: skip
+        if result.returncode == 0:
+            return
+    else:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and server.process.poll() is None:
+            if stunraw.udp_binding(server.host, server.port, timeout=0.2) is not None:
+                return
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(
+        f"icerelay serve did not answer on {server.host}:{server.port} "
+        f"(exit={server.process.returncode}); output:\n{server.output()[-3000:]}"
+    )
