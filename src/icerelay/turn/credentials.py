@@ -40,9 +40,7 @@ def rest_api_password(secret: str | bytes, username: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def rest_api_credentials(
-    secret: str | bytes, user: str, ttl: float, now: float
-) -> tuple[str, str]:
+def rest_api_credentials(secret: str | bytes, user: str, ttl: float, now: float) -> tuple[str, str]:
     """A (username, password) pair valid for *ttl* seconds from *now*."""
     username = rest_api_username(user, ttl, now)
     return username, rest_api_password(secret, username)

@@ -197,8 +197,9 @@ class TurnClient:
             if server_hostname is None:
                 server_hostname = host
         engine = Allocation(address, username, password, transport=transport, **options)
-        client = cls(engine, ssl=ssl, server_hostname=server_hostname, on_data=on_data,
-                     on_event=on_event)
+        client = cls(
+            engine, ssl=ssl, server_hostname=server_hostname, on_data=on_data, on_event=on_event
+        )
         try:
             await asyncio.wait_for(client._open(local_address), timeout)
         except TimeoutError:
@@ -225,8 +226,7 @@ class TurnClient:
         self._pump()
         await asyncio.shield(self._allocated)
 
-    async def _connect_stream(self, server: Address, local_address: tuple[str, int] | None
-                              ) -> None:
+    async def _connect_stream(self, server: Address, local_address: tuple[str, int] | None) -> None:
         self._generation += 1
         generation = self._generation
         try:
@@ -334,8 +334,9 @@ class TurnClient:
         if generation and generation != self._generation:
             return  # a connection we already left (after ALTERNATE-SERVER)
         engine = self.engine
-        engine.receive(data, source if source is not None else engine.server, None,
-                       self._loop.time())
+        engine.receive(
+            data, source if source is not None else engine.server, None, self._loop.time()
+        )
         self._pump()
 
     def _stream_lost(self, generation: int, exc: Exception | None) -> None:

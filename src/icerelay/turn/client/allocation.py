@@ -305,7 +305,7 @@ class Allocation:
         if self.state is State.CLOSED:
             return
         if self.state is State.CLOSING:
-            self._finish_close()
+            self._finish_close(confirmed=False)
             return
         self._terminate(reason, None)
 
@@ -403,9 +403,11 @@ class Allocation:
                 permission = _Permission(peer.host, peer)
                 self._permissions[peer.host] = permission
             permission.pinned = True
-            if not permission.active and not permission.pending and peer.host not in {
-                p.host for p in wanted
-            }:
+            if (
+                not permission.active
+                and not permission.pending
+                and peer.host not in {p.host for p in wanted}
+            ):
                 wanted.append(permission.address)
         if wanted:
             self._send_create_permission(now, tuple(wanted))
@@ -430,7 +432,7 @@ class Allocation:
             return
         self._close_requested = True
         if self.state is State.NEW:
-            self._finish_close()
+            self._finish_close(confirmed=True)
         elif self.state is State.ALLOCATED:
             self._abandon_requests()
             self.state = State.CLOSING
@@ -570,9 +572,10 @@ class Allocation:
         message.add(AttributeType.XOR_PEER_ADDRESS, peer)
         self._request(_Kind.CHANNEL_BIND, now, message, peers=(peer,), channel=number)
 
-    def _resend(self, request: _Request, now: float) -> None:
-        """Build *request* again with a new transaction id and the current nonce (after 438)."""
-        retries = request.stale_retries + 1
+    def _resend(self, request: _Request, now: float, *, stale: bool) -> None:
+        """Build *request* again with a new transaction id and the current credentials (after
+        the first 401, or a 438 when *stale*)."""
+        retries = request.stale_retries + 1 if stale else request.stale_retries
         if request.kind is _Kind.ALLOCATE:
             message = Message(method=Method.ALLOCATE, message_class=MessageClass.REQUEST)
             message.add(AttributeType.REQUESTED_TRANSPORT, TRANSPORT_UDP)
@@ -644,8 +647,9 @@ class Allocation:
             # The response broke the protocol (a success without the attribute it must carry,
             # ...): treat it as that request failing, never let it escape to the driver.
             self.counters.malformed += 1
-            self._request_failed(request, f"malformed {request.kind.value} response: {exc}", None,
-                                 now)
+            self._request_failed(
+                request, f"malformed {request.kind.value} response: {exc}", None, now
+            )
 
     def _response_authentic(self, message: Message, request: _Request) -> bool:
         """RFC 8489 §9.2.5: answers to authenticated requests must carry a valid integrity
@@ -710,12 +714,11 @@ class Allocation:
         code = error.code
         if code == 401 and not request.authenticated and request.kind is _Kind.ALLOCATE:
             self._learn_credentials(message)
-            self._resend(request, now)
+            self._resend(request, now, stale=False)
             return
         if code == 438:
             if request.stale_retries >= MAX_STALE_NONCE_RETRIES:
-                self._request_failed(request, "server keeps answering 438 (Stale Nonce)", code,
-                                     now)
+                self._request_failed(request, "server keeps answering 438 (Stale Nonce)", code, now)
                 return
             nonce = message.get(AttributeType.NONCE)
             if not isinstance(nonce, str):
@@ -726,7 +729,7 @@ class Allocation:
                 self._learn_credentials(message)
             else:
                 self._nonce = nonce
-            self._resend(request, now)
+            self._resend(request, now, stale=True)
             return
         if code == 300 and request.kind is _Kind.ALLOCATE:
             alternate = message.get(AttributeType.ALTERNATE_SERVER)
@@ -749,8 +752,9 @@ class Allocation:
         self._algorithms = None
         self._algorithm = PasswordAlgorithm.MD5
         if isinstance(algorithms, list) and algorithms:
-            offered = {entry.algorithm for entry in algorithms
-                       if isinstance(entry, PasswordAlgorithmEntry)}
+            offered = {
+                entry.algorithm for entry in algorithms if isinstance(entry, PasswordAlgorithmEntry)
+            }
             self._algorithms = [e for e in algorithms if isinstance(e, PasswordAlgorithmEntry)]
             if PasswordAlgorithm.SHA256 in offered:
                 self._algorithm = PasswordAlgorithm.SHA256
@@ -759,8 +763,7 @@ class Allocation:
         self._use_userhash = bool(features & SecurityFeature.USERNAME_ANONYMITY)
         self._realm = realm
         self._nonce = nonce
-        self._key = long_term_key(self.username, realm, self.password,
-                                  algorithm=self._algorithm)
+        self._key = long_term_key(self.username, realm, self.password, algorithm=self._algorithm)
 
     def _follow_alternate(self, alternate: Address, now: float) -> None:
         self._redirected = True
@@ -789,7 +792,7 @@ class Allocation:
             self._set_lifetime(lifetime, now)
             self._events.append(AllocationRefreshed(lifetime))
         elif kind is _Kind.DEALLOCATE:
-            self._finish_close()
+            self._finish_close(confirmed=True)
         elif kind is _Kind.CREATE_PERMISSION:
             for peer in request.peers:
                 permission = self._permissions.get(peer.host)
@@ -850,8 +853,7 @@ class Allocation:
         self.expires_at = now + lifetime
         self._refresh_at = now + max(lifetime - min(REFRESH_MARGIN, lifetime / 2), 0.0)
 
-    def _request_failed(self, request: _Request, reason: str, code: int | None,
-                        now: float) -> None:
+    def _request_failed(self, request: _Request, reason: str, code: int | None, now: float) -> None:
         kind = request.kind
         if kind is _Kind.ALLOCATE:
             self._terminate(f"Allocate failed: {reason}", code)
@@ -864,7 +866,7 @@ class Allocation:
                 self._refresh_at = min(now + REFRESH_RETRY, self.expires_at)
         elif kind is _Kind.DEALLOCATE:
             # Whatever the answer (437 included), the allocation is gone or will time out.
-            self._finish_close()
+            self._finish_close(confirmed=code is not None)
         elif kind is _Kind.CREATE_PERMISSION:
             for peer in request.peers:
                 permission = self._permissions.get(peer.host)
@@ -899,15 +901,19 @@ class Allocation:
         self._outgoing.clear()
         if previous is State.ALLOCATING or previous is State.NEW:
             self._events.append(AllocationFailed(reason, code))
+            if self._close_requested:
+                # close() was called while the Allocate was in flight: it still gets its
+                # AllocationClosed, as promised; there is nothing on the server to remove.
+                self._events.append(AllocationClosed(confirmed=True))
         elif previous is State.CLOSING:
-            self._events.append(AllocationClosed())
+            self._events.append(AllocationClosed(confirmed=False))
         else:
             self._events.append(AllocationExpired(reason))
 
-    def _finish_close(self) -> None:
+    def _finish_close(self, *, confirmed: bool) -> None:
         self.state = State.CLOSED
         self._requests.clear()
-        self._events.append(AllocationClosed())
+        self._events.append(AllocationClosed(confirmed))
 
     # ------------------------------------------------------------------ timers
 

@@ -126,8 +126,14 @@ class AllocationExpired(Event):
 
 @dataclass(frozen=True, slots=True)
 class AllocationClosed(Event):
-    """:meth:`Allocation.close` finished: the server confirmed (or we stopped waiting for) the
-    Refresh with LIFETIME 0. This is always the last event."""
+    """:meth:`Allocation.close` finished. This is always the last event.
+
+    *confirmed* is True when the server answered the Refresh with LIFETIME 0 (or there was
+    nothing to deallocate), False when we stopped waiting (timeout, connection lost): then the
+    allocation lingers on the server until its lifetime ends.
+    """
+
+    confirmed: bool = True
 
 
 @dataclass(slots=True)

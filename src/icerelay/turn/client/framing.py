@@ -9,7 +9,7 @@ is padded to a multiple of four bytes so that the next message starts aligned.
 
 from __future__ import annotations
 
-from icerelay.errors import TurnError
+from icerelay.errors import StunError, TurnError
 from icerelay.stun.demux import stream_frame_length
 
 
@@ -46,7 +46,7 @@ class StreamFramer:
             view = memoryview(buffer)[offset:]
             try:
                 size = stream_frame_length(view)
-            except ValueError as exc:
+            except (StunError, ValueError) as exc:
                 view.release()
                 self._broken = True
                 raise TurnError(f"stream framing lost: {exc}") from None
