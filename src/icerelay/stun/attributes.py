@@ -494,21 +494,6 @@ CODECS[A.PASSWORD_ALGORITHM] = (_decode_password_algorithm, _encode_password_alg
 CODECS[A.ICMP] = (_decode_icmp, _encode_icmp)
 del _t, _limit, _size
 
-#: Attribute types whose values are bytes already; for every other known type a ``bytes`` value
-#: given to :meth:`Message.add` is written as it is (to build odd messages in tests).
-BYTES_VALUED = frozenset(
-    {
-        A.DATA,
-        A.PADDING,
-        A.PASSWORD,
-        A.RESERVATION_TOKEN,
-        A.USERHASH,
-        A.MESSAGE_INTEGRITY,
-        A.MESSAGE_INTEGRITY_SHA256,
-    }
-)
-
-
 def decode_value(attribute_type: int, value: bytes, cookie_and_id: bytes) -> Any:
     """Decode one attribute value; unknown types come back as the raw bytes."""
     codec = CODECS.get(attribute_type)

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_RTO",
     "DEFAULT_TI",
     "ClientTransaction",
+    "RtoCache",
     "TransactionCompleted",
     "TransactionError",
 ]
@@ -89,6 +90,8 @@ class ClientTransaction:
         self._response: Message | None = None
         self._error: TransactionError | None = None
         self._events: list[TransactionCompleted] = []
+        #: Round-trip time of an unretransmitted request, for :class:`RtoCache`.
+        self.rtt: float | None = None
 
     @property
     def transaction_id(self) -> bytes:
@@ -150,15 +153,19 @@ class ClientTransaction:
             and message.transaction_key == self._key
         )
 
-    def receive(self, message: Message) -> bool:
+    def receive(self, message: Message, now: float | None = None) -> bool:
         """Take a decoded message; True if it is a response to this transaction.
 
         The first response completes the transaction; a duplicate (a response to a
-        retransmission) is recognised (True) but changes nothing.
+        retransmission) is recognised (True) but changes nothing. Given ``now``, a response to
+        a request that was sent only once yields an RTT sample (:attr:`rtt`).
         """
         if not self.matches(message):
             return False
         if not self.done:
+            # Karn's algorithm: after a retransmission we cannot tell which send was answered.
+            if now is not None and self.sends == 1:
+                self.rtt = max(0.0, now - self.started_at)
             self._finish(message, None)
         return True
 
@@ -177,3 +184,56 @@ class ClientTransaction:
         self._pending.clear()
         self._deadline = None
         self._events.append(TransactionCompleted(self.transaction_id, response, error))
+
+
+class RtoCache:
+    """Per-server RTO estimates (RFC 8489 §6.2.1, computed as RFC 6298 says).
+
+    The RFC asks a client to start a transaction with the RTO learned from earlier ones to the
+    same server (same IP address), and to forget it after 10 minutes without transactions.
+    Unlike RFC 6298 the RTO is not rounded up to a second; it is kept between ``min_rto``
+    (by default the initial 500 ms, so that a fast path never makes us retransmit sooner than
+    the RFC's default) and ``max_rto``.
+    """
+
+    def __init__(
+        self,
+        initial_rto: float = DEFAULT_RTO,
+        *,
+        min_rto: float | None = None,
+        max_rto: float = 3.0,
+        stale_after: float = 600.0,
+    ) -> None:
+        self.initial_rto = initial_rto
+        self.min_rto = initial_rto if min_rto is None else min_rto
+        self.max_rto = max_rto
+        self.stale_after = stale_after
+        # host -> (SRTT, RTTVAR, last used)
+        self._entries: dict[str, tuple[float, float, float]] = {}
+
+    def rto(self, host: str, now: float) -> float:
+        """The RTO to start a transaction to ``host`` with."""
+        entry = self._entries.get(host)
+        if entry is None or now - entry[2] > self.stale_after:
+            self._entries.pop(host, None)
+            return self.initial_rto
+        srtt, rttvar, _ = entry
+        return min(self.max_rto, max(self.min_rto, srtt + 4 * rttvar))
+
+    def observe(self, host: str, transaction: ClientTransaction, now: float) -> None:
+        """Learn from a finished transaction: its RTT sample if it has one (RFC 6298 §2)."""
+        rtt = transaction.rtt
+        entry = self._entries.get(host)
+        if entry is not None and now - entry[2] > self.stale_after:
+            entry = None
+        if rtt is None:
+            if entry is not None:
+                self._entries[host] = (entry[0], entry[1], now)
+            return
+        if entry is None:
+            srtt, rttvar = rtt, rtt / 2
+        else:
+            srtt, rttvar = entry[0], entry[1]
+            rttvar = 0.75 * rttvar + 0.25 * abs(srtt - rtt)
+            srtt = 0.875 * srtt + 0.125 * rtt
+        self._entries[host] = (srtt, rttvar, now)

@@ -6,7 +6,7 @@ import pytest
 
 from icerelay.errors import TransactionError
 from icerelay.stun import Address, AttributeType, Message, MessageClass, Method, decode_message
-from icerelay.stun.transaction import ClientTransaction
+from icerelay.stun.transaction import ClientTransaction, RtoCache
 
 
 def _request() -> Message:
@@ -123,3 +123,44 @@ def test_cancel() -> None:
     transaction.cancel()
     assert transaction.done and str(transaction.error) == "cancelled"
     assert transaction.datagrams_to_send(0.0) == []
+
+
+def test_rtt_sample_only_without_retransmission() -> None:
+    request = _request()
+    fast = ClientTransaction(request, "udp", 1.0)
+    assert fast.receive(request.response(), now=1.2)
+    assert fast.rtt == pytest.approx(0.2)
+    slow = ClientTransaction(request, "udp", 1.0)
+    slow.handle_timer(1.5)
+    assert slow.receive(request.response(), now=1.6)
+    assert slow.rtt is None  # Karn: ambiguous after a retransmission
+
+
+def test_rto_cache() -> None:
+    cache = RtoCache()
+    assert cache.rto("192.0.2.1", 0.0) == 0.5
+    request = _request()
+    # a slow server: RTO grows above the initial value
+    transaction = ClientTransaction(request, "udp", 0.0, rto=cache.rto("192.0.2.1", 0.0))
+    transaction.receive(request.response(), now=0.4)
+    cache.observe("192.0.2.1", transaction, 0.4)
+    assert cache.rto("192.0.2.1", 1.0) == pytest.approx(0.4 + 4 * 0.2)
+    # another server is not affected
+    assert cache.rto("192.0.2.2", 1.0) == 0.5
+    # a fast one never goes below the floor
+    fast = ClientTransaction(request, "udp", 0.0)
+    fast.receive(request.response(), now=0.001)
+    cache.observe("192.0.2.3", fast, 0.001)
+    assert cache.rto("192.0.2.3", 1.0) == 0.5
+    # second sample smooths (RFC 6298 §2.3)
+    again = ClientTransaction(request, "udp", 2.0)
+    again.receive(request.response(), now=2.4)
+    cache.observe("192.0.2.1", again, 2.4)
+    assert cache.rto("192.0.2.1", 3.0) == pytest.approx(0.4 + 4 * 0.15)
+    # forgotten after ten minutes without transactions
+    assert cache.rto("192.0.2.1", 2.4 + 601) == 0.5
+    capped = RtoCache(max_rto=1.0)
+    slow = ClientTransaction(request, "udp", 0.0)
+    slow.receive(request.response(), now=0.9)
+    capped.observe("h", slow, 0.9)
+    assert capped.rto("h", 1.0) == 1.0
