@@ -41,7 +41,9 @@ class Plan:
             # Fine steps at first: on a 2-core machine shared with the generator the limit
             # may be a few hundred streams.
             steps=(
+                50,
                 100,
+                150,
                 200,
                 300,
                 400,
@@ -180,6 +182,12 @@ def run_streams(
         result["generator_socket_drops"] = gen_drops
         result["other_socket_drops"] = server_drops
         result["server_cpu_pct"] = round(100.0 * server_cpu / wall, 1)
+        # CPU per relayed packet is the figure least disturbed by other load on a shared
+        # machine: a server starved of CPU loses packets, but does not spend more per packet.
+        relayed = sum(d["received"] for d in load["directions"].values())
+        result["server_cpu_us_per_packet"] = (
+            round(1e6 * server_cpu / relayed, 2) if relayed else None
+        )
         result["server_threads"] = servers.threads(server.pid)
         _summarise_step(result, plan)
         return result

@@ -33,13 +33,16 @@ def _get(data: Result, server: str, *path: str) -> Any:
     return node
 
 
-def _common_p99(data: Result) -> tuple[int | None, float | None, float | None]:
-    """p99 of both servers at the largest stream count both sustained (latency grows with load)."""
+def _common_step(data: Result) -> tuple[int | None, Result, Result]:
+    """Both servers' steps at the largest stream count both sustained.
 
-    def good(server: str) -> dict[int, float]:
+    Latency and CPU per packet depend on load, so they are compared at the same load.
+    """
+
+    def good(server: str) -> dict[int, Result]:
         steps = _get(data, server, "streams", "steps") or []
         return {
-            s["streams"]: s["p99_us"]
+            s["streams"]: s
             for s in steps
             if "error" not in s and s["loss_pct"] <= data["plan"]["loss_limit_pct"]
         }
@@ -47,7 +50,7 @@ def _common_p99(data: Result) -> tuple[int | None, float | None, float | None]:
     ours, theirs = good(OURS), good(THEIRS)
     common = sorted(set(ours) & set(theirs))
     if not common:
-        return None, None, None
+        return None, {}, {}
     n = common[-1]
     return n, ours[n], theirs[n]
 
@@ -84,12 +87,24 @@ def render(data: Result) -> str:
         f"| ... as concurrent bidirectional streams | {_fmt(o_n)} | {_fmt(c_n)} | "
         f"{_ratio(o_n, c_n)} |"
     )
-    n, o_p99, c_p99 = _common_p99(data)
+    n, o_step, c_step = _common_step(data)
     if n is not None:
+        o_p99, c_p99 = o_step.get("p99_us"), c_step.get("p99_us")
         add(
             f"| p99 one-way latency at {n:,} streams (largest load both sustained) | "
             f"{_fmt(o_p99, ' us')} | {_fmt(c_p99, ' us')} | "
             f"{_ratio(o_p99, c_p99, lower_is_better=True)} |"
+        )
+        o_p50, c_p50 = o_step.get("p50_us"), c_step.get("p50_us")
+        add(
+            f"| p50 one-way latency at {n:,} streams | {_fmt(o_p50, ' us')} | "
+            f"{_fmt(c_p50, ' us')} | {_ratio(o_p50, c_p50, lower_is_better=True)} |"
+        )
+        o_cpu = o_step.get("server_cpu_us_per_packet")
+        c_cpu = c_step.get("server_cpu_us_per_packet")
+        add(
+            f"| server CPU per relayed packet at {n:,} streams | {_fmt(o_cpu, ' us')} | "
+            f"{_fmt(c_cpu, ' us')} | {_ratio(o_cpu, c_cpu, lower_is_better=True)} |"
         )
     o_p = _get(data, OURS, "streams", "p99_us_at_sustained")
     c_p = _get(data, THEIRS, "streams", "p99_us_at_sustained")
@@ -172,20 +187,27 @@ def render(data: Result) -> str:
             continue
         add(f"### {name}\n")
         add(
-            "| streams | offered pps | relayed pps | loss % | p50 us | p99 us | p99.9 us | "
-            "server CPU % | server RSS MiB | generator |"
+            "| streams | try | offered pps | relayed pps | loss % | p50 us | p99 us | p99.9 us | "
+            "server CPU % | CPU us/packet | server RSS MiB | machine busy % | steal % | "
+            "generator |"
         )
-        add("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        add(
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+            "| ---: | --- |"
+        )
         for s in steps:
             if "error" in s:
-                add(f"| {s['streams']:,} | | | | | | | | | error: {s['error']} |")
+                add(f"| {s['streams']:,} | | | | | | | | | | | | | error: {s['error']} |")
                 continue
             p999 = max(d["latency_us"]["p999"] for d in s["directions"].values())
             gen = "; ".join(s["generator_saturated"]) or "ok"
             add(
-                f"| {s['streams']:,} | {s['offered_pps']:,} | {s['relayed_pps']:,} | "
-                f"{s['loss_pct']:.3f} | {s['p50_us']:.0f} | {s['p99_us']:.0f} | {p999:.0f} | "
-                f"{s['server_cpu_pct']} | {s['server_rss_kib'] / 1024:.1f} | {gen} |"
+                f"| {s['streams']:,} | {s.get('attempt', 1)} | {s['offered_pps']:,} | "
+                f"{s['relayed_pps']:,} | {s['loss_pct']:.3f} | {s['p50_us']:.0f} | "
+                f"{s['p99_us']:.0f} | {p999:.0f} | {s['server_cpu_pct']} | "
+                f"{_fmt(s.get('server_cpu_us_per_packet'))} | "
+                f"{s['server_rss_kib'] / 1024:.1f} | {s.get('machine_busy_pct', '')} | "
+                f"{s.get('steal_pct', '')} | {gen} |"
             )
         add("")
 

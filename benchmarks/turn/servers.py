@@ -186,6 +186,8 @@ class Icerelay(Server):
             REALM,
             "--user",
             f"{USERNAME}:{PASSWORD}",
+            "--log-file",
+            str(self.workdir / "icerelay.log"),
         ]
 
 
