@@ -23,6 +23,8 @@ CHANNEL_LIFETIME = 600.0  # RFC 8656 §12
 CHANNEL_COOLDOWN = 300.0
 CHANNEL_MIN = 0x4000
 CHANNEL_MAX = 0x4FFF
+#: RFC 5766 allowed up to 0x7FFF; RFC 8656 §12 reserved 0x5000-0xFFFF, but clients still use them.
+CHANNEL_MAX_LEGACY = 0x7FFF
 
 
 @dataclass(slots=True, eq=False)

@@ -143,6 +143,10 @@ class TurnServerConfig(BaseModel):
     """SOFTWARE attribute value; omitted unless set."""
     sha256: bool = True
     """Offer SHA-256 keys and USERHASH (RFC 8489 PASSWORD-ALGORITHMS) in the nonce cookie."""
+    legacy_channel_numbers: bool = True
+    """Accept RFC 5766's channel numbers 0x4000-0x7FFF, not only RFC 8656's 0x4000-0x4FFF.
+    Deployed clients (libwebrtc, coturn's own tools) still pick numbers up to 0x7FFF; turn
+    this off on a server that multiplexes with something that uses 0x50-0x7F first bytes."""
     tcp_idle_timeout: float = Field(default=300.0, gt=0)
     """Seconds a TCP/TLS connection without an allocation may stay open."""
     max_tcp_connections: int = Field(default=4096, ge=1)

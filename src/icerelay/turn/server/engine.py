@@ -70,6 +70,7 @@ from icerelay.turn.server.allocation import (
     CHANNEL_COOLDOWN,
     CHANNEL_LIFETIME,
     CHANNEL_MAX,
+    CHANNEL_MAX_LEGACY,
     CHANNEL_MIN,
     PERMISSION_LIFETIME,
     Allocation,
@@ -221,6 +222,9 @@ class TurnServerEngine:
                 self.relay_hosts[family] = host
                 self._pools[family] = PortPool(config.relay_port_min, config.relay_port_max)
         self.software = config.software
+        self.channel_max = CHANNEL_MAX_LEGACY if config.legacy_channel_numbers else CHANNEL_MAX
+        # First bytes of ChannelData we accept: 0x40-0x4F, or up to 0x7F for RFC 5766 clients.
+        self._channel_first_max = self.channel_max >> 8
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.draining = False
         self._by_tuple: dict[FiveTuple, Allocation] = {}
@@ -270,12 +274,12 @@ class TurnServerEngine:
         if not data:
             return
         first = data[0]
-        if 0x40 <= first <= 0x4F:
+        if 0x40 <= first <= self._channel_first_max:
             self._channel_data_from_client(data, (transport, source, destination), now)
         elif first < 0x04:
             self._stun_from_client(data, (transport, source, destination), now)
         else:
-            # 0x50-0x7F is reserved for future ChannelData use, the rest is not TURN.
+            # Reserved ChannelData numbers (RFC 8656 §12), or not TURN at all.
             self.counters["dropped_malformed"] += 1
 
     def receive_relayed(self, data: bytes, peer: HostPort, relay: HostPort, now: float) -> None:
@@ -796,7 +800,7 @@ class TurnServerEngine:
         peer_address = message.get(A.XOR_PEER_ADDRESS)
         if number is None or peer_address is None:
             return self._error(message, 400, "refused_bad_request", "Missing attributes")
-        if not CHANNEL_MIN <= number <= CHANNEL_MAX:
+        if not CHANNEL_MIN <= number <= self.channel_max:
             return self._error(message, 400, "refused_bad_request", "Bad channel number")
         refusal = self._check_peer(message, allocation, peer_address)
         if refusal is not None:

@@ -1,0 +1,390 @@
+"""The asyncio shell around :class:`~.engine.TurnServerEngine`.
+
+- UDP listeners and relayed addresses are plain non-blocking sockets read with
+  ``loop.add_reader`` and written with ``sendto``: no transport or protocol object per packet,
+  and a batch of datagrams is read per wake-up. One UDP socket per relayed address (RFC 8656
+  §7.2), which the engine asks for through the :class:`~.engine.RelayBinder` interface.
+- TCP and TLS listeners (TLS when ``tls_cert``/``tls_key`` are configured) use asyncio
+  protocols; :class:`~.framing.StreamFramer` cuts the stream into frames.
+- A one-second tick runs the engine's timers (expiry) and closes idle TCP connections that
+  have no allocation. Exactness is not needed there: the engine compares expiry times on every
+  packet anyway.
+- :meth:`TurnService.drain` (``SIGUSR1`` under ``icerelay serve``) puts the engine in drain
+  mode; :meth:`TurnService.wait_drained` returns when the last allocation has ended.
+
+Nothing is logged per packet; allocation lifecycle events are logged at INFO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import ssl
+import time
+from typing import Any
+
+from icerelay.errors import ConfigError, TurnError
+from icerelay.turn.server.allocation import HostPort
+from icerelay.turn.server.config import TurnServerConfig
+from icerelay.turn.server.engine import (
+    AllocationCreated,
+    AllocationDeleted,
+    Drained,
+    TurnServerEngine,
+)
+from icerelay.turn.server.framing import StreamFramer
+from icerelay.turn.server.ports import check_relay_range
+
+logger = logging.getLogger("icerelay.turn.server")
+
+_BATCH = 64
+_RECV_SIZE = 65535
+_TICK = 1.0
+_SOCKET_BUFFER = 1 << 20
+# Linux socket options that the socket module may not name.
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+_IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
+
+
+def _udp_socket(address: HostPort, buffers: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            # Keep the families apart: an IPv6 relay must not receive IPv4-mapped traffic.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if buffers:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """One TCP or TLS client connection."""
+
+    def __init__(self, service: TurnService, kind: str) -> None:
+        self.service = service
+        self.kind = kind
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.local: HostPort = ("", 0)
+        self.remote: HostPort = ("", 0)
+        self.last_activity = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.local = tuple(transport.get_extra_info("sockname")[:2])
+        self.remote = tuple(transport.get_extra_info("peername")[:2])
+        self.last_activity = self.service.loop.time()
+        if len(self.service.streams) >= self.service.config.max_tcp_connections:
+            self.service.engine.counters["refused_capacity"] += 1
+            transport.abort()
+            return
+        self.service.streams[(self.local, self.remote)] = self
+
+    def data_received(self, data: bytes) -> None:
+        service = self.service
+        now = service.loop.time()
+        self.last_activity = now
+        try:
+            frames = self.framer.feed(data)
+        except TurnError:
+            service.engine.counters["dropped_malformed"] += 1
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        receive = service.engine.receive
+        for frame in frames:
+            receive(frame, self.remote, self.local, self.kind, now)
+        service.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        service = self.service
+        if service.streams.get((self.local, self.remote)) is self:
+            del service.streams[(self.local, self.remote)]
+            service.engine.connection_lost(self.remote, self.local, self.kind, service.loop.time())
+            service.flush()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class TurnService:
+    """Runs a TURN server on the current event loop: ``await start()`` ... ``await stop()``."""
+
+    def __init__(self, config: TurnServerConfig) -> None:
+        self.config = config
+        self.udp: dict[HostPort, socket.socket] = {}
+        self.streams: dict[tuple[HostPort, HostPort], _StreamProtocol] = {}
+        self.listen_udp: list[HostPort] = []
+        self.listen_tcp: list[HostPort] = []
+        self.listen_tls: list[HostPort] = []
+        self.send_errors = 0
+        self._servers: list[asyncio.Server] = []
+        self._tick: asyncio.TimerHandle | None = None
+        self._drained = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._engine: TurnServerEngine | None = None
+
+    # --- properties ---------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the service runs on (after start)."""
+        assert self._loop is not None, "TurnService not started"
+        return self._loop
+
+    @property
+    def engine(self) -> TurnServerEngine:
+        """The protocol engine (after start): counters, allocations."""
+        assert self._engine is not None, "TurnService not started"
+        return self._engine
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the configuration, bind every listener; raise ConfigError/OSError on failure."""
+        config = self.config
+        check_relay_range(
+            config.relay_port_min, config.relay_port_max, force=config.force_relay_port_range
+        )
+        if config.relay_host(4) is None and config.relay_host(6) is None:
+            raise ConfigError(
+                "turn: no relay address: set relay_ipv4/relay_ipv6 or listen on a concrete IP"
+            )
+        if not config.users and not config.auth_secrets:
+            raise ConfigError("turn: no credentials: set users or auth_secrets")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._engine = TurnServerEngine(config, self, wall_clock_offset=time.time() - loop.time())
+        try:
+            for address in config.listen:
+                if "udp" in config.transports:
+                    sock = _udp_socket(address, buffers=True)
+                    local: HostPort = sock.getsockname()[:2]
+                    self.udp[local] = sock
+                    self.listen_udp.append(local)
+                    loop.add_reader(sock.fileno(), self._on_listen_readable, sock, local)
+                if "tcp" in config.transports:
+                    await self._stream_server(address, "tcp", None)
+            if config.tls_cert is not None and config.tls_key is not None:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.minimum_version = ssl.TLSVersion.TLSv1_2
+                context.load_cert_chain(config.tls_cert, config.tls_key)
+                for address in config.tls_endpoints():
+                    await self._stream_server(address, "tls", context)
+        except BaseException:
+            await self.stop()
+            raise
+        self._tick = loop.call_later(_TICK, self._on_tick)
+        logger.info(
+            "turn server started udp=%s tcp=%s tls=%s realm=%s relay_ipv4=%s relay_ipv6=%s",
+            _fmt(self.listen_udp),
+            _fmt(self.listen_tcp),
+            _fmt(self.listen_tls),
+            config.realm,
+            config.relay_host(4),
+            config.relay_host(6),
+        )
+
+    async def _stream_server(
+        self, address: HostPort, kind: str, context: ssl.SSLContext | None
+    ) -> None:
+        server = await self.loop.create_server(
+            lambda: _StreamProtocol(self, kind),
+            address[0],
+            address[1],
+            ssl=context,
+            reuse_address=True,
+        )
+        self._servers.append(server)
+        for sock in server.sockets:
+            bound: HostPort = sock.getsockname()[:2]
+            (self.listen_tls if kind == "tls" else self.listen_tcp).append(bound)
+
+    async def stop(self) -> None:
+        """Close every socket and connection (allocations end without Refresh)."""
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        for server in self._servers:
+            server.close()
+        for stream in list(self.streams.values()):
+            if stream.transport is not None:
+                stream.transport.abort()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        self._servers.clear()
+        for address in list(self.udp):
+            self._close_udp(address)
+
+    def drain(self) -> None:
+        """Stop taking allocations; :meth:`wait_drained` returns once the last one is gone."""
+        logger.info("turn server draining allocations=%d", len(self.engine.allocations))
+        self.engine.start_drain()
+        self._handle_events()
+
+    async def wait_drained(self) -> None:
+        """Wait until drain mode is on and no allocation is left."""
+        await self._drained.wait()
+
+    def add_signal_handlers(self, signum: int = signal.SIGUSR1) -> None:
+        """Drain on *signum* (SIGUSR1 by default)."""
+        self.loop.add_signal_handler(signum, self.drain)
+
+    # --- RelayBinder --------------------------------------------------------------------
+
+    def bind(self, address: HostPort, dont_fragment: bool) -> bool:
+        """Open the UDP socket of a relayed address (called by the engine)."""
+        try:
+            sock = _udp_socket(address, buffers=False)
+        except OSError:
+            return False
+        if dont_fragment:
+            with contextlib.suppress(OSError):
+                if sock.family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+        self.udp[address] = sock
+        self.loop.add_reader(sock.fileno(), self._on_relay_readable, sock, address)
+        return True
+
+    def release(self, address: HostPort) -> None:
+        """Close the socket of a relayed address (called by the engine)."""
+        self._close_udp(address)
+
+    def _close_udp(self, address: HostPort) -> None:
+        sock = self.udp.pop(address, None)
+        if sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    # --- the data path ------------------------------------------------------------------
+
+    def _on_listen_readable(self, sock: socket.socket, local: HostPort) -> None:
+        receive = self.engine.receive
+        now = self.loop.time()
+        recvfrom = sock.recvfrom
+        for _ in range(_BATCH):
+            try:
+                data, source = recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                # An ICMP error reported on the socket (e.g. port unreachable): nothing to do.
+                continue
+            if len(source) != 2:
+                source = source[:2]
+            receive(data, source, local, "udp", now)
+        self.flush()
+
+    def _on_relay_readable(self, sock: socket.socket, relay: HostPort) -> None:
+        receive = self.engine.receive_relayed
+        now = self.loop.time()
+        recvfrom = sock.recvfrom
+        for _ in range(_BATCH):
+            try:
+                data, peer = recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            if len(peer) != 2:
+                peer = peer[:2]
+            receive(data, peer, relay, now)
+        self.flush()
+
+    def flush(self) -> None:
+        """Put what the engine queued on the wire, then look at its events."""
+        engine = self.engine
+        udp = self.udp
+        for data, source, destination, transport in engine.datagrams_to_send():
+            if transport == "udp":
+                sock = udp.get(source)
+                if sock is None:
+                    continue
+                try:
+                    sock.sendto(data, destination)
+                except OSError:
+                    # Full buffer or an unreachable peer: UDP may drop, counting is enough.
+                    self.send_errors += 1
+            else:
+                stream = self.streams.get((source, destination))
+                if stream is not None:
+                    stream.write(data)
+        if engine._events:
+            self._handle_events()
+
+    def _handle_events(self) -> None:
+        engine = self.engine
+        while (event := engine.next_event()) is not None:
+            if isinstance(event, AllocationCreated):
+                logger.info(
+                    "turn allocation created client=%s transport=%s user=%s relayed=%s lifetime=%d",
+                    _fmt([event.five_tuple[1]]),
+                    event.five_tuple[0],
+                    event.username,
+                    _fmt(list(event.relayed)),
+                    event.lifetime,
+                )
+            elif isinstance(event, AllocationDeleted):
+                logger.info(
+                    "turn allocation deleted client=%s user=%s relayed=%s reason=%s "
+                    "packets_to_peers=%d packets_to_client=%d",
+                    _fmt([event.five_tuple[1]]),
+                    event.username,
+                    _fmt(list(event.relayed)),
+                    event.reason,
+                    event.packets_to_peers,
+                    event.packets_to_client,
+                )
+            elif isinstance(event, Drained):
+                logger.info("turn server drained")
+                self._drained.set()
+
+    def _on_tick(self) -> None:
+        now = self.loop.time()
+        engine = self.engine
+        engine.handle_timer(now)
+        idle = now - self.config.tcp_idle_timeout
+        for key, stream in list(self.streams.items()):
+            five_tuple = (stream.kind, key[1], key[0])
+            if (
+                stream.last_activity < idle
+                and five_tuple not in engine.allocations
+                and stream.transport is not None
+            ):
+                stream.transport.abort()
+        self.flush()
+        self._handle_events()
+        self._tick = self.loop.call_later(_TICK, self._on_tick)
+
+    def status(self) -> dict[str, Any]:
+        """Counters and sizes, for a status endpoint or a log line."""
+        engine = self.engine
+        return {
+            "allocations": len(engine.allocations),
+            "tcp_connections": len(self.streams),
+            "send_errors": self.send_errors,
+            "draining": engine.draining,
+            **engine.counters,
+        }
+
+
+def _fmt(addresses: list[HostPort]) -> str:
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses) or "-"
