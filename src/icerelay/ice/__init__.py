@@ -1,0 +1,67 @@
+"""icerelay.ice: Interactive Connectivity Establishment (RFC 8445, RFC 5245 peers), sans I/O.
+
+:class:`Agent` is the engine (see :mod:`icerelay.ice.agent`); the modules split the protocol the
+way RFC 8445 does: :mod:`.candidate` (section 5.1), :mod:`.pair` and :mod:`.checklist`
+(section 6.1.2), :mod:`.gathering` (section 5.1.1), :mod:`.relay` (the TURN seam), :mod:`.events`.
+"""
+
+from icerelay.ice.agent import Agent
+from icerelay.ice.candidate import (
+    TYPE_PREFERENCE,
+    Candidate,
+    CandidateType,
+    TransportAddress,
+    candidate_priority,
+    compute_foundation,
+    make_local_candidate,
+    prune_redundant,
+)
+from icerelay.ice.checklist import CheckList, CheckListState
+from icerelay.ice.config import AgentConfig, Nomination
+from icerelay.ice.events import (
+    CandidateGathered,
+    CandidatePairStateChanged,
+    ConnectionState,
+    ConnectionStateChanged,
+    Datagram,
+    DataReceived,
+    Event,
+    GatheringComplete,
+    RoleChanged,
+    SelectedPairChanged,
+)
+from icerelay.ice.pair import CandidatePair, PairInfo, PairState, pair_priority
+from icerelay.ice.relay import RelayProvider, TurnRelay, TurnServer
+
+__all__ = [
+    "TYPE_PREFERENCE",
+    "Agent",
+    "AgentConfig",
+    "Candidate",
+    "CandidateGathered",
+    "CandidatePair",
+    "CandidatePairStateChanged",
+    "CandidateType",
+    "CheckList",
+    "CheckListState",
+    "ConnectionState",
+    "ConnectionStateChanged",
+    "DataReceived",
+    "Datagram",
+    "Event",
+    "GatheringComplete",
+    "Nomination",
+    "PairInfo",
+    "PairState",
+    "RelayProvider",
+    "RoleChanged",
+    "SelectedPairChanged",
+    "TransportAddress",
+    "TurnRelay",
+    "TurnServer",
+    "candidate_priority",
+    "compute_foundation",
+    "make_local_candidate",
+    "pair_priority",
+    "prune_redundant",
+]
