@@ -1,7 +1,7 @@
 """Typed STUN attribute values and their wire encoding (RFC 8489 §14, RFC 8656 §18, RFC 8445
 §7.1.1-7.1.2, RFC 5780 §7, RFC 6062 §6.2, RFC 3489 §11.2).
 
-Each attribute type maps to one Python value type (see :data:`VALUE_TYPES` in the docs of
+Each attribute type maps to one Python value type (listed in the docstring of
 :class:`~icerelay.stun.message.Message`); unknown types travel as raw ``bytes``. Decoders raise
 only :class:`~icerelay.errors.StunError`, with a reason naming the attribute.
 """
@@ -16,7 +16,6 @@ from typing import Any
 
 from icerelay.errors import StunError
 from icerelay.stun.constants import (
-    MAGIC_COOKIE,
     MAX_NONCE_LENGTH,
     MAX_REALM_LENGTH,
     MAX_REASON_LENGTH,
@@ -31,7 +30,6 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _ADDRESS_HEAD = struct.Struct("!xBH")
-_COOKIE_HIGH16 = MAGIC_COOKIE >> 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,59 +438,60 @@ def _encode_icmp(value: Icmp, cookie_and_id: bytes) -> bytes:
 
 # --- the table ---------------------------------------------------------------------------------
 
-A = AttributeType
+_A = AttributeType
 
 #: attribute type -> (decoder, encoder)
 CODECS: dict[int, tuple[Decoder, Encoder]] = {}
 
 for _t in (
-    A.MAPPED_ADDRESS,
-    A.RESPONSE_ADDRESS,
-    A.SOURCE_ADDRESS,
-    A.CHANGED_ADDRESS,
-    A.REFLECTED_FROM,
-    A.ALTERNATE_SERVER,
-    A.RESPONSE_ORIGIN,
-    A.OTHER_ADDRESS,
+    _A.MAPPED_ADDRESS,
+    _A.RESPONSE_ADDRESS,
+    _A.SOURCE_ADDRESS,
+    _A.CHANGED_ADDRESS,
+    _A.REFLECTED_FROM,
+    _A.ALTERNATE_SERVER,
+    _A.RESPONSE_ORIGIN,
+    _A.OTHER_ADDRESS,
 ):
     CODECS[_t] = (_make_address_decoder(_t), _encode_address)
-for _t in (A.XOR_MAPPED_ADDRESS, A.XOR_PEER_ADDRESS, A.XOR_RELAYED_ADDRESS):
+for _t in (_A.XOR_MAPPED_ADDRESS, _A.XOR_PEER_ADDRESS, _A.XOR_RELAYED_ADDRESS):
     CODECS[_t] = (_make_xor_address_decoder(_t), _encode_xor_address)
 for _t, _limit in (
-    (A.USERNAME, MAX_USERNAME_LENGTH),
-    (A.REALM, MAX_REALM_LENGTH),
-    (A.NONCE, MAX_NONCE_LENGTH),
-    (A.SOFTWARE, MAX_SOFTWARE_LENGTH),
-    (A.ALTERNATE_DOMAIN, MAX_REALM_LENGTH),
+    (_A.USERNAME, MAX_USERNAME_LENGTH),
+    (_A.REALM, MAX_REALM_LENGTH),
+    (_A.NONCE, MAX_NONCE_LENGTH),
+    (_A.SOFTWARE, MAX_SOFTWARE_LENGTH),
+    (_A.ALTERNATE_DOMAIN, MAX_REALM_LENGTH),
 ):
     CODECS[_t] = (_make_text_decoder(_t, _limit), _make_text_encoder(_t, _limit))
-for _t in (A.LIFETIME, A.PRIORITY, A.CHANGE_REQUEST, A.CONNECTION_ID, A.FINGERPRINT):
+for _t in (_A.LIFETIME, _A.PRIORITY, _A.CHANGE_REQUEST, _A.CONNECTION_ID, _A.FINGERPRINT):
     CODECS[_t] = (_make_fixed_decoder(_t, 4, _u32), _encode_u32)
-for _t in (A.ICE_CONTROLLED, A.ICE_CONTROLLING):
+for _t in (_A.ICE_CONTROLLED, _A.ICE_CONTROLLING):
     CODECS[_t] = (_make_fixed_decoder(_t, 8, _u64), _encode_u64)
-for _t in (A.CHANNEL_NUMBER, A.RESPONSE_PORT):
+for _t in (_A.CHANNEL_NUMBER, _A.RESPONSE_PORT):
     CODECS[_t] = (_make_fixed_decoder(_t, 4, _high16), _encode_high16)
-for _t in (A.REQUESTED_TRANSPORT, A.REQUESTED_ADDRESS_FAMILY, A.ADDITIONAL_ADDRESS_FAMILY):
+for _t in (_A.REQUESTED_TRANSPORT, _A.REQUESTED_ADDRESS_FAMILY, _A.ADDITIONAL_ADDRESS_FAMILY):
     CODECS[_t] = (_make_fixed_decoder(_t, 4, _high8), _encode_high8)
-for _t in (A.USE_CANDIDATE, A.DONT_FRAGMENT):
+for _t in (_A.USE_CANDIDATE, _A.DONT_FRAGMENT):
     CODECS[_t] = (_make_flag_decoder(_t), _encode_flag)
-for _t in (A.DATA, A.PADDING, A.PASSWORD):
+for _t in (_A.DATA, _A.PADDING, _A.PASSWORD):
     CODECS[_t] = (_decode_bytes, _encode_bytes)
 for _t, _size in (
-    (A.RESERVATION_TOKEN, 8),
-    (A.USERHASH, 32),
-    (A.MESSAGE_INTEGRITY, 20),
+    (_A.RESERVATION_TOKEN, 8),
+    (_A.USERHASH, 32),
+    (_A.MESSAGE_INTEGRITY, 20),
 ):
     CODECS[_t] = (_make_sized_bytes_decoder(_t, _size), _encode_bytes)
-CODECS[A.MESSAGE_INTEGRITY_SHA256] = (_decode_integrity_sha256, _encode_bytes)
-CODECS[A.EVEN_PORT] = (_decode_even_port, _encode_even_port)
-CODECS[A.ERROR_CODE] = (_decode_error_code, _encode_error_code)
-CODECS[A.ADDRESS_ERROR_CODE] = (_decode_address_error_code, _encode_address_error_code)
-CODECS[A.UNKNOWN_ATTRIBUTES] = (_decode_unknown_attributes, _encode_unknown_attributes)
-CODECS[A.PASSWORD_ALGORITHMS] = (_decode_password_algorithms, _encode_password_algorithms)
-CODECS[A.PASSWORD_ALGORITHM] = (_decode_password_algorithm, _encode_password_algorithm)
-CODECS[A.ICMP] = (_decode_icmp, _encode_icmp)
+CODECS[_A.MESSAGE_INTEGRITY_SHA256] = (_decode_integrity_sha256, _encode_bytes)
+CODECS[_A.EVEN_PORT] = (_decode_even_port, _encode_even_port)
+CODECS[_A.ERROR_CODE] = (_decode_error_code, _encode_error_code)
+CODECS[_A.ADDRESS_ERROR_CODE] = (_decode_address_error_code, _encode_address_error_code)
+CODECS[_A.UNKNOWN_ATTRIBUTES] = (_decode_unknown_attributes, _encode_unknown_attributes)
+CODECS[_A.PASSWORD_ALGORITHMS] = (_decode_password_algorithms, _encode_password_algorithms)
+CODECS[_A.PASSWORD_ALGORITHM] = (_decode_password_algorithm, _encode_password_algorithm)
+CODECS[_A.ICMP] = (_decode_icmp, _encode_icmp)
 del _t, _limit, _size
+
 
 def decode_value(attribute_type: int, value: bytes, cookie_and_id: bytes) -> Any:
     """Decode one attribute value; unknown types come back as the raw bytes."""

@@ -48,10 +48,10 @@ _MESSAGE_INTEGRITY_SHA256 = int(AttributeType.MESSAGE_INTEGRITY_SHA256)
 # message type -> (method, class); at most 16384 entries, filled as types are seen.
 _MESSAGE_TYPES: dict[int, tuple[int, MessageClass]] = {}
 
-A = AttributeType
+_A = AttributeType
 
 # Attributes that encode() computes itself; any copies in the attribute list are skipped.
-_COMPUTED = frozenset({A.MESSAGE_INTEGRITY, A.MESSAGE_INTEGRITY_SHA256, A.FINGERPRINT})
+_COMPUTED = frozenset({_A.MESSAGE_INTEGRITY, _A.MESSAGE_INTEGRITY_SHA256, _A.FINGERPRINT})
 
 IntegrityAlgorithm = Literal["sha1", "sha256", "both"]
 
@@ -151,7 +151,9 @@ class Message:
     RESERVATION-TOKEN, PADDING, USERHASH; ``None`` for the flags USE-CANDIDATE and
     DONT-FRAGMENT (test with ``in``); ``bool`` for EVEN-PORT (the R bit); ``list[int]`` for
     UNKNOWN-ATTRIBUTES; :class:`PasswordAlgorithmEntry` (or a list of them) for
-    PASSWORD-ALGORITHM(S); raw ``bytes`` for unknown types.
+    PASSWORD-ALGORITHM(S); :class:`AddressErrorCode` for ADDRESS-ERROR-CODE; :class:`Icmp`
+    for ICMP; ``int`` for a decoded FINGERPRINT; raw ``bytes`` for unknown types. A ``bytes``
+    value given for a known type is written as it is (to craft odd messages in tests).
 
     A message from :func:`decode_message` also remembers its bytes, so that
     :meth:`check_integrity` can verify MESSAGE-INTEGRITY(-SHA256) without re-encoding.
@@ -326,7 +328,7 @@ class Message:
     def error_response(self, code: int, reason: str = "") -> Message:
         """An error response to this request carrying ERROR-CODE."""
         response = self.response(MessageClass.ERROR_RESPONSE)
-        response.add(A.ERROR_CODE, ErrorCode(code, reason))
+        response.add(_A.ERROR_CODE, ErrorCode(code, reason))
         return response
 
     # --- encoding -----------------------------------------------------------------------
@@ -378,7 +380,7 @@ class Message:
                 length += 24
                 head = _HEADER.pack(mtype, length, self.cookie, self.transaction_id)
                 digest = hmac.new(integrity_key, head + body, hashlib.sha1).digest()
-                body += _ATTRIBUTE_HEADER.pack(A.MESSAGE_INTEGRITY, 20) + digest
+                body += _ATTRIBUTE_HEADER.pack(_A.MESSAGE_INTEGRITY, 20) + digest
             if integrity in ("sha256", "both"):
                 if not 16 <= sha256_length <= 32 or sha256_length % 4:
                     raise ValueError(
@@ -388,7 +390,7 @@ class Message:
                 head = _HEADER.pack(mtype, length, self.cookie, self.transaction_id)
                 digest = hmac.new(integrity_key, head + body, hashlib.sha256).digest()
                 body += (
-                    _ATTRIBUTE_HEADER.pack(A.MESSAGE_INTEGRITY_SHA256, sha256_length)
+                    _ATTRIBUTE_HEADER.pack(_A.MESSAGE_INTEGRITY_SHA256, sha256_length)
                     + digest[:sha256_length]
                 )
             elif integrity not in ("sha1", "both"):
@@ -398,7 +400,7 @@ class Message:
             length += 8
             data = _HEADER.pack(mtype, length, self.cookie, self.transaction_id) + body
             crc = binascii.crc32(data) ^ FINGERPRINT_XOR
-            return data + _ATTRIBUTE_HEADER.pack(A.FINGERPRINT, 4) + _U32.pack(crc)
+            return data + _ATTRIBUTE_HEADER.pack(_A.FINGERPRINT, 4) + _U32.pack(crc)
         if length > 0xFFFF:
             raise ValueError("message longer than 65535 bytes after the header")
         return _HEADER.pack(mtype, length, self.cookie, self.transaction_id) + body
@@ -520,7 +522,7 @@ def decode_message(
             message.fingerprint_ok = received == expected
             if check_fingerprint and not message.fingerprint_ok:
                 raise StunError("FINGERPRINT mismatch")
-            attributes.append((A.FINGERPRINT, received))
+            attributes.append((_A.FINGERPRINT, received))
             break
         if seen_integrity_sha256 or (
             seen_integrity and attribute_type != _MESSAGE_INTEGRITY_SHA256
