@@ -494,3 +494,12 @@ def test_every_registered_attribute_type_has_a_codec() -> None:
 def test_decoded_attribute_types_are_enum_members() -> None:
     decoded = decode_message(_request((A.SOFTWARE, "x"), (0x7F00, b"")).encode())
     assert [type(t) for t, _ in decoded] == [AttributeType, int]
+
+
+def test_is_stun_negatives() -> None:
+    good = _request().encode()
+    assert is_stun(good) and is_stun(bytearray(good)) and is_stun(memoryview(good))
+    assert not is_stun(good[:19])
+    assert not is_stun(b"\x80" + good[1:])  # RTP
+    assert not is_stun(good + b"\x00\x00\x00\x00")  # length field disagrees
+    assert not is_stun(good[:3] + b"\x02" + good[4:] + b"\x00\x00")  # not a multiple of 4

@@ -38,7 +38,7 @@ from icerelay.stun.channeldata import decode_channel_data
 from icerelay.stun.demux import classify_packet, stream_frame_length
 
 A = AttributeType
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _normal_ipv6(packed: bytes) -> str:
@@ -175,7 +175,7 @@ def _decode_or_stun_error(data: bytes) -> None:
             repr(message)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=120))
 def test_fuzz_random_bytes(data: bytes) -> None:
     _decode_or_stun_error(data)
@@ -218,7 +218,7 @@ def mutations(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(mutations())
 def test_fuzz_mutated_messages(data: bytes) -> None:
     _decode_or_stun_error(data)
