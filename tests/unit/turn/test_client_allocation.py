@@ -140,6 +140,34 @@ def test_sha256_without_username_anonymity_keeps_username() -> None:
     assert isinstance(h.events[-1], AllocationSucceeded)
 
 
+def test_userhash_refused_falls_back_to_username_once() -> None:
+    # RFC 8489 servers cannot resolve a USERHASH of a computed (REST API) username.
+    server = FakeServer(offer_sha256=True, offer_userhash=True, userhash_unknown=True)
+    h = make(server=server)
+    allocates = h.requests_of(Method.ALLOCATE)
+    assert len(allocates) == 3
+    assert A.USERHASH in allocates[1] and A.USERNAME not in allocates[1]
+    assert allocates[2].get(A.USERNAME) == USER and A.USERHASH not in allocates[2]
+    assert allocates[2].integrity_algorithm == "sha256"
+    assert isinstance(h.events[-1], AllocationSucceeded)
+    assert not h.engine.uses_userhash
+
+
+def test_userhash_can_be_turned_off() -> None:
+    h = make(server=FakeServer(offer_sha256=True, offer_userhash=True), userhash=False)
+    assert h.requests_of(Method.ALLOCATE)[1].get(A.USERNAME) == USER
+    assert isinstance(h.events[-1], AllocationSucceeded)
+
+
+def test_wrong_password_with_userhash_fails_after_the_fallback() -> None:
+    server = FakeServer(offer_sha256=True, offer_userhash=True)
+    server.users[USER] = "not the password"
+    h = make(server=server)
+    assert len(h.requests_of(Method.ALLOCATE)) == 3
+    failed = h.events[-1]
+    assert isinstance(failed, AllocationFailed) and failed.code == 401
+
+
 def test_response_with_bad_integrity_is_dropped_and_retransmission_continues() -> None:
     server = FakeServer()
     h = make(server=server)

@@ -53,6 +53,8 @@ class FakeServer:
     #: Offer PASSWORD-ALGORITHMS (SHA-256, MD5) in the 401, and/or USERHASH (nonce cookie bits).
     offer_sha256: bool = False
     offer_userhash: bool = False
+    #: Like a server whose users are computed (TURN REST API): USERHASH finds no one.
+    userhash_unknown: bool = False
     granted_lifetime: int = 600
     #: Answer the next N requests of any kind with 438 (a fresh nonce each time).
     stale_next: int = 0
@@ -123,7 +125,11 @@ class FakeServer:
         username = request.get(A.USERNAME)
         hashed = request.get(A.USERHASH)
         if username is None and hashed is not None:
-            matches = [u for u in self.users if userhash(u, self.realm) == hashed]
+            matches = [
+                u
+                for u in self.users
+                if userhash(u, self.realm) == hashed and not self.userhash_unknown
+            ]
             username = matches[0] if matches else None
         if username is None and hashed is None:
             if self.redirect_to is not None and request.method == Method.ALLOCATE:
@@ -143,7 +149,7 @@ class FakeServer:
             response.add(A.REALM, self.realm)
             response.add(A.NONCE, self.current_nonce())
             return self._out(request, response, None, None)
-        if username not in self.users:
+        if username is None or username not in self.users:
             return self._challenge(request)
         algorithm_entry = request.get(A.PASSWORD_ALGORITHM)
         algorithm = algorithm_entry.algorithm if algorithm_entry else PasswordAlgorithm.MD5

@@ -312,6 +312,11 @@ class TurnClient:
         self.engine.bind_channel(peer, self._loop.time())
         self._pump()
 
+    async def refresh(self) -> None:
+        """Refresh the allocation now (the engine also does it on its own before expiry)."""
+        self.engine.refresh(self._loop.time())
+        self._pump()
+
     async def close(self, timeout: float = 5.0) -> None:
         """Deallocate (Refresh with LIFETIME 0), wait for the answer up to *timeout* seconds,
         then close the socket. Safe to call more than once."""

@@ -184,7 +184,8 @@ class Allocation:
     transport is always UDP). *lifetime* is what we ask for (the server may grant less).
     *family* 6 asks for an IPv6 relayed address (REQUESTED-ADDRESS-FAMILY), 4 or None for the
     default IPv4. *channel_threshold* is how many packets to one peer start a channel binding (0:
-    never bind, keep Send indications). *rto*, *rc* and *rm* tune the UDP retransmissions and
+    never bind, keep Send indications). *userhash* False never sends USERHASH, even when the
+    server offers username anonymity. *rto*, *rc* and *rm* tune the UDP retransmissions and
     *ti* the TCP/TLS timeout (RFC 8489 §6.2; the defaults give up after 39.5 s).
     """
 
@@ -199,6 +200,7 @@ class Allocation:
         family: int | None = None,
         software: str | None = DEFAULT_SOFTWARE,
         channel_threshold: int = 1,
+        userhash: bool = True,
         rto: float = DEFAULT_RTO,
         rc: int = DEFAULT_RC,
         rm: int = DEFAULT_RM,
@@ -216,6 +218,7 @@ class Allocation:
         self.family = family
         self.software = software
         self.channel_threshold = channel_threshold
+        self.userhash = userhash
         self.rto = rto
         self.rc = rc
         self.rm = rm
@@ -247,6 +250,7 @@ class Allocation:
         self._algorithms: list[PasswordAlgorithmEntry] | None = None
         self._algorithm = PasswordAlgorithm.MD5
         self._use_userhash = False
+        self._userhash_refused = False
 
         self._permissions: dict[str, _Permission] = {}
         self._channels_by_peer: dict[Address, _Channel] = {}
@@ -439,6 +443,16 @@ class Allocation:
             self._send_refresh(now, 0, _Kind.DEALLOCATE)
         # ALLOCATING: the Allocate in flight may yet create an allocation on the server; wait
         # for its answer and deallocate then, rather than leave it there for its lifetime.
+
+    @property
+    def password_algorithm(self) -> PasswordAlgorithm:
+        """The long-term key in use: MD5, or SHA-256 when the server offered it."""
+        return self._algorithm
+
+    @property
+    def uses_userhash(self) -> bool:
+        """True when requests carry USERHASH instead of USERNAME (RFC 8489 §14.4)."""
+        return self._use_userhash
 
     def channel_for(self, peer: Address) -> int | None:
         """The channel number bound to *peer*, if the binding is confirmed."""
@@ -716,6 +730,22 @@ class Allocation:
             self._learn_credentials(message)
             self._resend(request, now, stale=False)
             return
+        if (
+            code == 401
+            and request.kind is _Kind.ALLOCATE
+            and self._use_userhash
+            and not self._userhash_refused
+        ):
+            # A server can only map a USERHASH back to users it has in a table: TURN REST API
+            # usernames ("expiry:user") are computed, not stored, so it cannot find them and
+            # answers 401. Try once more naming the user in the clear.
+            self._userhash_refused = True
+            if isinstance(message.get(AttributeType.NONCE), str):
+                self._learn_credentials(message)
+            else:
+                self._use_userhash = False
+            self._resend(request, now, stale=False)
+            return
         if code == 438:
             if request.stale_retries >= MAX_STALE_NONCE_RETRIES:
                 self._request_failed(request, "server keeps answering 438 (Stale Nonce)", code, now)
@@ -729,6 +759,7 @@ class Allocation:
                 self._learn_credentials(message)
             else:
                 self._nonce = nonce
+            self.counters.stale_nonces += 1
             self._resend(request, now, stale=True)
             return
         if code == 300 and request.kind is _Kind.ALLOCATE:
@@ -760,7 +791,11 @@ class Allocation:
                 self._algorithm = PasswordAlgorithm.SHA256
             elif PasswordAlgorithm.MD5 not in offered:
                 raise TurnError("server offers no password algorithm we know (MD5, SHA-256)")
-        self._use_userhash = bool(features & SecurityFeature.USERNAME_ANONYMITY)
+        self._use_userhash = (
+            self.userhash
+            and not self._userhash_refused
+            and bool(features & SecurityFeature.USERNAME_ANONYMITY)
+        )
         self._realm = realm
         self._nonce = nonce
         self._key = long_term_key(self.username, realm, self.password, algorithm=self._algorithm)

@@ -143,6 +143,8 @@ class AllocationCounters:
     #: Requests put on the wire the first time and again (retransmissions, UDP only).
     requests_sent: int = 0
     retransmissions: int = 0
+    #: 438 (Stale Nonce) answers, each retried with the new nonce (RFC 8489 §9.2.5).
+    stale_nonces: int = 0
     send_indications_sent: int = 0
     channel_data_sent: int = 0
     data_indications_received: int = 0

@@ -1,0 +1,223 @@
+"""Our TURN client against coturn 4.6.1 (a real ``turnserver`` on loopback, started per test).
+
+Each scenario is the whole life of an allocation: Allocate (401, then long-term credentials),
+permission, channel binding, data both ways with a UDP echo peer on loopback, refresh, and
+deallocation, over UDP and TCP to the server; also TURN REST API shared-secret credentials
+(coturn's ``use-auth-secret``) and coturn's stale nonces (438).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+
+from icerelay.stun import Address
+from icerelay.turn.client import (
+    AllocationClosed,
+    AllocationError,
+    AllocationRefreshed,
+    ChannelBound,
+    Event,
+    TurnClient,
+    create_turn_allocation,
+)
+from icerelay.turn.credentials import rest_api_credentials
+from tests.support.coturn import Coturn
+
+pytestmark = pytest.mark.interop
+
+USER, PASSWORD = "alice", "wonderland"
+SECRET = "north-wind"
+CoturnFactory = Callable[..., Coturn]
+
+
+class EchoPeer(asyncio.DatagramProtocol):
+    """A peer on loopback that sends every datagram back where it came from (the relay)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.seen: list[tuple[bytes, tuple[str, int]]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.seen.append((data, addr))
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
+
+
+async def _echo_peer() -> tuple[EchoPeer, Address]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(EchoPeer, local_addr=("127.0.0.1", 0))
+    host, port = transport.get_extra_info("sockname")[:2]
+    return protocol, Address(host, port)
+
+
+async def _wait_for(events: list[Event], kind: type[Event], timeout: float) -> Event:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in events:
+            if isinstance(event, kind):
+                return event
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no {kind.__name__} within {timeout} s; events: {events}")
+
+
+async def _exchange(turn: TurnClient, peer: Address, count: int) -> list[bytes]:
+    """Send *count* numbered packets to the echo peer, one at a time, and return the echoes."""
+    echoes = []
+    for number in range(count):
+        await turn.send_to(b"packet-%03d" % number, peer)
+        data, source = await asyncio.wait_for(turn.recv_from(), 3.0)
+        assert source == peer
+        echoes.append(data)
+    return echoes
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_allocate_permission_channel_data_refresh_deallocate(
+    coturn_factory: CoturnFactory, transport: str
+) -> None:
+    # A 6 s lifetime makes coturn's grant short enough that our refresh timer (at half life)
+    # fires during the test: a real timer-driven Refresh, not one we call by hand. (coturn
+    # ignores "--max-allocate-lifetime 6" with a space: its optional-argument parsing wants "=".)
+    server = coturn_factory(users=[(USER, PASSWORD)], extra_args=["--max-allocate-lifetime=6"])
+
+    async def scenario() -> None:
+        echo, peer = await _echo_peer()
+        events: list[Event] = []
+        async with create_turn_allocation(
+            ("127.0.0.1", server.port),
+            USER,
+            PASSWORD,
+            transport=transport,  # type: ignore[arg-type]
+            on_event=events.append,
+        ) as turn:
+            assert turn.relayed_address.host == "127.0.0.1"
+            assert server.relay_range[0] <= turn.relayed_address.port <= server.relay_range[1]
+            assert turn.mapped_address is not None and turn.mapped_address.host == "127.0.0.1"
+            assert turn.lifetime == 6
+
+            echoes = await _exchange(turn, peer, 10)
+            assert echoes == [b"packet-%03d" % n for n in range(10)]
+            # The peer saw our relayed address as the source: the data really went through coturn.
+            assert {addr for _, addr in echo.seen} == {
+                (turn.relayed_address.host, turn.relayed_address.port)
+            }
+            bound = await _wait_for(events, ChannelBound, 2.0)
+            assert isinstance(bound, ChannelBound) and bound.peer == peer
+            counters = turn.counters
+            # The first packet went as a Send indication and started the ChannelBind; the rest
+            # went as ChannelData, and coturn answered on the channel too.
+            assert counters.send_indications_sent >= 1
+            assert counters.channel_data_sent >= 8
+            assert counters.channel_data_received >= 8
+            assert counters.malformed == 0 and counters.integrity_failures == 0
+
+            refreshed = await _wait_for(events, AllocationRefreshed, 6.0)
+            assert isinstance(refreshed, AllocationRefreshed) and refreshed.lifetime == 6
+            assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
+        assert events[-1] == AllocationClosed(confirmed=True)
+        assert turn.closed
+        assert echo.transport is not None
+        echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_peer_speaks_first_through_a_data_indication(coturn_factory: CoturnFactory) -> None:
+    server = coturn_factory(users=[(USER, PASSWORD)])
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        peer_transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        peer = Address(*peer_transport.get_extra_info("sockname")[:2])
+        async with create_turn_allocation(("127.0.0.1", server.port), USER, PASSWORD) as turn:
+            # ICE does this for a remote candidate before any check: permission, no data.
+            await turn.create_permission([peer])
+            deadline = time.monotonic() + 2
+            while not turn.engine.has_permission(peer.host) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            relayed = turn.relayed_address
+            peer_transport.sendto(b"hello from the peer", (relayed.host, relayed.port))
+            data, source = await asyncio.wait_for(turn.recv_from(), 3.0)
+            assert (data, source) == (b"hello from the peer", peer)
+            assert turn.counters.data_indications_received == 1
+        peer_transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_rest_api_shared_secret_credentials(coturn_factory: CoturnFactory) -> None:
+    # coturn refuses to start use-auth-secret without --lt-cred-mech, which the launcher adds
+    # when users are given; the static user is never used.
+    server = coturn_factory(
+        users=[("unused", "unused")],
+        extra_args=["--use-auth-secret", "--static-auth-secret", SECRET],
+    )
+
+    async def scenario() -> None:
+        echo, peer = await _echo_peer()
+        username, password = rest_api_credentials(SECRET, "bob", ttl=600, now=time.time())
+        async with create_turn_allocation(("127.0.0.1", server.port), username, password) as turn:
+            assert await _exchange(turn, peer, 3) == [b"packet-000", b"packet-001", b"packet-002"]
+        # The same user with a key from another secret, and an expired credential: both 401.
+        wrong = rest_api_credentials("south-wind", "bob", ttl=600, now=time.time())
+        expired = rest_api_credentials(SECRET, "bob", ttl=-60, now=time.time())
+        for bad_username, bad_password in (wrong, expired):
+            with pytest.raises(AllocationError) as info:
+                await TurnClient.connect(
+                    ("127.0.0.1", server.port), bad_username, bad_password, timeout=5
+                )
+            assert info.value.code == 401
+        assert echo.transport is not None
+        echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_wrong_password_is_refused(coturn_factory: CoturnFactory, transport: str) -> None:
+    server = coturn_factory(users=[(USER, PASSWORD)])
+
+    async def scenario() -> None:
+        with pytest.raises(AllocationError) as info:
+            await TurnClient.connect(
+                ("127.0.0.1", server.port),
+                USER,
+                "not the password",
+                transport=transport,  # type: ignore[arg-type]
+                timeout=5,
+            )
+        assert info.value.code == 401
+
+    asyncio.run(scenario())
+
+
+def test_stale_nonce_from_coturn_is_retried(coturn_factory: CoturnFactory) -> None:
+    # coturn's --stale-nonce=N makes its nonces expire after N seconds (438 Stale Nonce).
+    server = coturn_factory(users=[(USER, PASSWORD)], extra_args=["--stale-nonce=1"])
+
+    async def scenario() -> None:
+        echo, peer = await _echo_peer()
+        events: list[Event] = []
+        options: dict[str, Any] = {"on_event": events.append}
+        async with create_turn_allocation(
+            ("127.0.0.1", server.port), USER, PASSWORD, **options
+        ) as turn:
+            await asyncio.sleep(2.2)
+            # A new permission needs a request: coturn answers 438, we retry with its new nonce.
+            assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
+            assert turn.counters.stale_nonces >= 1
+        assert events[-1] == AllocationClosed(confirmed=True)
+        assert echo.transport is not None
+        echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

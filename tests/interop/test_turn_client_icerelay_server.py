@@ -1,0 +1,226 @@
+"""Our TURN client against our own TURN server (:class:`icerelay.turn.server.service.TurnService`)
+on loopback, in one event loop: the same life of an allocation as against coturn, over UDP, TCP
+and TLS, with the server's RFC 8489 SHA-256 keys and USERHASH, and REST API credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from icerelay.stun import Address
+from icerelay.stun.constants import PasswordAlgorithm
+from icerelay.turn.client import (
+    AllocationClosed,
+    AllocationError,
+    AllocationRefreshed,
+    ChannelBound,
+    Event,
+    TurnClient,
+    create_turn_allocation,
+)
+from icerelay.turn.credentials import rest_api_credentials
+from tests.support.ports import free_port
+
+try:
+    from icerelay.turn.server.config import TurnServerConfig
+    from icerelay.turn.server.service import TurnService
+except ImportError as exc:  # pragma: no cover - only while the server is being written
+    pytest.skip(f"icerelay.turn.server.service.TurnService missing: {exc}", allow_module_level=True)
+
+pytestmark = pytest.mark.interop
+
+USER, PASSWORD = "alice", "wonderland"
+SECRET = "north-wind"
+
+
+class EchoPeer(asyncio.DatagramProtocol):
+    """A UDP peer on loopback that echoes every datagram to its sender."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.sources: set[tuple[str, int]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sources.add(addr)
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl CLI), for the TLS listener."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not installed (Debian package openssl)")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "2", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@asynccontextmanager
+async def running_server(
+    certificate: tuple[Path, Path] | None = None, **overrides: Any
+) -> AsyncIterator[TurnService]:
+    port = free_port()
+    # A private relay range per run, below the ephemeral range and away from coturn tests'.
+    base = random.randrange(210, 299) * 100
+    settings: dict[str, Any] = {
+        "enabled": True,
+        "listen": [("127.0.0.1", port)],
+        "realm": "icerelay.test",
+        "users": {USER: PASSWORD},
+        "auth_secrets": [SECRET],
+        "relay_ipv4": "127.0.0.1",
+        "relay_port_min": base,
+        "relay_port_max": base + 99,
+        "allow_peers": ["127.0.0.0/8"],
+    }
+    if certificate is not None:
+        settings["tls_cert"], settings["tls_key"] = certificate
+        settings["tls_listen"] = [("127.0.0.1", free_port())]
+    settings.update(overrides)
+    service = TurnService(TurnServerConfig(**settings))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def _echo_peer() -> tuple[EchoPeer, Address]:
+    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+        EchoPeer, local_addr=("127.0.0.1", 0)
+    )
+    host, port = transport.get_extra_info("sockname")[:2]
+    return protocol, Address(host, port)
+
+
+async def _exchange(turn: TurnClient, peer: Address, count: int) -> list[bytes]:
+    echoes = []
+    for number in range(count):
+        await turn.send_to(b"packet-%03d" % number, peer)
+        data, source = await asyncio.wait_for(turn.recv_from(), 3.0)
+        assert source == peer
+        echoes.append(data)
+    return echoes
+
+
+async def _until(condition: Any, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+def test_allocate_permission_channel_data_refresh_deallocate(
+    certificate: tuple[Path, Path], transport: str
+) -> None:
+    async def scenario() -> None:
+        async with running_server(certificate) as service:
+            echo, peer = await _echo_peer()
+            events: list[Event] = []
+            if transport == "tls":
+                server = service.listen_tls[0]
+                context: ssl.SSLContext | None = ssl.create_default_context(
+                    cafile=str(certificate[0])
+                )
+            else:
+                server = (service.listen_udp if transport == "udp" else service.listen_tcp)[0]
+                context = None
+            async with create_turn_allocation(
+                server,
+                USER,
+                PASSWORD,
+                transport=transport,  # type: ignore[arg-type]
+                ssl=context,
+                on_event=events.append,
+            ) as turn:
+                # Our server offers SHA-256 and username anonymity (RFC 8489 §9.2): used.
+                assert turn.engine.password_algorithm == PasswordAlgorithm.SHA256
+                assert turn.engine.uses_userhash
+                relayed = turn.relayed_address
+                assert relayed.host == "127.0.0.1"
+                assert (
+                    service.config.relay_port_min <= relayed.port <= service.config.relay_port_max
+                )
+                assert turn.mapped_address is not None
+
+                echoes = await _exchange(turn, peer, 10)
+                assert echoes == [b"packet-%03d" % n for n in range(10)]
+                assert echo.sources == {(relayed.host, relayed.port)}
+                assert any(isinstance(e, ChannelBound) and e.peer == peer for e in events)
+                counters = turn.counters
+                assert counters.send_indications_sent >= 1
+                assert counters.channel_data_sent >= 8
+                # After the binding the server relays the peer's packets as ChannelData.
+                assert counters.channel_data_received >= 8
+                assert counters.malformed == 0 and counters.integrity_failures == 0
+
+                await turn.refresh()
+                await _until(lambda: any(isinstance(e, AllocationRefreshed) for e in events))
+                assert turn.lifetime == 600
+                assert await _exchange(turn, peer, 1) == [b"packet-000"]
+                assert len(service.engine.allocations) == 1
+            assert events[-1] == AllocationClosed(confirmed=True)
+            # Deallocation removed it from the server at once, not at lifetime's end.
+            await _until(lambda: len(service.engine.allocations) == 0)
+            assert echo.transport is not None
+            echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_rest_api_credentials_and_wrong_password() -> None:
+    async def scenario() -> None:
+        async with running_server() as service:
+            echo, peer = await _echo_peer()
+            server = service.listen_udp[0]
+            username, password = rest_api_credentials(SECRET, "bob", ttl=600, now=time.time())
+            async with create_turn_allocation(server, username, password) as turn:
+                assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
+            with pytest.raises(AllocationError) as info:
+                await TurnClient.connect(server, USER, "not the password", timeout=5)
+            assert info.value.code == 401
+            assert echo.transport is not None
+            echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_md5_only_server() -> None:
+    async def scenario() -> None:
+        async with running_server(sha256=False) as service:
+            echo, peer = await _echo_peer()
+            async with create_turn_allocation(service.listen_udp[0], USER, PASSWORD) as turn:
+                assert turn.engine.password_algorithm == PasswordAlgorithm.MD5
+                assert not turn.engine.uses_userhash
+                assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
+            assert echo.transport is not None
+            echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
