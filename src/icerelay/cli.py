@@ -68,19 +68,39 @@ def _flag_overrides(options: dict[str, Any]) -> dict[str, Any]:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="TOML configuration file (default: $ICERELAY_CONFIG).")
-@click.option("--stun-listen", multiple=True, metavar="IP:PORT",
-              help="STUN listen address; repeat for several (default 127.0.0.1:3478).")
-@click.option("--stun-alternate", metavar="IP[:PORT]",
-              help="RFC 5780 second address (port defaults to the listen port + 1).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML configuration file (default: $ICERELAY_CONFIG).",
+)
+@click.option(
+    "--stun-listen",
+    multiple=True,
+    metavar="IP:PORT",
+    help="STUN listen address; repeat for several (default 127.0.0.1:3478).",
+)
+@click.option(
+    "--stun-alternate",
+    metavar="IP[:PORT]",
+    help="RFC 5780 second address (port defaults to the listen port + 1).",
+)
 @click.option("--stun-transports", metavar="LIST", help="udp,tcp (default both).")
 @click.option("--stun-software", metavar="TEXT", help="SOFTWARE attribute (default: none).")
 @click.option("--no-stun", is_flag=True, help="Do not run the STUN service.")
-@click.option("--set", "set_options", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Set any configuration key, e.g. --set stun.log_interval=10.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"],
-              case_sensitive=False), default=None)
+@click.option(
+    "--set",
+    "set_options",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Set any configuration key, e.g. --set stun.log_interval=10.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default=None,
+)
 @click.option("--log-format", type=click.Choice(["kv", "json"]), default=None)
 @click.option("--print-config", is_flag=True, help="Print the effective configuration and exit.")
 def serve(config_path: str | None, print_config: bool, **options: Any) -> None:
@@ -118,10 +138,18 @@ async def _serve(config: Config) -> None:
 @main.command("stun-probe")
 @click.argument("server", metavar="HOST[:PORT]")
 @click.option("--tcp", is_flag=True, help="One Binding over TCP instead of UDP.")
-@click.option("--behavior", is_flag=True,
-              help="Classify NAT mapping and filtering (RFC 5780; UDP; server needs 2 IPs).")
-@click.option("--timeout", type=click.FloatRange(min=0.05), default=3.0, show_default=True,
-              help="Seconds to wait for each answer.")
+@click.option(
+    "--behavior",
+    is_flag=True,
+    help="Classify NAT mapping and filtering (RFC 5780; UDP; server needs 2 IPs).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.05),
+    default=3.0,
+    show_default=True,
+    help="Seconds to wait for each answer.",
+)
 @click.option("--local", metavar="IP[:PORT]", help="Local address to send from (UDP).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stun_probe(
@@ -137,8 +165,9 @@ def stun_probe(
     from icerelay.stun import Address
 
     if tcp and behavior:
-        _fail("--behavior needs UDP (RFC 5780 tests cannot change addresses on a stream)",
-              EXIT_USAGE)
+        _fail(
+            "--behavior needs UDP (RFC 5780 tests cannot change addresses on a stream)", EXIT_USAGE
+        )
     try:
         host, port = split_host_port(server, STUN_PORT)
         local_address = None

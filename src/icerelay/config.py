@@ -364,4 +364,3 @@ max_tcp_connections = 1024
 level = "info"                        # debug | info | warning | error
 format = "kv"                         # kv | json
 """
-
