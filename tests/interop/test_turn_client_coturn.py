@@ -2,15 +2,23 @@
 
 Each scenario is the whole life of an allocation: Allocate (401, then long-term credentials),
 permission, channel binding, data both ways with a UDP echo peer on loopback, refresh, and
-deallocation, over UDP and TCP to the server; also TURN REST API shared-secret credentials
-(coturn's ``use-auth-secret``) and coturn's stale nonces (438).
+deallocation, over UDP, TCP and TLS to the server; also TURN REST API shared-secret credentials
+(coturn's ``use-auth-secret``), coturn's stale nonces (438) and its ``alternate-server`` (300).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -20,6 +28,7 @@ from icerelay.turn.client import (
     AllocationClosed,
     AllocationError,
     AllocationRefreshed,
+    AlternateServer,
     ChannelBound,
     Event,
     TurnClient,
@@ -27,6 +36,7 @@ from icerelay.turn.client import (
 )
 from icerelay.turn.credentials import rest_api_credentials
 from tests.support.coturn import Coturn
+from tests.support.ports import free_ports
 
 pytestmark = pytest.mark.interop
 
@@ -216,6 +226,120 @@ def test_stale_nonce_from_coturn_is_retried(coturn_factory: CoturnFactory) -> No
             # A new permission needs a request: coturn answers 438, we retry with its new nonce.
             assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
             assert turn.counters.stale_nonces >= 1
+        assert events[-1] == AllocationClosed(confirmed=True)
+        assert echo.transport is not None
+        echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_alternate_server_redirection(coturn_factory: CoturnFactory, transport: str) -> None:
+    # coturn's --alternate-server answers every Allocate with 300 (Try Alternate) naming it.
+    target = coturn_factory(users=[(USER, PASSWORD)])
+    redirector = coturn_factory(
+        users=[(USER, PASSWORD)], extra_args=[f"--alternate-server=127.0.0.1:{target.port}"]
+    )
+
+    async def scenario() -> None:
+        echo, peer = await _echo_peer()
+        events: list[Event] = []
+        async with create_turn_allocation(
+            ("127.0.0.1", redirector.port),
+            USER,
+            PASSWORD,
+            transport=transport,  # type: ignore[arg-type]
+            on_event=events.append,
+        ) as turn:
+            assert events[0] == AlternateServer(Address("127.0.0.1", target.port))
+            assert turn.engine.server.port == target.port
+            assert target.relay_range[0] <= turn.relayed_address.port <= target.relay_range[1]
+            assert await _exchange(turn, peer, 3) == [b"packet-000", b"packet-001", b"packet-002"]
+        assert events[-1] == AllocationClosed(confirmed=True)
+        assert echo.transport is not None
+        echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.fixture
+def coturn_tls(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """coturn with a TLS listener and a self-signed certificate for 127.0.0.1.
+
+    tests.support.coturn starts coturn with --no-tls, so this one is launched here, with the
+    same isolation (-n, own pidfile and log, no CLI, loopback peers allowed).
+    """
+    for tool in ("turnserver", "openssl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (Debian packages coturn, openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "2", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    port, tls_port = free_ports(2)
+    base = random.randrange(300, 327) * 100
+    argv = [
+        "turnserver", "-n",
+        "--listening-ip", "127.0.0.1",
+        "--listening-port", str(port),
+        "--tls-listening-port", str(tls_port),
+        "--cert", str(cert), "--pkey", str(key),
+        "--min-port", str(base), "--max-port", str(base + 99),
+        "--pidfile", str(tmp_path / "turnserver.pid"),
+        "--log-file", str(tmp_path / "turnserver.log"),
+        "--simple-log", "--no-stdout-log", "--no-cli", "--no-dtls",
+        "--allow-loopback-peers", "--realm", "icerelay.test",
+        "--lt-cred-mech", "--user", f"{USER}:{PASSWORD}",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", tls_port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail(f"coturn TLS listener did not come up (exit={process.poll()})")
+                time.sleep(0.05)
+        yield tls_port, cert
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=3)
+
+
+def test_tls_to_coturn(coturn_tls: tuple[int, Path]) -> None:
+    tls_port, cert = coturn_tls
+
+    async def scenario() -> None:
+        echo, peer = await _echo_peer()
+        context = ssl.create_default_context(cafile=str(cert))
+        events: list[Event] = []
+        async with create_turn_allocation(
+            ("127.0.0.1", tls_port),
+            USER,
+            PASSWORD,
+            transport="tls",
+            ssl=context,
+            on_event=events.append,
+        ) as turn:
+            echoes = await _exchange(turn, peer, 5)
+            assert echoes == [b"packet-%03d" % n for n in range(5)]
+            assert turn.counters.channel_data_received >= 3
         assert events[-1] == AllocationClosed(confirmed=True)
         assert echo.transport is not None
         echo.transport.close()
