@@ -183,6 +183,8 @@ class Host(Node):
         """Put one datagram on the wire from one of this host's addresses."""
         packet = Packet(bytes(data), _transport(source), _transport(destination))
         self.network.count("sent")
+        for tap in self.network.taps:
+            tap(self, packet)
         for interface in self.interfaces:
             if interface.ip == packet.source[0]:
                 break
@@ -226,6 +228,8 @@ class Network:
         self.hosts: list[Host] = []
         self.nats: list[Nat] = []
         self.counters: Counter[str] = Counter()
+        self.taps: list[Callable[[Host, Packet], None]] = []
+        """Called with every datagram a host puts on the wire (tests, traces, benchmarks)."""
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._sequence = itertools.count()
 
