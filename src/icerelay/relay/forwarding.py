@@ -1,0 +1,91 @@
+"""What the session engine asks a data plane to do, and what a data plane reports back.
+
+A :class:`Forwarding` joins the two :class:`Leg` s of one media stream: packets a party sends to
+its leg's relay port leave through the other leg's port towards the other party. These are plain
+values, so the same engine drives the userspace forwarder, a kernel forwarder or a test double.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from icerelay.sdp import IceCredentials
+from icerelay.stun import Address
+
+__all__ = ["Forwarding", "ForwardingCounters", "Leg", "LegCounters"]
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One party's side of a relayed stream.
+
+    :attr:`local` is the relay's RTP socket this party sends to; its RTCP socket is the next
+    port. :attr:`rtp_peer` and :attr:`rtcp_peer` are where media for this party goes until
+    latching learns the party's real source (None: unknown or on hold, nothing is sent until a
+    packet arrives). :attr:`rtcp_mux`: the party sends and expects RTCP on the RTP port.
+    :attr:`ice_credentials`: the relay answers ICE connectivity checks on this leg itself
+    (``ICE=force``, ICE-lite towards the party) instead of forwarding them.
+    """
+
+    local: Address
+    rtp_peer: Address | None = None
+    rtcp_peer: Address | None = None
+    rtcp_mux: bool = False
+    ice_credentials: IceCredentials | None = None
+
+    @property
+    def local_rtcp(self) -> Address:
+        """The relay's RTCP socket for this party (the RTP one when the party multiplexes)."""
+        if self.rtcp_mux:
+            return self.local
+        return Address(self.local.host, self.local.port + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """Relay one stream between leg :attr:`a` (the caller's side) and leg :attr:`b`.
+
+    :param key: stable identifier; installing a forwarding with a known key updates it in place
+        (sockets and latched addresses are kept).
+    :param strict_source: once a leg has latched, drop packets from any other source.
+    :param handover_after: a new source may take over a latched leg once the latched source has
+        been silent this long (a phone that changed network); None never hands over.
+    """
+
+    key: str
+    a: Leg
+    b: Leg
+    strict_source: bool = False
+    handover_after: float | None = 5.0
+
+
+@dataclass(slots=True)
+class LegCounters:
+    """What arrived from one party (on its leg), and where it came from."""
+
+    packets: int = 0
+    bytes: int = 0
+    rtcp_packets: int = 0
+    #: Packets dropped: from a foreign source under strict-source, or with nowhere to go.
+    dropped: int = 0
+    #: STUN Binding requests seen (ICE connectivity checks) and those with USE-CANDIDATE.
+    stun_requests: int = 0
+    stun_nominations: int = 0
+    #: Time (the data plane's clock, same as the engine's ``now``) of the last packet, or None.
+    last_packet: float | None = None
+    latched_rtp: Address | None = None
+    latched_rtcp: Address | None = None
+
+
+@dataclass(slots=True)
+class ForwardingCounters:
+    """Counters of both legs of one forwarding."""
+
+    a: LegCounters = field(default_factory=LegCounters)
+    b: LegCounters = field(default_factory=LegCounters)
+
+    @property
+    def last_packet(self) -> float | None:
+        """The most recent packet in either direction, or None if nothing arrived yet."""
+        times = [t for t in (self.a.last_packet, self.b.last_packet) if t is not None]
+        return max(times) if times else None
