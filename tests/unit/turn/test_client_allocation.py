@@ -352,6 +352,17 @@ def test_explicit_permissions_go_in_one_request_and_stay() -> None:
     assert h.engine.has_permission(PEER2.host)
 
 
+def test_permissions_asked_before_the_allocation_wait_for_it() -> None:
+    h = make(start=False)
+    h.engine.start(h.now)
+    h.engine.create_permission([PEER, Address("2001:db8::7", 9)], h.now)
+    h.pump()
+    (request,) = h.requests_of(Method.CREATE_PERMISSION)
+    assert request.get_all(A.XOR_PEER_ADDRESS) == [PEER]  # the IPv6 one can't be: counted
+    assert h.engine.counters.dropped == 1
+    assert h.engine.has_permission(PEER.host)
+
+
 def test_data_indication_is_delivered() -> None:
     h = make()
     h.engine.create_permission([PEER], h.now)

@@ -257,8 +257,9 @@ class Allocation:
         self._channels_by_number: dict[int, _Channel] = {}
         self._next_channel = CHANNEL_NUMBER_MIN
         self._packets_to: dict[Address, int] = {}
-        #: send_to() calls made before the allocation exists.
+        #: send_to() and create_permission() calls made before the allocation exists.
         self._early: deque[tuple[bytes, Address]] = deque()
+        self._early_permissions: list[Address] = []
 
     # ------------------------------------------------------------------ driver interface
 
@@ -392,16 +393,26 @@ class Allocation:
         self._send_data(data, peer, now)
 
     def create_permission(self, peers: list[Address], now: float) -> None:
-        """Install permissions for *peers* now (one CreatePermission for all of them) and keep
+        """Install permissions for *peers* (one CreatePermission for all of them) and keep
         them refreshed until the allocation ends, whether or not traffic flows.
 
         ICE calls this for remote candidates so that their checks can come in through the relay
-        before we have sent anything to them.
+        before we have sent anything to them. Before the allocation exists the request waits for
+        it (trickled candidates may arrive first); once closing, :class:`TurnError`.
         """
+        if self.state in (State.NEW, State.ALLOCATING) and not self._close_requested:
+            self._early_permissions.extend(peers)
+            return
         if self.state is not State.ALLOCATED:
             raise TurnError(f"cannot create permissions: allocation is {self.state.value}")
         wanted: list[Address] = []
+        family = self.relayed_address.family if self.relayed_address is not None else 4
         for peer in peers:
+            if peer.family != family:
+                # An IPv4 relay cannot reach an IPv6 peer (the server would answer 443 and
+                # fail the whole batch with it): leave it out, counted.
+                self.counters.dropped += 1
+                continue
             permission = self._permissions.get(peer.host)
             if permission is None:
                 permission = _Permission(peer.host, peer)
@@ -876,6 +887,9 @@ class Allocation:
             self.state = State.CLOSING
             self._send_refresh(now, 0, _Kind.DEALLOCATE)
             return
+        if self._early_permissions:
+            peers, self._early_permissions = self._early_permissions, []
+            self.create_permission(peers, now)
         while self._early and self.state is State.ALLOCATED:
             data, peer = self._early.popleft()
             try:
