@@ -41,6 +41,8 @@ class SessionDescription(Section):
         from_bytes = isinstance(data, bytes | bytearray | memoryview)
         if isinstance(data, str):
             text = data
+        elif not from_bytes:
+            raise TypeError(f"an SDP body is str or bytes, not {type(data).__name__}")
         else:
             try:
                 text = bytes(data).decode("utf-8")
