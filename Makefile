@@ -17,7 +17,7 @@ run: $(STAMP)
 
 # Debian packages for the interop tests (coturn, nftables, ...); only when root, only what is missing.
 deps:
-	scripts/install-debian-deps
+	PYTHON=$(PYTHON) scripts/install-debian-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -26,7 +26,8 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit tests/sim
 
-test: $(STAMP) deps lint
+# deps first: on a fresh Debian machine it also provides python3-venv for the .venv.
+test: deps lint
 	$(BIN)/pytest -q
 
 # TURN benchmark, icerelay vs coturn (needs gcc and coturn; not part of `make test`).

@@ -117,6 +117,9 @@ def serve(config_path: str | None, print_config: bool, **options: Any) -> None:
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(_serve(config))
+    except ConfigError as exc:
+        # Some settings can only be checked when a service starts (e.g. TURN relay ranges).
+        _fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         _fail(f"cannot start: {exc}")
 
