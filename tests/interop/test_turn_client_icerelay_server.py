@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import pytest
 
+from icerelay.errors import TurnError
 from icerelay.stun import Address
 from icerelay.stun.constants import PasswordAlgorithm
 from icerelay.turn.client import (
@@ -141,7 +142,9 @@ def test_allocate_permission_channel_data_refresh_deallocate(
     certificate: tuple[Path, Path], transport: str
 ) -> None:
     async def scenario() -> None:
-        async with running_server(certificate) as service:
+        # Static users only: then the server also offers username anonymity (USERHASH), which
+        # it cannot with REST API secrets (a computed username has no hash to look up).
+        async with running_server(certificate, auth_secrets=[]) as service:
             echo, peer = await _echo_peer()
             events: list[Event] = []
             if transport == "tls":
@@ -160,7 +163,7 @@ def test_allocate_permission_channel_data_refresh_deallocate(
                 ssl=context,
                 on_event=events.append,
             ) as turn:
-                # Our server offers SHA-256 and username anonymity (RFC 8489 §9.2): used.
+                # Our server offers SHA-256 and username anonymity (RFC 8489 §9.2): both used.
                 assert turn.engine.password_algorithm == PasswordAlgorithm.SHA256
                 assert turn.engine.uses_userhash
                 relayed = turn.relayed_address
@@ -202,6 +205,7 @@ def test_rest_api_credentials_and_wrong_password() -> None:
             server = service.listen_udp[0]
             username, password = rest_api_credentials(SECRET, "bob", ttl=600, now=time.time())
             async with create_turn_allocation(server, username, password) as turn:
+                assert turn.engine.password_algorithm == PasswordAlgorithm.SHA256
                 assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
             with pytest.raises(AllocationError) as info:
                 await TurnClient.connect(server, USER, "not the password", timeout=5)
@@ -220,6 +224,40 @@ def test_md5_only_server() -> None:
                 assert turn.engine.password_algorithm == PasswordAlgorithm.MD5
                 assert not turn.engine.uses_userhash
                 assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
+            assert echo.transport is not None
+            echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_callback_style_and_end_of_allocation() -> None:
+    async def scenario() -> None:
+        async with running_server() as service:
+            echo, peer = await _echo_peer()
+            received: list[tuple[bytes, Address]] = []
+            turn = await TurnClient.connect(
+                service.listen_udp[0],
+                USER,
+                PASSWORD,
+                on_data=lambda data, source: received.append((data, source)),
+            )
+            for number in range(5):
+                await turn.send_to(b"cb-%d" % number, peer)
+            await _until(lambda: len(received) == 5)
+            assert received == [(b"cb-%d" % n, peer) for n in range(5)]
+            with pytest.raises(TurnError):
+                await turn.recv_from()  # not with on_data
+            await turn.close()
+            assert turn.closed
+            with pytest.raises(TurnError):
+                await turn.send_to(b"late", peer)
+            # A second client, recv_from style: ending the allocation wakes a waiting reader.
+            other = await TurnClient.connect(service.listen_udp[0], USER, PASSWORD)
+            reader = asyncio.ensure_future(other.recv_from())
+            await asyncio.sleep(0.05)
+            await other.close()
+            with pytest.raises(TurnError):
+                await asyncio.wait_for(reader, 2)
             assert echo.transport is not None
             echo.transport.close()
 

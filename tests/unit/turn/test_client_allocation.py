@@ -444,6 +444,18 @@ def test_idle_channel_expires_and_a_new_one_is_bound_on_new_traffic() -> None:
     assert second is not None and second != first
 
 
+def test_explicit_channel_bind_installs_the_permission() -> None:
+    h = make()
+    h.engine.bind_channel(PEER, h.now)
+    h.pump()
+    number = h.engine.channel_for(PEER)
+    assert number is not None and h.engine.has_permission(PEER.host)
+    assert h.requests_of(Method.CREATE_PERMISSION) == []
+    h.engine.send_to(b"direct", PEER, h.now)
+    h.pump()
+    assert h.server.channel_data == [(number, b"direct")]
+
+
 def test_channel_bind_failure_keeps_send_indications() -> None:
     h = make()
     h.server.errors[Method.CHANNEL_BIND] = 400

@@ -861,12 +861,21 @@ class Allocation:
             channel.bound = True
             channel.pending = False
             channel.bound_at = now
-            # RFC 8656 §12.2: a successful ChannelBind installs or refreshes the permission.
-            permission = self._permissions.get(channel.peer.host)
-            if permission is not None and permission.active:
-                permission.installed_at = max(permission.installed_at, now)
             if first:
                 self._events.append(ChannelBound(channel.peer, channel.number))
+            # RFC 8656 §12.2: a successful ChannelBind installs or refreshes the permission for
+            # the peer's IP too (bind_channel() may have come before any CreatePermission).
+            permission = self._permissions.get(channel.peer.host)
+            if permission is None:
+                permission = _Permission(channel.peer.host, channel.peer, last_used=now)
+                self._permissions[channel.peer.host] = permission
+            permission.installed_at = max(permission.installed_at, now)
+            if not permission.active and not permission.pending:
+                permission.active = True
+                self._events.append(PermissionCreated(channel.peer.host))
+                while permission.queue and self.state is State.ALLOCATED:
+                    data, destination = permission.queue.popleft()
+                    self._send_data(data, destination, now)
 
     def _allocated(self, message: Message, now: float) -> None:
         relayed = message.get(AttributeType.XOR_RELAYED_ADDRESS)
