@@ -12,7 +12,8 @@ Nonces are stateless: ``cookie || base64url(expiry || HMAC-SHA256(server key, ex
 transport || client address)[:12])``. The server keeps nothing per client, a nonce cannot be
 replayed from another address or transport (the MAC would not match) and it expires (438 Stale
 Nonce, with a fresh one). The cookie is RFC 8489's ``obMatJos2`` + security features: when SHA-256
-is enabled the server offers PASSWORD-ALGORITHMS (SHA-256, MD5) and USERHASH.
+is enabled the server offers PASSWORD-ALGORITHMS (SHA-256, MD5), and USERHASH (username anonymity)
+when no REST API secret is configured (a REST username's hash cannot be mapped back to it).
 
 Every secret comparison is constant-time (:func:`hmac.compare_digest`, and
 :meth:`Message.check_integrity`); an unknown username costs the same HMAC as a known one, so
@@ -88,11 +89,14 @@ class Authenticator:
         self.realm = realm
         self.secrets = [secret.encode("utf-8") for secret in secrets]
         self.nonce_lifetime = nonce_lifetime
-        self.features = (
-            SecurityFeature.PASSWORD_ALGORITHMS | SecurityFeature.USERNAME_ANONYMITY
-            if sha256
-            else SecurityFeature(0)
-        )
+        self.features = SecurityFeature(0)
+        if sha256:
+            self.features |= SecurityFeature.PASSWORD_ALGORITHMS
+            # USERHASH only works for names the server can list in advance: a REST API username
+            # is computed by the web service, so its hash cannot be mapped back. Offering
+            # anonymity with secrets configured would make RFC 8489 clients fail with 401.
+            if not secrets:
+                self.features |= SecurityFeature.USERNAME_ANONYMITY
         # A fresh key per process: nonces from a previous run are simply stale (438).
         self._nonce_key = nonce_key or os.urandom(32)
         self._keys: dict[tuple[str, int], bytes] = {}

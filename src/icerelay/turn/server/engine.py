@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from icerelay.errors import StunError
+from icerelay.server.binding import BindingEngine
 from icerelay.stun import (
     Address,
     AddressErrorCode,
@@ -222,6 +223,8 @@ class TurnServerEngine:
                 self.relay_hosts[family] = host
                 self._pools[family] = PortPool(config.relay_port_min, config.relay_port_max)
         self.software = config.software
+        # Binding answers come from the STUN server's engine, so both behave the same.
+        self.binding = BindingEngine(software=config.software)
         self.channel_max = CHANNEL_MAX_LEGACY if config.legacy_channel_numbers else CHANNEL_MAX
         # First bytes of ChannelData we accept: 0x40-0x4F, or up to 0x7F for RFC 5766 clients.
         self._channel_first_max = self.channel_max >> 8
@@ -488,7 +491,7 @@ class TurnServerEngine:
             self.counters["dropped_not_request"] += 1
             return
         if message.method == Method.BINDING:
-            self._binding(message, five_tuple, now)
+            self._binding(message, five_tuple, len(data), now)
             return
         if message.method not in _TURN_METHODS:
             self._refuse_unauthenticated(message, five_tuple, now, 400, "Unknown method")
@@ -563,16 +566,21 @@ class TurnServerEngine:
                 response.add(attribute_type, value)  # type: ignore[arg-type]
         self._respond(message, response, five_tuple, None)
 
-    def _binding(self, message: Message, five_tuple: FiveTuple, now: float) -> None:
+    def _binding(self, message: Message, five_tuple: FiveTuple, size: int, now: float) -> None:
         """A TURN server is a STUN server too (RFC 8656 §4): answer Binding requests."""
         if not self.limiter.allow(five_tuple[1][0], now):
             self.counters["dropped_rate_limited"] += 1
             return
         self.counters["binding_requests"] += 1
-        response = message.response()
-        client = five_tuple[1]
-        response.add(A.XOR_MAPPED_ADDRESS, Address(client[0], client[1]))
-        self._respond(message, response, five_tuple, None)
+        transport, client, server = five_tuple
+        datagram = self.binding.answer(
+            message,
+            Address(client[0], client[1]),
+            Address(server[0], server[1]),
+            "udp" if transport == "udp" else "tcp",
+            size,
+        )
+        self._out.append((datagram.data, server, client, transport))
 
     # --- Allocate -----------------------------------------------------------------------
 

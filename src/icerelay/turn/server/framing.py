@@ -17,12 +17,18 @@ _MAX_BUFFER = 65536 + _STUN_HEADER
 
 
 class StreamFramer:
-    """Accumulates bytes and returns whole frames (without ChannelData padding)."""
+    """Accumulates bytes and returns whole frames (without ChannelData padding).
 
-    __slots__ = ("_buffer",)
+    A stream must start with a STUN message (there is no channel before an Allocate): this
+    stops an HTTP or TLS probe, whose first letters fall in the ChannelData range, from
+    holding a connection open while the framer waits for a huge "ChannelData" length.
+    """
+
+    __slots__ = ("_buffer", "_seen_stun")
 
     def __init__(self) -> None:
         self._buffer = b""
+        self._seen_stun = False
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add *data*; return every complete frame. Raises TurnError when the stream is garbage."""
@@ -34,11 +40,12 @@ class StreamFramer:
             first = buffer[offset]
             length = buffer[offset + 2] << 8 | buffer[offset + 3]
             if first < 0x04:
+                self._seen_stun = True
                 if length & 3:
                     raise TurnError("STUN length not a multiple of 4 on a stream")
                 total = _STUN_HEADER + length
                 end = offset + total
-            elif 0x40 <= first <= 0x7F:
+            elif 0x40 <= first <= 0x7F and self._seen_stun:
                 total = 4 + length
                 end = offset + total + (-length & 3)
                 if size < end:
@@ -47,7 +54,7 @@ class StreamFramer:
                 offset = end
                 continue
             else:
-                raise TurnError(f"not a STUN or ChannelData frame (first byte 0x{first:02x})")
+                raise TurnError(f"not a TURN stream (first byte 0x{first:02x})")
             if size < end:
                 break
             frames.append(buffer[offset:end])

@@ -1,0 +1,201 @@
+"""Building blocks of the TURN server: policy, ports, framing, nonces, rate limit, config."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from icerelay.errors import ConfigError, TurnError
+from icerelay.stun.constants import SecurityFeature
+from icerelay.stun.nonce import nonce_security_features
+from icerelay.turn.server.auth import Authenticator
+from icerelay.turn.server.config import TurnServerConfig
+from icerelay.turn.server.framing import StreamFramer
+from icerelay.turn.server.policy import PeerPolicy, embedded_addresses
+from icerelay.turn.server.ports import PortPool, check_relay_range
+from icerelay.turn.server.ratelimit import SourceRateLimiter, TokenBucket
+
+# --- policy --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["8.8.8.8", "1.1.1.1", "2600::1", "2a00:1450::1", "2002:808:808::1", "::ffff:8.8.8.8"],
+)
+def test_public_addresses_are_allowed(host: str) -> None:
+    assert PeerPolicy().is_allowed(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "0.0.0.0",
+        "0.1.2.3",
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.31.255.255",
+        "192.168.0.1",
+        "100.64.0.1",
+        "169.254.169.254",
+        "192.0.2.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "198.18.0.1",
+        "::",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "fd12::1",
+        "ff02::1",
+        "2001:db8::1",
+        "::ffff:10.0.0.1",
+        "64:ff9b::7f00:1",
+        "64:ff9b:1::1",
+        "2002:c0a8:101::1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "::127.0.0.1",
+        "not-an-ip",
+        "fe80::1%eth0",
+    ],
+)
+def test_special_purpose_addresses_are_denied(host: str) -> None:
+    assert not PeerPolicy().is_allowed(host)
+
+
+def test_teredo_embeds_server_and_inverted_client() -> None:
+    import ipaddress
+
+    found = embedded_addresses(ipaddress.ip_address("2001:0:4136:e378:8000:63bf:3fff:fdd2"))
+    assert {str(a) for a in found[1:]} == {"65.54.227.120", "192.0.2.45"}  # RFC 4380 example
+
+
+def test_bad_network_in_config_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        PeerPolicy(allow=["300.0.0.0/8"])
+
+
+# --- ports ---------------------------------------------------------------------------------
+
+
+def test_pool_hands_out_each_port_once_in_random_order_and_reuses_late() -> None:
+    pool = PortPool(1000, 1099, random.Random(1))
+    ports = [pool.take() for _ in range(100)]
+    assert sorted(p for p in ports if p is not None) == list(range(1000, 1100))
+    assert ports != sorted(ports)  # type: ignore[type-var]
+    assert pool.take() is None
+    pool.give_back(1005)
+    pool.give_back(1005)
+    pool.give_back(5)  # not ours: ignored
+    assert len(pool) == 1 and pool.take() == 1005
+
+
+def test_even_pair() -> None:
+    pool = PortPool(1000, 1003, random.Random(2))
+    port = pool.take_even_pair(True)
+    assert port is not None and port % 2 == 0
+    assert {pool.take(), pool.take()} == ({1000, 1001, 1002, 1003} - {port, port + 1})
+    assert pool.take_even_pair(False) is None
+
+
+def test_relay_range_overlapping_the_ephemeral_range_is_refused(tmp_path: Path) -> None:
+    proc = tmp_path / "ip_local_port_range"
+    proc.write_text("32768\t60999\n")
+    with pytest.raises(ConfigError, match="ephemeral"):
+        check_relay_range(49152, 65535, path=proc)
+    check_relay_range(49152, 65535, path=proc, force=True)
+    check_relay_range(61000, 65535, path=proc)
+    check_relay_range(20000, 29999, path=proc)
+    check_relay_range(1, 2, path=tmp_path / "missing")  # unknown OS range: nothing to check
+
+
+# --- framing -------------------------------------------------------------------------------
+
+
+def test_framer_cuts_stun_and_padded_channel_data_in_any_chunking() -> None:
+    stun = b"\x00\x01\x00\x04" + b"\x21\x12\xa4\x42" + b"x" * 12 + b"abcd"
+    channel = b"\x40\x00\x00\x05hello\x00\x00\x00"
+    stream = stun + channel + stun + b"\x40\x01\x00\x04ping"
+    for size in (1, 3, 7, len(stream)):
+        framer = StreamFramer()
+        frames = []
+        for offset in range(0, len(stream), size):
+            frames += framer.feed(stream[offset : offset + size])
+        assert frames == [stun, b"\x40\x00\x00\x05hello", stun, b"\x40\x01\x00\x04ping"]
+
+
+def test_framer_refuses_garbage() -> None:
+    with pytest.raises(TurnError):
+        StreamFramer().feed(b"GET / HTTP/1.1\r\n")
+    with pytest.raises(TurnError):
+        StreamFramer().feed(b"\x00\x01\x00\x05" + b"x" * 16)
+
+
+# --- nonces and features ---------------------------------------------------------------------
+
+
+def test_nonce_is_bound_to_address_transport_and_time() -> None:
+    auth = Authenticator("r", {"u": "p"}, [], nonce_lifetime=10)
+    nonce = auth.nonce("udp", ("192.0.2.1", 1), 100.0)
+    assert auth.nonce_valid(nonce, "udp", ("192.0.2.1", 1), 109.0)
+    assert not auth.nonce_valid(nonce, "udp", ("192.0.2.1", 1), 110.0)
+    assert not auth.nonce_valid(nonce, "udp", ("192.0.2.1", 2), 101.0)
+    assert not auth.nonce_valid(nonce, "udp", ("192.0.2.2", 1), 101.0)
+    assert not auth.nonce_valid(nonce, "tcp", ("192.0.2.1", 1), 101.0)
+    assert not auth.nonce_valid(nonce[:-1] + "A", "udp", ("192.0.2.1", 1), 101.0)
+
+
+def test_username_anonymity_is_offered_only_without_rest_secrets() -> None:
+    static = Authenticator("r", {"u": "p"}, [])
+    assert nonce_security_features(static.nonce("udp", ("h", 1), 0)) == (
+        SecurityFeature.PASSWORD_ALGORITHMS | SecurityFeature.USERNAME_ANONYMITY
+    )
+    rest = Authenticator("r", {"u": "p"}, ["s"])
+    assert nonce_security_features(rest.nonce("udp", ("h", 1), 0)) == (
+        SecurityFeature.PASSWORD_ALGORITHMS
+    )
+    plain = Authenticator("r", {"u": "p"}, [], sha256=False)
+    assert nonce_security_features(plain.nonce("udp", ("h", 1), 0)) is None
+
+
+# --- rate limiting -------------------------------------------------------------------------
+
+
+def test_token_bucket_and_bounded_source_table() -> None:
+    bucket = TokenBucket(rate=10, burst=5, now=0)
+    assert [bucket.take(1, 0) for _ in range(6)] == [True] * 5 + [False]
+    assert bucket.take(1, 0.1)
+    limiter = SourceRateLimiter(rate=1, burst=1, max_sources=4)
+    for index in range(10):
+        assert limiter.allow(f"10.0.0.{index}", 0.0)
+    assert len(limiter._buckets) <= 4
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_config_defaults_and_validation() -> None:
+    config = TurnServerConfig()
+    assert config.listen == [("127.0.0.1", 3478)]
+    assert config.relay_host(4) == "127.0.0.1" and config.relay_host(6) is None
+    assert config.quotas.allocations_per_user > 0 and config.quotas.bandwidth_per_allocation > 0
+    assert TurnServerConfig(listen="[::1]:3479,0.0.0.0").listen == [
+        ("::1", 3479),
+        ("0.0.0.0", 3478),
+    ]
+    assert TurnServerConfig(listen=["0.0.0.0:3478"]).relay_host(4) is None
+    for bad in (
+        {"relay_port_min": 3000, "relay_port_max": 2000},
+        {"tls_cert": "/x"},
+        {"relay_ipv4": "::1"},
+        {"relay_ipv4": "0.0.0.0"},
+        {"allow_peers": ["nonsense"]},
+        {"unknown": 1},
+    ):
+        with pytest.raises((ValidationError, ConfigError)):
+            TurnServerConfig.model_validate(bad)
