@@ -84,7 +84,7 @@ class ScenarioResult:
 class _Side:
     host: Host
     agent: Agent
-    events: list[Any] = field(default_factory=list)
+    events: list[tuple[float, Any]] = field(default_factory=list)
     connected_at: float | None = None
 
 
@@ -114,7 +114,8 @@ class IceScenario:
         stun_host = self.network.add_host("stun", STUN_SERVER[0])
         stun_host.attach(StunBindingResponder())
         stun_servers = (STUN_SERVER,) if use_stun else ()
-        link = Link(delay=rtt / 4, loss=loss)
+        # ``loss`` is end to end, one way: split over the two access links it crosses.
+        link = Link(delay=rtt / 4, loss=1.0 - (1.0 - loss) ** 0.5)
         shared: Nat | None = None
         if same_nat and left_nat is not None:
             # Both hosts behind one NAT: hairpinning decides whether srflx pairs work.
@@ -163,7 +164,7 @@ class IceScenario:
 
     def _make_handler(self, side: _Side, index: int) -> Any:
         def handle(host: Host, event: object) -> None:
-            side.events.append(event)
+            side.events.append((self.network.now, event))
             peer = self._sides[1 - index]
             if isinstance(event, CandidateGathered):
                 candidate = event.candidate
@@ -216,6 +217,11 @@ class IceScenario:
                 peer.agent.set_remote_credentials(ufrag, pwd, self.network.now)
 
             self.network.call_later(self.signalling_delay, give)
+
+    def states(self, side: str = "left") -> list[tuple[float, ConnectionState]]:
+        """(time, state) of every ConnectionStateChanged one agent reported."""
+        chosen = self.left if side == "left" else self.right
+        return [(t, e.state) for t, e in chosen.events if isinstance(e, ConnectionStateChanged)]
 
     def both(self, *states: ConnectionState) -> bool:
         return all(side.agent.state in states for side in self._sides)

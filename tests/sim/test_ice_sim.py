@@ -1,0 +1,212 @@
+"""Two ICE agents on the simulator: loss, delay, role conflicts, restart, consent, lite, RTCP."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from icerelay.ice import AgentConfig, ConnectionState, DataReceived, Nomination
+from icerelay.netsim import FULL_CONE, PORT_RESTRICTED_CONE, SYMMETRIC, Host, Link, Packet
+from icerelay.netsim.scenario import IceScenario
+from icerelay.stun import MessageClass, Method, decode_message, is_stun
+
+COMPLETED = ConnectionState.COMPLETED
+
+
+def binding_requests(scenario: IceScenario, side: str) -> list[tuple[float, Packet]]:
+    """Start recording the Binding requests one side sends to the other."""
+    sent: list[tuple[float, Packet]] = []
+    network = scenario.network
+
+    def tap(host: Host, packet: Packet) -> None:
+        if host.name != side or not is_stun(packet.data):
+            return
+        message = decode_message(packet.data)
+        if message.method == Method.BINDING and message.message_class == MessageClass.REQUEST:
+            sent.append((network.now, packet))
+
+    network.taps.append(tap)
+    return sent
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_connects_through_30_percent_loss(seed: int) -> None:
+    scenario = IceScenario(
+        left_nat=PORT_RESTRICTED_CONE, right_nat=PORT_RESTRICTED_CONE, loss=0.3, seed=seed
+    )
+    result = scenario.run(60)
+    assert result.connected
+    assert scenario.both(COMPLETED)
+    assert result.pair_types == "srflx/srflx"
+
+
+def test_300_ms_rtt_connects_one_round_trip_after_the_candidates() -> None:
+    scenario = IceScenario(
+        left_nat=PORT_RESTRICTED_CONE,
+        right_nat=PORT_RESTRICTED_CONE,
+        rtt=0.3,
+        signalling_delay=0.0,
+    )
+    result = scenario.run(60)
+    assert result.pair_types == "srflx/srflx"
+    # The srflx candidates exist after one RTT to the STUN server (0.15 s: the server's own
+    # link is instant); then one check round trip (0.3 s) is the physical floor.
+    assert result.time_to_connected == pytest.approx(0.45)
+    assert scenario.both(COMPLETED)
+
+
+def test_time_to_connected_on_an_open_network_is_one_rtt() -> None:
+    scenario = IceScenario(rtt=0.1, signalling_delay=0.0)
+    result = scenario.run(10)
+    assert result.pair_types == "host/host"
+    assert result.time_to_connected == pytest.approx(0.1)
+    # Each side: its check, a triggered check answering the peer's (RFC 8445 section 7.3.1.4
+    # re-sends even when its own check is still in flight), and the nomination on the left.
+    assert result.left.checks_sent + result.right.checks_sent <= 5
+
+
+@pytest.mark.parametrize("controlling", [True, False])
+def test_role_conflict_is_resolved(controlling: bool) -> None:
+    scenario = IceScenario(
+        left_nat=FULL_CONE,
+        right_nat=PORT_RESTRICTED_CONE,
+        left_controlling=controlling,
+        right_controlling=controlling,
+    )
+    result = scenario.run(30)
+    assert result.connected and scenario.both(COMPLETED)
+    left, right = scenario.left_agent, scenario.right_agent
+    assert left.controlling != right.controlling
+    # The larger tie-breaker is controlling (RFC 8445 section 7.3.1.1).
+    winner = left if left.tie_breaker > right.tie_breaker else right
+    assert winner.controlling
+
+
+def test_restart_keeps_media_on_the_old_pair_until_the_new_one_works() -> None:
+    scenario = IceScenario(left_nat=FULL_CONE, right_nat=PORT_RESTRICTED_CONE)
+    assert scenario.run(30).connected
+    left, right = scenario.left_agent, scenario.right_agent
+    old_pair = left.selected_pair()
+    old_ufrag = left.local_username
+    scenario.restart()
+    assert left.local_username != old_ufrag
+    # Before the peer's new credentials arrive, media still goes over the old pair.
+    assert left.selected_pair() is old_pair
+    left.send(b"\x80during-restart", now=scenario.network.now)
+    scenario.network.run(scenario.signalling_delay / 2)
+    received = [e for _, e in scenario.right.events if isinstance(e, DataReceived)]
+    assert [e.data for e in received] == [b"\x80during-restart"]
+    assert left.state is COMPLETED
+    scenario.network.run(5.0)
+    assert scenario.both(COMPLETED)
+    new_pair = left.selected_pair()
+    assert new_pair is not None and new_pair is not old_pair and new_pair.nominated
+    assert right.selected_pair() is not None
+
+
+def test_consent_loss_goes_disconnected_then_failed() -> None:
+    config = AgentConfig()
+    scenario = IceScenario(left_nat=FULL_CONE, right_nat=FULL_CONE, left_config=config)
+    assert scenario.run(30).connected
+    requests = binding_requests(scenario, "left")
+    scenario.network.run(60.0)
+    # RFC 7675: one request every 5 s, randomized to 4-6 s.
+    times = [t for t, _ in requests]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) >= 8 and all(4.0 <= gap <= 6.0 for gap in gaps)
+    assert scenario.both(COMPLETED)
+
+    cut_at = scenario.network.now
+    last_consent = max(t for t, _ in requests)  # its answer came back a few ms later
+    scenario.right.host.interface("10.0.0.2").link = Link(loss=1.0)
+    scenario.network.run(40.0)
+    left_states = [(t - cut_at, s) for t, s in scenario.states("left") if t > cut_at]
+    assert [s for _, s in left_states] == [ConnectionState.DISCONNECTED, ConnectionState.FAILED]
+    disconnected_at, failed_at = (t + cut_at for t, _ in left_states)
+    assert disconnected_at == pytest.approx(last_consent + 12.5, abs=0.1)
+    assert failed_at == pytest.approx(last_consent + 30.0, abs=0.1)
+    with pytest.raises(Exception, match="consent"):
+        scenario.left_agent.send(b"\x80", now=scenario.network.now)
+
+
+def test_consent_recovers_from_a_short_outage() -> None:
+    scenario = IceScenario(left_nat=FULL_CONE, right_nat=FULL_CONE)
+    assert scenario.run(30).connected
+    interface = scenario.right.host.interface("10.0.0.2")
+    interface.link = Link(loss=1.0)
+    scenario.network.run(15.0)
+    assert scenario.left_agent.state is ConnectionState.DISCONNECTED
+    interface.link = Link()
+    scenario.network.run(7.0)
+    assert scenario.left_agent.state is COMPLETED
+
+
+def test_two_components_rtp_and_rtcp() -> None:
+    scenario = IceScenario(left_nat=FULL_CONE, right_nat=SYMMETRIC, components=2)
+    result = scenario.run(30)
+    assert result.connected and scenario.both(COMPLETED)
+    for agent in (scenario.left_agent, scenario.right_agent):
+        rtp, rtcp = agent.selected_pair(1), agent.selected_pair(2)
+        assert rtp is not None and rtcp is not None
+        assert (rtp.component, rtcp.component) == (1, 2)
+        assert rtp.local.base != rtcp.local.base
+
+
+def test_lite_peer_answers_only() -> None:
+    scenario = IceScenario(right_lite=True, right_controlling=True)
+    requests = binding_requests(scenario, "right")
+    result = scenario.run(10)
+    assert result.connected and scenario.both(COMPLETED)
+    assert scenario.left_agent.controlling and not scenario.right_agent.controlling
+    assert requests == []
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        (Nomination.AGGRESSIVE, Nomination.REGULAR),
+        (Nomination.REGULAR, Nomination.AGGRESSIVE),
+        (Nomination.AGGRESSIVE, Nomination.AGGRESSIVE),
+    ],
+)
+def test_aggressive_and_regular_nomination_interoperate(
+    left: Nomination, right: Nomination
+) -> None:
+    scenario = IceScenario(
+        left_nat=FULL_CONE,
+        right_nat=PORT_RESTRICTED_CONE,
+        left_config=AgentConfig(nomination=left),
+        right_config=AgentConfig(nomination=right),
+    )
+    result = scenario.run(30)
+    assert result.connected and scenario.both(COMPLETED)
+    assert result.left.nominated and result.right.nominated
+
+
+def test_media_flows_both_ways_once_connected() -> None:
+    scenario = IceScenario(left_nat=SYMMETRIC, right_nat=FULL_CONE)
+    assert scenario.run(30).connected
+    now = scenario.network.now
+    scenario.left_agent.send(b"\x80from-left", now=now)
+    scenario.right_agent.send(b"\x80from-right", now=now)
+    scenario.network.run(1.0)
+    got_right = [e.data for _, e in scenario.right.events if isinstance(e, DataReceived)]
+    got_left = [e.data for _, e in scenario.left.events if isinstance(e, DataReceived)]
+    assert got_right == [b"\x80from-left"] and got_left == [b"\x80from-right"]
+
+
+def test_two_hosts_behind_one_nat_connect_directly() -> None:
+    scenario = IceScenario(left_nat=replace(SYMMETRIC, hairpinning=False), same_nat=True)
+    result = scenario.run(30)
+    assert result.pair_types == "host/host"
+
+
+def test_simulation_is_deterministic() -> None:
+    def run() -> tuple[object, ...]:
+        scenario = IceScenario(left_nat=PORT_RESTRICTED_CONE, right_nat=FULL_CONE, loss=0.3, seed=3)
+        result = scenario.run(60)
+        return (result.time_to_connected, result.left.checks_sent, scenario.network.counters)
+
+    assert run() == run()
