@@ -345,3 +345,19 @@ def test_tls_to_coturn(coturn_tls: tuple[int, Path]) -> None:
         echo.transport.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_even_port_pair_with_reservation_token(coturn_factory: CoturnFactory) -> None:
+    server = coturn_factory(users=[(USER, PASSWORD)])
+
+    async def scenario() -> None:
+        address = ("127.0.0.1", server.port)
+        async with create_turn_allocation(address, USER, PASSWORD, even_port=True) as rtp:
+            token = rtp.engine.reserved_token
+            assert token is not None and rtp.relayed_address.port % 2 == 0
+            async with create_turn_allocation(
+                address, USER, PASSWORD, reservation_token=token
+            ) as rtcp:
+                assert rtcp.relayed_address.port == rtp.relayed_address.port + 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

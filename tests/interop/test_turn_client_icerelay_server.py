@@ -262,3 +262,38 @@ def test_callback_style_and_end_of_allocation() -> None:
             echo.transport.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_even_port_pair_with_reservation_token() -> None:
+    async def scenario() -> None:
+        async with running_server() as service:
+            server = service.listen_udp[0]
+            async with create_turn_allocation(server, USER, PASSWORD, even_port=True) as rtp:
+                token = rtp.engine.reserved_token
+                assert token is not None and rtp.relayed_address.port % 2 == 0
+                async with create_turn_allocation(
+                    server, USER, PASSWORD, reservation_token=token
+                ) as rtcp:
+                    assert rtcp.relayed_address.port == rtp.relayed_address.port + 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_ipv6_relay_requested_over_ipv4() -> None:
+    async def scenario() -> None:
+        async with running_server(relay_ipv6="::1", allow_peers=["127.0.0.0/8", "::1/128"]) as s:
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(EchoPeer, local_addr=("::1", 0))
+            peer = Address("::1", transport.get_extra_info("sockname")[1])
+            async with create_turn_allocation(s.listen_udp[0], USER, PASSWORD, family=6) as turn:
+                # REQUESTED-ADDRESS-FAMILY (RFC 8656 §7.1): IPv6 relay, IPv4 path to the server.
+                assert turn.relayed_address.host == "::1"
+                assert turn.mapped_address is not None and turn.mapped_address.family == 4
+                assert await _exchange(turn, peer, 3) == [
+                    b"packet-000",
+                    b"packet-001",
+                    b"packet-002",
+                ]
+            transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

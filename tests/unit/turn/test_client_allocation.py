@@ -197,6 +197,20 @@ def test_unsigned_success_to_an_authenticated_request_is_dropped() -> None:
     assert h.engine.lifetime == 600
 
 
+def test_even_port_reservation_for_an_rtp_rtcp_pair() -> None:
+    rtp = make(even_port=True, dont_fragment=True)
+    request = rtp.requests_of(Method.ALLOCATE)[1]
+    assert request.get(A.EVEN_PORT) is True and A.DONT_FRAGMENT in request
+    assert rtp.events == [AllocationSucceeded(RELAYED, CLIENT, 600, b"T" * 8)]
+    assert rtp.engine.reserved_token == b"T" * 8
+    rtcp = make(reservation_token=rtp.engine.reserved_token, family=6, even_port=False)
+    request = rtcp.requests_of(Method.ALLOCATE)[1]
+    # The token alone says which port; EVEN-PORT and the family must not come with it.
+    assert request.get(A.RESERVATION_TOKEN) == b"T" * 8
+    assert A.EVEN_PORT not in request and A.REQUESTED_ADDRESS_FAMILY not in request
+    assert rtcp.engine.relayed_address == Address(RELAYED.host, RELAYED.port + 1)
+
+
 # ---------------------------------------------------------------------- ALTERNATE-SERVER
 
 

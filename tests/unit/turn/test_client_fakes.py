@@ -163,7 +163,15 @@ class FakeServer:
         response = request.response()
         if request.method == Method.ALLOCATE:
             assert request.get(A.REQUESTED_TRANSPORT) == 17
-            response.add(A.XOR_RELAYED_ADDRESS, RELAYED)
+            relayed = RELAYED
+            token = request.get(A.RESERVATION_TOKEN)
+            if token is not None:
+                assert token == b"T" * 8, "unknown reservation token"
+                assert A.EVEN_PORT not in request and A.REQUESTED_ADDRESS_FAMILY not in request
+                relayed = Address(RELAYED.host, RELAYED.port + 1)
+            response.add(A.XOR_RELAYED_ADDRESS, relayed)
+            if request.get(A.EVEN_PORT):
+                response.add(A.RESERVATION_TOKEN, b"T" * 8)
             response.add(A.XOR_MAPPED_ADDRESS, CLIENT)
             response.add(A.LIFETIME, min(request.get(A.LIFETIME) or 600, self.granted_lifetime))
         elif request.method == Method.REFRESH:

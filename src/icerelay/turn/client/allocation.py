@@ -185,7 +185,11 @@ class Allocation:
     *family* 6 asks for an IPv6 relayed address (REQUESTED-ADDRESS-FAMILY), 4 or None for the
     default IPv4. *channel_threshold* is how many packets to one peer start a channel binding (0:
     never bind, keep Send indications). *userhash* False never sends USERHASH, even when the
-    server offers username anonymity. *rto*, *rc* and *rm* tune the UDP retransmissions and
+    server offers username anonymity. For RTP/RTCP port pairs (RFC 8656 §7.1, §18.8):
+    *even_port* True asks for an even relayed port and the reservation of the next one (the
+    success then carries a token, :attr:`reserved_token`), False just an even port; a second
+    Allocation with *reservation_token* gets the reserved port. *dont_fragment* asks the server
+    to set DF on relayed packets. *rto*, *rc* and *rm* tune the UDP retransmissions and
     *ti* the TCP/TLS timeout (RFC 8489 §6.2; the defaults give up after 39.5 s).
     """
 
@@ -201,6 +205,9 @@ class Allocation:
         software: str | None = DEFAULT_SOFTWARE,
         channel_threshold: int = 1,
         userhash: bool = True,
+        even_port: bool | None = None,
+        reservation_token: bytes | None = None,
+        dont_fragment: bool = False,
         rto: float = DEFAULT_RTO,
         rc: int = DEFAULT_RC,
         rm: int = DEFAULT_RM,
@@ -219,6 +226,9 @@ class Allocation:
         self.software = software
         self.channel_threshold = channel_threshold
         self.userhash = userhash
+        self.even_port = even_port
+        self.reservation_token = reservation_token
+        self.dont_fragment = dont_fragment
         self.rto = rto
         self.rc = rc
         self.rm = rm
@@ -229,6 +239,8 @@ class Allocation:
         #: Set once the allocation succeeds.
         self.relayed_address: Address | None = None
         self.mapped_address: Address | None = None
+        #: With EVEN-PORT R=1: the token for a second allocation on the next port (RTCP).
+        self.reserved_token: bytes | None = None
         self.lifetime = 0
         #: Absolute time (the driver's clock) when the server will drop the allocation.
         self.expires_at: float | None = None
@@ -555,13 +567,24 @@ class Allocation:
         )
         return message.encode(integrity_key=self._key, integrity=integrity, fingerprint=True)
 
-    def _send_allocate(self, now: float) -> None:
+    def _allocate_message(self) -> Message:
         message = Message(method=Method.ALLOCATE, message_class=MessageClass.REQUEST)
         message.add(AttributeType.REQUESTED_TRANSPORT, TRANSPORT_UDP)
         message.add(AttributeType.LIFETIME, self.requested_lifetime)
-        if self.family == 6:
-            message.add(AttributeType.REQUESTED_ADDRESS_FAMILY, AddressFamily.IPV6)
-        self._request(_Kind.ALLOCATE, now, message)
+        if self.reservation_token is not None:
+            # RFC 8656 §7.1: the token names the family and port already; nothing else may.
+            message.add(AttributeType.RESERVATION_TOKEN, self.reservation_token)
+        else:
+            if self.family == 6:
+                message.add(AttributeType.REQUESTED_ADDRESS_FAMILY, AddressFamily.IPV6)
+            if self.even_port is not None:
+                message.add(AttributeType.EVEN_PORT, self.even_port)
+        if self.dont_fragment:
+            message.add(AttributeType.DONT_FRAGMENT, None)
+        return message
+
+    def _send_allocate(self, now: float) -> None:
+        self._request(_Kind.ALLOCATE, now, self._allocate_message())
 
     def _send_refresh(self, now: float, lifetime: int, kind: _Kind) -> None:
         message = Message(method=Method.REFRESH, message_class=MessageClass.REQUEST)
@@ -602,11 +625,7 @@ class Allocation:
         the first 401, or a 438 when *stale*)."""
         retries = request.stale_retries + 1 if stale else request.stale_retries
         if request.kind is _Kind.ALLOCATE:
-            message = Message(method=Method.ALLOCATE, message_class=MessageClass.REQUEST)
-            message.add(AttributeType.REQUESTED_TRANSPORT, TRANSPORT_UDP)
-            message.add(AttributeType.LIFETIME, self.requested_lifetime)
-            if self.family == 6:
-                message.add(AttributeType.REQUESTED_ADDRESS_FAMILY, AddressFamily.IPV6)
+            message = self._allocate_message()
         elif request.kind in (_Kind.REFRESH, _Kind.DEALLOCATE):
             message = Message(method=Method.REFRESH, message_class=MessageClass.REQUEST)
             lifetime = 0 if request.kind is _Kind.DEALLOCATE else self.requested_lifetime
@@ -886,11 +905,15 @@ class Allocation:
         if not isinstance(lifetime, int):
             self.counters.malformed += 1
             lifetime = self.requested_lifetime
+        token = message.get(AttributeType.RESERVATION_TOKEN)
         self.relayed_address = relayed
         self.mapped_address = mapped if isinstance(mapped, Address) else None
+        self.reserved_token = token if isinstance(token, bytes) else None
         self.state = State.ALLOCATED
         self._set_lifetime(lifetime, now)
-        self._events.append(AllocationSucceeded(relayed, self.mapped_address, lifetime))
+        self._events.append(
+            AllocationSucceeded(relayed, self.mapped_address, lifetime, self.reserved_token)
+        )
         if self._close_requested:
             self._abandon_requests()
             self.state = State.CLOSING

@@ -35,12 +35,14 @@ class AllocationSucceeded(Event):
 
     *relayed_address* is the transport address peers send to (the relayed candidate);
     *mapped_address* is how the server saw us (a server-reflexive candidate, for free);
-    *lifetime* is what the server granted, in seconds.
+    *lifetime* is what the server granted, in seconds. *reservation_token* is set when the
+    request had EVEN-PORT with R=1: give it to a second allocation for the port after this one.
     """
 
     relayed_address: Address
     mapped_address: Address | None
     lifetime: int
+    reservation_token: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
