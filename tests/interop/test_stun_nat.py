@@ -83,3 +83,17 @@ def test_behavior_behind_cone_nat_against_coturn(
     assert data["mapped"].startswith(f"{lab.nat_outside}:")
     assert data["mapping"] == "endpoint-independent"
     assert data["filtering"] == "address-and-port-dependent"
+
+
+def test_lab_is_torn_down_even_when_the_test_fails(netns_lab: Lab) -> None:
+    """The helpers' promise to other tests: nothing is left behind after an exception."""
+    from tests.support.netns import nat_lab, unavailable_reason
+
+    assert unavailable_reason() is None
+    names: list[str] = []
+    with pytest.raises(RuntimeError, match="boom"), nat_lab("symmetric") as lab:
+        names = [ns.name for ns in (lab.client, lab.nat, lab.public)]
+        lab.client.popen("sleep", "30")
+        raise RuntimeError("boom")
+    existing = netns_lab.namespace("probe").run("ip", "netns", "list").stdout
+    assert names and not any(name in existing for name in names)

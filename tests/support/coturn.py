@@ -83,6 +83,7 @@ def start_coturn(
     port: int | None = None,
     relay_range: tuple[int, int] | None = None,
     users: Sequence[tuple[str, str]] = (),
+    relay_ips: Sequence[str] = (),
     realm: str = "icerelay.test",
     extra_args: Sequence[str] = (),
     namespace: Namespace | None = None,
@@ -91,6 +92,8 @@ def start_coturn(
     """Start ``turnserver`` and return once it answers a STUN Binding request over UDP.
 
     Without ``users`` it runs with ``--no-auth``; with users, long-term credentials in ``realm``.
+    ``relay_ips``: addresses for relayed transports (default: coturn picks the listening IPs).
+    ``extra_args``: any other turnserver options (e.g. ``["--fingerprint"]``).
     ``namespace``: run it (and the readiness check) inside that network namespace; ports are then
     chosen without a bind check (the namespace is private to the test).
     """
@@ -127,6 +130,8 @@ def start_coturn(
     ]  # fmt: skip
     for ip in listening_ips:
         argv += ["--listening-ip", ip]
+    for ip in relay_ips:
+        argv += ["--relay-ip", ip]
     if users:
         argv.append("--lt-cred-mech")
         for user, password in users:

@@ -54,6 +54,13 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True, timeout=10)
 
 
+class NamespaceCommandError(subprocess.CalledProcessError):
+    """A command in a namespace failed; the message includes its stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr: {self.stderr}"
+
+
 @dataclass
 class Namespace:
     """One network namespace created by a :class:`Lab`."""
@@ -76,9 +83,9 @@ class Namespace:
             self.command(argv), capture_output=True, text=True, timeout=timeout, input=input
         )
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(
+            raise NamespaceCommandError(
                 result.returncode, result.args, result.stdout, result.stderr
-            ) from RuntimeError(f"in {self.name}: {' '.join(argv)}\n{result.stderr}")
+            )
         return result
 
     def popen(self, *argv: str, **kwargs: object) -> subprocess.Popen[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 
@@ -173,6 +174,17 @@ def test_cli_probe_rejects_tcp_behavior() -> None:
     assert result.exit_code == 2
 
 
+@pytest.fixture
+def restore_icerelay_logger() -> Iterator[None]:
+    """configure_logging changes the 'icerelay' logger; put it back for the tests that follow."""
+    root = logging.getLogger("icerelay")
+    saved = (list(root.handlers), root.propagate, root.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.propagate, root.level = saved[1], saved[2]
+
+
+@pytest.mark.usefixtures("restore_icerelay_logger")
 def test_structured_log_formats() -> None:
     stream = StringIO()
     configure_logging("debug", "kv", stream)
@@ -186,4 +198,3 @@ def test_structured_log_formats() -> None:
     assert 'detail="bad length 3"' in first
     data = json.loads(second)
     assert data["event"] == "event.two" and data["count"] == 3 and data["level"] == "warning"
-    configure_logging("info", "kv")
