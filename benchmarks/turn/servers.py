@@ -163,10 +163,17 @@ class Icerelay(Server):
     name = "icerelay"
 
     def version(self) -> str:
-        out = subprocess.run(
+        commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        )
-        return f"icerelay {out.stdout.strip()}"
+        ).stdout.strip()
+        # The work tree is shared with other work in progress: say whether the server's own
+        # code (not just any file) differed from the commit when it was measured.
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src/icerelay/turn", "src/icerelay/stun"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return f"icerelay {commit}" + (" + uncommitted TURN/STUN changes" if dirty else "")
 
     def command(self) -> list[str]:
         s = self.settings
