@@ -8,6 +8,7 @@ import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
+from tests.support.ports import free_ports
 
 from icerelay.dataplane.userspace import UserspaceDataPlane
 from icerelay.errors import RelayError
@@ -16,7 +17,6 @@ from icerelay.sdp import IceCredentials
 from icerelay.stun import Address, AttributeType, MessageClass, Method, decode_message
 from icerelay.stun.credentials import short_term_key
 from icerelay.stun.message import Message
-from tests.support.ports import free_ports
 
 HOST = "127.0.0.1"
 
