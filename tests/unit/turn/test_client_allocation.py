@@ -211,6 +211,14 @@ def test_even_port_reservation_for_an_rtp_rtcp_pair() -> None:
     assert rtcp.engine.relayed_address == Address(RELAYED.host, RELAYED.port + 1)
 
 
+def test_seeded_rng_gives_reproducible_transaction_ids() -> None:
+    import random
+
+    runs = [make(rng=random.Random(7)) for _ in range(2)]
+    ids = [[r.transaction_id for r in h.server.requests] for h in runs]
+    assert ids[0] == ids[1] and len(set(ids[0])) == len(ids[0])
+
+
 # ---------------------------------------------------------------------- ALTERNATE-SERVER
 
 

@@ -35,6 +35,7 @@ with an event).
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -189,7 +190,9 @@ class Allocation:
     *even_port* True asks for an even relayed port and the reservation of the next one (the
     success then carries a token, :attr:`reserved_token`), False just an even port; a second
     Allocation with *reservation_token* gets the reserved port. *dont_fragment* asks the server
-    to set DF on relayed packets. *rto*, *rc* and *rm* tune the UDP retransmissions and
+    to set DF on relayed packets. *rng* makes transaction ids reproducible (a seeded
+    :class:`random.Random` in the network simulator); by default they come from os.urandom, as
+    RFC 8489 §6 wants them unpredictable. *rto*, *rc* and *rm* tune the UDP retransmissions and
     *ti* the TCP/TLS timeout (RFC 8489 §6.2; the defaults give up after 39.5 s).
     """
 
@@ -208,6 +211,7 @@ class Allocation:
         even_port: bool | None = None,
         reservation_token: bytes | None = None,
         dont_fragment: bool = False,
+        rng: random.Random | None = None,
         rto: float = DEFAULT_RTO,
         rc: int = DEFAULT_RC,
         rm: int = DEFAULT_RM,
@@ -229,6 +233,7 @@ class Allocation:
         self.even_port = even_port
         self.reservation_token = reservation_token
         self.dont_fragment = dont_fragment
+        self._rng = rng
         self.rto = rto
         self.rc = rc
         self.rm = rm
@@ -567,8 +572,14 @@ class Allocation:
         )
         return message.encode(integrity_key=self._key, integrity=integrity, fingerprint=True)
 
+    def _new_request(self, method: Method) -> Message:
+        transaction_id = self._rng.randbytes(12) if self._rng is not None else None
+        return Message(
+            method=method, message_class=MessageClass.REQUEST, transaction_id=transaction_id
+        )
+
     def _allocate_message(self) -> Message:
-        message = Message(method=Method.ALLOCATE, message_class=MessageClass.REQUEST)
+        message = self._new_request(Method.ALLOCATE)
         message.add(AttributeType.REQUESTED_TRANSPORT, TRANSPORT_UDP)
         message.add(AttributeType.LIFETIME, self.requested_lifetime)
         if self.reservation_token is not None:
@@ -587,14 +598,14 @@ class Allocation:
         self._request(_Kind.ALLOCATE, now, self._allocate_message())
 
     def _send_refresh(self, now: float, lifetime: int, kind: _Kind) -> None:
-        message = Message(method=Method.REFRESH, message_class=MessageClass.REQUEST)
+        message = self._new_request(Method.REFRESH)
         message.add(AttributeType.LIFETIME, lifetime)
         if kind is _Kind.REFRESH:
             self._refresh_in_flight = True
         self._request(kind, now, message)
 
     def _send_create_permission(self, now: float, peers: tuple[Address, ...]) -> None:
-        message = Message(method=Method.CREATE_PERMISSION, message_class=MessageClass.REQUEST)
+        message = self._new_request(Method.CREATE_PERMISSION)
         for peer in peers:
             message.add(AttributeType.XOR_PEER_ADDRESS, peer)
             permission = self._permissions.get(peer.host)
@@ -615,7 +626,7 @@ class Allocation:
             self._channels_by_number[number] = channel
         else:
             self._channels_by_number[number].pending = True
-        message = Message(method=Method.CHANNEL_BIND, message_class=MessageClass.REQUEST)
+        message = self._new_request(Method.CHANNEL_BIND)
         message.add(AttributeType.CHANNEL_NUMBER, number)
         message.add(AttributeType.XOR_PEER_ADDRESS, peer)
         self._request(_Kind.CHANNEL_BIND, now, message, peers=(peer,), channel=number)
@@ -627,15 +638,15 @@ class Allocation:
         if request.kind is _Kind.ALLOCATE:
             message = self._allocate_message()
         elif request.kind in (_Kind.REFRESH, _Kind.DEALLOCATE):
-            message = Message(method=Method.REFRESH, message_class=MessageClass.REQUEST)
+            message = self._new_request(Method.REFRESH)
             lifetime = 0 if request.kind is _Kind.DEALLOCATE else self.requested_lifetime
             message.add(AttributeType.LIFETIME, lifetime)
         elif request.kind is _Kind.CREATE_PERMISSION:
-            message = Message(method=Method.CREATE_PERMISSION, message_class=MessageClass.REQUEST)
+            message = self._new_request(Method.CREATE_PERMISSION)
             for peer in request.peers:
                 message.add(AttributeType.XOR_PEER_ADDRESS, peer)
         else:
-            message = Message(method=Method.CHANNEL_BIND, message_class=MessageClass.REQUEST)
+            message = self._new_request(Method.CHANNEL_BIND)
             message.add(AttributeType.CHANNEL_NUMBER, request.channel)
             message.add(AttributeType.XOR_PEER_ADDRESS, request.peers[0])
         self._request(
