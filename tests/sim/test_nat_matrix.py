@@ -88,3 +88,26 @@ def test_subset_of_types(matrix: dict[tuple[str, str], MatrixCell]) -> None:
         ("EIM/APDF", "open"),
         ("EIM/APDF", "EIM/APDF"),
     ]
+
+
+@pytest.fixture(scope="module")
+def turn_matrix() -> dict[tuple[str, str], MatrixCell]:
+    return {(cell.left, cell.right): cell for cell in nat_matrix(turn=True)}
+
+
+def test_with_turn_every_cell_connects(turn_matrix: dict[tuple[str, str], MatrixCell]) -> None:
+    failed = [key for key, cell in turn_matrix.items() if not cell.connected]
+    assert failed == []
+
+
+def test_relay_is_the_last_resort(
+    turn_matrix: dict[tuple[str, str], MatrixCell],
+    matrix: dict[tuple[str, str], MatrixCell],
+) -> None:
+    for key, cell in turn_matrix.items():
+        if matrix[key].connected:
+            # A direct path exists: ICE must not settle for the relay.
+            assert "relay" not in cell.pair_types, key
+        else:
+            assert "relay" in cell.pair_types, key
+    assert "relay" in turn_matrix[(SYMMETRIC, SYMMETRIC)].pair_types

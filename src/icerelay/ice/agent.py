@@ -499,7 +499,12 @@ class Agent:
         remote = self._find_remote(generation, source, local.component)
         if remote is None:
             priority = request.get(AttributeType.PRIORITY)
-            if priority is None:
+            learned = sum(
+                1
+                for c in generation.remote_candidates
+                if c.type is CandidateType.PEER_REFLEXIVE and c.component == local.component
+            )
+            if priority is None or learned >= self.config.max_peer_reflexive:
                 return
             # Section 7.3.1.3: a peer-reflexive remote candidate, learned from the check itself.
             self._prflx_count += 1

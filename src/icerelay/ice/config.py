@@ -70,6 +70,12 @@ class AgentConfig:
     max_pairs: int = 100
     """Checklist size limit (RFC 8445 section 6.1.2.5)."""
 
+    max_peer_reflexive: int = 8
+    """Peer-reflexive remote candidates learned per component. Between two NATs that map per
+    destination but filter nothing (APDM + EIF), every triggered check opens a new mapping that
+    the peer learns as yet another prflx candidate and checks back through yet another one; the
+    cap ends that chain before it fills the checklist and pushes out the relayed pairs."""
+
     software: str | None = None
     """SOFTWARE attribute for checks, if any."""
 

@@ -28,7 +28,7 @@ from icerelay.netsim.network import (
     SimulationError,
     TransportAddress,
 )
-from icerelay.netsim.stun_server import StunBindingResponder
+from icerelay.netsim.servers import StunServer, TurnServer
 
 __all__ = [
     "FULL_CONE",
@@ -49,6 +49,7 @@ __all__ = [
     "PortAssignment",
     "Realm",
     "SimulationError",
-    "StunBindingResponder",
+    "StunServer",
     "TransportAddress",
+    "TurnServer",
 ]

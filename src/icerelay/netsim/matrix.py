@@ -4,8 +4,11 @@ Each side is either on the public Internet or behind a NAT with one of the nine 
 mapping and filtering behaviour (endpoint-independent, address-dependent,
 address-and-port-dependent). Every cell runs one full ICE session on the simulator (both agents
 gathering from a STUN server, trickling candidates to each other) and records whether it
-connected and with which candidate types. :func:`format_matrix` renders the table that
-``icerelay nat-matrix`` prints.
+connected and with which candidate types, with or without a TURN server. :func:`format_matrix`
+renders the table that ``icerelay nat-matrix`` prints::
+
+    print(format_matrix(nat_matrix()))            # direct traversal only
+    print(format_matrix(nat_matrix(turn=True)))   # with a relay to fall back on
 """
 
 from __future__ import annotations
@@ -47,12 +50,18 @@ def nat_matrix(
     seed: int = 0,
     rtt: float = 0.02,
     timeout: float = 60.0,
+    turn: bool = False,
 ) -> list[MatrixCell]:
-    """Run every (left, right) combination of ``nat_types``; row-major order."""
+    """Run every (left, right) combination of ``nat_types``; row-major order.
+
+    With ``turn`` both agents also gather relayed candidates from a TURN server (icerelay's own
+    engine) on the public side, so every cell should connect, through the relay where nothing
+    else works.
+    """
     cells: list[MatrixCell] = []
     for left in nat_types:
         for right in nat_types:
-            scenario = IceScenario(left_nat=left, right_nat=right, seed=seed, rtt=rtt)
+            scenario = IceScenario(left_nat=left, right_nat=right, seed=seed, rtt=rtt, turn=turn)
             result = scenario.run(timeout, until_completed=False)
             cells.append(
                 MatrixCell(

@@ -8,7 +8,8 @@ the session ended::
     result = IceScenario(left_nat=FULL_CONE, right_nat=SYMMETRIC).run()
     result.connected, result.left_local_type, result.time_to_connected
 
-Addresses: the STUN server is 198.51.100.1:3478. A side behind a NAT has host 10.0.0.2 (both
+Addresses: the STUN server is 198.51.100.1:3478, the TURN server (``turn=True``; icerelay's own
+TURN server engine) 198.51.100.2:3478. A side behind a NAT has host 10.0.0.2 (both
 sides: the same private address, as in two home networks) behind 203.0.113.1 (left) or
 203.0.113.2 (right); a side without NAT has the public address 192.0.2.1 (left) or 192.0.2.2.
 """
@@ -27,11 +28,14 @@ from icerelay.ice import (
     ConnectionStateChanged,
     GatheringComplete,
 )
+from icerelay.ice import TurnServer as TurnServerAccount
 from icerelay.netsim.nat import Nat, NatConfig
 from icerelay.netsim.network import Host, Link, Network, Realm
-from icerelay.netsim.stun_server import StunBindingResponder
+from icerelay.netsim.servers import StunServer, TurnServer
 
 STUN_SERVER = ("198.51.100.1", 3478)
+TURN_SERVER = ("198.51.100.2", 3478)
+TURN_USER, TURN_PASSWORD = "netsim", "relay-password"
 PRIVATE_IP = "10.0.0.2"
 NAT_IPS = ("203.0.113.1", "203.0.113.2")
 PUBLIC_IPS = ("192.0.2.1", "192.0.2.2")
@@ -108,12 +112,18 @@ class IceScenario:
         right_controlling: bool = False,
         right_lite: bool = False,
         use_stun: bool = True,
+        turn: bool = False,
     ) -> None:
         self.network = Network(seed)
         self.signalling_delay = signalling_delay
         stun_host = self.network.add_host("stun", STUN_SERVER[0])
-        stun_host.attach(StunBindingResponder())
+        stun_host.attach(StunServer())
         stun_servers = (STUN_SERVER,) if use_stun else ()
+        turn_servers: tuple[TurnServerAccount, ...] = ()
+        if turn:
+            turn_host = self.network.add_host("turn", TURN_SERVER[0])
+            turn_host.attach(TurnServer(TURN_SERVER, {TURN_USER: TURN_PASSWORD}))
+            turn_servers = (TurnServerAccount(TURN_SERVER, TURN_USER, TURN_PASSWORD),)
         # ``loss`` is end to end, one way: split over the two access links it crosses.
         link = Link(delay=rtt / 4, loss=1.0 - (1.0 - loss) ** 0.5)
         shared: Nat | None = None
@@ -145,6 +155,7 @@ class IceScenario:
                 components=components,
                 lite=lite,
                 config=base_config,
+                turn_servers=turn_servers,
                 rng=random.Random(seed * 1000 + index),
             )
             side = _Side(host, agent)

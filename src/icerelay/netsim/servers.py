@@ -1,17 +1,21 @@
-"""A minimal STUN Binding responder for the simulator (RFC 8489 section 6.3, no authentication).
+"""icerelay's own STUN and TURN server engines, attached to simulator hosts.
 
-It answers every Binding request with XOR-MAPPED-ADDRESS set to the source it saw, which behind a
-NAT is the NAT's mapping: exactly what an ICE agent needs to learn a server-reflexive candidate. It
-is a sans-I/O engine like every other, so the simulator drives it the same way.
+The simulator runs the real engines, not stand-ins: :class:`StunServer` wraps the Binding engine of
+``icerelay stun`` (:class:`icerelay.server.binding.BindingEngine`), :class:`TurnServer` the TURN
+server engine (:class:`icerelay.turn.server.engine.TurnServerEngine`). The adapters only translate
+addresses (the simulator speaks ``(ip, port)`` tuples) and, for TURN, stand in for the sockets of
+relayed addresses: in the simulator every port of the host's IP is already "bound".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from icerelay.errors import StunError
 from icerelay.netsim.network import TransportAddress
-from icerelay.stun import Address, AttributeType, MessageClass, Method, decode_message
+from icerelay.server.binding import BindingEngine
+from icerelay.stun import Address
+from icerelay.turn.server.config import TurnServerConfig
+from icerelay.turn.server.engine import TurnServerEngine
 
 
 @dataclass(frozen=True)
@@ -23,35 +27,99 @@ class Datagram:
     destination: TransportAddress
 
 
-class StunBindingResponder:
-    """Answers Binding requests; counts what it answered and what it could not parse."""
+class StunServer:
+    """A STUN server (RFC 8489 Binding) on a simulator host."""
 
-    def __init__(self) -> None:
-        self._outbox: list[Datagram] = []
-        self.answered = 0
-        self.malformed = 0
+    def __init__(self, engine: BindingEngine | None = None) -> None:
+        self.engine = engine or BindingEngine(software="icerelay-netsim")
 
     def receive(
         self, data: bytes, source: TransportAddress, destination: TransportAddress, now: float
     ) -> None:
-        try:
-            request = decode_message(data)
-        except StunError:
-            self.malformed += 1
-            return
-        if request.method != Method.BINDING or request.message_class != MessageClass.REQUEST:
-            return
-        response = request.response()
-        response.add(AttributeType.XOR_MAPPED_ADDRESS, Address(source[0], source[1]))
-        self.answered += 1
-        self._outbox.append(Datagram(response.encode(fingerprint=True), destination, source))
+        self.engine.receive(data, Address(*source), Address(*destination), now)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        outbox, self._outbox = self._outbox, []
-        return outbox
+        return [
+            Datagram(
+                d.data, (d.source.host, d.source.port), (d.destination.host, d.destination.port)
+            )
+            for d in self.engine.datagrams_to_send(now)
+        ]
 
     def next_timer(self) -> float | None:
-        return None
+        return self.engine.next_timer()
 
     def handle_timer(self, now: float) -> None:
-        return None
+        self.engine.handle_timer(now)
+
+
+class _SimulatedBinder:
+    """Relayed "sockets": on a simulator host any port of its IP can be bound."""
+
+    def __init__(self) -> None:
+        self.bound: set[tuple[str, int]] = set()
+
+    def bind(self, address: tuple[str, int], dont_fragment: bool) -> bool:
+        if address in self.bound:
+            return False
+        self.bound.add(address)
+        return True
+
+    def release(self, address: tuple[str, int]) -> None:
+        self.bound.discard(address)
+
+
+class TurnServer:
+    """A TURN server (RFC 8656, UDP) on a simulator host listening at ``listen``.
+
+    ``users`` are static long-term credentials. Peers in the documentation and private ranges the
+    simulator uses are allowed (a real server denies them by default).
+    """
+
+    def __init__(
+        self,
+        listen: TransportAddress,
+        users: dict[str, str],
+        *,
+        realm: str = "netsim",
+        config: TurnServerConfig | None = None,
+    ) -> None:
+        self.listen = listen
+        self.binder = _SimulatedBinder()
+        self.engine = TurnServerEngine(
+            config
+            or TurnServerConfig(
+                enabled=True,
+                listen=[listen],
+                transports=["udp"],
+                realm=realm,
+                users=users,
+                relay_ipv4=listen[0],
+                relay_port_min=50000,
+                relay_port_max=50999,
+                allow_peers=["0.0.0.0/0"],
+                unauthenticated_rate=0,
+            ),
+            self.binder,
+            nonce_key=b"netsim-nonce-key-0123456789abcdef",
+        )
+
+    def receive(
+        self, data: bytes, source: TransportAddress, destination: TransportAddress, now: float
+    ) -> None:
+        if destination == self.listen:
+            self.engine.receive(data, source, destination, "udp", now)
+        else:
+            self.engine.receive_relayed(data, source, destination, now)
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        return [
+            Datagram(data, source, destination)
+            for data, source, destination, _transport in self.engine.datagrams_to_send()
+        ]
+
+    def next_timer(self) -> float | None:
+        return self.engine.next_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.engine.handle_timer(now)
