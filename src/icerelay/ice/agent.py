@@ -265,13 +265,8 @@ class Agent:
         New credentials for a running session mean an ICE restart: call :meth:`restart` first.
         """
         generation = self._generation
-        if generation.remote_ufrag is not None and (
-            generation.remote_ufrag,
-            generation.remote_pwd,
-        ) != (
-            ufrag,
-            pwd,
-        ):
+        known = (generation.remote_ufrag, generation.remote_pwd)
+        if generation.remote_ufrag is not None and known != (ufrag, pwd):
             raise IceError("the peer changed its credentials: that is an ICE restart")
         generation.remote_ufrag, generation.remote_pwd = ufrag, pwd
         self.remote_lite = lite
@@ -297,10 +292,12 @@ class Agent:
                 # The peer now signals what we learned from its check: same pairs, better data.
                 generation.remote_candidates.remove(existing)
                 generation.remote_candidates.append(candidate)
-                for pair in generation.checklist.pairs:
+                checklist = generation.checklist
+                for pair in [*checklist.pairs, *checklist.valid]:
                     if pair.remote is existing:
                         pair.remote = candidate
-                        pair.update_priority(self.controlling)
+                # New priorities, so a new order.
+                checklist.set_role(self.controlling)
             return
         generation.remote_candidates.append(candidate)
         for local in self._pairable_locals(candidate.component):
@@ -696,11 +693,8 @@ class Agent:
             if valid.generating is pair:
                 valid.valid = False
         generation.checklist.valid = [v for v in generation.checklist.valid if v.valid]
-        if generation.selected.get(pair.component) in (None, pair) or not any(
-            v.component == pair.component for v in generation.checklist.valid
-        ):
-            self._update_component(generation, pair.component, now)
-        self._update_state(now)
+        # The selection may lose its pair, or a nomination that waited for this one may go now.
+        self._update_component(generation, pair.component, now)
 
     # --- checks ------------------------------------------------------------------------------
 
