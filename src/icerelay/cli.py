@@ -173,6 +173,8 @@ def stun_probe(
         )
     try:
         host, port = split_host_port(server, STUN_PORT)
+        if port == 0:
+            raise ValueError(f"port 0 in {server!r}")
         local_address = None
         if local is not None:
             local_host, local_port = split_host_port(local, 0)

@@ -56,6 +56,8 @@ class HostPort(NamedTuple):
 def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
     """Split ``host:port``, ``[v6]:port``, ``host``, ``[v6]`` or a bare IPv6 address.
 
+    Port 0 is accepted (a listen address on port 0 lets the kernel choose, as tests do).
+
     The host is returned without brackets and is not resolved (it may be a name). Raises
     ``ValueError`` with a readable message when the text cannot be a host and port.
     """
@@ -83,7 +85,7 @@ def split_host_port(text: str, default_port: int | None = None) -> tuple[str, in
         if default_port is None:
             raise ValueError(f"missing port in {text!r}")
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ValueError(f"invalid port {port_text!r} in {text!r}")
     return host, int(port_text)
 

@@ -124,7 +124,7 @@ def test_split_host_port(text: str, expected: tuple[str, int]) -> None:
     assert split_host_port(text, 3478) == expected
 
 
-@pytest.mark.parametrize("text", ["", "[::1", "[::1]x", ":5", "h:0", "h:x", "h:99999"])
+@pytest.mark.parametrize("text", ["", "[::1", "[::1]x", ":5", "h:-1", "h:x", "h:99999"])
 def test_split_host_port_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         split_host_port(text, 3478)
