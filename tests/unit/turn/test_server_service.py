@@ -1,0 +1,198 @@
+"""TurnService on real loopback sockets: drain, signals, TCP handling, start-up checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from tests.support.ports import free_port
+
+from icerelay.errors import ConfigError
+from icerelay.stun import AttributeType, Message, MessageClass, Method, decode_message
+from icerelay.stun.credentials import long_term_key
+from icerelay.turn.server import TurnServerConfig
+from icerelay.turn.server.service import TurnService
+
+A = AttributeType
+USER, PASSWORD, REALM = "alice", "wonderland", "example.org"
+KEY = long_term_key(USER, REALM, PASSWORD)
+
+
+def _config(**overrides: object) -> TurnServerConfig:
+    low = random.randrange(20000, 29000, 2)
+    settings: dict[str, object] = {
+        "listen": [f"127.0.0.1:{free_port()}"],
+        "realm": REALM,
+        "users": {USER: PASSWORD},
+        "relay_port_min": low,
+        "relay_port_max": low + 99,
+        "allow_peers": ["127.0.0.0/8"],
+    }
+    settings.update(overrides)
+    return TurnServerConfig.model_validate(settings)
+
+
+def _exchange(sock: socket.socket, request: Message, nonce: str | None) -> Message:
+    """Send *request* (signed when a nonce is known) and return the answer (blocking)."""
+    if nonce is not None:
+        request.add(A.USERNAME, USER)
+        request.add(A.REALM, REALM)
+        request.add(A.NONCE, nonce)
+        data = request.encode(KEY)
+    else:
+        data = request.encode()
+    sock.send(data)
+    return decode_message(sock.recv(4096))
+
+
+def _allocate_blocking(server: tuple[str, int]) -> tuple[socket.socket, Message, str]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(3)
+    sock.connect(server)
+    challenge = _exchange(sock, Message(Method.ALLOCATE, MessageClass.REQUEST), None)
+    nonce = challenge.get(A.NONCE)
+    assert nonce is not None
+    request = Message(Method.ALLOCATE, MessageClass.REQUEST)
+    request.add(A.REQUESTED_TRANSPORT, 17)
+    return sock, _exchange(sock, request, nonce), nonce
+
+
+def _error(message: Message) -> int | None:
+    error = message.get(A.ERROR_CODE)
+    return None if error is None else error.code
+
+
+def test_drain_on_sigusr1_refuses_new_allocations_and_ends_with_the_last_one() -> None:
+    async def scenario() -> None:
+        service = TurnService(_config())
+        await service.start()
+        try:
+            service.add_signal_handlers()
+            server = service.listen_udp[0]
+            sock, response, nonce = await asyncio.to_thread(_allocate_blocking, server)
+            assert _error(response) is None
+            relayed = response.get(A.XOR_RELAYED_ADDRESS)
+            assert relayed is not None and (relayed.host, relayed.port) in service.udp
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await asyncio.sleep(0.05)
+            assert service.engine.draining
+            _, refused, _ = await asyncio.to_thread(_allocate_blocking, server)
+            assert _error(refused) == 508
+            assert not service._drained.is_set()
+            refresh = Message(Method.REFRESH, MessageClass.REQUEST)
+            refresh.add(A.LIFETIME, 0)
+            deleted = await asyncio.to_thread(_exchange, sock, refresh, nonce)
+            assert _error(deleted) is None
+            await asyncio.wait_for(service.wait_drained(), 2)
+            assert (relayed.host, relayed.port) not in service.udp  # socket closed
+            sock.close()
+        finally:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
+            await service.stop()
+
+    asyncio.run(scenario())
+
+
+def test_binding_on_the_turn_port_and_tcp_close_ends_the_allocation() -> None:
+    async def scenario() -> None:
+        service = TurnService(_config())
+        await service.start()
+        try:
+            server = service.listen_udp[0]
+
+            def binding() -> Message:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.settimeout(3)
+                    sock.connect(server)
+                    return _exchange(sock, Message(Method.BINDING, MessageClass.REQUEST), None)
+
+            answer = await asyncio.to_thread(binding)
+            assert answer.message_class == MessageClass.SUCCESS_RESPONSE
+            assert answer.get(A.XOR_MAPPED_ADDRESS) is not None
+
+            reader, writer = await asyncio.open_connection(*service.listen_tcp[0])
+            writer.write(Message(Method.ALLOCATE, MessageClass.REQUEST).encode())
+            header = await reader.readexactly(20)
+            challenge = decode_message(
+                header + await reader.readexactly(header[3] | header[2] << 8)
+            )
+            request = Message(Method.ALLOCATE, MessageClass.REQUEST)
+            request.add(A.REQUESTED_TRANSPORT, 17)
+            request.add(A.USERNAME, USER)
+            request.add(A.REALM, REALM)
+            request.add(A.NONCE, challenge.get(A.NONCE))
+            writer.write(request.encode(KEY))
+            header = await reader.readexactly(20)
+            response = decode_message(header + await reader.readexactly(header[3] | header[2] << 8))
+            assert _error(response) is None
+            assert len(service.engine.allocations) == 1
+            writer.close()
+            for _ in range(100):
+                if not service.engine.allocations:
+                    break
+                await asyncio.sleep(0.01)
+            assert not service.engine.allocations
+            assert len(service.udp) == 1  # only the listener is left
+        finally:
+            await service.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_tcp_stream_that_is_not_turn_is_closed() -> None:
+    async def scenario() -> None:
+        service = TurnService(_config())
+        await service.start()
+        try:
+            reader, writer = await asyncio.open_connection(*service.listen_tcp[0])
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+            writer.close()
+        finally:
+            await service.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_taken_relay_port_is_skipped() -> None:
+    async def scenario() -> None:
+        config = _config()
+        low = config.relay_port_min
+        config = config.model_copy(update={"relay_port_max": low + 1})
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        blocker.bind(("127.0.0.1", low))
+        service = TurnService(config)
+        await service.start()
+        try:
+            _, response, _ = await asyncio.to_thread(_allocate_blocking, service.listen_udp[0])
+            relayed = response.get(A.XOR_RELAYED_ADDRESS)
+            assert relayed is not None and relayed.port == low + 1
+        finally:
+            blocker.close()
+            await service.stop()
+
+    asyncio.run(scenario())
+
+
+def test_start_refuses_an_ephemeral_overlap_and_missing_credentials(tmp_path: Path) -> None:
+    async def scenario(config: TurnServerConfig) -> None:
+        service = TurnService(config)
+        try:
+            await service.start()
+        finally:
+            await service.stop()
+
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if ephemeral.exists():
+        low = int(ephemeral.read_text().split()[0])
+        with pytest.raises(ConfigError, match="ephemeral"):
+            asyncio.run(scenario(_config(relay_port_min=low, relay_port_max=low + 10)))
+    with pytest.raises(ConfigError, match="credentials"):
+        asyncio.run(scenario(_config(users={})))
+    with pytest.raises(ConfigError, match="relay address"):
+        asyncio.run(scenario(_config(listen=["0.0.0.0:0"])))
