@@ -1,0 +1,186 @@
+"""Carries out typed ng commands on the session engine and builds rtpengine-shaped replies.
+
+The reply keys follow rtpengine's (``result``, ``sdp``, ``created``, ``last signal``, ``totals``,
+``calls``, ``statistics``...), because proxies and monitoring scripts read them by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from icerelay.control.ng import (
+    Answer,
+    Command,
+    Delete,
+    List,
+    MediaOptions,
+    NgCounters,
+    Offer,
+    Ping,
+    Query,
+    ReplyValue,
+    Statistics,
+    error_reply,
+)
+from icerelay.errors import IcerelayError
+from icerelay.relay.sessions import (
+    MediaRequest,
+    RelayOptions,
+    SessionEngine,
+    SessionSummary,
+    StreamRecord,
+)
+
+__all__ = ["NgHandler", "relay_options"]
+
+Reply = dict[str, ReplyValue]
+
+
+def relay_options(options: MediaOptions) -> RelayOptions:
+    """Map the ng spelling of the options onto the engine's."""
+    family = {"IP4": 4, "IP6": 6}.get(options.address_family or "")
+    return RelayOptions(
+        replace_origin=bool({"origin", "origin-full"} & options.replace),
+        replace_session_connection="session-connection" in options.replace,
+        ice=options.ice,
+        ice_priority=options.ice_priority,
+        address_family=family,
+        media_address=options.media_address,
+        received_from=options.received_from[1] if options.received_from else None,
+        sip_source_address="sip-source-address" in options.flags,
+        strict_source=True if options.strict_source else None,
+    )
+
+
+class NgHandler:
+    """Runs ng commands against one :class:`SessionEngine`.
+
+    :param counters: the protocol's counters, reported by ``statistics``.
+    """
+
+    def __init__(self, engine: SessionEngine, counters: NgCounters | None = None) -> None:
+        self.engine = engine
+        self.counters = counters
+        self._started: float | None = None
+
+    def handle(self, command: Command, now: float) -> Reply:
+        """The reply dictionary for ``command``; engine errors become ``error-reason``."""
+        if self._started is None:
+            self._started = now
+        try:
+            return self._dispatch(command, now)
+        except IcerelayError as error:
+            return error_reply(str(error))
+
+    def _dispatch(self, command: Command, now: float) -> Reply:
+        engine = self.engine
+        if isinstance(command, Ping):
+            return {"result": "pong"}
+        if isinstance(command, Offer | Answer):
+            request = MediaRequest(
+                call_id=command.call_id,
+                from_tag=command.from_tag,
+                sdp=command.sdp,
+                to_tag=command.to_tag,
+                via_branch=command.via_branch,
+                options=relay_options(command.options),
+            )
+            if isinstance(command, Offer):
+                sdp = engine.offer(request, now)
+            else:
+                sdp = engine.answer(request, now)
+            reply: Reply = {"result": "ok", "sdp": sdp}
+            warning = _warning(command.options)
+            if warning:
+                reply["warning"] = warning
+            return reply
+        if isinstance(command, Delete):
+            summaries = engine.delete(
+                command.call_id,
+                now,
+                from_tag=command.from_tag,
+                to_tag=command.to_tag,
+                via_branch=command.via_branch,
+                delay=None if command.delete_delay is None else float(command.delete_delay),
+            )
+            return {"result": "ok", **_call_report(summaries)}
+        if isinstance(command, Query):
+            summaries = engine.query(
+                command.call_id, from_tag=command.from_tag, to_tag=command.to_tag
+            )
+            return {"result": "ok", **_call_report(summaries)}
+        if isinstance(command, List):
+            return {"result": "ok", "calls": engine.call_ids(command.limit)}
+        if isinstance(command, Statistics):
+            return {"result": "ok", "statistics": self._statistics(now)}
+        raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
+
+    def _statistics(self, now: float) -> Reply:
+        engine = self.engine
+        current: Reply = {
+            "sessionsown": engine.session_count,
+            "sessionstotal": engine.session_count,
+            "calls": engine.call_count,
+            "streams": engine.stream_count(),
+            "portsused": engine.pool.in_use * 2,
+            "portsfree": engine.pool.available * 2,
+        }
+        totals: Reply = {
+            "uptime": int(now - (self._started or now)),
+            "offers": engine.offers,
+            "answers": engine.answers,
+            "ended": {str(reason): count for reason, count in engine.ended_by_reason.items()},
+        }
+        if self.counters is not None:
+            totals["requests"] = self.counters.requests
+            totals["retransmissions"] = self.counters.retransmissions
+            totals["errors"] = self.counters.errors
+            totals["commands"] = dict(self.counters.commands)
+        return {"currentstatistics": current, "totalstatistics": totals}
+
+
+def _warning(options: MediaOptions) -> str:
+    ignored = list(options.ignored)
+    ignored.extend(f"rtcp-mux={value}" for value in sorted(options.rtcp_mux))
+    if not ignored:
+        return ""
+    return "not supported, ignored: " + ", ".join(ignored)
+
+
+def _call_report(summaries: Iterable[SessionSummary]) -> Reply:
+    """rtpengine's per-call report: creation, last signal, per-tag media and totals."""
+    items = list(summaries)
+    tags: dict[str, ReplyValue] = {}
+    packets = bytes_ = 0
+    for summary in items:
+        for side, tag in (("caller", summary.from_tag), ("callee", summary.to_tag)):
+            if tag is None:
+                continue
+            tags[tag] = {"tag": tag, "medias": [_media(stream, side) for stream in summary.streams]}
+        for stream in summary.streams:
+            packets += stream.packets_from_caller + stream.packets_from_callee
+            bytes_ += stream.bytes_from_caller + stream.bytes_from_callee
+    return {
+        "created": int(min(summary.created for summary in items)),
+        "last signal": int(max(summary.last_signal for summary in items)),
+        "tags": tags,
+        "totals": {"RTP": {"packets": packets, "bytes": bytes_, "errors": 0}},
+    }
+
+
+def _media(stream: StreamRecord, side: str) -> Mapping[str, ReplyValue]:
+    caller = side == "caller"
+    address = stream.caller if caller else stream.callee
+    latched = stream.caller_latched if caller else stream.callee_latched
+    port = stream.relay_ports[0 if caller else 1]
+    return {
+        "index": stream.index + 1,
+        "type": stream.media,
+        "codec": stream.codec or "",
+        "local port": port or 0,
+        "advertised": str(address) if address else "",
+        "endpoint": str(latched) if latched else "",
+        "packets": stream.packets_from_caller if caller else stream.packets_from_callee,
+        "bytes": stream.bytes_from_caller if caller else stream.bytes_from_callee,
+        "state": str(stream.end_reason) if stream.end_reason else "relaying",
+    }

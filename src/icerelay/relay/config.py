@@ -1,0 +1,126 @@
+"""``RelayServiceConfig``: the ``[relay]`` section, one validated, frozen model.
+
+Like the other sections it can be built directly in code and tests, and it does not import
+:mod:`icerelay.config` (which imports it to add the section).
+
+Example (TOML)::
+
+    [relay]
+    enabled = true
+    ng_listen = "127.0.0.1:2223"        # rtpengine's ng protocol, UDP and TCP
+    address_ipv4 = "192.0.2.10"          # where relay ports are bound
+    advertised_ipv4 = "203.0.113.10"     # what SDP names, when behind a 1:1 NAT
+    port_min = 16384
+    port_max = 32767
+    media_timeout = 60
+    ice_priority = "low"                 # none | low | high
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from icerelay.relay.policy import IcePriority
+from icerelay.relay.sessions import RelayConfig
+
+__all__ = ["NG_DEFAULT", "RelayServiceConfig"]
+
+NG_DEFAULT = ("127.0.0.1", 2223)
+
+
+def _host_port(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else NG_DEFAULT[1]
+        elif text.count(":") == 1:
+            host, port_text = text.split(":")
+            port = int(port_text)
+        else:
+            host, port = text, NG_DEFAULT[1]
+        return (ipaddress.ip_address(host).compressed, port)
+    return value
+
+
+class RelayServiceConfig(BaseModel):
+    """Settings of the media relay daemon (see the module docstring for an example)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    #: ng control protocol listen address (UDP and TCP on the same port).
+    ng_listen: tuple[str, int] = NG_DEFAULT
+    ng_tcp: bool = True
+    #: Relay port addresses per family; None disables that family.
+    address_ipv4: str | None = "127.0.0.1"
+    address_ipv6: str | None = None
+    advertised_ipv4: str | None = None
+    advertised_ipv6: str | None = None
+    # Below Linux's ephemeral range (32768-60999), so client sockets never take relay ports, and
+    # apart from the TURN server's default relay range.
+    port_min: int = Field(default=16384, ge=1024, le=65534)
+    port_max: int = Field(default=32767, ge=1025, le=65535)
+    media_timeout: float = Field(default=60.0, gt=0)
+    hold_timeout: float = Field(default=3600.0, gt=0)
+    offer_timeout: float = Field(default=300.0, gt=0)
+    #: 0 disables the limit.
+    max_duration: float = Field(default=86400.0, ge=0)
+    delete_delay: float = Field(default=30.0, ge=0)
+    ice_priority: Literal["none", "low", "high"] = "low"
+    strict_source: bool = False
+    #: Seconds of silence after which another source may take over a latched leg; 0 never.
+    handover_after: float = Field(default=5.0, ge=0)
+    #: Replies kept for retransmitted ng requests.
+    ng_cache_size: int = Field(default=10_000, ge=1)
+    ng_cache_ttl: float = Field(default=30.0, gt=0)
+
+    @field_validator("ng_listen", mode="before")
+    @classmethod
+    def _parse_listen(cls, value: object) -> object:
+        return _host_port(value)
+
+    @field_validator("address_ipv4", "address_ipv6", "advertised_ipv4", "advertised_ipv6")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        return None if value is None else ipaddress.ip_address(value).compressed
+
+    @model_validator(mode="after")
+    def _check(self) -> RelayServiceConfig:
+        if self.port_max - self.port_min < 3:
+            raise ValueError("port_min..port_max must hold at least two even/odd pairs")
+        if self.address_ipv4 is None and self.address_ipv6 is None:
+            raise ValueError("the relay needs address_ipv4 or address_ipv6")
+        for name, family in (("address_ipv4", 4), ("address_ipv6", 6)):
+            value = getattr(self, name)
+            if value is not None and ipaddress.ip_address(value).version != family:
+                raise ValueError(f"{name} {value} is not an IPv{family} address")
+        return self
+
+    def engine_config(self) -> RelayConfig:
+        """The session engine's part of these settings."""
+        addresses: dict[int, str] = {}
+        advertised: dict[int, str] = {}
+        for family, address, public in (
+            (4, self.address_ipv4, self.advertised_ipv4),
+            (6, self.address_ipv6, self.advertised_ipv6),
+        ):
+            if address is not None:
+                addresses[family] = address
+                if public is not None:
+                    advertised[family] = public
+        return RelayConfig(
+            addresses=addresses,
+            advertised=advertised,
+            media_timeout=self.media_timeout,
+            hold_timeout=self.hold_timeout,
+            offer_timeout=self.offer_timeout,
+            max_duration=self.max_duration or None,
+            delete_delay=self.delete_delay,
+            ice_priority=IcePriority(self.ice_priority),
+            strict_source=self.strict_source,
+            handover_after=self.handover_after or None,
+        )

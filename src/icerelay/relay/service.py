@@ -1,0 +1,325 @@
+"""The media relay daemon: ng control over UDP and TCP, the session engine, a data plane, timers.
+
+This is the asyncio shell around the sans-I/O parts. Control requests and timer expiries are
+handled one at a time, in arrival order, by a single worker: the engine is not meant to be
+entered twice, and a retransmitted request queued behind its original then finds the cached
+reply. Forwardings are installed before the reply leaves, so media can flow as soon as the proxy
+forwards the rewritten SDP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+
+from icerelay.aio.addresses import bound_socket
+from icerelay.aio.udp import UdpEndpoint
+from icerelay.control.ng import (
+    Answer,
+    NgDropped,
+    NgImmediateReply,
+    NgProtocol,
+    NgStreamFramer,
+    Offer,
+    error_reply,
+)
+from icerelay.control.ng_handler import NgHandler
+from icerelay.dataplane import DataPlane
+from icerelay.dataplane.userspace import UserspaceDataPlane
+from icerelay.errors import ControlError, RelayError
+from icerelay.relay.config import RelayServiceConfig
+from icerelay.relay.ports import PortPool
+from icerelay.relay.sessions import (
+    ForwardingInstalled,
+    ForwardingRemoved,
+    SessionEnded,
+    SessionEngine,
+    SessionRecord,
+    StreamEnded,
+)
+from icerelay.stun import Address
+
+__all__ = ["RecordSink", "RelayService"]
+
+logger = logging.getLogger("icerelay.relay")
+
+#: Receives each session's accounting record when it ends (with wall-clock times).
+RecordSink = Callable[[SessionRecord], None]
+
+# A queued unit of work: a control message and how to answer it (None: nothing to answer), or
+# a timer tick (None).
+_Work = tuple[bytes, Callable[[bytes | None], None]] | None
+
+
+class RelayService:
+    """``icerelay serve``'s media relay (``name = "relay"``): async :meth:`start` / :meth:`stop`.
+
+    :param dataplane: the forwarder; the userspace one by default.
+    :param records: where ended sessions' records go (they are logged in any case).
+    """
+
+    name = "relay"
+
+    def __init__(
+        self,
+        config: RelayServiceConfig | None = None,
+        *,
+        dataplane: DataPlane | None = None,
+        records: RecordSink | None = None,
+    ) -> None:
+        self.config = config or RelayServiceConfig()
+        self.dataplane: DataPlane = dataplane if dataplane is not None else UserspaceDataPlane()
+        self.pool = PortPool(self.config.port_min, self.config.port_max, rng=random.Random())
+        self.engine = SessionEngine(
+            self.config.engine_config(), self.pool, counters=self.dataplane.counters
+        )
+        self.protocol = NgProtocol(
+            cache_size=self.config.ng_cache_size, cache_ttl=self.config.ng_cache_ttl
+        )
+        self.handler = NgHandler(self.engine, self.protocol.counters)
+        self._records = records
+        self._udp: UdpEndpoint | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tcp_clients: set[asyncio.Task[None]] = set()
+        self._queue: asyncio.Queue[_Work] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._wall_offset = 0.0
+        #: Forwardings the data plane refused (port already bound by someone else, ...).
+        self.install_failures = 0
+
+    @property
+    def ng_address(self) -> Address:
+        """Where the ng protocol listens (the real port when configured with port 0)."""
+        if self._udp is not None:
+            return self._udp.local_address
+        return Address(*self.config.ng_listen)
+
+    def ng_address_tuple(self) -> tuple[str, int]:
+        """:attr:`ng_address` as a (host, port) pair, for socket APIs."""
+        address = self.ng_address
+        return (address.host, address.port)
+
+    async def start(self) -> None:
+        """Bind the ng listeners and start the worker and the timer."""
+        loop = asyncio.get_running_loop()
+        self._wall_offset = time.time() - loop.time()
+        listen = Address(*self.config.ng_listen)
+        self._udp = await UdpEndpoint.open(listen, self._on_datagram)
+        try:
+            if self.config.ng_tcp:
+                # The same port as UDP, as rtpengine's ng listeners share one.
+                tcp_address = Address(listen.host, self._udp.local_address.port)
+                sock = bound_socket(tcp_address, socket.SOCK_STREAM)
+                self._tcp = await asyncio.start_server(self._on_tcp_client, sock=sock)
+        except BaseException:
+            self._udp.close()
+            self._udp = None
+            raise
+        self._tasks = [
+            asyncio.create_task(self._worker(), name="relay-worker"),
+            asyncio.create_task(self._timer(), name="relay-timer"),
+        ]
+        logger.info(
+            "relay.started",
+            extra={
+                "ng": str(self.ng_address),
+                "ports": f"{self.config.port_min}-{self.config.port_max}",
+            },
+        )
+
+    async def stop(self) -> None:
+        """End every session (records are written), close listeners and the data plane."""
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._tcp is not None:
+            self._tcp.close()
+            self._tcp = None
+        for task in [*self._tasks, *self._tcp_clients]:
+            task.cancel()
+        for task in [*self._tasks, *self._tcp_clients]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._tcp_clients.clear()
+        loop = asyncio.get_running_loop()
+        self.engine.shutdown(loop.time())
+        await self._apply_events()
+        await self.dataplane.close()
+
+    # -- control input ------------------------------------------------------------------------
+
+    def _on_datagram(self, data: bytes, source: Address, local: Address) -> None:
+        udp = self._udp
+
+        def reply(payload: bytes | None) -> None:
+            if udp is not None and payload is not None:
+                udp.send(payload, source)
+
+        self._queue.put_nowait((data, reply))
+
+    async def _on_tcp_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tcp_clients.add(task)
+        framer = NgStreamFramer()
+        loop = asyncio.get_running_loop()
+        try:
+            while data := await reader.read(65536):
+                try:
+                    messages = framer.feed(data)
+                except ControlError as error:
+                    logger.warning("relay.ng_stream_error", extra={"reason": str(error)})
+                    break
+                for message, prefixed in messages:
+                    done: asyncio.Future[bytes | None] = loop.create_future()
+                    self._queue.put_nowait((message, _resolver(done)))
+                    payload = await done
+                    if payload is None:
+                        # Not even a cookie: the stream is out of step, nothing to answer.
+                        return
+                    writer.write(NgStreamFramer.frame(payload, prefixed))
+                    await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            if task is not None:
+                self._tcp_clients.discard(task)
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            work = await self._queue.get()
+            try:
+                if work is None:
+                    self.engine.handle_timer(asyncio.get_running_loop().time())
+                    await self._apply_events()
+                else:
+                    data, reply = work
+                    reply(await self._request(data))
+            except Exception:
+                # A bug must not take the relay down with every call on it; it is logged loudly.
+                logger.exception("relay.worker_error")
+                if work is not None:
+                    work[1](None)
+            self._wake.set()
+
+    async def _request(self, data: bytes) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        outcome = self.protocol.receive(data, now)
+        if isinstance(outcome, NgDropped):
+            return None
+        if isinstance(outcome, NgImmediateReply):
+            if outcome.reason is not None:
+                logger.info("relay.ng_rejected", extra={"reason": outcome.reason})
+            return outcome.data
+        command = outcome.command
+        result = self.handler.handle(command, now)
+        try:
+            await self._apply_events()
+        except RelayError as error:
+            if isinstance(command, Offer | Answer):
+                # Media for this call cannot flow: say so instead of handing out dead ports.
+                with contextlib.suppress(RelayError):
+                    self.engine.delete(command.call_id, now, from_tag=command.from_tag, delay=0)
+                await self._apply_events(ignore_errors=True)
+                result = error_reply(str(error))
+        return self.protocol.reply(outcome, result, now)
+
+    async def _apply_events(self, *, ignore_errors: bool = False) -> None:
+        """Carry out the engine's events; the first data-plane failure is raised at the end."""
+        failure: RelayError | None = None
+        while (event := self.engine.next_event()) is not None:
+            if isinstance(event, ForwardingInstalled):
+                try:
+                    await self.dataplane.install(event.forwarding)
+                except RelayError as error:
+                    self.install_failures += 1
+                    logger.warning(
+                        "relay.install_failed",
+                        extra={"key": event.forwarding.key, "reason": str(error)},
+                    )
+                    failure = failure or error
+            elif isinstance(event, ForwardingRemoved):
+                await self.dataplane.remove(event.key)
+            elif isinstance(event, StreamEnded):
+                logger.info(
+                    "relay.stream_ended",
+                    extra={
+                        "call_id": event.call_id,
+                        "index": event.index,
+                        "reason": str(event.reason),
+                    },
+                )
+            elif isinstance(event, SessionEnded):
+                self._session_ended(event.record)
+        if failure is not None and not ignore_errors:
+            raise failure
+
+    def _session_ended(self, record: SessionRecord) -> None:
+        offset = self._wall_offset
+        record = SessionRecord(
+            call_id=record.call_id,
+            from_tag=record.from_tag,
+            to_tag=record.to_tag,
+            via_branch=record.via_branch,
+            created=record.created + offset,
+            answered=None if record.answered is None else record.answered + offset,
+            ended=record.ended + offset,
+            reason=record.reason,
+            streams=record.streams,
+        )
+        logger.info(
+            "relay.session_ended",
+            extra={
+                "call_id": record.call_id,
+                "from_tag": record.from_tag,
+                "to_tag": record.to_tag or "",
+                "reason": str(record.reason),
+                "duration": round(record.duration, 3),
+                "packets": sum(
+                    s.packets_from_caller + s.packets_from_callee for s in record.streams
+                ),
+            },
+        )
+        if self._records is not None:
+            try:
+                self._records(record)
+            except Exception:
+                logger.exception("relay.record_sink_failed")
+
+    # -- timers -------------------------------------------------------------------------------
+
+    async def _timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            deadline = self.engine.next_timer()
+            delay = None if deadline is None else max(0.0, deadline - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+                continue
+            self._queue.put_nowait(None)
+            # Let the worker run the tick before computing the next deadline.
+            await self._wake.wait()
+
+
+def _resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], None]:
+    def resolve(payload: bytes | None) -> None:
+        if not future.done():
+            future.set_result(payload)
+
+    return resolve

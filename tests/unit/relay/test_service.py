@@ -1,0 +1,231 @@
+"""The relay service end to end on loopback: ng over UDP and TCP, media through the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+from icerelay import bencode
+from icerelay.relay.config import RelayServiceConfig
+from icerelay.relay.service import RelayService
+from icerelay.relay.sessions import SessionRecord, TerminationReason
+from icerelay.sdp import SessionDescription
+from icerelay.stun import Address
+
+HOST = "127.0.0.1"
+
+
+def sdp_for(port: int, version: int = 1) -> bytes:
+    return (
+        f"v=0\r\no=- 1 {version} IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+    ).encode()
+
+
+def rtp(seq: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 8, seq, seq * 160, 0x99) + b"\xd5" * 160
+
+
+def config(**overrides: object) -> RelayServiceConfig:
+    start = random.randrange(20000, 28000, 2)
+    return RelayServiceConfig(
+        ng_listen=(HOST, 0),
+        port_min=start,
+        port_max=start + 199,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+class NgClient:
+    """A tiny ng client over UDP, as a proxy's rtpengine module would be."""
+
+    def __init__(self, server: Address) -> None:
+        self.server = server
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.count = 0
+
+    async def raw(self, message: bytes) -> bytes:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendto(self.sock, message, (self.server.host, self.server.port))
+        data, _ = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65536), 2.0)
+        return data
+
+    async def request(
+        self, body: dict[str, bencode.Encodable]
+    ) -> dict[bytes, bencode.BencodeValue]:
+        self.count += 1
+        cookie = b"%d_test" % self.count
+        data = await self.raw(cookie + b" " + bencode.encode(body))
+        got_cookie, _, payload = data.partition(b" ")
+        assert got_cookie == cookie
+        reply = bencode.decode(payload)
+        assert isinstance(reply, dict)
+        return reply
+
+
+class Phone:
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+
+    async def receive(self) -> tuple[bytes, tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.sock_recvfrom(self.sock, 2048), 2.0)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 20))
+
+
+def test_call_through_the_relay() -> None:
+    async def main() -> None:
+        records: list[SessionRecord] = []
+        service = RelayService(config(), records=records.append)
+        await service.start()
+        alice, bob = Phone(), Phone()
+        client = NgClient(service.ng_address)
+        try:
+            assert await client.request({"command": "ping"}) == {b"result": b"pong"}
+            offer_body: dict[str, bencode.Encodable] = {
+                "command": "offer",
+                "call-id": "c1@test",
+                "from-tag": "alice",
+                "sdp": sdp_for(alice.port),
+                "replace": ["origin", "session-connection"],
+                "received-from": ["IP4", HOST],
+                "flags": ["trust-address"],
+            }
+            first = await client.raw(b"77_1 " + bencode.encode(offer_body))
+            assert await client.raw(b"77_1 " + bencode.encode(offer_body)) == first
+            reply = bencode.decode(first.partition(b" ")[2])
+            assert isinstance(reply, dict) and reply[b"result"] == b"ok", reply
+            sdp_to_bob = SessionDescription.parse(reply[b"sdp"])  # type: ignore[arg-type]
+            bob_sends_to = sdp_to_bob.media[0].port
+
+            # The answer goes over TCP, length-prefixed.
+            reader, writer = await asyncio.open_connection(*service.ng_address_tuple())
+            answer = bencode.encode(
+                {
+                    "command": "answer",
+                    "call-id": "c1@test",
+                    "from-tag": "alice",
+                    "to-tag": "bob",
+                    "sdp": sdp_for(bob.port),
+                }
+            )
+            message = b"9_tcp " + answer
+            writer.write(b"%d:%s" % (len(message), message))
+            await writer.drain()
+            header = await reader.readuntil(b":")
+            payload = await reader.readexactly(int(header[:-1]))
+            writer.close()
+            cookie, _, body = payload.partition(b" ")
+            assert cookie == b"9_tcp"
+            reply = bencode.decode(body)
+            assert isinstance(reply, dict) and reply[b"result"] == b"ok", reply
+            alice_sends_to = SessionDescription.parse(reply[b"sdp"]).media[0].port  # type: ignore[arg-type]
+
+            loop = asyncio.get_running_loop()
+            for seq in range(3):
+                await loop.sock_sendto(alice.sock, rtp(seq), (HOST, alice_sends_to))
+                data, source = await bob.receive()
+                assert data == rtp(seq) and source == (HOST, bob_sends_to)
+            await loop.sock_sendto(bob.sock, rtp(100), (HOST, bob_sends_to))
+            data, source = await alice.receive()
+            assert data == rtp(100) and source == (HOST, alice_sends_to)
+
+            query = await client.request({"command": "query", "call-id": "c1@test"})
+            totals = query[b"totals"]
+            assert isinstance(totals, dict)
+            assert totals[b"RTP"] == {b"packets": 4, b"bytes": 4 * 172, b"errors": 0}
+            listing = await client.request({"command": "list"})
+            assert listing == {b"result": b"ok", b"calls": [b"c1@test"]}
+            stats = await client.request({"command": "statistics"})
+            statistics = stats[b"statistics"]
+            assert isinstance(statistics, dict)
+            current = statistics[b"currentstatistics"]
+            assert isinstance(current, dict)
+            assert current[b"sessionsown"] == 1 and current[b"streams"] == 1
+
+            deleted = await client.request(
+                {"command": "delete", "call-id": "c1@test", "from-tag": "alice", "delete delay": 0}
+            )
+            assert deleted[b"result"] == b"ok"
+            (record,) = records
+            assert record.reason is TerminationReason.DELETED
+            assert record.created > 1_000_000_000  # wall-clock time
+            (stream,) = record.streams
+            assert (stream.packets_from_caller, stream.packets_from_callee) == (3, 1)
+            assert stream.caller_latched == Address(HOST, alice.port)
+            missing = await client.request({"command": "query", "call-id": "c1@test"})
+            assert missing[b"result"] == b"error"
+            assert b"unknown call" in missing[b"error-reason"]  # type: ignore[operator]
+        finally:
+            await service.stop()
+            alice.sock.close()
+            bob.sock.close()
+            client.sock.close()
+
+    run(main)
+
+
+def test_media_timeout_ends_the_call() -> None:
+    async def main() -> None:
+        records: list[SessionRecord] = []
+        service = RelayService(config(media_timeout=0.3), records=records.append)
+        await service.start()
+        client = NgClient(service.ng_address)
+        try:
+            for command, extra in (("offer", {}), ("answer", {"to-tag": "b"})):
+                reply = await client.request(
+                    {
+                        "command": command,
+                        "call-id": "t",
+                        "from-tag": "a",
+                        "sdp": sdp_for(4000),
+                        **extra,
+                    }
+                )
+                assert reply[b"result"] == b"ok"
+            for _ in range(50):
+                if records:
+                    break
+                await asyncio.sleep(0.05)
+            (record,) = records
+            assert record.reason is TerminationReason.NO_MEDIA
+            assert 0.25 <= record.duration <= 1.5
+            assert service.pool.in_use == 0
+        finally:
+            await service.stop()
+            client.sock.close()
+
+    run(main)
+
+
+def test_stop_ends_sessions_and_errors_are_answered() -> None:
+    async def main() -> None:
+        records: list[SessionRecord] = []
+        service = RelayService(config(), records=records.append)
+        await service.start()
+        client = NgClient(service.ng_address)
+        try:
+            reply = await client.request({"command": "answer", "call-id": "x", "from-tag": "a"})
+            assert reply[b"result"] == b"error"
+            reply = await client.request(
+                {"command": "offer", "call-id": "x", "from-tag": "a", "sdp": sdp_for(4000)}
+            )
+            assert reply[b"result"] == b"ok"
+        finally:
+            await service.stop()
+            client.sock.close()
+        (record,) = records
+        assert record.reason is TerminationReason.SHUTDOWN
+        assert service.pool.in_use == 0
+
+    run(main)
