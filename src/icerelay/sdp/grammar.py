@@ -15,6 +15,7 @@ from icerelay.errors import SdpError
 # none of which SDP allows and all of which would break the byte-exact model.
 _DIGITS = re.compile(r"[0-9]+")
 _BLANKS = re.compile(r"[ \t]+")
+_DOTTED_DIGITS = re.compile(r"[0-9.]+")
 # RFC 8866 token: any VCHAR except the separators below.
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
 # RFC 8839 ice-char = ALPHA / DIGIT / "+" / "/".
@@ -88,7 +89,7 @@ def check_connection_address(text: str, field: str) -> str:
         except ValueError:
             raise SdpError(f"{field} {text!r} is not a valid IPv6 address") from None
         return text
-    if text and all(c.isdigit() or c == "." for c in text) and text.isascii():
+    if _DOTTED_DIGITS.fullmatch(text):
         try:
             ipaddress.IPv4Address(text)
         except ValueError:

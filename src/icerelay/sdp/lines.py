@@ -113,20 +113,18 @@ def split_lines(text: str) -> list[Line]:
     """Cut ``text`` into :class:`Line` objects; SdpError (with the line number) on a bad line."""
     if not text:
         raise SdpError("empty SDP")
+    pieces = text.split("\n")
+    # Text ending in LF leaves an empty last piece: that is no line. Otherwise the last piece is a
+    # final line without an ending.
+    last = pieces.pop()
     lines: list[Line] = []
-    position = 0
-    end = len(text)
-    number = 0
-    while position < end:
-        number += 1
-        newline = text.find("\n", position)
-        if newline < 0:
-            content, eol, position = text[position:], "", end
+    for number, piece in enumerate(pieces, start=1):
+        if piece.endswith("\r"):
+            lines.append(_parse_line(piece[:-1], CRLF, number))
         else:
-            content, eol, position = text[position:newline], LF, newline + 1
-            if content.endswith("\r"):
-                content, eol = content[:-1], CRLF
-        lines.append(_parse_line(content, eol, number))
+            lines.append(_parse_line(piece, LF, number))
+    if last:
+        lines.append(_parse_line(last, "", len(pieces) + 1))
     return lines
 
 

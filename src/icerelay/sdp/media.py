@@ -84,6 +84,14 @@ class MediaDescription(Section):
         """The format list of the ``m=`` line (payload types for RTP)."""
         return self.media_line.formats
 
+    def set_connection_address(self, address: str, port: int | None = None) -> None:
+        """Point this stream at ``address`` (and ``port``): rewrite or add the media-level ``c=``
+        (``IN IP4``/``IN IP6`` from the address) and, given a port, the ``m=`` port. The
+        session-level ``c=`` and the other streams are left alone."""
+        self.set_connection(address)
+        if port is not None:
+            self.set_port(port)
+
     # -- c= and direction with session fallback ----------------------------------------------
 
     def effective_connection(self, session: SessionDescription) -> Connection | None:

@@ -32,8 +32,12 @@ class SessionDescription(Section):
         self.from_bytes = from_bytes
 
     @classmethod
-    def parse(cls, data: str | bytes) -> SessionDescription:
+    def parse(cls, data: str | bytes, *, fragment: bool = False) -> SessionDescription:
         """Parse an SDP body given as text or as bytes (strict UTF-8).
+
+        With ``fragment=True`` the body is an RFC 8840 ``application/trickle-ice-sdpfrag``: the
+        same lines without the leading ``v=0`` (typically ``a=ice-ufrag``, ``a=ice-pwd``, then per
+        stream ``m=``, ``a=mid`` and ``a=candidate`` lines).
 
         Raises SdpError with the line number and reason for anything malformed; see
         :mod:`icerelay.sdp.lines` for what is tolerated.
@@ -51,16 +55,17 @@ class SessionDescription(Section):
                     from None
         lines = split_lines(text)
         first = lines[0]
-        if first.type != "v":
-            raise SdpError(f"line 1: an SDP must start with v=, got {first.text[:40]!r}")
-        if first.value != "0":
-            raise SdpError(f"line 1: unsupported SDP version {first.value[:20]!r} (only v=0)")
+        if not fragment:
+            if first.type != "v":
+                raise SdpError(f"line 1: an SDP must start with v=, got {first.text[:40]!r}")
+            if first.value != "0":
+                raise SdpError(f"line 1: unsupported SDP version {first.value[:20]!r} (only v=0)")
         sections: list[list[Line]] = [[]]
         for line in lines:
             if line.type == "m":
                 sections.append([])
-            elif line.type == "v" and line is not first:
-                raise SdpError(f"{line.where}: second v= line (two SDP bodies run together?)")
+            elif line.type == "v" and (line is not first or first.value != "0"):
+                raise SdpError(f"{line.where}: unexpected v= line (two SDP bodies run together?)")
             sections[-1].append(line)
         session = cls(sections[0], [MediaDescription(section) for section in sections[1:]],
                       dominant_line_ending(lines), from_bytes)
@@ -176,6 +181,6 @@ class SessionDescription(Section):
         self.media.append(media)
 
 
-def parse(data: str | bytes) -> SessionDescription:
+def parse(data: str | bytes, *, fragment: bool = False) -> SessionDescription:
     """Parse an SDP body (shorthand for :meth:`SessionDescription.parse`)."""
-    return SessionDescription.parse(data)
+    return SessionDescription.parse(data, fragment=fragment)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from icerelay.errors import SdpError
 from icerelay.sdp import (
     Attribute,
     Candidate,
@@ -19,7 +20,7 @@ from icerelay.sdp import (
     parse,
 )
 
-from .samples import ASTERISK, CHROME, IPV6, LINPHONE, SLOPPY, asterisk_from_seed
+from .samples import ASTERISK, CHROME, IPV6, LINPHONE, SLOPPY, asterisk_from_seed, join
 
 
 def test_asterisk_seed_gives_its_six_candidates() -> None:
@@ -210,3 +211,21 @@ def test_line_numbers_are_kept() -> None:
     sdp = SessionDescription.parse(ASTERISK)
     assert [line.number for line in sdp.all_lines()] == list(range(1, 23))
     assert sdp.media[0].lines[0].where == "line 6"
+
+
+def test_trickle_sdpfrag() -> None:
+    # RFC 8840 §9.1 example shape: no v= line, credentials, then one m= per stream.
+    body = join(["a=ice-ufrag:EsAw", "a=ice-pwd:bP+XJMM09aR8AiX1jdukzR6Y", "a=ice-options:trickle",
+                 "m=audio 9 RTP/AVP 0", "a=mid:1",
+                 "a=candidate:1 1 UDP 2130706431 192.0.2.1 5000 typ host",
+                 "a=end-of-candidates"])
+    fragment = parse(body, fragment=True)
+    assert fragment.to_text() == body
+    (audio,) = fragment.media
+    assert audio.ice_credentials(fragment) == IceCredentials("EsAw", "bP+XJMM09aR8AiX1jdukzR6Y")
+    assert audio.candidates()[0].address == "192.0.2.1"
+    assert audio.end_of_candidates(fragment)
+    with pytest.raises(SdpError, match="must start with v="):
+        parse(body)
+    with pytest.raises(SdpError, match="unexpected v= line"):
+        parse("a=x\r\nv=0\r\n", fragment=True)

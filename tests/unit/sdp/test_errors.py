@@ -31,7 +31,7 @@ def with_line(index: int, replacement: str) -> str:
         ("v=0\r\né=x\r\n", "line 2: line type must be an ASCII letter"),
         ("v=0\r\na=x\ry\r\n", "line 2: carriage return not followed by line feed"),
         ("v=0\r\na=x\r", "line 2: carriage return"),
-        ("v=0\r\nv=0\r\n", "line 2: second v= line"),
+        ("v=0\r\nv=0\r\n", "line 2: unexpected v= line"),
         ("v=0\r\na=\r\n", "line 2: attribute without a name"),
         ("v=0\r\na=:x\r\n", "line 2: attribute without a name"),
         (with_line(1, "o=root 1 IN IP4 10.0.1.40"), "line 2: o=: o= needs 6 fields"),

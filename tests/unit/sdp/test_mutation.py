@@ -250,3 +250,14 @@ def test_building_an_sdp_from_scratch() -> None:
                              "m=audio 5000 RTP/AVP 0\r\na=candidate:" + RELAY_CANDIDATE.to_sdp()
                              + "\r\n")
     assert parse(sdp.to_text()) == sdp
+
+
+def test_set_connection_address_and_port_for_one_stream() -> None:
+    sdp = parse(CHROME)
+    sdp.media[0].set_connection_address("2001:db8::7", 40000)
+    assert changes(CHROME, sdp.to_text()) == [
+        ("replace", ["m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n",
+                     "c=IN IP4 0.0.0.0\r\n"],
+         ["m=audio 40000 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n",
+          "c=IN IP6 2001:db8::7\r\n"]),
+    ]
