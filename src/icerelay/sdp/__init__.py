@@ -13,6 +13,16 @@ unknown lines, order); a change re-renders only the lines it touches::
     body = sdp.to_bytes()
 
 Malformed input raises only :class:`icerelay.errors.SdpError`, with the line number and reason.
+
+Lenient where real phones are sloppy and the meaning stays clear: LF or CRLF (mixed), no final
+line ending, trailing blanks, blank lines, unknown line types and attributes, several blanks
+between fields, ``o=``/``s=``/``t=`` missing, ``m=`` without formats, ICE credentials outside the
+RFC 8839 length/charset rules (but never a ``:`` in the ufrag). Strict where the meaning would be
+ambiguous: a bare CR, a line not shaped ``<letter>=``, a second ``v=``/``o=``/``c=`` at one level, a
+second ``ice-ufrag``/``ice-pwd``/``ice-pacing``/``rtcp`` or direction attribute at one level, and
+any malformed value of ``o=``, ``c=``, ``m=``, ``a=candidate``, ``a=remote-candidates``,
+``a=rtcp``, ``a=ice-options`` or ``a=ice-pacing``. Other attributes (``rtpmap``, ``fmtp``...) are
+checked only when read, so a peer's odd attribute that icerelay never needs cannot fail a call.
 """
 
 from icerelay.errors import SdpError

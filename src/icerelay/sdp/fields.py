@@ -45,7 +45,8 @@ class Origin:
 
     def next_version(self) -> Origin:
         """This origin with ``session_version`` incremented (it must be a decimal number)."""
-        version = parse_uint(self.session_version, "o= sess-version", 2**64 * 2**64)
+        # RFC 8866 puts no bound on the digits; 10**40 only keeps a hostile value cheap.
+        version = parse_uint(self.session_version, "o= sess-version", 10**40)
         return Origin(self.username, self.session_id, str(version + 1), self.nettype,
                       self.addrtype, self.address)
 

@@ -27,7 +27,7 @@ fqdn = st.builds(
 decimal = st.integers(0, 10**20).map(str)
 addresses = st.one_of(ipv4, ipv6, fqdn)
 # Values of lines we do not interpret: anything but line breaks (and NUL, which we refuse to write).
-free_text = st.text(st.characters(blacklist_characters="\r\n\0", blacklist_categories=("Cs",)),
+free_text = st.text(st.characters(exclude_characters="\r\n\0", exclude_categories=["Cs"]),
                     max_size=30)
 blanks = st.sampled_from(["", "", "", " ", "\t", "  \t"])
 endings = st.sampled_from(["\r\n", "\n"])

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from icerelay.errors import SdpError
-from icerelay.sdp import Candidate, SessionDescription
+from icerelay.sdp import Candidate, MediaDescription, SessionDescription
 
 from .samples import SAMPLES
 
@@ -27,35 +28,31 @@ ROUNDS = int(os.environ.get("ICERELAY_FUZZ_ROUNDS", "400"))
 INTERESTING = [*" \t\r\n=:/.-+0123456789aAcmotvsx\0\x0b\x85é\u2028", "\r\n", "a=", "m="]
 
 
+SESSION_READERS: list[Callable[[SessionDescription], object]] = [
+    lambda s: s.origin, lambda s: s.connection, lambda s: s.session_name, lambda s: s.ice_lite,
+    lambda s: s.ice_credentials, lambda s: s.ice_options, lambda s: s.own_direction,
+    lambda s: s.attributes(), lambda s: s.own_ice_pacing,
+]
+MEDIA_READERS: list[Callable[[SessionDescription, MediaDescription], object]] = [
+    lambda s, m: m.media_line, lambda s, m: m.connection, lambda s, m: m.effective_connection(s),
+    lambda s, m: m.direction(s), lambda s, m: m.rtpmaps(), lambda s, m: m.rtcp,
+    lambda s, m: m.rtcp_mux, lambda s, m: m.candidates(), lambda s, m: m.ice_credentials(s),
+    lambda s, m: m.ice_options(s), lambda s, m: m.ice_pacing(s),
+    lambda s, m: m.end_of_candidates(s), lambda s, m: m.remote_candidates,
+    lambda s, m: m.ice_mismatch,
+    lambda s, m: [(m.codec_name(f), m.fmtp(f)) for f in m.media_line.formats],
+]
+
+
 def exercise(sdp: SessionDescription) -> None:
     """Call every reader; each may raise SdpError but nothing else."""
-    readers = [
-        lambda: sdp.origin, lambda: sdp.connection, lambda: sdp.session_name,
-        lambda: sdp.ice_lite, lambda: sdp.ice_credentials, lambda: sdp.ice_options,
-        lambda: sdp.own_direction, lambda: sdp.attributes(), lambda: sdp.own_ice_pacing,
-    ]
-    for media in sdp.media:
-        readers += [
-            lambda media=media: media.media_line,
-            lambda media=media: media.connection,
-            lambda media=media: media.effective_connection(sdp),
-            lambda media=media: media.direction(sdp),
-            lambda media=media: media.rtpmaps(),
-            lambda media=media: media.rtcp,
-            lambda media=media: media.rtcp_mux,
-            lambda media=media: media.candidates(),
-            lambda media=media: media.ice_credentials(sdp),
-            lambda media=media: media.ice_options(sdp),
-            lambda media=media: media.ice_pacing(sdp),
-            lambda media=media: media.end_of_candidates(sdp),
-            lambda media=media: media.remote_candidates,
-            lambda media=media: media.ice_mismatch,
-            lambda media=media: [media.codec_name(f) for f in media.media_line.formats],
-            lambda media=media: [media.fmtp(f) for f in media.media_line.formats],
-        ]
-    for read in readers:
+    for read in SESSION_READERS:
         with contextlib.suppress(SdpError):
-            read()
+            read(sdp)
+    for media in sdp.media:
+        for read_media in MEDIA_READERS:
+            with contextlib.suppress(SdpError):
+                read_media(sdp, media)
 
 
 def feed(data: str | bytes) -> None:
