@@ -8,6 +8,7 @@ harness works and finishes in well under a minute).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -28,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = bench.Plan.smoke() if args.smoke else bench.Plan.full()
     if args.seconds:
-        plan = bench.Plan(
-            args.seconds, plan.steps, plan.alloc_count, plan.alloc_window, plan.max_streams
-        )
+        plan = dataclasses.replace(plan, seconds=args.seconds)
     results_dir = HERE / "results"
     workdir = results_dir / ("smoke" if args.smoke else "full")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     # Relay ports bound the number of allocations, and so does the fd limit (one client
     # socket each in this process, and coturn holds two descriptors per UDP allocation).
     max_streams = min(plan.max_streams, settings.max_port - settings.min_port, fd_limit // 2 - 100)
-    plan = bench.Plan(plan.seconds, plan.steps, plan.alloc_count, plan.alloc_window, max_streams)
+    plan = dataclasses.replace(plan, max_streams=max_streams)
     turnload = bench.build_turnload(results_dir / "bin")
 
     def log(line: str) -> None:
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             "pps_per_stream_each_way": bench.PPS_PER_STREAM,
             "payload_bytes": bench.PAYLOAD,
             "loss_limit_pct": bench.LOSS_LIMIT_PCT,
-            "allocation_clients": plan.alloc_count,
-            "allocation_window": plan.alloc_window,
+            "allocation_runs": [list(run) for run in plan.alloc_runs],
         },
         "servers": {},
     }
@@ -64,16 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     runnable = []
     for server_class in classes:
         name = server_class.name
-        entry: bench.Result = {}
-        data["servers"][name] = entry
-        try:
-            entry["version"] = server_class(settings, workdir / name).version()
-            entry["allocation"] = bench.allocation_rate(server_class, settings, plan, workdir)
-            log(f"{name} allocations: {entry['allocation']}")
+        data["servers"][name] = {"version": server_class(settings, workdir / name).version()}
+    log("allocation rate and memory:")
+    allocations = bench.allocation_rates(classes, settings, plan, workdir, log)
+    for server_class in classes:
+        name = server_class.name
+        entry = data["servers"][name]
+        entry["allocation"] = allocations[name]
+        if "error" in allocations[name]:
+            entry["error"] = allocations[name]["error"]
+            log(f"{name} could not be measured: {entry['error']}")
+        else:
             runnable.append(server_class)
-        except (RuntimeError, OSError, ImportError) as exc:
-            entry["error"] = str(exc)
-            log(f"{name} could not be measured: {exc}")
+    log("relayed streams:")
     streams = bench.step_streams(runnable, settings, plan, turnload, workdir, log)
     coturn_threads = None
     for name, result in streams.items():

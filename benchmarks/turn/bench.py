@@ -30,8 +30,10 @@ class Plan:
 
     seconds: float
     steps: tuple[int, ...]
-    alloc_count: int
-    alloc_window: int
+    alloc_window: int  # in-flight clients while setting up the streams' allocations
+    # (clients, window) of each allocation-rate run: a few in flight (latency-bound, like
+    # clients arriving one by one) and many in flight (what the server can take).
+    alloc_runs: tuple[tuple[int, int], ...]
     max_streams: int
 
     @classmethod
@@ -61,14 +63,20 @@ class Plan:
                 6000,
                 7000,
             ),
-            alloc_count=4000,
             alloc_window=32,
+            alloc_runs=((2000, 8), (4000, 128)),
             max_streams=7000,
         )
 
     @classmethod
     def smoke(cls) -> Plan:
-        return cls(seconds=2.0, steps=(20, 100), alloc_count=200, alloc_window=16, max_streams=100)
+        return cls(
+            seconds=2.0,
+            steps=(20, 100),
+            alloc_window=16,
+            alloc_runs=((200, 8), (200, 64)),
+            max_streams=100,
+        )
 
 
 def build_turnload(outdir: Path) -> Path:
@@ -320,7 +328,11 @@ def _step_line(step: Result) -> str:
 
 
 def allocation_rate(
-    server_class: type[servers.Server], settings: servers.Settings, plan: Plan, workdir: Path
+    server_class: type[servers.Server],
+    settings: servers.Settings,
+    count: int,
+    window: int,
+    workdir: Path,
 ) -> Result:
     """Allocate+401+Allocate round trips from many clients, and RSS growth per allocation."""
     server = server_class(settings, workdir / server_class.name)
@@ -336,10 +348,10 @@ def allocation_rate(
         cpu0 = servers.cpu_seconds(server.pid)
         run = allocate_many(
             (settings.host, settings.port),
-            plan.alloc_count,
+            count,
             servers.USERNAME,
             servers.PASSWORD,
-            window=plan.alloc_window,
+            window=window,
         )
         server_cpu = servers.cpu_seconds(server.pid) - cpu0
         time.sleep(0.3)
@@ -348,8 +360,8 @@ def allocation_rate(
         for c in warm.clients:
             c.sock.close()
         return {
-            "clients": plan.alloc_count,
-            "window": plan.alloc_window,
+            "clients": count,
+            "window": window,
             "succeeded": done,
             "failures": run.failures,
             "elapsed_s": round(run.elapsed_s, 3),
@@ -366,6 +378,58 @@ def allocation_rate(
                 with contextlib.suppress(OSError):
                     c.sock.close()
         server.stop()
+
+
+def allocation_rates(
+    server_classes: list[type[servers.Server]],
+    settings: servers.Settings,
+    plan: Plan,
+    workdir: Path,
+    log: Any,
+    repeats: int = 3,
+) -> dict[str, Result]:
+    """Every allocation run ``repeats`` times, servers taking turns; the best run counts.
+
+    Runs last a few seconds, so one burst of other load on a shared machine can halve one;
+    the best of a few, taken the same way for both servers, is the capacity figure.
+    """
+    out: dict[str, Result] = {cls.name: {"runs": []} for cls in server_classes}
+    failed: set[str] = set()
+    for count, window in plan.alloc_runs:
+        for _ in range(repeats):
+            for cls in server_classes:
+                if cls.name in failed:
+                    continue
+                try:
+                    run = allocation_rate(cls, settings, count, window, workdir)
+                except (RuntimeError, OSError) as exc:
+                    out[cls.name]["error"] = str(exc)
+                    failed.add(cls.name)
+                    log(f"  {cls.name} allocations: ERROR {exc}")
+                    continue
+                out[cls.name]["runs"].append(run)
+                log(
+                    f"  {cls.name} allocations: {count} clients, window {window}: "
+                    f"{run['allocations_per_s']}/s, {run['bytes_per_allocation']} B/allocation, "
+                    f"server CPU {run['server_cpu_pct']}%, failures {run['failures']}"
+                )
+    for entry in out.values():
+        best: dict[str, Result] = {}
+        for run in entry["runs"]:
+            key = str(run["window"])
+            if key not in best or run["allocations_per_s"] > best[key]["allocations_per_s"]:
+                best[key] = run
+        entry["best_by_window"] = best
+        # Memory from the largest runs (RSS moves in allocator-sized steps; many allocations
+        # average that out); the median of those runs.
+        largest = max((r["succeeded"] for r in entry["runs"]), default=0)
+        sizes = sorted(
+            r["bytes_per_allocation"]
+            for r in entry["runs"]
+            if r["succeeded"] == largest and r["bytes_per_allocation"] is not None
+        )
+        entry["bytes_per_allocation"] = sizes[len(sizes) // 2] if sizes else None
+    return out
 
 
 def environment(coturn_threads: int | None) -> Result:
