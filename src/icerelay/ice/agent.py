@@ -794,6 +794,10 @@ class Agent:
             if target.last_consent is None:
                 target.last_consent = now
             self._consent_at.setdefault(component, now + self._consent_interval())
+            if target.nominated and target.local.type is CandidateType.RELAYED:
+                provider = self.gatherer.relay_for(target.local.address)
+                if provider is not None:
+                    provider.prefer(target.remote.address, now)
             self._events.append(SelectedPairChanged(component, target.info(), target.nominated))
         if nominated is not None:
             # Section 8.1.2: the component is done; no more checks for it.

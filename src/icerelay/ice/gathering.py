@@ -96,7 +96,9 @@ class Gatherer:
         self.turn_servers = tuple(turn_servers)
         self.host_only = host_only
         self._relay_factory: RelayFactory = relay_factory or (
-            lambda server, base: TurnRelay(server, base, software=config.software)
+            lambda server, base: TurnRelay(
+                server, base, software=config.software, rng=rng, rc=config.gather_rc
+            )
         )
         self.candidates: list[Candidate] = []
         self.started = False

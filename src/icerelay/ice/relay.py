@@ -11,6 +11,7 @@ All of a relay's traffic goes between one local socket (``base``) and the server
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -68,7 +69,7 @@ class RelayProvider(Protocol):
 
     @property
     def server(self) -> TransportAddress:
-        """Where every datagram of this relay goes."""
+        """Where every datagram of this relay goes now (it may change: TURN 300 redirects)."""
         ...
 
     def start(self, now: float) -> None: ...
@@ -95,20 +96,36 @@ class RelayProvider(Protocol):
         """Let ``peers`` reach the relayed address before we send to them (remote candidates)."""
         ...
 
+    def prefer(self, peer: TransportAddress, now: float) -> None:
+        """``peer`` is on the selected pair: make its path cheap (a TURN channel)."""
+        ...
+
     def close(self, now: float) -> None: ...
 
 
 class TurnRelay:
     """A :class:`RelayProvider` on a UDP TURN allocation made by icerelay's TURN client."""
 
-    def __init__(self, server: TurnServer, base: TransportAddress, *, software: str | None) -> None:
+    def __init__(
+        self,
+        server: TurnServer,
+        base: TransportAddress,
+        *,
+        software: str | None,
+        rng: random.Random | None = None,
+        rc: int = 4,
+    ) -> None:
         self._base = base
-        self._server = server.address
         self.allocation = Allocation(
             Address(*server.address),
             server.username,
             server.password,
             software=software,
+            # ICE tries many remote candidates through the relay: a channel for each would waste
+            # the server's channels. One channel, for the selected pair, is bound in prefer().
+            channel_threshold=0,
+            rc=rc,
+            rng=rng,
         )
         self._events: deque[RelayEvent] = deque()
         self._failed = False
@@ -119,13 +136,14 @@ class TurnRelay:
 
     @property
     def server(self) -> TransportAddress:
-        return self._server
+        server = self.allocation.server
+        return (server.host, server.port)
 
     def start(self, now: float) -> None:
         self.allocation.start(now)
 
     def receive(self, data: bytes, now: float) -> None:
-        self.allocation.receive(data, Address(*self._server), Address(*self._base), now)
+        self.allocation.receive(data, self.allocation.server, Address(*self._base), now)
         self._drain()
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
@@ -152,10 +170,18 @@ class TurnRelay:
             return
 
     def permit(self, peers: list[TransportAddress], now: float) -> None:
-        if self.allocation.relayed_address is None or self._failed:
+        if self._failed:
             return
         try:
             self.allocation.create_permission([Address(*peer) for peer in peers], now)
+        except TurnError:
+            return
+
+    def prefer(self, peer: TransportAddress, now: float) -> None:
+        if self._failed or self.allocation.relayed_address is None:
+            return
+        try:
+            self.allocation.bind_channel(Address(*peer), now)
         except TurnError:
             return
 

@@ -1,0 +1,313 @@
+"""asyncio driver for the sans-I/O :class:`~icerelay.ice.agent.Agent`.
+
+The driver only moves bytes and time: it binds one UDP socket per component and local address,
+feeds every datagram to the agent with ``loop.time()``, sends what the agent returns, and keeps one
+timer handle at ``agent.next_timer()``. Everything ICE decides happens in the engine. Example::
+
+    import asyncio
+    from icerelay.ice.aio import Connection
+
+    async def main() -> None:
+        offerer = Connection(controlling=True, stun_servers=[("stun.example.net", 3478)])
+        answerer = Connection(controlling=False)
+        await offerer.gather()
+        await answerer.gather()
+        # signalling, here in-process; normally SDP (ice-ufrag, ice-pwd, a=candidate)
+        answerer.set_remote_credentials(offerer.local_username, offerer.local_password)
+        offerer.set_remote_credentials(answerer.local_username, answerer.local_password)
+        for candidate in offerer.local_candidates:
+            answerer.add_remote_candidate(candidate)
+        for candidate in answerer.local_candidates:
+            offerer.add_remote_candidate(candidate)
+        offerer.add_remote_candidate(None)          # end-of-candidates
+        answerer.add_remote_candidate(None)
+        await asyncio.gather(offerer.connect(), answerer.connect())
+        await offerer.send(b"hello")
+        print(await answerer.recv())
+        await offerer.close()
+        await answerer.close()
+
+    asyncio.run(main())
+
+Trickle ICE works the same way: call :meth:`Connection.add_remote_candidate` whenever a candidate
+arrives, and read :meth:`Connection.next_event` (or pass ``on_event``) to signal local candidates
+as they are gathered, before :meth:`gather` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any, cast
+
+from icerelay.errors import IceError
+from icerelay.ice.agent import Agent
+from icerelay.ice.candidate import Candidate, TransportAddress
+from icerelay.ice.config import AgentConfig
+from icerelay.ice.events import (
+    ConnectionState,
+    ConnectionStateChanged,
+    DataReceived,
+    Event,
+    GatheringComplete,
+)
+from icerelay.ice.relay import TurnServer
+
+# Addresses in these documentation ranges are never routed: connecting a UDP socket to one only
+# asks the kernel which source address it would use, and sends nothing.
+_PROBE_TARGETS = {4: "192.0.2.1", 6: "2001:db8::1"}
+
+
+def default_local_addresses(*, ipv4: bool = True, ipv6: bool = False) -> list[str]:
+    """The addresses the host would use to reach the Internet, one per family.
+
+    The standard library cannot list interfaces portably; this finds the primary address of each
+    family without sending anything. Pass explicit addresses to :class:`Connection` for
+    multi-homed hosts (e.g. from ``ip -j addr``) or to use loopback in tests.
+    """
+    found: list[str] = []
+    for family, wanted in ((4, ipv4), (6, ipv6)):
+        if not wanted:
+            continue
+        kind = socket.AF_INET if family == 4 else socket.AF_INET6
+        with contextlib.suppress(OSError), socket.socket(kind, socket.SOCK_DGRAM) as probe:
+            probe.connect((_PROBE_TARGETS[family], 9))
+            address = str(probe.getsockname()[0]).split("%", 1)[0]
+            if not ipaddress.ip_address(address).is_unspecified:
+                found.append(address)
+    return found
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.transport: asyncio.DatagramTransport | None = None
+        self.address: TransportAddress = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        sockname = transport.get_extra_info("sockname")
+        self.address = (str(sockname[0]).split("%", 1)[0], int(sockname[1]))
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        source = (str(addr[0]).split("%", 1)[0], int(addr[1]))
+        self.connection._datagram(data, source, self.address)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable...) on UDP: the checks on that path simply fail.
+        return
+
+
+class Connection:
+    """One ICE session (one data stream) over real UDP sockets.
+
+    ``local_addresses`` are the IPs to gather host candidates on (default: the primary address
+    of each enabled family); ``port_range`` limits the ports bound (Asterisk's rtpstart/rtpend).
+    ``on_event`` is called with every engine event (CandidateGathered for trickle signalling...).
+    """
+
+    def __init__(
+        self,
+        *,
+        controlling: bool,
+        components: int = 1,
+        lite: bool = False,
+        stun_servers: Iterable[TransportAddress] = (),
+        turn_servers: Sequence[TurnServer] = (),
+        local_addresses: Sequence[str] | None = None,
+        port_range: tuple[int, int] | None = None,
+        config: AgentConfig | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        local_username: str | None = None,
+        local_password: str | None = None,
+    ) -> None:
+        base = config or AgentConfig()
+        servers = tuple(base.stun_servers) + tuple(
+            (str(host), int(port)) for host, port in stun_servers
+        )
+        self.agent = Agent(
+            controlling=controlling,
+            components=components,
+            lite=lite,
+            config=replace(base, stun_servers=servers),
+            turn_servers=turn_servers,
+            local_ufrag=local_username,
+            local_pwd=local_password,
+        )
+        self.local_addresses = list(local_addresses or default_local_addresses()) or ["127.0.0.1"]
+        self.port_range = port_range
+        self.on_event = on_event
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sockets: dict[TransportAddress, _Socket] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._received: dict[int, asyncio.Queue[tuple[bytes, TransportAddress]]] = {
+            component: asyncio.Queue() for component in self.agent.components
+        }
+        self._gathered = asyncio.Event()
+        self._state_changed = asyncio.Event()
+
+    # --- properties -------------------------------------------------------------------------
+
+    @property
+    def local_username(self) -> str:
+        return self.agent.local_username
+
+    @property
+    def local_password(self) -> str:
+        return self.agent.local_password
+
+    @property
+    def local_candidates(self) -> list[Candidate]:
+        return self.agent.local_candidates
+
+    @property
+    def state(self) -> ConnectionState:
+        return self.agent.state
+
+    # --- API --------------------------------------------------------------------------------
+
+    async def gather(self) -> None:
+        """Bind the sockets and gather; returns when every candidate is in (or timed out)."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        addresses: dict[int, list[TransportAddress]] = {}
+        for component in self.agent.components:
+            addresses[component] = []
+            for ip in self.local_addresses:
+                protocol = await self._bind(loop, ip)
+                self._sockets[protocol.address] = protocol
+                addresses[component].append(protocol.address)
+        self.agent.gather(addresses, loop.time())
+        self._service()
+        await self._gathered.wait()
+
+    def set_remote_credentials(self, ufrag: str, pwd: str, *, lite: bool = False) -> None:
+        """The peer's ice-ufrag and ice-pwd; checks start as soon as there are pairs."""
+        self.agent.set_remote_credentials(ufrag, pwd, self._now(), lite=lite)
+        self._service()
+
+    def add_remote_candidate(self, candidate: Candidate | str | None) -> None:
+        """A remote candidate (object or SDP text), or None for end-of-candidates."""
+        if isinstance(candidate, str):
+            candidate = Candidate.from_sdp(candidate)
+        self.agent.add_remote_candidate(candidate, self._now())
+        self._service()
+
+    async def connect(self, timeout: float | None = None) -> None:
+        """Wait until every component has a selected pair; IceError if ICE fails."""
+        async with asyncio.timeout(timeout):
+            while True:
+                state = self.agent.state
+                if state in (ConnectionState.CONNECTED, ConnectionState.COMPLETED):
+                    return
+                if state in (ConnectionState.FAILED, ConnectionState.CLOSED):
+                    raise IceError(f"ICE {state.value}")
+                self._state_changed.clear()
+                await self._state_changed.wait()
+
+    async def wait_for(self, *states: ConnectionState, timeout: float | None = None) -> None:
+        """Wait until the agent is in one of ``states``."""
+        async with asyncio.timeout(timeout):
+            while self.agent.state not in states:
+                self._state_changed.clear()
+                await self._state_changed.wait()
+
+    async def send(self, data: bytes, component: int = 1) -> None:
+        """Send a datagram on the component's selected pair."""
+        self.agent.send(data, component, now=self._now())
+        self._service()
+
+    async def recv(self, component: int = 1) -> bytes:
+        """The next non-STUN datagram received for the component."""
+        data, _ = await self._received[component].get()
+        return data
+
+    async def recvfrom(self, component: int = 1) -> tuple[bytes, TransportAddress]:
+        return await self._received[component].get()
+
+    async def next_event(self) -> Event:
+        """The next engine event (also passed to ``on_event``)."""
+        return await self._events.get()
+
+    async def restart(self) -> None:
+        """ICE restart: new local credentials; signal them and the candidates again."""
+        self.agent.restart(self._now())
+        self._service()
+
+    async def close(self) -> None:
+        """Stop ICE, deallocate TURN relays, close the sockets."""
+        self.agent.close(self._now())
+        self._service()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.agent.gatherer.relays():
+            # Give the deallocation (Refresh, lifetime 0) a moment to leave.
+            await asyncio.sleep(0)
+        for protocol in self._sockets.values():
+            if protocol.transport is not None:
+                protocol.transport.close()
+        self._sockets.clear()
+
+    # --- the driver -------------------------------------------------------------------------
+
+    async def _bind(self, loop: asyncio.AbstractEventLoop, ip: str) -> _Socket:
+        family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
+        ports: Iterable[int] = [0]
+        if self.port_range is not None:
+            low, high = self.port_range
+            ports = range(low, high + 1)
+        last_error: OSError | None = None
+        for port in ports:
+            try:
+                _, protocol = await loop.create_datagram_endpoint(
+                    lambda: _Socket(self), local_addr=(ip, port), family=family
+                )
+                return protocol
+            except OSError as exc:
+                last_error = exc
+        raise IceError(f"no free UDP port on {ip}: {last_error}")
+
+    def _now(self) -> float:
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        return loop.time()
+
+    def _datagram(self, data: bytes, source: TransportAddress, local: TransportAddress) -> None:
+        self.agent.receive(data, source, local, self._now())
+        self._service()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.agent.handle_timer(self._now())
+        self._service()
+
+    def _service(self) -> None:
+        """Send what the agent wants sent, dispatch its events, re-arm the timer."""
+        now = self._now()
+        for datagram in self.agent.datagrams_to_send(now):
+            protocol = self._sockets.get(datagram.source)
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.sendto(datagram.data, datagram.destination)
+        while (event := self.agent.next_event()) is not None:
+            if isinstance(event, DataReceived):
+                self._received[event.component].put_nowait((event.data, event.source))
+            else:
+                if isinstance(event, GatheringComplete):
+                    self._gathered.set()
+                elif isinstance(event, ConnectionStateChanged):
+                    self._state_changed.set()
+                self._events.put_nowait(event)
+            if self.on_event is not None:
+                self.on_event(event)
+        timer = self.agent.next_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if timer is not None and self._loop is not None:
+            self._timer = self._loop.call_at(max(timer, now), self._on_timer)

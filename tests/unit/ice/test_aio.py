@@ -1,0 +1,89 @@
+"""The asyncio driver: two of our agents on 127.0.0.1 with real UDP sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from icerelay.errors import IceError
+from icerelay.ice import CandidateGathered, ConnectionState, Event
+from icerelay.ice.aio import Connection
+
+
+async def pair(components: int = 1) -> tuple[Connection, Connection]:
+    trickled: list[Event] = []
+    offerer = Connection(
+        controlling=True,
+        components=components,
+        local_addresses=["127.0.0.1"],
+        on_event=trickled.append,
+    )
+    answerer = Connection(controlling=False, components=components, local_addresses=["127.0.0.1"])
+    await offerer.gather()
+    await answerer.gather()
+    assert any(isinstance(event, CandidateGathered) for event in trickled)
+    answerer.set_remote_credentials(offerer.local_username, offerer.local_password)
+    offerer.set_remote_credentials(answerer.local_username, answerer.local_password)
+    for candidate in offerer.local_candidates:
+        answerer.add_remote_candidate(candidate.to_attribute())  # SDP text works too
+    for candidate in answerer.local_candidates:
+        offerer.add_remote_candidate(candidate)
+    offerer.add_remote_candidate(None)
+    answerer.add_remote_candidate(None)
+    await asyncio.gather(offerer.connect(5), answerer.connect(5))
+    return offerer, answerer
+
+
+async def exchange(components: int) -> None:
+    offerer, answerer = await pair(components)
+    try:
+        for component in range(1, components + 1):
+            await offerer.send(b"\x80ping", component)
+            assert await asyncio.wait_for(answerer.recv(component), 5) == b"\x80ping"
+            await answerer.send(b"\x80pong", component)
+            data, source = await asyncio.wait_for(offerer.recvfrom(component), 5)
+            assert data == b"\x80pong" and source[0] == "127.0.0.1"
+        await offerer.wait_for(ConnectionState.COMPLETED, timeout=5)
+        await answerer.wait_for(ConnectionState.COMPLETED, timeout=5)
+        # loopback, one host pair per component: one check, a nomination, no waste
+        assert offerer.agent.checks_sent <= 2 * components + 1
+    finally:
+        await offerer.close()
+        await answerer.close()
+    assert offerer.state is ConnectionState.CLOSED
+
+
+@pytest.mark.parametrize("components", [1, 2])
+def test_two_agents_over_loopback(components: int) -> None:
+    asyncio.run(exchange(components))
+
+
+def test_connect_fails_when_nothing_answers() -> None:
+    async def run() -> None:
+        lonely = Connection(
+            controlling=True,
+            local_addresses=["127.0.0.1"],
+        )
+        await lonely.gather()
+        lonely.set_remote_credentials("peer", "peerpasswordpeerpassword")
+        lonely.add_remote_candidate("candidate:1 1 UDP 2130706431 127.0.0.1 9 typ host")
+        lonely.add_remote_candidate(None)
+        # Nobody listens on port 9: the check goes unanswered and connect() keeps waiting.
+        with pytest.raises(TimeoutError):
+            await lonely.connect(timeout=0.3)
+        assert lonely.state is ConnectionState.CHECKING
+        await lonely.close()
+
+    asyncio.run(run())
+
+
+def test_connect_raises_once_ice_failed() -> None:
+    async def run() -> None:
+        connection = Connection(controlling=True, local_addresses=["127.0.0.1"])
+        await connection.gather()
+        await connection.close()
+        with pytest.raises(IceError):
+            await connection.connect(timeout=1)
+
+    asyncio.run(run())
