@@ -34,12 +34,16 @@ def test_generated_text_round_trips_and_reads_back(document: Document) -> None:
 
 
 @SETTINGS
-@given(candidates())
+@given(candidates)
 def test_candidate_round_trips(candidate: Candidate) -> None:
     value = candidate.to_sdp()
     assert Candidate.parse(value) == candidate
     assert Candidate.parse("a=" + candidate.to_attribute()) == candidate
     assert Candidate.parse(value).to_sdp() == value
+
+
+_optional_rtcp = st.none() | st.builds(Rtcp, ports)
+_new_candidates = st.lists(candidates, max_size=3)
 
 
 def mutate(sdp: SessionDescription, data: st.DataObject) -> None:
@@ -55,9 +59,9 @@ def mutate(sdp: SessionDescription, data: st.DataObject) -> None:
         elif action == 1:
             media.set_connection(data.draw(addresses))
         elif action == 2:
-            media.set_rtcp(data.draw(st.none() | st.builds(Rtcp, ports)))
+            media.set_rtcp(data.draw(_optional_rtcp))
         elif action == 3:
-            media.add_candidates(data.draw(st.lists(candidates(), max_size=3)))
+            media.add_candidates(data.draw(_new_candidates))
         elif action == 4:
             sdp.remove_all_ice()
         else:
