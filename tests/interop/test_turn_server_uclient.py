@@ -11,6 +11,7 @@ import asyncio
 import random
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import pytest
 
 from icerelay.turn.server import TurnServerConfig
 from icerelay.turn.server.service import TurnService
-from tests.support.ports import free_port, free_ports
+from tests.support.ports import free_ports
 
 pytestmark = [
     pytest.mark.interop,
@@ -34,7 +35,8 @@ USER, PASSWORD = "ninefingers", "youhavetoberealistic"
 SECRET = "logen"
 MESSAGES, CLIENTS = 10, 2
 
-#: name -> uclient flags (credentials, server and peer are added).
+#: name -> uclient flags (credentials, server and peer are added). Cases whose flags carry
+#: "@v6-peer" / "@v6-server" use ::1 for the peer / the server (skipped without IPv6 loopback).
 CASES: dict[str, list[str]] = {
     "udp-channels-static": ["-u", USER, "-w", PASSWORD],
     "udp-send-static": ["-s", "-u", USER, "-w", PASSWORD],
@@ -44,7 +46,22 @@ CASES: dict[str, list[str]] = {
     "tcp-send-rest": ["-t", "-s", "-W", SECRET],
     "udp-channels-padding-dontfragment": ["-D", "-g", "-u", USER, "-w", PASSWORD],
     "tls-channels-static": ["-t", "-S", "-u", USER, "-w", PASSWORD],
+    # IPv6: a requested IPv6 relay over IPv4, the default IPv4 relay for a client over IPv6,
+    # and dual allocations (coturn sends the draft's ADDITIONAL-ADDRESS-FAMILY 0x8032).
+    "ipv6-relay-over-ipv4": ["-x", "@v6-peer", "-u", USER, "-w", PASSWORD],
+    "ipv4-relay-over-ipv6": ["@v6-server", "-u", USER, "-w", PASSWORD],
+    "dual-allocation-ipv6-peer": ["-Z", "@v6-peer", "-u", USER, "-w", PASSWORD],
+    "dual-allocation-send-ipv6-peer": ["-Z", "-s", "@v6-peer", "-W", SECRET],
 }
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 @dataclass
@@ -82,12 +99,15 @@ def _make_certificate(directory: Path) -> tuple[Path, Path] | None:
 
 
 async def _run_all(tmp: Path) -> dict[str, Outcome]:
-    port, tls_port = free_port(), free_port()
-    peer_port = free_ports(2, consecutive=True, kinds=("udp",))[0]
+    ipv6 = _ipv6_loopback()
+    hosts = ("127.0.0.1", "::1") if ipv6 else ("127.0.0.1",)
+    port, tls_port = free_ports(2, hosts=hosts)
+    peer_port = free_ports(2, hosts=hosts, consecutive=True, kinds=("udp",))[0]
     relay_low = random.randrange(20000, 29000, 2)
     certificate = _make_certificate(tmp)
     config = TurnServerConfig(
-        listen=[f"127.0.0.1:{port}"],
+        listen=[f"127.0.0.1:{port}"] + ([f"[::1]:{port}"] if ipv6 else []),
+        relay_ipv6="::1" if ipv6 else None,
         tls_listen=[f"127.0.0.1:{tls_port}"] if certificate else [],
         tls_cert=certificate[0] if certificate else None,
         tls_key=certificate[1] if certificate else None,
@@ -96,14 +116,14 @@ async def _run_all(tmp: Path) -> dict[str, Outcome]:
         auth_secrets=[SECRET],
         relay_port_min=relay_low,
         relay_port_max=relay_low + 999,
-        allow_peers=["127.0.0.0/8"],
+        allow_peers=["127.0.0.0/8", "::1/128"],
     )
     service = TurnService(config)
     await service.start()
+    listen_flags = [part for host in hosts for part in ("-L", host)]
     peer = await asyncio.create_subprocess_exec(
         "turnutils_peer",
-        "-L",
-        "127.0.0.1",
+        *listen_flags,
         "-p",
         str(peer_port),
         stdout=asyncio.subprocess.DEVNULL,
@@ -115,7 +135,12 @@ async def _run_all(tmp: Path) -> dict[str, Outcome]:
         async def one(name: str, flags: list[str]) -> tuple[str, Outcome]:
             if "-S" in flags and certificate is None:
                 return name, Outcome(-1, "SKIP: openssl not installed")
+            if any(flag.startswith("@v6") for flag in flags) and not ipv6:
+                return name, Outcome(-1, "SKIP: no IPv6 loopback")
             server_port = tls_port if "-S" in flags else port
+            peer_host = "::1" if "@v6-peer" in flags else "127.0.0.1"
+            server_host = "::1" if "@v6-server" in flags else "127.0.0.1"
+            flags = [flag for flag in flags if not flag.startswith("@")]
             process = await asyncio.create_subprocess_exec(
                 "turnutils_uclient",
                 *flags,
@@ -127,12 +152,12 @@ async def _run_all(tmp: Path) -> dict[str, Outcome]:
                 "-l",
                 "120",
                 "-e",
-                "127.0.0.1",
+                peer_host,
                 "-r",
                 str(peer_port),
                 "-p",
                 str(server_port),
-                "127.0.0.1",
+                server_host,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )

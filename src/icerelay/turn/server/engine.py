@@ -98,6 +98,9 @@ _XOR_PEER_V6_HEAD = struct.Struct("!HHxBH")
 _DATA_INDICATION_TYPE = 0x0017
 _COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 _BIND_ATTEMPTS = 16
+#: ADDITIONAL-ADDRESS-FAMILY's number in draft-ietf-tram-dual-allocation, which coturn 4.6
+#: still sends (RFC 8656 moved it to 0x8000); same value layout, so both are understood.
+_ADDITIONAL_ADDRESS_FAMILY_DRAFT = 0x8032
 _PADDING = b"\x00\x00\x00"
 
 _TURN_METHODS = frozenset(
@@ -620,6 +623,10 @@ class TurnServerEngine:
         even_port = message.get(A.EVEN_PORT)
         requested_family = message.get(A.REQUESTED_ADDRESS_FAMILY)
         additional_family = message.get(A.ADDITIONAL_ADDRESS_FAMILY)
+        if additional_family is None:
+            draft = message.get(_ADDITIONAL_ADDRESS_FAMILY_DRAFT)
+            if isinstance(draft, bytes) and len(draft) == 4:
+                additional_family = draft[0]
         # RFC 8656 §7.2: combinations that make no sense are bad requests.
         if token is not None and (
             even_port is not None or requested_family is not None or additional_family is not None
