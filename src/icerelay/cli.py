@@ -155,8 +155,16 @@ async def _serve(config: Config) -> None:
 )
 @click.option("--local", metavar="IP[:PORT]", help="Local address to send from (UDP).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-4", "family", flag_value=4, help="Resolve HOST to IPv4 only.")
+@click.option("-6", "family", flag_value=6, help="Resolve HOST to IPv6 only.")
 def stun_probe(
-    server: str, tcp: bool, behavior: bool, timeout: float, local: str | None, as_json: bool
+    server: str,
+    tcp: bool,
+    behavior: bool,
+    timeout: float,
+    local: str | None,
+    as_json: bool,
+    family: int | None,
 ) -> None:
     """Ask a STUN server for our mapped address and the round-trip time.
 
@@ -184,7 +192,7 @@ def stun_probe(
         return
 
     async def run() -> Any:
-        address = await resolve(host, port)
+        address = await resolve(host, port, family or 0)
         if tcp:
             return await probe_tcp(address, timeout=timeout)
         return await probe_udp(address, behavior=behavior, timeout=timeout, local=local_address)

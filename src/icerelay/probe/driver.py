@@ -14,11 +14,12 @@ from icerelay.stun import Address, decode_message
 from icerelay.stun.demux import stream_frame_length
 
 
-async def resolve(host: str, port: int) -> Address:
-    """First address of ``host`` (an IP literal or a name) for UDP."""
+async def resolve(host: str, port: int, family: int = 0) -> Address:
+    """First address of ``host`` (an IP literal or a name); ``family`` 4 or 6 restricts it."""
     loop = asyncio.get_running_loop()
+    af = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family, socket.AF_UNSPEC)
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        infos = await loop.getaddrinfo(host, port, family=af, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
         raise ProbeError(f"cannot resolve {host!r}: {exc.strerror}") from None
     if not infos:
