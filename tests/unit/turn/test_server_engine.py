@@ -491,3 +491,16 @@ def test_garbage_never_raises() -> None:
         client.send_raw(data)
     engine.receive_relayed(b"x", PEER, ("192.0.2.1", 1), 0.0)
     assert engine.counters["dropped_malformed"] >= 3
+
+
+def test_coturn_draft_additional_address_family_is_understood() -> None:
+    engine, _ = make_engine()
+    response = Client(engine).allocate((0x8032, b"\x02\x00\x00\x00"))
+    assert {a.family for a in response.get_all(A.XOR_RELAYED_ADDRESS)} == {4, 6}
+
+
+def test_drain_without_allocations_is_immediately_drained() -> None:
+    engine, _ = make_engine()
+    engine.start_drain()
+    assert isinstance(engine.next_event(), Drained)
+    assert engine.next_event() is None
