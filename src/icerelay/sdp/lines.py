@@ -154,18 +154,20 @@ def dominant_line_ending(lines: Iterable[Line]) -> str:
     return CRLF
 
 
-def render(lines: list[Line], default_eol: str) -> str:
+def render(lines: list[Line], default_eol: str, final_newline: bool = True) -> str:
     """Join lines back into text: raw lines byte for byte, changed lines in ``default_eol``.
 
-    A line that had no ending (it was last) gets ``default_eol`` once lines follow it, so that an
-    appended line can never be glued onto it.
+    Whether the text ends with a line ending is a property of the document (``final_newline``),
+    not of whichever line happens to be last after an edit: a body that came without one keeps
+    coming without one, and a line that lost its place as the last one gets ``default_eol`` so
+    that no line can be glued onto it.
     """
     parts: list[str] = []
     last = len(lines) - 1
     for index, line in enumerate(lines):
-        eol = line.eol
-        if eol is None or (eol == "" and index != last):
-            eol = default_eol
+        eol = line.eol or default_eol
+        if index == last and not final_newline:
+            eol = ""
         parts.append(line.text)
         parts.append(eol)
     return "".join(parts)

@@ -17,7 +17,8 @@ class SessionDescription(Section):
 
     ``lines`` are the session-level lines (``v=`` up to the first ``m=``); :attr:`media` holds one
     :class:`MediaDescription` per ``m=`` line. Lines added or changed through the API are written
-    in :attr:`line_ending`, the ending most of the input's lines use (CRLF for a new document).
+    in :attr:`line_ending`, the ending most of the input's lines use (CRLF for a new document);
+    :attr:`final_newline` is False for a body whose last line had no ending, and stays so.
 
     Two descriptions are equal when they serialize to the same text.
     """
@@ -25,11 +26,13 @@ class SessionDescription(Section):
     _BEFORE_CONNECTION = frozenset("vosiuep")
 
     def __init__(self, lines: list[Line], media: list[MediaDescription] | None = None,
-                 line_ending: str = "\r\n", from_bytes: bool = False) -> None:
+                 line_ending: str = "\r\n", from_bytes: bool = False,
+                 final_newline: bool = True) -> None:
         super().__init__(lines)
         self.media: list[MediaDescription] = media if media is not None else []
         self.line_ending = line_ending
         self.from_bytes = from_bytes
+        self.final_newline = final_newline
 
     @classmethod
     def parse(cls, data: str | bytes, *, fragment: bool = False) -> SessionDescription:
@@ -68,7 +71,7 @@ class SessionDescription(Section):
                 raise SdpError(f"{line.where}: unexpected v= line (two SDP bodies run together?)")
             sections[-1].append(line)
         session = cls(sections[0], [MediaDescription(section) for section in sections[1:]],
-                      dominant_line_ending(lines), from_bytes)
+                      dominant_line_ending(lines), from_bytes, final_newline=lines[-1].eol != "")
         session._validate("session")
         for media in session.media:
             media._validate_media()
@@ -84,7 +87,7 @@ class SessionDescription(Section):
 
     def to_text(self) -> str:
         """The SDP as text: unchanged lines exactly as parsed, changed ones re-rendered."""
-        return render(list(self.all_lines()), self.line_ending)
+        return render(list(self.all_lines()), self.line_ending, self.final_newline)
 
     def to_bytes(self) -> bytes:
         """The SDP as UTF-8 bytes."""
@@ -114,7 +117,7 @@ class SessionDescription(Section):
         """An independent copy (lines are immutable, so only the lists are copied)."""
         return SessionDescription(
             list(self.lines), [MediaDescription(list(media.lines)) for media in self.media],
-            self.line_ending, self.from_bytes)
+            self.line_ending, self.from_bytes, self.final_newline)
 
     # -- session-level fields -----------------------------------------------------------------
 

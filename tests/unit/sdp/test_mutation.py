@@ -21,7 +21,7 @@ from icerelay.sdp import (
 )
 from icerelay.sdp.lines import Line
 
-from .samples import ASTERISK, CHROME, IPV6, LINPHONE, SLOPPY, join
+from .samples import ASTERISK, CHROME, IPV6, LF, LINPHONE, SLOPPY, join
 
 
 def changes(before: str, after: str) -> list[tuple[str, list[str], list[str]]]:
@@ -138,11 +138,22 @@ def test_add_candidates_after_credentials_or_at_end() -> None:
     sdp = parse(text)
     sdp.media[0].add_candidates([RELAY_CANDIDATE])
     assert sdp.to_text().split("\r\n")[4] == "a=candidate:" + RELAY_CANDIDATE.to_sdp()
-    # The former last line had no ending; it keeps none only while it is last.
+    # The body had no final line ending and still has none; the former last line gets one.
     bare = parse("v=0\nm=audio 1 RTP/AVP 0")
     bare.media[0].add_candidates([RELAY_CANDIDATE])
-    assert bare.to_text() == "v=0\nm=audio 1 RTP/AVP 0\na=candidate:" + RELAY_CANDIDATE.to_sdp() \
-        + "\n"
+    assert bare.to_text() == "v=0\nm=audio 1 RTP/AVP 0\na=candidate:" + RELAY_CANDIDATE.to_sdp()
+    bare.media[0].remove_candidates()
+    assert bare.to_text() == "v=0\nm=audio 1 RTP/AVP 0"
+
+
+def test_removing_the_last_line_keeps_no_final_newline() -> None:
+    text = join(["v=0", "m=audio 1 RTP/AVP 0", "a=rtcp-mux", "a=ice-lite"], LF, final=False)
+    sdp = parse(text)
+    sdp.set_ice_lite(False)
+    assert sdp.to_text() == "v=0\nm=audio 1 RTP/AVP 0\na=rtcp-mux"
+    sdp.media[0].set_rtcp_mux(False)
+    sdp.media[0].set_direction(Direction.INACTIVE)
+    assert sdp.to_text() == "v=0\nm=audio 1 RTP/AVP 0\na=inactive"
 
 
 def test_new_lines_use_the_dominant_line_ending() -> None:
@@ -235,7 +246,8 @@ def test_set_media_line_and_add_media() -> None:
     assert changes(SLOPPY, sdp.to_text()) == [("replace", ["m=audio  4000 RTP/AVP 0\t\r\n"],
                                                ["m=audio 4002 RTP/AVP 0\r\n"])]
     sdp.add_media(MediaDescription([Line.make("m", "video 0 RTP/AVP 31")]))
-    assert sdp.to_text().endswith("a=sendonly\r\nm=video 0 RTP/AVP 31\r\n")
+    # SLOPPY has no final line ending, so neither has the appended media description.
+    assert sdp.to_text().endswith("a=sendonly\r\nm=video 0 RTP/AVP 31")
     assert parse(sdp.to_text()).media[1].port == 0
 
 
