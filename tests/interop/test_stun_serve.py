@@ -4,7 +4,6 @@ Ctrl-C (SIGINT) with status 0."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import struct
@@ -21,6 +20,17 @@ from tests.support.serve import ServeProcess, icerelay_command
 pytestmark = pytest.mark.interop
 
 ServeFactory = Callable[..., ServeProcess]
+
+
+def ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def tcp_binding(host: str, port: int, timeout: float = 2.0) -> tuple[str, int] | None:
@@ -90,8 +100,8 @@ def test_serve_answers_udp_and_tcp_and_survives_garbage(serve_factory: ServeFact
 
 
 def test_serve_ipv6_loopback(serve_factory: ServeFactory) -> None:
-    if not socket.has_ipv6 or not os.path.exists("/proc/net/if_inet6"):
-        pytest.skip("no IPv6 on this host")
+    if not ipv6_loopback():
+        pytest.skip("no IPv6 loopback (::1) on this host")
     port = free_ports(1, hosts=("::1",))[0]
     serve_factory(["--stun-listen", f"[::1]:{port}"], host="::1", port=port)
     assert stunraw.udp_binding("::1", port) is not None
