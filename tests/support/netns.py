@@ -24,6 +24,7 @@ can skip with that reason.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import shutil
@@ -40,13 +41,29 @@ NatKind = Literal["cone", "symmetric"]
 _counter = itertools.count()
 
 
+@functools.cache
 def unavailable_reason() -> str | None:
-    """Why namespaces can't be built here (None when they can)."""
+    """Why namespaces can't be built here (None when they can). Checked once per process by
+    really creating a namespace and loading nftables in it: root alone is not enough in a
+    container without CAP_SYS_ADMIN or without the nf_tables module."""
     if os.geteuid() != 0:
         return "network namespaces need root (ip netns add)"
     for tool in ("ip", "nft"):
         if shutil.which(tool) is None:
             return f"{tool!r} not installed (iproute2/nftables; run scripts/install-debian-deps)"
+    name = f"icrcheck{os.getpid()}"
+    created = _ip("netns", "add", name, check=False)
+    if created.returncode != 0:
+        return f"cannot create network namespaces: {created.stderr.strip()}"
+    try:
+        nft = subprocess.run(
+            ["ip", "netns", "exec", name, "nft", "add", "table", "ip", "check"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if nft.returncode != 0:
+            return f"nftables unusable in a namespace: {nft.stderr.strip()}"
+    finally:
+        _ip("netns", "del", name, check=False)
     return None
 
 
