@@ -13,7 +13,7 @@ from .strategies import Document, addresses, candidates, documents, ports
 
 # Kept small so the SDP suite stays within seconds on a shared 2-core machine; raise
 # ICERELAY_PROPERTY_EXAMPLES for a deeper run.
-SETTINGS = settings(max_examples=int(os.environ.get("ICERELAY_PROPERTY_EXAMPLES", "100")),
+SETTINGS = settings(max_examples=int(os.environ.get("ICERELAY_PROPERTY_EXAMPLES", "60")),
                     deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
