@@ -120,7 +120,9 @@ class MediaDescription(Section):
         for line in self.lines:
             if line.attribute_name == "rtpmap" and _first_field(line.attribute_value) == wanted:
                 return _at(line, RtpMap.parse, line.attribute_value or "")
-        if wanted.isdigit() and wanted.isascii():
+        # Payload types are 0..127; the length bound also keeps int() away from a hostile
+        # 5000-digit "format" (Python refuses to convert those with ValueError).
+        if len(wanted) <= 3 and wanted.isdigit() and wanted.isascii():
             return STATIC_PAYLOAD_TYPES.get(int(wanted))
         return None
 

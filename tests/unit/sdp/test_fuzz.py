@@ -139,3 +139,22 @@ def test_mutated_candidate_lines_seeded() -> None:
         except SdpError:
             continue
         assert Candidate.parse(candidate.to_sdp()) == candidate
+
+
+def test_hostile_sizes() -> None:
+    huge = "9" * 5000
+    for text in (
+        f"v=0\r\nm=audio 1 RTP/AVP {huge}\r\n",
+        f"v=0\r\nm=audio {huge} RTP/AVP 0\r\n",
+        f"v=0\r\no=- {huge} {huge} IN IP4 h\r\n",
+        f"v=0\r\nm=audio 1 RTP/AVP 0\r\na=rtpmap:{huge} x/{huge}\r\na=fmtp:{huge} y\r\n",
+        f"v=0\r\nm=audio 1 RTP/AVP 0\r\na=ice-pacing:{huge}\r\n",
+        f"v=0\r\nc=IN IP4 224.0.0.1/{huge}\r\n",
+        "v=0\r\n" + "a=x\r\n" * 20000,
+    ):
+        feed(text)
+    sdp = SessionDescription.parse(f"v=0\r\no=- 1 {huge} IN IP4 h\r\nm=audio 1 RTP/AVP {huge}\r\n")
+    assert sdp.media[0].codec_name(huge) is None
+    with contextlib.suppress(SdpError):
+        assert sdp.origin is not None
+        sdp.origin.next_version()
