@@ -48,6 +48,11 @@ class MediaDescription(Section):
             raise SdpError("a media description must start with an m= line")
         super().__init__(lines)
 
+    @classmethod
+    def new(cls, media_line: MediaLine) -> MediaDescription:
+        """A media description holding only its ``m=`` line."""
+        return cls([Line.make("m", media_line.to_sdp())])
+
     # -- m= -----------------------------------------------------------------------------------
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from icerelay.errors import SdpError
-from icerelay.sdp.fields import Origin
+from icerelay.sdp.fields import Connection, Origin
 from icerelay.sdp.ice import ICE_LITE, IceCredentials
 from icerelay.sdp.lines import Line, dominant_line_ending, render, split_lines
 from icerelay.sdp.media import MediaDescription
@@ -33,6 +33,18 @@ class SessionDescription(Section):
         self.line_ending = line_ending
         self.from_bytes = from_bytes
         self.final_newline = final_newline
+
+    @classmethod
+    def new(cls, origin: Origin, session_name: str = "-", connection: Connection | None = None,
+            timing: str = "0 0", line_ending: str = "\r\n") -> SessionDescription:
+        """A new SDP with ``v=0``, ``o=``, ``s=``, optional ``c=`` and ``t=`` (RFC 8866 order);
+        add media descriptions with :meth:`add_media` and :meth:`MediaDescription.new`."""
+        lines = [Line.make("v", "0"), Line.make("o", origin.to_sdp()),
+                 Line.make("s", session_name)]
+        if connection is not None:
+            lines.append(Line.make("c", connection.to_sdp()))
+        lines.append(Line.make("t", timing))
+        return cls(lines, line_ending=line_ending)
 
     @classmethod
     def parse(cls, data: str | bytes, *, fragment: bool = False) -> SessionDescription:

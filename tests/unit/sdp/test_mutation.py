@@ -13,6 +13,7 @@ from icerelay.sdp import (
     Direction,
     IceCredentials,
     MediaDescription,
+    MediaLine,
     Origin,
     RemoteCandidate,
     Rtcp,
@@ -273,3 +274,21 @@ def test_set_connection_address_and_port_for_one_stream() -> None:
          ["m=audio 40000 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n",
           "c=IN IP6 2001:db8::7\r\n"]),
     ]
+
+
+def test_building_the_asterisk_offer_shape() -> None:
+    sdp = SessionDescription.new(Origin("root", "1903343929", "1903343929", "IN", "IP4",
+                                        "10.0.1.40"), "Asterisk PBX SVN-trunk-r372051",
+                                 Connection.for_address("10.0.1.40"))
+    audio = MediaDescription.new(MediaLine("audio", 17234, "RTP/AVP", ("0", "3", "8", "101")))
+    sdp.add_media(audio)
+    for value in ("rtpmap:0 PCMU/8000", "rtpmap:3 GSM/8000", "rtpmap:8 PCMA/8000",
+                  "rtpmap:101 telephone-event/8000", "fmtp:101 0-16", "silenceSupp:off - - - -",
+                  "ptime:20"):
+        name, _, rest = value.partition(":")
+        audio.add_attribute(name, rest)
+    audio.set_ice_credentials(IceCredentials("0d9cc44338ad8ced48b2d92c34556f4e",
+                                             "193c1361446d012a1e298d5278b5c4b6"))
+    audio.add_candidates(parse(ASTERISK).media[0].candidates())
+    audio.set_direction(Direction.SENDRECV)
+    assert sdp.to_text() == ASTERISK
