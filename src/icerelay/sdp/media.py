@@ -25,7 +25,7 @@ from icerelay.sdp.ice import (
     parse_remote_candidates,
 )
 from icerelay.sdp.lines import Line, attribute_line
-from icerelay.sdp.section import Section, _at
+from icerelay.sdp.section import Section, parse_at
 
 if TYPE_CHECKING:
     from icerelay.sdp.session import SessionDescription
@@ -42,6 +42,7 @@ class MediaDescription(Section):
     """
 
     _BEFORE_CONNECTION = frozenset("mi")
+    _LEVEL = "media"
 
     def __init__(self, lines: list[Line]) -> None:
         if not lines or lines[0].type != "m":
@@ -59,7 +60,7 @@ class MediaDescription(Section):
     def media_line(self) -> MediaLine:
         """The parsed ``m=`` line."""
         line = self.lines[0]
-        return _at(line, MediaLine.parse, line.value)
+        return parse_at(line, MediaLine.parse, line.value)
 
     def set_media_line(self, media_line: MediaLine) -> None:
         """Rewrite the ``m=`` line (and only it)."""
@@ -124,7 +125,7 @@ class MediaDescription(Section):
         wanted = str(payload_type)
         for line in self.lines:
             if line.attribute_name == "rtpmap" and _first_field(line.attribute_value) == wanted:
-                return _at(line, RtpMap.parse, line.attribute_value or "")
+                return parse_at(line, RtpMap.parse, line.attribute_value or "")
         # Payload types are 0..127; the length bound also keeps int() away from a hostile
         # 5000-digit "format" (Python refuses to convert those with ValueError).
         if len(wanted) <= 3 and wanted.isdigit() and wanted.isascii():
@@ -251,13 +252,15 @@ class MediaDescription(Section):
         else:
             self.replace_attribute(REMOTE_CANDIDATES, format_remote_candidates(triples))
 
-    def _validate_media(self) -> None:
+    def validate(self) -> None:
+        """Check the ``m=`` line, that no ``v=``/``o=`` hides in this section, then every typed
+        attribute (see :meth:`Section.validate`)."""
         line = self.lines[0]
-        _at(line, MediaLine.parse, line.value)
+        parse_at(line, MediaLine.parse, line.value)
         for other in self.lines[1:]:
             if other.type in ("v", "o"):
                 raise SdpError(f"{other.where}: {other.type}= line inside a media description")
-        self._validate("media")
+        super().validate()
 
 
 def _first_field(value: str | None) -> str | None:

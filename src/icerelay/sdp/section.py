@@ -67,6 +67,8 @@ class Section:
 
     # Line types that RFC 8866 puts before c= at this level; a new c= line goes after them.
     _BEFORE_CONNECTION: ClassVar[frozenset[str]] = frozenset()
+    # "session" or "media", for error messages.
+    _LEVEL: ClassVar[str] = "session"
 
     def __init__(self, lines: list[Line]) -> None:
         self.lines = lines
@@ -140,13 +142,13 @@ class Section:
         values = []
         for line in self.lines:
             if line.attribute_name == name:
-                values.append(_at(line, parser, line.attribute_value))
+                values.append(parse_at(line, parser, line.attribute_value))
         return values
 
     def _first_typed(self, name: str, parser: Callable[[str | None], T]) -> T | None:
         for line in self.lines:
             if line.attribute_name == name:
-                return _at(line, parser, line.attribute_value)
+                return parse_at(line, parser, line.attribute_value)
         return None
 
     # -- c= -----------------------------------------------------------------------------------
@@ -156,7 +158,7 @@ class Section:
         """The ``c=`` line of this level, or None."""
         for line in self.lines:
             if line.type == "c":
-                return _at(line, Connection.parse, line.value)
+                return parse_at(line, Connection.parse, line.value)
         return None
 
     def set_connection(self, connection: Connection | str | None) -> None:
@@ -263,8 +265,13 @@ class Section:
 
     # -- validation at parse time -------------------------------------------------------------
 
-    def _validate(self, level: str) -> None:
-        """Check every line this package gives typed access to; raise SdpError with its number."""
+    def validate(self) -> None:
+        """Check every line this package gives typed access to; raise SdpError with its number.
+
+        :meth:`SessionDescription.parse` calls it for every level; call it again after editing
+        :attr:`lines` by hand.
+        """
+        level = self._LEVEL
         seen: dict[str, Line] = {}
         direction: Line | None = None
         for line in self.lines:
@@ -274,9 +281,9 @@ class Section:
                                    f"(first at {seen[line.type].where})")
                 seen[line.type] = line
                 if line.type == "o":
-                    _at(line, Origin.parse, line.value)
+                    parse_at(line, Origin.parse, line.value)
                 else:
-                    _at(line, Connection.parse, line.value)
+                    parse_at(line, Connection.parse, line.value)
             elif line.type == "a":
                 name = line.attribute_name
                 if not name:
@@ -294,14 +301,14 @@ class Section:
                     direction = line
                 parser = _VALUE_PARSERS.get(name)
                 if parser is not None:
-                    _at(line, parser, line.attribute_value)
+                    parse_at(line, parser, line.attribute_value)
 
 
 def _attribute(line: Line) -> Attribute:
     return Attribute(line.attribute_name or "", line.attribute_value)
 
 
-def _at(line: Line, parse: Callable[[A], T], value: A) -> T:
+def parse_at(line: Line, parse: Callable[[A], T], value: A) -> T:
     """Run ``parse(value)`` and prefix any SdpError with the line number and its type."""
     try:
         return parse(value)

@@ -9,7 +9,7 @@ from icerelay.sdp.fields import Connection, Origin
 from icerelay.sdp.ice import ICE_LITE, IceCredentials
 from icerelay.sdp.lines import Line, dominant_line_ending, render, split_lines
 from icerelay.sdp.media import MediaDescription
-from icerelay.sdp.section import Section, _at
+from icerelay.sdp.section import Section, parse_at
 
 
 class SessionDescription(Section):
@@ -84,9 +84,9 @@ class SessionDescription(Section):
             sections[-1].append(line)
         session = cls(sections[0], [MediaDescription(section) for section in sections[1:]],
                       dominant_line_ending(lines), from_bytes, final_newline=lines[-1].eol != "")
-        session._validate("session")
+        session.validate()
         for media in session.media:
-            media._validate_media()
+            media.validate()
         return session
 
     # -- serialization ------------------------------------------------------------------------
@@ -138,7 +138,7 @@ class SessionDescription(Section):
         """The ``o=`` line (None only for a sloppy SDP without one)."""
         for line in self.lines:
             if line.type == "o":
-                return _at(line, Origin.parse, line.value)
+                return parse_at(line, Origin.parse, line.value)
         return None
 
     def set_origin(self, origin: Origin) -> None:
