@@ -102,8 +102,11 @@ async def _run_all(tmp: Path) -> dict[str, Outcome]:
     ipv6 = _ipv6_loopback()
     hosts = ("127.0.0.1", "::1") if ipv6 else ("127.0.0.1",)
     port, tls_port = free_ports(2, hosts=hosts)
-    peer_port = free_ports(2, hosts=hosts, consecutive=True, kinds=("udp",))[0]
     relay_low = random.randrange(20000, 29000, 2)
+    # The peer must not sit in our relay range: relaying to the server's own ports is refused.
+    peer_port = relay_low
+    while relay_low - 2 <= peer_port <= relay_low + 1000:
+        peer_port = free_ports(2, hosts=hosts, consecutive=True, kinds=("udp",))[0]
     certificate = _make_certificate(tmp)
     config = TurnServerConfig(
         listen=[f"127.0.0.1:{port}"] + ([f"[::1]:{port}"] if ipv6 else []),

@@ -336,3 +336,33 @@ def test_unauthenticated_answers_are_rate_limited_per_source() -> None:
     assert len(Client(engine, address=("198.51.100.98", 53)).send_raw(binding)) == 1
     spoofed.now += 1.0
     assert sum(len(spoofed.send_raw(binding)) for _ in range(20)) == 10
+
+
+# --- relay loops through the server itself -------------------------------------------------
+
+
+def test_relaying_to_the_servers_own_addresses_is_refused() -> None:
+    engine, _ = make_engine(allow_peers=["192.0.2.0/24", "198.51.100.0/24"])
+    victim = Client(engine, address=("203.0.113.5", 1))
+    victim_relay = victim.relayed(victim.allocate())
+    attacker = Client(engine, address=("203.0.113.6", 2))
+    attacker.allocate()
+    # A permission is per IP: the server's IP itself may be permitted (peers may share it) ...
+    assert error_code(attacker.permit("192.0.2.1")) is None
+    # ... but no channel to another relayed address or to the listener, and no Send either.
+    assert error_code(attacker.bind_channel(0x4000, victim_relay)) == 403
+    assert error_code(attacker.bind_channel(0x4001, SERVER)) == 403
+    assert attacker.send_indication(victim_relay, b"loop") == []
+    assert attacker.send_indication(SERVER, b"\x00\x01\x00\x00") == []
+    assert engine.counters["refused_peer_loop"] == 2
+    assert engine.counters["dropped_peer_loop"] == 2
+    # Other ports of the same host are ordinary peers.
+    assert len(attacker.send_indication(("192.0.2.1", 9), b"fine")) == 1
+
+
+def test_advertised_relay_address_behind_nat() -> None:
+    engine, binder = make_engine(relay_advertised_ipv4="198.51.100.200")
+    client = Client(engine)
+    relayed = client.relayed(client.allocate())
+    assert relayed[0] == "198.51.100.200"
+    assert ("192.0.2.1", relayed[1]) in binder.bound

@@ -122,6 +122,11 @@ class TurnServerConfig(BaseModel):
     relay_ipv6: OptionalIp = None
     """IPv6 address for IPv6 relays (REQUESTED-ADDRESS-FAMILY / ADDITIONAL-ADDRESS-FAMILY);
     defaults to the first concrete IPv6 listen address; without one, IPv6 relays get 440."""
+    relay_advertised_ipv4: OptionalIp = None
+    """The IPv4 address written in XOR-RELAYED-ADDRESS when the relay sits behind a 1:1 NAT
+    (a cloud VM's public address; coturn's ``external-ip``); sockets still bind ``relay_ipv4``."""
+    relay_advertised_ipv6: OptionalIp = None
+    """Same for IPv6 relays."""
     relay_port_min: int = Field(default=61000, ge=1, le=65535)
     relay_port_max: int = Field(default=65535, ge=1, le=65535)
     """Relay ports; the range must not overlap the OS ephemeral range (checked at start)."""
@@ -163,13 +168,22 @@ class TurnServerConfig(BaseModel):
             raise ValueError("tls_listen needs tls_cert and tls_key")
         parse_networks(self.allow_peers)
         parse_networks(self.deny_peers)
-        for host in (self.relay_ipv4, self.relay_ipv6):
+        for host in (
+            self.relay_ipv4,
+            self.relay_ipv6,
+            self.relay_advertised_ipv4,
+            self.relay_advertised_ipv6,
+        ):
             if host is not None and ipaddress.ip_address(host).is_unspecified:
                 raise ValueError("a relay address must be concrete, not a wildcard")
         if self.relay_ipv4 is not None and ":" in self.relay_ipv4:
             raise ValueError("relay_ipv4 is not an IPv4 address")
         if self.relay_ipv6 is not None and ":" not in self.relay_ipv6:
             raise ValueError("relay_ipv6 is not an IPv6 address")
+        if self.relay_advertised_ipv4 is not None and ":" in self.relay_advertised_ipv4:
+            raise ValueError("relay_advertised_ipv4 is not an IPv4 address")
+        if self.relay_advertised_ipv6 is not None and ":" not in self.relay_advertised_ipv6:
+            raise ValueError("relay_advertised_ipv6 is not an IPv6 address")
         return self
 
     def relay_host(self, family: int) -> str | None:
@@ -182,6 +196,11 @@ class TurnServerConfig(BaseModel):
             if address.version == family and not address.is_unspecified:
                 return host
         return None
+
+    def advertised_host(self, family: int) -> str | None:
+        """The relay IP for *family* as clients see it (advertised, else the bound one)."""
+        advertised = self.relay_advertised_ipv4 if family == 4 else self.relay_advertised_ipv6
+        return advertised if advertised is not None else self.relay_host(family)
 
     def tls_endpoints(self) -> list[tuple[str, int]]:
         """TLS listening addresses in effect (empty without a certificate)."""

@@ -128,6 +128,8 @@ COUNTERS = (
     "refused_wrong_credentials",
     "refused_allocation_mismatch",
     "refused_peer_policy",
+    "refused_peer_loop",
+    "dropped_peer_loop",
     "refused_peer_family",
     "refused_transport",
     "refused_address_family",
@@ -219,12 +221,26 @@ class TurnServerEngine:
         self.quotas = config.quotas
         self.limiter = SourceRateLimiter(config.unauthenticated_rate, config.unauthenticated_burst)
         self.relay_hosts: dict[int, str] = {}
+        #: What XOR-RELAYED-ADDRESS says, per family (differs behind a 1:1 NAT).
+        self.advertised_hosts: dict[int, str] = {}
         self._pools: dict[int, PortPool] = {}
         for family in (4, 6):
             host = config.relay_host(family)
             if host is not None:
                 self.relay_hosts[family] = host
+                self.advertised_hosts[family] = config.advertised_host(family) or host
                 self._pools[family] = PortPool(config.relay_port_min, config.relay_port_max)
+        # The server's own transport addresses: relaying to them would loop traffic through the
+        # server (a relayed address talking to another, or STUN requests relayed into our own
+        # listener with a relayed address as source). Port-exact, so peers on the same host
+        # (tests on loopback) still work.
+        self._own_hosts = {_canonical(host) for host in self.relay_hosts.values()}
+        self._own_hosts.update(_canonical(host) for host in self.advertised_hosts.values())
+        self._own_hosts.update(_canonical(host) for host, _port in config.listen)
+        self._own_ports = {port for _host, port in config.listen}
+        self._own_ports.update(port for _host, port in config.tls_endpoints())
+        self._relay_low = config.relay_port_min
+        self._relay_high = config.relay_port_max
         self.software = config.software
         # Binding answers come from the STUN server's engine, so both behave the same.
         self.binding = BindingEngine(software=config.software)
@@ -466,6 +482,9 @@ class TurnServerEngine:
         expires = allocation.permissions.get(peer.host)
         if relay is None or expires is None or expires <= now:
             self.counters["dropped_no_permission"] += 1
+            return
+        if peer.host in self._own_hosts and self._is_own(peer.host, peer.port):
+            self.counters["dropped_peer_loop"] += 1
             return
         bucket = allocation.bucket
         if bucket is not None and not bucket.take(len(data), now):
@@ -719,8 +738,9 @@ class TurnServerEngine:
         )
 
         response = message.response()
-        for relay in relays.values():
-            response.add(A.XOR_RELAYED_ADDRESS, Address(relay[0], relay[1]))
+        for relay_family, relay in relays.items():
+            advertised = self.advertised_hosts.get(relay_family, relay[0])
+            response.add(A.XOR_RELAYED_ADDRESS, Address(advertised, relay[1]))
         if address_error is not None:
             response.add(A.ADDRESS_ERROR_CODE, address_error)
         response.add(A.LIFETIME, lifetime)
@@ -791,6 +811,12 @@ class TurnServerEngine:
             return self._error(message, 403, "refused_peer_policy")
         return None
 
+    def _is_own(self, host: str, port: int) -> bool:
+        """Whether (host, port) is one of this server's listening or relayed addresses."""
+        return _canonical(host) in self._own_hosts and (
+            self._relay_low <= port <= self._relay_high or port in self._own_ports
+        )
+
     def _create_permission(self, message: Message, allocation: Allocation, now: float) -> Message:
         peers = message.get_all(A.XOR_PEER_ADDRESS)
         if not peers:
@@ -820,6 +846,8 @@ class TurnServerEngine:
         refusal = self._check_peer(message, allocation, peer_address)
         if refusal is not None:
             return refusal
+        if self._is_own(peer_address.host, peer_address.port):
+            return self._error(message, 403, "refused_peer_loop", "Peer is this server")
         peer = (_canonical(peer_address.host), peer_address.port)
         channel = allocation.channels.get(number)
         if channel is not None and channel.peer != peer:
