@@ -8,6 +8,7 @@ Example (TOML)::
     [relay]
     enabled = true
     ng_listen = "127.0.0.1:2223"        # rtpengine's ng protocol, UDP and TCP
+    mediaproxy_socket = "/run/mediaproxy/dispatcher.sock"   # OpenSIPS mediaproxy module
     address_ipv4 = "192.0.2.10"          # where relay ports are bound
     advertised_ipv4 = "203.0.113.10"     # what SDP names, when behind a 1:1 NAT
     port_min = 16384
@@ -74,6 +75,10 @@ class RelayServiceConfig(BaseModel):
     strict_source: bool = False
     #: Seconds of silence after which another source may take over a latched leg; 0 never.
     handover_after: float = Field(default=5.0, ge=0)
+    #: OpenSIPS's mediaproxy module talks to this UNIX socket; the default is where the module
+    #: looks unless configured otherwise. Empty disables it. Without the rights to create it the
+    #: relay runs on without it (a warning is logged).
+    mediaproxy_socket: str = "/run/mediaproxy/dispatcher.sock"
     #: Replies kept for retransmitted ng requests.
     ng_cache_size: int = Field(default=10_000, ge=1)
     ng_cache_ttl: float = Field(default=30.0, gt=0)

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from icerelay.aio.addresses import bound_socket
 from icerelay.aio.udp import UdpEndpoint
+from icerelay.control.mediaproxy import MediaproxyFramer, MediaproxyHandler
 from icerelay.control.ng import (
     Answer,
     NgDropped,
@@ -51,9 +54,9 @@ logger = logging.getLogger("icerelay.relay")
 #: Receives each session's accounting record when it ends (with wall-clock times).
 RecordSink = Callable[[SessionRecord], None]
 
-# A queued unit of work: a control message and how to answer it (None: nothing to answer), or
-# a timer tick (None).
-_Work = tuple[bytes, Callable[[bytes | None], None]] | None
+# A queued unit of work: the protocol ("ng" or "mediaproxy"), a control message and how to answer
+# it (None: nothing to answer), or a timer tick (None).
+_Work = tuple[str, bytes, Callable[[bytes | None], None]] | None
 
 
 class RelayService:
@@ -82,9 +85,12 @@ class RelayService:
             cache_size=self.config.ng_cache_size, cache_ttl=self.config.ng_cache_ttl
         )
         self.handler = NgHandler(self.engine, self.protocol.counters)
+        self.mediaproxy = MediaproxyHandler(self.engine)
         self._records = records
         self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.Server | None = None
+        self._unix: asyncio.Server | None = None
+        self._unix_path: Path | None = None
         self._tcp_clients: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[_Work] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -121,6 +127,8 @@ class RelayService:
             self._udp.close()
             self._udp = None
             raise
+        if self.config.mediaproxy_socket:
+            await self._open_mediaproxy(Path(self.config.mediaproxy_socket))
         self._tasks = [
             asyncio.create_task(self._worker(), name="relay-worker"),
             asyncio.create_task(self._timer(), name="relay-timer"),
@@ -130,8 +138,25 @@ class RelayService:
             extra={
                 "ng": str(self.ng_address),
                 "ports": f"{self.config.port_min}-{self.config.port_max}",
+                "mediaproxy": str(self._unix_path or ""),
             },
         )
+
+    async def _open_mediaproxy(self, path: Path) -> None:
+        """Listen on MediaProxy's dispatcher socket; without the rights to, go on without it."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_socket():
+                _remove_stale_socket(path)
+            self._unix = await asyncio.start_unix_server(self._on_mediaproxy_client, path=path)
+            # Local control, like the ng port on 127.0.0.1: any local user may drive it (the
+            # proxy runs as its own user), nobody remote can.
+            path.chmod(0o666)
+            self._unix_path = path
+        except OSError as error:
+            logger.warning(
+                "relay.mediaproxy_disabled", extra={"path": str(path), "reason": str(error)}
+            )
 
     async def stop(self) -> None:
         """End every session (records are written), close listeners and the data plane."""
@@ -141,6 +166,13 @@ class RelayService:
         if self._tcp is not None:
             self._tcp.close()
             self._tcp = None
+        if self._unix is not None:
+            self._unix.close()
+            self._unix = None
+            if self._unix_path is not None:
+                with contextlib.suppress(OSError):
+                    self._unix_path.unlink()
+                self._unix_path = None
         for task in [*self._tasks, *self._tcp_clients]:
             task.cancel()
         for task in [*self._tasks, *self._tcp_clients]:
@@ -162,7 +194,7 @@ class RelayService:
             if udp is not None and payload is not None:
                 udp.send(payload, source)
 
-        self._queue.put_nowait((data, reply))
+        self._queue.put_nowait(("ng", data, reply))
 
     async def _on_tcp_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -181,7 +213,7 @@ class RelayService:
                     break
                 for message, prefixed in messages:
                     done: asyncio.Future[bytes | None] = loop.create_future()
-                    self._queue.put_nowait((message, _resolver(done)))
+                    self._queue.put_nowait(("ng", message, _resolver(done)))
                     payload = await done
                     if payload is None:
                         # Not even a cookie: the stream is out of step, nothing to answer.
@@ -189,6 +221,36 @@ class RelayService:
                     writer.write(NgStreamFramer.frame(payload, prefixed))
                     await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            if task is not None:
+                self._tcp_clients.discard(task)
+
+    async def _on_mediaproxy_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tcp_clients.add(task)
+        framer = MediaproxyFramer()
+        loop = asyncio.get_running_loop()
+        try:
+            while data := await reader.read(65536):
+                try:
+                    commands = framer.feed(data)
+                except ControlError as error:
+                    logger.warning("relay.mediaproxy_stream_error", extra={"reason": str(error)})
+                    break
+                for command in commands:
+                    done: asyncio.Future[bytes | None] = loop.create_future()
+                    self._queue.put_nowait(("mediaproxy", command, _resolver(done)))
+                    payload = await done
+                    writer.write(payload if payload is not None else b"error\r\n")
+                    await writer.drain()
+        except ConnectionError:
             pass
         finally:
             writer.close()
@@ -207,13 +269,16 @@ class RelayService:
                     self.engine.handle_timer(asyncio.get_running_loop().time())
                     await self._apply_events()
                 else:
-                    data, reply = work
-                    reply(await self._request(data))
+                    protocol, data, reply = work
+                    if protocol == "ng":
+                        reply(await self._request(data))
+                    else:
+                        reply(await self._mediaproxy_request(data))
             except Exception:
                 # A bug must not take the relay down with every call on it; it is logged loudly.
                 logger.exception("relay.worker_error")
                 if work is not None:
-                    work[1](None)
+                    work[2](None)
             self._wake.set()
 
     async def _request(self, data: bytes) -> bytes | None:
@@ -238,6 +303,16 @@ class RelayService:
                 await self._apply_events(ignore_errors=True)
                 result = error_reply(str(error))
         return self.protocol.reply(outcome, result, now)
+
+    async def _mediaproxy_request(self, data: bytes) -> bytes:
+        now = asyncio.get_running_loop().time()
+        reply = self.mediaproxy.handle(data, now)
+        try:
+            await self._apply_events()
+        except RelayError:
+            # The ports could not be opened: answer "error" so the proxy does not use them.
+            reply = b"error\r\n"
+        return reply
 
     async def _apply_events(self, *, ignore_errors: bool = False) -> None:
         """Carry out the engine's events; the first data-plane failure is raised at the end."""
@@ -271,16 +346,12 @@ class RelayService:
 
     def _session_ended(self, record: SessionRecord) -> None:
         offset = self._wall_offset
-        record = SessionRecord(
-            call_id=record.call_id,
-            from_tag=record.from_tag,
-            to_tag=record.to_tag,
-            via_branch=record.via_branch,
+        # The engine runs on the loop's monotonic clock; records carry wall-clock times.
+        record = dataclasses.replace(
+            record,
             created=record.created + offset,
             answered=None if record.answered is None else record.answered + offset,
             ended=record.ended + offset,
-            reason=record.reason,
-            streams=record.streams,
         )
         logger.info(
             "relay.session_ended",
@@ -315,6 +386,19 @@ class RelayService:
             self._queue.put_nowait(None)
             # Let the worker run the tick before computing the next deadline.
             await self._wake.wait()
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Unlink a socket file left by a relay that died; refuse one that another process serves."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path} is served by another process")
 
 
 def _resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], None]:

@@ -140,6 +140,11 @@ class MediaRequest:
     to_tag: str | None = None
     via_branch: str | None = None
     options: RelayOptions = field(default_factory=RelayOptions)
+    #: The sending party's User-Agent, when the control protocol passes it (mediaproxy does).
+    user_agent: str | None = None
+    #: Call facts for the accounting record (``from_uri``, ``to_uri``, ``dialog_id``...); later
+    #: requests add to or overwrite earlier values.
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,9 @@ class SessionRecord:
     ended: float
     reason: TerminationReason
     streams: tuple[StreamRecord, ...]
+    caller_user_agent: str | None = None
+    callee_user_agent: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
 
     @property
     def duration(self) -> float:
@@ -267,6 +275,13 @@ class _Session:
     delete_at: float | None = None
     scheduled: float | None = None
     ended: bool = False
+    user_agents: list[str | None] = field(default_factory=lambda: [None, None])
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def note(self, side: int, request: MediaRequest) -> None:
+        if request.user_agent:
+            self.user_agents[side] = request.user_agent
+        self.metadata.update(request.metadata)
 
     @property
     def from_tag(self) -> str:
@@ -317,6 +332,7 @@ class SessionEngine:
                 self._forget(session)
             raise
         self.offers += 1
+        session.note(side, request)
         session.pending = side
         session.last_signal = now
         self._schedule(session, now)
@@ -330,6 +346,7 @@ class SessionEngine:
         session, side = self._session_for_answer(request)
         body = self._process(session, side, sdp, request.options, now, is_offer=False)
         self.answers += 1
+        session.note(side, request)
         session.pending = None
         if session.answered is None:
             session.answered = now
@@ -384,6 +401,21 @@ class SessionEngine:
         if not matched:
             raise RelayError(f"unknown call {_describe_call(call_id, from_tag, to_tag)}")
         return matched
+
+    def awaits_answer_from(self, call_id: str, tag: str) -> bool:
+        """True if a session of ``call_id`` has an open offer that the party ``tag`` must answer.
+
+        A control protocol that does not say "offer" or "answer" (mediaproxy says "request" or
+        "reply") uses this to recognise a late offer's answer (the SDP in an ACK).
+        """
+        for session in self._calls.get(call_id, []):
+            if session.pending is None:
+                continue
+            answerer = session.tags[1 - session.pending]
+            # An initial offer has no To-tag yet: any party but the offerer may answer it.
+            if answerer == tag or (answerer is None and session.tags[session.pending] != tag):
+                return True
+        return False
 
     def call_ids(self, limit: int | None = None) -> list[str]:
         """Call-IDs of live calls, oldest first, at most ``limit``."""
@@ -805,6 +837,9 @@ class SessionEngine:
             ended=now,
             reason=reason,
             streams=tuple(self._stream_records(session)),
+            caller_user_agent=session.user_agents[A],
+            callee_user_agent=session.user_agents[B],
+            metadata=tuple(sorted(session.metadata.items())),
         )
         session.ended = True
         self._forget(session)

@@ -7,6 +7,7 @@ import random
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from icerelay import bencode
 from icerelay.relay.config import RelayServiceConfig
@@ -227,5 +228,74 @@ def test_stop_ends_sessions_and_errors_are_answered() -> None:
         (record,) = records
         assert record.reason is TerminationReason.SHUTDOWN
         assert service.pool.in_use == 0
+
+    run(main)
+
+
+def test_mediaproxy_over_the_unix_socket(tmp_path: Path) -> None:
+    async def main() -> None:
+        path = tmp_path / "mediaproxy" / "dispatcher.sock"
+        path.parent.mkdir()
+        path.touch()  # not a socket: must not be mistaken for a stale one
+        path.unlink()
+        records: list[SessionRecord] = []
+        service = RelayService(config(mediaproxy_socket=str(path)), records=records.append)
+        await service.start()
+        alice, bob = Phone(), Phone()
+        try:
+            assert path.is_socket()
+            reader, writer = await asyncio.open_unix_connection(str(path))
+
+            async def command(text: str) -> bytes:
+                writer.write(text.replace("\n", "\r\n").encode() + b"\r\n")
+                await writer.drain()
+                return await asyncio.wait_for(reader.readuntil(b"\r\n"), 2.0)
+
+            common = (
+                "call_id: mp1\nfrom_tag: a\nfrom_uri: alice@example.com\nto_uri: bob@example.com\n"
+            )
+            offer = await command(
+                f"update\ntype: request\n{common}to_tag: \n"
+                f"media: audio:{HOST}:{alice.port}:sendrecv:ice=no\nsignaling_ip: {HOST}\n"
+            )
+            relay_ip, bob_sends_to = offer.decode().split()
+            assert relay_ip == HOST
+            answer = await command(
+                f"update\ntype: reply\n{common}to_tag: b\nuser_agent: bob-phone\n"
+                f"media: audio:{HOST}:{bob.port}:sendrecv\n"
+            )
+            _, alice_sends_to = answer.decode().split()
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendto(alice.sock, rtp(1), (HOST, int(alice_sends_to)))
+            data, source = await bob.receive()
+            assert data == rtp(1) and source == (HOST, int(bob_sends_to))
+            assert await command("remove\ncall_id: mp1\nfrom_tag: a\nto_tag: b\n") == b"removed\r\n"
+            assert await command("bogus\n") == b"error\r\n"
+            writer.close()
+        finally:
+            await service.stop()
+            alice.sock.close()
+            bob.sock.close()
+        assert not path.exists()
+        (record,) = records
+        assert record.callee_user_agent == "bob-phone"
+        assert dict(record.metadata)["from_uri"] == "alice@example.com"
+        assert record.streams[0].packets_from_caller == 1
+
+    run(main)
+
+
+def test_mediaproxy_socket_without_rights_is_skipped(tmp_path: Path) -> None:
+    async def main() -> None:
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        service = RelayService(config(mediaproxy_socket=str(blocker / "dispatcher.sock")))
+        await service.start()  # logs a warning, serves ng anyway
+        try:
+            client = NgClient(service.ng_address)
+            assert await client.request({"command": "ping"}) == {b"result": b"pong"}
+            client.sock.close()
+        finally:
+            await service.stop()
 
     run(main)
