@@ -155,6 +155,7 @@ def run_streams(
         result["server_rss_kib"] = servers.rss_kib(server.pid)
         generator_ports = {c.sock.getsockname()[1] for c in ok} | {peer_address[1]}
         drops0 = udp_drops()
+        machine0 = _machine_cpu()
         cpu0, t0 = servers.cpu_seconds(server.pid), time.monotonic()
         proc = subprocess.run(
             [
@@ -174,6 +175,7 @@ def run_streams(
         )
         wall = time.monotonic() - t0
         server_cpu = servers.cpu_seconds(server.pid) - cpu0
+        machine1 = _machine_cpu()
         drops1 = udp_drops()
         if proc.returncode != 0:
             result["error"] = f"turnload failed: {proc.stderr.strip()}"
@@ -197,6 +199,12 @@ def run_streams(
             round(1e6 * server_cpu / relayed, 2) if relayed else None
         )
         result["server_threads"] = servers.threads(server.pid)
+        busy, steal = _cpu_pcts(machine0, machine1)
+        result["machine_busy_pct"], result["steal_pct"] = busy, steal
+        # What neither the server nor the generator used: other processes on the machine.
+        ours = server_cpu + load["sender_cpu_s"] + load["receiver_cpu_s"]
+        capacity = wall * (os.cpu_count() or 1)
+        result["background_cpu_pct"] = round(max(0.0, busy - 100.0 * ours / capacity), 1)
         _summarise_step(result, plan)
         return result
     finally:
@@ -255,12 +263,10 @@ def step_streams(
             entry = state[server_class.name]
             server = server_class(settings, workdir / server_class.name)
             for attempt in (1, 2):
-                cpu0 = _machine_cpu()
                 try:
                     step = run_streams(server, streams, plan, turnload, workdir)
                 except (RuntimeError, OSError) as exc:
                     step = {"streams": streams, "error": str(exc)}
-                step["machine_busy_pct"], step["steal_pct"] = _cpu_pcts(cpu0, _machine_cpu())
                 step["attempt"] = attempt
                 entry["steps"].append(step)
                 log(f"  {server_class.name} {streams} streams: {_step_line(step)}")
@@ -322,8 +328,8 @@ def _step_line(step: Result) -> str:
     return (
         f"relayed {step['relayed_pps']} pps of {step['offered_pps']}, loss {step['loss_pct']}%, "
         f"p50 {step['p50_us']:.0f} us p99 {step['p99_us']:.0f} us, "
-        f"server CPU {step['server_cpu_pct']}%, machine busy {step['machine_busy_pct']}%, "
-        f"steal {step['steal_pct']}%{sat}"
+        f"server CPU {step['server_cpu_pct']}%, machine busy {step['machine_busy_pct']}% "
+        f"(other processes {step['background_cpu_pct']}%), steal {step['steal_pct']}%{sat}"
     )
 
 

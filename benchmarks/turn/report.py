@@ -195,16 +195,17 @@ def render(data: Result) -> str:
         add(f"### {name}\n")
         add(
             "| streams | try | offered pps | relayed pps | loss % | p50 us | p99 us | p99.9 us | "
-            "server CPU % | CPU us/packet | server RSS MiB | machine busy % | steal % | "
+            "server CPU % | CPU us/packet | server RSS MiB | machine busy % | other processes % | "
+            "steal % | "
             "generator |"
         )
         add(
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-            "| ---: | --- |"
+            "| ---: | ---: | --- |"
         )
         for s in steps:
             if "error" in s:
-                add(f"| {s['streams']:,} | | | | | | | | | | | | | error: {s['error']} |")
+                add(f"| {s['streams']:,} | | | | | | | | | | | | | | error: {s['error']} |")
                 continue
             p999 = max(d["latency_us"]["p999"] for d in s["directions"].values())
             gen = "; ".join(s["generator_saturated"]) or "ok"
@@ -214,6 +215,7 @@ def render(data: Result) -> str:
                 f"{s['p99_us']:.0f} | {p999:.0f} | {s['server_cpu_pct']} | "
                 f"{_fmt(s.get('server_cpu_us_per_packet'))} | "
                 f"{s['server_rss_kib'] / 1024:.1f} | {s.get('machine_busy_pct', '')} | "
+                f"{s.get('background_cpu_pct', '')} | "
                 f"{s.get('steal_pct', '')} | {gen} |"
             )
         add("")
