@@ -18,6 +18,7 @@ import click
 
 from icerelay.aio.loop import loop_factory
 from icerelay.config import STUN_PORT, Config, load_config, parse_set_options, split_host_port
+from icerelay.endpoint.phone import phone
 from icerelay.errors import ConfigError
 from icerelay.logs import configure_logging
 
@@ -205,3 +206,6 @@ def stun_probe(
         _fail(str(exc))
         return
     click.echo(json.dumps(result.to_dict()) if as_json else result.to_text())
+
+
+main.add_command(phone)
