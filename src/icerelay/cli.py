@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from icerelay.aio.loop import loop_factory
+from icerelay.commands.nat_matrix import nat_matrix
 from icerelay.config import STUN_PORT, Config, load_config, parse_set_options, split_host_port
 from icerelay.endpoint.phone import phone
 from icerelay.errors import ConfigError
@@ -208,4 +209,5 @@ def stun_probe(
     click.echo(json.dumps(result.to_dict()) if as_json else result.to_text())
 
 
+main.add_command(nat_matrix)
 main.add_command(phone)
