@@ -182,15 +182,23 @@ def run_streams(
             return result
         load = json.loads(proc.stdout)
         result.update(load)
-        gen_drops = server_drops = 0
+        gen_drops = listen_drops = relay_drops = other_drops = 0
         for port, count in drops1.items():
             delta = count - drops0.get(port, 0)
             if port in generator_ports:
                 gen_drops += delta
+            elif port == settings.port:
+                listen_drops += delta
+            elif settings.min_port <= port <= settings.max_port:
+                relay_drops += delta
             else:
-                server_drops += delta
+                other_drops += delta
+        # Where packets were dropped tells whose queue overflowed: the server's listening
+        # socket (client -> peer direction), its relay sockets (peer -> client), the generator.
         result["generator_socket_drops"] = gen_drops
-        result["other_socket_drops"] = server_drops
+        result["server_listen_socket_drops"] = listen_drops
+        result["server_relay_socket_drops"] = relay_drops
+        result["other_socket_drops"] = other_drops
         result["server_cpu_pct"] = round(100.0 * server_cpu / wall, 1)
         # CPU per relayed packet is the figure least disturbed by other load on a shared
         # machine: a server starved of CPU loses packets, but does not spend more per packet.

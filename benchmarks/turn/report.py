@@ -55,6 +55,91 @@ def _common_step(data: Result) -> tuple[int | None, Result, Result]:
     return n, ours[n], theirs[n]
 
 
+def _first_failure(data: Result, server: str) -> Result | None:
+    """The lossy step that ended the stepping (its last attempt)."""
+    for step in reversed(_get(data, server, "streams", "steps") or []):
+        if "error" not in step and step["loss_pct"] > data["plan"]["loss_limit_pct"]:
+            return dict(step)
+    return None
+
+
+def _findings(data: Result) -> list[str]:
+    """Sentences computed from the figures, and the caveats that go with them."""
+    lines = ["## Findings and caveats\n"]
+    add = lines.append
+    for name in (OURS, THEIRS):
+        fail = _first_failure(data, name)
+        if fail is None:
+            continue
+        where = []
+        for label, key in (
+            ("the server's listening socket", "server_listen_socket_drops"),
+            ("the server's relay sockets", "server_relay_socket_drops"),
+            ("the generator's sockets", "generator_socket_drops"),
+        ):
+            if fail.get(key):
+                where.append(f"{fail[key]:,} on {label}")
+        lossy = ", ".join(
+            f"{direction} {d['loss_pct']:.2f}%" for direction, d in fail["directions"].items()
+        )
+        add(
+            f"- {name} lost more than {data['plan']['loss_limit_pct']}% at "
+            f"{fail['streams']:,} streams (loss by direction: {lossy}; 'out' = client -> "
+            f"peer, 'in' = peer -> client). Kernel receive-queue drops: "
+            f"{'; '.join(where) or 'none (lost inside the server or on send)'}. Its CPU "
+            f"there: {fail['server_cpu_pct']}% of one core, while other processes used "
+            f"{fail.get('background_cpu_pct', '?')}% of the machine."
+        )
+    steps = [
+        s
+        for name in (OURS, THEIRS)
+        for s in _get(data, name, "streams", "steps") or []
+        if "background_cpu_pct" in s
+    ]
+    if steps:
+        background = sorted(s["background_cpu_pct"] for s in steps)
+        add(
+            f"- The machine was not quiet: during the load steps, processes other than the "
+            f"server and the generator used {background[0]:.0f}-{background[-1]:.0f}% "
+            f"(median {background[len(background) // 2]:.0f}%) of its "
+            f"{data['environment']['cpus']} CPUs. A server that does not get the CPU in time "
+            "overflows its socket queues, so the stream counts above are what each server "
+            "sustained with the CPU share it could get, far below what it would do alone. "
+            "Both servers met the same conditions (they took turns at every step), so the "
+            "ratios mean more than the absolute figures; CPU per relayed packet and memory "
+            "per allocation are the figures least moved by the background load."
+        )
+    for name in (OURS, THEIRS):
+        runs = _get(data, name, "allocation", "runs") or []
+        for window in sorted({r["window"] for r in runs}):
+            rates = sorted(r["allocations_per_s"] for r in runs if r["window"] == window)
+            if len(rates) > 1:
+                add(
+                    f"- {name} allocation runs with {window} in flight ranged "
+                    f"{rates[0]:,.0f}-{rates[-1]:,.0f}/s: run-to-run noise on this machine; "
+                    "the summary takes the best run of each server."
+                )
+    add(
+        "- Latency tails (p99, p99.9) are mostly scheduling delay on a loaded 2-CPU VM (a "
+        "process that is runnable but not running), for the generator as much as for the "
+        "server; p50 is the better measure of the servers' own per-packet cost."
+    )
+    threads = data["environment"].get("coturn_threads")
+    add(
+        f"- coturn runs {threads or 'several'} threads and can use both CPUs; icerelay is one "
+        "Python process (asyncio with uvloop) and can use at most one."
+    )
+    add(
+        "- icerelay keeps its safe defaults where they do not bind: per-allocation bandwidth "
+        "quota (about 8 Mbit/s; a stream here is 0.14 Mbit/s), permission/channel quotas, "
+        "per-source rate limit on unauthenticated requests (every client has its own source "
+        "address). Its per-user and total allocation quotas are raised to match coturn's "
+        "user-quota=0/total-quota=0."
+    )
+    add("")
+    return lines
+
+
 def render(data: Result) -> str:
     plan, env = data["plan"], data["environment"]
     out: list[str] = []
@@ -136,6 +221,7 @@ def render(data: Result) -> str:
             add(f"- {name}: stepping stopped because: {stop}.")
     add("")
 
+    out.extend(_findings(data))
     add("## Setup\n")
     add(
         f"- Machine: {env['cpus']} CPUs ({env['cpu_model']}), {env['kernel']}, {env['machine']}. "
