@@ -142,14 +142,13 @@ class _Check:
 
     generation: _Generation
     pair: CandidatePair
-    transaction: ClientTransaction | None
+    transaction: ClientTransaction
     sent_at: float
     controlling: bool
     use_candidate: bool
     priority: int
     consent: bool = False
     cancelled: bool = False
-    expires: float = 0.0
 
 
 class Agent:
@@ -385,12 +384,9 @@ class Agent:
         if self._closed:
             return min(timers, default=None)
         for check in self._checks.values():
-            if check.transaction is not None and not check.transaction.done:
-                timer = check.transaction.next_timer()
-                if timer is not None:
-                    timers.append(timer)
-            elif check.consent:
-                timers.append(check.expires)
+            timer = check.transaction.next_timer()
+            if timer is not None:
+                timers.append(timer)
         generation = self._generation
         if self._can_check() and self._has_check_to_send():
             timers.append(self._next_check_at)
@@ -406,15 +402,11 @@ class Agent:
             return
         for transaction_id, check in list(self._checks.items()):
             transaction = check.transaction
-            if transaction is None:
-                if check.consent and check.expires <= now:
-                    del self._checks[transaction_id]
-                continue
             transaction.handle_timer(now)
             retransmissions = transaction.datagrams_to_send(now)
             if not check.cancelled:
                 for data in retransmissions:
-                    self.checks_sent += 1
+                    self.checks_sent += 0 if check.consent else 1
                     self._transmit(check.pair, data, now)
             if transaction.done:
                 del self._checks[transaction_id]
@@ -576,8 +568,7 @@ class Agent:
         success = response.message_class == MessageClass.SUCCESS_RESPONSE
         if success and not response.check_integrity(generation.remote_key):
             return  # not from the peer (or corrupted): keep waiting for the real answer
-        if check.transaction is not None:
-            check.transaction.receive(response)
+        check.transaction.receive(response)
         self._checks.pop(response.transaction_id, None)
         pair = check.pair
         if check.consent:
@@ -680,10 +671,22 @@ class Agent:
         if check.consent:
             return
         pair = check.pair
+        checklist = check.generation.checklist
+        if pair.state is PairState.SUCCEEDED and any(
+            valid.generating is pair
+            and valid.last_consent is not None
+            and valid.last_consent > check.sent_at
+            for valid in checklist.valid
+        ):
+            # The nomination check went unanswered, but consent answers prove the path works:
+            # only that check was unlucky (a lossy path). Nominate again rather than fail.
+            pair.use_candidate = True
+            checklist.trigger(pair)
+            self._pace(now)
+            return
         if pair.state is PairState.SUCCEEDED:
             # The nomination check of a valid pair went unanswered: that path is gone.
             pair.use_candidate = False
-            checklist = check.generation.checklist
             checklist.valid = [v for v in checklist.valid if v.generating is not pair]
         self._fail_pair(check.generation, pair, now)
 
@@ -789,11 +792,16 @@ class Agent:
             generation.selected.pop(component, None)
             generation.announced.pop(component, None)
         elif generation.announced.get(component) != (target, target.nominated):
+            previous = generation.selected.get(component)
             generation.selected[component] = target
             generation.announced[component] = (target, target.nominated)
-            if target.last_consent is None:
+            if target is not previous:
+                # A valid pair that was not in use had no consent requests: its last answer may
+                # be old. It starts fresh, and is asked for consent right away.
                 target.last_consent = now
-            self._consent_at.setdefault(component, now + self._consent_interval())
+                self._consent_at[component] = (
+                    now if previous is not None else (now + self._consent_interval())
+                )
             if target.nominated and target.local.type is CandidateType.RELAYED:
                 provider = self.gatherer.relay_for(target.local.address)
                 if provider is not None:
@@ -895,6 +903,8 @@ class Agent:
                 if now - last >= self.config.consent_timeout:
                     # RFC 7675 section 5.1: consent expired; stop sending, ICE has failed.
                     self._consent_lost = True
+                    # Not even a retransmission may leave once consent is gone.
+                    self._checks = {k: c for k, c in self._checks.items() if not c.consent}
                     self._set_state(ConnectionState.FAILED)
                     return
                 deadline = self._consent_at.get(component)
@@ -920,19 +930,16 @@ class Agent:
     def _send_consent(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
         priority = self._prflx_priority(pair.local)
         data = self._binding_request(generation, priority, False)
-        transaction_id = data[8:20]
-        self._checks[transaction_id] = _Check(
-            generation,
-            pair,
-            None,
-            now,
-            self.controlling,
-            False,
-            priority,
-            consent=True,
-            expires=now + self.config.consent_timeout,
+        # Retransmitted like a check, a few times: on a lossy path one lost request or answer
+        # must not cost the consent of a working path (RFC 7675 counts any answer).
+        transaction = ClientTransaction(
+            data, now=now, rto=self.config.check_rto, rc=self.config.consent_rc
         )
-        self._transmit(pair, data, now)
+        self._checks[transaction.transaction_id] = _Check(
+            generation, pair, transaction, now, self.controlling, False, priority, consent=True
+        )
+        for request in transaction.datagrams_to_send(now):
+            self._transmit(pair, request, now)
 
     # --- state ----------------------------------------------------------------------------
 
@@ -1063,12 +1070,12 @@ class Agent:
         return None
 
     def _local_base(self, address: TransportAddress) -> Candidate | None:
-        """The host or relayed candidate that owns a local address."""
+        """The host or relayed candidate whose base is a local address (a socket, or a relayed
+        address); for host candidates advertised at a 1:1 NAT address, their socket."""
         for candidate in self.gatherer.candidates:
-            if candidate.address == address and candidate.type in (
-                CandidateType.HOST,
-                CandidateType.RELAYED,
-            ):
+            if candidate.type is CandidateType.HOST and candidate.base == address:
+                return candidate
+            if candidate.type is CandidateType.RELAYED and candidate.address == address:
                 return candidate
         return None
 

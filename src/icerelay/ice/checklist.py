@@ -226,14 +226,25 @@ def set_initial_states(checklists: Sequence[CheckList]) -> None:
 def state_for_new_pair(pair: CandidatePair, checklists: Sequence[CheckList]) -> PairState:
     """The state of a pair formed after checks started (trickle ICE, RFC 8838 section 10).
 
-    Waiting when no pair with the same foundation is already Waiting or In-Progress, or when one
-    with that foundation has already Succeeded; Frozen otherwise, to wait for that one's result.
+    Waiting when one with that foundation has already Succeeded, or when no pair with the same
+    foundation and the same or a lower component ID is Waiting or In-Progress; Frozen otherwise,
+    to wait for that one's result.
+
+    Why the component matters: candidates trickle in a different order on each side, so one
+    agent may be checking RTP's pair of a foundation while the other checks RTCP's. Behind
+    port-restricted NATs each check is then filtered by the NAT of the agent that froze that
+    pair, and both wait for a timeout (about 40 s). Letting the lowest component of a foundation
+    always go first, as the initial states of section 6.1.2.6 do, makes both agents pick the same
+    pair whatever the arrival order.
     """
     foundation = pair.foundation
     others = [p for p in _pairs(checklists) if p is not pair and p.foundation == foundation]
     if any(p.state is PairState.SUCCEEDED for p in others):
         return PairState.WAITING
-    if any(p.state in (PairState.WAITING, PairState.IN_PROGRESS) for p in others):
+    if any(
+        p.state in (PairState.WAITING, PairState.IN_PROGRESS) and p.component <= pair.component
+        for p in others
+    ):
         return PairState.FROZEN
     return PairState.WAITING
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from icerelay.errors import ConfigError
@@ -44,8 +45,11 @@ class AgentConfig:
     """STUN servers answer at once or not at all: a short RTO finds the mapping sooner on a
     lossy link."""
 
-    gather_rc: int = 4
-    """Requests per STUN server before giving up (0.25+0.5+1 s, then Rm waits): about 5 s."""
+    gather_rc: int = 6
+    """Requests per STUN server (at 0, 0.25, 0.75, 1.75, 3.75, 7.75 s; given up at 11.75 s).
+    Candidates are used the moment they arrive, so a long tail costs nothing but a later
+    end-of-candidates, while giving up early loses the srflx candidate on a lossy link (and with
+    it, behind port-restricted NATs, the whole component)."""
 
     nomination_wait: float = 0.25
     """How long the controlling agent waits for a better pair before nominating the best valid
@@ -54,6 +58,10 @@ class AgentConfig:
 
     consent_interval: float = 5.0
     """RFC 7675 section 5.1: consent requests every 5 s, randomized to 0.8-1.2 times that."""
+
+    consent_rc: int = 4
+    """Sends per consent request (retransmitted at the check RTO: 0, 0.5, 1.5, 3.5 s), so that
+    consent survives a lossy path; the next request starts a new transaction anyway."""
 
     consent_timeout: float = 30.0
     """RFC 7675 section 5.1: consent expires 30 s after the last response: the agent fails."""
@@ -78,6 +86,16 @@ class AgentConfig:
 
     software: str | None = None
     """SOFTWARE attribute for checks, if any."""
+
+    host_mappings: tuple[tuple[str, str, bool], ...] = ()
+    """1:1 NAT (Asterisk's ``[ice_host_candidates]``): ``(local IP, advertised IP,
+    include_local)``. A host socket on the local IP is advertised as a host candidate at the
+    advertised IP (same port, same base); the plain local candidate is kept only with
+    ``include_local``."""
+
+    stun_base_allowed: Callable[[str], bool] | None = None
+    """Which host addresses may send STUN Binding requests to gather server-reflexive candidates
+    (Asterisk's ``stun_deny``/``stun_permit``); None allows all. Host candidates stay either way."""
 
     def __post_init__(self) -> None:
         if self.ta < 0.005:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from icerelay.errors import IceError
 from icerelay.ice.candidate import (
@@ -97,7 +97,12 @@ class Gatherer:
         self.host_only = host_only
         self._relay_factory: RelayFactory = relay_factory or (
             lambda server, base: TurnRelay(
-                server, base, software=config.software, rng=rng, rc=config.gather_rc
+                server,
+                base,
+                software=config.software,
+                rng=rng,
+                rto=config.gather_rto,
+                rc=config.gather_rc,
             )
         )
         self.candidates: list[Candidate] = []
@@ -127,8 +132,14 @@ class Gatherer:
                 host = make_local_candidate(
                     CandidateType.HOST, base, base, component, local_preference=preference
                 )
-                self._add(host)
-                if self.host_only:
+                mapped = [m for m in self.config.host_mappings if m[0] == base[0]]
+                for _, advertised, _ in mapped:
+                    # 1:1 NAT: the same socket, announced at the public address.
+                    self._add(replace(host, host=advertised))
+                if not mapped or any(include_local for _, _, include_local in mapped):
+                    self._add(host)
+                allowed = self.config.stun_base_allowed
+                if self.host_only or (allowed is not None and not allowed(base[0])):
                     continue
                 for server in self.config.stun_servers:
                     if address_family(server[0]) == address_family(base[0]):

@@ -113,7 +113,8 @@ class TurnRelay:
         *,
         software: str | None,
         rng: random.Random | None = None,
-        rc: int = 4,
+        rto: float = 0.5,
+        rc: int = 7,
     ) -> None:
         self._base = base
         self.allocation = Allocation(
@@ -124,6 +125,7 @@ class TurnRelay:
             # ICE tries many remote candidates through the relay: a channel for each would waste
             # the server's channels. One channel, for the selected pair, is bound in prefer().
             channel_threshold=0,
+            rto=rto,
             rc=rc,
             rng=rng,
         )

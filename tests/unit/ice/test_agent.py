@@ -413,8 +413,8 @@ def test_srflx_candidates_arrive_as_stun_answers_and_dead_servers_only_delay_com
         now = timer
         agent.handle_timer(now)
     assert any(isinstance(e, GatheringComplete) for e in events(agent))
-    # RTO 0.25 s, 4 requests, then Rm (16) x RTO: the dead server costs 5.75 s at most.
-    assert now == pytest.approx(5.75)
+    # RTO 0.25 s, 6 requests, then Rm (16) x RTO: the dead server costs 11.75 s at most.
+    assert now == pytest.approx(11.75)
 
 
 def test_lite_agent_never_checks_and_selects_the_nominated_pair() -> None:
@@ -455,3 +455,29 @@ def test_rtcp_candidates_are_ignored_with_rtcp_mux() -> None:
     agent.set_remote_credentials(PEER_UFRAG, PEER_PWD, 0.0)
     agent.add_remote_candidate(remote(("192.0.2.2", 6001), component=2), 0.0)
     assert agent.remote_candidates == []
+
+
+@pytest.mark.parametrize("include_local", [False, True])
+def test_one_to_one_nat_host_mapping(include_local: bool) -> None:
+    config = AgentConfig(host_mappings=(("10.0.0.5", "198.51.100.50", include_local),))
+    agent = Agent(controlling=False, config=config, rng=random.Random(1))
+    local = ("10.0.0.5", 5000)
+    agent.gather({1: [local]}, 0.0)
+    gathered = [e.candidate for e in events(agent) if isinstance(e, CandidateGathered)]
+    expected = [("198.51.100.50", 5000)] + ([local] if include_local else [])
+    assert [c.address for c in gathered] == expected
+    assert all(c.type is CandidateType.HOST and c.base == local for c in gathered)
+    # A check to the socket is answered as usual: the socket is the base of the advertised one.
+    agent.receive(peer_check(agent, controlling=5), PEER, local, 0.1)
+    response = stun_out(agent, 0.1)[0][0]
+    assert response.message_class == MessageClass.SUCCESS_RESPONSE
+
+
+def test_stun_acl_limits_which_bases_gather_srflx() -> None:
+    server = ("198.51.100.1", 3478)
+    config = AgentConfig(stun_servers=(server,), stun_base_allowed=lambda ip: ip != "10.0.0.9")
+    agent = Agent(controlling=True, config=config, rng=random.Random(1))
+    agent.gather({1: [("10.0.0.8", 5000), ("10.0.0.9", 5000)]}, 0.0)
+    sources = [d.source for d in agent.datagrams_to_send(0.0)]
+    assert sources == [("10.0.0.8", 5000)]
+    assert len(agent.local_candidates) == 2
