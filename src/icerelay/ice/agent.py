@@ -207,6 +207,8 @@ class Agent:
         self._now = 0.0
         self.checks_sent = 0
         """Connectivity-check requests put on the wire, retransmissions included."""
+        self.data_dropped = 0
+        """Non-STUN datagrams dropped because they came from an unknown address."""
 
     # --- properties -------------------------------------------------------------------------
 
@@ -432,8 +434,14 @@ class Agent:
         """A datagram for one of our candidates' bases (host socket or relayed address)."""
         if not is_stun(data):
             local = self._local_base(destination)
-            if local is not None and not self._closed:
-                self._events.append(DataReceived(local.component, bytes(data), source))
+            if local is None or self._closed:
+                return
+            if not self._known_remote(source):
+                # Media only from addresses the peer signalled or checked from: anything else
+                # is someone spraying the port (RTP injection), not the peer.
+                self.data_dropped += 1
+                return
+            self._events.append(DataReceived(local.component, bytes(data), source))
             return
         message = _decode(data)
         if message is None:
@@ -1068,6 +1076,14 @@ class Agent:
             if candidate.address == address and candidate.component == component:
                 return candidate
         return None
+
+    def _known_remote(self, address: TransportAddress) -> bool:
+        return any(
+            candidate.address == address
+            for generation in (self._generation, self._previous)
+            if generation is not None
+            for candidate in generation.remote_candidates
+        )
 
     def _local_base(self, address: TransportAddress) -> Candidate | None:
         """The host or relayed candidate whose base is a local address (a socket, or a relayed
