@@ -326,6 +326,7 @@ def test_kamailio_call_through_the_relay(tools: tuple[str, str], workdir: Path) 
         ng_listen=(HOST, ng_port),
         ng_tcp=False,
         mediaproxy_socket="",
+        accounting="",
         port_min=relay_first,
         port_max=relay_first + 59,
         delete_delay=0.2,

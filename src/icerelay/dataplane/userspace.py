@@ -24,8 +24,14 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from icerelay.aio.addresses import bound_socket
-from icerelay.errors import RelayError, StunError
-from icerelay.relay.forwarding import Forwarding, ForwardingCounters, Leg, LegCounters
+from icerelay.errors import StunError
+from icerelay.relay.forwarding import (
+    Forwarding,
+    ForwardingCounters,
+    Leg,
+    LegCounters,
+    PortUnavailable,
+)
 from icerelay.stun import (
     Address,
     AttributeType,
@@ -285,7 +291,9 @@ class UserspaceDataPlane:
             try:
                 sock = bound_socket(address, socket.SOCK_DGRAM)
             except OSError as error:
-                raise RelayError(f"cannot bind relay port {address}: {error.strerror}") from None
+                raise PortUnavailable(
+                    f"cannot bind relay port {address}: {error.strerror}", local.port
+                ) from None
             protocol = _Socket(stream, side, component)
             state.sockets[component] = protocol
             try:

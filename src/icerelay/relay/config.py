@@ -9,6 +9,7 @@ Example (TOML)::
     enabled = true
     ng_listen = "127.0.0.1:2223"        # rtpengine's ng protocol, UDP and TCP
     mediaproxy_socket = "/run/mediaproxy/dispatcher.sock"   # OpenSIPS mediaproxy module
+    accounting = "sqlite:///var/lib/icerelay/sessions.sqlite3"
     address_ipv4 = "192.0.2.10"          # where relay ports are bound
     advertised_ipv4 = "203.0.113.10"     # what SDP names, when behind a 1:1 NAT
     port_min = 16384
@@ -79,6 +80,9 @@ class RelayServiceConfig(BaseModel):
     #: looks unless configured otherwise. Empty disables it. Without the rights to create it the
     #: relay runs on without it (a warning is logged).
     mediaproxy_socket: str = "/run/mediaproxy/dispatcher.sock"
+    #: Where session records go: ``sqlite:///PATH`` (or a plain path); empty: log only. Without
+    #: the rights to create the database the relay runs on and logs the records.
+    accounting: str = "sqlite:///var/lib/icerelay/sessions.sqlite3"
     #: Replies kept for retransmitted ng requests.
     ng_cache_size: int = Field(default=10_000, ge=1)
     ng_cache_ttl: float = Field(default=30.0, gt=0)

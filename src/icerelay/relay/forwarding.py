@@ -9,10 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from icerelay.errors import RelayError
 from icerelay.sdp import IceCredentials
 from icerelay.stun import Address
 
-__all__ = ["Forwarding", "ForwardingCounters", "Leg", "LegCounters"]
+__all__ = ["Forwarding", "ForwardingCounters", "Leg", "LegCounters", "PortUnavailable"]
+
+
+class PortUnavailable(RelayError):
+    """A data plane could not open a relay port (another program holds it).
+
+    :attr:`port` is the RTP port of the leg (the even port of its pair), so the owner of the
+    port pool can take that pair out of circulation.
+    """
+
+    def __init__(self, message: str, port: int) -> None:
+        super().__init__(message)
+        self.port = port
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,10 @@ from icerelay.control.ng_handler import NgHandler
 from icerelay.dataplane import DataPlane
 from icerelay.dataplane.userspace import UserspaceDataPlane
 from icerelay.errors import ControlError, RelayError
+from icerelay.relay.accounting import SqliteAccounting, open_accounting
 from icerelay.relay.config import RelayServiceConfig
-from icerelay.relay.ports import PortPool
+from icerelay.relay.forwarding import PortUnavailable
+from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.sessions import (
     ForwardingInstalled,
     ForwardingRemoved,
@@ -44,6 +46,7 @@ from icerelay.relay.sessions import (
     SessionEngine,
     SessionRecord,
     StreamEnded,
+    TerminationReason,
 )
 from icerelay.stun import Address
 
@@ -53,6 +56,12 @@ logger = logging.getLogger("icerelay.relay")
 
 #: Receives each session's accounting record when it ends (with wall-clock times).
 RecordSink = Callable[[SessionRecord], None]
+
+# Offers of new calls whose ports turn out to be taken by another program are retried this often.
+_BIND_ATTEMPTS = 3
+
+# Seconds a pair found held by another program stays out of circulation.
+_QUARANTINE = 300.0
 
 # A queued unit of work: the protocol ("ng" or "mediaproxy"), a control message and how to answer
 # it (None: nothing to answer), or a timer tick (None).
@@ -87,6 +96,7 @@ class RelayService:
         self.handler = NgHandler(self.engine, self.protocol.counters)
         self.mediaproxy = MediaproxyHandler(self.engine)
         self._records = records
+        self.accounting: SqliteAccounting | None = None
         self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.Server | None = None
         self._unix: asyncio.Server | None = None
@@ -98,6 +108,10 @@ class RelayService:
         self._wall_offset = 0.0
         #: Forwardings the data plane refused (port already bound by someone else, ...).
         self.install_failures = 0
+        #: Pairs found held by another program, kept out of the pool until the time given.
+        self._quarantined: dict[PortPair, float] = {}
+        self._held: set[PortPair] = set()
+        self.ports_quarantined = 0
 
     @property
     def ng_address(self) -> Address:
@@ -129,6 +143,11 @@ class RelayService:
             raise
         if self.config.mediaproxy_socket:
             await self._open_mediaproxy(Path(self.config.mediaproxy_socket))
+        try:
+            self.accounting = open_accounting(self.config.accounting)
+        except RelayError as error:
+            # Without a writable store the relay still relays; records go to the log only.
+            logger.warning("relay.accounting_disabled", extra={"reason": str(error)})
         self._tasks = [
             asyncio.create_task(self._worker(), name="relay-worker"),
             asyncio.create_task(self._timer(), name="relay-timer"),
@@ -139,6 +158,7 @@ class RelayService:
                 "ng": str(self.ng_address),
                 "ports": f"{self.config.port_min}-{self.config.port_max}",
                 "mediaproxy": str(self._unix_path or ""),
+                "accounting": str(self.accounting.path) if self.accounting else "",
             },
         )
 
@@ -182,8 +202,13 @@ class RelayService:
         self._tcp_clients.clear()
         loop = asyncio.get_running_loop()
         self.engine.shutdown(loop.time())
-        await self._apply_events()
+        await self._apply_events(ignore_errors=True)
+        self._release_quarantine(loop.time(), everything=True)
         await self.dataplane.close()
+        if self.accounting is not None:
+            # Waits for the queued records: a graceful stop loses none.
+            await asyncio.to_thread(self.accounting.close)
+            self.accounting = None
 
     # -- control input ------------------------------------------------------------------------
 
@@ -291,18 +316,56 @@ class RelayService:
             if outcome.reason is not None:
                 logger.info("relay.ng_rejected", extra={"reason": outcome.reason})
             return outcome.data
+        self._release_quarantine(now)
         command = outcome.command
-        result = self.handler.handle(command, now)
-        try:
-            await self._apply_events()
-        except RelayError as error:
-            if isinstance(command, Offer | Answer):
-                # Media for this call cannot flow: say so instead of handing out dead ports.
+        fresh = isinstance(command, Offer) and not self.engine.has_call(command.call_id)
+        for attempt in range(_BIND_ATTEMPTS):
+            result = self.handler.handle(command, now)
+            try:
+                await self._apply_events()
+                break
+            except RelayError as error:
+                if isinstance(error, PortUnavailable):
+                    self._quarantine(error.port, now)
+                if not isinstance(command, Offer | Answer):
+                    break
+                # Media for this call cannot flow: end it instead of handing out dead ports.
                 with contextlib.suppress(RelayError):
-                    self.engine.delete(command.call_id, now, from_tag=command.from_tag, delay=0)
+                    self.engine.delete(
+                        command.call_id,
+                        now,
+                        from_tag=command.from_tag,
+                        delay=0,
+                        reason=TerminationReason.RELAY_FAILURE,
+                    )
                 await self._apply_events(ignore_errors=True)
+                self._release_quarantine(now)
                 result = error_reply(str(error))
+                # A port of the range held by another program: a new call simply tries other
+                # (random) ports; an existing call cannot be replayed, so it fails.
+                if not fresh:
+                    break
+                logger.info("relay.retry_ports", extra={"attempt": attempt + 1})
         return self.protocol.reply(outcome, result, now)
+
+    def _quarantine(self, port: int, now: float) -> None:
+        """Keep a pair another program holds out of circulation for a while."""
+        pair = PortPair(port - (port & 1))
+        self._quarantined[pair] = now + _QUARANTINE
+        self.ports_quarantined += 1
+
+    def _release_quarantine(self, now: float, *, everything: bool = False) -> None:
+        """Take quarantined pairs out of the pool, and give back those whose time is up."""
+        for pair, until in list(self._quarantined.items()):
+            if until <= now or everything:
+                del self._quarantined[pair]
+                if pair in self._held:
+                    self._held.discard(pair)
+                    self.pool.release(pair)
+            elif pair not in self._held and not self.pool.is_allocated(pair):
+                # The failed call gave the pair back when it ended; hold it now.
+                self.pool.reserve(pair)
+                self._held.add(pair)
 
     async def _mediaproxy_request(self, data: bytes) -> bytes:
         now = asyncio.get_running_loop().time()
@@ -366,6 +429,8 @@ class RelayService:
                 ),
             },
         )
+        if self.accounting is not None:
+            self.accounting.write(record)
         if self._records is not None:
             try:
                 self._records(record)

@@ -73,6 +73,8 @@ class TerminationReason(StrEnum):
     OFFER_TIMEOUT = "offer-timeout"
     MAX_DURATION = "max-duration"
     SHUTDOWN = "shutdown"
+    #: The relay could not open the ports it had allocated (the data plane refused them).
+    RELAY_FAILURE = "relay-failure"
 
 
 class StreamEndReason(StrEnum):
@@ -363,11 +365,13 @@ class SessionEngine:
         to_tag: str | None = None,
         via_branch: str | None = None,
         delay: float | None = None,
+        reason: TerminationReason = TerminationReason.DELETED,
     ) -> list[SessionSummary]:
         """End the matching sessions after ``delay`` seconds (None: the configured default).
 
         Without tags every session of the call matches. Returns a summary of each matched
-        session as it is now; RelayError if nothing matches.
+        session as it is now; RelayError if nothing matches. ``reason`` is what the record
+        says when the session ends right away (``delay`` 0).
         """
         matched = [
             session
@@ -381,7 +385,7 @@ class SessionEngine:
         for session in matched:
             session.last_signal = now
             if wait <= 0:
-                self._end(session, TerminationReason.DELETED, now)
+                self._end(session, reason, now)
             else:
                 deadline = now + wait
                 if session.delete_at is None or deadline < session.delete_at:
@@ -416,6 +420,10 @@ class SessionEngine:
             if answerer == tag or (answerer is None and session.tags[session.pending] != tag):
                 return True
         return False
+
+    def has_call(self, call_id: str) -> bool:
+        """True if the engine has a live session of ``call_id``."""
+        return call_id in self._calls
 
     def call_ids(self, limit: int | None = None) -> list[str]:
         """Call-IDs of live calls, oldest first, at most ``limit``."""

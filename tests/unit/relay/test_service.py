@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from tests.support.ports import free_ports
 
 from icerelay import bencode
 from icerelay.relay.config import RelayServiceConfig
@@ -31,13 +32,19 @@ def rtp(seq: int) -> bytes:
 
 
 def config(**overrides: object) -> RelayServiceConfig:
-    start = random.randrange(20000, 28000, 2)
-    return RelayServiceConfig(
-        ng_listen=(HOST, 0),
-        port_min=start,
-        port_max=start + 199,
-        **overrides,  # type: ignore[arg-type]
-    )
+    # A block of ports nobody holds right now (other test suites bind ports in 10000-29999 too).
+    start = free_ports(201, kinds=("udp",), consecutive=True)[0]
+    start += start & 1
+    settings: dict[str, object] = {
+        "ng_listen": (HOST, 0),
+        "port_min": start,
+        "port_max": start + 199,
+        # Not the system-wide default paths: tests must not touch /run or /var/lib.
+        "mediaproxy_socket": "",
+        "accounting": "",
+    }
+    settings.update(overrides)
+    return RelayServiceConfig(**settings)  # type: ignore[arg-type]
 
 
 class NgClient:
@@ -297,5 +304,81 @@ def test_mediaproxy_socket_without_rights_is_skipped(tmp_path: Path) -> None:
             client.sock.close()
         finally:
             await service.stop()
+
+    run(main)
+
+
+def test_records_are_stored_in_sqlite(tmp_path: Path) -> None:
+    database = tmp_path / "db" / "sessions.sqlite3"
+
+    async def main() -> None:
+        service = RelayService(config(accounting=f"sqlite://{database}"))
+        await service.start()
+        client = NgClient(service.ng_address)
+        try:
+            for index in range(3):
+                for command, extra in (("offer", {}), ("answer", {"to-tag": "b"})):
+                    reply = await client.request(
+                        {
+                            "command": command,
+                            "call-id": f"db{index}",
+                            "from-tag": "a",
+                            "sdp": sdp_for(4000 + 2 * index),
+                            **extra,
+                        }
+                    )
+                    assert reply[b"result"] == b"ok"
+            await client.request({"command": "delete", "call-id": "db0", "delete delay": 0})
+        finally:
+            client.sock.close()
+            await service.stop()  # the other two end with "shutdown" and must be stored too
+
+    run(main)
+    import sqlite3
+
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute(
+            "SELECT call_id, reason, to_tag FROM sessions ORDER BY call_id"
+        ).fetchall()
+        assert rows == [("db0", "deleted", "b"), ("db1", "shutdown", "b"), ("db2", "shutdown", "b")]
+        streams = connection.execute(
+            "SELECT media, codec, caller_address, packets_from_caller FROM streams"
+            " JOIN sessions ON sessions.id = streams.session_id WHERE call_id = 'db1'"
+        ).fetchall()
+        assert streams == [("audio", "PCMA", f"{HOST}:4002", 0)]
+
+
+def test_ports_held_by_another_program_are_avoided() -> None:
+    async def main() -> None:
+        settings = config()
+        # A range of three pairs, one of which another program holds (its RTCP port).
+        small = settings.model_copy(update={"port_max": settings.port_min + 5})
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        blocker.bind((HOST, small.port_min + 3))
+        service = RelayService(small)
+        await service.start()
+        client = NgClient(service.ng_address)
+        try:
+            # Two pairs per call: one of the three is taken, so any attempt may hit it; with
+            # quarantine the retry cannot, and the call gets the two free pairs.
+            for attempt in range(3):
+                reply = await client.request(
+                    {
+                        "command": "offer",
+                        "call-id": f"q{attempt}",
+                        "from-tag": "a",
+                        "sdp": sdp_for(4000),
+                    }
+                )
+                assert reply[b"result"] == b"ok", reply
+                await client.request(
+                    {"command": "delete", "call-id": f"q{attempt}", "delete delay": 0}
+                )
+            assert service.pool.in_use in (0, 1)  # the quarantined pair, if it was ever picked
+        finally:
+            client.sock.close()
+            await service.stop()
+            blocker.close()
+        assert service.pool.in_use == 0
 
     run(main)
