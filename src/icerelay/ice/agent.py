@@ -223,6 +223,14 @@ class Agent:
         return self._generation.local_pwd
 
     @property
+    def remote_credentials(self) -> tuple[str, str] | None:
+        """The peer's (ice-ufrag, ice-pwd) for the current generation, once known."""
+        generation = self._generation
+        if generation.remote_ufrag is None or generation.remote_pwd is None:
+            return None
+        return (generation.remote_ufrag, generation.remote_pwd)
+
+    @property
     def state(self) -> ConnectionState:
         return self._state
 
