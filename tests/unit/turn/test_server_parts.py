@@ -199,3 +199,22 @@ def test_config_defaults_and_validation() -> None:
     ):
         with pytest.raises((ValidationError, ConfigError)):
             TurnServerConfig.model_validate(bad)
+
+
+def test_worker_share_slices_the_relay_range_and_divides_quotas() -> None:
+    config = TurnServerConfig(
+        workers=3,
+        relay_port_min=20000,
+        relay_port_max=20999,
+        quotas={"allocations_per_user": 10, "total_allocations": 100},
+        unauthenticated_rate=30,
+        unauthenticated_burst=60,
+    )
+    shares = [config.worker_share(index) for index in range(3)]
+    ranges = [(s.relay_port_min, s.relay_port_max) for s in shares]
+    assert ranges == [(20000, 20331), (20332, 20663), (20664, 20999)]
+    assert all(low % 2 == 0 for low, _ in ranges)
+    assert [s.quotas.allocations_per_user for s in shares] == [4, 4, 4]
+    assert shares[0].quotas.total_allocations == 34
+    assert shares[0].unauthenticated_rate == 10 and shares[0].workers == 1
+    assert TurnServerConfig().worker_share(0) == TurnServerConfig()

@@ -196,3 +196,50 @@ def test_start_refuses_an_ephemeral_overlap_and_missing_credentials(tmp_path: Pa
         asyncio.run(scenario(_config(users={})))
     with pytest.raises(ConfigError, match="relay address"):
         asyncio.run(scenario(_config(listen=["0.0.0.0:0"])))
+
+
+def test_two_workers_share_the_load_and_drain_together() -> None:
+    async def scenario() -> None:
+        service = TurnService(_config(workers=2))
+        await service.start()
+        try:
+            assert len(service._workers) == 1
+            server = service.listen_udp[0]
+            results = await asyncio.gather(
+                *(asyncio.to_thread(_allocate_blocking, server) for _ in range(12))
+            )
+            assert all(_error(response) is None for _, response, _ in results)
+            relayed = {
+                (r.host, r.port)
+                for _, response, _ in results
+                if (r := response.get(A.XOR_RELAYED_ADDRESS)) is not None
+            }
+            assert len(relayed) == 12
+            # The kernel spread the clients: this process holds only some of them.
+            assert 0 < len(service.engine.allocations) < 12
+            for sock, _, _ in results:
+                sock.close()
+            service.drain()
+            with pytest.raises(TimeoutError):
+                # Allocations are still alive in both workers: not drained yet.
+                await asyncio.wait_for(asyncio.shield(service.wait_drained()), 0.3)
+        finally:
+            await service.stop()
+        assert not service._workers
+
+    asyncio.run(scenario())
+
+
+def test_drain_with_workers_ends_when_every_worker_is_empty() -> None:
+    async def scenario() -> None:
+        service = TurnService(_config(workers=2))
+        await service.start()
+        try:
+            worker = service._workers[0]
+            service.drain()
+            await asyncio.wait_for(service.wait_drained(), 10)
+            assert worker.returncode == 0
+        finally:
+            await service.stop()
+
+    asyncio.run(scenario())

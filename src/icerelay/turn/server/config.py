@@ -152,6 +152,12 @@ class TurnServerConfig(BaseModel):
     """Accept RFC 5766's channel numbers 0x4000-0x7FFF, not only RFC 8656's 0x4000-0x4FFF.
     Deployed clients (libwebrtc, coturn's own tools) still pick numbers up to 0x7FFF; turn
     this off on a server that multiplexes with something that uses 0x50-0x7F first bytes."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Processes serving TURN. With more than one, every worker listens on the same addresses
+    (SO_REUSEPORT: the kernel keeps each client on one worker) and gets an equal slice of the
+    relay port range; quotas and the unauthenticated rate are divided among the workers (each
+    enforces its share), so a user may be refused slightly before the configured total when its
+    clients are unevenly spread."""
     tcp_idle_timeout: float = Field(default=300.0, gt=0)
     """Seconds a TCP/TLS connection without an allocation may stay open."""
     max_tcp_connections: int = Field(default=4096, ge=1)
@@ -164,6 +170,8 @@ class TurnServerConfig(BaseModel):
             raise ValueError("max_lifetime is below default_lifetime")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        if self.relay_port_max - self.relay_port_min + 1 < 2 * self.workers:
+            raise ValueError("relay port range too small for the number of workers")
         if self.tls_listen and self.tls_cert is None:
             raise ValueError("tls_listen needs tls_cert and tls_key")
         parse_networks(self.allow_peers)
@@ -196,6 +204,36 @@ class TurnServerConfig(BaseModel):
             if address.version == family and not address.is_unspecified:
                 return host
         return None
+
+    def worker_share(self, index: int) -> TurnServerConfig:
+        """The configuration worker *index* (of ``workers``) enforces: its slice of the relay
+        range (even-aligned, so EVEN-PORT pairs stay inside one slice), its share of quotas."""
+        count = self.workers
+        if count == 1:
+            return self
+        size = (self.relay_port_max - self.relay_port_min + 1) // count & ~1
+        low = self.relay_port_min + index * size
+        high = self.relay_port_max if index == count - 1 else low + size - 1
+
+        def share(value: int) -> int:
+            return max(1, -(-value // count))
+
+        quotas = self.quotas.model_copy(
+            update={
+                "allocations_per_user": share(self.quotas.allocations_per_user),
+                "total_allocations": share(self.quotas.total_allocations),
+            }
+        )
+        return self.model_copy(
+            update={
+                "workers": 1,
+                "relay_port_min": low,
+                "relay_port_max": high,
+                "quotas": quotas,
+                "unauthenticated_rate": self.unauthenticated_rate / count,
+                "unauthenticated_burst": max(1.0, self.unauthenticated_burst / count),
+            }
+        )
 
     def advertised_host(self, family: int) -> str | None:
         """The relay IP for *family* as clients see it (advertised, else the bound one)."""

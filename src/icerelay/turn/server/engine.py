@@ -204,6 +204,7 @@ class TurnServerEngine:
         *,
         wall_clock_offset: float = 0.0,
         nonce_key: bytes | None = None,
+        own_port_range: tuple[int, int] | None = None,
     ) -> None:
         self.config = config
         self.binder = binder
@@ -239,8 +240,12 @@ class TurnServerEngine:
         self._own_hosts.update(_canonical(host) for host, _port in config.listen)
         self._own_ports = {port for _host, port in config.listen}
         self._own_ports.update(port for _host, port in config.tls_endpoints())
-        self._relay_low = config.relay_port_min
-        self._relay_high = config.relay_port_max
+        # With several workers each engine relays from a slice of the range; the loop check
+        # covers the whole range (``own_port_range``).
+        self._relay_low, self._relay_high = own_port_range or (
+            config.relay_port_min,
+            config.relay_port_max,
+        )
         self.software = config.software
         # Binding answers come from the STUN server's engine, so both behave the same.
         self.binding = BindingEngine(software=config.software)

@@ -11,6 +11,13 @@
   packet anyway.
 - :meth:`TurnService.drain` (``SIGUSR1`` under ``icerelay serve``) puts the engine in drain
   mode; :meth:`TurnService.wait_drained` returns when the last allocation has ended.
+- ``workers > 1``: the service also starts ``workers - 1`` worker processes (spawned, each with
+  its own event loop and engine). Every worker binds the same listening addresses with
+  SO_REUSEPORT, so the kernel spreads clients over them and keeps each client (its 5-tuple) on
+  one worker; each has its own slice of the relay range and share of the quotas
+  (:meth:`TurnServerConfig.worker_share`), and all share one nonce key. Drain and stop are
+  forwarded to the workers. Python relays one packet per core at a time: this is how the
+  service uses more than one.
 
 Nothing is logged per packet; allocation lifecycle events are logged at INFO.
 """
@@ -19,10 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import json
 import logging
+import os
 import signal
 import socket
 import ssl
+import sys
 import time
 from typing import Any
 
@@ -52,10 +63,12 @@ _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 _IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
 
 
-def _udp_socket(address: HostPort, buffers: bool) -> socket.socket:
+def _udp_socket(address: HostPort, buffers: bool, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # Keep the families apart: an IPv6 relay must not receive IPv4-mapped traffic.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -137,8 +150,18 @@ class TurnService:
     #: Service name under ``icerelay serve``.
     name = "turn"
 
-    def __init__(self, config: TurnServerConfig) -> None:
+    def __init__(
+        self,
+        config: TurnServerConfig,
+        *,
+        worker_index: int = 0,
+        nonce_key: bytes | None = None,
+    ) -> None:
         self.config = config
+        #: 0 for the service ``icerelay serve`` runs; 1.. in worker processes.
+        self.worker_index = worker_index
+        self._nonce_key = nonce_key
+        self._workers: list[asyncio.subprocess.Process] = []
         self.udp: dict[HostPort, socket.socket] = {}
         self.streams: dict[tuple[HostPort, HostPort], _StreamProtocol] = {}
         self.listen_udp: list[HostPort] = []
@@ -179,13 +202,25 @@ class TurnService:
             )
         if not config.users and not config.auth_secrets:
             raise ConfigError("turn: no credentials: set users or auth_secrets")
+        multi = config.workers > 1
+        if multi and any(port == 0 for _host, port in config.listen + config.tls_endpoints()):
+            raise ConfigError("turn: workers > 1 needs fixed listening ports (not 0)")
+        if multi and self._nonce_key is None:
+            self._nonce_key = os.urandom(32)
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._engine = TurnServerEngine(config, self, wall_clock_offset=time.time() - loop.time())
+        self._engine = TurnServerEngine(
+            config.worker_share(self.worker_index),
+            self,
+            wall_clock_offset=time.time() - loop.time(),
+            nonce_key=self._nonce_key,
+            own_port_range=(config.relay_port_min, config.relay_port_max),
+        )
+        self._reuse_port = multi
         try:
             for address in config.listen:
                 if "udp" in config.transports:
-                    sock = _udp_socket(address, buffers=True)
+                    sock = _udp_socket(address, buffers=True, reuse_port=multi)
                     local: HostPort = sock.getsockname()[:2]
                     self.udp[local] = sock
                     self.listen_udp.append(local)
@@ -198,6 +233,8 @@ class TurnService:
                 context.load_cert_chain(config.tls_cert, config.tls_key)
                 for address in config.tls_endpoints():
                     await self._stream_server(address, "tls", context)
+            if multi and self.worker_index == 0:
+                await self._start_workers()
         except BaseException:
             await self.stop()
             raise
@@ -221,14 +258,62 @@ class TurnService:
             address[1],
             ssl=context,
             reuse_address=True,
+            reuse_port=self._reuse_port,
         )
         self._servers.append(server)
         for sock in server.sockets:
             bound: HostPort = sock.getsockname()[:2]
             (self.listen_tls if kind == "tls" else self.listen_tcp).append(bound)
 
+    async def _start_workers(self) -> None:
+        # Plain subprocesses (not multiprocessing): nothing depends on how the parent's
+        # __main__ was started, and the configuration travels as JSON on stdin.
+        assert self._nonce_key is not None
+        level = logging.getLogger().getEffectiveLevel()
+        for index in range(1, self.config.workers):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "icerelay.turn.server.service",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            self._workers.append(process)
+            assert process.stdin is not None and process.stdout is not None
+            setup = {
+                "config": self.config.model_dump(mode="json"),
+                "index": index,
+                "nonce_key": self._nonce_key.hex(),
+                "level": level,
+            }
+            process.stdin.write(json.dumps(setup).encode() + b"\n")
+            await process.stdin.drain()
+            process.stdin.close()
+        for index, process in enumerate(self._workers, start=1):
+            assert process.stdout is not None
+            try:
+                line = await asyncio.wait_for(process.stdout.readline(), 30)
+            except TimeoutError:
+                line = b""
+            if line.strip() != b"ready":
+                raise ConfigError(f"turn: worker {index} failed to start")
+
+    async def _stop_workers(self) -> None:
+        for process in self._workers:
+            if process.returncode is None:
+                process.terminate()
+        for process in self._workers:
+            try:
+                await asyncio.wait_for(process.wait(), 5)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        self._workers.clear()
+
     async def stop(self) -> None:
         """Close every socket and connection (allocations end without Refresh)."""
+        if self._workers:
+            await self._stop_workers()
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
@@ -246,13 +331,22 @@ class TurnService:
 
     def drain(self) -> None:
         """Stop taking allocations; :meth:`wait_drained` returns once the last one is gone."""
-        logger.info("turn server draining allocations=%d", len(self.engine.allocations))
+        logger.info(
+            "turn server draining worker=%d allocations=%d",
+            self.worker_index,
+            len(self.engine.allocations),
+        )
+        for process in self._workers:
+            if process.returncode is None:
+                process.send_signal(signal.SIGUSR1)
         self.engine.start_drain()
         self._handle_events()
 
     async def wait_drained(self) -> None:
-        """Wait until drain mode is on and no allocation is left."""
+        """Wait until drain mode is on and no allocation is left (in every worker)."""
         await self._drained.wait()
+        for process in self._workers:
+            await process.wait()
 
     def add_signal_handlers(self, signum: int = signal.SIGUSR1) -> None:
         """Drain on *signum* (SIGUSR1 by default)."""
@@ -400,5 +494,44 @@ class TurnService:
         }
 
 
+def _worker_main() -> None:
+    """Entry point of a worker process: ``python -m icerelay.turn.server.service`` with its
+    setup (configuration, index, nonce key, log level) as one JSON line on stdin."""
+    from icerelay.aio.loop import loop_factory
+
+    # Ctrl-C goes to the whole process group: the parent decides, workers follow SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(Exception):
+        # Linux: die with the parent even if it is killed without a chance to stop us.
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    setup = json.loads(sys.stdin.readline())
+    logging.basicConfig(level=int(setup["level"]), format="%(name)s %(message)s")
+    config = TurnServerConfig.model_validate(setup["config"])
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(_worker(config, int(setup["index"]), bytes.fromhex(setup["nonce_key"])))
+
+
+async def _worker(config: TurnServerConfig, index: int, nonce_key: bytes) -> None:
+    service = TurnService(config, worker_index=index, nonce_key=nonce_key)
+    await service.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, service.drain)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.wait_drained())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await service.stop()
+
+
 def _fmt(addresses: list[HostPort]) -> str:
     return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses) or "-"
+
+
+if __name__ == "__main__":
+    _worker_main()
