@@ -108,6 +108,7 @@ class Connection:
     ``local_addresses`` are the IPs to gather host candidates on (default: the primary address
     of each enabled family); ``port_range`` limits the ports bound (Asterisk's rtpstart/rtpend).
     ``on_event`` is called with every engine event (CandidateGathered for trickle signalling...).
+    ``on_data(component, data, source)``, when given, gets the media instead of :meth:`recv`.
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class Connection:
         port_range: tuple[int, int] | None = None,
         config: AgentConfig | None = None,
         on_event: Callable[[Event], None] | None = None,
+        on_data: Callable[[int, bytes, TransportAddress], None] | None = None,
         local_username: str | None = None,
         local_password: str | None = None,
     ) -> None:
@@ -141,6 +143,7 @@ class Connection:
         self.local_addresses = list(local_addresses or default_local_addresses()) or ["127.0.0.1"]
         self.port_range = port_range
         self.on_event = on_event
+        self.on_data = on_data
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets: dict[TransportAddress, _Socket] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -296,7 +299,10 @@ class Connection:
                 protocol.transport.sendto(datagram.data, datagram.destination)
         while (event := self.agent.next_event()) is not None:
             if isinstance(event, DataReceived):
-                self._received[event.component].put_nowait((event.data, event.source))
+                if self.on_data is not None:
+                    self.on_data(event.component, event.data, event.source)
+                else:
+                    self._received[event.component].put_nowait((event.data, event.source))
             else:
                 if isinstance(event, GatheringComplete):
                     self._gathered.set()
