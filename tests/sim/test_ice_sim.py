@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import replace
 
 import pytest
 
 from icerelay.ice import AgentConfig, ConnectionState, DataReceived, Nomination
-from icerelay.netsim import FULL_CONE, PORT_RESTRICTED_CONE, SYMMETRIC, Host, Link, Packet
+from icerelay.netsim import (
+    FULL_CONE,
+    PORT_RESTRICTED_CONE,
+    SYMMETRIC,
+    Host,
+    Link,
+    Network,
+    Packet,
+)
 from icerelay.netsim.scenario import IceScenario
 from icerelay.stun import MessageClass, Method, decode_message, is_stun
 
@@ -210,3 +219,42 @@ def test_simulation_is_deterministic() -> None:
         return (result.time_to_connected, result.left.checks_sent, scenario.network.counters)
 
     assert run() == run()
+
+
+def test_relay_is_released_when_the_agents_close() -> None:
+    scenario = IceScenario(left_nat=SYMMETRIC, right_nat=SYMMETRIC, turn=True)
+    result = scenario.run(30)
+    assert result.connected and "relay" in result.pair_types
+    turn_host = next(host for host in scenario.network.hosts if host.name == "turn")
+    server = turn_host.endpoint
+    assert server is not None
+    engine = server.engine  # type: ignore[attr-defined]
+    assert len(engine.allocations) == 2
+    scenario.left_agent.close(scenario.network.now)
+    scenario.right_agent.close(scenario.network.now)
+    scenario.network.run(5.0)
+    assert len(engine.allocations) == 0  # Refresh with LIFETIME 0 went out and was answered
+
+
+def test_dual_stack_agents_pair_only_within_a_family() -> None:
+    from icerelay.ice import Agent
+
+    network = Network()
+    agents = []
+    for index in range(2):
+        ipv4, ipv6 = f"192.0.2.{index + 1}", f"2001:db8::{index + 1}"
+        agent = Agent(controlling=index == 0, rng=random.Random(index))
+        agent.gather({1: [(ipv6, 5000), (ipv4, 5000)]}, 0.0)
+        network.add_host(f"h{index}", [ipv6, ipv4]).attach(agent)
+        agents.append(agent)
+    left, right = agents
+    left.set_remote_credentials(right.local_username, right.local_password, 0.0)
+    right.set_remote_credentials(left.local_username, left.local_password, 0.0)
+    for a, b in ((left, right), (right, left)):
+        for candidate in a.local_candidates:
+            b.add_remote_candidate(candidate, 0.0)
+        b.add_remote_candidate(None, 0.0)
+    assert network.run_until(lambda: left.state is right.state is COMPLETED, 5.0)
+    assert len(left.checklist.pairs) <= 2  # IPv6-IPv6 and IPv4-IPv4 only
+    pair = left.selected_pair()
+    assert pair is not None and pair.local.host == "2001:db8::1"  # the preferred interface
