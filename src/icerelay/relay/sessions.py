@@ -470,6 +470,17 @@ class SessionEngine:
                 continue
             session.scheduled = None
             due, reason = self._deadline(session)
+            if due is not None and due <= now and reason is TerminationReason.NO_MEDIA:
+                # Silence on a stream whose ICE checks crossed the relay means ICE picked a
+                # path around it (a pair through the relay would carry media, or at least
+                # consent checks): step aside instead of ending the call.
+                stepped_aside = False
+                for stream in session.streams:
+                    if stream.ended is None and self._ice_went_around(stream):
+                        self._end_stream(session, stream, StreamEndReason.ICE_DIRECT)
+                        stepped_aside = True
+                if stepped_aside:
+                    due, reason = self._deadline(session)
             if due is not None and due <= now and reason is not None:
                 self._end(session, reason, now)
             else:
@@ -734,6 +745,18 @@ class SessionEngine:
         return not any(
             (_canonical(address), port) in relay for _, address, port in info.remote_candidates
         )
+
+    def _ice_went_around(self, stream: _Stream) -> bool:
+        """Both parties do ICE, their checks went through the relay, and no media did."""
+        offered, answered = stream.info
+        if offered is None or answered is None or not (offered.ice and answered.ice):
+            return False
+        counters = self._counters(stream.key)
+        if counters is None:
+            return False
+        checks = counters.a.stun_requests + counters.b.stun_requests
+        media = counters.a.packets + counters.b.packets
+        return checks > 0 and media == 0
 
     def _install(self, session: _Session, stream: _Stream) -> None:
         legs = []

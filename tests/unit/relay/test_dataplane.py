@@ -352,3 +352,33 @@ def test_bind_failure_is_a_relay_error_and_leaves_nothing_open() -> None:
             await plane.close()
 
     run(main)
+
+
+def test_ipv6_legs_and_ipv4_to_ipv6_bridging() -> None:
+    async def main() -> None:
+        plane = UserspaceDataPlane()
+        alice = Phone()
+        bob = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        bob.bind(("::1", 0))
+        bob.setblocking(False)
+        bob_address = Address("::1", bob.getsockname()[1])
+        relay_a = local_pair()
+        port = free_ports(2, hosts=("::1",), kinds=("udp",), consecutive=True)[0]
+        relay_b = Address("::1", port)
+        await plane.install(forwarding(Leg(relay_a, alice.address), Leg(relay_b, bob_address)))
+        loop = asyncio.get_running_loop()
+        try:
+            alice.send(rtp(1), relay_a)
+            data, source = await asyncio.wait_for(loop.sock_recvfrom(bob, 2048), 1.0)
+            assert data == rtp(1) and (source[0], source[1]) == ("::1", port)
+            await loop.sock_sendto(bob, rtp(2), ("::1", port))
+            data, relay_source = await alice.receive()
+            assert data == rtp(2) and relay_source == relay_a
+            counters = plane.counters("k1")
+            assert counters is not None and counters.b.latched_rtp == bob_address
+        finally:
+            await plane.close()
+            alice.close()
+            bob.close()
+
+    run(main)

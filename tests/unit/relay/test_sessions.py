@@ -497,3 +497,32 @@ def test_churn_many_sessions_no_port_leak() -> None:
     drain(engine)
     assert engine.pool.in_use == 0 and engine.session_count == 0 and engine.call_count == 0
     engine.pool.check()
+
+
+def test_ice_checks_through_the_relay_then_silence_means_a_direct_path() -> None:
+    counters = Counters()
+    engine = make_engine(counters=counters, media_timeout=30.0)
+    offer(engine, ASTERISK)
+    answer(engine, CALLEE_ICE, now=1.0)
+    key = installed(drain(engine))[0].key
+    # Connectivity checks crossed the relay (the relay candidate was tried); no RTP followed,
+    # and the agents never re-offered (RFC 8445 agents need not).
+    checks = counters.by_key.setdefault(key, ForwardingCounters())
+    checks.a.stun_requests = checks.b.stun_requests = 4
+    engine.handle_timer(31.0)
+    events = drain(engine)
+    assert StreamEnded("call-1", "caller", "callee", 0, StreamEndReason.ICE_DIRECT) in events
+    assert not [e for e in events if isinstance(e, SessionEnded)]
+    assert engine.session_count == 1 and engine.pool.in_use == 0
+
+
+def test_silence_without_ice_is_a_media_timeout() -> None:
+    counters = Counters()
+    engine = make_engine(counters=counters, media_timeout=30.0)
+    offer(engine, ASTERISK)
+    answer(engine, SIPP_ANSWER, now=1.0)  # the callee does not do ICE
+    key = installed(drain(engine))[0].key
+    counters.by_key.setdefault(key, ForwardingCounters()).a.stun_requests = 4
+    engine.handle_timer(31.0)
+    (ended,) = [e for e in drain(engine) if isinstance(e, SessionEnded)]
+    assert ended.record.reason is TerminationReason.NO_MEDIA
