@@ -63,6 +63,24 @@ _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 _IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
 
 
+def _tcp_listener(address: HostPort, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(512)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _udp_socket(address: HostPort, buffers: bool, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -156,8 +174,11 @@ class TurnService:
         *,
         worker_index: int = 0,
         nonce_key: bytes | None = None,
+        inherited: list[tuple[str, socket.socket]] | None = None,
     ) -> None:
         self.config = config
+        #: Listening sockets made by the parent (worker processes only).
+        self._inherited = inherited
         #: 0 for the service ``icerelay serve`` runs; 1.. in worker processes.
         self.worker_index = worker_index
         self._nonce_key = nonce_key
@@ -216,25 +237,32 @@ class TurnService:
             nonce_key=self._nonce_key,
             own_port_range=(config.relay_port_min, config.relay_port_max),
         )
-        self._reuse_port = multi
+        context: ssl.SSLContext | None = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(config.tls_cert, config.tls_key)
         try:
-            for address in config.listen:
-                if "udp" in config.transports:
-                    sock = _udp_socket(address, buffers=True, reuse_port=multi)
-                    local: HostPort = sock.getsockname()[:2]
+            if self._inherited is not None:
+                mine = self._inherited
+            elif multi:
+                # Every worker's listening sockets are made here, at once, before anything is
+                # read: SO_REUSEPORT maps a client to a socket by hashing over the group, and a
+                # socket joining later would move existing clients to a worker that does not
+                # know their allocation. The workers inherit theirs.
+                sets = [self._make_listeners(reuse_port=True) for _ in range(config.workers)]
+                mine = sets[0]
+                await self._start_workers(sets[1:])
+            else:
+                mine = self._make_listeners(reuse_port=False)
+            for kind, sock in mine:
+                local: HostPort = sock.getsockname()[:2]
+                if kind == "udp":
                     self.udp[local] = sock
                     self.listen_udp.append(local)
                     loop.add_reader(sock.fileno(), self._on_listen_readable, sock, local)
-                if "tcp" in config.transports:
-                    await self._stream_server(address, "tcp", None)
-            if config.tls_cert is not None and config.tls_key is not None:
-                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                context.minimum_version = ssl.TLSVersion.TLSv1_2
-                context.load_cert_chain(config.tls_cert, config.tls_key)
-                for address in config.tls_endpoints():
-                    await self._stream_server(address, "tls", context)
-            if multi and self.worker_index == 0:
-                await self._start_workers()
+                else:
+                    await self._stream_server(sock, kind, context if kind == "tls" else None)
         except BaseException:
             await self.stop()
             raise
@@ -249,46 +277,73 @@ class TurnService:
             config.relay_host(6),
         )
 
+    def _make_listeners(self, reuse_port: bool) -> list[tuple[str, socket.socket]]:
+        """Bound listening sockets for one worker: ("udp"|"tcp"|"tls", socket)."""
+        config = self.config
+        specs: list[tuple[str, HostPort]] = [
+            (kind, address)
+            for address in config.listen
+            for kind in ("udp", "tcp")
+            if kind in config.transports
+        ]
+        specs += [("tls", address) for address in config.tls_endpoints()]
+        made: list[tuple[str, socket.socket]] = []
+        try:
+            for kind, address in specs:
+                if kind == "udp":
+                    made.append((kind, _udp_socket(address, buffers=True, reuse_port=reuse_port)))
+                else:
+                    made.append((kind, _tcp_listener(address, reuse_port)))
+        except BaseException:
+            for _kind, sock in made:
+                sock.close()
+            raise
+        return made
+
     async def _stream_server(
-        self, address: HostPort, kind: str, context: ssl.SSLContext | None
+        self, sock: socket.socket, kind: str, context: ssl.SSLContext | None
     ) -> None:
         server = await self.loop.create_server(
-            lambda: _StreamProtocol(self, kind),
-            address[0],
-            address[1],
-            ssl=context,
-            reuse_address=True,
-            reuse_port=self._reuse_port,
+            lambda: _StreamProtocol(self, kind), sock=sock, ssl=context
         )
         self._servers.append(server)
-        for sock in server.sockets:
-            bound: HostPort = sock.getsockname()[:2]
-            (self.listen_tls if kind == "tls" else self.listen_tcp).append(bound)
+        bound: HostPort = sock.getsockname()[:2]
+        (self.listen_tls if kind == "tls" else self.listen_tcp).append(bound)
 
-    async def _start_workers(self) -> None:
+    async def _start_workers(self, sets: list[list[tuple[str, socket.socket]]]) -> None:
         # Plain subprocesses (not multiprocessing): nothing depends on how the parent's
-        # __main__ was started, and the configuration travels as JSON on stdin.
+        # __main__ was started; the setup travels as JSON on stdin, the sockets as inherited
+        # file descriptors.
         assert self._nonce_key is not None
         level = logging.getLogger().getEffectiveLevel()
-        for index in range(1, self.config.workers):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "icerelay.turn.server.service",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            self._workers.append(process)
-            assert process.stdin is not None and process.stdout is not None
-            setup = {
-                "config": self.config.model_dump(mode="json"),
-                "index": index,
-                "nonce_key": self._nonce_key.hex(),
-                "level": level,
-            }
-            process.stdin.write(json.dumps(setup).encode() + b"\n")
-            await process.stdin.drain()
-            process.stdin.close()
+        try:
+            for index, sockets in enumerate(sets, start=1):
+                fds = [sock.fileno() for _kind, sock in sockets]
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "icerelay.turn.server.service",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    pass_fds=fds,
+                )
+                self._workers.append(process)
+                assert process.stdin is not None
+                setup = {
+                    "config": self.config.model_dump(mode="json"),
+                    "index": index,
+                    "nonce_key": self._nonce_key.hex(),
+                    "level": level,
+                    "sockets": [[kind, sock.fileno()] for kind, sock in sockets],
+                }
+                process.stdin.write(json.dumps(setup).encode() + b"\n")
+                await process.stdin.drain()
+                process.stdin.close()
+        finally:
+            # The workers hold their own descriptors now.
+            for sockets in sets:
+                for _kind, sock in sockets:
+                    sock.close()
         for index, process in enumerate(self._workers, start=1):
             assert process.stdout is not None
             try:
@@ -507,12 +562,20 @@ def _worker_main() -> None:
     setup = json.loads(sys.stdin.readline())
     logging.basicConfig(level=int(setup["level"]), format="%(name)s %(message)s")
     config = TurnServerConfig.model_validate(setup["config"])
+    sockets = [(str(kind), socket.socket(fileno=int(fd))) for kind, fd in setup["sockets"]]
+    for _kind, sock in sockets:
+        sock.setblocking(False)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_worker(config, int(setup["index"]), bytes.fromhex(setup["nonce_key"])))
+        runner.run(_worker(config, int(setup["index"]), bytes.fromhex(setup["nonce_key"]), sockets))
 
 
-async def _worker(config: TurnServerConfig, index: int, nonce_key: bytes) -> None:
-    service = TurnService(config, worker_index=index, nonce_key=nonce_key)
+async def _worker(
+    config: TurnServerConfig,
+    index: int,
+    nonce_key: bytes,
+    sockets: list[tuple[str, socket.socket]],
+) -> None:
+    service = TurnService(config, worker_index=index, nonce_key=nonce_key, inherited=sockets)
     await service.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
