@@ -120,9 +120,12 @@ class PhoneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "established": self.established, "end_reason": self.end_reason,
-            "media_both_ways": self.media_both_ways, "ice_pair": self.ice_pair,
-            "ice_state": self.ice_state, "reinvites": self.reinvites,
+            "established": self.established,
+            "end_reason": self.end_reason,
+            "media_both_ways": self.media_both_ways,
+            "ice_pair": self.ice_pair,
+            "ice_state": self.ice_state,
+            "reinvites": self.reinvites,
             "recorded_samples": self.recorded_samples,
             "statistics": self.statistics.to_dict() if self.statistics else None,
         }
@@ -160,8 +163,9 @@ class _Udp(asyncio.DatagramProtocol):
 async def _bind(host: str, port: int, handler: Callable[[bytes, Address], None]) -> _Udp:
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    _, protocol = await loop.create_datagram_endpoint(lambda: _Udp(handler),
-                                                      local_addr=(host, port), family=family)
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: _Udp(handler), local_addr=(host, port), family=family
+    )
     return protocol
 
 
@@ -176,9 +180,12 @@ def _is_ip(host: str) -> bool:
 class Phone:
     """One call, from setup to statistics."""
 
-    def __init__(self, options: PhoneOptions, output: Output | None = None) -> None:
+    def __init__(
+        self, options: PhoneOptions, output: Output | None = None, notice: Output | None = None
+    ) -> None:
         self.options = options
         self.out: Output = output or (lambda text: click.echo(text))
+        self.notice: Output = notice or (lambda text: click.echo(text, err=True))
         self.result = PhoneResult()
         self.ua: UserAgent | None = None
         self.call: Call | None = None
@@ -198,6 +205,7 @@ class Phone:
         self._give_up_at: float | None = None
         self._ice: Any = None  # icerelay.ice.aio.Connection, imported only with --ice
         self._ice_sends: list[tuple[bytes, int]] = []
+        self._early: list[tuple[int, bytes, Address, float]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._names: dict[str, str] = {}
         self._rtcp_mux = options.rtcp_mux
@@ -210,10 +218,16 @@ class Phone:
         host, port = options.listen
         self._sip = await _bind(host, port, self._sip_received)
         local = self._sip.address
-        self.ua = UserAgent(local, user=options.user, username=options.username,
-                            password=options.password, user_agent="icerelay phone",
-                            trace=self._trace if options.debug else None)
-        self._say(f"SIP on udp:{local[0]}:{local[1]}")
+        self.ua = UserAgent(
+            local,
+            user=options.user,
+            username=options.username,
+            password=options.password,
+            user_agent="icerelay phone",
+            trace=self._trace if options.debug else None,
+        )
+        # Always on stderr, first: scripts and tests read the port from it (--listen ...:0).
+        self.notice(f"SIP on udp:{local[0]}:{local[1]}")
         now = loop.time()
         try:
             if options.target is not None:
@@ -250,9 +264,16 @@ class Phone:
             self._ice_sends.clear()
             if self._done:
                 break
-            timers = [t for t in (self.ua.next_timer(),
-                                  self.session.next_timer() if self.session else None,
-                                  self._hangup_at, self._give_up_at) if t is not None]
+            timers = [
+                t
+                for t in (
+                    self.ua.next_timer(),
+                    self.session.next_timer() if self.session else None,
+                    self._hangup_at,
+                    self._give_up_at,
+                )
+                if t is not None
+            ]
             timeout = max(0.0, min(timers) - loop.time()) if timers else None
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -268,8 +289,10 @@ class Phone:
             self._give_up_at = now + 5.0  # if the BYE is never answered
         if self._give_up_at is not None and now >= self._give_up_at:
             self._give_up_at = None
-            if self.call is not None and self.call.state not in (CallState.TERMINATED,
-                                                                 CallState.CONFIRMED):
+            if self.call is not None and self.call.state not in (
+                CallState.TERMINATED,
+                CallState.CONFIRMED,
+            ):
                 self.ua.hangup(self.call, now)
                 self.result.end_reason = "call setup timed out"
             elif self.call is None:
@@ -416,8 +439,10 @@ class Phone:
             self._rtcp_destination = self._resolve(remote.rtcp)
             self._latched = {RTP_COMPONENT: False, RTCP_COMPONENT: False}
         elif remote.remote_candidates:
-            self._say("updated offer with remote-candidates: "
-                      + " ".join(f"{c} {a}:{p}" for c, a, p in remote.remote_candidates))
+            self._say(
+                "updated offer with remote-candidates: "
+                + " ".join(f"{c} {a}:{p}" for c, a, p in remote.remote_candidates)
+            )
         self.ua.accept_reinvite(call, self._current_sdp(), now)
 
     # -- media ------------------------------------------------------------------------------------
@@ -435,17 +460,26 @@ class Phone:
         loop = asyncio.get_running_loop()
         import time
 
-        session = RtpSession(remote.codec, source=self._source(), recorder=self.recorder,
-                             telephone_event=remote.telephone_event, rtcp_mux=self._rtcp_mux,
-                             rtcp_interval=self.options.rtcp_interval,
-                             send_enabled=remote.direction in ("sendrecv", "recvonly"),
-                             wall_clock=time.time)
+        session = RtpSession(
+            remote.codec,
+            source=self._source(),
+            recorder=self.recorder,
+            telephone_event=remote.telephone_event,
+            rtcp_mux=self._rtcp_mux,
+            rtcp_interval=self.options.rtcp_interval,
+            send_enabled=remote.direction in ("sendrecv", "recvonly"),
+            wall_clock=time.time,
+        )
         session.start(loop.time())
         if self.options.dtmf and remote.telephone_event is not None:
             session.send_dtmf(self.options.dtmf)
-        self._say(f"media: {remote.codec.name}/{remote.codec.clock_rate}, "
-                  f"ptime {int(session.ptime * 1000)} ms"
-                  + (", rtcp-mux" if self._rtcp_mux else ""))
+        self._say(
+            f"media: {remote.codec.name}/{remote.codec.clock_rate}, "
+            f"ptime {int(session.ptime * 1000)} ms" + (", rtcp-mux" if self._rtcp_mux else "")
+        )
+        early, self._early = self._early, []
+        for component, data, _, arrival in early:
+            session.receive(data, arrival, component)
         return session
 
     def _start_plain_media(self, remote: RemoteMedia) -> None:
@@ -456,12 +490,17 @@ class Phone:
         self._wake.set()
 
     def _media_received(self, component: int, data: bytes, source: Address) -> None:
-        if self.session is None:
-            return
         now = asyncio.get_running_loop().time()
+        if self.session is None:
+            # Early media: the answerer starts sending with its 200 OK, which may arrive after
+            # its first packets. Keep a few and replay them once the session exists.
+            if len(self._early) < 64:
+                self._early.append((component, data, source, now))
+            return
         if self._ice is None:
-            destination = (self._rtp_destination if component == RTP_COMPONENT
-                           else self._rtcp_destination)
+            destination = (
+                self._rtp_destination if component == RTP_COMPONENT else self._rtcp_destination
+            )
             if source != destination and not self._latched[component]:
                 # Symmetric RTP: answer where the packets come from (a NAT's mapping).
                 self._latched[component] = True
@@ -471,8 +510,9 @@ class Phone:
                         self._rtcp_destination = source
                 else:
                     self._rtcp_destination = source
-                self._say(f"latched {'RTP' if component == 1 else 'RTCP'} to "
-                          f"{source[0]}:{source[1]}")
+                self._say(
+                    f"latched {'RTP' if component == 1 else 'RTCP'} to {source[0]}:{source[1]}"
+                )
             self._latched[component] = True
         self.session.receive(data, now, component)
 
@@ -482,8 +522,11 @@ class Phone:
             rtp = await _bind(host, 0, lambda d, s: self._media_received(RTP_COMPONENT, d, s))
             if rtp.address[1] % 2 == 0:
                 try:
-                    rtcp = await _bind(host, rtp.address[1] + 1,
-                                       lambda d, s: self._media_received(RTCP_COMPONENT, d, s))
+                    rtcp = await _bind(
+                        host,
+                        rtp.address[1] + 1,
+                        lambda d, s: self._media_received(RTCP_COMPONENT, d, s),
+                    )
                 except OSError:
                     rtp.close()
                     continue
@@ -504,8 +547,9 @@ class Phone:
 
     # -- SDP --------------------------------------------------------------------------------------
 
-    async def _local_sdp(self, *, offerer: bool, ice: bool | None = None,
-                         remote: RemoteMedia | None = None) -> bytes:
+    async def _local_sdp(
+        self, *, offerer: bool, ice: bool | None = None, remote: RemoteMedia | None = None
+    ) -> bytes:
         use_ice = self.options.ice if ice is None else ice
         if use_ice:
             await self._gather(controlling=offerer, remote=remote)
@@ -526,9 +570,14 @@ class Phone:
             return self._ice_sdp(codecs, telephone_event)
         assert self._rtp is not None and self._rtcp is not None
         address, port = self._rtp.address
-        media = LocalMedia(address=address, port=port, rtcp_port=self._rtcp.address[1],
-                           codecs=codecs, telephone_event=telephone_event,
-                           rtcp_mux=self._rtcp_mux if not offer else self.options.rtcp_mux)
+        media = LocalMedia(
+            address=address,
+            port=port,
+            rtcp_port=self._rtcp.address[1],
+            codecs=codecs,
+            telephone_event=telephone_event,
+            rtcp_mux=self._rtcp_mux if not offer else self.options.rtcp_mux,
+        )
         return build_sdp(media, self.origin)
 
     # -- ICE --------------------------------------------------------------------------------------
@@ -543,15 +592,27 @@ class Phone:
         self._rtcp_mux = components == 1
         turn = []
         if self.options.turn_server is not None:
-            turn.append(TurnServer(self.options.turn_server, self.options.turn_username or "",
-                                   self.options.turn_password or ""))
+            turn.append(
+                TurnServer(
+                    self.options.turn_server,
+                    self.options.turn_username or "",
+                    self.options.turn_password or "",
+                )
+            )
         host = self.options.rtp_address or self._sip_host()
-        self._ice = Connection(controlling=controlling, components=components,
-                               stun_servers=self.options.stun_servers, turn_servers=turn,
-                               local_addresses=[host], on_event=self._ice_event)
+        self._ice = Connection(
+            controlling=controlling,
+            components=components,
+            stun_servers=self.options.stun_servers,
+            turn_servers=turn,
+            local_addresses=[host],
+            on_event=self._ice_event,
+        )
         await self._ice.gather()
-        self._say(f"ICE: gathered {len(self._ice.local_candidates)} candidates "
-                  f"({components} component{'s' if components > 1 else ''})")
+        self._say(
+            f"ICE: gathered {len(self._ice.local_candidates)} candidates "
+            f"({components} component{'s' if components > 1 else ''})"
+        )
 
     def _ice_sdp(self, codecs: tuple[Any, ...], telephone_event: int | None) -> bytes:
         connection = self._ice
@@ -564,19 +625,35 @@ class Phone:
             rtcp = selected[2].local.address if selected.get(2) is not None else None
             if agent.controlling:
                 remote_candidates = tuple(
-                    (component, *pair.remote.address) for component, pair in selected.items()
-                    if pair is not None)
+                    (component, *pair.remote.address)
+                    for component, pair in selected.items()
+                    if pair is not None
+                )
         else:
             rtp = _default_candidate(connection.local_candidates, 1)
-            rtcp = (_default_candidate(connection.local_candidates, 2)
-                    if 2 in agent.components else None)
+            rtcp = (
+                _default_candidate(connection.local_candidates, 2)
+                if 2 in agent.components
+                else None
+            )
         candidates = tuple(c.to_attribute() for c in connection.local_candidates)
-        media = LocalMedia(address=rtp[0], port=rtp[1],
-                           rtcp_port=rtcp[1] if rtcp else None, codecs=codecs,
-                           telephone_event=telephone_event, rtcp_mux=self._rtcp_mux,
-                           ice=IceDescription(connection.local_username,
-                                              connection.local_password, candidates,
-                                              remote_candidates))
+        if selected.get(1) is not None and agent.state.value == "completed":
+            # RFC 5245 section 9.1.2.2 / RFC 8839 section 4.2.2: once ICE completed, a new offer
+            # lists only the candidates of the selected pairs.
+            candidates = tuple(
+                pair.local.to_attribute() for pair in selected.values() if pair is not None
+            )
+        media = LocalMedia(
+            address=rtp[0],
+            port=rtp[1],
+            rtcp_port=rtcp[1] if rtcp else None,
+            codecs=codecs,
+            telephone_event=telephone_event,
+            rtcp_mux=self._rtcp_mux,
+            ice=IceDescription(
+                connection.local_username, connection.local_password, candidates, remote_candidates
+            ),
+        )
         return build_sdp(media, self.origin)
 
     def _start_ice(self, remote: RemoteMedia, *, controlling: bool) -> None:
@@ -613,8 +690,9 @@ class Phone:
         self._note_pair()
         if self.call is not None and self.ua is not None and self.call.established:
             self._say("ICE completed: sending the updated offer (re-INVITE)")
-            self.ua.reinvite(self.call, self._current_sdp(offer=True),
-                             asyncio.get_running_loop().time())
+            self.ua.reinvite(
+                self.call, self._current_sdp(offer=True), asyncio.get_running_loop().time()
+            )
             self._wake.set()
 
     def _note_pair(self) -> None:
@@ -622,9 +700,11 @@ class Phone:
         pair = agent.selected_pair(1)
         self.result.ice_state = agent.state.value
         if pair is not None:
-            self.result.ice_pair = (f"{pair.local.type.value} {pair.local.host}:{pair.local.port}"
-                                    f" -> {pair.remote.type.value} {pair.remote.host}:"
-                                    f"{pair.remote.port}")
+            self.result.ice_pair = (
+                f"{pair.local.type.value} {pair.local.host}:{pair.local.port}"
+                f" -> {pair.remote.type.value} {pair.remote.host}:"
+                f"{pair.remote.port}"
+            )
 
     def _ice_event(self, event: object) -> None:
         from icerelay.ice.events import (
@@ -635,24 +715,30 @@ class Phone:
         )
 
         if isinstance(event, DataReceived):
+            now = asyncio.get_running_loop().time()
             if self.session is not None:
-                self.session.receive(event.data, asyncio.get_running_loop().time(),
-                                     event.component)
+                self.session.receive(event.data, now, event.component)
                 self._wake.set()
+            elif len(self._early) < 64:
+                self._early.append((event.component, event.data, event.source, now))
             return
         if not self.options.debug:
             return
         if isinstance(event, CandidatePairStateChanged):
             pair = event.pair
-            self.out(f"ICE check list: {pair.local.type.value} {pair.local.host}:"
-                     f"{pair.local.port} -> {pair.remote.type.value} {pair.remote.host}:"
-                     f"{pair.remote.port} component {pair.local.component}: "
-                     f"{event.state.value}{' nominated' if pair.nominated else ''}")
+            self.out(
+                f"ICE check list: {pair.local.type.value} {pair.local.host}:"
+                f"{pair.local.port} -> {pair.remote.type.value} {pair.remote.host}:"
+                f"{pair.remote.port} component {pair.local.component}: "
+                f"{event.state.value}{' nominated' if pair.nominated else ''}"
+            )
         elif isinstance(event, SelectedPairChanged):
             pair = event.pair
-            self.out(f"ICE selected pair for component {event.component}: "
-                     f"{pair.local.host}:{pair.local.port} -> {pair.remote.host}:"
-                     f"{pair.remote.port}{' (nominated)' if event.nominated else ''}")
+            self.out(
+                f"ICE selected pair for component {event.component}: "
+                f"{pair.local.host}:{pair.local.port} -> {pair.remote.host}:"
+                f"{pair.remote.port}{' (nominated)' if event.nominated else ''}"
+            )
         elif isinstance(event, ConnectionStateChanged):
             self.out(f"ICE state: {event.state.value}")
 
@@ -660,18 +746,33 @@ class Phone:
         """The answer has no ICE: media goes plainly from our default candidate's port."""
         connection, self._ice = self._ice, None
         host, port = _default_candidate(connection.local_candidates, 1)
-        rtcp = (_default_candidate(connection.local_candidates, 2)
-                if 2 in connection.agent.components else None)
+        rtcp = (
+            _default_candidate(connection.local_candidates, 2)
+            if 2 in connection.agent.components
+            else None
+        )
         await connection.close()
-        # Rebind the ports our offer announced (they were the ICE sockets'): UDP allows it at
-        # once, and the peer sends to what the SDP said.
-        self._rtp = await _bind(host, port, lambda d, s: self._media_received(RTP_COMPONENT, d, s))
+        # Rebind the ports our offer announced (they were the ICE sockets'; the peer sends to
+        # what the SDP said). asyncio closes a transport on a later loop turn: retry briefly.
         rtcp_port = rtcp[1] if rtcp else port + 1
-        try:
-            self._rtcp = await _bind(host, rtcp_port,
-                                     lambda d, s: self._media_received(RTCP_COMPONENT, d, s))
-        except OSError:
-            self._rtcp = None
+        for attempt in range(50):
+            try:
+                self._rtp = await _bind(
+                    host, port, lambda d, s: self._media_received(RTP_COMPONENT, d, s)
+                )
+                break
+            except OSError:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.01)
+        for _ in range(50):
+            try:
+                self._rtcp = await _bind(
+                    host, rtcp_port, lambda d, s: self._media_received(RTCP_COMPONENT, d, s)
+                )
+                break
+            except OSError:
+                await asyncio.sleep(0.01)
         self._say("the peer does not do ICE: plain RTP")
         self._start_plain_media(remote)
 
@@ -684,7 +785,8 @@ class Phone:
         if host not in self._names:
             try:
                 self._names[host] = str(
-                    socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
+                    socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
+                )
             except OSError:
                 self._names[host] = host
         return self._names[host], port
@@ -749,47 +851,105 @@ def _address(text: str, default_port: int) -> Address:
 
 @click.command("phone")
 @click.argument("target", required=False, metavar="[SIP-URI]")
-@click.option("--listen", default="127.0.0.1:0", show_default=True, metavar="IP:PORT",
-              help="SIP address to bind (port 0 picks one).")
+@click.option(
+    "--listen",
+    default="127.0.0.1:0",
+    show_default=True,
+    metavar="IP:PORT",
+    help="SIP address to bind (port 0 picks one).",
+)
 @click.option("--answer", is_flag=True, help="Wait for a call and answer it.")
 @click.option("--proxy", metavar="HOST[:PORT]", help="Send the INVITE through this proxy.")
 @click.option("--user", default="icerelay", show_default=True, help="Our SIP user name.")
 @click.option("--auth-user", help="Digest user name (default: --user).")
 @click.option("--password", help="Digest password for 401/407 challenges.")
-@click.option("--play", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="WAV file to send (default: a tone).")
+@click.option(
+    "--play",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="WAV file to send (default: a tone).",
+)
 @click.option("--tone", type=float, default=440.0, show_default=True, help="Tone frequency (Hz).")
-@click.option("--record", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write what is received to this WAV file.")
-@click.option("--duration", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
-              help="Seconds from answer to hang-up.")
-@click.option("--timeout", "setup_timeout", type=click.FloatRange(min=0.5), default=30.0,
-              show_default=True, help="Seconds to wait for the call (and ICE) to connect.")
-@click.option("--wait", type=click.FloatRange(min=0.1), default=None,
-              help="With --answer: give up if no call comes within this many seconds.")
-@click.option("--codec", type=click.Choice(["PCMU", "PCMA"], case_sensitive=False),
-              default="PCMU", show_default=True, help="Preferred codec.")
+@click.option(
+    "--record",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write what is received to this WAV file.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds from answer to hang-up.",
+)
+@click.option(
+    "--timeout",
+    "setup_timeout",
+    type=click.FloatRange(min=0.5),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the call (and ICE) to connect.",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="With --answer: give up if no call comes within this many seconds.",
+)
+@click.option(
+    "--codec",
+    type=click.Choice(["PCMU", "PCMA"], case_sensitive=False),
+    default="PCMU",
+    show_default=True,
+    help="Preferred codec.",
+)
 @click.option("--rtp-address", help="Local IP for media (default: the SIP address).")
 @click.option("--rtcp-mux", is_flag=True, help="Offer RTCP multiplexed on the RTP port.")
 @click.option("--rtcp-interval", type=click.FloatRange(min=0.5), default=5.0, show_default=True)
 @click.option("--dtmf", metavar="DIGITS", help="Send these DTMF digits (RFC 4733) at the start.")
 @click.option("--ice", is_flag=True, help="Offer and answer ICE (RFC 8445 / RFC 8839).")
-@click.option("--stun", "stun_servers", multiple=True, metavar="HOST[:PORT]",
-              help="STUN server for server-reflexive candidates (repeatable).")
+@click.option(
+    "--stun",
+    "stun_servers",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="STUN server for server-reflexive candidates (repeatable).",
+)
 @click.option("--turn", "turn_server", metavar="HOST[:PORT]", help="TURN server (UDP).")
 @click.option("--turn-user", help="TURN user name.")
 @click.option("--turn-password", help="TURN password.")
-@click.option("--debug", is_flag=True,
-              help="Show SIP messages with their SDP, and the ICE check list (like "
-                   "'sip set debug on').")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show SIP messages with their SDP, and the ICE check list (like 'sip set debug on').",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def phone(target: str | None, listen: str, answer: bool, proxy: str | None, user: str,
-          auth_user: str | None, password: str | None, play: Path | None, tone: float,
-          record: Path | None, duration: float, setup_timeout: float, wait: float | None,
-          codec: str, rtp_address: str | None, rtcp_mux: bool, rtcp_interval: float,
-          dtmf: str | None, ice: bool, stun_servers: tuple[str, ...], turn_server: str | None,
-          turn_user: str | None, turn_password: str | None, debug: bool,
-          as_json: bool) -> None:
+def phone(
+    target: str | None,
+    listen: str,
+    answer: bool,
+    proxy: str | None,
+    user: str,
+    auth_user: str | None,
+    password: str | None,
+    play: Path | None,
+    tone: float,
+    record: Path | None,
+    duration: float,
+    setup_timeout: float,
+    wait: float | None,
+    codec: str,
+    rtp_address: str | None,
+    rtcp_mux: bool,
+    rtcp_interval: float,
+    dtmf: str | None,
+    ice: bool,
+    stun_servers: tuple[str, ...],
+    turn_server: str | None,
+    turn_user: str | None,
+    turn_password: str | None,
+    debug: bool,
+    as_json: bool,
+) -> None:
     """Place a call to SIP-URI, or answer one (--answer); play, record, hang up, report.
 
     Exits 0 only if the call connected and media flowed both ways.
@@ -803,15 +963,32 @@ def phone(target: str | None, listen: str, answer: bool, proxy: str | None, user
         sys.exit(EXIT_USAGE)
     try:
         options = PhoneOptions(
-            target=target, listen=_address(listen, 5060), answer=answer,
-            proxy=_address(proxy, 5060) if proxy else None, username=auth_user or user,
-            password=password, user=user, play=play, tone=tone, record=record,
-            duration=duration, setup_timeout=setup_timeout, wait=wait, codec=codec.upper(),
-            rtp_address=rtp_address, rtcp_mux=rtcp_mux, rtcp_interval=rtcp_interval, dtmf=dtmf,
-            ice=ice, stun_servers=[_address(s, 3478) for s in stun_servers],
+            target=target,
+            listen=_address(listen, 5060),
+            answer=answer,
+            proxy=_address(proxy, 5060) if proxy else None,
+            username=auth_user or user,
+            password=password,
+            user=user,
+            play=play,
+            tone=tone,
+            record=record,
+            duration=duration,
+            setup_timeout=setup_timeout,
+            wait=wait,
+            codec=codec.upper(),
+            rtp_address=rtp_address,
+            rtcp_mux=rtcp_mux,
+            rtcp_interval=rtcp_interval,
+            dtmf=dtmf,
+            ice=ice,
+            stun_servers=[_address(s, 3478) for s in stun_servers],
             turn_server=_address(turn_server, 3478) if turn_server else None,
-            turn_username=turn_user, turn_password=turn_password, debug=debug,
-            as_json=as_json)
+            turn_username=turn_user,
+            turn_password=turn_password,
+            debug=debug,
+            as_json=as_json,
+        )
         if dtmf:
             from icerelay.endpoint.dtmf import event_for
 
@@ -832,7 +1009,10 @@ def phone(target: str | None, listen: str, answer: bool, proxy: str | None, user
             click.echo(f"ICE: {result.ice_state}, selected pair {result.ice_pair}")
         if result.statistics is not None:
             click.echo(result.statistics.to_text())
-        click.echo("media flowed both ways" if result.media_both_ways
-                   else f"FAILED: {'no media both ways' if result.established else 'no call'}"
-                        + (f" ({result.end_reason})" if result.end_reason else ""))
+        click.echo(
+            "media flowed both ways"
+            if result.media_both_ways
+            else f"FAILED: {'no media both ways' if result.established else 'no call'}"
+            + (f" ({result.end_reason})" if result.end_reason else "")
+        )
     sys.exit(EXIT_OK if result.media_both_ways else EXIT_FAILURE)

@@ -1,0 +1,136 @@
+"""`icerelay phone` to `icerelay phone` on loopback: the call connects, media flows both ways,
+and what each side recorded is what the other sent (exact PCMU samples, or the tone).
+
+Each phone is a real process of the command; the answerer binds SIP port 0 and its first line
+says which port it got, so nothing here depends on free fixed ports.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from array import array
+from pathlib import Path
+
+import pytest
+
+from icerelay.endpoint.audio import dominant_frequency, read_wav, rms, write_wav
+from icerelay.endpoint.g711 import decode_ulaw, encode_ulaw
+
+pytestmark = pytest.mark.interop
+
+PHONE = [sys.executable, "-m", "icerelay", "phone"]
+
+
+def start_answerer(*args: str) -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen([*PHONE, "--listen", "127.0.0.1:0", "--answer", "--wait", "15",
+                                *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    assert process.stderr is not None
+    first = process.stderr.readline()  # "SIP on udp:IP:PORT" comes first, on stderr
+    if not first.startswith("SIP on udp:"):
+        process.kill()
+        raise AssertionError(f"answerer did not start: {first!r} {process.communicate()}")
+    return process, int(first.rsplit(":", 1)[1])
+
+
+def call(port: int, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PHONE, f"sip:bob@127.0.0.1:{port}", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        out, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+    return process.returncode, out + err
+
+
+def test_plain_call_exact_samples_both_ways(tmp_path: Path) -> None:
+    rng = random.Random(6)
+    # Random speech-like content: exact comparison after one G.711 round trip.
+    sent_a = array("h", [rng.randrange(-12000, 12000) for _ in range(8000)])
+    sent_b = array("h", [rng.randrange(-12000, 12000) for _ in range(8000)])
+    write_wav(tmp_path / "a.wav", sent_a)
+    write_wav(tmp_path / "b.wav", sent_b)
+    answerer, port = start_answerer("--play", str(tmp_path / "b.wav"), "--record",
+                                    str(tmp_path / "b_in.wav"), "--json", "--rtcp-interval",
+                                    "1", "--duration", "10")
+    caller = call(port, "--play", str(tmp_path / "a.wav"), "--record", str(tmp_path / "a_in.wav"),
+                  "--duration", "2", "--json", "--rtcp-interval", "1")
+    code, output = finish(answerer)
+    assert caller.returncode == 0, caller.stdout + caller.stderr
+    assert code == 0, output
+    result_a = json.loads(caller.stdout.strip().splitlines()[-1])
+    result_b = json.loads(output.strip().splitlines()[-1])
+    assert result_a["media_both_ways"] and result_b["media_both_ways"]
+    assert result_b["end_reason"] == "remote hangup"
+    assert result_a["statistics"]["packets_lost"] == 0
+    assert result_a["statistics"]["remote_reported_lost"] == 0  # from the peer's RTCP
+    for sent, recorded in ((sent_a, read_wav(tmp_path / "b_in.wav")),
+                           (sent_b, read_wav(tmp_path / "a_in.wav"))):
+        expected = decode_ulaw(encode_ulaw(sent))
+        assert len(recorded) >= len(expected)
+        assert recorded[:len(expected)] == expected
+
+
+def test_plain_call_tone_frequencies_pcma_dtmf(tmp_path: Path) -> None:
+    answerer, port = start_answerer("--tone", "1000", "--record", str(tmp_path / "b_in.wav"),
+                                    "--codec", "PCMA")
+    caller = call(port, "--tone", "440", "--record", str(tmp_path / "a_in.wav"),
+                  "--duration", "1.5", "--codec", "PCMA", "--dtmf", "159#")
+    code, output = finish(answerer)
+    assert caller.returncode == 0, caller.stdout + caller.stderr
+    assert code == 0, output
+    assert "media: PCMA/8000" in caller.stdout and "media flowed both ways" in output
+    assert "dtmf:     159#" in output
+    heard_by_a = read_wav(tmp_path / "a_in.wav")
+    heard_by_b = read_wav(tmp_path / "b_in.wav")
+    assert dominant_frequency(heard_by_a[1600:3200]) == pytest.approx(1000, abs=10)
+    assert dominant_frequency(heard_by_b[-3200:-1600]) == pytest.approx(440, abs=10)
+    assert rms(heard_by_a[1600:3200]) > 5000
+
+
+def test_ice_call_on_loopback_with_updated_offer(tmp_path: Path) -> None:
+    answerer, port = start_answerer("--ice", "--tone", "1000", "--record",
+                                    str(tmp_path / "b_in.wav"), "--debug")
+    caller = call(port, "--ice", "--tone", "440", "--record", str(tmp_path / "a_in.wav"),
+                  "--duration", "2", "--debug")
+    code, output = finish(answerer)
+    assert caller.returncode == 0, caller.stdout + caller.stderr
+    assert code == 0, output
+    out = caller.stdout
+    # The offer has the shape of asterisk-ice.txt: ICE credentials and candidates per component.
+    assert "a=ice-ufrag:" in out and "a=ice-pwd:" in out
+    assert " 1 UDP " in out and " 2 UDP " in out and "typ host" in out
+    assert "ICE state: completed" in out
+    assert "ICE: completed, selected pair host 127.0.0.1:" in out
+    # The controlling side's updated offer (re-INVITE) with a=remote-candidates, handled.
+    assert "CSeq: 2 INVITE" in out and "a=remote-candidates:1 127.0.0.1 " in out
+    assert "updated offer with remote-candidates" in output
+    assert dominant_frequency(read_wav(tmp_path / "a_in.wav")[1600:3200]) == pytest.approx(
+        1000, abs=10)
+    assert dominant_frequency(read_wav(tmp_path / "b_in.wav")[1600:3200]) == pytest.approx(
+        440, abs=10)
+
+
+def test_ice_caller_with_plain_answerer_falls_back(tmp_path: Path) -> None:
+    answerer, port = start_answerer("--tone", "1000")
+    caller = call(port, "--ice", "--duration", "1", "--record", str(tmp_path / "a_in.wav"))
+    code, output = finish(answerer)
+    assert caller.returncode == 0, caller.stdout + caller.stderr
+    assert code == 0, output
+    assert "the peer does not do ICE: plain RTP" in caller.stdout
+    assert dominant_frequency(read_wav(tmp_path / "a_in.wav")[800:2400]) == pytest.approx(
+        1000, abs=10)
+
+
+def test_nobody_answers_and_usage_errors() -> None:
+    result = call(9, "--timeout", "1", "--duration", "1")  # discard port: no SIP there
+    assert result.returncode == 1 and "FAILED: no call" in result.stdout
+    usage = subprocess.run([*PHONE], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 2
