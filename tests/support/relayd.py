@@ -1,0 +1,175 @@
+"""Run icerelay's media relay (``RelayService``) in a process of its own, like rtpengine runs.
+
+``python -m tests.support.relayd --ng-port N --port-min A --port-max B --accounting DB`` serves
+until SIGTERM/SIGINT, then stops the service gracefully, which ends every session and writes its
+accounting record (so a test can read the SQLite store after :meth:`RelayProcess.stop`).
+
+Why a process and not a thread of the test: Kamailio, SIPp and rtpengine are processes too, so
+the relay's control and media sockets are exercised across processes exactly as in production,
+the benchmark can read the relay's own RSS and CPU time, and the GIL of the test runner does not
+slow down the relay it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.rtpengine import NgClient
+
+__all__ = ["RelayProcess", "start_relay"]
+
+
+@dataclass
+class RelayProcess:
+    """A running relay subprocess."""
+
+    process: subprocess.Popen[bytes]
+    ng_port: int
+    port_range: tuple[int, int]
+    workdir: Path
+    accounting: Path
+    host: str = "127.0.0.1"
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "icerelay-relay.log"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def client(self, timeout: float = 2.0) -> NgClient:
+        return NgClient(self.host, self.ng_port, timeout=timeout)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM (graceful: sessions end, records are written), SIGKILL if it hangs."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        return self.process.returncode
+
+
+def start_relay(
+    workdir: Path,
+    *,
+    ng_port: int,
+    port_min: int,
+    port_max: int,
+    host: str = "127.0.0.1",
+    delete_delay: float = 0.0,
+    log_level: str = "info",
+    ready_timeout: float = 15.0,
+) -> RelayProcess:
+    """Start the relay subprocess and wait until it answers an ng ``ping``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    accounting = workdir / "sessions.sqlite3"
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.support.relayd",
+        "--host",
+        host,
+        "--ng-port",
+        str(ng_port),
+        "--port-min",
+        str(port_min),
+        "--port-max",
+        str(port_max),
+        "--delete-delay",
+        str(delete_delay),
+        "--accounting",
+        str(accounting),
+        "--log-level",
+        log_level,
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICERELAY_")}
+    # The checkout under test must be importable as `tests.support` from the subprocess.
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    with (workdir / "icerelay-relay.log").open("wb") as log:
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
+        )
+    relay = RelayProcess(process, ng_port, (port_min, port_max), workdir, accounting, host, argv)
+    deadline = time.monotonic() + ready_timeout
+    with NgClient(host, ng_port, timeout=0.2, retries=1) as client:
+        while time.monotonic() < deadline and process.poll() is None:
+            if client.ping():
+                return relay
+            time.sleep(0.05)
+    relay.stop()
+    raise RuntimeError(
+        f"icerelay relay did not answer ng ping on {host}:{ng_port} "
+        f"(exit={process.returncode}); log:\n{relay.log()[-3000:]}"
+    )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from icerelay.relay.config import RelayServiceConfig
+    from icerelay.relay.service import RelayService
+
+    config = RelayServiceConfig(
+        ng_listen=(args.host, args.ng_port),
+        ng_tcp=False,
+        mediaproxy_socket="",
+        address_ipv4=args.host,
+        port_min=args.port_min,
+        port_max=args.port_max,
+        delete_delay=args.delete_delay,
+        accounting=f"sqlite:{args.accounting}" if args.accounting else "",
+    )
+    service = RelayService(config)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from icerelay.aio.loop import loop_factory
+    from icerelay.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m tests.support.relayd")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--ng-port", type=int, required=True)
+    parser.add_argument("--port-min", type=int, default=16384)
+    parser.add_argument("--port-max", type=int, default=32767)
+    parser.add_argument("--delete-delay", type=float, default=0.0)
+    parser.add_argument("--accounting", default="", help="SQLite file; empty: none")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, "kv")
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
