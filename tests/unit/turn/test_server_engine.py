@@ -504,3 +504,24 @@ def test_drain_without_allocations_is_immediately_drained() -> None:
     engine.start_drain()
     assert isinstance(engine.next_event(), Drained)
     assert engine.next_event() is None
+
+
+def test_refresh_loops_do_not_grow_the_timer_heap() -> None:
+    engine, _ = make_engine()
+    client = Client(engine)
+    client.allocate()
+    for _ in range(300):
+        client.permit("198.51.100.7")
+        client.bind_channel(0x4000, PEER)
+        client.refresh(1200)
+        client.now += 0.01
+    assert len(engine._timers) < 10
+
+
+def test_a_shortening_refresh_takes_effect() -> None:
+    engine, _ = make_engine()
+    client = Client(engine)
+    client.allocate((A.LIFETIME, 3600))
+    client.refresh(600)
+    engine.handle_timer(client.now + 600)
+    assert not engine.allocations

@@ -55,6 +55,8 @@ class Allocation:
     stream: bool  # TCP or TLS to the client: ChannelData is padded (RFC 8656 §12.5)
     bucket: TokenBucket | None
     dont_fragment: bool = False
+    #: When the pending expiry timer entry fires (0: none yet); see the engine's _schedule.
+    timer_at: float = 0.0
     #: Peer IP address -> expiry (permissions ignore the port, RFC 8656 §9).
     permissions: dict[str, float] = field(default_factory=dict)
     channels: dict[int, Channel] = field(default_factory=dict)

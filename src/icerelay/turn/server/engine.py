@@ -348,24 +348,38 @@ class TurnServerEngine:
         """Expire whatever is due at *now*."""
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _when, _seq, kind, item = heapq.heappop(timers)
+            when, _seq, kind, item = heapq.heappop(timers)
             if kind == "allocation":
                 allocation: Allocation = item
-                if self._by_tuple.get(allocation.five_tuple) is allocation and (
-                    allocation.expires <= now
+                if (
+                    self._by_tuple.get(allocation.five_tuple) is not allocation
+                    or when != allocation.timer_at
                 ):
+                    continue  # deleted, or a superseded entry
+                if allocation.expires <= now:
                     self.counters["allocations_expired"] += 1
                     self._delete(allocation, "expired")
+                else:
+                    allocation.timer_at = allocation.expires
+                    self._at(allocation.expires, "allocation", allocation)
             elif kind == "permission":
                 allocation, host = item
                 expires = allocation.permissions.get(host)
-                if expires is not None and expires <= now:
+                if expires is None:
+                    continue
+                if expires <= now:
                     del allocation.permissions[host]
+                else:
+                    self._at(expires, "permission", item)
             elif kind == "channel":
                 allocation, number = item
                 channel = allocation.channels.get(number)
-                if channel is not None and channel.expires <= now:
+                if channel is None:
+                    continue
+                if channel.expires <= now:
                     self._expire_channel(allocation, channel, now)
+                else:
+                    self._at(channel.expires, "channel", item)
             elif kind == "cooldown":
                 allocation, number, peer = item
                 entry = allocation.cooldown_numbers.get(number)
@@ -385,6 +399,14 @@ class TurnServerEngine:
     def _at(self, when: float, kind: str, item: Any) -> None:
         self._timer_seq += 1
         heapq.heappush(self._timers, (when, self._timer_seq, kind, item))
+
+    def _schedule(self, allocation: Allocation) -> None:
+        """Arm the allocation's expiry: a new entry only when it must fire earlier than the
+        pending one (a Refresh may shorten the lifetime); later expiries are re-armed when the
+        pending entry comes due."""
+        if allocation.timer_at == 0.0 or allocation.expires < allocation.timer_at:
+            allocation.timer_at = allocation.expires
+            self._at(allocation.expires, "allocation", allocation)
 
     def _expire_channel(self, allocation: Allocation, channel: Channel, now: float) -> None:
         del allocation.channels[channel.number]
@@ -736,7 +758,7 @@ class TurnServerEngine:
         for relay in relays.values():
             self._by_relay[relay] = allocation
         self._add_user(user, 1)
-        self._at(allocation.expires, "allocation", allocation)
+        self._schedule(allocation)
         self.counters["allocations_created"] += 1
         self._events.append(
             AllocationCreated(five_tuple, credentials.username, tuple(relays.values()), lifetime)
@@ -803,7 +825,7 @@ class TurnServerEngine:
             return response
         lifetime = _lifetime(requested, self.config.default_lifetime, self.config.max_lifetime)
         allocation.expires = now + lifetime
-        self._at(allocation.expires, "allocation", allocation)
+        self._schedule(allocation)
         response.add(A.LIFETIME, lifetime)
         return response
 
@@ -837,9 +859,16 @@ class TurnServerEngine:
             return self._error(message, 508, "refused_capacity", "Too many permissions")
         expires = now + PERMISSION_LIFETIME
         for host in hosts:
-            allocation.permissions[host] = expires
-            self._at(expires, "permission", (allocation, host))
+            self._permit(allocation, host, expires)
         return message.response()
+
+    def _permit(self, allocation: Allocation, host: str, expires: float) -> None:
+        """Install or refresh a permission. A timer entry is pushed only for a new one: a
+        refreshed permission is re-armed when its old entry comes due, so clients refreshing
+        in a tight loop cannot grow the timer heap."""
+        if host not in allocation.permissions:
+            self._at(expires, "permission", (allocation, host))
+        allocation.permissions[host] = expires
 
     def _channel_bind(self, message: Message, allocation: Allocation, now: float) -> Message:
         number = message.get(A.CHANNEL_NUMBER)
@@ -878,13 +907,11 @@ class TurnServerEngine:
             channel = Channel(number, peer, allocation.relays[peer_address.family], expires)
             allocation.channels[number] = channel
             allocation.channel_by_peer[peer] = channel
+            self._at(expires, "channel", (allocation, number))
         else:
-            channel.expires = expires
-        self._at(expires, "channel", (allocation, number))
+            channel.expires = expires  # re-armed when its timer entry comes due
         # RFC 8656 §12.2: a ChannelBind also installs or refreshes the permission.
-        permission_expires = now + PERMISSION_LIFETIME
-        allocation.permissions[host] = permission_expires
-        self._at(permission_expires, "permission", (allocation, host))
+        self._permit(allocation, host, now + PERMISSION_LIFETIME)
         return message.response()
 
 
