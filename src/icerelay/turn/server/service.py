@@ -63,6 +63,29 @@ _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 _IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
 
 
+def _raise_fd_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards *needed*: one descriptor per relayed address (two
+    for a dual allocation) and per TCP client. With the usual soft limit of 1024, allocations
+    would otherwise fail with EMFILE (508) long before the configured quota."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        infinity = resource.RLIM_INFINITY
+        target = needed if hard == infinity else min(needed, hard)
+        if soft != infinity and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    except (ImportError, ValueError, OSError):
+        return
+    if soft != infinity and soft < needed:
+        logger.warning(
+            "turn open-file limit %d is below the %d the quotas may need; raise `ulimit -n`",
+            soft,
+            needed,
+        )
+
+
 def _tcp_listener(address: HostPort, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -223,6 +246,7 @@ class TurnService:
             )
         if not config.users and not config.auth_secrets:
             raise ConfigError("turn: no credentials: set users or auth_secrets")
+        _raise_fd_limit(config.quotas.total_allocations * 2 + config.max_tcp_connections + 256)
         multi = config.workers > 1
         if multi and any(port == 0 for _host, port in config.listen + config.tls_endpoints()):
             raise ConfigError("turn: workers > 1 needs fixed listening ports (not 0)")
