@@ -60,6 +60,8 @@ class _LegState:
     latched: list[_Sockaddr | None] = field(default_factory=lambda: [None, None])
     # When the latched source of each component last sent something (for handover).
     latched_seen: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    # Whether each latch came from media (final) or only from ICE checks (provisional).
+    media_latched: list[bool] = field(default_factory=lambda: [False, False])
     packets: int = 0
     bytes: int = 0
     rtcp_packets: int = 0
@@ -116,7 +118,8 @@ class _Stream:
             # RFC 5761 §4: on a multiplexed port, packet types 192..223 are RTCP.
             component = RTCP
         latched = state.latched[component]
-        if latched is None:
+        if latched is None or (latched != source and not state.media_latched[component]):
+            # The first media packet decides, also over a latch learnt from ICE checks.
             state.latched[component] = source
         elif latched != source:
             forwarding = self.forwarding
@@ -128,6 +131,7 @@ class _Stream:
                 return
         if state.latched[component] == source:
             state.latched_seen[component] = now
+            state.media_latched[component] = True
         state.last_packet = now
         if component == RTCP:
             state.rtcp_packets += 1
@@ -170,7 +174,14 @@ class _Stream:
                 state.stun_nominations += 1
         credentials = state.leg.ice_credentials
         if credentials is None:
-            # ICE runs end to end through the relay: pass the check (or its answer) along.
+            # ICE runs end to end through the relay: pass the check (or its answer) along. A
+            # party behind a NAT is reachable only where its checks come from, so they latch
+            # provisionally (the first check, then a nominating one) until media arrives; the
+            # answers to its checks could not reach it otherwise.
+            provisional = is_request and not state.media_latched[component]
+            if provisional and (state.latched[component] is None or nominating):
+                state.latched[component] = source
+                state.latched_seen[component] = now
             self._forward(side, component, data, state)
             return
         if not is_request:
@@ -256,10 +267,12 @@ class UserspaceDataPlane:
             if leg.local != previous.local:
                 await _close(state)
                 state.latched = [None, None]
+                state.media_latched = [False, False]
                 await self._open(stream, side)
             elif (leg.rtp_peer, leg.rtcp_peer) != (previous.rtp_peer, previous.rtcp_peer):
                 # New SDP addresses (a re-INVITE moved the party): learn the source afresh.
                 state.latched = [None, None]
+                state.media_latched = [False, False]
 
     async def remove(self, key: str) -> None:
         """Stop forwarding ``key`` and close its sockets."""

@@ -236,26 +236,45 @@ def binding_request(username: str, password: str, nominate: bool) -> Message:
     return request
 
 
-def test_stun_checks_pass_through_without_latching() -> None:
+def test_stun_checks_pass_through_and_latch_until_media_comes() -> None:
     async def main() -> None:
         plane = UserspaceDataPlane()
-        alice, bob = Phone(), Phone()
+        alice, alice_media, bob, stranger = Phone(), Phone(), Phone(), Phone()
         relay_a, relay_b = local_pair(), local_pair()
-        await plane.install(forwarding(Leg(relay_a, alice.address), Leg(relay_b, bob.address)))
+        # Alice's SDP address is useless (behind a NAT): only her checks show where she is.
+        await plane.install(
+            forwarding(Leg(relay_a, Address("192.0.2.99", 4000)), Leg(relay_b, bob.address))
+        )
         try:
-            check = binding_request("bob1:alice1", "x" * 22, True)
+            check = binding_request("bob1:alice1", "x" * 22, False)
             data = check.encode(integrity_key=short_term_key("p" * 22), fingerprint=True)
             alice.send(data, relay_a)
             received, source = await bob.receive()
             assert received == data and source == relay_b
             counters = plane.counters("k1")
             assert counters is not None
-            assert (counters.a.stun_requests, counters.a.stun_nominations) == (1, 1)
-            assert counters.a.latched_rtp is None and counters.a.packets == 0
+            assert (counters.a.stun_requests, counters.a.stun_nominations) == (1, 0)
+            assert counters.a.latched_rtp == alice.address and counters.a.packets == 0
+            # Bob's answer to the check reaches Alice at the address her check came from.
+            bob.send(b"\x01\x01answer", relay_b)
+            assert (await alice.receive())[0] == b"\x01\x01answer"
+            # A nominating check from another of her candidates moves the provisional latch.
+            nominate = binding_request("bob1:alice1", "x" * 22, True).encode(fingerprint=True)
+            alice_media.send(nominate, relay_a)
+            await bob.receive()
+            counters = plane.counters("k1")
+            assert counters is not None and counters.a.latched_rtp == alice_media.address
+            # Media decides for good; later checks from elsewhere no longer move it.
+            alice.send(rtp(1), relay_a)
+            assert (await bob.receive())[0] == rtp(1)
+            stranger.send(nominate, relay_a)
+            await bob.receive()
+            counters = plane.counters("k1")
+            assert counters is not None and counters.a.latched_rtp == alice.address
         finally:
             await plane.close()
-            alice.close()
-            bob.close()
+            for phone in (alice, alice_media, bob, stranger):
+                phone.close()
 
     run(main)
 
