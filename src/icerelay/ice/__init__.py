@@ -1,8 +1,11 @@
 """icerelay.ice: Interactive Connectivity Establishment (RFC 8445, RFC 5245 peers), sans I/O.
 
-:class:`Agent` is the engine (see :mod:`icerelay.ice.agent`); the modules split the protocol the
-way RFC 8445 does: :mod:`.candidate` (section 5.1), :mod:`.pair` and :mod:`.checklist`
-(section 6.1.2), :mod:`.gathering` (section 5.1.1), :mod:`.relay` (the TURN seam), :mod:`.events`.
+:class:`Agent` is the engine for one data stream (see :mod:`icerelay.ice.agent`), :class:`Session`
+several streams under one agent; the modules split the protocol the way RFC 8445 does:
+:mod:`.candidate` (section 5.1), :mod:`.pair` and :mod:`.checklist` (section 6.1.2),
+:mod:`.gathering` (section 5.1.1), :mod:`.relay` (the TURN seam), :mod:`.events`, :mod:`.config`.
+Around it: :mod:`.signalling` (SDP offer/answer), :mod:`.aio` (asyncio driver), :mod:`.compat`
+(aioice's API), :mod:`.rtpconf` (Asterisk's rtp.conf).
 """
 
 from icerelay.ice.agent import Agent
@@ -32,6 +35,7 @@ from icerelay.ice.events import (
 )
 from icerelay.ice.pair import CandidatePair, PairInfo, PairState, pair_priority
 from icerelay.ice.relay import RelayProvider, TurnRelay, TurnServer
+from icerelay.ice.session import Session, StreamEvent
 
 __all__ = [
     "TYPE_PREFERENCE",
@@ -56,6 +60,8 @@ __all__ = [
     "RelayProvider",
     "RoleChanged",
     "SelectedPairChanged",
+    "Session",
+    "StreamEvent",
     "TransportAddress",
     "TurnRelay",
     "TurnServer",

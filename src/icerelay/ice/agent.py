@@ -52,6 +52,7 @@ import string
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from icerelay.errors import IceError, StunError
 from icerelay.ice.candidate import (
@@ -65,6 +66,7 @@ from icerelay.ice.candidate import (
 )
 from icerelay.ice.checklist import (
     CheckList,
+    foundation_active,
     next_ordinary_check,
     set_initial_states,
     state_for_new_pair,
@@ -151,6 +153,39 @@ class _Check:
     cancelled: bool = False
 
 
+class Coordinator(Protocol):
+    """What a multi-stream session provides to its agents (one per data stream)."""
+
+    def checklists(self) -> list[CheckList]: ...
+
+    def set_role(self, controlling: bool) -> None: ...
+
+
+class Pacer:
+    """Ta pacing (RFC 8445 section 6.1.4.2, 14.2) over one or several data streams.
+
+    A new check (ordinary or triggered) leaves at most every Ta; when several streams have
+    checks to send they take turns, as the checklists of a checklist set do.
+    """
+
+    def __init__(self, ta: float, agents: Sequence[Agent]) -> None:
+        self.ta = ta
+        self.agents = list(agents)
+        self.next_check_at = 0.0
+        self._turn = 0
+
+    def pace(self, now: float) -> None:
+        if now < self.next_check_at:
+            return
+        count = len(self.agents)
+        for offset in range(count):
+            agent = self.agents[(self._turn + offset) % count]
+            if agent.send_next_check(now):
+                self._turn = (self._turn + offset + 1) % count
+                self.next_check_at = now + self.ta
+                return
+
+
 class Agent:
     """A sans-I/O ICE agent for one data stream; see the module documentation.
 
@@ -198,7 +233,8 @@ class Agent:
         self._outbox: list[Datagram] = []
         self._events: deque[Event] = deque()
         self._state = ConnectionState.NEW
-        self._next_check_at = 0.0
+        self._coordinator: Coordinator | None = None
+        self._pacer: Pacer = Pacer(self.config.ta, [self])
         self._consent_at: dict[int, float] = {}
         self._last_sent: dict[tuple[TransportAddress, TransportAddress], float] = {}
         self._consent_lost = False
@@ -333,7 +369,14 @@ class Agent:
             raise IceError(f"component {component} has no selected pair yet")
         self._transmit(pair, data, now)
 
-    def restart(self, now: float, *, controlling: bool | None = None) -> None:
+    def restart(
+        self,
+        now: float,
+        *,
+        controlling: bool | None = None,
+        local_ufrag: str | None = None,
+        local_pwd: str | None = None,
+    ) -> None:
         """ICE restart (section 9): new local credentials, a new checklist; signal again.
 
         Media keeps flowing on the current selected pairs until the new checks find pairs. The
@@ -345,7 +388,7 @@ class Agent:
             if check.generation is old and not check.consent:
                 del self._checks[transaction_id]
         self._previous = old if old.selected else self._previous
-        self._generation = self._new_generation(None, None)
+        self._generation = self._new_generation(local_ufrag, local_pwd)
         if controlling is not None and controlling != self.controlling and not self.lite:
             self._set_role(controlling, announce=True)
         for candidate in self.gatherer.candidates:
@@ -398,8 +441,8 @@ class Agent:
             if timer is not None:
                 timers.append(timer)
         generation = self._generation
-        if self._can_check() and self._has_check_to_send():
-            timers.append(self._next_check_at)
+        if self._can_check() and self.has_check_to_send():
+            timers.append(self._pacer.next_check_at)
         timers.extend(generation.nominate_at.values())
         timers.extend(self._consent_timers())
         return min(timers, default=None)
@@ -678,7 +721,7 @@ class Agent:
             valid.nominated = True
         pair.use_candidate = pair.use_candidate and not valid.nominated
         generation.first_valid_at.setdefault(pair.component, now)
-        unfreeze_foundation(pair.foundation, [checklist])
+        unfreeze_foundation(pair.foundation, self._checklists())
         self._update_component(generation, pair.component, now)
         self._pace(now)
 
@@ -726,36 +769,54 @@ class Agent:
             and generation.remote_pwd is not None
         )
 
-    def _has_check_to_send(self) -> bool:
+    def has_check_to_send(self) -> bool:
+        """Whether a check could leave now if Ta allowed (for the pacer's timer)."""
         checklist = self._generation.checklist
         if checklist.triggered:
             return True
+        checklists = self._checklists()
         return any(
             pair.state is PairState.WAITING
             or (
                 pair.state is PairState.FROZEN
-                and not any(
-                    other.foundation == pair.foundation
-                    and other.state in (PairState.WAITING, PairState.IN_PROGRESS)
-                    for other in checklist.pairs
-                )
+                and not foundation_active(pair.foundation, checklists)
             )
             for pair in checklist.pairs
         )
 
+    def _checklists(self) -> list[CheckList]:
+        """The checklist set: this stream's, or every stream's in a session."""
+        if self._coordinator is not None:
+            return self._coordinator.checklists()
+        return [self._generation.checklist]
+
+    def join(self, coordinator: Coordinator, pacer: Pacer) -> None:
+        """Become one data stream of a session (see :mod:`icerelay.ice.session`)."""
+        self._coordinator = coordinator
+        self._pacer = pacer
+
     def _pace(self, now: float) -> None:
-        """Send the next check if Ta has passed since the last one (section 6.1.4.2)."""
-        if not self._can_check() or now < self._next_check_at:
-            return
+        """Send the next check if Ta has passed since the last one (section 6.1.4.2).
+
+        In a :class:`~icerelay.ice.session.Session` the pacer is shared: Ta spaces the checks
+        of all data streams together, which take turns.
+        """
+        self._pacer.pace(now)
+
+    def send_next_check(self, now: float) -> bool:
+        """Send this stream's next check (triggered first, then ordinary) regardless of Ta;
+        False when there is none. The pacer calls this."""
+        if not self._can_check():
+            return False
         generation = self._generation
         checklist = generation.checklist
         pair = checklist.next_triggered()
         if pair is None:
-            pair = next_ordinary_check(checklist, [checklist])
+            pair = next_ordinary_check(checklist, self._checklists())
         if pair is None:
-            return
+            return False
         self._send_check(generation, pair, now)
-        self._next_check_at = now + self.config.ta
+        return True
 
     def _send_check(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
         use_candidate = self.controlling and (
@@ -1008,6 +1069,15 @@ class Agent:
     def _set_role(self, controlling: bool, *, announce: bool) -> None:
         if controlling == self.controlling:
             return
+        if self._coordinator is not None:
+            # One agent, one role: every data stream of the session switches together.
+            self._coordinator.set_role(controlling)
+        self.apply_role(controlling, announce=announce)
+
+    def apply_role(self, controlling: bool, *, announce: bool) -> None:
+        """Take a role decided elsewhere (the session); re-sorts the checklists."""
+        if controlling == self.controlling:
+            return
         self.controlling = controlling
         for generation in (self._generation, self._previous):
             if generation is not None:
@@ -1044,8 +1114,7 @@ class Agent:
         if generation.started:
             return
         generation.started = True
-        checklist = generation.checklist
-        set_initial_states([checklist])
+        set_initial_states(self._checklists())
         # Pairs made by the peer's early checks are already queued as triggered checks.
         self._update_state(now)
         self._pace(now)
@@ -1074,7 +1143,7 @@ class Agent:
         if pair is None or pair.state is not PairState.FROZEN:
             return pair
         if generation.started and not triggered:
-            pair.state = state_for_new_pair(pair, [checklist])
+            pair.state = state_for_new_pair(pair, self._checklists())
         return pair
 
     def _find_remote(
@@ -1084,6 +1153,13 @@ class Agent:
             if candidate.address == address and candidate.component == component:
                 return candidate
         return None
+
+    def owns(self, address: TransportAddress) -> bool:
+        """Whether datagrams to ``address`` are this agent's: one of its sockets (host bases,
+        the sockets its TURN relays use)."""
+        if self._local_base(address) is not None:
+            return True
+        return any(provider.base == address for provider in self.gatherer.relays())
 
     def _known_remote(self, address: TransportAddress) -> bool:
         return any(
