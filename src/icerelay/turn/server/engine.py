@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import logging
 import os
 import socket
 import struct
@@ -86,6 +87,7 @@ from icerelay.turn.server.ports import RESERVATION_LIFETIME, PortPool, Reservati
 from icerelay.turn.server.ratelimit import SourceRateLimiter, TokenBucket
 
 A = AttributeType
+logger = logging.getLogger("icerelay.turn.server")
 
 #: ``(data, source, destination, transport)``: send *data* from local address *source* to
 #: *destination*; transport "udp", "tcp" or "tls". A plain tuple: this is the hot path.
@@ -140,6 +142,7 @@ COUNTERS = (
     "refused_unknown_attribute",
     "reservations_expired",
     "bind_failures",
+    "internal_errors",
 )
 
 
@@ -263,6 +266,7 @@ class TurnServerEngine:
         self._out: list[Transmit] = []
         self._events: deque[Event] = deque()
         self._drained_sent = False
+        self._next_error_log = float("-inf")
 
     # --- the interface ------------------------------------------------------------------
 
@@ -304,7 +308,14 @@ class TurnServerEngine:
         if 0x40 <= first <= self._channel_first_max:
             self._channel_data_from_client(data, (transport, source, destination), now)
         elif first < 0x04:
-            self._stun_from_client(data, (transport, source, destination), now)
+            try:
+                self._stun_from_client(data, (transport, source, destination), now)
+            except Exception:
+                # A bug of ours, not the peer's fault: keep serving, count it, say so (rarely).
+                self.counters["internal_errors"] += 1
+                if now >= self._next_error_log:
+                    self._next_error_log = now + 60.0
+                    logger.exception("turn.internal_error source=%s", source)
         else:
             # Reserved ChannelData numbers (RFC 8656 §12), or not TURN at all.
             self.counters["dropped_malformed"] += 1
