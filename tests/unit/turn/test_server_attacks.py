@@ -341,23 +341,38 @@ def test_unauthenticated_answers_are_rate_limited_per_source() -> None:
 # --- relay loops through the server itself -------------------------------------------------
 
 
-def test_relaying_to_the_servers_own_addresses_is_refused() -> None:
+def test_relaying_into_the_servers_own_listener_is_refused() -> None:
     engine, _ = make_engine(allow_peers=["192.0.2.0/24", "198.51.100.0/24"])
-    victim = Client(engine, address=("203.0.113.5", 1))
-    victim_relay = victim.relayed(victim.allocate())
     attacker = Client(engine, address=("203.0.113.6", 2))
     attacker.allocate()
     # A permission is per IP: the server's IP itself may be permitted (peers may share it) ...
     assert error_code(attacker.permit("192.0.2.1")) is None
-    # ... but no channel to another relayed address or to the listener, and no Send either.
-    assert error_code(attacker.bind_channel(0x4000, victim_relay)) == 403
+    # ... but no channel to the listener and no Send to it (TURN over TURN through itself).
     assert error_code(attacker.bind_channel(0x4001, SERVER)) == 403
-    assert attacker.send_indication(victim_relay, b"loop") == []
     assert attacker.send_indication(SERVER, b"\x00\x01\x00\x00") == []
-    assert engine.counters["refused_peer_loop"] == 2
-    assert engine.counters["dropped_peer_loop"] == 2
+    assert engine.counters["refused_peer_loop"] == 1
+    assert engine.counters["dropped_peer_loop"] == 1
     # Other ports of the same host are ordinary peers.
     assert len(attacker.send_indication(("192.0.2.1", 9), b"fine")) == 1
+
+
+def test_relayed_addresses_of_other_allocations_are_ordinary_peers() -> None:
+    """Two agents behind symmetric NATs meet relay-to-relay on one TURN server."""
+    engine, _ = make_engine(allow_peers=["192.0.2.0/24"])
+    alice = Client(engine, address=("203.0.113.5", 1))
+    bob = Client(engine, address=("203.0.113.6", 2), username="bob", password="builder")
+    alice_relay = alice.relayed(alice.allocate())
+    bob_relay = bob.relayed(bob.allocate())
+    assert error_code(alice.permit(bob_relay[0])) is None
+    assert error_code(bob.bind_channel(0x4000, alice_relay)) is None
+    assert alice.send_indication(bob_relay, b"hi bob") == [
+        (b"hi bob", alice_relay, bob_relay, "udp")
+    ]
+    # What the socket layer then delivers to Bob's relayed address reaches Bob as ChannelData.
+    engine.receive_relayed(b"hi bob", alice_relay, bob_relay, bob.now)
+    assert engine.datagrams_to_send() == [
+        (b"\x40\x00\x00\x06hi bob", ("192.0.2.1", 3478), bob.address, "udp")
+    ]
 
 
 def test_advertised_relay_address_behind_nat() -> None:

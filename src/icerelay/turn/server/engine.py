@@ -234,21 +234,17 @@ class TurnServerEngine:
                 self.relay_hosts[family] = host
                 self.advertised_hosts[family] = config.advertised_host(family) or host
                 self._pools[family] = PortPool(config.relay_port_min, config.relay_port_max)
-        # The server's own transport addresses: relaying to them would loop traffic through the
-        # server (a relayed address talking to another, or STUN requests relayed into our own
-        # listener with a relayed address as source). Port-exact, so peers on the same host
-        # (tests on loopback) still work.
+        # The server's own listening addresses: relaying to them would feed STUN/TURN requests
+        # into our own listener with a relayed address as their source (TURN over TURN through
+        # one server: allocations "from" a relayed address, answers relayed to the attacker).
+        # Relayed addresses of other allocations are legitimate peers (two agents using the
+        # same TURN server, the common WebRTC/SIP case), and are reached like any peer.
         self._own_hosts = {_canonical(host) for host in self.relay_hosts.values()}
         self._own_hosts.update(_canonical(host) for host in self.advertised_hosts.values())
         self._own_hosts.update(_canonical(host) for host, _port in config.listen)
         self._own_ports = {port for _host, port in config.listen}
         self._own_ports.update(port for _host, port in config.tls_endpoints())
-        # With several workers each engine relays from a slice of the range; the loop check
-        # covers the whole range (``own_port_range``).
-        self._relay_low, self._relay_high = own_port_range or (
-            config.relay_port_min,
-            config.relay_port_max,
-        )
+        del own_port_range  # kept for API stability; relayed addresses are legitimate peers
         self.software = config.software
         # Binding answers come from the STUN server's engine, so both behave the same.
         self.binding = BindingEngine(software=config.software)
@@ -521,7 +517,7 @@ class TurnServerEngine:
         if relay is None or expires is None or expires <= now:
             self.counters["dropped_no_permission"] += 1
             return
-        if peer.host in self._own_hosts and self._is_own(peer.host, peer.port):
+        if peer.port in self._own_ports and self._is_own(peer.host, peer.port):
             self.counters["dropped_peer_loop"] += 1
             return
         bucket = allocation.bucket
@@ -850,10 +846,8 @@ class TurnServerEngine:
         return None
 
     def _is_own(self, host: str, port: int) -> bool:
-        """Whether (host, port) is one of this server's listening or relayed addresses."""
-        return _canonical(host) in self._own_hosts and (
-            self._relay_low <= port <= self._relay_high or port in self._own_ports
-        )
+        """Whether (host, port) is one of this server's listening addresses."""
+        return port in self._own_ports and _canonical(host) in self._own_hosts
 
     def _create_permission(self, message: Message, allocation: Allocation, now: float) -> Message:
         peers = message.get_all(A.XOR_PEER_ADDRESS)
