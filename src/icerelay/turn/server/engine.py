@@ -57,6 +57,7 @@ from typing import Any, Protocol
 
 from icerelay.errors import StunError
 from icerelay.server.binding import BindingEngine
+from icerelay.server.ratelimit import LogLimiter
 from icerelay.stun import (
     Address,
     AddressErrorCode,
@@ -263,6 +264,7 @@ class TurnServerEngine:
         self._events: deque[Event] = deque()
         self._drained_sent = False
         self._next_error_log = float("-inf")
+        self._log_limiter = LogLimiter(60.0)
 
     # --- the interface ------------------------------------------------------------------
 
@@ -533,8 +535,18 @@ class TurnServerEngine:
     def _stun_from_client(self, data: bytes, five_tuple: FiveTuple, now: float) -> None:
         try:
             message = decode_message(data)
-        except StunError:
+        except StunError as error:
             self.counters["dropped_malformed"] += 1
+            # Logged at most once a minute per source: a flood must not become a disk attack.
+            suppressed = self._log_limiter.allow(five_tuple[1][0], now)
+            if suppressed is not None:
+                logger.info(
+                    "turn.dropped source=%s transport=%s reason=%r suppressed=%d",
+                    five_tuple[1][0],
+                    five_tuple[0],
+                    str(error),
+                    suppressed,
+                )
             return
         message_class = message.message_class
         if message_class == MessageClass.INDICATION:
