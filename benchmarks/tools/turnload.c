@@ -34,7 +34,7 @@
 #include <unistd.h>
 
 #define BATCH 64
-#define HIST_US 200000 /* latencies above 200 ms land in the last bucket */
+#define HIST_US 1000000 /* latencies above 1 s land in the last bucket */
 #define HDR 4          /* ChannelData header */
 
 static uint64_t now_ns(void) {
