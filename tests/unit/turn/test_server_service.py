@@ -243,3 +243,21 @@ def test_drain_with_workers_ends_when_every_worker_is_empty() -> None:
             await service.stop()
 
     asyncio.run(scenario())
+
+
+def test_daemon_mode_drains_on_sigusr1_and_then_asks_the_process_to_stop() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        terminated = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, terminated.set)
+        service = TurnService(_config(), daemon=True)
+        await service.start()
+        try:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await asyncio.wait_for(terminated.wait(), 3)
+            assert service.engine.draining
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            await service.stop()
+
+    asyncio.run(scenario())

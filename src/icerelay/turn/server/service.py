@@ -198,8 +198,12 @@ class TurnService:
         worker_index: int = 0,
         nonce_key: bytes | None = None,
         inherited: list[tuple[str, socket.socket]] | None = None,
+        daemon: bool = False,
     ) -> None:
         self.config = config
+        #: Under ``icerelay serve``: SIGUSR1 drains, and once drained the service sends the
+        #: process SIGTERM, which serve turns into a clean stop of every service.
+        self.daemon = daemon
         #: Listening sockets made by the parent (worker processes only).
         self._inherited = inherited
         #: 0 for the service ``icerelay serve`` runs; 1.. in worker processes.
@@ -291,6 +295,9 @@ class TurnService:
             await self.stop()
             raise
         self._tick = loop.call_later(_TICK, self._on_tick)
+        if self.daemon:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self.add_signal_handlers()
         logger.info(
             "turn server started udp=%s tcp=%s tls=%s realm=%s relay_ipv4=%s relay_ipv6=%s",
             _fmt(self.listen_udp),
@@ -391,6 +398,9 @@ class TurnService:
 
     async def stop(self) -> None:
         """Close every socket and connection (allocations end without Refresh)."""
+        if self.daemon and self._loop is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self._loop.remove_signal_handler(signal.SIGUSR1)
         if self._workers:
             await self._stop_workers()
         if self._tick is not None:
@@ -426,6 +436,11 @@ class TurnService:
         await self._drained.wait()
         for process in self._workers:
             await process.wait()
+
+    async def _exit_when_workers_drained(self) -> None:
+        await self.wait_drained()
+        logger.info("turn server drained: stopping the daemon")
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def add_signal_handlers(self, signum: int = signal.SIGUSR1) -> None:
         """Drain on *signum* (SIGUSR1 by default)."""
@@ -541,8 +556,10 @@ class TurnService:
                     event.packets_to_client,
                 )
             elif isinstance(event, Drained):
-                logger.info("turn server drained")
+                logger.info("turn server drained worker=%d", self.worker_index)
                 self._drained.set()
+                if self.daemon:
+                    self.loop.create_task(self._exit_when_workers_drained())
 
     def _on_tick(self) -> None:
         now = self.loop.time()
