@@ -293,7 +293,9 @@ def render(data: Result) -> str:
         "- Load generator: `benchmarks/tools/turnload.c` (C; sender and receiver in two "
         "processes; sends from each allocation's own client socket; epoll receive; per-stream "
         "sequence accounting; one-way latency from a CLOCK_MONOTONIC send timestamp in every "
-        "payload, exact 1 us histogram). Allocations are made by a small independent Python "
+        "payload, exact 1 us histogram; run at nice -5 so that it keeps its schedule on the "
+        "shared machine, the servers at the default priority). Allocations are made by a "
+        "small independent Python "
         "TURN client (`benchmarks/turn/allocate.py`) whose sockets the C tool inherits."
     )
     add(
