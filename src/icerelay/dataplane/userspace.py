@@ -99,16 +99,32 @@ class _LegState:
 class _Stream:
     """One installed forwarding: two legs and the rules that join them."""
 
-    __slots__ = ("forwarding", "legs", "loop")
+    __slots__ = ("forwarding", "legs", "local", "loop")
 
     def __init__(self, forwarding: Forwarding, loop: asyncio.AbstractEventLoop) -> None:
         self.forwarding = forwarding
         self.legs = (_LegState(forwarding.a), _LegState(forwarding.b))
         self.loop = loop
+        self.local: frozenset[_Sockaddr] = frozenset()
+        self.update_local()
+
+    def update_local(self) -> None:
+        """Remember the stream's own sockets, to refuse packets the relay sent to itself."""
+        own = set()
+        for state in self.legs:
+            address = state.leg.local
+            own.add((address.host, address.port))
+            own.add((address.host, address.port + 1))
+        self.local = frozenset(own)
 
     def received(self, side: int, component: int, data: bytes, source: _Sockaddr) -> None:
         """The hot path: one datagram arrived on ``side``'s socket for ``component``."""
         state = self.legs[side]
+        if source in self.local:
+            # The relay talking to itself (a party named a relay port as its own address):
+            # forwarding it would start a loop.
+            state.dropped += 1
+            return
         now = self.loop.time()
         first = data[0] if data else 0
         if first < 4 and is_stun(data):
@@ -260,10 +276,13 @@ class UserspaceDataPlane:
                 raise
             return
         stream.forwarding = forwarding
+        previous_legs = [state.leg for state in stream.legs]
+        for state, leg in zip(stream.legs, (forwarding.a, forwarding.b), strict=True):
+            state.leg = leg
+        stream.update_local()
         for side, leg in enumerate((forwarding.a, forwarding.b)):
             state = stream.legs[side]
-            previous = state.leg
-            state.leg = leg
+            previous = previous_legs[side]
             if leg.local != previous.local:
                 await _close(state)
                 state.latched = [None, None]

@@ -641,7 +641,12 @@ class SessionEngine:
                 opened.append(stream)
             stream.info[side] = info
             stream.media = info.media
-            stream.peer[side] = self._peer_addresses(info, options)
+            peer = self._peer_addresses(info, options)
+            if not self._is_own(peer[0]):
+                # After ICE through the relay, an agent may name the relay itself (its
+                # peer-reflexive address) in c=/m=: sending there would loop, so the party's
+                # address stays what it was (latching knows the real one).
+                stream.peer[side] = peer
             family = options.address_family
             if family is not None and family in self.config.addresses:
                 stream.family[receiver] = family
@@ -723,6 +728,14 @@ class SessionEngine:
             return None, None
         rtcp = Address(rtcp_host, info.rtcp_port) if _family_of(rtcp_host) else None
         return Address(host, info.port), rtcp
+
+    def _is_own(self, address: Address | None) -> bool:
+        """True if ``address`` is one of the relay's own ports."""
+        if address is None or not self.pool.first <= address.port <= self.pool.last:
+            return False
+        host = _canonical(address.host)
+        config = self.config
+        return host in config.addresses.values() or host in config.advertised.values()
 
     def _ice_went_direct(self, stream: _Stream, side: int, info: MediaInfo) -> bool:
         """True if ``side``'s re-offer shows ICE selected a pair that avoids the relay.

@@ -401,3 +401,26 @@ def test_ipv6_legs_and_ipv4_to_ipv6_bridging() -> None:
             bob.close()
 
     run(main)
+
+
+def test_packets_from_the_relay_itself_are_dropped() -> None:
+    async def main() -> None:
+        plane = UserspaceDataPlane()
+        bob = Phone()
+        relay_a, relay_b = local_pair(), local_pair()
+        # A party that named the relay's own port as its address (it learnt it as a
+        # peer-reflexive candidate through the relay): forwarding there must not loop.
+        await plane.install(forwarding(Leg(relay_a, relay_b), Leg(relay_b, bob.address)))
+        try:
+            bob.send(rtp(1), relay_b)
+            await asyncio.sleep(0.1)
+            counters = plane.counters("k1")
+            assert counters is not None
+            assert counters.b.packets == 1  # Bob's packet, once
+            assert counters.b.dropped == 1  # its copy arriving from relay_a, refused
+            assert await bob.nothing()
+        finally:
+            await plane.close()
+            bob.close()
+
+    run(main)

@@ -526,3 +526,19 @@ def test_silence_without_ice_is_a_media_timeout() -> None:
     engine.handle_timer(31.0)
     (ended,) = [e for e in drain(engine) if isinstance(e, SessionEnded)]
     assert ended.record.reason is TerminationReason.NO_MEDIA
+
+
+def test_reoffer_naming_the_relay_itself_keeps_the_party_address() -> None:
+    engine = make_engine()
+    offer(engine, PLAIN)
+    to_caller = answer(engine, SIPP_ANSWER)
+    drain(engine)
+    relay_port = to_caller.media[0].port
+    # After ICE through the relay the caller's selected local candidate is peer-reflexive:
+    # the relay's own address. Its re-offer names it in c=/m=.
+    reoffer = PLAIN.replace(b"c=IN IP4 192.0.2.11", f"c=IN IP4 {RELAY}".encode()).replace(
+        b"m=audio 6000", f"m=audio {relay_port}".encode()
+    )
+    offer(engine, reoffer, 5.0, to="callee")
+    (forwarding,) = installed(drain(engine))
+    assert forwarding.a.rtp_peer == Address("192.0.2.11", 6000)

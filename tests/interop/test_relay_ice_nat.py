@@ -1,0 +1,166 @@
+"""ICE selects the relay's candidate when no direct path exists, and media flows through the relay.
+
+Network namespaces built by the test::
+
+    alice 10.0.1.2 ── symmetric NAT 10.0.1.1 | 198.51.100.1 ──┐
+                                                          public: Kamailio + icerelay relay
+                                                          on 100.64.0.100 (no forwarding)
+    bob 203.0.113.20 ─────────────────────────────────────────┘
+
+``public`` does not route between its two links, so Alice and Bob cannot reach each other
+directly; both reach Kamailio and the relay. Alice's SDP names her private address and she sits
+behind an address-and-port-dependent (symmetric) NAT. The relay adds itself as a ``typ relay``
+candidate on each side; ICE's checks through it latch Alice's mapped address, so the relay pair is
+the one that succeeds, is nominated, and carries the call's media both ways.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.interop.test_relay_kamailio import KAMAILIO, KAMAILIO_CFG
+from tests.support import netns
+
+pytestmark = [pytest.mark.interop, pytest.mark.netns]
+
+SERVICE = "100.64.0.100"
+BOB = "203.0.113.20"
+ALICE = "10.0.1.2"
+NG_PORT, SIP_PORT, PORT_MIN = 2223, 5060, 40000
+
+RELAY_MAIN = """
+import asyncio, signal, sys
+from icerelay.relay.config import RelayServiceConfig
+from icerelay.relay.service import RelayService
+
+async def main() -> None:
+    config = RelayServiceConfig(
+        ng_listen=({service!r}, {ng_port}), ng_tcp=False, address_ipv4={service!r},
+        port_min={port_min}, port_max={port_min} + 99, delete_delay=0.2,
+        mediaproxy_socket="", accounting="sqlite://{database}",
+    )
+    service = RelayService(config)
+    await service.start()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await service.stop()
+
+asyncio.run(main())
+"""
+
+
+def phone(*args: str) -> list[str]:
+    return [sys.executable, "-m", "icerelay", "phone", *args]
+
+
+@pytest.mark.skipif(
+    KAMAILIO is None, reason="kamailio is not installed (Debian package 'kamailio')"
+)
+def test_symmetric_nat_ice_selects_the_relay(netns_lab: netns.Lab, tmp_path: Path) -> None:
+    assert KAMAILIO is not None
+    lab = netns_lab
+    public, nat = lab.namespace("pub"), lab.namespace("nat")
+    alice, bob = lab.namespace("alice"), lab.namespace("bob")
+    outside, _ = lab.link(nat, public, ["198.51.100.1/24"], ["198.51.100.10/24"])
+    lab.link(alice, nat, [f"{ALICE}/24"], ["10.0.1.1/24"])
+    lab.link(bob, public, [f"{BOB}/24"], ["203.0.113.10/24"])
+    public.run("ip", "address", "add", f"{SERVICE}/32", "dev", "lo")
+    alice.run("ip", "route", "add", "default", "via", "10.0.1.1")
+    nat.run("ip", "route", "add", "default", "via", "198.51.100.10")
+    nat.sysctl("net.ipv4.ip_forward", "1")
+    nat.nft(netns.nat_ruleset(outside, "symmetric"))
+    bob.run("ip", "route", "add", "default", "via", "203.0.113.10")
+    public.sysctl("net.ipv4.ip_forward", "0")
+
+    database = tmp_path / "sessions.sqlite3"
+    relay = public.popen(
+        sys.executable,
+        "-c",
+        RELAY_MAIN.format(service=SERVICE, ng_port=NG_PORT, port_min=PORT_MIN, database=database),
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    assert relay.stdout is not None
+    assert relay.stdout.readline().strip() == "ready", relay.stderr.read() if relay.stderr else ""
+
+    # Alice is behind a NAT: Kamailio answers where her requests really come from.
+    config = KAMAILIO_CFG.format(
+        host=SERVICE,
+        sip_port=SIP_PORT,
+        ng_port=NG_PORT,
+        uas_port=SIP_PORT,
+        flags="replace-origin replace-session-connection",
+    ).replace(f'$du = "sip:{SERVICE}:{SIP_PORT}";', f'$du = "sip:{BOB}:{SIP_PORT}";')
+    config = config.replace("request_route {\n", "request_route {\n    force_rport();\n", 1)
+    (tmp_path / "kamailio.cfg").write_text(config)
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    kamailio_log = (tmp_path / "kamailio.log").open("w")
+    public.popen(
+        KAMAILIO, "-f", str(tmp_path / "kamailio.cfg"), "-DD", "-E", "-Y", str(rundir),
+        "-P", str(rundir / "pid"), "-w", str(tmp_path), "-m", "32", "-M", "8",
+        stdout=kamailio_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while "found, support for it enabled" not in (tmp_path / "kamailio.log").read_text():
+        assert time.monotonic() < deadline, (tmp_path / "kamailio.log").read_text()[-3000:]
+        time.sleep(0.1)
+
+    callee = bob.popen(
+        *phone("--listen", f"{BOB}:{SIP_PORT}", "--answer", "--ice", "--wait", "40",
+               "--duration", "60", "--json", "--debug"),
+        stdout=(tmp_path / "bob.log").open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    time.sleep(0.5)
+    caller = alice.popen(
+        *phone(f"sip:bob@{BOB}:{SIP_PORT}", "--listen", f"{ALICE}:{SIP_PORT}", "--proxy",
+               f"{SERVICE}:{SIP_PORT}", "--ice", "--duration", "4", "--timeout", "20",
+               "--json", "--debug"),
+        stdout=(tmp_path / "alice.log").open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    def logs() -> str:
+        return "\n".join(
+            f"--- {name}\n" + (tmp_path / name).read_text(errors="replace")[-4000:]
+            for name in ("alice.log", "bob.log", "kamailio.log")
+        )
+
+    try:
+        assert caller.wait(40) == 0, logs()
+        assert callee.wait(15) == 0, logs()
+    except subprocess.TimeoutExpired:
+        raise AssertionError(logs()) from None
+    finally:
+        kamailio_log.close()
+        # The BYE's delete has a 0.2 s grace period; then a graceful stop, so that the record
+        # is in the database.
+        time.sleep(0.6)
+        os.killpg(relay.pid, signal.SIGTERM)
+        relay.wait(10)
+
+    alice_result = json.loads((tmp_path / "alice.log").read_text().strip().splitlines()[-1])
+    assert alice_result["media_both_ways"], logs()
+    assert " -> relay " in alice_result["ice_pair"], alice_result["ice_pair"]
+    with sqlite3.connect(database) as connection:
+        (reason,) = connection.execute("SELECT reason FROM sessions").fetchone()
+        (caller_packets, callee_packets, end_reason) = connection.execute(
+            "SELECT packets_from_caller, packets_from_callee, end_reason FROM streams"
+        ).fetchone()
+    assert reason == "deleted"
+    assert end_reason is None
+    # Four seconds of 20 ms packets each way, all through the relay, each counted once.
+    bob_result = json.loads((tmp_path / "bob.log").read_text().strip().splitlines()[-1])
+    alice_sent = alice_result["statistics"]["packets_sent"]
+    bob_sent = bob_result["statistics"]["packets_sent"]
+    assert alice_sent > 150 and abs(caller_packets - alice_sent) <= 2, (caller_packets, alice_sent)
+    assert callee_packets <= bob_sent and callee_packets > 150, (callee_packets, bob_sent)
