@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit deps clean bench bench-smoke
+.PHONY: run test lint typecheck unit deps clean bench bench-smoke bench-relay bench-relay-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks.turn --smoke
+
+# Media relay benchmark, icerelay vs rtpengine 10.5 userspace (needs gcc and rtpengine-daemon;
+# ~8 min; rewrites benchmarks/relay/REPORT.md + report.json). The smoke run takes < 1 min.
+bench-relay: $(STAMP)
+	$(BIN)/python -m benchmarks.relay
+
+bench-relay-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.relay --smoke
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,108 @@
+"""python -m benchmarks.relay [--smoke] [--servers icerelay,rtpengine] [--seconds N]
+
+Measures icerelay's media relay and rtpengine 10.5 (userspace, ``table = -1``) side by side and
+writes benchmarks/relay/REPORT.md and report.json (full run), or results/REPORT-smoke.md and
+results/report-smoke.json (smoke run: tiny loads, under a minute, only shows the harness works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.relay import bench, report
+
+HERE = Path(__file__).resolve().parent
+
+
+def _versions() -> dict[str, str]:
+    import subprocess
+
+    def first_line(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "unavailable"
+        return (
+            (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+        )
+
+    return {
+        "rtpengine": first_line(["dpkg-query", "-W", "-f=${Version}", "rtpengine-daemon"]),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpus": str(os.cpu_count()),
+        "cpu": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "unknown",
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.relay", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny loads, < 1 minute")
+    parser.add_argument("--servers", default="icerelay,rtpengine", help="comma-separated")
+    parser.add_argument("--seconds", type=float, help="length of each load step")
+    parser.add_argument("--steps", help="comma-separated stream counts")
+    args = parser.parse_args(argv)
+
+    plan = bench.Plan.smoke() if args.smoke else bench.Plan.full()
+    if args.seconds:
+        plan.seconds = args.seconds
+    if args.steps:
+        plan.steps = [int(n) for n in args.steps.split(",")]
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
+
+    data: dict[str, object] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "smoke": args.smoke,
+        "plan": plan.as_dict(),
+        "machine": _versions(),
+        "loadavg_start": bench.loadavg(),
+        "servers": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="icerelay-relay-bench-") as tmp:
+        workdir = Path(tmp)
+        udpblast = bench.build_udpblast(workdir)
+        data["baseline"] = bench.measure_baseline(plan, workdir, udpblast, log)
+        results: dict[str, object] = {}
+        for name in servers:
+            try:
+                results[name] = bench.measure_server(name, plan, workdir, udpblast, log)
+            except Exception as error:  # one server failing must not lose the other's figures
+                log(f"{name}: failed: {error!r}")
+                results[name] = {"server": name, "error": repr(error)}
+        data["servers"] = results
+    data["duration_s"] = round(time.monotonic() - started, 1)
+    data["loadavg_end"] = bench.loadavg()
+
+    if args.smoke:
+        out_dir = HERE / "results"
+        out_dir.mkdir(exist_ok=True)
+        json_path, md_path = out_dir / "report-smoke.json", out_dir / "REPORT-smoke.md"
+    else:
+        json_path, md_path = HERE / "report.json", HERE / "REPORT.md"
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    md_path.write_text(report.render(data))
+    log(f"wrote {md_path} and {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
