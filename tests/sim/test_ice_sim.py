@@ -258,3 +258,16 @@ def test_dual_stack_agents_pair_only_within_a_family() -> None:
     assert len(left.checklist.pairs) <= 2  # IPv6-IPv6 and IPv4-IPv4 only
     pair = left.selected_pair()
     assert pair is not None and pair.local.host == "2001:db8::1"  # the preferred interface
+
+
+def test_relay_only_policy_never_reveals_or_uses_local_addresses() -> None:
+    scenario = IceScenario(
+        left_nat=FULL_CONE,
+        right_nat=FULL_CONE,
+        turn=True,
+        left_config=AgentConfig(relay_only=True),
+    )
+    result = scenario.run(30)
+    assert result.connected and result.left.local_type == "relay"
+    assert {c.type.value for c in scenario.left_agent.local_candidates} == {"relay"}
+    assert {c.type.value for c in scenario.right_agent.remote_candidates} <= {"relay", "prflx"}

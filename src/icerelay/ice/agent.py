@@ -408,12 +408,23 @@ class Agent:
     # --- driver interface -------------------------------------------------------------------
 
     def receive(
-        self, data: bytes, source: TransportAddress, destination: TransportAddress, now: float
+        self,
+        data: bytes,
+        source: TransportAddress,
+        destination: TransportAddress,
+        now: float,
+        *,
+        transport: str = "udp",
     ) -> None:
-        """Feed one datagram that arrived on one of the agent's sockets."""
+        """Feed one datagram that arrived on one of the agent's sockets (or, with ``transport``
+        "tcp"/"tls", bytes from a TURN server's stream connection; see ``Datagram``)."""
         self._now = now
         source = (str(source[0]), int(source[1]))
         destination = (str(destination[0]), int(destination[1]))
+        if transport != "udp":
+            self.gatherer.receive_relay(data, source, destination, now, transport)
+            self._process_gatherer(now)
+            return
         if is_stun(data):
             # Answers to gathering requests first: a TURN server is often the STUN server too,
             # so its Binding responses arrive on a relay's socket.
@@ -423,6 +434,13 @@ class Agent:
                 return
         if not self.gatherer.receive_relay(data, source, destination, now):
             self._receive_on(data, source, destination, now)
+        self._process_gatherer(now)
+
+    def connection_lost(
+        self, server: TransportAddress, base: TransportAddress, transport: str, now: float
+    ) -> None:
+        """The driver's TCP/TLS connection to a TURN server ended (or never opened)."""
+        self.gatherer.relay_connection_lost(server, base, transport, now)
         self._process_gatherer(now)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
@@ -459,10 +477,11 @@ class Agent:
             retransmissions = transaction.datagrams_to_send(now)
             if not check.cancelled:
                 for data in retransmissions:
-                    self.checks_sent += 0 if check.consent else 1
+                    if not check.consent:
+                        self.checks_sent += 1
                     self._transmit(check.pair, data, now)
             if transaction.done:
-                del self._checks[transaction_id]
+                self._checks.pop(transaction_id, None)
                 if not check.cancelled:
                     self._check_timed_out(check, now)
         generation = self._generation

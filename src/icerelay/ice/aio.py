@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -51,6 +52,7 @@ from icerelay.ice.config import AgentConfig
 from icerelay.ice.events import (
     ConnectionState,
     ConnectionStateChanged,
+    Datagram,
     DataReceived,
     Event,
     GatheringComplete,
@@ -102,6 +104,39 @@ class _Socket(asyncio.DatagramProtocol):
         return
 
 
+StreamKey = tuple[TransportAddress, TransportAddress, str]
+"""(local base, TURN server, "tcp"/"tls"): how the engine names a relay's stream connection."""
+
+
+class _Stream(asyncio.Protocol):
+    """The TCP or TLS connection of one TURN relay; writes wait until it is open."""
+
+    def __init__(self, connection: Connection, key: StreamKey) -> None:
+        self.connection = connection
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        for data in self.pending:
+            self.transport.write(data)
+        self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.connection._stream_data(self.key, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection._stream_lost(self.key)
+
+
 class Connection:
     """One ICE session (one data stream) over real UDP sockets.
 
@@ -126,6 +161,7 @@ class Connection:
         on_data: Callable[[int, bytes, TransportAddress], None] | None = None,
         local_username: str | None = None,
         local_password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         base = config or AgentConfig()
         servers = tuple(base.stun_servers) + tuple(
@@ -146,6 +182,8 @@ class Connection:
         self.on_data = on_data
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets: dict[TransportAddress, _Socket] = {}
+        self._streams: dict[StreamKey, _Stream] = {}
+        self._tls_context = tls_context
         self._timer: asyncio.TimerHandle | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._received: dict[int, asyncio.Queue[tuple[bytes, TransportAddress]]] = {
@@ -256,6 +294,11 @@ class Connection:
             if protocol.transport is not None:
                 protocol.transport.close()
         self._sockets.clear()
+        for stream in list(self._streams.values()):
+            stream.closed = True
+            if stream.transport is not None:
+                stream.transport.close()
+        self._streams.clear()
 
     # --- the driver -------------------------------------------------------------------------
 
@@ -285,6 +328,40 @@ class Connection:
         self.agent.receive(data, source, local, self._now())
         self._service()
 
+    def _stream_for(self, datagram: Datagram) -> _Stream:
+        key = (datagram.source, datagram.destination, datagram.transport)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = _Stream(self, key)
+            self._streams[key] = stream
+            assert self._loop is not None
+            self._loop.create_task(self._open_stream(stream))
+        return stream
+
+    async def _open_stream(self, stream: _Stream) -> None:
+        assert self._loop is not None
+        _, server, transport = stream.key
+        context: ssl.SSLContext | None = None
+        if transport == "tls":
+            context = self._tls_context or ssl.create_default_context()
+        try:
+            await self._loop.create_connection(lambda: stream, server[0], server[1], ssl=context)
+        except OSError:
+            self._stream_lost(stream.key)
+
+    def _stream_data(self, key: StreamKey, data: bytes) -> None:
+        base, server, transport = key
+        self.agent.receive(data, server, base, self._now(), transport=transport)
+        self._service()
+
+    def _stream_lost(self, key: StreamKey) -> None:
+        stream = self._streams.pop(key, None)
+        if stream is None or stream.closed:
+            return
+        base, server, transport = key
+        self.agent.connection_lost(server, base, transport, self._now())
+        self._service()
+
     def _on_timer(self) -> None:
         self._timer = None
         self.agent.handle_timer(self._now())
@@ -294,6 +371,9 @@ class Connection:
         """Send what the agent wants sent, dispatch its events, re-arm the timer."""
         now = self._now()
         for datagram in self.agent.datagrams_to_send(now):
+            if datagram.transport != "udp":
+                self._stream_for(datagram).write(datagram.data)
+                continue
             protocol = self._sockets.get(datagram.source)
             if protocol is not None and protocol.transport is not None:
                 protocol.transport.sendto(datagram.data, datagram.destination)

@@ -20,14 +20,14 @@ Code written for aioice keeps working with one changed import::
 What differs, on purpose: :meth:`Connection.connect` returns as soon as every component has a
 working pair (media can flow; nomination completes in the background), which is what makes
 icerelay connect sooner; remote candidates may be added before or after ``connect()`` (trickle);
-aioice ``Candidate`` objects are accepted as they are. TURN over TCP/TLS and the relay-only
-transport policy are not available yet and raise :class:`~icerelay.errors.IceError`.
+aioice ``Candidate`` objects are accepted as they are; ``TransportPolicy.RELAY`` maps to
+``AgentConfig(relay_only=True)``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from icerelay.errors import IceError
@@ -153,10 +153,14 @@ class Connection:
         local_addresses: list[str] | None = None,
         config: AgentConfig | None = None,
     ) -> None:
-        if turn_ssl or turn_transport != "udp":
-            raise IceError("TURN over TCP/TLS is not supported by icerelay's ICE agent yet")
-        if transport_policy is not None and getattr(transport_policy, "name", "ALL") != "ALL":
-            raise IceError("only the ALL transport policy is supported")
+        transport = "tls" if turn_ssl else turn_transport
+        if transport not in ("udp", "tcp", "tls"):
+            raise IceError(f"unknown TURN transport {turn_transport!r}")
+        policy = getattr(transport_policy, "name", "ALL") if transport_policy is not None else "ALL"
+        if policy not in ("ALL", "RELAY"):
+            raise IceError(f"unknown transport policy {policy}")
+        if policy == "RELAY":
+            config = replace(config or AgentConfig(), relay_only=True)
         turn_servers: list[TurnServer] = []
         if turn_server is not None:
             turn_servers.append(
@@ -164,6 +168,7 @@ class Connection:
                     (str(turn_server[0]), int(turn_server[1])),
                     turn_username or "",
                     turn_password or "",
+                    transport,  # type: ignore[arg-type]  # checked just above
                 )
             )
         addresses = local_addresses or default_local_addresses(ipv4=use_ipv4, ipv6=use_ipv6)

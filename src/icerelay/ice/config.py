@@ -75,6 +75,11 @@ class AgentConfig:
     consent_freshness: bool = True
     """Send RFC 7675 consent requests on the pairs in use (full agents)."""
 
+    relay_only: bool = False
+    """Use relayed candidates only (WebRTC's ``iceTransportPolicy: "relay"``): the local
+    addresses are used only to reach the TURN servers, never announced or checked from, so the
+    peer never learns them."""
+
     max_pairs: int = 100
     """Checklist size limit (RFC 8445 section 6.1.2.5)."""
 

@@ -38,11 +38,19 @@ class ConnectionState(enum.Enum):
 
 @dataclass(frozen=True)
 class Datagram:
-    """One UDP datagram the driver must send from ``source`` (a local socket) to ``destination``."""
+    """What the driver must send from ``source`` (a local socket) to ``destination``.
+
+    ``transport`` is "udp" for everything but the traffic of a TURN relay reached over TCP or
+    TLS: then ``data`` is a piece of the byte stream to write on the connection the driver keeps
+    for (``source``, ``destination``, ``transport``), opening it on first use; what that
+    connection returns goes to ``Agent.receive(data, destination, source, now, transport=...)``
+    and its end to ``Agent.connection_lost(...)``.
+    """
 
     data: bytes
     source: TransportAddress
     destination: TransportAddress
+    transport: str = "udp"
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,8 @@ class Gatherer:
                 host = make_local_candidate(
                     CandidateType.HOST, base, base, component, local_preference=preference
                 )
+                if self.config.relay_only:
+                    continue  # the socket only carries TURN traffic
                 mapped = [m for m in self.config.host_mappings if m[0] == base[0]]
                 for _, advertised, _ in mapped:
                     # 1:1 NAT: the same socket, announced at the public address.
@@ -169,16 +171,42 @@ class Gatherer:
         return [job.provider for job in self._relay_jobs]
 
     def receive_relay(
-        self, data: bytes, source: TransportAddress, destination: TransportAddress, now: float
+        self,
+        data: bytes,
+        source: TransportAddress,
+        destination: TransportAddress,
+        now: float,
+        transport: str = "udp",
     ) -> bool:
         """Feed a datagram if it comes from a relay's server to its base; True when taken."""
+        job = self._relay_job(source, destination, transport)
+        if job is None:
+            return False
+        job.provider.receive(data, now)
+        self._drain_relay(job, now)
+        return True
+
+    def relay_connection_lost(
+        self, server: TransportAddress, base: TransportAddress, transport: str, now: float
+    ) -> None:
+        """The driver's TCP/TLS connection for a relay ended."""
+        job = self._relay_job(server, base, transport)
+        if job is not None:
+            job.provider.connection_lost(now)
+            self._drain_relay(job, now)
+
+    def _relay_job(
+        self, server: TransportAddress, base: TransportAddress, transport: str
+    ) -> _RelayJob | None:
         for job in self._relay_jobs:
             provider = job.provider
-            if provider.server == source and provider.base == destination:
-                provider.receive(data, now)
-                self._drain_relay(job, now)
-                return True
-        return False
+            if (
+                provider.server == server
+                and provider.base == base
+                and provider.transport == transport
+            ):
+                return job
+        return None
 
     def receive_response(self, message: Message, now: float) -> bool:
         """Feed a decoded STUN response; True if it answered one of our Binding requests."""
@@ -207,8 +235,9 @@ class Gatherer:
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         outbox, self._outbox = self._outbox, []
         for job in self._relay_jobs:
-            for data in job.provider.datagrams_to_send(now):
-                outbox.append(Datagram(data, job.provider.base, job.provider.server))
+            provider = job.provider
+            for data in provider.datagrams_to_send(now):
+                outbox.append(Datagram(data, provider.base, provider.server, provider.transport))
         return outbox
 
     def next_timer(self) -> float | None:
@@ -270,7 +299,7 @@ class Gatherer:
                 )
                 job.relayed = relayed
                 job.done = True
-                if event.mapped is not None:
+                if event.mapped is not None and not self.config.relay_only:
                     # The server saw our mapping: a server-reflexive candidate for free.
                     self._add(
                         make_local_candidate(

@@ -7,6 +7,9 @@ back what peers sent. :class:`RelayProvider` is that interface; :class:`TurnRela
 with icerelay's TURN client engine (:class:`icerelay.turn.client.allocation.Allocation`).
 
 All of a relay's traffic goes between one local socket (``base``) and the server (``server``).
+Over TCP or TLS (RFC 8656 section 3.1) the traffic is a byte stream on one connection per relay;
+the engine still names it by (``base``, ``server``, ``transport``), and the driver keeps the
+connection that stands for that triple (see :class:`icerelay.ice.events.Datagram`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from icerelay.errors import TurnError
 from icerelay.ice.candidate import TransportAddress
@@ -22,14 +25,21 @@ from icerelay.stun import Address
 from icerelay.turn.client import events as turn_events
 from icerelay.turn.client.allocation import Allocation
 
+RelayTransport = Literal["udp", "tcp", "tls"]
+
 
 @dataclass(frozen=True)
 class TurnServer:
-    """A TURN server to allocate on (Asterisk's ``turnaddr``/``turnport``/``turnusername``...)."""
+    """A TURN server to allocate on (Asterisk's ``turnaddr``/``turnport``/``turnusername``...).
+
+    ``transport`` is how the agent reaches the server (the relayed address is UDP whatever it is):
+    TCP or TLS get through firewalls that block UDP.
+    """
 
     address: TransportAddress
     username: str
     password: str
+    transport: RelayTransport = "udp"
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,15 @@ class RelayProvider(Protocol):
     @property
     def server(self) -> TransportAddress:
         """Where every datagram of this relay goes now (it may change: TURN 300 redirects)."""
+        ...
+
+    @property
+    def transport(self) -> RelayTransport:
+        """ "udp", or "tcp"/"tls" for a stream connection to the server."""
+        ...
+
+    def connection_lost(self, now: float) -> None:
+        """The TCP/TLS connection to the server ended (or could not be made)."""
         ...
 
     def start(self, now: float) -> None: ...
@@ -121,6 +140,7 @@ class TurnRelay:
             Address(*server.address),
             server.username,
             server.password,
+            transport=server.transport,
             software=software,
             # ICE tries many remote candidates through the relay: a channel for each would waste
             # the server's channels. One channel, for the selected pair, is bound in prefer().
@@ -140,6 +160,14 @@ class TurnRelay:
     def server(self) -> TransportAddress:
         server = self.allocation.server
         return (server.host, server.port)
+
+    @property
+    def transport(self) -> RelayTransport:
+        return self.allocation.transport
+
+    def connection_lost(self, now: float) -> None:
+        self.allocation.connection_lost(now)
+        self._drain()
 
     def start(self, now: float) -> None:
         self.allocation.start(now)

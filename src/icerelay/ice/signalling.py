@@ -90,8 +90,10 @@ def write_ice(
         media.set_connection(Connection.for_address(rtp.host))
     if len(agent.components) == 2:
         rtcp = default_candidate(agent, 2, preference)
-        implied = rtp is not None and rtcp is not None and (
-            (rtcp.host, rtcp.port) == (rtp.host, rtp.port + 1)
+        implied = (
+            rtp is not None
+            and rtcp is not None
+            and ((rtcp.host, rtcp.port) == (rtp.host, rtp.port + 1))
         )
         # a=rtcp (RFC 3605) only when RTCP is not where the peer would look anyway: RTP + 1.
         if rtcp is None or implied:

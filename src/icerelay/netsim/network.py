@@ -317,6 +317,10 @@ class Network:
                     continue
                 for datagram in endpoint.datagrams_to_send(self.now):
                     busy = True
+                    if getattr(datagram, "transport", "udp") != "udp":
+                        # The simulator carries UDP only; a TCP/TLS relay never connects here.
+                        self.count("dropped-not-udp")
+                        continue
                     host.send(datagram.data, datagram.source, datagram.destination)
                 next_event = getattr(endpoint, "next_event", None)
                 if next_event is not None:

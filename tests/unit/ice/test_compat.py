@@ -59,9 +59,17 @@ def test_candidate_round_trip_and_aioice_shape() -> None:
         compat.Candidate.from_sdp("nonsense")
 
 
+class FakePolicy:
+    name = "NOHOST"
+
+
 def test_unsupported_options_are_refused() -> None:
     with pytest.raises(IceError):
-        compat.Connection(ice_controlling=True, turn_server=("192.0.2.1", 3478), turn_ssl=True)
+        compat.Connection(
+            ice_controlling=True, turn_server=("192.0.2.1", 3478), turn_transport="sctp"
+        )
+    with pytest.raises(IceError):
+        compat.Connection(ice_controlling=True, transport_policy=FakePolicy())
 
 
 def test_connect_needs_remote_credentials() -> None:
