@@ -208,7 +208,6 @@ class TurnServerEngine:
         *,
         wall_clock_offset: float = 0.0,
         nonce_key: bytes | None = None,
-        own_port_range: tuple[int, int] | None = None,
     ) -> None:
         self.config = config
         self.binder = binder
@@ -245,7 +244,6 @@ class TurnServerEngine:
         self._own_hosts.update(_canonical(host) for host, _port in config.listen)
         self._own_ports = {port for _host, port in config.listen}
         self._own_ports.update(port for _host, port in config.tls_endpoints())
-        del own_port_range  # kept for API stability; relayed addresses are legitimate peers
         self.software = config.software
         # Binding answers come from the STUN server's engine, so both behave the same.
         self.binding = BindingEngine(software=config.software)

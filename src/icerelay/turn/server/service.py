@@ -263,7 +263,6 @@ class TurnService:
             self,
             wall_clock_offset=time.time() - loop.time(),
             nonce_key=self._nonce_key,
-            own_port_range=(config.relay_port_min, config.relay_port_max),
         )
         context: ssl.SSLContext | None = None
         if config.tls_cert is not None and config.tls_key is not None:
