@@ -219,6 +219,7 @@ class TurnService:
         self._servers: list[asyncio.Server] = []
         self._tick: asyncio.TimerHandle | None = None
         self._drained = asyncio.Event()
+        self._stopped = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine: TurnServerEngine | None = None
 
@@ -396,7 +397,15 @@ class TurnService:
         self._workers.clear()
 
     async def stop(self) -> None:
-        """Close every socket and connection (allocations end without Refresh)."""
+        """Close every socket and connection (allocations end without Refresh); log counters."""
+        if self._engine is not None and not self._stopped:
+            self._stopped = True
+            counters = {key: value for key, value in self.status().items() if value}
+            logger.info(
+                "turn server stopping worker=%d %s",
+                self.worker_index,
+                " ".join(f"{key}={value}" for key, value in counters.items()),
+            )
         if self.daemon and self._loop is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self._loop.remove_signal_handler(signal.SIGUSR1)
