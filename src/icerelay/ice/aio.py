@@ -41,6 +41,7 @@ import contextlib
 import ipaddress
 import socket
 import ssl
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -64,13 +65,67 @@ from icerelay.ice.relay import TurnServer
 _PROBE_TARGETS = {4: "192.0.2.1", 6: "2001:db8::1"}
 
 
-def default_local_addresses(*, ipv4: bool = True, ipv6: bool = False) -> list[str]:
-    """The addresses the host would use to reach the Internet, one per family.
+_SIOCGIFFLAGS = 0x8913
+_SIOCGIFADDR = 0x8915
+_IFF_UP = 0x1
+_IFF_LOOPBACK = 0x8
+# /proc/net/if_inet6 flags of addresses not to use: tentative (DAD running), deprecated,
+# DAD failed (IFA_F_TENTATIVE 0x40, IFA_F_DEPRECATED 0x20, IFA_F_DADFAILED 0x08).
+_IFA_UNUSABLE = 0x40 | 0x20 | 0x08
 
-    The standard library cannot list interfaces portably; this finds the primary address of each
-    family without sending anything. Pass explicit addresses to :class:`Connection` for
-    multi-homed hosts (e.g. from ``ip -j addr``) or to use loopback in tests.
+
+def interface_addresses(*, ipv4: bool = True, ipv6: bool = True) -> list[str]:
+    """Every usable address of every interface that is up (Linux), loopback and link-local
+    excluded; empty where the system does not tell (then see :func:`default_local_addresses`).
+
+    IPv4 comes from the interface list (one address per interface, the primary), IPv6 from
+    ``/proc/net/if_inet6`` (global and unique-local scope, not tentative or deprecated).
     """
+    found: list[str] = []
+    if ipv4:
+        with contextlib.suppress(OSError, AttributeError, ImportError):
+            import fcntl
+
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                for _, name in socket.if_nameindex():
+                    request = struct.pack("256s", name.encode()[:15])
+                    try:
+                        flags_reply = fcntl.ioctl(probe.fileno(), _SIOCGIFFLAGS, request)
+                        flags = struct.unpack_from("H", flags_reply, 16)[0]
+                        if not flags & _IFF_UP or flags & _IFF_LOOPBACK:
+                            continue
+                        reply = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
+                    except OSError:
+                        continue  # no IPv4 address on this interface
+                    address = socket.inet_ntoa(reply[20:24])
+                    if not ipaddress.ip_address(address).is_link_local:
+                        found.append(address)
+    if ipv6:
+        with contextlib.suppress(OSError), open("/proc/net/if_inet6", encoding="ascii") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) < 6:
+                    continue
+                scope, flags = int(fields[3], 16), int(fields[4], 16)
+                if scope != 0 or flags & _IFA_UNUSABLE:
+                    continue  # host, link or site scope; or not usable yet/any more
+                packed = bytes.fromhex(fields[0])
+                found.append(str(ipaddress.IPv6Address(packed)))
+    return found
+
+
+def default_local_addresses(*, ipv4: bool = True, ipv6: bool = False) -> list[str]:
+    """The addresses to gather host candidates on by default.
+
+    Every usable interface address (:func:`interface_addresses`) where the system lists them;
+    otherwise the address the host would use to reach the Internet, per family, found without
+    sending anything. Pass explicit addresses to :class:`Connection` to choose (Asterisk's
+    ``ice_permit``/``ice_deny`` do that through :mod:`icerelay.ice.rtpconf`), or to use loopback
+    in tests.
+    """
+    listed = interface_addresses(ipv4=ipv4, ipv6=ipv6)
+    if listed:
+        return listed
     found: list[str] = []
     for family, wanted in ((4, ipv4), (6, ipv6)):
         if not wanted:

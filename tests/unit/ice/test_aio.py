@@ -87,3 +87,17 @@ def test_connect_raises_once_ice_failed() -> None:
             await connection.connect(timeout=1)
 
     asyncio.run(run())
+
+
+def test_interface_addresses_are_usable_unicast() -> None:
+    import ipaddress
+
+    from icerelay.ice.aio import default_local_addresses, interface_addresses
+
+    for address in interface_addresses():
+        ip = ipaddress.ip_address(address)
+        assert not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified)
+    assert all(ipaddress.ip_address(a).version == 4 for a in default_local_addresses())
+    assert all(
+        ipaddress.ip_address(a).version == 6 for a in default_local_addresses(ipv4=False, ipv6=True)
+    )
