@@ -27,6 +27,10 @@ What happens inside, with the RFC 8445 names:
   at once (section 7.3.1.4): the peer's check just opened the peer's NAT for it, so it is the
   check most likely to succeed right now. This is what makes an agent connect in about one round
   trip once both sides have the candidates.
+- *Freezing* (sections 6.1.2.6, 7.2.5.3.3): one pair per foundation is checked first and its
+  success unfreezes the others; pairs that trickle in later follow the same rule, lowest component
+  first (see :func:`~icerelay.ice.checklist.state_for_new_pair`). Several data streams share one
+  checklist set and one pacer in a :class:`~icerelay.ice.session.Session`.
 - Checks from unknown addresses create *peer-reflexive* remote candidates (section 7.3.1.3);
   responses that reveal an unknown mapped address create peer-reflexive local ones
   (section 7.2.5.3.1).
