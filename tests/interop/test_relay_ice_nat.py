@@ -1,4 +1,4 @@
-"""ICE selects the relay's candidate when no direct path exists, and media flows through the relay.
+"""ICE through NATs with the relay's candidate: the relay carries the call only when it must.
 
 Network namespaces built by the test::
 
@@ -7,11 +7,16 @@ Network namespaces built by the test::
                                                           on 100.64.0.100 (no forwarding)
     bob 203.0.113.20 ─────────────────────────────────────────┘
 
-``public`` does not route between its two links, so Alice and Bob cannot reach each other
-directly; both reach Kamailio and the relay. Alice's SDP names her private address and she sits
-behind an address-and-port-dependent (symmetric) NAT. The relay adds itself as a ``typ relay``
-candidate on each side; ICE's checks through it latch Alice's mapped address, so the relay pair is
-the one that succeeds, is nominated, and carries the call's media both ways.
+Alice's SDP names her private address. The relay adds itself as a ``typ relay`` candidate on each
+side (low priority).
+
+- ``symmetric-no-direct-path``: ``public`` does not route between its two links, so Alice and Bob
+  cannot reach each other directly, and Alice sits behind an address-and-port-dependent
+  (symmetric) NAT. ICE's checks through the relay latch Alice's mapped address, the relay pair is
+  the one that succeeds, is nominated, and carries the call's media both ways.
+- ``cone-direct-path``: ``public`` routes and Alice's NAT is a port-restricted cone: the direct
+  pair works and wins; the caller's re-INVITE names it, and the relay frees the stream's ports
+  while the call goes on, recording "ICE selected a direct path".
 """
 
 from __future__ import annotations
@@ -67,8 +72,10 @@ def phone(*args: str) -> list[str]:
 @pytest.mark.skipif(
     KAMAILIO is None, reason="kamailio is not installed (Debian package 'kamailio')"
 )
-def test_symmetric_nat_ice_selects_the_relay(netns_lab: netns.Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scenario", ["symmetric-no-direct-path", "cone-direct-path"])
+def test_ice_through_nat_and_relay(netns_lab: netns.Lab, tmp_path: Path, scenario: str) -> None:
     assert KAMAILIO is not None
+    direct = scenario == "cone-direct-path"
     lab = netns_lab
     public, nat = lab.namespace("pub"), lab.namespace("nat")
     alice, bob = lab.namespace("alice"), lab.namespace("bob")
@@ -79,9 +86,10 @@ def test_symmetric_nat_ice_selects_the_relay(netns_lab: netns.Lab, tmp_path: Pat
     alice.run("ip", "route", "add", "default", "via", "10.0.1.1")
     nat.run("ip", "route", "add", "default", "via", "198.51.100.10")
     nat.sysctl("net.ipv4.ip_forward", "1")
-    nat.nft(netns.nat_ruleset(outside, "symmetric"))
+    nat.nft(netns.nat_ruleset(outside, "cone" if direct else "symmetric"))
     bob.run("ip", "route", "add", "default", "via", "203.0.113.10")
-    public.sysctl("net.ipv4.ip_forward", "0")
+    # Routing between the two links is what makes a direct path possible at all.
+    public.sysctl("net.ipv4.ip_forward", "1" if direct else "0")
 
     database = tmp_path / "sessions.sqlite3"
     relay = public.popen(
@@ -135,8 +143,15 @@ def test_symmetric_nat_ice_selects_the_relay(netns_lab: netns.Lab, tmp_path: Pat
             for name in ("alice.log", "bob.log", "kamailio.log")
         )
 
+    freed_during_call = False
     try:
-        assert caller.wait(40) == 0, logs()
+        deadline = time.monotonic() + 40
+        while caller.poll() is None and time.monotonic() < deadline:
+            if direct and not freed_during_call:
+                sessions, ports = relay_statistics(public)
+                freed_during_call = sessions == 1 and ports == 0
+            time.sleep(0.2)
+        assert caller.wait(5) == 0, logs()
         assert callee.wait(15) == 0, logs()
     except subprocess.TimeoutExpired:
         raise AssertionError(logs()) from None
@@ -149,18 +164,49 @@ def test_symmetric_nat_ice_selects_the_relay(netns_lab: netns.Lab, tmp_path: Pat
         relay.wait(10)
 
     alice_result = json.loads((tmp_path / "alice.log").read_text().strip().splitlines()[-1])
+    bob_result = json.loads((tmp_path / "bob.log").read_text().strip().splitlines()[-1])
     assert alice_result["media_both_ways"], logs()
-    assert " -> relay " in alice_result["ice_pair"], alice_result["ice_pair"]
     with sqlite3.connect(database) as connection:
         (reason,) = connection.execute("SELECT reason FROM sessions").fetchone()
         (caller_packets, callee_packets, end_reason) = connection.execute(
             "SELECT packets_from_caller, packets_from_callee, end_reason FROM streams"
         ).fetchone()
-    assert reason == "deleted"
-    assert end_reason is None
-    # Four seconds of 20 ms packets each way, all through the relay, each counted once.
-    bob_result = json.loads((tmp_path / "bob.log").read_text().strip().splitlines()[-1])
+    assert reason == "deleted"  # the BYE ended it, never a media timeout
     alice_sent = alice_result["statistics"]["packets_sent"]
     bob_sent = bob_result["statistics"]["packets_sent"]
-    assert alice_sent > 150 and abs(caller_packets - alice_sent) <= 2, (caller_packets, alice_sent)
-    assert callee_packets <= bob_sent and callee_packets > 150, (callee_packets, bob_sent)
+    if direct:
+        # ICE went around the relay: the relay stepped aside during the call.
+        assert " -> relay " not in alice_result["ice_pair"], alice_result["ice_pair"]
+        assert end_reason == "ice-direct-path"
+        assert freed_during_call, "the relay should free the ports as soon as ICE went direct"
+        assert caller_packets + callee_packets < 20
+    else:
+        assert " -> relay " in alice_result["ice_pair"], alice_result["ice_pair"]
+        assert end_reason is None
+        # Four seconds of 20 ms packets each way, all through the relay, each counted once.
+        assert alice_sent > 150 and abs(caller_packets - alice_sent) <= 2, (
+            caller_packets,
+            alice_sent,
+        )
+        assert 150 < callee_packets <= bob_sent, (callee_packets, bob_sent)
+
+
+STATISTICS = """
+import os, socket
+from icerelay import bencode
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(2)
+# A fresh cookie each time: the relay answers a repeated cookie from its reply cache.
+cookie = os.urandom(6).hex().encode()
+sock.sendto(cookie + b" " + bencode.encode({{"command": "statistics"}}), ({service!r}, {ng_port}))
+reply = bencode.decode(sock.recv(65536).partition(b" ")[2])
+current = reply[b"statistics"][b"currentstatistics"]
+print(current[b"sessionsown"], current[b"portsused"])
+"""
+
+
+def relay_statistics(public: netns.Namespace) -> tuple[int, int]:
+    """(sessions, ports in use) as the relay reports them over ng, asked from inside ``public``."""
+    result = public.python(STATISTICS.format(service=SERVICE, ng_port=NG_PORT))
+    sessions, ports = result.stdout.split()
+    return int(sessions), int(ports)
