@@ -271,3 +271,25 @@ def test_relay_only_policy_never_reveals_or_uses_local_addresses() -> None:
     assert result.connected and result.left.local_type == "relay"
     assert {c.type.value for c in scenario.left_agent.local_candidates} == {"relay"}
     assert {c.type.value for c in scenario.right_agent.remote_candidates} <= {"relay", "prflx"}
+
+
+@pytest.mark.parametrize("hairpinning", [True, False])
+@pytest.mark.parametrize("turn", [False, True])
+def test_behind_one_carrier_grade_nat_the_direct_path_needs_hairpinning(
+    hairpinning: bool, turn: bool
+) -> None:
+    scenario = IceScenario(
+        left_nat=PORT_RESTRICTED_CONE,
+        right_nat=PORT_RESTRICTED_CONE,
+        outer_nat=replace(PORT_RESTRICTED_CONE, hairpinning=hairpinning),
+        turn=turn,
+    )
+    result = scenario.run(60)
+    if hairpinning:
+        # Both srflx candidates are the CGN's address; the CGN turns the packets around.
+        assert result.connected and result.pair_types == "srflx/srflx"
+    elif turn:
+        assert result.connected and "relay" in result.pair_types
+    else:
+        assert not result.connected
+    assert scenario.network.counters["hairpinned" if hairpinning else "dropped-no-hairpin"] > 0

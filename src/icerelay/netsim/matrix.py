@@ -51,12 +51,14 @@ def nat_matrix(
     rtt: float = 0.02,
     timeout: float = 60.0,
     turn: bool = False,
+    outer_nat: NatConfig | None = None,
 ) -> list[MatrixCell]:
     """Run every (left, right) combination of ``nat_types``; row-major order.
 
     With ``turn`` both agents also gather relayed candidates from a TURN server (icerelay's own
     engine) on the public side, so every cell should connect, through the relay where nothing
-    else works.
+    else works. With ``outer_nat`` both sides sit behind one more NAT (carrier-grade NAT): a
+    direct path then also needs that NAT to hairpin (``NatConfig(hairpinning=...)``).
     """
     cells: list[MatrixCell] = []
     for left in nat_types:

@@ -12,6 +12,8 @@ Addresses: the STUN server is 198.51.100.1:3478, the TURN server (``turn=True``;
 TURN server engine) 198.51.100.2:3478. A side behind a NAT has host 10.0.0.2 (both
 sides: the same private address, as in two home networks) behind 203.0.113.1 (left) or
 203.0.113.2 (right); a side without NAT has the public address 192.0.2.1 (left) or 192.0.2.2.
+With ``outer_nat`` (a carrier-grade NAT at 203.0.113.100) those become 100.64.0.1 and
+100.64.0.2, inside it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ TURN_USER, TURN_PASSWORD = "netsim", "relay-password"
 PRIVATE_IP = "10.0.0.2"
 NAT_IPS = ("203.0.113.1", "203.0.113.2")
 PUBLIC_IPS = ("192.0.2.1", "192.0.2.2")
+CGN_IP = "203.0.113.100"
+CGN_INSIDE_IPS = ("100.64.0.1", "100.64.0.2")
 BASE_PORT = 5000
 
 
@@ -101,6 +105,7 @@ class IceScenario:
         left_nat: NatConfig | None = None,
         right_nat: NatConfig | None = None,
         same_nat: bool = False,
+        outer_nat: NatConfig | None = None,
         seed: int = 0,
         components: int = 1,
         rtt: float = 0.02,
@@ -128,8 +133,13 @@ class IceScenario:
         link = Link(delay=rtt / 4, loss=1.0 - (1.0 - loss) ** 0.5)
         shared: Nat | None = None
         if same_nat and left_nat is not None:
-            # Both hosts behind one NAT: hairpinning decides whether srflx pairs work.
+            # Both hosts in one private network behind one NAT: they reach each other directly.
             shared = self.network.add_nat("nat", NAT_IPS[0], left_nat)
+        outer: Nat | None = None
+        if outer_nat is not None:
+            # Carrier-grade NAT: both sides (and their own NATs) behind one more NAT. STUN shows
+            # its address for both, so a direct path needs it to hairpin (RFC 4787 section 6).
+            outer = self.network.add_nat("cgn", CGN_IP, outer_nat, inside_ip="100.64.0.254")
         sides: list[_Side] = []
         for index, (nat_config, controlling, config) in enumerate(
             (
@@ -138,12 +148,13 @@ class IceScenario:
             )
         ):
             name = ("left", "right")[index]
-            realm: Realm | None = None
-            ip = PUBLIC_IPS[index]
+            realm: Realm | None = outer.inside if outer is not None else None
+            ip = CGN_INSIDE_IPS[index] if outer is not None else PUBLIC_IPS[index]
             if shared is not None:
                 realm, ip = shared.inside, f"10.0.0.{2 + index}"
             elif nat_config is not None:
-                nat = self.network.add_nat(f"{name}-nat", NAT_IPS[index], nat_config)
+                external = CGN_INSIDE_IPS[index] if outer is not None else NAT_IPS[index]
+                nat = self.network.add_nat(f"{name}-nat", external, nat_config, outside=realm)
                 realm, ip = nat.inside, PRIVATE_IP
             host = self.network.add_host(name, ip, realm=realm, link=link)
             base_config = config or AgentConfig()
