@@ -354,8 +354,25 @@ class RtpIceSettings:
         return result
 
     def host_mappings(self) -> tuple[tuple[str, str, bool], ...]:
-        """The 1:1 NAT table as plain tuples ``(local, advertised, include_local)``."""
-        return tuple((m.local, m.advertised, m.include_local) for m in self.host_candidates)
+        """The 1:1 NAT table for ``AgentConfig.host_mappings``, ICE ACL applied.
+
+        ``(local, advertised, include_local)``, the first line per local address only (Asterisk
+        stops at the first match). A denied advertised address drops the mapping (the local
+        address is then announced as itself, if allowed); a denied local address is not
+        included. Local addresses with nothing left to announce are removed by
+        :meth:`host_addresses`.
+        """
+        table: list[tuple[str, str, bool]] = []
+        seen: set[str] = set()
+        for mapping in self.host_candidates:
+            local = str(ipaddress.ip_address(mapping.local))
+            if local in seen:
+                continue
+            seen.add(local)
+            include_local = mapping.include_local and self.ice_acl.allows(local)
+            if self.ice_acl.allows(mapping.advertised):
+                table.append((local, mapping.advertised, include_local))
+        return tuple(table)
 
     def stun_allowed(self, base: str) -> bool:
         """Whether a STUN Binding request may be sent from this host base (the STUN ACL)."""
@@ -382,9 +399,15 @@ class RtpIceSettings:
     def agent_config(
         self, base: AgentConfig | None = None, *, resolve: Resolver | None = None
     ) -> AgentConfig:
-        """``base`` (default AgentConfig()) with the STUN server from ``stunaddr``."""
+        """``base`` (default AgentConfig()) with rtp.conf's STUN server (``stunaddr``), 1:1 NAT
+        table (``[ice_host_candidates]``) and STUN ACL (``stun_deny``/``stun_permit``)."""
         config = base or AgentConfig()
-        return replace(config, stun_servers=self.stun_servers(resolve=resolve))
+        return replace(
+            config,
+            stun_servers=self.stun_servers(resolve=resolve),
+            host_mappings=self.host_mappings(),
+            stun_base_allowed=None if self.stun_acl.empty else self.stun_acl.allows,
+        )
 
 
 def _resolve(host: str, resolve: Resolver | None) -> str | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from icerelay.errors import ConfigError
+from icerelay.ice import Agent
 from icerelay.ice.config import AgentConfig
 from icerelay.ice.relay import TurnServer
 from icerelay.ice.rtpconf import (
@@ -359,3 +360,56 @@ def test_load_file_with_include(tmp_path: Path) -> None:
     assert settings.turn_username == "u"
     with pytest.raises(ConfigError):
         load_rtp_conf(tmp_path / "missing.conf")
+
+
+# --- into the agent -----------------------------------------------------------------------------
+
+
+def test_agent_config_carries_mappings_and_stun_acl() -> None:
+    settings = parse_rtp_conf(
+        "[general]\nstunaddr=192.0.2.7\nstun_deny=10.8.0.0/16\n"
+        "[ice_host_candidates]\n192.168.1.10 => 1.2.3.4\n192.168.1.10 => 5.6.7.8\n"
+    )
+    config = settings.agent_config()
+    assert config.host_mappings == (("192.168.1.10", "1.2.3.4", False),)  # first line wins
+    assert config.stun_base_allowed is not None
+    assert not config.stun_base_allowed("10.8.0.5")
+    assert config.stun_base_allowed("192.168.1.10")
+    # No STUN ACL: no filter at all.
+    assert parse_rtp_conf("").agent_config().stun_base_allowed is None
+
+
+def test_mappings_with_acl_applied() -> None:
+    settings = parse_rtp_conf(
+        "[general]\nice_deny=192.168.0.0/16\nice_deny=9.9.9.9\n"
+        "[ice_host_candidates]\n192.168.1.10 => 1.2.3.4,include_local_address\n"
+        "10.0.0.5 => 9.9.9.9,include_local_address\n"
+        "10.0.0.6 => 9.9.9.9\n"
+    )
+    assert settings.host_mappings() == (("192.168.1.10", "1.2.3.4", False),)
+    # 10.0.0.5: advertised denied, local kept (announced as itself); 10.0.0.6: nothing left.
+    assert settings.host_addresses(["192.168.1.10", "10.0.0.5", "10.0.0.6"]) == [
+        "192.168.1.10",
+        "10.0.0.5",
+    ]
+
+
+def test_the_agent_gathers_as_asterisk_would() -> None:
+    """The real (sans-I/O) agent with the configuration from rtp.conf: what it announces and
+    where its STUN requests go."""
+    settings = parse_rtp_conf(
+        "[general]\nstunaddr=192.0.2.7:3479\nstun_deny=10.8.0.0/16\nice_deny=172.16.0.0/12\n"
+        "[ice_host_candidates]\n192.168.1.10 => 203.0.113.5\n"
+    )
+    interfaces = ["192.168.1.10", "10.8.0.5", "172.16.0.9"]
+    addresses = settings.host_addresses(interfaces)
+    assert addresses == ["192.168.1.10", "10.8.0.5"]
+    agent = Agent(controlling=True, config=settings.agent_config())
+    agent.gather({1: [(ip, 40000 + i * 2) for i, ip in enumerate(addresses)]}, now=0.0)
+    hosts = [(c.host, c.port, c.base) for c in agent.local_candidates]
+    assert hosts == [
+        ("203.0.113.5", 40000, ("192.168.1.10", 40000)),  # 1:1 NAT, sent from the local socket
+        ("10.8.0.5", 40002, ("10.8.0.5", 40002)),
+    ]
+    stun = [(d.source, d.destination) for d in agent.datagrams_to_send(0.0)]
+    assert stun == [(("192.168.1.10", 40000), ("192.0.2.7", 3479))]  # not from the VPN 10.8/16
