@@ -121,7 +121,7 @@ def test_ice_goes_direct_and_the_relay_steps_aside(tmp_path: Path) -> None:
                     f"{HOST}:{sip_port}",
                     "--ice",
                     "--duration",
-                    "4",
+                    "3",
                     "--json",
                     "--debug",
                 ),

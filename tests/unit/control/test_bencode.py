@@ -119,7 +119,7 @@ values: st.SearchStrategy[BencodeValue] = st.recursive(
 
 
 @given(values)
-@settings(max_examples=400)
+@settings(max_examples=200)
 def test_round_trip(value: BencodeValue) -> None:
     data = encode(value)
     assert decode(data) == value
@@ -139,7 +139,7 @@ def test_fuzz_random_bytes_raise_only_bencode_error(data: bytes) -> None:
 
 
 @given(values, st.data())
-@settings(max_examples=400)
+@settings(max_examples=200)
 def test_fuzz_mutated_messages(value: BencodeValue, data: st.DataObject) -> None:
     raw = bytearray(encode(value))
     for _ in range(data.draw(st.integers(1, 4))):

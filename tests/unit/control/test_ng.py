@@ -339,7 +339,7 @@ def test_fuzz_never_raises(payload: bytes) -> None:
         ),
     )
 )
-@settings(max_examples=500)
+@settings(max_examples=300)
 def test_fuzz_structured_requests(body: dict[bytes, bencode.BencodeValue]) -> None:
     protocol = NgProtocol()
     outcome = protocol.receive(b"c " + bencode.encode(body), 0.0)
