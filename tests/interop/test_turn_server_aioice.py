@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from icerelay.aio.loop import loop_factory
 from icerelay.turn.credentials import rest_api_credentials
 from icerelay.turn.server import TurnServerConfig
 from icerelay.turn.server.service import TurnService
@@ -106,7 +107,9 @@ async def _scenario(transport: str, rest: bool) -> TurnService:
     ids=["udp-static", "tcp-static", "udp-rest"],
 )
 def test_aioice_turn_client_relays_both_ways(transport: str, rest: bool) -> None:
-    service = asyncio.run(_scenario(transport, rest))
+    # The loop `icerelay serve` uses (uvloop when installed).
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        service = runner.run(_scenario(transport, rest))
     counters = service.engine.counters
     assert counters["allocations_created"] == 1
     assert counters["dropped_no_permission"] == 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from icerelay.aio.loop import loop_factory
 from icerelay.turn.server import TurnServerConfig
 from icerelay.turn.server.service import TurnService
 from tests.support.ports import free_ports
@@ -182,7 +183,9 @@ async def _run_all(tmp: Path) -> dict[str, Outcome]:
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
-    yield asyncio.run(_run_all(tmp_path_factory.mktemp("turn-uclient")))
+    # The loop `icerelay serve` uses (uvloop when installed).
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        yield runner.run(_run_all(tmp_path_factory.mktemp("turn-uclient")))
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -13,7 +13,7 @@ import pytest
 from tests.support.ports import free_port
 
 from icerelay.errors import ConfigError
-from icerelay.stun import AttributeType, Message, MessageClass, Method, decode_message
+from icerelay.stun import Address, AttributeType, Message, MessageClass, Method, decode_message
 from icerelay.stun.credentials import long_term_key
 from icerelay.turn.server import TurnServerConfig
 from icerelay.turn.server.service import TurnService
@@ -258,6 +258,43 @@ def test_daemon_mode_drains_on_sigusr1_and_then_asks_the_process_to_stop() -> No
             assert service.engine.draining
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
+            await service.stop()
+
+    asyncio.run(scenario())
+
+
+def test_icmp_port_unreachable_reaches_the_client_in_a_data_indication() -> None:
+    async def scenario() -> None:
+        service = TurnService(_config())
+        await service.start()
+        try:
+            closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            closed.bind(("127.0.0.1", 0))
+            dead_peer = closed.getsockname()
+            closed.close()  # nothing listens there: the kernel answers port unreachable
+
+            def exchange() -> Message:
+                sock, response, nonce = _allocate_blocking(service.listen_udp[0])
+                assert _error(response) is None
+                permit = Message(Method.CREATE_PERMISSION, MessageClass.REQUEST)
+                permit.add(A.XOR_PEER_ADDRESS, Address(*dead_peer))
+                assert _error(_exchange(sock, permit, nonce)) is None
+                send = Message(Method.SEND, MessageClass.INDICATION)
+                send.add(A.XOR_PEER_ADDRESS, Address(*dead_peer))
+                send.add(A.DATA, b"anyone?")
+                sock.send(send.encode())
+                indication = decode_message(sock.recv(4096))
+                sock.close()
+                return indication
+
+            indication = await asyncio.to_thread(exchange)
+            assert indication.method == Method.DATA
+            assert indication.get(A.XOR_PEER_ADDRESS) == Address(*dead_peer)
+            icmp = indication.get(A.ICMP)
+            assert icmp is not None and (icmp.type, icmp.code) == (3, 3)
+            assert indication.get(A.DATA) is None
+            assert service.engine.counters["icmp_relayed"] == 1
+        finally:
             await service.stop()
 
     asyncio.run(scenario())

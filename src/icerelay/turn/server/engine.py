@@ -63,6 +63,7 @@ from icerelay.stun import (
     AddressErrorCode,
     AttributeType,
     ErrorCode,
+    Icmp,
     Message,
     MessageClass,
     Method,
@@ -105,6 +106,10 @@ _BIND_ATTEMPTS = 16
 #: still sends (RFC 8656 moved it to 0x8000); same value layout, so both are understood.
 _ADDITIONAL_ADDRESS_FAMILY_DRAFT = 0x8032
 _PADDING = b"\x00\x00\x00"
+#: ICMP types relayed to clients (RFC 8656 §11): IPv4 destination unreachable and time
+#: exceeded; ICMPv6 destination unreachable, packet too big and time exceeded.
+_ICMP4_TYPES = frozenset((3, 11))
+_ICMP6_TYPES = frozenset((1, 2, 3))
 
 _TURN_METHODS = frozenset(
     (Method.ALLOCATE, Method.REFRESH, Method.CREATE_PERMISSION, Method.CHANNEL_BIND)
@@ -144,6 +149,7 @@ COUNTERS = (
     "reservations_expired",
     "bind_failures",
     "internal_errors",
+    "icmp_relayed",
 )
 
 
@@ -342,6 +348,38 @@ class TurnServerEngine:
         allocation.bytes_to_client += size
         five_tuple = allocation.five_tuple
         self._out.append((frame, five_tuple[2], five_tuple[1], five_tuple[0]))
+
+    def receive_icmp(
+        self,
+        peer: HostPort,
+        relay: HostPort,
+        icmp_type: int,
+        icmp_code: int,
+        info: int,
+        now: float,
+    ) -> None:
+        """An ICMP error caused by a datagram relayed from *relay* to *peer* (RFC 8656 §11):
+        tell the client in a Data indication with XOR-PEER-ADDRESS and ICMP (no DATA), if the
+        peer has a permission. Only the types RFC 8656 lists are passed on: destination
+        unreachable, time exceeded, and (IPv4 "fragmentation needed" / IPv6) packet too big,
+        whose MTU travels in the ICMP attribute's data field."""
+        allocation = self._by_relay.get(relay)
+        if allocation is None:
+            return
+        expires = allocation.permissions.get(peer[0])
+        if expires is None or expires <= now:
+            self.counters["dropped_no_permission"] += 1
+            return
+        allowed = _ICMP6_TYPES if ":" in peer[0] else _ICMP4_TYPES
+        if icmp_type not in allowed:
+            return
+        indication = Message(Method.DATA, MessageClass.INDICATION)
+        indication.add(A.XOR_PEER_ADDRESS, Address(peer[0], peer[1]))
+        mtu = info if (icmp_type, icmp_code) in ((3, 4), (2, 0)) else 0
+        indication.add(A.ICMP, Icmp(icmp_type, icmp_code, mtu))
+        self.counters["icmp_relayed"] += 1
+        five_tuple = allocation.five_tuple
+        self._out.append((indication.encode(), five_tuple[2], five_tuple[1], five_tuple[0]))
 
     def connection_lost(
         self, source: HostPort, destination: HostPort, transport: str, now: float

@@ -33,9 +33,10 @@ import os
 import signal
 import socket
 import ssl
+import struct
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 from icerelay.errors import ConfigError, TurnError
 from icerelay.turn.server.allocation import HostPort
@@ -61,6 +62,14 @@ _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 _IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
+# ICMP errors on relayed sockets (Linux IP_RECVERR / IPV6_RECVERR and struct sock_extended_err).
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_RECVERR_CMSGS = {(socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)}
+_EXTENDED_ERR = struct.Struct("=IBBBBII")
+_SO_EE_ORIGIN_ICMP = 2
+_SO_EE_ORIGIN_ICMP6 = 3
 
 
 def _raise_fd_limit(needed: int) -> None:
@@ -146,14 +155,14 @@ class _StreamProtocol(asyncio.Protocol):
         self.last_activity = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not registered asyncio.Transport subclasses: cast, not check.
+        self.transport = cast(asyncio.Transport, transport)
         self.local = tuple(transport.get_extra_info("sockname")[:2])
         self.remote = tuple(transport.get_extra_info("peername")[:2])
         self.last_activity = self.service.loop.time()
         if len(self.service.streams) >= self.service.config.max_tcp_connections:
             self.service.engine.counters["refused_capacity"] += 1
-            transport.abort()
+            self.transport.abort()
             return
         self.service.streams[(self.local, self.remote)] = self
 
@@ -462,6 +471,12 @@ class TurnService:
             sock = _udp_socket(address, buffers=False)
         except OSError:
             return False
+        with contextlib.suppress(OSError):
+            # Queue ICMP errors (with the peer they concern) so they can be told to the client.
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
         if dont_fragment:
             with contextlib.suppress(OSError):
                 if sock.family == socket.AF_INET6:
@@ -508,11 +523,36 @@ class TurnService:
         # exception. The loop is level-triggered: anything left wakes us again at once.
         try:
             data, peer = sock.recvfrom(_RECV_SIZE)
+        except BlockingIOError:
+            return
         except OSError:
+            # An ICMP error for something we relayed: read it from the error queue.
+            self._read_icmp(sock, relay)
             return
         if len(peer) != 2:
             peer = peer[:2]
         self.engine.receive_relayed(data, peer, relay, self.loop.time())
+        self.flush()
+
+    def _read_icmp(self, sock: socket.socket, relay: HostPort) -> None:
+        """Drain the socket's error queue (IP_RECVERR) and hand ICMP errors to the engine,
+        which tells the client in a Data indication with an ICMP attribute (RFC 8656 §11)."""
+        now = self.loop.time()
+        for _ in range(_BATCH):
+            try:
+                _data, ancillary, _flags, peer = sock.recvmsg(1, 512, _MSG_ERRQUEUE)
+            except OSError:
+                break
+            for level, kind, payload in ancillary:
+                if (level, kind) not in _RECVERR_CMSGS or len(payload) < _EXTENDED_ERR.size:
+                    continue
+                _errno, origin, icmp_type, icmp_code, _pad, info, _unused = (
+                    _EXTENDED_ERR.unpack_from(payload)
+                )
+                if origin in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6) and peer:
+                    self.engine.receive_icmp(
+                        tuple(peer[:2]), relay, icmp_type, icmp_code, info, now
+                    )
         self.flush()
 
     def flush(self) -> None:
