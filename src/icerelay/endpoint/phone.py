@@ -99,6 +99,10 @@ class PhoneOptions:
     turn_server: Address | None = None
     turn_username: str | None = None
     turn_password: str | None = None
+    relay_only: bool = False
+    """Offer only relayed candidates (hide our addresses; aioice's TransportPolicy.RELAY)."""
+    external_address: Address | None = None
+    """Our SIP address as seen from outside a NAT (Asterisk's ``externaddr``), for Contact."""
     debug: bool = False
     as_json: bool = False
 
@@ -206,6 +210,8 @@ class Phone:
         self._ice: Any = None  # icerelay.ice.aio.Connection, imported only with --ice
         self._ice_sends: list[tuple[bytes, int]] = []
         self._early: list[tuple[int, bytes, Address, float]] = []
+        self.ice_send_errors = 0
+        self.ice_media_received = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._names: dict[str, str] = {}
         self._rtcp_mux = options.rtcp_mux
@@ -226,6 +232,9 @@ class Phone:
             user_agent="icerelay phone",
             trace=self._trace if options.debug else None,
         )
+        if options.external_address is not None:
+            external_host, external_port = options.external_address
+            self.ua.public_address = (external_host, external_port or local[1])
         # Always on stderr, first: scripts and tests read the port from it (--listen ...:0).
         self.notice(f"SIP on udp:{local[0]}:{local[1]}")
         now = loop.time()
@@ -259,8 +268,13 @@ class Phone:
             self._check_deadlines(now)
             self._service(now)
             for data, component in self._ice_sends:
-                with contextlib.suppress(IcerelayError):
+                try:
                     await self._ice.send(data, component)
+                except IcerelayError as exc:
+                    # No pair for that component yet, or consent lost: counted, reported once.
+                    self.ice_send_errors += 1
+                    if self.ice_send_errors == 1:
+                        self._say(f"ICE: cannot send on component {component}: {exc}")
             self._ice_sends.clear()
             if self._done:
                 break
@@ -422,7 +436,9 @@ class Phone:
     def _established(self, now: float) -> None:
         self.result.established = True
         self._give_up_at = None
-        self._hangup_at = now + self.options.duration
+        # The call lasts --duration from the start of media (ICE may take a moment); this later
+        # deadline only ends a call whose media never starts.
+        self._hangup_at = now + self.options.setup_timeout + self.options.duration
 
     def _reinvite_received(self, call: Call, offer: bytes, now: float) -> None:
         assert self.ua is not None
@@ -471,6 +487,7 @@ class Phone:
             wall_clock=time.time,
         )
         session.start(loop.time())
+        self._hangup_at = loop.time() + self.options.duration
         if self.options.dtmf and remote.telephone_event is not None:
             session.send_dtmf(self.options.dtmf)
         self._say(
@@ -600,6 +617,8 @@ class Phone:
                 )
             )
         host = self.options.rtp_address or self._sip_host()
+        from icerelay.ice.config import AgentConfig
+
         self._ice = Connection(
             controlling=controlling,
             components=components,
@@ -607,6 +626,7 @@ class Phone:
             turn_servers=turn,
             local_addresses=[host],
             on_event=self._ice_event,
+            config=AgentConfig(relay_only=self.options.relay_only),
         )
         await self._ice.gather()
         self._say(
@@ -715,6 +735,7 @@ class Phone:
         )
 
         if isinstance(event, DataReceived):
+            self.ice_media_received += 1
             now = asyncio.get_running_loop().time()
             if self.session is not None:
                 self.session.receive(event.data, now, event.component)
@@ -817,6 +838,12 @@ class Phone:
         # Let the last SIP messages and the RTCP BYE leave before closing the sockets.
         await asyncio.sleep(0)
         if self._ice is not None:
+            if self.options.debug:
+                agent = self._ice.agent
+                self.out(f"ICE: {agent.checks_sent} checks sent, "
+                         f"{self.ice_media_received} media datagrams received, "
+                         f"{getattr(agent, 'data_dropped', 0)} media datagrams dropped "
+                         "(not from a known peer address)")
             with contextlib.suppress(Exception):
                 await self._ice.close()
         for udp in (self._sip, self._rtp, self._rtcp):
@@ -917,6 +944,12 @@ def _address(text: str, default_port: int) -> Address:
 @click.option("--turn", "turn_server", metavar="HOST[:PORT]", help="TURN server (UDP).")
 @click.option("--turn-user", help="TURN user name.")
 @click.option("--turn-password", help="TURN password.")
+@click.option("--relay-only", is_flag=True, help="With --ice: offer only relayed candidates.")
+@click.option(
+    "--external-address",
+    metavar="IP[:PORT]",
+    help="Our SIP address outside the NAT, for Contact (Asterisk's externaddr).",
+)
 @click.option(
     "--debug",
     is_flag=True,
@@ -947,6 +980,8 @@ def phone(
     turn_server: str | None,
     turn_user: str | None,
     turn_password: str | None,
+    relay_only: bool,
+    external_address: str | None,
     debug: bool,
     as_json: bool,
 ) -> None:
@@ -986,6 +1021,8 @@ def phone(
             turn_server=_address(turn_server, 3478) if turn_server else None,
             turn_username=turn_user,
             turn_password=turn_password,
+            relay_only=relay_only,
+            external_address=_address(external_address, 0) if external_address else None,
             debug=debug,
             as_json=as_json,
         )
