@@ -5,12 +5,12 @@ Everything stays on 127.0.0.0/8. aioice normally skips loopback when it lists ho
 its interface enumeration is pointed at loopback for the test (aioice's ICE logic is untouched).
 
 The relay cases use a relay-only path on purpose, so that the session cannot fall back on
-loopback host pairs: aioice runs with its ``TransportPolicy.RELAY`` (it gathers only a relayed
-candidate, from its own TURN client), and our agent signals only its relayed candidates, with its
-host sockets on 127.0.0.2 while the TURN server and both relays are on 127.0.0.1. A check from our
-host socket to aioice's relayed address therefore meets the TURN server's permission check
-(permissions are per IP and aioice only permits the addresses it was given) and is dropped, so
-the only working path is relay to relay: our TURN client, the server, aioice's TURN client.
+loopback host pairs: aioice runs with its ``TransportPolicy.RELAY`` and our agent with
+``AgentConfig(relay_only=True)`` (WebRTC's "relay" transport policy), both allocating on the same
+TURN server, as two WebRTC/SIP endpoints behind symmetric NATs would. Our TURN client's socket is
+on 127.0.0.2 while the server and both relays are on 127.0.0.1, so even a stray host path would
+meet the server's per-IP permission check. The only working path is relay to relay: our TURN
+client, the server, aioice's TURN client.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 
 from icerelay.ice import CandidateType, ConnectionState, TurnServer
 from icerelay.ice.aio import Connection
+from icerelay.ice.config import AgentConfig
 from icerelay.turn.server import TurnServerConfig
 from icerelay.turn.server.service import TurnService
 from tests.support.coturn import Coturn
@@ -51,18 +52,13 @@ class Session:
     theirs: Any  # aioice.Connection (untyped package)
 
 
-async def signal(
-    ours: Connection, theirs: Any, *, ours_filter: Callable[[Any], bool] = lambda c: True
-) -> None:
+async def signal(ours: Connection, theirs: Any) -> None:
     """Exchange credentials and candidates in their SDP text form, as an offer/answer would."""
     ours.set_remote_credentials(theirs.local_username, theirs.local_password)
     theirs.remote_username = ours.local_username
     theirs.remote_password = ours.local_password
     for candidate in ours.local_candidates:
-        if ours_filter(candidate):
-            await theirs.add_remote_candidate(
-                aioice.Candidate.from_sdp(candidate.to_sdp().to_sdp())
-            )
+        await theirs.add_remote_candidate(aioice.Candidate.from_sdp(candidate.to_sdp().to_sdp()))
     await theirs.add_remote_candidate(None)
     for remote in theirs.local_candidates:
         ours.add_remote_candidate(remote.to_sdp())
@@ -165,6 +161,7 @@ async def relay_session(
         components=components,
         local_addresses=[OUR_HOST],
         turn_servers=[TurnServer(server, TURN_USER, TURN_PASSWORD)],
+        config=AgentConfig(relay_only=True),
     )
     theirs = aioice.Connection(
         ice_controlling=not ours_controlling,
@@ -177,10 +174,10 @@ async def relay_session(
     )
     session = Session(ours, theirs)
     await asyncio.wait_for(asyncio.gather(ours.gather(), theirs.gather_candidates()), 10)
-    relayed = [c for c in ours.local_candidates if c.type is CandidateType.RELAYED]
-    assert {c.component for c in relayed} == set(range(1, components + 1)), ours.local_candidates
+    assert {c.type for c in ours.local_candidates} == {CandidateType.RELAYED}
+    assert {c.component for c in ours.local_candidates} == set(range(1, components + 1))
     assert [c.type for c in theirs.local_candidates] == ["relay"] * components
-    await signal(ours, theirs, ours_filter=lambda c: c.type is CandidateType.RELAYED)
+    await signal(ours, theirs)
     await asyncio.wait_for(asyncio.gather(ours.connect(), theirs.connect()), 15)
     return session
 
@@ -207,21 +204,32 @@ RELAY_IDS = ["ours-controlling-1", "ours-controlled-1", "ours-controlling-2", "o
 @pytest.mark.parametrize(("ours_controlling", "components"), RELAY_CASES, ids=RELAY_IDS)
 def test_relay_through_our_turn_server(ours_controlling: bool, components: int) -> None:
     async def run() -> list[tuple[str, str, str, str]]:
-        # One server per agent: icerelay's TURN server refuses peers that are its own relayed
-        # addresses (403, "refused_peer_loop"), so relay-to-relay on ONE server does not work
-        # there (see NOTES.md); with coturn below both agents share one server.
-        # Disjoint relay ranges: each server treats its whole range as its own addresses.
+        # Both agents on one server: relay to relay through the same TurnService.
+        service, server = await start_our_turn(random.randrange(20000, 29000, 1000))
+        try:
+            return await relay_case(ours_controlling, components, server)
+        finally:
+            await service.stop()
+
+    types = asyncio.run(run())
+    assert types == [("relay", "relay", "relay", "relay")] * components
+
+
+def test_relay_through_two_of_our_turn_servers() -> None:
+    """Each agent with its own TURN server (two providers): server to server."""
+
+    async def run() -> list[tuple[str, str, str, str]]:
+        # Disjoint relay ranges, so neither server's addresses look like the other's.
         relay_low = random.randrange(20000, 29000, 1000)
         ours_service, ours_server = await start_our_turn(relay_low)
         their_service, their_server = await start_our_turn(relay_low + 500)
         try:
-            return await relay_case(ours_controlling, components, ours_server, their_server)
+            return await relay_case(True, 1, ours_server, their_server)
         finally:
             await ours_service.stop()
             await their_service.stop()
 
-    types = asyncio.run(run())
-    assert types == [("relay", "relay", "relay", "relay")] * components
+    assert asyncio.run(run()) == [("relay", "relay", "relay", "relay")]
 
 
 @pytest.mark.parametrize(("ours_controlling", "components"), RELAY_CASES[:2], ids=RELAY_IDS[:2])
