@@ -848,7 +848,7 @@ class Agent:
         priority = self._prflx_priority(pair.local)
         request = self._binding_request(generation, priority, use_candidate)
         transaction = ClientTransaction(
-            request, now=now, rto=self.config.check_rto, rc=self.config.check_rc
+            request, now=now, rto=self._check_rto(), rc=self.config.check_rc
         )
         self._checks[transaction.transaction_id] = _Check(
             generation, pair, transaction, now, self.controlling, use_candidate, priority
@@ -858,6 +858,19 @@ class Agent:
         for data in transaction.datagrams_to_send(now):
             self.checks_sent += 1
             self._transmit(pair, data, now)
+
+    def _check_rto(self) -> float:
+        """RFC 8445 section 14.3: RTO = MAX(500 ms, N * Ta * (Waiting + In-Progress pairs)), N
+        the number of checklists: with many pairs in flight, retransmissions must not crowd out
+        the paced new checks."""
+        checklists = self._checklists()
+        busy = sum(
+            1
+            for checklist in checklists
+            for pair in checklist.pairs
+            if pair.state in (PairState.WAITING, PairState.IN_PROGRESS)
+        )
+        return max(self.config.check_rto, len(checklists) * self.config.ta * busy)
 
     def _binding_request(
         self, generation: _Generation, priority: int, use_candidate: bool
