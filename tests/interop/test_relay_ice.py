@@ -1,11 +1,15 @@
 """Two ICE phones call each other through Kamailio (rtpengine module) and our relay, on loopback.
 
-The relay adds itself to each SDP as a ``typ relay`` candidate (the MediaProxy ICE policy) and
-rewrites ``c=``/``m=`` to itself. Both phones can reach each other directly, so ICE selects the
-direct host pair; the caller (controlling agent) then re-INVITEs with the selected candidate in
-``c=``/``m=`` and ``a=remote-candidates`` (RFC 8839 section 4.2.2). The relay must recognise that
-the selected pair avoids it, pass the re-INVITE through untouched, free the stream's ports at once
-while the call goes on, and record "ICE selected a direct path" instead of a media timeout.
+Default policy: the relay adds itself to each SDP as a ``typ relay`` candidate (the MediaProxy ICE
+policy) and rewrites ``c=``/``m=`` to itself. Both phones can reach each other directly, so ICE
+selects the direct host pair; the caller (controlling agent) then re-INVITEs with the selected
+candidate in ``c=``/``m=`` and ``a=remote-candidates`` (RFC 8839 section 4.2.2). The relay must
+recognise that the selected pair avoids it, pass the re-INVITE through untouched, free the
+stream's ports at once while the call goes on, and record "ICE selected a direct path" instead of
+a media timeout.
+
+``ICE=force``: the relay is the phones' only candidate, an ICE-lite agent answering their checks
+with its own credentials, and it carries the media.
 """
 
 from __future__ import annotations
@@ -40,8 +44,13 @@ def phone(*args: str) -> list[str]:
 @pytest.mark.skipif(
     KAMAILIO is None, reason="kamailio is not installed (Debian package 'kamailio')"
 )
-def test_ice_goes_direct_and_the_relay_steps_aside(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ice", ["default", "force"])
+def test_ice_through_kamailio_and_the_relay(tmp_path: Path, ice: str) -> None:
+    """``default``: ICE goes direct and the relay steps aside. ``force``: the relay strips the
+    phones' candidates and is the only (ICE-lite) candidate on each side; media goes through it.
+    """
     assert KAMAILIO is not None
+    force = ice == "force"
     ng_port, sip_port, callee_port = free_ports(3, kinds=("udp",))
     block = free_ports(61, kinds=("udp",), consecutive=True)
     first = block[0] + (block[0] & 1)
@@ -60,7 +69,8 @@ def test_ice_goes_direct_and_the_relay_steps_aside(tmp_path: Path) -> None:
             sip_port=sip_port,
             ng_port=ng_port,
             uas_port=callee_port,
-            flags="replace-origin replace-session-connection ICE-priority=low",
+            flags="replace-origin replace-session-connection"
+            + (" ICE=force" if force else " ICE-priority=low"),
         )
     )
     rundir = tmp_path / "run"
@@ -152,11 +162,22 @@ def test_ice_goes_direct_and_the_relay_steps_aside(tmp_path: Path) -> None:
     (record,) = records
     assert record.reason is TerminationReason.DELETED  # the BYE, not a media timeout
     (stream,) = record.streams
-    assert stream.end_reason is StreamEndReason.ICE_DIRECT
-    assert freed_during_call, "the relay should free the ports as soon as ICE went direct"
-    # Media went directly between the phones: nothing (or next to nothing, before ICE
-    # completed) crossed the relay.
-    assert stream.packets_from_caller + stream.packets_from_callee < 20
     result = json.loads(caller.log.read_text().strip().splitlines()[-1])
     assert result["media_both_ways"] and result["ice_state"] == "completed"
-    assert result["ice_pair"].startswith("host ") and " -> host " in result["ice_pair"]
+    if force:
+        # The relay's ICE-lite agent answered both phones' checks; all media crossed it.
+        _, _, remote = result["ice_pair"].partition(" -> ")
+        remote_type, remote_address = remote.split()
+        assert remote_type == "host" and remote_address.rsplit(":", 1)[0] == HOST
+        assert first <= int(remote_address.rsplit(":", 1)[1]) <= first + 59
+        assert stream.end_reason is None and not freed_during_call
+        sent = result["statistics"]["packets_sent"]
+        assert abs(stream.packets_from_caller - sent) <= 2 and sent > 100
+        assert stream.packets_from_callee > 100
+    else:
+        assert stream.end_reason is StreamEndReason.ICE_DIRECT
+        assert freed_during_call, "the relay should free the ports as soon as ICE went direct"
+        # Media went directly between the phones: nothing (or next to nothing, before ICE
+        # completed) crossed the relay.
+        assert stream.packets_from_caller + stream.packets_from_callee < 20
+        assert result["ice_pair"].startswith("host ") and " -> host " in result["ice_pair"]
