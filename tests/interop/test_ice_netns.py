@@ -11,18 +11,21 @@ credentials and candidates, as a SIP proxy would carry the SDP.
 - symmetric - symmetric (``masquerade random,fully-random``): every destination gets a new NAT
   port, so the srflx addresses are useless to the peer and only the TURN relay connects.
 
-coturn is the relay because both agents share one server (icerelay's TURN server refuses relay-
-to-relay on one server today, see NOTES.md). Needs root, ip, nft and coturn; skipped otherwise.
+The STUN/TURN server is coturn, and for the symmetric case also icerelay's own TURN server
+(:mod:`tests.interop.ice_agents.turnd`); both agents share it. Needs root, ip, nft and coturn;
+skipped otherwise.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
 
 from tests.interop.ice_agents.session import AgentProcess, SessionResult, run_session, start_agent
-from tests.interop.ice_agents.topology import TwoSites, build_two_sites
+from tests.interop.ice_agents.topology import ROOT, TwoSites, build_two_sites
 from tests.support.coturn import Coturn
 from tests.support.netns import Lab, Namespace, NatKind
 
@@ -31,20 +34,37 @@ pytestmark = [pytest.mark.interop, pytest.mark.netns]
 TURN_USER, TURN_PASSWORD = "ice", "nat-secret"
 
 
+def start_server(sites: TwoSites, coturn_factory: Callable[..., Coturn], relay: str) -> str:
+    """The STUN/TURN server in the public namespace; returns its ``host:port``."""
+    if relay == "coturn":
+        server = coturn_factory(
+            namespace=sites.public,
+            listening_ips=(sites.server_ip,),
+            users=[(TURN_USER, TURN_PASSWORD)],
+        )
+        return f"{server.host}:{server.port}"
+    address = f"{sites.server_ip}:3478"
+    process = sites.public.popen(
+        sys.executable, "-m", "tests.interop.ice_agents.turnd", "--listen", address,
+        "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--allow-peer", "203.0.113.0/24",
+        cwd=str(ROOT), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        pytest.fail(f"icerelay TURN server did not start: {process.communicate(timeout=5)}")
+    return address
+
+
 def session(
     lab: Lab,
     coturn_factory: Callable[..., Coturn],
     left_kind: NatKind,
     right_kind: NatKind,
     right_impl: str = "icerelay",
+    relay: str = "coturn",
 ) -> tuple[TwoSites, SessionResult]:
     sites = build_two_sites(lab, left_kind, right_kind)
-    server = coturn_factory(
-        namespace=sites.public,
-        listening_ips=(sites.server_ip,),
-        users=[(TURN_USER, TURN_PASSWORD)],
-    )
-    address = f"{server.host}:{server.port}"
+    address = start_server(sites, coturn_factory, relay)
 
     def agent(name: str, impl: str, role: str, host: str, ns: Namespace) -> AgentProcess:
         options = [
@@ -84,10 +104,11 @@ def test_cone_to_cone_goes_direct_via_srflx(
     assert result.right["data1"]["payload"].startswith("controlling")
 
 
+@pytest.mark.parametrize("relay", ["coturn", "icerelay"])
 def test_symmetric_to_symmetric_goes_through_the_relay(
-    netns_lab: Lab, coturn_factory: Callable[..., Coturn]
+    netns_lab: Lab, coturn_factory: Callable[..., Coturn], relay: str
 ) -> None:
-    sites, result = session(netns_lab, coturn_factory, "symmetric", "symmetric")
+    sites, result = session(netns_lab, coturn_factory, "symmetric", "symmetric", relay=relay)
     completed = result.left["completed"]
     # Some relayed candidate carries it (ours or the peer's, whichever the checks found first).
     assert "relay" in (completed["local_type"], completed["remote_type"]), result.left
