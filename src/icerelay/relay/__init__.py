@@ -1,1 +1,28 @@
-"""The ICE-aware media relay a SIP proxy drives: port pool, sessions, SDP rewriting, ICE policy."""
+"""The ICE-aware media relay a SIP proxy drives (issue 5): MediaProxy's job, done with ICE in mind.
+
+A proxy tells the relay about each SDP offer and answer of a call, over rtpengine's ng protocol
+(:mod:`icerelay.control.ng`, UDP/TCP 127.0.0.1:2223) or OpenSIPS's mediaproxy protocol
+(:mod:`icerelay.control.mediaproxy`, UNIX socket ``/run/mediaproxy/dispatcher.sock``). The relay
+gives each stream a port pair facing each party, rewrites the SDP so both send to it, forwards
+RTP/RTCP, and writes an accounting record when the call ends.
+
+Modules, from the bottom up:
+
+- :mod:`.policy` — ``ICE=`` modes and the relay-candidate priority policy (none / low / high).
+- :mod:`.ports` — even RTP / odd RTCP port pairs in random order.
+- :mod:`.rewrite` — what an SDP says about a party, and the rewrite (only ``c=``, the ``m=``
+  port, ``a=rtcp``, ICE lines and, on request, ``o=`` change; the rest stays byte-exact).
+- :mod:`.forwarding` — the data plane contract (:class:`~.forwarding.Forwarding`, counters).
+- :mod:`.sessions` — the sans-I/O engine: calls, streams, re-INVITEs, hold, forks, ICE success
+  detection, timeouts with named reasons, accounting records.
+- :mod:`.accounting` — the SQLite store of records.
+- :mod:`.config`, :mod:`.service` — the ``[relay]`` settings and the asyncio service that
+  ``icerelay serve`` runs (control listeners, worker, timers, data plane, accounting).
+
+ICE, in short: when an SDP carries ICE, the relay adds itself as a ``typ relay`` candidate, so
+its ``c=``/``m=`` rewrite is one of the candidates and ICE keeps working. If ICE then finds a direct
+path (the controlling agent's re-INVITE names it in ``a=remote-candidates``, or the checks crossed
+the relay and no media followed), the relay frees that stream at once and records
+``ice-direct-path`` instead of treating the silence as a dead call. ``ICE=force`` makes the relay
+an ICE-lite agent and the only candidate; ``ICE=remove`` strips ICE.
+"""

@@ -314,13 +314,19 @@ class RelayService:
             return None
         if isinstance(outcome, NgImmediateReply):
             if outcome.reason is not None:
-                logger.info("relay.ng_rejected", extra={"reason": outcome.reason})
+                # A misbehaving client may send these at any rate: counted, logged at debug.
+                logger.debug("relay.ng_rejected", extra={"reason": outcome.reason})
             return outcome.data
         self._release_quarantine(now)
         command = outcome.command
         fresh = isinstance(command, Offer) and not self.engine.has_call(command.call_id)
         for attempt in range(_BIND_ATTEMPTS):
-            result = self.handler.handle(command, now)
+            try:
+                result = self.handler.handle(command, now)
+            except Exception as error:
+                # A bug must cost one request, not the proxy's wait for an answer.
+                logger.exception("relay.ng_internal_error", extra={"command": outcome.name})
+                result = error_reply(f"internal error: {type(error).__name__}")
             try:
                 await self._apply_events()
                 break
@@ -369,7 +375,11 @@ class RelayService:
 
     async def _mediaproxy_request(self, data: bytes) -> bytes:
         now = asyncio.get_running_loop().time()
-        reply = self.mediaproxy.handle(data, now)
+        try:
+            reply = self.mediaproxy.handle(data, now)
+        except Exception:
+            logger.exception("relay.mediaproxy_internal_error")
+            reply = b"error\r\n"
         try:
             await self._apply_events()
         except RelayError:

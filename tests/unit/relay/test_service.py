@@ -8,6 +8,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from tests.support.ports import free_ports
 
 from icerelay import bencode
@@ -380,5 +381,29 @@ def test_ports_held_by_another_program_are_avoided() -> None:
             await service.stop()
             blocker.close()
         assert service.pool.in_use == 0
+
+    run(main)
+
+
+def test_a_bug_costs_one_request_not_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        service = RelayService(config())
+        await service.start()
+        client = NgClient(service.ng_address)
+
+        def broken(*args: object, **kwargs: object) -> bytes:
+            raise ValueError("simulated bug")
+
+        # Stands in for a programming error deep in the engine.
+        monkeypatch.setattr(service.engine, "offer", broken)
+        try:
+            reply = await client.request(
+                {"command": "offer", "call-id": "bug", "from-tag": "a", "sdp": sdp_for(4000)}
+            )
+            assert reply == {b"result": b"error", b"error-reason": b"internal error: ValueError"}
+            assert await client.request({"command": "ping"}) == {b"result": b"pong"}
+        finally:
+            client.sock.close()
+            await service.stop()
 
     run(main)
