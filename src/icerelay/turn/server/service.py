@@ -219,6 +219,7 @@ class TurnService:
         self.worker_index = worker_index
         self._nonce_key = nonce_key
         self._workers: list[asyncio.subprocess.Process] = []
+        self._workers_lost: set[int] = set()
         self.udp: dict[HostPort, socket.socket] = {}
         self.streams: dict[tuple[HostPort, HostPort], _StreamProtocol] = {}
         self.listen_udp: list[HostPort] = []
@@ -622,6 +623,17 @@ class TurnService:
                 and stream.transport is not None
             ):
                 stream.transport.abort()
+        for index, process in enumerate(self._workers, start=1):
+            if process.returncode is not None and index not in self._workers_lost:
+                self._workers_lost.add(index)
+                if not engine.draining:
+                    # Its clients lost their allocations, and the kernel now spreads clients
+                    # over fewer sockets, moving some of the other workers' clients too.
+                    logger.error(
+                        "turn worker %d exited with status %s; restart the service",
+                        index,
+                        process.returncode,
+                    )
         self.flush()
         self._handle_events()
         self._tick = self.loop.call_later(_TICK, self._on_tick)
