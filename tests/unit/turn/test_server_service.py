@@ -298,3 +298,27 @@ def test_icmp_port_unreachable_reaches_the_client_in_a_data_indication() -> None
             await service.stop()
 
     asyncio.run(scenario())
+
+
+def test_tcp_connections_per_source_are_capped() -> None:
+    async def scenario() -> None:
+        service = TurnService(_config(max_tcp_connections_per_source=2))
+        await service.start()
+        try:
+            host, port = service.listen_tcp[0]
+            streams = [await asyncio.open_connection(host, port) for _ in range(3)]
+            # The third is closed by the server at once.
+            assert await asyncio.wait_for(streams[2][0].read(), 2) == b""
+            assert service.engine.counters["refused_tcp_connections"] == 1
+            assert service.stream_sources == {"127.0.0.1": 2}
+            for _reader, writer in streams:
+                writer.close()
+            for _ in range(100):
+                if not service.stream_sources:
+                    break
+                await asyncio.sleep(0.01)
+            assert service.stream_sources == {}
+        finally:
+            await service.stop()
+
+    asyncio.run(scenario())

@@ -158,9 +158,14 @@ class TurnServerConfig(BaseModel):
     relay port range; quotas and the unauthenticated rate are divided among the workers (each
     enforces its share), so a user may be refused slightly before the configured total when its
     clients are unevenly spread."""
-    tcp_idle_timeout: float = Field(default=300.0, gt=0)
-    """Seconds a TCP/TLS connection without an allocation may stay open."""
+    tcp_idle_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a TCP/TLS connection without an allocation may stay idle (a client allocates
+    right after connecting; idle connections only hold descriptors)."""
     max_tcp_connections: int = Field(default=4096, ge=1)
+    """TCP/TLS client connections at once (per worker)."""
+    max_tcp_connections_per_source: int = Field(default=64, ge=1)
+    """TCP/TLS client connections from one IP address at once, so one host cannot take them
+    all."""
 
     @model_validator(mode="after")
     def _check(self) -> TurnServerConfig:

@@ -150,6 +150,7 @@ COUNTERS = (
     "bind_failures",
     "internal_errors",
     "icmp_relayed",
+    "refused_tcp_connections",
 )
 
 

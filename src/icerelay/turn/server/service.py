@@ -160,11 +160,18 @@ class _StreamProtocol(asyncio.Protocol):
         self.local = tuple(transport.get_extra_info("sockname")[:2])
         self.remote = tuple(transport.get_extra_info("peername")[:2])
         self.last_activity = self.service.loop.time()
-        if len(self.service.streams) >= self.service.config.max_tcp_connections:
-            self.service.engine.counters["refused_capacity"] += 1
+        service = self.service
+        config = service.config
+        per_source = service.stream_sources.get(self.remote[0], 0)
+        if (
+            len(service.streams) >= config.max_tcp_connections
+            or per_source >= config.max_tcp_connections_per_source
+        ):
+            service.engine.counters["refused_tcp_connections"] += 1
             self.transport.abort()
             return
-        self.service.streams[(self.local, self.remote)] = self
+        service.streams[(self.local, self.remote)] = self
+        service.stream_sources[self.remote[0]] = per_source + 1
 
     def data_received(self, data: bytes) -> None:
         service = self.service
@@ -186,6 +193,11 @@ class _StreamProtocol(asyncio.Protocol):
         service = self.service
         if service.streams.get((self.local, self.remote)) is self:
             del service.streams[(self.local, self.remote)]
+            count = service.stream_sources.get(self.remote[0], 1) - 1
+            if count > 0:
+                service.stream_sources[self.remote[0]] = count
+            else:
+                service.stream_sources.pop(self.remote[0], None)
             service.engine.connection_lost(self.remote, self.local, self.kind, service.loop.time())
             service.flush()
 
@@ -222,6 +234,8 @@ class TurnService:
         self._workers_lost: set[int] = set()
         self.udp: dict[HostPort, socket.socket] = {}
         self.streams: dict[tuple[HostPort, HostPort], _StreamProtocol] = {}
+        #: Open TCP/TLS connections per client IP address.
+        self.stream_sources: dict[str, int] = {}
         self.listen_udp: list[HostPort] = []
         self.listen_tcp: list[HostPort] = []
         self.listen_tls: list[HostPort] = []
@@ -261,7 +275,7 @@ class TurnService:
             )
         if not config.users and not config.auth_secrets:
             raise ConfigError("turn: no credentials: set users or auth_secrets")
-        _raise_fd_limit(config.quotas.total_allocations * 2 + config.max_tcp_connections + 256)
+        _raise_fd_limit(config.quotas.total_allocations + config.max_tcp_connections + 256)
         multi = config.workers > 1
         if multi and any(port == 0 for _host, port in config.listen + config.tls_endpoints()):
             raise ConfigError("turn: workers > 1 needs fixed listening ports (not 0)")
