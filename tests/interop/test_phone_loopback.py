@@ -134,3 +134,38 @@ def test_nobody_answers_and_usage_errors() -> None:
     assert result.returncode == 1 and "FAILED: no call" in result.stdout
     usage = subprocess.run([*PHONE], capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2
+
+
+def test_asterisk_configuration_per_peer_icesupport(tmp_path: Path) -> None:
+    # The answerer's sip.conf turns ICE off for the caller's peer ("icerelay", its From user);
+    # the caller's sip.conf names the answerer as peer [bob] with ICE on, and its rtp.conf
+    # confines media ports to rtpstart/rtpend.
+    (tmp_path / "answerer.conf").write_text(
+        "[general]\nicesupport=yes\n[icerelay]\nicesupport=no\n")
+    answerer, port = start_answerer("--sip-conf", str(tmp_path / "answerer.conf"), "--debug")
+    (tmp_path / "sip.conf").write_text(
+        f"[general]\nicesupport=no\n[peers](!)\nicesupport=yes\n"
+        f"[bob](peers)\nhost=127.0.0.1\nport={port}\ndefaultuser=robert\n")
+    (tmp_path / "rtp.conf").write_text("[general]\nrtpstart=21000\nrtpend=21100\n")
+    caller = subprocess.run(
+        [*PHONE, "bob", "--sip-conf", str(tmp_path / "sip.conf"), "--rtp-conf",
+         str(tmp_path / "rtp.conf"), "--duration", "1", "--debug"],
+        capture_output=True, text=True, timeout=30)
+    code, output = finish(answerer)
+    assert caller.returncode == 0, caller.stdout + caller.stderr
+    assert code == 0, output
+    assert f"INVITE sip:robert@127.0.0.1:{port} SIP/2.0" in caller.stdout
+    assert "a=ice-ufrag:" in caller.stdout  # offered, per [bob]
+    assert "the peer does not do ICE: plain RTP" in caller.stdout  # declined, per [icerelay]
+    offer_port = int(caller.stdout.split("m=audio ", 1)[1].split()[0])
+    assert 21000 <= offer_port <= 21100
+
+
+def test_rtp_conf_icesupport_no_wins_over_the_flag(tmp_path: Path) -> None:
+    (tmp_path / "rtp.conf").write_text("[general]\nicesupport=no\n")
+    answerer, port = start_answerer()
+    caller = call(port, "--ice", "--rtp-conf", str(tmp_path / "rtp.conf"), "--duration", "0.5",
+                  "--debug")
+    code, output = finish(answerer)
+    assert caller.returncode == 0 and code == 0, caller.stdout + output
+    assert "a=ice-ufrag" not in caller.stdout and "a=candidate" not in caller.stdout

@@ -21,12 +21,13 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import random
 import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -49,7 +50,9 @@ from icerelay.endpoint.session import (
     RtpSession,
 )
 from icerelay.endpoint.stats import StreamStatistics
-from icerelay.errors import IcerelayError, SdpError
+from icerelay.errors import ConfigError, IcerelayError, SdpError
+from icerelay.sip.message import SipUri
+from icerelay.sip.sipconf import SipConf, load_sip_conf
 from icerelay.sip.useragent import (
     Call,
     CallAnswered,
@@ -63,6 +66,10 @@ from icerelay.sip.useragent import (
     ReinviteReceived,
     UserAgent,
 )
+
+if TYPE_CHECKING:
+    # The ICE package is imported only when a call uses it: `icerelay` starts faster.
+    from icerelay.ice.rtpconf import RtpIceSettings
 
 Address = tuple[str, int]
 Output = Callable[[str], None]
@@ -94,7 +101,16 @@ class PhoneOptions:
     rtcp_mux: bool = False
     rtcp_interval: float = 5.0
     dtmf: str | None = None
-    ice: bool = False
+    ice: bool | None = None
+    """ICE on or off for this call; None: as sip.conf says for the peer (default off, as in
+    chan_sip)."""
+    rtp_conf: RtpIceSettings | None = None
+    """Asterisk rtp.conf ICE settings (icesupport, stunaddr, turnaddr..., ACLs, host
+    candidates, rtpstart/rtpend)."""
+    sip_conf: SipConf | None = None
+    peer: str | None = None
+    """The sip.conf peer (section name) being called, when the target named one."""
+    """Asterisk sip.conf: per-peer icesupport, and host/port/secret of named peers."""
     stun_servers: list[Address] = field(default_factory=list)
     turn_server: Address | None = None
     turn_username: str | None = None
@@ -215,6 +231,10 @@ class Phone:
         self._tasks: set[asyncio.Task[None]] = set()
         self._names: dict[str, str] = {}
         self._rtcp_mux = options.rtcp_mux
+        self._peer_name: str | None = options.peer
+        if options.target is not None and self._peer_name is None:
+            with contextlib.suppress(IcerelayError):
+                self._peer_name = SipUri.parse(options.target).user
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -388,6 +408,7 @@ class Phone:
         self.call = event.call
         self._give_up_at = None
         self._say(f"incoming call from {event.request.from_address.uri}")
+        self._peer_name = event.request.from_address.uri.user
         try:
             remote = parse_remote(event.offer or b"", supported=self._codecs())
         except SdpError as exc:
@@ -402,7 +423,7 @@ class Phone:
         assert self.ua is not None
         loop = asyncio.get_running_loop()
         self._rtcp_mux = remote.rtcp_mux  # RFC 5761: accept multiplexing when offered
-        use_ice = self.options.ice and remote.has_ice
+        use_ice = self._ice_for(self._peer_name) and remote.has_ice
         answer = await self._local_sdp(offerer=False, ice=use_ice, remote=remote)
         if call.state is not CallState.INCOMING:
             return  # cancelled while we gathered
@@ -533,10 +554,30 @@ class Phone:
             self._latched[component] = True
         self.session.receive(data, now, component)
 
+    def _ice_for(self, peer: str | None) -> bool:
+        """Asterisk's rule: rtp.conf's icesupport must allow ICE at all; then chan_sip's
+        setting for the peer (or [general]); a --ice/--no-ice flag overrides sip.conf."""
+        rtp_conf = self.options.rtp_conf
+        if rtp_conf is not None and not rtp_conf.icesupport:
+            return False
+        if self.options.ice is not None:
+            return self.options.ice
+        if self.options.sip_conf is not None:
+            return self.options.sip_conf.icesupport(peer)
+        return False
+
     async def _bind_media(self) -> None:
         host = self.options.rtp_address or self._sip_host()
+        low, high = self.options.rtp_conf.port_range if self.options.rtp_conf else (0, 0)
         for _ in range(64):
-            rtp = await _bind(host, 0, lambda d, s: self._media_received(RTP_COMPONENT, d, s))
+            # rtp.conf's rtpstart/rtpend: a random even port in the range; else any pair.
+            port = random.randrange(low, high, 2) if high > low else 0
+            try:
+                rtp = await _bind(
+                    host, port, lambda d, s: self._media_received(RTP_COMPONENT, d, s)
+                )
+            except OSError:
+                continue
             if rtp.address[1] % 2 == 0:
                 try:
                     rtcp = await _bind(
@@ -567,7 +608,7 @@ class Phone:
     async def _local_sdp(
         self, *, offerer: bool, ice: bool | None = None, remote: RemoteMedia | None = None
     ) -> bytes:
-        use_ice = self.options.ice if ice is None else ice
+        use_ice = self._ice_for(self._peer_name) if ice is None else ice
         if use_ice:
             await self._gather(controlling=offerer, remote=remote)
         elif self._rtp is None:
@@ -619,14 +660,26 @@ class Phone:
         host = self.options.rtp_address or self._sip_host()
         from icerelay.ice.config import AgentConfig
 
+        config = AgentConfig(relay_only=self.options.relay_only)
+        addresses = [host]
+        port_range = None
+        rtp_conf = self.options.rtp_conf
+        if rtp_conf is not None:
+            # Asterisk's rtp.conf: stunaddr, the STUN ACL and [ice_host_candidates] go into the
+            # agent's configuration; turnaddr adds a relay; the ICE ACL filters host addresses.
+            config = rtp_conf.agent_config(config)
+            turn.extend(rtp_conf.turn_servers())
+            addresses = rtp_conf.host_addresses(addresses) or addresses
+            port_range = rtp_conf.port_range
         self._ice = Connection(
             controlling=controlling,
             components=components,
             stun_servers=self.options.stun_servers,
             turn_servers=turn,
-            local_addresses=[host],
+            local_addresses=addresses,
+            port_range=port_range,
             on_event=self._ice_event,
-            config=AgentConfig(relay_only=self.options.relay_only),
+            config=config,
         )
         await self._ice.gather()
         self._say(
@@ -865,6 +918,21 @@ def _default_candidate(candidates: list[Any], component: int) -> Address:
 # --- the command ----------------------------------------------------------------------------------
 
 
+def _peer_target(
+    target: str, conf: SipConf, password: str | None
+) -> tuple[str, str | None, str | None]:
+    """A bare peer name from sip.conf becomes its URI (``host``/``port``, ``defaultuser``), and
+    lends its ``secret`` when no --password was given."""
+    peer = conf.peers.get(target.lower()) if ":" not in target and "@" not in target else None
+    if peer is None:
+        return target, password, None
+    if peer.host is None:
+        raise ConfigError(f"peer [{peer.name}] has no host to call (host=dynamic)")
+    host = f"[{peer.host}]" if ":" in peer.host else peer.host
+    uri = f"sip:{peer.user or peer.name}@{host}:{peer.port}"
+    return uri, password or peer.secret, peer.name
+
+
 def _address(text: str, default_port: int) -> Address:
     text = text.strip()
     if text.startswith("["):
@@ -933,7 +1001,22 @@ def _address(text: str, default_port: int) -> Address:
 @click.option("--rtcp-mux", is_flag=True, help="Offer RTCP multiplexed on the RTP port.")
 @click.option("--rtcp-interval", type=click.FloatRange(min=0.5), default=5.0, show_default=True)
 @click.option("--dtmf", metavar="DIGITS", help="Send these DTMF digits (RFC 4733) at the start.")
-@click.option("--ice", is_flag=True, help="Offer and answer ICE (RFC 8445 / RFC 8839).")
+@click.option(
+    "--ice/--no-ice",
+    default=None,
+    help="Offer and answer ICE (RFC 8445 / RFC 8839); default: sip.conf's icesupport, else off.",
+)
+@click.option(
+    "--rtp-conf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Asterisk rtp.conf: icesupport, stunaddr, turnaddr/turnport/turnusername/"
+    "turnpassword, ICE/STUN ACLs, [ice_host_candidates], rtpstart/rtpend.",
+)
+@click.option(
+    "--sip-conf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Asterisk sip.conf: per-peer icesupport; call a peer by its section name.",
+)
 @click.option(
     "--stun",
     "stun_servers",
@@ -975,7 +1058,9 @@ def phone(
     rtcp_mux: bool,
     rtcp_interval: float,
     dtmf: str | None,
-    ice: bool,
+    ice: bool | None,
+    rtp_conf: Path | None,
+    sip_conf: Path | None,
     stun_servers: tuple[str, ...],
     turn_server: str | None,
     turn_user: str | None,
@@ -997,6 +1082,16 @@ def phone(
         click.echo("icerelay: give a SIP URI to call, or --answer (not both)", err=True)
         sys.exit(EXIT_USAGE)
     try:
+        from icerelay.ice.rtpconf import load_rtp_conf
+
+        rtp_settings = load_rtp_conf(rtp_conf) if rtp_conf is not None else None
+        sip_settings = load_sip_conf(sip_conf) if sip_conf is not None else None
+        for warning in (*(rtp_settings.warnings if rtp_settings else ()),
+                        *(sip_settings.warnings if sip_settings else ())):
+            click.echo(f"icerelay: configuration: {warning}", err=True)
+        peer = None
+        if target is not None and sip_settings is not None:
+            target, password, peer = _peer_target(target, sip_settings, password)
         options = PhoneOptions(
             target=target,
             listen=_address(listen, 5060),
@@ -1017,6 +1112,9 @@ def phone(
             rtcp_interval=rtcp_interval,
             dtmf=dtmf,
             ice=ice,
+            rtp_conf=rtp_settings,
+            sip_conf=sip_settings,
+            peer=peer,
             stun_servers=[_address(s, 3478) for s in stun_servers],
             turn_server=_address(turn_server, 3478) if turn_server else None,
             turn_username=turn_user,
