@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -319,6 +320,11 @@ class TurnService:
             await self.stop()
             raise
         self._tick = loop.call_later(_TICK, self._on_tick)
+        if self.daemon or self.worker_index:
+            # Everything allocated so far (modules, configuration) lives as long as the
+            # process: keep it out of the cyclic collector, whose full passes would otherwise
+            # walk it and pause the relay for milliseconds.
+            gc.freeze()
         if self.daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self.add_signal_handlers()
