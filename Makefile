@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit deps clean bench bench-smoke bench-relay bench-relay-smoke
+.PHONY: run test lint typecheck unit deps clean bench bench-smoke bench-ice bench-relay bench-relay-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks.turn --smoke
+
+# ICE benchmark, icerelay's agent vs aioice (namespace setups need root; not part of `make test`).
+bench-ice: $(STAMP)
+	$(BIN)/python -m benchmarks.ice
 
 # Media relay benchmark, icerelay vs rtpengine 10.5 userspace (needs gcc and rtpengine-daemon;
 # ~8 min; rewrites benchmarks/relay/REPORT.md + report.json). The smoke run takes < 1 min.
