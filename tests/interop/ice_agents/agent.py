@@ -3,8 +3,8 @@
 Output lines (stdout), each one JSON object with ``event``:
 
 - ``local``: ``ufrag``, ``pwd``, ``candidates`` (SDP attribute values, without ``a=``), after
-  gathering completed; with ``--relay-only`` only relayed candidates are listed (and aioice uses
-  its relay transport policy);
+  gathering completed; ``--relay-only`` is icerelay's ``AgentConfig(relay_only=True)`` and
+  aioice's ``TransportPolicy.RELAY``;
 - ``remote_set``: the peer's credentials and candidates were all handed to the agent (``t``);
 - ``connected``: media can flow (``t``, ``checks_sent``, selected pair ``local_type``/
   ``remote_type``/``local``/``remote`` for component 1);
@@ -30,9 +30,9 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from icerelay.ice import CandidateType, ConnectionState, Event, SelectedPairChanged
+from icerelay.ice import ConnectionState, Event, SelectedPairChanged
 from icerelay.ice.aio import Connection
-from icerelay.ice.config import AgentConfig
+from icerelay.ice.config import AgentConfig, Nomination
 from icerelay.ice.relay import TurnServer
 
 
@@ -99,15 +99,11 @@ async def run_icerelay(args: argparse.Namespace, reader: asyncio.StreamReader) -
         local_addresses=[args.host],
         stun_servers=[host_port(args.stun)] if args.stun else [],
         turn_servers=turn,
-        config=AgentConfig(),
+        config=AgentConfig(relay_only=args.relay_only, nomination=Nomination(args.nomination)),
         on_event=on_event,
     )
     await connection.gather()
-    candidates = [
-        c.to_attribute()
-        for c in connection.local_candidates
-        if not args.relay_only or c.type is CandidateType.RELAYED
-    ]
+    candidates = [c.to_attribute() for c in connection.local_candidates]
     emit(
         "local",
         ufrag=connection.local_username,
@@ -126,10 +122,17 @@ async def run_icerelay(args: argparse.Namespace, reader: asyncio.StreamReader) -
         emit("failed", error=repr(exc), state=connection.state.value)
         await connection.close()
         return
+
+    def rtt() -> float | None:
+        # The round trip of the check that validated the pair in use: the physical floor.
+        pair = connection.agent.selected_pair(1)
+        return pair.rtt if pair is not None else None
+
     local_type, remote_type, local, remote_address = selected[1]
     emit(
         "connected",
         t=time.monotonic(),
+        rtt=rtt(),
         checks_sent=connection.agent.checks_sent,
         local_type=local_type,
         remote_type=remote_type,
@@ -144,6 +147,7 @@ async def run_icerelay(args: argparse.Namespace, reader: asyncio.StreamReader) -
         emit(
             "completed",
             t=completed_at[0],
+            rtt=rtt(),
             checks_sent=connection.agent.checks_sent,
             local_type=local_type,
             remote_type=remote_type,
@@ -275,6 +279,12 @@ async def main() -> None:
     parser.add_argument("--turn-user", default="")
     parser.add_argument("--turn-password", default="")
     parser.add_argument("--relay-only", action="store_true")
+    parser.add_argument(
+        "--nomination",
+        choices=[n.value for n in Nomination],
+        default=Nomination.REGULAR.value,
+        help="icerelay only (aioice always nominates aggressively)",
+    )
     parser.add_argument("--timeout", type=float, default=20.0)
     args = parser.parse_args()
     reader = await stdin_reader()

@@ -1,0 +1,170 @@
+"""REPORT.md for the ICE benchmark, rendered from the run's JSON (nothing typed in by hand)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+GOAL_EXCESS_RTT = 1.5
+GOAL_SPEEDUP = 2.0
+
+LABELS = {
+    "icerelay": "icerelay, regular nomination (default)",
+    "icerelay-aggressive": "icerelay, aggressive nomination",
+    "aioice": "aioice 0.13 (aggressive; connected = completed)",
+}
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _span(summary: dict[str, float] | None) -> str:
+    if not summary:
+        return "-"
+    return f"{_ms(summary['median'])} ({_ms(summary['min'])}-{_ms(summary['max'])})"
+
+
+def _count(summary: dict[str, float] | None) -> str:
+    if not summary:
+        return "-"
+    return f"{summary['median']:g} ({summary['min']:g}-{summary['max']:g})"
+
+
+def render(data: dict[str, Any]) -> str:
+    started = datetime.datetime.fromtimestamp(data["started_unix"], datetime.UTC)
+    machine = data["machine"]
+    lines = [
+        "# ICE benchmark: icerelay's agent vs aioice",
+        "",
+        f"Run {started:%Y-%m-%d %H:%M} UTC, {data['runs_per_impl']} runs per implementation and "
+        f"setup, {data['seconds']:.0f} s in all. Machine: {machine.get('cpus', '?')} CPUs, load "
+        f"average {' '.join(machine.get('load_avg_at_start', ['?']))} at start (shared with "
+        f"other work), Python {machine['python']}, aioice {machine.get('aioice', '?')}.",
+        "",
+        "Reproduce: `make bench-ice` or `.venv/bin/python -m benchmarks.ice` (as root for the "
+        "namespace setups; `--runs N`, `--setups loopback,turn`, `--smoke`). Raw figures: "
+        "`benchmarks/ice/report.json`.",
+        "",
+        "## What is measured",
+        "",
+        "Two agents of one implementation, each its own process "
+        "(`tests/interop/ice_agents/agent.py`), gather, then get each other's credentials and "
+        "candidates at the same moment (no trickle). Time zero is when the later of the two has "
+        "them; times are on the machine-wide monotonic clock.",
+        "",
+        "- **connected**: both agents can send media. icerelay: a valid pair on both sides "
+        "(RFC 8445 allows media before nomination). aioice: its `connect()` returns, which is "
+        "only after nomination, so for aioice *connected* = *completed*.",
+        "- **completed**: the pair is nominated on both sides (icerelay reports it; aioice's "
+        "`connect()` returns only then).",
+        "- **checks**: Binding requests both agents sent until then, retransmissions included "
+        "(aioice counted by wrapping its `StunProtocol.send_stun`).",
+        "- **floor**: one round trip on the best pair (a UDP echo between the two agents' "
+        "addresses; through TURN, the RTT of icerelay's validating check on the relayed path).",
+        "",
+        "Figures: median (min-max). *x floor* = median / floor.",
+        "",
+    ]
+    for name, setup in data["setups"].items():
+        floor = setup["floor_ms"]
+        impls = setup["impls"]
+        lines += [f"## {name}", "", _setup_text(name, setup), ""]
+        lines += [
+            f"Floor: **{_ms(floor)} ms**.",
+            "",
+            "| implementation | connected, ms | x floor | completed, ms | x floor "
+            "| checks to connected / completed | selected pair (a: local/remote) | ok / failed |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for impl, label in LABELS.items():
+            entry = impls.get(impl)
+            if entry is None:
+                continue
+            completed = entry.get("completed_ms", entry.get("connected_ms"))
+            checks_completed = entry.get("checks_completed", entry.get("checks_connected"))
+            lines.append(
+                f"| {label} | {_span(entry.get('connected_ms'))} "
+                f"| {_ratio(entry.get('connected_ms'), floor)} | {_span(completed)} "
+                f"| {_ratio(completed, floor)} | {_count(entry.get('checks_connected'))} / "
+                f"{_count(checks_completed)} | {', '.join(entry.get('pairs', []))} "
+                f"| {entry['ok']} / {entry['failed']} |"
+            )
+        lines.append("")
+        lines += _verdict(impls, floor)
+        lines.append("")
+    for name, reason in data.get("skipped", {}).items():
+        lines += [f"## {name}: not run", "", reason, ""]
+    lines += _notes()
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(summary: dict[str, float] | None, floor: float | None) -> str:
+    if not summary or not floor:
+        return "-"
+    return f"{summary['median'] / floor:.1f}"
+
+
+def _setup_text(name: str, setup: dict[str, Any]) -> str:
+    delay = setup.get("delay_method") or ""
+    texts = {
+        "loopback": "Both agents on 127.0.0.1, host candidates only.",
+        "netns-50ms": "Two namespaces joined by a router adding 25 ms each way "
+        f"({delay}); host candidates.",
+        "turn": "Relay-only on both sides (icerelay `AgentConfig(relay_only=True)`, aioice "
+        "`TransportPolicy.RELAY`), one coturn 4.6.1 on 127.0.0.1 for both.",
+        "turn-50ms": "Relay-only on both sides through coturn in namespace b of the 50 ms pair "
+        f"({delay}): a's relay traffic crosses the delay, b's does not.",
+    }
+    floor = f"Floor: {setup['floor_method']}."
+    return f"{texts.get(name, name)} {floor}"
+
+
+def _verdict(impls: dict[str, Any], floor: float | None) -> list[str]:
+    out: list[str] = []
+    aioice = impls.get("aioice", {}).get("connected_ms")
+    for impl in ("icerelay", "icerelay-aggressive"):
+        entry = impls.get(impl, {})
+        connected = entry.get("connected_ms")
+        completed = entry.get("completed_ms")
+        label = LABELS[impl]
+        if connected and floor:
+            excess = (connected["median"] - floor) / floor
+            met = "met" if excess <= GOAL_EXCESS_RTT else "NOT met"
+            done = ""
+            if completed:
+                done = f"; completed {(completed['median'] - floor) / floor:.1f} RTT above it"
+            out.append(
+                f"- {label}: connected {excess:.1f} RTT above the floor (goal <= "
+                f"{GOAL_EXCESS_RTT}: {met}){done}."
+            )
+        if connected and aioice:
+            speedup = aioice["median"] / connected["median"]
+            met = "met" if speedup >= GOAL_SPEEDUP else "NOT met"
+            like = ""
+            if completed:
+                like = f"; nominated vs nominated {aioice['median'] / completed['median']:.1f}x"
+            out.append(
+                f"- {label} vs aioice: aioice takes {speedup:.1f}x as long to connected "
+                f"(goal >= {GOAL_SPEEDUP:g}x: {met}){like}."
+            )
+    return out
+
+
+def _notes() -> list[str]:
+    return [
+        "## Notes",
+        "",
+        "- This machine's kernel has no netem (`CONFIG_NET_SCH_NETEM` is not set), so the 50 ms "
+        "setups use a userspace delay line (`tests/interop/ice_agents/delayline.py`): policy "
+        "routing in the router namespace sends every packet through a TUN device pair with the "
+        "delay between them. Where netem exists the harness uses `tc qdisc ... netem` instead "
+        "(the setup line says which).",
+        "- On loopback the floor is a few tens of microseconds, so the *x floor* figures there "
+        "mostly measure scheduling (pacing timers, Python event loops in two processes), not "
+        "the protocol.",
+        "- The machine is shared (2 CPUs, other helpers' tests running): absolute times carry "
+        "scheduling noise of a few ms; the min-max spans show it.",
+    ]
