@@ -88,10 +88,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.smoke:
         json_path, md_path = results_dir / "report-smoke.json", results_dir / "REPORT-smoke.md"
+        history_path = results_dir / "history-smoke.jsonl"
     else:
         json_path, md_path = HERE / "report.json", HERE / "REPORT.md"
+        history_path = HERE / "history.jsonl"
     json_path.write_text(json.dumps(data, indent=2) + "\n")
-    md_path.write_text(report.render(data))
+    # Every run is kept as one summary line: on a shared machine one run is one sample.
+    with history_path.open("a") as history_file:
+        history_file.write(json.dumps(report.summary(data)) + "\n")
+    history = [json.loads(line) for line in history_path.read_text().splitlines() if line]
+    md_path.write_text(report.render(data, history))
     log(f"wrote {md_path} and {json_path}")
     return 0
 

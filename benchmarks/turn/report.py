@@ -167,7 +167,74 @@ def _findings(data: Result) -> list[str]:
     return lines
 
 
-def render(data: Result) -> str:
+def summary(data: Result) -> Result:
+    """One line of history: the headline figures of a run, to compare runs with each other."""
+    n, o_step, c_step = _common_step(data)
+    steps = [
+        s
+        for name in (OURS, THEIRS)
+        for s in _get(data, name, "streams", "steps") or []
+        if "background_cpu_pct" in s
+    ]
+    background = sorted(s["background_cpu_pct"] for s in steps)
+    line: Result = {
+        "started_utc": data["started_utc"],
+        "icerelay_version": _get(data, OURS, "version"),
+        "background_cpu_pct_median": background[len(background) // 2] if background else None,
+        "common_streams": n,
+    }
+    for name in (OURS, THEIRS):
+        line[f"{name}_streams"] = _get(data, name, "streams", "sustained_streams")
+        line[f"{name}_relayed_pps"] = _get(data, name, "streams", "sustained_relayed_pps")
+        line[f"{name}_limited_by"] = _get(data, name, "streams", "limited_by")
+        line[f"{name}_bytes_per_allocation"] = _get(
+            data, name, "allocation", "bytes_per_allocation"
+        )
+        best = _get(data, name, "allocation", "best_by_window") or {}
+        line[f"{name}_allocations_per_s"] = {w: r["allocations_per_s"] for w, r in best.items()}
+    line["icerelay_cpu_us_per_packet"] = o_step.get("server_cpu_us_per_packet")
+    line["coturn_cpu_us_per_packet"] = c_step.get("server_cpu_us_per_packet")
+    return line
+
+
+def _history_table(history: list[Result]) -> list[str]:
+    lines = [
+        "## Every full run so far\n",
+        "Runs differ mostly in how busy the shared machine was; the spread is the honest error "
+        "bar of the figures above. Ratios: icerelay / coturn (above 1.00x: icerelay better).\n",
+        "| run (UTC) | icerelay code | other processes % (median) | streams icerelay / coturn "
+        "| ratio | allocations/s ratio (per window) | CPU/packet icerelay / coturn | bytes per "
+        "allocation icerelay / coturn |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for h in history:
+        o_n, c_n = h.get("icerelay_streams"), h.get("coturn_streams")
+        o_a, c_a = (
+            h.get("icerelay_allocations_per_s") or {},
+            h.get("coturn_allocations_per_s") or {},
+        )
+        alloc = ", ".join(
+            f"W={w}: {_ratio(o_a.get(w), c_a.get(w))}" for w in sorted(o_a, key=int) if w in c_a
+        )
+        o_cpu, c_cpu = h.get("icerelay_cpu_us_per_packet"), h.get("coturn_cpu_us_per_packet")
+        cpu = f"{o_cpu} / {c_cpu} us" if o_cpu and c_cpu else "n/a"
+        if h.get("common_streams"):
+            cpu += f" at {h['common_streams']} streams"
+        mem = f"{_fmt(h.get('icerelay_bytes_per_allocation'))} / "
+        mem += f"{_fmt(h.get('coturn_bytes_per_allocation'))}"
+        limited = " (coturn: generator-bound)" if h.get("coturn_limited_by") == "generator" else ""
+        add_bg = h.get("background_cpu_pct_median")
+        lines.append(
+            f"| {h['started_utc'][:16]} | "
+            f"{(h.get('icerelay_version') or 'n/a').removeprefix('icerelay ')} | "
+            f"{add_bg if add_bg is not None else 'n/a'} | {_fmt(o_n)} / {_fmt(c_n)}{limited} | "
+            f"{_ratio(o_n, c_n)} | {alloc or 'n/a'} | {cpu} | {mem} |"
+        )
+    lines.append("")
+    return lines
+
+
+def render(data: Result, history: list[Result] | None = None) -> str:
     plan, env = data["plan"], data["environment"]
     out: list[str] = []
     add = out.append
@@ -364,6 +431,8 @@ def render(data: Result) -> str:
                 f"{a['rss_after_kib'] / 1024:.1f} | {_fmt(a['bytes_per_allocation'])} |"
             )
     add("")
+    if history:
+        out.extend(_history_table(history))
     add("## Reproduce\n")
     add(
         "```\nmake bench            # full run, ~10 min, rewrites this report\n"
