@@ -48,6 +48,7 @@ DEFAULT_DENIED_NETWORKS: tuple[str, ...] = (
     "::/128",  # unspecified
     "::1/128",  # loopback
     "::/96",  # deprecated IPv4-compatible addresses
+    "::ffff:0:0/96",  # IPv4-mapped: an IPv6 relay cannot reach them, and they dodge IPv4 filters
     "64:ff9b:1::/48",  # RFC 8215 local-use NAT64: translates into private IPv4 networks
     "100::/64",  # discard-only
     "2001:2::/48",  # benchmarking (Teredo, 2001::/32, is checked by its embedded addresses)
