@@ -55,6 +55,7 @@ def test_public_addresses_are_allowed(host: str) -> None:
         "ff02::1",
         "2001:db8::1",
         "::ffff:10.0.0.1",
+        "::ffff:8.8.8.8",
         "64:ff9b::7f00:1",
         "64:ff9b:1::1",
         "2002:c0a8:101::1",
