@@ -107,7 +107,8 @@ def _findings(data: Result) -> list[str]:
             if fail.get(key):
                 where.append(f"{fail[key]:,} on {label}")
         lossy = ", ".join(
-            f"{direction} {d['loss_pct']:.2f}%" for direction, d in fail["directions"].items()
+            f"{direction} {d['loss_pct']:.2f}% ({d.get('late', 0):,} of them late, not dropped)"
+            for direction, d in fail["directions"].items()
         )
         add(
             f"- {name} lost more than {data['plan']['loss_limit_pct']}% at "
@@ -366,8 +367,11 @@ def render(data: Result, history: list[Result] | None = None) -> str:
         "TURN client (`benchmarks/turn/allocate.py`) whose sockets the C tool inherits."
     )
     add(
-        "- Loss = (sent - received) / sent over both directions, with 0.5 s drain after the "
-        "last send. A step counts as generator-saturated (not the server's limit) if the sender "
+        "- Loss = (sent - received) / sent over both directions, where a packet counts as "
+        "received only if it arrived within 0.5 s of being sent (later ones are counted as "
+        "late, i.e. lost: a server that queues instead of dropping is overloaded all the same); "
+        "the generator reads 0.5 s past its last send. A step counts as generator-saturated "
+        "(not the server's limit) if the sender "
         "fell > 0.5% behind its schedule, the receiver was CPU-bound, or the generator's own "
         "sockets dropped most of the lost packets (kernel counters in /proc/net/udp)."
     )
