@@ -293,3 +293,36 @@ def test_behind_one_carrier_grade_nat_the_direct_path_needs_hairpinning(
     else:
         assert not result.connected
     assert scenario.network.counters["hairpinned" if hairpinning else "dropped-no-hairpin"] > 0
+
+
+def test_losing_a_relay_moves_media_to_another_valid_pair() -> None:
+    scenario = IceScenario(left_nat=SYMMETRIC, right_nat=SYMMETRIC, turn=True)
+    assert scenario.run(30).connected
+    sides = {"left": scenario.left, "right": scenario.right}
+    name, side = next(
+        (n, s)
+        for n, s in sides.items()
+        if (p := s.agent.selected_pair()) is not None and p.local.type.value == "relay"
+    )
+    agent = side.agent
+    dead = agent.selected_pair()
+    assert dead is not None
+    # The allocation dies under us (as when a server drops it): the relay reports it lost.
+    relay = agent.gatherer.relay_for(dead.local.address)
+    assert relay is not None
+    agent.connection_lost(relay.server, relay.base, relay.transport, scenario.network.now)
+    scenario.network.run(0.01)
+    pair = agent.selected_pair()
+    assert pair is not None and pair.local.address != dead.local.address
+    # The peer learns it from consent: no answer on its selected pair for the disconnected
+    # time, so it moves to its next valid pair too (and, controlling or not, both complete).
+    scenario.network.run(20.0)
+    assert scenario.both(COMPLETED)
+    assert agent.selected_pair() is not None and agent.selected_pair().nominated  # type: ignore[union-attr]
+    other = scenario.right if side is scenario.left else scenario.left
+    agent.send(b"\x80after", now=scenario.network.now)
+    other.agent.send(b"\x80back", now=scenario.network.now)
+    scenario.network.run(1.0)
+    assert b"\x80after" in [e.data for _, e in other.events if isinstance(e, DataReceived)]
+    assert b"\x80back" in [e.data for _, e in side.events if isinstance(e, DataReceived)]
+    assert name in ("left", "right")

@@ -89,7 +89,7 @@ from icerelay.ice.events import (
     RoleChanged,
     SelectedPairChanged,
 )
-from icerelay.ice.gathering import Gatherer, RelayedData, RelayFactory
+from icerelay.ice.gathering import Gatherer, RelayedData, RelayFactory, RelayLost
 from icerelay.ice.pair import CandidatePair, PairState
 from icerelay.ice.relay import TurnServer
 from icerelay.stun import (
@@ -772,6 +772,22 @@ class Agent:
             checklist.valid = [v for v in checklist.valid if v.generating is not pair]
         self._fail_pair(check.generation, pair, now)
 
+    def _relay_lost(self, relayed: Candidate, now: float) -> None:
+        """A relayed candidate died (TURN allocation gone): its pairs fail, so that media moves
+        to another valid pair at once instead of waiting for consent to expire."""
+        for generation in (self._generation, self._previous):
+            if generation is None:
+                continue
+            checklist = generation.checklist
+            for pair in list(checklist.pairs):
+                if pair.local.address == relayed.address and pair.state is not PairState.FAILED:
+                    self._fail_pair(generation, pair, now)
+            for valid in list(checklist.valid):
+                if valid.local.address == relayed.address:
+                    checklist.valid.remove(valid)
+                    valid.valid = False
+                    self._update_component(generation, valid.component, now)
+
     def _fail_pair(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
         self._set_pair_state(pair, PairState.FAILED)
         for valid in generation.checklist.valid:
@@ -1013,6 +1029,10 @@ class Agent:
             component = pair.component
             if self._sends_consent(generation):
                 last = pair.last_consent if pair.last_consent is not None else now
+                if now - last >= self.config.disconnected_timeout and self._fail_over(
+                    generation, pair, now
+                ):
+                    continue
                 if now - last >= self.config.consent_timeout:
                     # RFC 7675 section 5.1: consent expired; stop sending, ICE has failed.
                     self._consent_lost = True
@@ -1034,6 +1054,23 @@ class Agent:
                     Method.BINDING, MessageClass.INDICATION, self.rng.randbytes(12)
                 )
                 self._transmit(pair, indication.encode(fingerprint=True), now)
+
+    def _fail_over(self, generation: _Generation, pair: CandidatePair, now: float) -> bool:
+        """The pair in use lost consent but another valid pair exists: drop this one so that
+        media moves there (and, when controlling, it is nominated in turn). False when there is
+        no other pair to go to; then consent runs out and ICE fails."""
+        checklist = generation.checklist
+        if not any(v is not pair and v.component == pair.component for v in checklist.valid):
+            return False
+        checklist.valid.remove(pair)
+        pair.valid = False
+        pair.nominated = False
+        generating = pair.generating
+        if generating is not None:
+            generating.use_candidate = False
+            self._set_pair_state(generating, PairState.FAILED)
+        self._update_component(generation, pair.component, now)
+        return True
 
     def _consent_interval(self) -> float:
         # RFC 7675 section 5.1: randomized to 0.8-1.2 times the interval, so that many flows
@@ -1264,6 +1301,9 @@ class Agent:
         while (event := self.gatherer.next_event()) is not None:
             if isinstance(event, RelayedData):
                 self._receive_on(event.data, event.peer, event.relayed, now)
+                continue
+            if isinstance(event, RelayLost):
+                self._relay_lost(event.relayed, now)
                 continue
             if isinstance(event, CandidateGathered):
                 candidate = event.candidate

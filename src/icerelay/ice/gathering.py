@@ -57,6 +57,14 @@ class RelayedData:
     data: bytes
 
 
+@dataclass(frozen=True)
+class RelayLost:
+    """Internal event: a relayed candidate died (its allocation expired or its connection
+    closed); pairs on it cannot work any more."""
+
+    relayed: Candidate
+
+
 @dataclass
 class _StunJob:
     transaction: ClientTransaction
@@ -74,7 +82,7 @@ class _RelayJob:
     done: bool = False
 
 
-GathererEvent = CandidateGathered | GatheringComplete | RelayedData
+GathererEvent = CandidateGathered | GatheringComplete | RelayedData | RelayLost
 
 
 class Gatherer:
@@ -314,6 +322,9 @@ class Gatherer:
                 self._add(relayed)
             elif isinstance(event, RelayFailed):
                 job.done = True
+                if job.relayed is not None and job.relayed in self.candidates:
+                    self.candidates.remove(job.relayed)
+                    self._events.append(RelayLost(job.relayed))
             elif isinstance(event, RelayData) and job.relayed is not None:
                 self._events.append(RelayedData(job.relayed.address, event.peer, event.data))
         self._check_complete()
