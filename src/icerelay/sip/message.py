@@ -326,6 +326,8 @@ class Via:
             port = _int(port_text, text)
         if not host:
             raise SipError(f"Via without a host: {text!r}")
+        if port is not None and not 0 < port < 65536:
+            raise SipError(f"bad port in Via: {text!r}")
         return cls(parts[2].upper(), host, port, _parse_params(params))
 
     def param(self, name: str) -> str | None:
@@ -342,12 +344,21 @@ class Via:
         params = (*tuple(p for p in self.params if p[0] != name), (name, value))
         return Via(self.transport, self.host, self.port, params)
 
+    @property
+    def rport(self) -> int | None:
+        """The ``rport`` value filled in by the server (RFC 3581); None if absent, empty or
+        not a port number (a peer's garbage must not become our destination)."""
+        value = self.param("rport")
+        if value and value.isdigit() and 0 < int(value) < 65536:
+            return int(value)
+        return None
+
     def response_address(self, source: tuple[str, int] | None = None) -> tuple[str, int]:
         """Where a UDP response goes (RFC 3261 section 18.2.2, RFC 3581 section 4)."""
         host = self.param("received") or self.host
-        rport = self.param("rport")
-        if rport:
-            return host, int(rport)
+        rport = self.rport
+        if rport is not None:
+            return host, rport
         return host, self.port or 5060
 
     def __str__(self) -> str:

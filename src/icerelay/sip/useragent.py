@@ -519,11 +519,10 @@ class UserAgent:
             self._send(*call._ack)
 
     def _learn_public_address(self, via: Via) -> None:
-        received, rport = via.param("received"), via.param("rport")
+        received, rport = via.param("received"), via.rport
         if received or rport:
             host = received or self.local[0]
-            port = int(rport) if rport else self.local[1]
-            self.public_address = (host, port)
+            self.public_address = (host, rport or self.local[1])
 
     def _client_response(self, entry: _ClientEntry, response: SipResponse, now: float) -> None:
         call = entry.call
