@@ -46,8 +46,9 @@ async def exchange(components: int) -> None:
             assert data == b"\x80pong" and source[0] == "127.0.0.1"
         await offerer.wait_for(ConnectionState.COMPLETED, timeout=5)
         await answerer.wait_for(ConnectionState.COMPLETED, timeout=5)
-        # loopback, one host pair per component: one check, a nomination, no waste
-        assert offerer.agent.checks_sent <= 2 * components + 1
+        # Loopback, one host pair per component: a check, maybe a triggered re-check when the
+        # peer's check crossed ours (RFC 8445 section 7.3.1.4), and a nomination; no storm.
+        assert offerer.agent.checks_sent <= 3 * components
     finally:
         await offerer.close()
         await answerer.close()
