@@ -76,6 +76,15 @@ class Server:
 
     def start(self, timeout_s: float = 15.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # A leftover server on the port would answer the readiness probe and be measured
+        # in place of this one.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((self.settings.host, self.settings.port))
+            except OSError as exc:
+                raise RuntimeError(
+                    f"UDP {self.settings.host}:{self.settings.port} is already in use: {exc}"
+                ) from exc
         log = (self.workdir / f"{self.name}.out").open("ab")
         self.process = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
