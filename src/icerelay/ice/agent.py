@@ -356,6 +356,11 @@ class Agent:
             provider.permit([candidate.address], now)
         self._pace(now)
 
+    def apply_remote_pacing(self, milliseconds: int) -> None:
+        """The peer's ``a=ice-pacing`` (RFC 8839 section 5.5): both agents use the larger Ta
+        (RFC 8445 section 14.2), so that neither sends checks faster than the other accepts."""
+        self._pacer.ta = max(self._pacer.ta, self.config.ta, milliseconds / 1000.0)
+
     def end_of_candidates(self, now: float) -> None:
         """The peer sent end-of-candidates (RFC 8838)."""
         self.add_remote_candidate(None, now)

@@ -46,6 +46,8 @@ DEFAULT_PREFERENCE: tuple[CandidateType, ...] = (
 """Most likely to work first (RFC 8445 section 5.1.4)."""
 
 TRICKLE = "trickle"
+ICE_PACING = "ice-pacing"
+DEFAULT_TA_MS = 50  # RFC 8445 section 14.2: a=ice-pacing is only written when Ta differs
 
 
 def default_candidate(
@@ -104,6 +106,11 @@ def write_ice(
     else:
         media.set_rtcp_mux(True)
     media.set_end_of_candidates(agent.gatherer.complete)
+    ta = round(agent.config.ta * 1000)
+    if ta != DEFAULT_TA_MS:
+        media.replace_attribute(ICE_PACING, str(ta))
+    else:
+        media.remove_attributes(ICE_PACING)
     if session is not None:
         session.set_ice_lite(agent.lite)
     if agent.controlling and agent.state is ConnectionState.COMPLETED:
@@ -206,6 +213,9 @@ def apply_remote_ice(
             agent.restart(now)
             restarted = True
         agent.set_remote_credentials(credentials.ufrag, credentials.pwd, now, lite=lite)
+        pacing = media.ice_pacing(session)
+        if pacing is not None:
+            agent.apply_remote_pacing(pacing)
         for candidate in candidates:
             agent.add_remote_candidate(candidate, now)
         if end:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from icerelay.ice import Agent, AgentConfig, CandidateType, ConnectionState
 from icerelay.ice.signalling import apply_remote_ice, default_candidate, write_ice
@@ -208,3 +209,28 @@ def test_lite_agent_announces_ice_lite() -> None:
     text = sdp.to_text()
     assert "a=ice-lite" in text and "a=end-of-candidates" in text and "a=rtcp-mux" in text
     assert parse(text).ice_lite
+
+
+def test_ice_pacing_is_announced_and_the_larger_ta_wins() -> None:
+    slow = Agent(controlling=True, config=AgentConfig(ta=0.1), rng=random.Random(1))
+    slow.gather({1: [("192.0.2.1", 5000)]}, 0.0)
+    sdp = SessionDescription.new(Origin("-", "1", "1", "IN", "IP4", "192.0.2.1"))
+    sdp.add_media(MediaDescription.new(MediaLine("audio", 0, "RTP/AVP", ("0",))))
+    write_ice(slow, sdp.media[0], sdp)
+    assert "a=ice-pacing:100" in sdp.to_text()
+    fast = fresh_agent()
+    reread = parse(sdp.to_text())
+    apply_remote_ice(fast, reread.media[0], reread, 0.0)
+    fast.add_remote_candidate(slow.local_candidates[0], 0.0)
+    host = fast.local_candidates[0]
+    fast.add_remote_candidate(replace(host, host="192.0.2.77", base=None, foundation="zz"), 0.0)
+    assert len(fast.datagrams_to_send(0.0)) == 1
+    fast.handle_timer(0.06)
+    assert fast.datagrams_to_send(0.06) == []  # our Ta (50 ms) has passed, the peer's not
+    fast.handle_timer(0.1)
+    assert len(fast.datagrams_to_send(0.1)) == 1  # paced at the peer's 100 ms
+    default = fresh_agent()
+    out = SessionDescription.new(Origin("-", "1", "1", "IN", "IP4", "192.0.2.1"))
+    out.add_media(MediaDescription.new(MediaLine("audio", 0, "RTP/AVP", ("0",))))
+    write_ice(default, out.media[0], out)
+    assert "ice-pacing" not in out.to_text()
