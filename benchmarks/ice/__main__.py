@@ -22,7 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=9, help="runs per implementation and setup")
     parser.add_argument("--setups", default=",".join(bench.SETUPS))
     parser.add_argument("--smoke", action="store_true", help="1 run each; results/ only")
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite REPORT.md from report.json"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        data = json.loads((HERE / "report.json").read_text())
+        (HERE / "REPORT.md").write_text(report.render(data))
+        return 0
     setups = [s.strip() for s in args.setups.split(",") if s.strip()]
     unknown = set(setups) - set(bench.SETUPS)
     if unknown:

@@ -62,8 +62,10 @@ def render(data: dict[str, Any]) -> str:
         "`connect()` returns only then).",
         "- **checks**: Binding requests both agents sent until then, retransmissions included "
         "(aioice counted by wrapping its `StunProtocol.send_stun`).",
-        "- **floor**: one round trip on the best pair (a UDP echo between the two agents' "
-        "addresses; through TURN, the RTT of icerelay's validating check on the relayed path).",
+        "- **floor**: one round trip on the best pair, measured with a 100-byte UDP echo: "
+        "between the two agents' addresses (host setups), or from each agent to the TURN server "
+        "and back, summed (relayed path a -> server -> b and back; the server's processing "
+        "time is not in it).",
         "",
         "Figures: median (min-max). *x floor* = median / floor.",
         "",
@@ -155,6 +157,33 @@ def _verdict(impls: dict[str, Any], floor: float | None) -> list[str]:
 
 def _notes() -> list[str]:
     return [
+        "## Reading the figures",
+        "",
+        "- **Checks to connected, host setups: icerelay 3-4, aioice 2.** Both agents send their "
+        "first check at the same moment; each then receives the peer's check while its own is in "
+        "flight. RFC 8445 section 7.3.1.4 says to cancel the in-progress check and send a "
+        "triggered check on that pair, which icerelay does (one more check per side); aioice "
+        "answers and keeps waiting for its first one. On a clean path both finish in one RTT.",
+        "- **Regular vs aggressive nomination.** icerelay's default (regular, the only mode "
+        "RFC 8445 keeps) needs one more check with USE-CANDIDATE after the pair is valid, and "
+        "that check waits for the next pacing slot (Ta = 50 ms): completed = connected + Ta-ish "
+        "+ 1 RTT. aioice always nominates aggressively (USE-CANDIDATE in every check), so it is "
+        "compared like for like with icerelay's aggressive row; media can flow at *connected* in "
+        "both icerelay modes.",
+        "- **Through TURN the first check can be lost.** Each agent installs a permission for the "
+        "peer's relayed address when it gets the candidates; a check that reaches the peer's "
+        "relay before the peer's CreatePermission reached the server is dropped there. The "
+        "slow runs show one more check: icerelay recovers with the triggered check on the next "
+        "Ta slot (~50 ms), aioice only when its STUN retransmission timer fires (~500 ms). That "
+        "makes both distributions bimodal on loopback, where the floor itself is ~0.3 ms.",
+        "- **TURN across 50 ms: about 2.5 RTT.** b's first check reaches a's relay before a's "
+        "CreatePermission (which needs 25 ms to get to the server) and is dropped. icerelay's "
+        "TURN client holds a's first check until the CreatePermission *success* is back "
+        "(1 RTT on a's leg); then comes the check's own round trip and b's triggered check "
+        "back. Sending the first check right behind the CreatePermission instead of after its "
+        "answer would save about one RTT (reported to turn-client/ice). aioice loses its first "
+        "check the same way and waits for its 500 ms retransmission.",
+        "",
         "## Notes",
         "",
         "- This machine's kernel has no netem (`CONFIG_NET_SCH_NETEM` is not set), so the 50 ms "
