@@ -244,6 +244,7 @@ class Agent:
         self._consent_lost = False
         self._closed = False
         self._prflx_count = 0
+        self._role_changed = False
         self._now = 0.0
         self.checks_sent = 0
         """Connectivity-check requests put on the wire, retransmissions included."""
@@ -468,6 +469,8 @@ class Agent:
             if timer is not None:
                 timers.append(timer)
         generation = self._generation
+        if self._role_changed:
+            timers.append(self._now)
         if self._can_check() and self.has_check_to_send():
             timers.append(self._pacer.next_check_at)
         timers.extend(generation.nominate_at.values())
@@ -498,6 +501,7 @@ class Agent:
             if deadline <= now:
                 del generation.nominate_at[component]
                 self._nominate(generation, component, now)
+        self._after_role_change(now)
         self._pace(now)
         self._run_consent(now)
         self._update_state(now)
@@ -1161,6 +1165,9 @@ class Agent:
             if generation is not None:
                 generation.checklist.set_role(controlling)
                 generation.nominate_at.clear()
+        # A new controlling agent must nominate what is already valid (and a new controlled
+        # one stop doing so): re-evaluated at the next step, which has the time.
+        self._role_changed = True
         if announce:
             self._events.append(RoleChanged(controlling))
 
@@ -1301,6 +1308,15 @@ class Agent:
         else:
             self._send_from(local, destination, response.encode(fingerprint=True), now)
 
+    def _after_role_change(self, now: float) -> None:
+        if not self._role_changed:
+            return
+        self._role_changed = False
+        generation = self._generation
+        for component in self.components:
+            if generation.checklist.best_valid(component) is not None:
+                self._update_component(generation, component, now)
+
     def _process_gatherer(self, now: float) -> None:
         """Pass the gatherer's events on, pairing new local candidates as they come."""
         while (event := self.gatherer.next_event()) is not None:
@@ -1325,6 +1341,7 @@ class Agent:
                         if provider is not None and generation.remote_candidates:
                             provider.permit([r.address for r in generation.remote_candidates], now)
             self._events.append(event)
+        self._after_role_change(now)
         self._pace(now)
         self._update_state(now)
 

@@ -481,3 +481,28 @@ def test_stun_acl_limits_which_bases_gather_srflx() -> None:
     sources = [d.source for d in agent.datagrams_to_send(0.0)]
     assert sources == [("10.0.0.8", 5000)]
     assert len(agent.local_candidates) == 2
+
+
+def test_becoming_controlling_late_nominates_what_is_already_valid() -> None:
+    agent = make_agent(controlling=False)
+    agent.set_remote_credentials(PEER_UFRAG, PEER_PWD, 0.0)
+    agent.add_remote_candidate(remote(), 0.0)
+    [(check, _)] = stun_out(agent, 0.0)
+    agent.receive(answer(check, LOCAL), PEER, LOCAL, 0.01)
+    assert agent.state is ConnectionState.CONNECTED and not agent.controlling
+    # The peer turns out to be controlled too, with a smaller tie-breaker: we take control...
+    agent.receive(peer_check(agent, controlled=5), PEER, LOCAL, 1.0)
+    assert agent.controlling
+    stun_out(agent, 1.0)
+    now = 1.0
+    nomination = None
+    while nomination is None and now < 3.0:
+        timer = agent.next_timer()
+        assert timer is not None
+        now = max(timer, now)
+        agent.handle_timer(now)
+        for message, _ in stun_out(agent, now):
+            if AttributeType.USE_CANDIDATE in message:
+                nomination = message
+    # ...and so nominate the valid pair we already have.
+    assert nomination is not None and AttributeType.ICE_CONTROLLING in nomination
