@@ -169,3 +169,17 @@ def test_rtp_conf_icesupport_no_wins_over_the_flag(tmp_path: Path) -> None:
     code, output = finish(answerer)
     assert caller.returncode == 0 and code == 0, caller.stdout + output
     assert "a=ice-ufrag" not in caller.stdout and "a=candidate" not in caller.stdout
+
+
+def test_sip_over_tcp(tmp_path: Path) -> None:
+    answerer, port = start_answerer("--tone", "1000", "--debug")
+    caller = call(port, "--transport", "tcp", "--duration", "1", "--debug", "--record",
+                  str(tmp_path / "a.wav"))
+    code, output = finish(answerer)
+    assert caller.returncode == 0, caller.stdout + caller.stderr
+    assert code == 0, output
+    assert "Via: SIP/2.0/TCP" in output and "transport=tcp" in output
+    # Over a stream nothing is retransmitted: one INVITE, one 200, one ACK, one BYE.
+    assert caller.stdout.count("INVITE sip:") == 1 and output.count("SIP/2.0 200 OK") == 2
+    assert dominant_frequency(read_wav(tmp_path / "a.wav")[800:2400]) == pytest.approx(
+        1000, abs=10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,29 @@ def test_sipp_uac_calls_the_phone(sipp: str, tmp_path: Path) -> None:
     assert '"media_both_ways": true' in out and '"end_reason": "remote hangup"' in out
     echo = read_wav(tmp_path / "echo.wav")
     assert dominant_frequency(echo[1600:3200]) == pytest.approx(600, abs=10)
+
+
+def test_phone_calls_sipp_over_tcp(sipp: str, tmp_path: Path) -> None:
+    sip_port = free_port(kinds=("tcp",))
+    media_port = free_ports(4, kinds=("udp",), consecutive=True)[0]
+    uas = subprocess.Popen([*sipp_command(sipp, "uas_echo.xml", sip_port, media_port), "-t", "t1",
+                            "-trace_err"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           cwd=tmp_path)
+    try:
+        result = None
+        for _ in range(3):
+            result = subprocess.run(
+                [*PHONE, f"sip:sipp@127.0.0.1:{sip_port};transport=tcp", "--duration", "1",
+                 "--timeout", "5"], capture_output=True, text=True, timeout=30)
+            if result.returncode == 0 or "cannot connect" not in result.stdout:
+                break
+            time.sleep(0.3)  # SIPp was not listening yet
+        assert result is not None
+        assert result.returncode == 0, result.stdout + result.stderr
+        uas_out, _ = uas.communicate(timeout=20)
+        assert uas.returncode == 0, uas_out
+    finally:
+        if uas.poll() is None:
+            uas.kill()
+            uas.communicate()

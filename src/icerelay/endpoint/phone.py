@@ -51,7 +51,7 @@ from icerelay.endpoint.session import (
 )
 from icerelay.endpoint.stats import StreamStatistics
 from icerelay.errors import ConfigError, IcerelayError, SdpError
-from icerelay.sip.message import SipUri
+from icerelay.sip.message import SipUri, stream_frame_length
 from icerelay.sip.sipconf import SipConf, load_sip_conf
 from icerelay.sip.useragent import (
     Call,
@@ -117,6 +117,8 @@ class PhoneOptions:
     turn_password: str | None = None
     relay_only: bool = False
     """Offer only relayed candidates (hide our addresses; aioice's TransportPolicy.RELAY)."""
+    transport: str = "UDP"
+    """SIP transport for our requests: UDP or TCP (we accept both)."""
     external_address: Address | None = None
     """Our SIP address as seen from outside a NAT (Asterisk's ``externaddr``), for Contact."""
     debug: bool = False
@@ -149,6 +151,49 @@ class PhoneResult:
             "recorded_samples": self.recorded_samples,
             "statistics": self.statistics.to_dict() if self.statistics else None,
         }
+
+
+class _Tcp(asyncio.Protocol):
+    """One SIP-over-TCP connection: frames messages by Content-Length (RFC 3261 section 18.3)."""
+
+    def __init__(self, phone: Phone, peer: Address | None = None) -> None:
+        self.phone = phone
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self._buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if self.peer is None:
+            name = transport.get_extra_info("peername")
+            self.peer = (str(name[0]).split("%", 1)[0], int(name[1]))
+        self.phone._tcp[self.peer] = self
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while self._buffer:
+            try:
+                length = stream_frame_length(self._buffer)
+            except IcerelayError:
+                self.close()  # not SIP, or a header larger than we accept: drop the connection
+                return
+            if length is None:
+                return
+            message, self._buffer = self._buffer[:length], self._buffer[length:]
+            assert self.peer is not None
+            self.phone._sip_received(message, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.phone._tcp.get(self.peer) is self:
+            del self.phone._tcp[self.peer]
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -227,6 +272,9 @@ class Phone:
         self._ice_sends: list[tuple[bytes, int]] = []
         self._early: list[tuple[int, bytes, Address, float]] = []
         self.ice_send_errors = 0
+        self._tcp: dict[Address, _Tcp] = {}
+        self._tcp_pending: dict[Address, list[bytes]] = {}
+        self._tcp_server: asyncio.Server | None = None
         self.ice_media_received = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._names: dict[str, str] = {}
@@ -244,12 +292,20 @@ class Phone:
         host, port = options.listen
         self._sip = await _bind(host, port, self._sip_received)
         local = self._sip.address
+        # SIP over TCP on the same port (RFC 3261 section 18: a UA listens on both).
+        try:
+            self._tcp_server = await loop.create_server(lambda: _Tcp(self), local[0], local[1])
+        except OSError as exc:
+            if options.transport == "TCP":
+                raise
+            self._say(f"no SIP over TCP on port {local[1]}: {exc}")
         self.ua = UserAgent(
             local,
             user=options.user,
             username=options.username,
             password=options.password,
             user_agent="icerelay phone",
+            transport=options.transport,
             trace=self._trace if options.debug else None,
         )
         if options.external_address is not None:
@@ -338,7 +394,7 @@ class Phone:
     def _service(self, now: float) -> None:
         assert self.ua is not None and self._sip is not None
         for data, destination in self.ua.datagrams_to_send(now):
-            self._sip.send(data, self._resolve(destination))
+            self._send_sip(data, self._resolve(destination))
         while (event := self.ua.next_event()) is not None:
             self._sip_event(event, now)
         session = self.session
@@ -366,6 +422,33 @@ class Phone:
         self._wake.set()
 
     # -- SIP --------------------------------------------------------------------------------------
+
+    def _send_sip(self, data: bytes, destination: Address) -> None:
+        assert self._sip is not None
+        connection = self._tcp.get(destination)
+        if connection is not None:
+            connection.send(data)  # a response on the request's connection, or our own one
+        elif self.options.transport == "TCP":
+            queued = self._tcp_pending.setdefault(destination, [])
+            queued.append(data)
+            if len(queued) == 1:
+                self._spawn(self._connect(destination))
+        else:
+            self._sip.send(data, destination)
+
+    async def _connect(self, destination: Address) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: _Tcp(self, destination), *destination)
+        except OSError as exc:
+            # The transaction times out (or the setup timer fires): no retry storm here.
+            self._say(f"SIP over TCP: cannot connect to {destination[0]}:{destination[1]}: {exc}")
+            self._tcp_pending.pop(destination, None)
+            return
+        connection = self._tcp.get(destination)
+        for data in self._tcp_pending.pop(destination, []):
+            if connection is not None:
+                connection.send(data)
 
     def _sip_received(self, data: bytes, source: Address) -> None:
         if self.ua is not None:
@@ -902,6 +985,10 @@ class Phone:
         for udp in (self._sip, self._rtp, self._rtcp):
             if udp is not None:
                 udp.close()
+        for connection in list(self._tcp.values()):
+            connection.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
 
 
 def _default_candidate(candidates: list[Any], component: int) -> Address:
@@ -933,6 +1020,17 @@ def _peer_target(
     return uri, password or peer.secret, peer.name
 
 
+def _transport(choice: str | None, target: str | None) -> str:
+    """--transport, else the target URI's ``;transport=`` parameter, else UDP."""
+    if choice is not None:
+        return choice.upper()
+    if target is not None:
+        with contextlib.suppress(IcerelayError):
+            if SipUri.parse(target).transport == "tcp":
+                return "TCP"
+    return "UDP"
+
+
 def _address(text: str, default_port: int) -> Address:
     text = text.strip()
     if text.startswith("["):
@@ -955,6 +1053,12 @@ def _address(text: str, default_port: int) -> Address:
 )
 @click.option("--answer", is_flag=True, help="Wait for a call and answer it.")
 @click.option("--proxy", metavar="HOST[:PORT]", help="Send the INVITE through this proxy.")
+@click.option(
+    "--transport",
+    type=click.Choice(["udp", "tcp"], case_sensitive=False),
+    default=None,
+    help="SIP transport for our requests (default: the URI's ;transport, else udp).",
+)
 @click.option("--user", default="icerelay", show_default=True, help="Our SIP user name.")
 @click.option("--auth-user", help="Digest user name (default: --user).")
 @click.option("--password", help="Digest password for 401/407 challenges.")
@@ -1044,6 +1148,7 @@ def phone(
     listen: str,
     answer: bool,
     proxy: str | None,
+    transport: str | None,
     user: str,
     auth_user: str | None,
     password: str | None,
@@ -1097,6 +1202,7 @@ def phone(
             listen=_address(listen, 5060),
             answer=answer,
             proxy=_address(proxy, 5060) if proxy else None,
+            transport=_transport(transport, target),
             username=auth_user or user,
             password=password,
             user=user,

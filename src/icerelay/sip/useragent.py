@@ -250,7 +250,9 @@ class UserAgent:
         self._pump(now)
 
     def receive(self, data: bytes, source: Address, now: float) -> None:
-        """Feed one datagram from ``source``. Malformed messages are counted and dropped."""
+        """Feed one message from ``source``: a UDP datagram, or one message framed off a TCP
+        connection (the Via says which transport it came over). Malformed messages are
+        counted and dropped."""
         if not data.strip(b"\r\n"):
             return  # RFC 5626 keep-alive (CRLF)
         try:
@@ -413,8 +415,8 @@ class UserAgent:
 
     def _start_ok_retransmission(self, call: Call, response: SipResponse,
                                  destination: Address, now: float) -> None:
-        if self.reliable:
-            return
+        if _reliable(response.top_via):
+            return  # section 13.3.1.4: a stream delivers the 2xx; no retransmission
         call._ok = (response.to_bytes(), destination)
         call._ok_interval = self.timers.t1
         call._ok_next = now + call._ok_interval
@@ -519,6 +521,8 @@ class UserAgent:
             self._send(*call._ack)
 
     def _learn_public_address(self, via: Via) -> None:
+        if _reliable(via):
+            return  # over TCP rport is the connection's ephemeral port, not where we listen
         received, rport = via.param("received"), via.rport
         if received or rport:
             host = received or self.local[0]
@@ -675,7 +679,7 @@ class UserAgent:
         if method == "ACK":
             self._receive_ack(request, now)
             return
-        tx = ServerTransaction(request, destination, now, reliable=self.reliable,
+        tx = ServerTransaction(request, destination, now, reliable=_reliable(via),
                                timers=self.timers)
         self._server[(via.branch or "", method)] = tx
         handler = {
@@ -705,7 +709,9 @@ class UserAgent:
                                                                             str(source[1]))
         if updated is not via:
             request.headers.replace_first_value("Via", str(updated))
-        if via.has_param("rport") or self.reliable:
+        if via.has_param("rport") or _reliable(via):
+            # RFC 3261 section 18.2.2: over a stream the response goes back on the connection
+            # the request came on, which the driver knows by its source address.
             return source
         return updated.response_address()
 
@@ -784,6 +790,11 @@ class UserAgent:
         if call is None or call.dialog is None or not call.dialog.matches(request):
             return None
         return call
+
+
+def _reliable(via: Via) -> bool:
+    """Whether the message with this top Via travels over a stream (no retransmissions)."""
+    return via.transport not in ("UDP", "DTLS")
 
 
 def _pending(tx: ClientTransaction | None) -> bool:

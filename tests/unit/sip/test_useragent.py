@@ -256,3 +256,18 @@ def test_no_ack_for_our_200_ends_with_bye() -> None:
     assert len(net.sent(b"BYE")) >= 1
     assert any(isinstance(e, CallProgress) for e in net.events[ALICE])
     assert any(isinstance(e, CallAnswered) for e in net.events[ALICE])
+
+
+def test_over_tcp_nothing_is_retransmitted() -> None:
+    alice = UserAgent(ALICE, user="alice", transport="TCP")
+    bob = UserAgent(BOB, user="bob", transport="TCP")
+    net = Network({ALICE: alice, BOB: bob}, delay=2.0)  # slower than T1: UDP would retransmit
+    call = alice.call("sip:bob@192.0.2.2:5070;transport=tcp", OFFER, 0.0)
+    answer_all(net, bob, BOB)
+    net.run(20.0)
+    assert call.state is CallState.CONFIRMED
+    assert len(net.sent(b"INVITE")) == 1 and len(net.sent(b"SIP/2.0 200")) == 1
+    invite = parse_message(net.sent(b"INVITE")[0])
+    assert invite.top_via.transport == "TCP" and "transport=tcp" in (
+        invite.headers.get("Contact") or "")
+    assert alice.public_address is None  # rport over TCP is an ephemeral port: not learned
