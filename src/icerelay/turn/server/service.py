@@ -53,6 +53,12 @@ from icerelay.turn.server.ports import check_relay_range
 
 logger = logging.getLogger("icerelay.turn.server")
 
+#: Datagrams read from a listening socket per wake-up. Every client shares it while each
+#: relayed socket carries one stream, so under load it must drain much more per turn than the
+#: relay sockets (which read one each) or its kernel buffer overflows first.
+_LISTEN_BATCH = 1024
+_CHUNK = 64
+#: ICMP errors read from one relay socket's error queue per wake-up.
 _BATCH = 64
 _RECV_SIZE = 65535
 _TICK = 1.0
@@ -523,20 +529,25 @@ class TurnService:
 
     def _on_listen_readable(self, sock: socket.socket, local: HostPort) -> None:
         receive = self.engine.receive
-        now = self.loop.time()
+        time_now = self.loop.time
         recvfrom = sock.recvfrom
-        for _ in range(_BATCH):
-            try:
-                data, source = recvfrom(_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                # An ICMP error reported on the socket (e.g. port unreachable): nothing to do.
-                continue
-            if len(source) != 2:
-                source = source[:2]
-            receive(data, source, local, "udp", now)
-        self.flush()
+        # Chunks of _CHUNK datagrams, each followed by a flush, so that what the first ones
+        # produced is not held back while the rest of a deep queue is read.
+        for _ in range(_LISTEN_BATCH // _CHUNK):
+            now = time_now()
+            for _ in range(_CHUNK):
+                try:
+                    data, source = recvfrom(_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    self.flush()
+                    return
+                except OSError:
+                    # An ICMP error reported on the socket (e.g. port unreachable): ignore.
+                    continue
+                if len(source) != 2:
+                    source = source[:2]
+                receive(data, source, local, "udp", now)
+            self.flush()
 
     def _on_relay_readable(self, sock: socket.socket, relay: HostPort) -> None:
         # One datagram per wake-up: a relayed address carries one stream (~50 packets/s), so a
