@@ -26,7 +26,14 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 
 from icerelay.turn.server.policy import parse_networks
 from icerelay.turn.server.quotas import TurnQuotas
@@ -87,8 +94,15 @@ def _ip_or_none(value: object) -> object:
     return value
 
 
-ListenList = Annotated[list[tuple[str, int]], BeforeValidator(_listen_list)]
-TlsListenList = Annotated[list[tuple[str, int]], BeforeValidator(_tls_listen_list)]
+def _format_endpoint(value: tuple[str, int]) -> str:
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+#: (host, port), written "ip:port" / "[v6]:port" when the configuration is printed.
+EndpointValue = Annotated[tuple[str, int], PlainSerializer(_format_endpoint)]
+ListenList = Annotated[list[EndpointValue], BeforeValidator(_listen_list)]
+TlsListenList = Annotated[list[EndpointValue], BeforeValidator(_tls_listen_list)]
 NetworkList = Annotated[list[str], BeforeValidator(_comma_list)]
 OptionalIp = Annotated[str | None, BeforeValidator(_ip_or_none)]
 
