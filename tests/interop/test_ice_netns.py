@@ -104,11 +104,17 @@ def test_cone_to_cone_goes_direct_via_srflx(
     assert result.right["data1"]["payload"].startswith("controlling")
 
 
-@pytest.mark.parametrize("relay", ["coturn", "icerelay"])
+@pytest.mark.parametrize(
+    ("relay", "right_impl"),
+    [("coturn", "icerelay"), ("icerelay", "icerelay"), ("coturn", "aioice")],
+    ids=["coturn-ours-ours", "icerelay-ours-ours", "coturn-ours-aioice"],
+)
 def test_symmetric_to_symmetric_goes_through_the_relay(
-    netns_lab: Lab, coturn_factory: Callable[..., Coturn], relay: str
+    netns_lab: Lab, coturn_factory: Callable[..., Coturn], relay: str, right_impl: str
 ) -> None:
-    sites, result = session(netns_lab, coturn_factory, "symmetric", "symmetric", relay=relay)
+    sites, result = session(
+        netns_lab, coturn_factory, "symmetric", "symmetric", right_impl, relay=relay
+    )
     completed = result.left["completed"]
     # Some relayed candidate carries it (ours or the peer's, whichever the checks found first).
     assert "relay" in (completed["local_type"], completed["remote_type"]), result.left
