@@ -67,6 +67,8 @@ def session(
     right_impl: str = "icerelay",
     relay: str = "coturn",
 ) -> tuple[TwoSites, SessionResult]:
+    if right_impl == "aioice":
+        pytest.importorskip("aioice", reason="aioice not installed (test extra)")
     sites = build_two_sites(lab, left_kind, right_kind)
     address = start_server(sites, request, relay)
 
