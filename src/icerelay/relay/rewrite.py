@@ -64,6 +64,8 @@ class MediaInfo:
     component_2: bool
     codec: str | None
     remote_candidates: tuple[tuple[int, str, int], ...]
+    #: The ICE username fragment in effect for this stream; a new one means an ICE restart.
+    ice_ufrag: str | None = None
 
     @property
     def rejected(self) -> bool:
@@ -107,7 +109,8 @@ def describe(sdp: SessionDescription) -> list[MediaInfo]:
         else:
             rtcp_port, rtcp_address = (port + 1 if port else 0), address
         candidates = media.candidates()
-        has_credentials = session_ice or media.ice_credentials(sdp) is not None
+        credentials = media.ice_credentials(sdp)
+        has_credentials = session_ice or credentials is not None
         codec = None
         if media.formats:
             codec = media.codec_name(media.formats[0]) or media.formats[0]
@@ -128,6 +131,7 @@ def describe(sdp: SessionDescription) -> list[MediaInfo]:
                 remote_candidates=tuple(
                     (item.component, item.address, item.port) for item in media.remote_candidates
                 ),
+                ice_ufrag=credentials.ufrag if credentials is not None else None,
             )
         )
     return infos

@@ -624,8 +624,20 @@ class SessionEngine:
                     f"the answer has media section {info.index + 1}, the offer did not"
                 )
             if stream is not None and stream.ended is StreamEndReason.ICE_DIRECT:
-                plans.append(None)
-                continue
+                previous = stream.info[side]
+                restart = (
+                    is_offer
+                    and info.ice
+                    and previous is not None
+                    and previous.ice_ufrag is not None
+                    and info.ice_ufrag != previous.ice_ufrag
+                )
+                if not restart:
+                    stream.info[side] = info
+                    plans.append(None)
+                    continue
+                # An ICE restart (RFC 8445 section 9, new credentials): the direct path may be
+                # gone (a network change), so the relay offers itself again.
             if (
                 is_offer
                 and stream is not None

@@ -542,3 +542,25 @@ def test_reoffer_naming_the_relay_itself_keeps_the_party_address() -> None:
     offer(engine, reoffer, 5.0, to="callee")
     (forwarding,) = installed(drain(engine))
     assert forwarding.a.rtp_peer == Address("192.0.2.11", 6000)
+
+
+def test_ice_restart_after_a_direct_path_brings_the_relay_back() -> None:
+    engine = make_engine()
+    offer(engine, ASTERISK)
+    answer(engine, CALLEE_ICE)
+    offer(engine, ice_reoffer("198.51.100.30 9000"), 3.0, to="callee")
+    answer(engine, CALLEE_ICE, 3.5)
+    assert engine.pool.in_use == 0
+    drain(engine)
+    # The same offer again without an ICE restart: still direct, still passed through.
+    same = offer(engine, ice_reoffer("198.51.100.30 9000"), 4.0, to="callee")
+    assert same.media[0].port == 17234 and engine.pool.in_use == 0
+    # The phone changed networks and restarts ICE (new ufrag/pwd, no remote-candidates).
+    restart = ASTERISK.replace(
+        b"a=ice-ufrag:0d9cc44338ad8ced48b2d92c34556f4e", b"a=ice-ufrag:restarted1"
+    ).replace(b"a=ice-pwd:193c1361446d012a1e298d5278b5c4b6", b"a=ice-pwd:restartedpassword0123456")
+    out = offer(engine, restart, 10.0, to="callee")
+    assert out.media[0].port != 17234 and engine.pool.in_use == 2
+    assert [c for c in out.media[0].candidates() if c.type == "relay" and c.address == RELAY]
+    (forwarding,) = installed(drain(engine))
+    assert forwarding.key.endswith("+")  # a new forwarding, not the freed one revived
