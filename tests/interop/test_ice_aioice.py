@@ -26,6 +26,7 @@ import pytest
 from icerelay.ice import CandidateType, ConnectionState, TurnServer
 from icerelay.ice.aio import Connection
 from icerelay.ice.config import AgentConfig
+from icerelay.ice.rtpconf import parse_rtp_conf
 from icerelay.turn.server import TurnServerConfig
 from icerelay.turn.server.service import TurnService
 from tests.support.coturn import Coturn
@@ -239,3 +240,44 @@ def test_relay_through_coturn(
     server = coturn_factory(users=[(TURN_USER, TURN_PASSWORD)])
     types = asyncio.run(relay_case(ours_controlling, components, (server.host, server.port)))
     assert types == [("relay", "relay", "relay", "relay")] * components
+
+
+# --- configured from an Asterisk rtp.conf ---------------------------------------------------
+
+
+def test_agent_configured_from_rtp_conf_meets_aioice() -> None:
+    """An Asterisk user's rtp.conf, read by icerelay.ice.rtpconf, drives the real agent: TURN
+    server and credentials from turnaddr/turnusername/turnpassword, host addresses filtered by
+    ice_deny; the session with aioice then works as any other."""
+
+    async def run() -> None:
+        service, server = await start_our_turn(random.randrange(20000, 29000, 1000))
+        settings = parse_rtp_conf(
+            "[general]\nicesupport=yes\n"
+            f"turnaddr={server[0]}:{server[1]}\nturnusername={TURN_USER}\n"
+            f"turnpassword={TURN_PASSWORD}\nice_deny=127.0.0.3\n"
+        )
+        assert settings.warnings == ()
+        ours = Connection(
+            controlling=True,
+            config=settings.agent_config(),
+            turn_servers=settings.turn_servers(),
+            local_addresses=settings.host_addresses(["127.0.0.1", "127.0.0.3"]),
+        )
+        theirs = aioice.Connection(ice_controlling=False, use_ipv6=False)
+        session = Session(ours, theirs)
+        try:
+            await asyncio.wait_for(asyncio.gather(ours.gather(), theirs.gather_candidates()), 10)
+            kinds = sorted((c.type.value, c.host) for c in ours.local_candidates)
+            assert kinds == [("host", "127.0.0.1"), ("relay", "127.0.0.1")]
+            await signal(ours, theirs)
+            await asyncio.wait_for(asyncio.gather(ours.connect(), theirs.connect()), 10)
+            await exchange_media(session, 1)
+            # Host to host is the best pair on loopback; the relay stays a fallback.
+            assert selected_types(session, 1) == ("host", "host", "host", "host")
+        finally:
+            await ours.close()
+            await theirs.close()
+            await service.stop()
+
+    asyncio.run(run())
