@@ -54,7 +54,7 @@ class TwoSites:
     server_ip: str = SERVER_IP
 
 
-def _silent_default_route(ns: Namespace) -> None:
+def silent_default_route(ns: Namespace) -> None:
     """Traffic to unknown addresses vanishes instead of failing with ENETUNREACH (coturn drops a
     whole allocation on that error, e.g. when ICE makes it relay a check to a private address)."""
     ns.run("ip", "link", "add", "sink0", "type", "veth", "peer", "name", "sink1")
@@ -63,6 +63,9 @@ def _silent_default_route(ns: Namespace) -> None:
     ns.run("ip", "neigh", "add", "192.0.2.254", "lladdr", "02:00:00:00:00:fe", "dev", "sink0",
            "nud", "permanent")  # fmt: skip
     ns.run("ip", "route", "add", "default", "via", "192.0.2.254", "dev", "sink0", "onlink")
+
+
+_silent_default_route = silent_default_route  # the name other tests already use
 
 
 def router_firewall(outside_interface: str) -> str:
@@ -92,7 +95,7 @@ def build_two_sites(lab: Lab, left: NatKind, right: NatKind) -> TwoSites:
     public.run("ip", "link", "add", "br0", "type", "bridge")
     public.run("ip", "address", "add", f"{SERVER_IP}/24", "dev", "br0")
     public.run("ip", "link", "set", "br0", "up")
-    _silent_default_route(public)
+    silent_default_route(public)
     sites = []
     for index, (name, kind) in enumerate((("left", left), ("right", right)), 1):
         host, nat = lab.namespace(name), lab.namespace(f"{name}nat")
