@@ -629,7 +629,7 @@ class Agent:
                 pair.nominate_on_success = True
             self._set_pair_state(pair, PairState.WAITING)
             checklist.trigger(pair)
-            self._pace(now)
+            self._send_now(generation, pair, now)
 
     def _role_conflict(self, request: Message, now: float) -> bool:
         """Section 7.3.1.1; True when the request must be answered with 487."""
@@ -994,7 +994,24 @@ class Agent:
         generating = best.generating or best
         generating.use_candidate = True
         checklist.trigger(generating)
-        self._pace(now)
+        self._send_now(generation, generating, now)
+
+    def _send_now(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
+        """Send a queued triggered check at once, outside Ta pacing.
+
+        Only for two kinds of check, neither of which probes a new path: the answer to a check
+        the peer just sent on this pair (RFC 8445 section 7.3.1.4; it goes out at the peer's own
+        paced rate, one for one, so it adds no burst), and the nomination of a pair that is
+        already valid (section 8.1.1). Waiting for the next Ta slot would cost up to 50 ms for
+        nothing; ordinary checks, which do probe new paths, stay paced.
+        """
+        if not self._can_check() or generation is not self._generation:
+            self._pace(now)  # no credentials yet: the queue is served when they come
+            return
+        checklist = generation.checklist
+        if pair in checklist.triggered:
+            checklist.triggered.remove(pair)
+        self._send_check(generation, pair, now)
 
     # --- consent freshness and keepalives ------------------------------------------------------
 
@@ -1010,6 +1027,9 @@ class Agent:
         return paths
 
     def _consent_timers(self) -> list[float]:
+        # Deadlines are sums (last + timeout), and the checks in _run_consent and _update_state
+        # compare with the very same sums: a timer that fires exactly at a deadline must see it
+        # reached (now - last could round to just below the timeout).
         if self._consent_lost:
             return []
         timers: list[float] = []
@@ -1038,11 +1058,11 @@ class Agent:
             component = pair.component
             if self._sends_consent(generation):
                 last = pair.last_consent if pair.last_consent is not None else now
-                if now - last >= self.config.disconnected_timeout and self._fail_over(
+                if now >= last + self.config.disconnected_timeout and self._fail_over(
                     generation, pair, now
                 ):
                     continue
-                if now - last >= self.config.consent_timeout:
+                if now >= last + self.config.consent_timeout:
                     # RFC 7675 section 5.1: consent expired; stop sending, ICE has failed.
                     self._consent_lost = True
                     # Not even a retransmission may leave once consent is gone.
@@ -1056,7 +1076,7 @@ class Agent:
                     self._send_consent(generation, pair, now)
                     self._consent_at[component] = now + self._consent_interval()
             last_sent = self._last_sent.get(pair.key)
-            if last_sent is not None and now - last_sent >= self.config.keepalive_interval:
+            if last_sent is not None and now >= last_sent + self.config.keepalive_interval:
                 # Section 11: a Binding indication keeps NAT bindings alive when nothing else
                 # was sent (it needs no answer and no credentials).
                 indication = Message(
@@ -1116,7 +1136,7 @@ class Agent:
             if any(
                 self._sends_consent(g)
                 and pair.last_consent is not None
-                and now - pair.last_consent >= self.config.disconnected_timeout
+                and now >= pair.last_consent + self.config.disconnected_timeout
                 for g, pair in paths
             ):
                 state = ConnectionState.DISCONNECTED
