@@ -58,9 +58,18 @@ class NgHandler:
     :param counters: the protocol's counters, reported by ``statistics``.
     """
 
-    def __init__(self, engine: SessionEngine, counters: NgCounters | None = None) -> None:
+    def __init__(
+        self,
+        engine: SessionEngine,
+        counters: NgCounters | None = None,
+        *,
+        wall_offset: float = 0.0,
+    ) -> None:
         self.engine = engine
         self.counters = counters
+        #: Added to the engine's (monotonic) times to give Unix times, which is what rtpengine
+        #: reports and what monitoring scripts compute call ages from.
+        self.wall_offset = wall_offset
         self._started: float | None = None
 
     def handle(self, command: Command, now: float) -> Reply:
@@ -103,12 +112,12 @@ class NgHandler:
                 via_branch=command.via_branch,
                 delay=None if command.delete_delay is None else float(command.delete_delay),
             )
-            return {"result": "ok", **_call_report(summaries)}
+            return {"result": "ok", **_call_report(summaries, self.wall_offset)}
         if isinstance(command, Query):
             summaries = engine.query(
                 command.call_id, from_tag=command.from_tag, to_tag=command.to_tag
             )
-            return {"result": "ok", **_call_report(summaries)}
+            return {"result": "ok", **_call_report(summaries, self.wall_offset)}
         if isinstance(command, List):
             return {"result": "ok", "calls": engine.call_ids(command.limit)}
         if isinstance(command, Statistics):
@@ -147,8 +156,8 @@ def _warning(options: MediaOptions) -> str:
     return "not supported, ignored: " + ", ".join(ignored)
 
 
-def _call_report(summaries: Iterable[SessionSummary]) -> Reply:
-    """rtpengine's per-call report: creation, last signal, per-tag media and totals."""
+def _call_report(summaries: Iterable[SessionSummary], wall_offset: float) -> Reply:
+    """rtpengine's per-call report: creation, last signal (Unix times), per-tag media, totals."""
     items = list(summaries)
     tags: dict[str, ReplyValue] = {}
     packets = bytes_ = 0
@@ -160,9 +169,11 @@ def _call_report(summaries: Iterable[SessionSummary]) -> Reply:
         for stream in summary.streams:
             packets += stream.packets_from_caller + stream.packets_from_callee
             bytes_ += stream.bytes_from_caller + stream.bytes_from_callee
+    created = min(summary.created for summary in items) + wall_offset
     return {
-        "created": int(min(summary.created for summary in items)),
-        "last signal": int(max(summary.last_signal for summary in items)),
+        "created": int(created),
+        "created_us": round(created % 1 * 1_000_000) % 1_000_000,
+        "last signal": int(max(summary.last_signal for summary in items) + wall_offset),
         "tags": tags,
         "totals": {"RTP": {"packets": packets, "bytes": bytes_, "errors": 0}},
     }

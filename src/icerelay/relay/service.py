@@ -129,6 +129,7 @@ class RelayService:
         """Bind the ng listeners and start the worker and the timer."""
         loop = asyncio.get_running_loop()
         self._wall_offset = time.time() - loop.time()
+        self.handler.wall_offset = self._wall_offset
         listen = Address(*self.config.ng_listen)
         self._udp = await UdpEndpoint.open(listen, self._on_datagram)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -150,6 +151,9 @@ def test_call_through_the_relay() -> None:
             assert data == rtp(100) and source == (HOST, alice_sends_to)
 
             query = await client.request({"command": "query", "call-id": "c1@test"})
+            # Unix times, as rtpengine reports them (monitoring computes call ages from them).
+            created = query[b"created"]
+            assert isinstance(created, int) and abs(created - time.time()) < 60
             totals = query[b"totals"]
             assert isinstance(totals, dict)
             assert totals[b"RTP"] == {b"packets": 4, b"bytes": 4 * 172, b"errors": 0}
