@@ -59,6 +59,7 @@ loadmodule "maxfwd.so"
 loadmodule "textops.so"
 loadmodule "siputils.so"
 loadmodule "rtpengine.so"
+loadmodule "auth.so"
 
 modparam("rtpengine", "rtpengine_sock", "udp:{host}:{ng_port}")
 
@@ -91,6 +92,14 @@ request_route {{
         exit;
     }}
     loose_route();
+    if (is_method("INVITE") && {auth}) {{
+        # Digest with qop=auth against a fixed password (RFC 3261 section 22.3, 407).
+        if (!pv_proxy_authenticate("$fd", "{password}", "0")) {{
+            proxy_challenge("$fd", "1");
+            exit;
+        }}
+        consume_credentials();
+    }}
     if (is_method("INVITE")) {{
         record_route();
         if (has_body("application/sdp")) {{
@@ -131,9 +140,11 @@ class RelayThread:
         self.loop.close()
 
 
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[tuple[int, tuple[int, int], RelayThread]]:
-    """Kamailio + relay: (Kamailio's SIP port, the relay port range, the relay)."""
+@pytest.fixture(params=[False])
+def proxy(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
+        tuple[int, tuple[int, int], RelayThread]]:
+    """Kamailio + relay: (Kamailio's SIP port, the relay port range, the relay). With the
+    parameter True, Kamailio challenges INVITEs (407, password "s3cret")."""
     if KAMAILIO is None:
         pytest.skip("kamailio is not installed (Debian package 'kamailio')")
     ng_port, sip_port = free_ports(2, kinds=("udp",))
@@ -144,7 +155,8 @@ def proxy(tmp_path: Path) -> Iterator[tuple[int, tuple[int, int], RelayThread]]:
                                 delete_delay=0.2)
     flags = "replace-origin replace-session-connection trust-address"
     (tmp_path / "kamailio.cfg").write_text(KAMAILIO_CFG.format(
-        host=HOST, sip_port=sip_port, ng_port=ng_port, flags=flags))
+        host=HOST, sip_port=sip_port, ng_port=ng_port, flags=flags,
+        auth="1" if request.param else "0", password="s3cret"))
     rundir = tmp_path / "run"
     rundir.mkdir()
     with RelayThread(config) as relay:
@@ -234,3 +246,18 @@ def test_ice_call_through_kamailio_and_the_relay(
     assert "CSeq: 2 INVITE" in caller.stdout  # the updated offer went through Kamailio
     assert dominant_frequency(read_wav(tmp_path / "a.wav")[1600:3200]) == pytest.approx(
         1000, abs=10)
+
+
+@pytest.mark.parametrize("proxy", [True], indirect=True)
+def test_proxy_authentication_407(
+        proxy: tuple[int, tuple[int, int], RelayThread], tmp_path: Path) -> None:
+    sip_port, _, _ = proxy
+    caller, code, answerer_output = call_through(sip_port, tmp_path, "--password", "s3cret")
+    assert caller.returncode == 0, caller.stdout[-4000:] + caller.stderr
+    assert code == 0, answerer_output[-4000:]
+    assert "SIP/2.0 407" in caller.stdout and "Proxy-Authorization: Digest" in caller.stdout
+    assert "qop=auth" in caller.stdout
+    wrong = subprocess.run(
+        [*PHONE, f"sip:bob@{HOST}:9", "--proxy", f"{HOST}:{sip_port}", "--password", "nope",
+         "--duration", "1", "--timeout", "5"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "407" in wrong.stdout, wrong.stdout
