@@ -183,3 +183,25 @@ def test_sip_over_tcp(tmp_path: Path) -> None:
     assert caller.stdout.count("INVITE sip:") == 1 and output.count("SIP/2.0 200 OK") == 2
     assert dominant_frequency(read_wav(tmp_path / "a.wav")[800:2400]) == pytest.approx(
         1000, abs=10)
+
+
+def test_ipv6_call_with_ice(tmp_path: Path) -> None:
+    process = subprocess.Popen([*PHONE, "--listen", "[::1]:0", "--answer", "--wait", "15",
+                                "--ice", "--tone", "1000", "--debug"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    first = process.stderr.readline()
+    if not first.startswith("SIP on udp:"):
+        process.kill()
+        pytest.skip(f"no IPv6 loopback here: {first!r} {process.communicate()}")
+    port = int(first.rsplit(":", 1)[1])
+    caller = subprocess.run([*PHONE, f"sip:bob@[::1]:{port}", "--listen", "[::1]:0", "--ice",
+                             "--duration", "1", "--record", str(tmp_path / "a.wav")],
+                            capture_output=True, text=True, timeout=30)
+    code, output = finish(process)
+    assert caller.returncode == 0, caller.stdout + caller.stderr
+    assert code == 0, output
+    assert "c=IN IP6 ::1" in output and "typ host" in output
+    assert "ICE: completed, selected pair host [::1]:" in caller.stdout
+    assert dominant_frequency(read_wav(tmp_path / "a.wav")[800:2400]) == pytest.approx(
+        1000, abs=10)

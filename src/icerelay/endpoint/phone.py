@@ -312,7 +312,7 @@ class Phone:
             external_host, external_port = options.external_address
             self.ua.public_address = (external_host, external_port or local[1])
         # Always on stderr, first: scripts and tests read the port from it (--listen ...:0).
-        self.notice(f"SIP on udp:{local[0]}:{local[1]}")
+        self.notice(f"SIP on udp:{_hp(local)}")
         now = loop.time()
         try:
             if options.target is not None:
@@ -606,7 +606,7 @@ class Phone:
     def _start_plain_media(self, remote: RemoteMedia) -> None:
         self._rtp_destination = self._resolve(remote.rtp)
         self._rtcp_destination = self._resolve(remote.rtp if self._rtcp_mux else remote.rtcp)
-        self._say(f"symmetric RTP to {remote.rtp[0]}:{remote.rtp[1]} (no ICE)")
+        self._say(f"symmetric RTP to {_hp(remote.rtp)} (no ICE)")
         self.session = self._make_session(remote)
         self._wake.set()
 
@@ -632,7 +632,7 @@ class Phone:
                 else:
                     self._rtcp_destination = source
                 self._say(
-                    f"latched {'RTP' if component == 1 else 'RTCP'} to {source[0]}:{source[1]}"
+                    f"latched {'RTP' if component == 1 else 'RTCP'} to {_hp(source)}"
                 )
             self._latched[component] = True
         self.session.receive(data, now, component)
@@ -857,9 +857,8 @@ class Phone:
         self.result.ice_state = agent.state.value
         if pair is not None:
             self.result.ice_pair = (
-                f"{pair.local.type.value} {pair.local.host}:{pair.local.port}"
-                f" -> {pair.remote.type.value} {pair.remote.host}:"
-                f"{pair.remote.port}"
+                f"{pair.local.type.value} {_hp(pair.local.address)}"
+                f" -> {pair.remote.type.value} {_hp(pair.remote.address)}"
             )
 
     def _ice_event(self, event: object) -> None:
@@ -884,17 +883,17 @@ class Phone:
         if isinstance(event, CandidatePairStateChanged):
             pair = event.pair
             self.out(
-                f"ICE check list: {pair.local.type.value} {pair.local.host}:"
-                f"{pair.local.port} -> {pair.remote.type.value} {pair.remote.host}:"
-                f"{pair.remote.port} component {pair.local.component}: "
-                f"{event.state.value}{' nominated' if pair.nominated else ''}"
+                f"ICE check list: {pair.local.type.value} {_hp(pair.local.address)} -> "
+                f"{pair.remote.type.value} {_hp(pair.remote.address)} component "
+                f"{pair.local.component}: {event.state.value}"
+                f"{' nominated' if pair.nominated else ''}"
             )
         elif isinstance(event, SelectedPairChanged):
             pair = event.pair
             self.out(
                 f"ICE selected pair for component {event.component}: "
-                f"{pair.local.host}:{pair.local.port} -> {pair.remote.host}:"
-                f"{pair.remote.port}{' (nominated)' if event.nominated else ''}"
+                f"{_hp(pair.local.address)} -> {_hp(pair.remote.address)}"
+                f"{' (nominated)' if event.nominated else ''}"
             )
         elif isinstance(event, ConnectionStateChanged):
             self.out(f"ICE state: {event.state.value}")
@@ -989,6 +988,12 @@ class Phone:
             connection.close()
         if self._tcp_server is not None:
             self._tcp_server.close()
+
+
+def _hp(address: Address) -> str:
+    """host:port, with IPv6 in brackets."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _default_candidate(candidates: list[Any], component: int) -> Address:
