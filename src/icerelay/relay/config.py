@@ -80,8 +80,9 @@ class RelayServiceConfig(BaseModel):
     #: looks unless configured otherwise. Empty disables it. Without the rights to create it the
     #: relay runs on without it (a warning is logged).
     mediaproxy_socket: str = "/run/mediaproxy/dispatcher.sock"
-    #: Where session records go: ``sqlite:///PATH`` (or a plain path); empty: log only. Without
-    #: the rights to create the database the relay runs on and logs the records.
+    #: Where session records go: ``sqlite:///PATH`` (or a plain path), or a PostgreSQL URL
+    #: ``postgresql://user:password@host/db`` (needs the ``postgres`` extra); empty: log only.
+    #: When the database cannot be opened the relay runs on and logs the records.
     accounting: str = "sqlite:///var/lib/icerelay/sessions.sqlite3"
     #: Replies kept for retransmitted ng requests.
     ng_cache_size: int = Field(default=10_000, ge=1)

@@ -35,7 +35,7 @@ from icerelay.control.ng_handler import NgHandler
 from icerelay.dataplane import DataPlane
 from icerelay.dataplane.userspace import UserspaceDataPlane
 from icerelay.errors import ControlError, RelayError
-from icerelay.relay.accounting import SqliteAccounting, open_accounting
+from icerelay.relay.accounting import AccountingStore, open_accounting
 from icerelay.relay.config import RelayServiceConfig
 from icerelay.relay.forwarding import PortUnavailable
 from icerelay.relay.ports import PortPair, PortPool
@@ -96,7 +96,7 @@ class RelayService:
         self.handler = NgHandler(self.engine, self.protocol.counters)
         self.mediaproxy = MediaproxyHandler(self.engine)
         self._records = records
-        self.accounting: SqliteAccounting | None = None
+        self.accounting: AccountingStore | None = None
         self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.Server | None = None
         self._unix: asyncio.Server | None = None
@@ -159,7 +159,7 @@ class RelayService:
                 "ng": str(self.ng_address),
                 "ports": f"{self.config.port_min}-{self.config.port_max}",
                 "mediaproxy": str(self._unix_path or ""),
-                "accounting": str(self.accounting.path) if self.accounting else "",
+                "accounting": self.accounting.location if self.accounting else "",
             },
         )
 

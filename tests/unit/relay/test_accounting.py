@@ -104,8 +104,8 @@ def test_open_accounting_settings(tmp_path: Path) -> None:
         assert store is not None
         store.close()
     assert {p.name for p in tmp_path.glob("*.db")} == {"x.db", "y.db", "z.db"}
-    with pytest.raises(ConfigError, match="'postgresql' is not supported"):
-        open_accounting("postgresql://localhost/icerelay")
+    with pytest.raises(ConfigError, match="'mysql' is not supported"):
+        open_accounting("mysql://localhost/icerelay")
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(RelayError, match="cannot open the accounting database"):
