@@ -274,6 +274,7 @@ class _Session:
     pending: int | None = None
     streams: list[_Stream] = field(default_factory=list)
     strict_source: bool = False
+    ice_priority: IcePriority | None = None
     delete_at: float | None = None
     scheduled: float | None = None
     ended: bool = False
@@ -575,7 +576,10 @@ class SessionEngine:
                 for stream in session.streams[len(infos) :]:
                     if stream.ended is None:
                         self._end_stream(session, stream, StreamEndReason.REMOVED)
-            priority = options.ice_priority or self.config.ice_priority
+            if options.ice_priority is not None:
+                # Given once (typically on the initial offer), the policy holds for the call.
+                session.ice_priority = options.ice_priority
+            priority = session.ice_priority or self.config.ice_priority
             out = rewrite(
                 sdp,
                 plans,

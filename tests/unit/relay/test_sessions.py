@@ -564,3 +564,13 @@ def test_ice_restart_after_a_direct_path_brings_the_relay_back() -> None:
     assert [c for c in out.media[0].candidates() if c.type == "relay" and c.address == RELAY]
     (forwarding,) = installed(drain(engine))
     assert forwarding.key.endswith("+")  # a new forwarding, not the freed one revived
+
+
+def test_ice_priority_given_on_the_offer_holds_for_the_call() -> None:
+    engine = make_engine(ice_priority=IcePriority.LOW)
+    offer(engine, ASTERISK, ice_priority=IcePriority.HIGH)
+    to_caller = answer(engine, CALLEE_ICE)  # the answer request carries no policy
+    relay = [c for c in to_caller.media[0].candidates() if c.type == "relay"]
+    assert relay and relay[0].priority == 2130706431
+    other = offer(engine, ASTERISK, call="c2")
+    assert [c.priority for c in other.media[0].candidates() if c.type == "relay"][0] == 16777215
