@@ -573,4 +573,4 @@ def test_ice_priority_given_on_the_offer_holds_for_the_call() -> None:
     relay = [c for c in to_caller.media[0].candidates() if c.type == "relay"]
     assert relay and relay[0].priority == 2130706431
     other = offer(engine, ASTERISK, call="c2")
-    assert [c.priority for c in other.media[0].candidates() if c.type == "relay"][0] == 16777215
+    assert next(c.priority for c in other.media[0].candidates() if c.type == "relay") == 16777215
