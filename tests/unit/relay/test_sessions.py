@@ -464,6 +464,8 @@ def test_churn_many_sessions_no_port_leak() -> None:
     rng = random.Random(5)
     engine = make_engine(pool_size=400, media_timeout=20.0, offer_timeout=15.0, delete_delay=3.0)
     calls: dict[str, int] = {}  # call-id -> state (0 offered, 1 answered)
+    forwardings: dict[str, Forwarding] = {}
+    reasons: dict[TerminationReason, int] = {}
     now = 0.0
     bodies = [PLAIN, AUDIO_VIDEO, ASTERISK, SIPP_ANSWER]
     for step in range(4000):
@@ -491,12 +493,30 @@ def test_churn_many_sessions_no_port_leak() -> None:
         for event in drain(engine):
             if isinstance(event, SessionEnded):
                 calls.pop(event.record.call_id, None)
+                reasons[event.record.reason] = reasons.get(event.record.reason, 0) + 1
+            elif isinstance(event, ForwardingInstalled):
+                forwardings[event.forwarding.key] = event.forwarding
+            elif isinstance(event, ForwardingRemoved):
+                assert forwardings.pop(event.key, None) is not None, "removed twice"
         assert engine.pool.in_use == 2 * engine.stream_count(), f"leak at step {step}"
+        # What the data plane would hold: one forwarding per relayed stream, no port twice.
+        assert len(forwardings) == engine.stream_count()
+        ports = [leg.local.port for f in forwardings.values() for leg in (f.a, f.b)]
+        assert len(ports) == len(set(ports)), f"a port in two forwardings at step {step}"
     engine.pool.check()
     engine.shutdown(now)
-    drain(engine)
+    for event in drain(engine):
+        if isinstance(event, ForwardingRemoved):
+            forwardings.pop(event.key)
     assert engine.pool.in_use == 0 and engine.session_count == 0 and engine.call_count == 0
+    assert not forwardings
     engine.pool.check()
+    # The run exercised the endings it is meant to.
+    assert {
+        TerminationReason.DELETED,
+        TerminationReason.OFFER_TIMEOUT,
+        TerminationReason.NO_MEDIA,
+    } <= set(reasons), reasons
 
 
 def test_ice_checks_through_the_relay_then_silence_means_a_direct_path() -> None:
