@@ -979,6 +979,10 @@ class Phone:
                          f"{self.ice_media_received} media datagrams received, "
                          f"{getattr(agent, 'data_dropped', 0)} media datagrams dropped "
                          "(not from a known peer address)")
+                for relay in agent.gatherer.relays():
+                    counters = getattr(getattr(relay, "allocation", None), "counters", None)
+                    if counters is not None:
+                        self.out(f"TURN relay via {_hp(relay.server)}: {counters}")
             with contextlib.suppress(Exception):
                 await self._ice.close()
         for udp in (self._sip, self._rtp, self._rtcp):
