@@ -112,6 +112,9 @@ CREATE TABLE IF NOT EXISTS streams (
 );
 """
 
+# Records kept while the database refuses them; beyond this the oldest are dropped (counted).
+MAX_PENDING = 10_000
+
 # Sentinel telling the writer thread to finish.
 _STOP = object()
 
@@ -157,10 +160,15 @@ class _BatchWriter:
                 try:
                     self._store(self._pending)
                 except Exception:
-                    # Kept for the next batch; on close what still fails is counted as lost.
+                    # Kept for the next batch; on close what still fails is counted as lost,
+                    # and a database that stays away cannot make the relay hoard records.
                     if stop:
                         self.failed += len(self._pending)
                         self._pending = []
+                    elif len(self._pending) > MAX_PENDING:
+                        dropped = len(self._pending) - MAX_PENDING
+                        self.failed += dropped
+                        del self._pending[:dropped]
                 else:
                     self.written += len(self._pending)
                     self._pending = []
