@@ -47,7 +47,13 @@ def relay_options(options: MediaOptions) -> RelayOptions:
         address_family=family,
         media_address=options.media_address,
         received_from=options.received_from[1] if options.received_from else None,
-        sip_source_address="sip-source-address" in options.flags,
+        sip_source_address=(
+            True
+            if "sip-source-address" in options.flags
+            else False
+            if "trust-address" in options.flags
+            else None
+        ),
         strict_source=True if options.strict_source else None,
     )
 

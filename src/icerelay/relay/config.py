@@ -74,6 +74,9 @@ class RelayServiceConfig(BaseModel):
     delete_delay: float = Field(default=30.0, ge=0)
     ice_priority: Literal["none", "low", "high"] = "low"
     strict_source: bool = False
+    #: Send media to the SIP source address unless a request says trust-address (rtpengine's
+    #: --sip-source); by default the SDP's address is trusted and latching corrects it.
+    sip_source: bool = False
     #: Seconds of silence after which another source may take over a latched leg; 0 never.
     handover_after: float = Field(default=5.0, ge=0)
     #: OpenSIPS's mediaproxy module talks to this UNIX socket; the default is where the module
@@ -133,4 +136,5 @@ class RelayServiceConfig(BaseModel):
             ice_priority=IcePriority(self.ice_priority),
             strict_source=self.strict_source,
             handover_after=self.handover_after or None,
+            sip_source=self.sip_source,
         )

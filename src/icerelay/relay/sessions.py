@@ -106,6 +106,9 @@ class RelayConfig:
     ice_priority: IcePriority = IcePriority.LOW
     strict_source: bool = False
     handover_after: float | None = 5.0
+    #: Default for requests that say neither trust-address nor SIP-source-address (rtpengine's
+    #: ``--sip-source``): send media to where the signalling came from.
+    sip_source: bool = False
 
     def advertised_address(self, family: int) -> str:
         """The address the SDP names for ``family``; RelayError if the relay has none."""
@@ -128,7 +131,9 @@ class RelayOptions:
     media_address: str | None = None
     #: Where the SIP message came from; used instead of the SDP address with sip_source_address.
     received_from: str | None = None
-    sip_source_address: bool = False
+    #: True: media goes to the SIP source address (received_from), not the SDP's; False: trust
+    #: the SDP (rtpengine's default since 3.8); None: the relay's configured default.
+    sip_source_address: bool | None = None
     strict_source: bool | None = None
 
 
@@ -735,7 +740,10 @@ class SessionEngine:
         host = info.address
         rtcp_host = info.rtcp_address or host
         override = options.media_address
-        if override is None and options.sip_source_address and options.received_from:
+        sip_source = options.sip_source_address
+        if sip_source is None:
+            sip_source = self.config.sip_source
+        if override is None and sip_source and options.received_from:
             override = options.received_from
         if override is not None:
             host = rtcp_host = override

@@ -27,7 +27,7 @@ def handler() -> NgHandler:
 
 def test_relay_options_from_ng_spelling() -> None:
     options = MediaOptions(
-        flags=frozenset({"trust-address", "sip-source-address", "strict-source"}),
+        flags=frozenset({"sip-source-address", "strict-source"}),
         replace=frozenset({"origin", "session-connection"}),
         ice=IceMode.FORCE_RELAY,
         ice_priority=IcePriority.HIGH,
@@ -48,6 +48,8 @@ def test_relay_options_from_ng_spelling() -> None:
     )
     assert relay_options(MediaOptions(replace=frozenset({"origin-full"}))).replace_origin
     assert relay_options(MediaOptions()) == RelayOptions()
+    trusted = relay_options(MediaOptions(flags=frozenset({"trust-address"})))
+    assert trusted.sip_source_address is False
 
 
 def test_offer_answer_query_list_delete() -> None:

@@ -367,6 +367,14 @@ def test_media_address_and_sip_source_override_the_sdp() -> None:
     offer(engine, PLAIN, call="c3", received_from="198.51.100.7")  # SDP trusted by default
     (forwarding,) = installed(drain(engine))
     assert forwarding.a.rtp_peer == Address("192.0.2.11", 6000)
+    # A relay configured like rtpengine's --sip-source, and a request that trusts the SDP anyway.
+    engine = make_engine(sip_source=True)
+    offer(engine, PLAIN, received_from="198.51.100.7")
+    (forwarding,) = installed(drain(engine))
+    assert forwarding.a.rtp_peer == Address("198.51.100.7", 6000)
+    offer(engine, PLAIN, call="c2", received_from="198.51.100.7", sip_source_address=False)
+    (forwarding,) = installed(drain(engine))
+    assert forwarding.a.rtp_peer == Address("192.0.2.11", 6000)
 
 
 def test_strict_source_reaches_the_data_plane() -> None:
