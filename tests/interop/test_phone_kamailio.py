@@ -185,7 +185,7 @@ def proxy(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
                     kamailio.wait(5)
 
 
-def call_through(sip_port: int, tmp_path: Path, *extra: str) -> tuple[
+def call_through(sip_port: int, tmp_path: Path, *extra: str, duration: str = "2") -> tuple[
         subprocess.CompletedProcess[str], int, str]:
     answerer = subprocess.Popen(
         [*PHONE, "--listen", f"{HOST}:0", "--answer", "--wait", "20", "--duration", "20",
@@ -198,7 +198,7 @@ def call_through(sip_port: int, tmp_path: Path, *extra: str) -> tuple[
         port = int(first.rsplit(":", 1)[1])
         caller = subprocess.run(
             [*PHONE, f"sip:bob@{HOST}:{port}", "--proxy", f"{HOST}:{sip_port}", "--duration",
-             "2", "--tone", "440", "--record", str(tmp_path / "a.wav"), "--debug", *extra],
+             duration, "--tone", "440", "--record", str(tmp_path / "a.wav"), "--debug", *extra],
             capture_output=True, text=True, timeout=60)
         out, err = answerer.communicate(timeout=30)
     finally:
@@ -237,7 +237,10 @@ def test_plain_call_through_kamailio_and_the_relay(
 def test_ice_call_through_kamailio_and_the_relay(
         proxy: tuple[int, tuple[int, int], RelayThread], tmp_path: Path) -> None:
     sip_port, _, _ = proxy
-    caller, code, answerer_output = call_through(sip_port, tmp_path, "--ice", "--json")
+    # 3 s: ICE must complete and the updated offer go through well before the hang-up, even on
+    # a loaded machine.
+    caller, code, answerer_output = call_through(sip_port, tmp_path, "--ice", "--json",
+                                                 duration="3")
     assert caller.returncode == 0, caller.stdout[-4000:] + caller.stderr
     assert code == 0, answerer_output[-4000:]
     result = json.loads(caller.stdout.strip().splitlines()[-1])

@@ -99,7 +99,7 @@ def test_ice_call_on_loopback_with_updated_offer(tmp_path: Path) -> None:
     answerer, port = start_answerer("--ice", "--tone", "1000", "--record",
                                     str(tmp_path / "b_in.wav"), "--debug")
     caller = call(port, "--ice", "--tone", "440", "--record", str(tmp_path / "a_in.wav"),
-                  "--duration", "2", "--debug")
+                  "--duration", "3", "--debug")
     code, output = finish(answerer)
     assert caller.returncode == 0, caller.stdout + caller.stderr
     assert code == 0, output
