@@ -56,7 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default="icerelay,rtpengine", help="comma-separated")
     parser.add_argument("--seconds", type=float, help="length of each load step")
     parser.add_argument("--steps", help="comma-separated stream counts")
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite REPORT.md from report.json"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        (HERE / "REPORT.md").write_text(
+            report.render(json.loads((HERE / "report.json").read_text()))
+        )
+        return 0
 
     plan = bench.Plan.smoke() if args.smoke else bench.Plan.full()
     if args.seconds:
@@ -65,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         plan.steps = [int(n) for n in args.steps.split(",")]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     started = time.monotonic()
+    # These 2-CPU machines are shared with other work. A modest boost (not real-time: the rest
+    # keeps running) for this process and everything it starts -- both servers alike, and the
+    # load generator -- keeps other jobs' bursts from dominating what is measured.
+    try:
+        os.nice(-5)
+        niceness = os.nice(0)
+    except PermissionError:
+        niceness = os.nice(0)
 
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
@@ -75,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": plan.as_dict(),
         "machine": _versions(),
         "loadavg_start": bench.loadavg(),
+        "niceness": niceness,
         "servers": {},
     }
     with tempfile.TemporaryDirectory(prefix="icerelay-relay-bench-") as tmp:
