@@ -456,8 +456,11 @@ class RelayService:
             self._wake.clear()
             deadline = self.engine.next_timer()
             delay = None if deadline is None else max(0.0, deadline - loop.time())
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the event fires, and stop() would then wait for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
                 continue
             self._queue.put_nowait(None)
             # Let the worker run the tick before computing the next deadline.

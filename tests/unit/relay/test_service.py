@@ -411,3 +411,34 @@ def test_a_bug_costs_one_request_not_the_service(monkeypatch: pytest.MonkeyPatch
             await service.stop()
 
     run(main)
+
+
+def test_stop_right_after_a_request_never_hangs() -> None:
+    """A stop that lands as the worker wakes the timer must still end every task (this once
+    hung on Python 3.11, where asyncio.wait_for can swallow a cancellation)."""
+
+    def blocking_offer(address: tuple[str, int]) -> bytes:
+        # uvloop has no loop.sock_sendto: a plain socket in a worker thread does the client.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(2)
+            body = {"command": "offer", "call-id": "s", "from-tag": "a", "sdp": sdp_for(4000)}
+            sock.sendto(b"c " + bencode.encode(body), address)  # type: ignore[arg-type]
+            return sock.recv(65536)
+
+    async def main() -> None:
+        for _ in range(5):
+            service = RelayService(config(ng_tcp=False))
+            await service.start()
+            try:
+                reply = await asyncio.to_thread(blocking_offer, service.ng_address_tuple())
+                assert b"result2:ok" in reply
+            finally:
+                async with asyncio.timeout(1):
+                    await service.stop()
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - the fast extra is installed for the tests
+        run(main)
+    else:
+        uvloop.run(asyncio.wait_for(main(), 60))
