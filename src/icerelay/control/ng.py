@@ -589,9 +589,10 @@ _UNSUPPORTED_KEYS = frozenset(
         "set-label",
         "from-label",
         "to-label",
-        "supports",
     }
 )
+# Keys that need no action: ``supports`` is the proxy declaring what replies it understands
+# (Kamailio sends ``["load limit"]`` with every request); warning about it would be noise.
 
 
 def parse_command(message: Mapping[str, bencode.BencodeValue]) -> Command:

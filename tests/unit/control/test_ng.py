@@ -375,3 +375,9 @@ def test_stream_framer_rejects_garbage_and_oversize() -> None:
     framer = NgStreamFramer(max_message=100)
     with pytest.raises(ControlError, match="longer than"):
         framer.feed(b"c 1000:" + b"x" * 200)
+
+
+def test_kamailio_supports_key_is_not_warned_about() -> None:
+    outcome = request(NgProtocol(), kamailio_offer(supports=["load limit"]))
+    assert isinstance(outcome, NgRequest)
+    assert outcome.command.options.ignored == ()  # type: ignore[union-attr]
