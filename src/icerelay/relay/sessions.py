@@ -784,7 +784,9 @@ class SessionEngine:
         )
 
     def _ice_went_around(self, stream: _Stream) -> bool:
-        """Both parties do ICE, their checks went through the relay, and no media did."""
+        """Both parties do ICE, their checks went through the relay, and the relay pair was
+        never the one in use: no media crossed it, or media did (sent to the default address
+        before ICE completed) but no nomination ever did."""
         offered, answered = stream.info
         if offered is None or answered is None or not (offered.ice and answered.ice):
             return False
@@ -792,8 +794,9 @@ class SessionEngine:
         if counters is None:
             return False
         checks = counters.a.stun_requests + counters.b.stun_requests
+        nominations = counters.a.stun_nominations + counters.b.stun_nominations
         media = counters.a.packets + counters.b.packets
-        return checks > 0 and media == 0
+        return checks > 0 and (media == 0 or nominations == 0)
 
     def _install(self, session: _Session, stream: _Stream) -> None:
         legs = []

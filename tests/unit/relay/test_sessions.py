@@ -602,3 +602,33 @@ def test_ice_priority_given_on_the_offer_holds_for_the_call() -> None:
     assert relay and relay[0].priority == 2130706431
     other = offer(engine, ASTERISK, call="c2")
     assert next(c.priority for c in other.media[0].candidates() if c.type == "relay") == 16777215
+
+
+def test_early_media_then_silence_without_a_nomination_is_a_direct_path() -> None:
+    counters = Counters()
+    engine = make_engine(counters=counters, media_timeout=30.0)
+    offer(engine, ASTERISK)
+    answer(engine, CALLEE_ICE, now=1.0)
+    key = installed(drain(engine))[0].key
+    # Media went to the default address (the relay) until ICE completed on a direct pair.
+    for t in range(5):
+        counters.packet(key, 1.0 + t * 0.02)
+    counters.by_key[key].a.stun_requests = 6
+    engine.handle_timer(31.2)
+    assert StreamEnded("call-1", "caller", "callee", 0, StreamEndReason.ICE_DIRECT) in drain(engine)
+    assert engine.session_count == 1
+
+
+def test_silence_after_media_on_the_nominated_relay_pair_is_a_dead_call() -> None:
+    counters = Counters()
+    engine = make_engine(counters=counters, media_timeout=30.0)
+    offer(engine, ASTERISK)
+    answer(engine, CALLEE_ICE, now=1.0)
+    key = installed(drain(engine))[0].key
+    for t in range(5):
+        counters.packet(key, 2.0 + t)
+    leg = counters.by_key[key].a
+    leg.stun_requests, leg.stun_nominations = 6, 2  # ICE chose the relay; then the phones died
+    engine.handle_timer(36.0)
+    (ended,) = [e for e in drain(engine) if isinstance(e, SessionEnded)]
+    assert ended.record.reason is TerminationReason.NO_MEDIA
