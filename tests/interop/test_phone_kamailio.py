@@ -62,6 +62,9 @@ loadmodule "rtpengine.so"
 loadmodule "auth.so"
 
 modparam("rtpengine", "rtpengine_sock", "udp:{host}:{ng_port}")
+# A loaded test machine may answer ng slower than the module's 1 s default: an offer that times
+# out is forwarded unrewritten, and the call would bypass the relay.
+modparam("rtpengine", "rtpengine_tout_ms", 5000)
 
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{
