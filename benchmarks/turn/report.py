@@ -98,24 +98,36 @@ def _findings(data: Result) -> list[str]:
         fail = _first_failure(data, name)
         if fail is None or _get(data, name, "streams", "limited_by") != "server loss":
             continue
-        where = []
+        directions = fail["directions"]
+        lost = sum(d["lost"] for d in directions.values())
+        late = sum(d.get("late", 0) for d in directions.values())
+        parts = []
+        if late:
+            parts.append(f"{late:,} arrived more than 0.5 s late (queued, not dropped)")
+        dropped = 0
         for label, key in (
             ("the server's listening socket", "server_listen_socket_drops"),
             ("the server's relay sockets", "server_relay_socket_drops"),
             ("the generator's sockets", "generator_socket_drops"),
         ):
             if fail.get(key):
-                where.append(f"{fail[key]:,} on {label}")
+                dropped += fail[key]
+                parts.append(f"{fail[key]:,} were dropped by the kernel on {label}")
+        if lost - late - dropped > 0:
+            parts.append(
+                f"{lost - late - dropped:,} were lost elsewhere (in the server, on send, or "
+                "still queued at the end)"
+            )
         lossy = ", ".join(
-            f"{direction} {d['loss_pct']:.2f}% ({d.get('late', 0):,} of them late, not dropped)"
-            for direction, d in fail["directions"].items()
+            f"{direction} {d['loss_pct']:.2f}%"
+            for direction, d in directions.items()
+            if d["loss_pct"] > 0
         )
         add(
             f"- {name} lost more than {data['plan']['loss_limit_pct']}% at "
-            f"{fail['streams']:,} streams (loss by direction: {lossy}; 'out' = client -> "
-            f"peer, 'in' = peer -> client). Kernel receive-queue drops: "
-            f"{'; '.join(where) or 'none (lost inside the server or on send)'}. Its CPU "
-            f"there: {fail['server_cpu_pct']}% of one core, while other processes used "
+            f"{fail['streams']:,} streams ({lossy}; 'out' = client -> peer, 'in' = peer -> "
+            f"client). Of the {lost:,} packets lost, {'; '.join(parts)}. Its CPU there: "
+            f"{fail['server_cpu_pct']}% of one core, while other processes used "
             f"{fail.get('background_cpu_pct', '?')}% of the machine."
         )
     steps = [
