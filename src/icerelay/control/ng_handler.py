@@ -157,6 +157,9 @@ class NgHandler:
 def _warning(options: MediaOptions) -> str:
     ignored = list(options.ignored)
     ignored.extend(f"rtcp-mux={value}" for value in sorted(options.rtcp_mux))
+    if options.transport_protocol is not None:
+        # Translating RTP/AVP <-> RTP/SAVP(F) means doing SRTP, which this relay does not.
+        ignored.append(f"transport-protocol={options.transport_protocol}")
     if not ignored:
         return ""
     return "not supported, ignored: " + ", ".join(ignored)

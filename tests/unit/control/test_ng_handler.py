@@ -62,6 +62,11 @@ def test_offer_answer_query_list_delete() -> None:
     sdp = reply["sdp"]
     assert isinstance(sdp, bytes)
     assert SessionDescription.parse(sdp).origin.address == "203.0.113.1"  # type: ignore[union-attr]
+    odd = MediaOptions(transport_protocol="RTP/SAVPF", rtcp_mux=frozenset({"demux"}))
+    reply = ng.handle(Offer("c9", "a", SDP, options=odd), 1.5)
+    assert reply["warning"] == (
+        "not supported, ignored: rtcp-mux=demux, transport-protocol=RTP/SAVPF"
+    )
     reply = ng.handle(Answer("c1", "a", "b", SDP.replace(b"4000", b"5000")), 2.0)
     assert reply["result"] == "ok" and "warning" not in reply
     query = ng.handle(Query("c1"), 3.0)
@@ -69,10 +74,10 @@ def test_offer_answer_query_list_delete() -> None:
     assert query["created"] == 1_700_000_001 and query["last signal"] == 1_700_000_002
     tags = query["tags"]
     assert isinstance(tags, dict) and set(tags) == {"a", "b"}
-    assert ng.handle(List(10), 3.0) == {"result": "ok", "calls": ["c1"]}
+    assert ng.handle(List(10), 3.0) == {"result": "ok", "calls": ["c1", "c9"]}
     deleted = ng.handle(Delete("c1", "a", delete_delay=0), 4.0)
     assert deleted["result"] == "ok"
-    assert ng.handle(List(10), 5.0) == {"result": "ok", "calls": []}
+    assert ng.handle(List(10), 5.0) == {"result": "ok", "calls": ["c9"]}
 
 
 def test_errors_become_error_reasons() -> None:
