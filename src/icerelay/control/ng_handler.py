@@ -55,6 +55,7 @@ def relay_options(options: MediaOptions) -> RelayOptions:
             else None
         ),
         strict_source=True if options.strict_source else None,
+        rtcp_mux=options.rtcp_mux,
     )
 
 
@@ -156,7 +157,6 @@ class NgHandler:
 
 def _warning(options: MediaOptions) -> str:
     ignored = list(options.ignored)
-    ignored.extend(f"rtcp-mux={value}" for value in sorted(options.rtcp_mux))
     if options.transport_protocol is not None:
         # Translating RTP/AVP <-> RTP/SAVP(F) means doing SRTP, which this relay does not.
         ignored.append(f"transport-protocol={options.transport_protocol}")

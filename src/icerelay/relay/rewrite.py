@@ -89,6 +89,9 @@ class StreamPlan:
     rtcp_port: int
     #: Credentials of the relay's own ICE-lite agent, used by ``ICE=force`` only.
     ice_credentials: IceCredentials | None = None
+    #: ``a=rtcp-mux`` in the output: True adds it, False removes it, None leaves it as it was
+    #: (the relay multiplexes or demultiplexes RTCP between the legs as needed).
+    rtcp_mux: bool | None = None
 
 
 def describe(sdp: SessionDescription) -> list[MediaInfo]:
@@ -264,10 +267,14 @@ def _rewrite_media(
         media.set_connection(_connection_like(connection, plan.address))
     original_port = media.port
     media.set_port(plan.rtp_port)
+    if plan.rtcp_mux is not None:
+        media.set_rtcp_mux(plan.rtcp_mux)
     rtcp = media.rtcp
     if rtcp is not None:
-        # a=rtcp equal to the m= port means RTCP rides on the RTP port (RFC 5761); keep it so.
-        port = plan.rtp_port if rtcp.port == original_port else plan.rtcp_port
+        # a=rtcp equal to the m= port means RTCP rides on the RTP port (RFC 5761); keep it so,
+        # unless multiplexing is being taken away towards this party.
+        on_rtp_port = rtcp.port == original_port and plan.rtcp_mux is not False
+        port = plan.rtp_port if on_rtp_port else plan.rtcp_port
         if rtcp.address is not None and not _is_unspecified(rtcp.address):
             family = "IP6" if ":" in plan.address else "IP4"
             media.set_rtcp(Rtcp(port, rtcp.nettype or "IN", family, plan.address))

@@ -135,6 +135,9 @@ class RelayOptions:
     #: the SDP (rtpengine's default since 3.8); None: the relay's configured default.
     sip_source_address: bool | None = None
     strict_source: bool | None = None
+    #: rtpengine's ``rtcp-mux`` requests: ``offer``, ``require``, ``demux``, ``reject``,
+    #: ``accept`` (the relay bridges a multiplexing party and one that is not).
+    rtcp_mux: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +265,9 @@ class _Stream:
     installed: bool = False
     # RTP ports facing (a, b), kept for the record after the pairs went back to the pool.
     relay_ports: tuple[int | None, int | None] = (None, None)
+    # Whether the SDP the relay last sent to each side had a=rtcp-mux (None: nothing sent yet,
+    # or an offer from that side is waiting for its answer).
+    mux_sent: list[bool | None] = field(default_factory=lambda: [None, None])
 
     def held(self) -> bool:
         return any(info is not None and info.hold for info in self.info)
@@ -601,7 +607,10 @@ class SessionEngine:
             if isinstance(error, SdpError):
                 raise RelayError(f"cannot rewrite the SDP: {error}") from None
             raise
+        receiver = 1 - side
         for stream in changed:
+            if stream.index < len(out.media):
+                stream.mux_sent[receiver] = out.media[stream.index].rtcp_mux
             self._install(session, stream)
         return out.to_bytes()
 
@@ -685,8 +694,11 @@ class SessionEngine:
                     ice_credentials=(
                         stream.ice_credentials[receiver] if mode is IceMode.FORCE else None
                     ),
+                    rtcp_mux=_mux_out(options.rtcp_mux, is_offer, stream.info[receiver]),
                 )
             )
+            if is_offer:
+                stream.mux_sent[side] = None
             changed.append(stream)
 
     def _open_stream(
@@ -803,8 +815,11 @@ class SessionEngine:
         for side in (A, B):
             ports = stream.ports[side]
             assert ports is not None
-            info, other = stream.info[side], stream.info[1 - side]
-            mux = info is not None and info.rtcp_mux and (other is None or other.rtcp_mux)
+            info = stream.info[side]
+            # A party multiplexes when its own SDP says so and the SDP it got from the relay
+            # agreed (until its offer is answered, it must be ready for both, RFC 5761).
+            sent = stream.mux_sent[side]
+            mux = info is not None and info.rtcp_mux and sent is not False
             rtp_peer, rtcp_peer = stream.peer[side]
             if mux:
                 rtcp_peer = rtp_peer
@@ -1011,6 +1026,33 @@ def _canonical(address: str) -> str:
         return str(ipaddress.ip_address(address))
     except ValueError:
         return address
+
+
+def _mux_out(requests: frozenset[str], is_offer: bool, offerer: MediaInfo | None) -> bool | None:
+    """What ``a=rtcp-mux`` the relay writes towards the receiving party, per rtpengine's flags.
+
+    In an offer: ``demux``/``reject`` take it away, ``offer``/``require`` add it. In an answer
+    (``offerer`` is the party that receives it): ``accept``/``require`` grant what the offerer
+    offered even when the answerer declined, ``reject`` declines it; an offerer that did not
+    offer it never gets it. None: pass through.
+    """
+    if not is_offer and offerer is not None and not offerer.rtcp_mux:
+        # The relay may have offered mux on its own ("offer"); the offerer never did, so its
+        # answer must not carry it (RFC 5761 section 5.1.1).
+        return False
+    if not requests:
+        return None
+    if is_offer:
+        if requests & {"demux", "reject"}:
+            return False
+        if requests & {"offer", "require"}:
+            return True
+        return None
+    if "reject" in requests:
+        return False
+    if requests & {"accept", "require"} and offerer is not None and offerer.rtcp_mux:
+        return True
+    return None
 
 
 def _codec(info: MediaInfo | None) -> str | None:

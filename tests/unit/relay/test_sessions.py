@@ -632,3 +632,41 @@ def test_silence_after_media_on_the_nominated_relay_pair_is_a_dead_call() -> Non
     engine.handle_timer(36.0)
     (ended,) = [e for e in drain(engine) if isinstance(e, SessionEnded)]
     assert ended.record.reason is TerminationReason.NO_MEDIA
+
+
+def test_rtcp_mux_demux_and_accept_bridge_a_multiplexing_party() -> None:
+    engine = make_engine(addresses={4: "127.0.0.1", 6: "::1"})
+    # The caller multiplexes (a=rtcp-mux, a=rtcp on the RTP port); the callee side must not see it.
+    to_callee = offer(engine, IPV6, rtcp_mux=frozenset({"demux"}))
+    audio = to_callee.media[0]
+    assert not audio.rtcp_mux
+    assert audio.rtcp is not None and audio.rtcp.port == audio.port + 1
+    # The callee answers without mux; "accept" grants the caller the mux it asked for.
+    callee = IPV6.replace(b"a=rtcp-mux\r\na=rtcp:49170\r\n", b"").replace(b"::10", b"::20")
+    to_caller = answer(engine, callee, rtcp_mux=frozenset({"accept"}))
+    assert to_caller.media[0].rtcp_mux
+    forwarding = installed(drain(engine))[-1]
+    assert forwarding.a.rtcp_mux and not forwarding.b.rtcp_mux
+    assert forwarding.b.rtcp_peer == Address("2001:db8::20", 49171)
+
+
+def test_rtcp_mux_offer_to_a_multiplexing_callee() -> None:
+    engine = make_engine()
+    to_callee = offer(engine, PLAIN, rtcp_mux=frozenset({"offer"}))
+    assert to_callee.media[0].rtcp_mux
+    mux_answer = SIPP_ANSWER + b"a=rtcp-mux\r\n"
+    to_caller = answer(engine, mux_answer)
+    assert not to_caller.media[0].rtcp_mux  # the caller never asked for it
+    forwarding = installed(drain(engine))[-1]
+    assert not forwarding.a.rtcp_mux and forwarding.b.rtcp_mux
+    assert forwarding.b.rtcp_peer == forwarding.b.rtp_peer
+
+
+def test_rtcp_mux_reject() -> None:
+    engine = make_engine(addresses={6: "::1"})
+    to_callee = offer(engine, IPV6, rtcp_mux=frozenset({"reject"}))
+    assert not to_callee.media[0].rtcp_mux
+    to_caller = answer(engine, IPV6.replace(b"::10", b"::20"), rtcp_mux=frozenset({"reject"}))
+    assert not to_caller.media[0].rtcp_mux
+    forwarding = installed(drain(engine))[-1]
+    assert not forwarding.a.rtcp_mux and not forwarding.b.rtcp_mux
