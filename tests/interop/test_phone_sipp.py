@@ -8,6 +8,7 @@ reached SIPp and came back: the phone hears its own tone.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -123,3 +124,31 @@ def test_phone_calls_sipp_over_tcp(sipp: str, tmp_path: Path) -> None:
         if uas.poll() is None:
             uas.kill()
             uas.communicate()
+
+
+def test_sipp_puts_the_phone_on_hold(sipp: str, tmp_path: Path) -> None:
+    """A re-INVITE with a=sendonly: the phone answers a=recvonly and stops sending."""
+    phone = subprocess.Popen(
+        [*PHONE, "--listen", "127.0.0.1:0", "--answer", "--wait", "20", "--duration", "10",
+         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert phone.stderr is not None
+        first = phone.stderr.readline()
+        assert first.startswith("SIP on udp:"), first
+        phone_port = int(first.rsplit(":", 1)[1])
+        media_port = free_ports(4, kinds=("udp",), consecutive=True)[0]
+        uac = subprocess.run(
+            [*sipp_command(sipp, "uac_hold.xml", free_port(kinds=("udp",)), media_port),
+             "-s", "bob", "-d", "1000", f"127.0.0.1:{phone_port}"],
+            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        out, err = phone.communicate(timeout=20)
+    finally:
+        if phone.poll() is None:
+            phone.kill()
+            phone.communicate()
+    assert uac.returncode == 0, uac.stdout[-2000:]
+    assert phone.returncode == 0, out + err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["reinvites"] == 1
+    # About 1 s of media before the hold (50 packets), none during the second.
+    assert 40 <= result["statistics"]["packets_sent"] <= 65, result["statistics"]

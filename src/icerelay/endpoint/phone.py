@@ -551,8 +551,12 @@ class Phone:
             remote = parse_remote(offer, supported=self._codecs())
         except SdpError as exc:
             self._say(f"cannot use the re-INVITE offer: {exc}")
+            self.ua.reject_reinvite(call, now, 488)
             return
         self._remote = remote
+        if self.session is not None:
+            # Hold and resume (RFC 3264 section 8.4): send only if the peer wants to receive.
+            self.session.set_sending(remote.direction in ("sendrecv", "recvonly"), now)
         if self._ice is None:
             # A plain peer moved its media (hold, transfer, a relay): follow its c=/m=.
             self._rtp_destination = self._resolve(remote.rtp)
@@ -705,10 +709,13 @@ class Phone:
             chosen = self._remote.codec
             codecs = (chosen,)
         telephone_event: int | None = 101
+        direction = "sendrecv"
         if self._remote is not None and not offer:
             telephone_event = self._remote.telephone_event
+            # RFC 3264 section 6.1: the answer's direction mirrors the offer's.
+            direction = _ANSWER_DIRECTION.get(self._remote.direction, "sendrecv")
         if self._ice is not None:
-            return self._ice_sdp(codecs, telephone_event)
+            return self._ice_sdp(codecs, telephone_event, direction)
         assert self._rtp is not None and self._rtcp is not None
         address, port = self._rtp.address
         media = LocalMedia(
@@ -718,6 +725,7 @@ class Phone:
             codecs=codecs,
             telephone_event=telephone_event,
             rtcp_mux=self._rtcp_mux if not offer else self.options.rtcp_mux,
+            direction=direction,
         )
         return build_sdp(media, self.origin)
 
@@ -770,7 +778,9 @@ class Phone:
             f"({components} component{'s' if components > 1 else ''})"
         )
 
-    def _ice_sdp(self, codecs: tuple[Any, ...], telephone_event: int | None) -> bytes:
+    def _ice_sdp(
+        self, codecs: tuple[Any, ...], telephone_event: int | None, direction: str = "sendrecv"
+    ) -> bytes:
         connection = self._ice
         agent = connection.agent
         selected = {c: agent.selected_pair(c) for c in agent.components}
@@ -809,6 +819,7 @@ class Phone:
             ice=IceDescription(
                 connection.local_username, connection.local_password, candidates, remote_candidates
             ),
+            direction=direction,
         )
         return build_sdp(media, self.origin)
 
@@ -992,6 +1003,9 @@ class Phone:
             connection.close()
         if self._tcp_server is not None:
             self._tcp_server.close()
+
+
+_ANSWER_DIRECTION = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
 
 
 def _hp(address: Address) -> str:

@@ -186,6 +186,17 @@ class RtpSession:
         self._next_packet = now if self.send_enabled else None
         self._next_rtcp = now + self._randomized(self.rtcp_interval / 2)
 
+    def set_sending(self, enabled: bool, now: float) -> None:
+        """Start or stop sending (hold: the peer's a=sendonly/inactive). Timestamps keep
+        running with the clock, so on resumption the receiver sees a gap, not a rewind."""
+        self.send_enabled = enabled
+        if self._started_at is None or self._stopped:
+            return
+        if not enabled:
+            self._next_packet = None
+        elif self._next_packet is None:
+            self._next_packet = now
+
     def send_dtmf(self, digits: str, duration: float = 0.1) -> None:
         """Queue DTMF digits as RFC 4733 events (audio pauses while one plays)."""
         if self.telephone_event is None:

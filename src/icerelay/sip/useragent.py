@@ -373,6 +373,16 @@ class UserAgent:
         self._start_ok_retransmission(call, response, tx.destination, now)
         self._pump(now)
 
+    def reject_reinvite(self, call: Call, now: float, status: int = 488) -> None:
+        """Refuse the peer's re-INVITE (488 Not Acceptable Here by default); the call goes on
+        with the session it had (RFC 3261 section 14.2)."""
+        tx = call._pending_reinvite
+        if tx is None:
+            raise SipError("no re-INVITE to answer")
+        call._pending_reinvite = None
+        tx.respond(make_response(tx.request, status, to_tag=call.local_tag), now)
+        self._pump(now)
+
     def options(self, target: str, now: float, *, destination: Address | None = None) -> None:
         """Send OPTIONS (a ping); the result comes as :class:`OptionsAnswered`."""
         uri = SipUri.parse(target)

@@ -170,3 +170,20 @@ def test_garbage_is_counted_not_fatal() -> None:
     a.receive(b"\x00\x01", 0.0)
     a.receive(b"\x80\xc8\x00\x09", 0.0, component=2)
     assert a.malformed == 2 and a.packets_received == 0
+
+
+def test_hold_stops_and_resumes_with_the_clock() -> None:
+    a = RtpSession(PCMU, source=ToneSource(440), rng=random.Random(13))
+    a.start(0.0)
+    a.handle_timer(0.0)
+    first = RtpPacket.decode(a.datagrams_to_send(0.0)[0].data)
+    a.set_sending(False, 0.01)
+    assert a.next_timer() is not None  # RTCP still runs
+    a.handle_timer(1.0)
+    assert [o for o in a.datagrams_to_send(1.0) if o.component == 1] == []
+    a.set_sending(True, 2.0)
+    a.handle_timer(2.0)
+    resumed = [RtpPacket.decode(o.data) for o in a.datagrams_to_send(2.0) if o.component == 1]
+    # The timestamp kept running: 2 s later, not one packet later.
+    assert (resumed[-1].timestamp - first.timestamp) % 2**32 == 16000
+    assert resumed[-1].sequence == (first.sequence + 1) % 2**16

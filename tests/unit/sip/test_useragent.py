@@ -271,3 +271,19 @@ def test_over_tcp_nothing_is_retransmitted() -> None:
     assert invite.top_via.transport == "TCP" and "transport=tcp" in (
         invite.headers.get("Contact") or "")
     assert alice.public_address is None  # rport over TCP is an ephemeral port: not learned
+
+
+def test_unacceptable_reinvite_is_refused_and_the_call_goes_on() -> None:
+    alice, bob = make()
+    net = Network({ALICE: alice, BOB: bob})
+    call = alice.call("sip:bob@192.0.2.2:5070", OFFER, 0.0)
+    answer_all(net, bob, BOB)
+    net.run(1.0)
+    alice.reinvite(call, b"garbage", net.now)
+    net.run(1.5, stop=lambda: any(isinstance(e, ReinviteReceived) for e in net.events[BOB]))
+    received = next(e for e in net.events[BOB] if isinstance(e, ReinviteReceived))
+    bob.reject_reinvite(received.call, net.now)
+    net.run(2.0)
+    assert any(type(e).__name__ == "ReinviteFailed" and e.status == 488  # type: ignore[attr-defined]
+               for e in net.events[ALICE])
+    assert call.state is CallState.CONFIRMED and received.call.state is CallState.CONFIRMED
