@@ -18,12 +18,14 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from icerelay.relay.config import RelayServiceConfig
-from icerelay.relay.sessions import StreamEndReason, TerminationReason
+from icerelay.relay.sessions import SessionRecord, StreamEndReason, TerminationReason
 from tests.interop.test_relay_kamailio import (
     HOST,
     KAMAILIO,
@@ -41,16 +43,20 @@ def phone(*args: str) -> list[str]:
     return [sys.executable, "-m", "icerelay", "phone", *args]
 
 
-@pytest.mark.skipif(
-    KAMAILIO is None, reason="kamailio is not installed (Debian package 'kamailio')"
-)
-@pytest.mark.parametrize("ice", ["default", "force"])
-def test_ice_through_kamailio_and_the_relay(tmp_path: Path, ice: str) -> None:
-    """``default``: ICE goes direct and the relay steps aside. ``force``: the relay strips the
-    phones' candidates and is the only (ICE-lite) candidate on each side; media goes through it.
-    """
+@dataclass
+class CallResult:
+    """What one phone-to-phone call through Kamailio and the relay produced."""
+
+    record: SessionRecord
+    caller: dict[str, Any]
+    callee: dict[str, Any]
+    freed_during_call: bool
+    relay_ports: range
+
+
+def call(tmp_path: Path, flags: str, caller_args: list[str], callee_args: list[str]) -> CallResult:
+    """One call: the caller hangs up after 3 s; returns the relay's record and both results."""
     assert KAMAILIO is not None
-    force = ice == "force"
     ng_port, sip_port, callee_port = free_ports(3, kinds=("udp",))
     block = free_ports(61, kinds=("udp",), consecutive=True)
     first = block[0] + (block[0] & 1)
@@ -65,12 +71,7 @@ def test_ice_through_kamailio_and_the_relay(tmp_path: Path, ice: str) -> None:
     )
     (tmp_path / "kamailio.cfg").write_text(
         KAMAILIO_CFG.format(
-            host=HOST,
-            sip_port=sip_port,
-            ng_port=ng_port,
-            uas_port=callee_port,
-            flags="replace-origin replace-session-connection"
-            + (" ICE=force" if force else " ICE-priority=low"),
+            host=HOST, sip_port=sip_port, ng_port=ng_port, uas_port=callee_port, flags=flags
         )
     )
     rundir = tmp_path / "run"
@@ -80,26 +81,11 @@ def test_ice_through_kamailio_and_the_relay(tmp_path: Path, ice: str) -> None:
     with RelayThread(config) as relay:
         try:
             kam = start(
-                [
-                    KAMAILIO,
-                    "-f",
-                    str(tmp_path / "kamailio.cfg"),
-                    "-DD",
-                    "-E",
-                    "-Y",
-                    str(rundir),
-                    "-P",
-                    str(rundir / "kamailio.pid"),
-                    "-w",
-                    str(tmp_path),
-                    "-m",
-                    "32",
-                    "-M",
-                    "8",
-                ],
+                [KAMAILIO, "-f", str(tmp_path / "kamailio.cfg"), "-DD", "-E", "-Y", str(rundir),
+                 "-P", str(rundir / "kamailio.pid"), "-w", str(tmp_path), "-m", "32", "-M", "8"],
                 tmp_path / "kamailio.log",
                 tmp_path,
-            )
+            )  # fmt: skip
             processes.append(kam)
             deadline = time.monotonic() + 15
             while relay.service.protocol.counters.commands["ping"] == 0:
@@ -107,39 +93,21 @@ def test_ice_through_kamailio_and_the_relay(tmp_path: Path, ice: str) -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             callee = start(
-                phone(
-                    "--listen",
-                    f"{HOST}:{callee_port}",
-                    "--answer",
-                    "--ice",
-                    "--wait",
-                    "20",
-                    "--duration",
-                    "30",
-                    "--json",
-                    "--debug",
-                ),
+                phone("--listen", f"{HOST}:{callee_port}", "--answer", "--wait", "20",
+                      "--duration", "30", "--json", "--debug", *callee_args),
                 tmp_path / "callee.log",
                 tmp_path,
-            )
+            )  # fmt: skip
             processes.append(callee)
             time.sleep(0.5)
             caller = start(
-                phone(
-                    f"sip:bob@{HOST}:{callee_port}",
-                    "--proxy",
-                    f"{HOST}:{sip_port}",
-                    "--ice",
-                    "--duration",
-                    "3",
-                    "--json",
-                    "--debug",
-                ),
+                phone(f"sip:bob@{HOST}:{callee_port}", "--proxy", f"{HOST}:{sip_port}",
+                      "--duration", "3", "--json", "--debug", *caller_args),
                 tmp_path / "caller.log",
                 tmp_path,
-            )
+            )  # fmt: skip
             processes.append(caller)
-            # While the call is up: once ICE went direct the relay holds no ports for it.
+            # While the call is up: is the relay still holding ports for it?
             call_deadline = time.monotonic() + 30
             while caller.popen.poll() is None and time.monotonic() < call_deadline:
                 engine = relay.service.engine
@@ -151,33 +119,74 @@ def test_ice_through_kamailio_and_the_relay(tmp_path: Path, ice: str) -> None:
             logs = {p.log.name: p.log.read_text(errors="replace")[-4000:] for p in processes}
             assert caller_status == 0, logs
             assert callee_status == 0, logs
-            records = relay.wait_for_records(1, 5.0)
+            (record,) = relay.wait_for_records(1, 5.0)
         except subprocess.TimeoutExpired:
             logs = {p.log.name: p.log.read_text(errors="replace")[-4000:] for p in processes}
             raise AssertionError(logs) from None
         finally:
             for process in reversed(processes):
                 process.stop()
+    return CallResult(
+        record=record,
+        caller=json.loads(caller.log.read_text().strip().splitlines()[-1]),
+        callee=json.loads(callee.log.read_text().strip().splitlines()[-1]),
+        freed_during_call=freed_during_call,
+        relay_ports=range(first, first + 60),
+    )
 
-    (record,) = records
-    assert record.reason is TerminationReason.DELETED  # the BYE, not a media timeout
-    (stream,) = record.streams
-    result = json.loads(caller.log.read_text().strip().splitlines()[-1])
-    assert result["media_both_ways"] and result["ice_state"] == "completed"
+
+needs_kamailio = pytest.mark.skipif(
+    KAMAILIO is None, reason="kamailio is not installed (Debian package 'kamailio')"
+)
+
+
+@needs_kamailio
+@pytest.mark.parametrize("ice", ["default", "force"])
+def test_ice_through_kamailio_and_the_relay(tmp_path: Path, ice: str) -> None:
+    """``default``: ICE goes direct and the relay steps aside. ``force``: the relay strips the
+    phones' candidates and is the only (ICE-lite) candidate on each side; media goes through it.
+    """
+    force = ice == "force"
+    flags = "replace-origin replace-session-connection" + (
+        " ICE=force" if force else " ICE-priority=low"
+    )
+    result = call(tmp_path, flags, ["--ice"], ["--ice"])
+    assert result.record.reason is TerminationReason.DELETED  # the BYE, not a media timeout
+    (stream,) = result.record.streams
+    caller = result.caller
+    assert caller["media_both_ways"] and caller["ice_state"] == "completed"
     if force:
         # The relay's ICE-lite agent answered both phones' checks; all media crossed it.
-        _, _, remote = result["ice_pair"].partition(" -> ")
+        _, _, remote = caller["ice_pair"].partition(" -> ")
         remote_type, remote_address = remote.split()
         assert remote_type == "host" and remote_address.rsplit(":", 1)[0] == HOST
-        assert first <= int(remote_address.rsplit(":", 1)[1]) <= first + 59
-        assert stream.end_reason is None and not freed_during_call
-        sent = result["statistics"]["packets_sent"]
+        assert int(remote_address.rsplit(":", 1)[1]) in result.relay_ports
+        assert stream.end_reason is None and not result.freed_during_call
+        sent = caller["statistics"]["packets_sent"]
         assert abs(stream.packets_from_caller - sent) <= 2 and sent > 100
         assert stream.packets_from_callee > 100
     else:
         assert stream.end_reason is StreamEndReason.ICE_DIRECT
-        assert freed_during_call, "the relay should free the ports as soon as ICE went direct"
+        assert result.freed_during_call, "the relay should free the ports once ICE went direct"
         # Media went directly between the phones: nothing (or next to nothing, before ICE
         # completed) crossed the relay.
         assert stream.packets_from_caller + stream.packets_from_callee < 20
-        assert result["ice_pair"].startswith("host ") and " -> host " in result["ice_pair"]
+        assert caller["ice_pair"].startswith("host ") and " -> host " in caller["ice_pair"]
+
+
+@needs_kamailio
+def test_rtcp_mux_bridged_between_a_multiplexing_phone_and_one_that_is_not(
+    tmp_path: Path,
+) -> None:
+    """The caller multiplexes RTCP on its RTP port; the callee does not. With Kamailio's
+    ``rtcp-mux-demux`` and ``rtcp-mux-accept`` the relay offers the callee plain RTCP, grants the
+    caller its mux, and moves RTCP between the two: both phones receive the other's reports."""
+    flags = "replace-origin replace-session-connection rtcp-mux-demux rtcp-mux-accept"
+    interval = ["--rtcp-interval", "0.5"]
+    result = call(tmp_path, flags, ["--rtcp-mux", *interval], interval)
+    (stream,) = result.record.streams
+    assert stream.end_reason is None and stream.packets_from_caller > 100
+    for side in (result.caller, result.callee):
+        assert side["media_both_ways"], side
+        # A receiver report from the far side came back through the relay.
+        assert side["statistics"]["remote_reported_jitter_ms"] is not None, side
