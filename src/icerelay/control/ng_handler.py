@@ -169,7 +169,7 @@ def _call_report(summaries: Iterable[SessionSummary], wall_offset: float) -> Rep
     """rtpengine's per-call report: creation, last signal (Unix times), per-tag media, totals."""
     items = list(summaries)
     tags: dict[str, ReplyValue] = {}
-    packets = bytes_ = 0
+    packets = bytes_ = rtcp = 0
     for summary in items:
         for side, tag in (("caller", summary.from_tag), ("callee", summary.to_tag)):
             if tag is None:
@@ -178,13 +178,18 @@ def _call_report(summaries: Iterable[SessionSummary], wall_offset: float) -> Rep
         for stream in summary.streams:
             packets += stream.packets_from_caller + stream.packets_from_callee
             bytes_ += stream.bytes_from_caller + stream.bytes_from_callee
+            rtcp += stream.rtcp_packets_from_caller + stream.rtcp_packets_from_callee
     created = min(summary.created for summary in items) + wall_offset
     return {
         "created": int(created),
         "created_us": round(created % 1 * 1_000_000) % 1_000_000,
         "last signal": int(max(summary.last_signal for summary in items) + wall_offset),
         "tags": tags,
-        "totals": {"RTP": {"packets": packets, "bytes": bytes_, "errors": 0}},
+        # rtpengine reports both blocks; RTCP bytes are not counted by this data plane.
+        "totals": {
+            "RTP": {"packets": packets, "bytes": bytes_, "errors": 0},
+            "RTCP": {"packets": rtcp, "bytes": 0, "errors": 0},
+        },
     }
 
 

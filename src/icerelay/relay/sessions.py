@@ -174,6 +174,8 @@ class StreamRecord:
     bytes_from_callee: int
     relay_ports: tuple[int | None, int | None]
     end_reason: StreamEndReason | None
+    rtcp_packets_from_caller: int = 0
+    rtcp_packets_from_callee: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -972,6 +974,8 @@ class SessionEngine:
                 bytes_from_callee=counters.b.bytes,
                 relay_ports=stream.relay_ports,
                 end_reason=stream.ended,
+                rtcp_packets_from_caller=counters.a.rtcp_packets,
+                rtcp_packets_from_callee=counters.b.rtcp_packets,
             )
 
 
