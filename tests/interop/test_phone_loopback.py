@@ -205,3 +205,14 @@ def test_ipv6_call_with_ice(tmp_path: Path) -> None:
     assert "ICE: completed, selected pair host [::1]:" in caller.stdout
     assert dominant_frequency(read_wav(tmp_path / "a.wav")[800:2400]) == pytest.approx(
         1000, abs=10)
+
+
+def test_caller_gives_up_while_ringing_and_cancels() -> None:
+    answerer, port = start_answerer("--ring", "5", "--debug")
+    caller = call(port, "--timeout", "1", "--debug")
+    code, output = finish(answerer)
+    assert caller.returncode == 1 and "call setup timed out" in caller.stdout, caller.stdout
+    assert "call progress: 180 Ringing" in caller.stdout
+    assert "CANCEL sip:bob@127.0.0.1" in caller.stdout  # after the 180 (RFC 3261 section 9.1)
+    assert "SIP/2.0 487 Request Terminated" in output
+    assert code == 1 and "call ended: cancelled by the caller" in output

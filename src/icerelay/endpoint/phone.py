@@ -96,6 +96,8 @@ class PhoneOptions:
     duration: float = 5.0
     setup_timeout: float = 30.0
     wait: float | None = None
+    ring: float = 0.0
+    """Seconds to ring (180) before answering an incoming call."""
     codec: str = "PCMU"
     rtp_address: str | None = None
     rtcp_mux: bool = False
@@ -379,13 +381,18 @@ class Phone:
             self._give_up_at = now + 5.0  # if the BYE is never answered
         if self._give_up_at is not None and now >= self._give_up_at:
             self._give_up_at = None
-            if self.call is not None and self.call.state not in (
-                CallState.TERMINATED,
-                CallState.CONFIRMED,
+            if self.call is not None and self.call.state in (
+                CallState.CALLING,
+                CallState.EARLY,
+                CallState.INCOMING,
             ):
-                self.ua.hangup(self.call, now)
+                # CANCEL (or 486 to an incoming call), then wait a moment for the 487 so the
+                # peer's transaction ends cleanly; the next expiry finishes regardless.
                 self.result.end_reason = "call setup timed out"
-            elif self.call is None:
+                self.ua.hangup(self.call, now)
+                self._give_up_at = now + 5.0
+                return
+            if self.call is None:
                 self.result.end_reason = "no incoming call"
             else:
                 self.result.end_reason = self.result.end_reason or "BYE not answered"
@@ -393,10 +400,17 @@ class Phone:
 
     def _service(self, now: float) -> None:
         assert self.ua is not None and self._sip is not None
-        for data, destination in self.ua.datagrams_to_send(now):
-            self._send_sip(data, self._resolve(destination))
-        while (event := self.ua.next_event()) is not None:
-            self._sip_event(event, now)
+        while True:
+            # Handling an event may make the UA queue more (a 180 for an incoming call): go
+            # round until both are empty, or it would wait for the next wake-up.
+            outgoing = self.ua.datagrams_to_send(now)
+            for data, destination in outgoing:
+                self._send_sip(data, self._resolve(destination))
+            event = self.ua.next_event()
+            if event is None and not outgoing:
+                break
+            if event is not None:
+                self._sip_event(event, now)
         session = self.session
         if session is None:
             return
@@ -480,7 +494,7 @@ class Phone:
             self._say(f"re-INVITE failed: {event.status}")
         elif isinstance(event, CallEnded) and event.call is self.call:
             self._say(f"call ended: {event.reason}")
-            self.result.end_reason = event.reason
+            self.result.end_reason = self.result.end_reason or event.reason
             self._finish(now)
 
     def _incoming(self, event: IncomingCall, now: float) -> None:
@@ -508,6 +522,8 @@ class Phone:
         self._rtcp_mux = remote.rtcp_mux  # RFC 5761: accept multiplexing when offered
         use_ice = self._ice_for(self._peer_name) and remote.has_ice
         answer = await self._local_sdp(offerer=False, ice=use_ice, remote=remote)
+        if self.options.ring > 0:
+            await asyncio.sleep(self.options.ring)
         if call.state is not CallState.INCOMING:
             return  # cancelled while we gathered
         self.ua.answer(call, answer, loop.time())
@@ -1075,6 +1091,13 @@ def _address(text: str, default_port: int) -> Address:
     help="SIP address to bind (port 0 picks one).",
 )
 @click.option("--answer", is_flag=True, help="Wait for a call and answer it.")
+@click.option(
+    "--ring",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="With --answer: seconds of ringing (180) before the 200 OK.",
+)
 @click.option("--proxy", metavar="HOST[:PORT]", help="Send the INVITE through this proxy.")
 @click.option(
     "--transport",
@@ -1170,6 +1193,7 @@ def phone(
     target: str | None,
     listen: str,
     answer: bool,
+    ring: float,
     proxy: str | None,
     transport: str | None,
     user: str,
@@ -1224,6 +1248,7 @@ def phone(
             target=target,
             listen=_address(listen, 5060),
             answer=answer,
+            ring=ring,
             proxy=_address(proxy, 5060) if proxy else None,
             transport=_transport(transport, target),
             username=auth_user or user,
