@@ -4,7 +4,9 @@ It places and answers calls (INVITE, provisional and final responses, ACK, BYE, 
 answers OPTIONS, sends and answers re-INVITEs, follows Record-Route, asks for ``rport``
 (RFC 3581) and answers from the port a request came from when the peer asked for it, and answers
 Digest challenges (401/407). One :class:`UserAgent` owns one transport address; the driver feeds it
-datagrams and time and sends what it returns::
+messages and time and sends what it returns. Over UDP it retransmits; over TCP (``transport="TCP"``
+for our requests; for the peer's, the Via says) it does not, and answers on the connection the
+request came on (the driver maps the source address to it)::
 
     ua = UserAgent(("192.0.2.10", 5060), user="alice")
     call = ua.call("sip:bob@192.0.2.20", offer_sdp, now)
