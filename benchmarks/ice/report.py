@@ -96,6 +96,10 @@ def render(data: dict[str, Any]) -> str:
             )
         lines.append("")
         lines += _verdict(impls, floor)
+        for impl, label in LABELS.items():
+            for failure in impls.get(impl, {}).get("failures", [])[:3]:
+                text = " ".join(failure[:300].split())
+                lines.append(f"- Failed run, {label}: `{text}`")
         lines.append("")
     for name, reason in data.get("skipped", {}).items():
         lines += [f"## {name}: not run", "", reason, ""]
@@ -159,23 +163,22 @@ def _notes() -> list[str]:
     return [
         "## Reading the figures",
         "",
-        "- **Checks to connected, host setups: icerelay 3-4, aioice 2.** Both agents send their "
+        "- **Checks to connected, host setups: icerelay 4-5, aioice 2.** Both agents send their "
         "first check at the same moment; each then receives the peer's check while its own is in "
         "flight. RFC 8445 section 7.3.1.4 says to cancel the in-progress check and send a "
         "triggered check on that pair, which icerelay does (one more check per side); aioice "
         "answers and keeps waiting for its first one. On a clean path both finish in one RTT.",
         "- **Regular vs aggressive nomination.** icerelay's default (regular, the only mode "
-        "RFC 8445 keeps) needs one more check with USE-CANDIDATE after the pair is valid, and "
-        "that check waits for the next pacing slot (Ta = 50 ms): completed = connected + Ta-ish "
-        "+ 1 RTT. aioice always nominates aggressively (USE-CANDIDATE in every check), so it is "
-        "compared like for like with icerelay's aggressive row; media can flow at *connected* in "
-        "both icerelay modes.",
+        "RFC 8445 keeps) needs one more check with USE-CANDIDATE once the pair is valid: "
+        "completed = connected + 1 RTT (the nomination check leaves at once, outside Ta). "
+        "aioice always nominates aggressively (USE-CANDIDATE in every check), so compare it "
+        "with icerelay's aggressive row for *completed*; media can flow at *connected* in both "
+        "icerelay modes.",
         "- **Through TURN the first check can be lost.** Each agent installs a permission for the "
         "peer's relayed address when it gets the candidates; a check that reaches the peer's "
-        "relay before the peer's CreatePermission reached the server is dropped there. The "
-        "slow runs show one more check: icerelay recovers with the triggered check on the next "
-        "Ta slot (~50 ms), aioice only when its STUN retransmission timer fires (~500 ms). That "
-        "makes both distributions bimodal on loopback, where the floor itself is ~0.3 ms.",
+        "relay before the peer's CreatePermission reached the server is dropped there. icerelay "
+        "answers the peer's next check with a triggered check at once; aioice waits for its STUN "
+        "retransmission timer (~500 ms), hence its outliers.",
         "- **TURN across 50 ms: about 2.5 RTT.** b's first check reaches a's relay before a's "
         "CreatePermission (which needs 25 ms to get to the server) and is dropped. icerelay's "
         "TURN client holds a's first check until the CreatePermission *success* is back "

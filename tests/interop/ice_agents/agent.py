@@ -119,7 +119,17 @@ async def run_icerelay(args: argparse.Namespace, reader: asyncio.StreamReader) -
     try:
         await connection.connect(timeout=args.timeout)
     except Exception as exc:  # report, the parent decides
-        emit("failed", error=repr(exc), state=connection.state.value)
+        # Enough to tell "no candidates", "checks failed" and "timed out" apart afterwards.
+        emit(
+            "failed",
+            t=time.monotonic(),
+            error=repr(exc),
+            state=connection.state.value,
+            checks_sent=connection.agent.checks_sent,
+            local=[str(c) for c in connection.local_candidates],
+            remote=[str(c) for c in connection.agent.remote_candidates],
+            pairs=[repr(p) for p in connection.agent.checklist.pairs],
+        )
         await connection.close()
         return
 
@@ -221,7 +231,7 @@ async def run_aioice(args: argparse.Namespace, reader: asyncio.StreamReader) -> 
     try:
         await asyncio.wait_for(connection.connect(), args.timeout)
     except Exception as exc:
-        emit("failed", error=repr(exc))
+        emit("failed", t=time.monotonic(), error=repr(exc))
         await connection.close()
         return
     pair = connection._nominated[1]  # aioice has no public accessor for the selected pair
