@@ -21,6 +21,7 @@ Example (TOML)::
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,9 +29,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from icerelay.relay.policy import IcePriority
 from icerelay.relay.sessions import RelayConfig
 
-__all__ = ["NG_DEFAULT", "RelayServiceConfig"]
+__all__ = ["DEFAULT_ACCOUNTING", "NG_DEFAULT", "RelayServiceConfig", "user_state_accounting"]
 
 NG_DEFAULT = ("127.0.0.1", 2223)
+#: Where records go by default (a system path: a daemon runs as root or its own user).
+DEFAULT_ACCOUNTING = "sqlite:///var/lib/icerelay/sessions.sqlite3"
+
+
+def user_state_accounting() -> str:
+    """The fallback store for a relay run as an ordinary user (``make run``): the XDG state
+    directory, ``$XDG_STATE_HOME/icerelay/sessions.sqlite3`` (``~/.local/state`` by default)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return "sqlite:///" + os.path.join(base, "icerelay", "sessions.sqlite3").lstrip("/")
 
 
 def _host_port(value: object) -> object:
@@ -86,7 +98,7 @@ class RelayServiceConfig(BaseModel):
     #: Where session records go: ``sqlite:///PATH`` (or a plain path), or a PostgreSQL URL
     #: ``postgresql://user:password@host/db`` (needs the ``postgres`` extra); empty: log only.
     #: When the database cannot be opened the relay runs on and logs the records.
-    accounting: str = "sqlite:///var/lib/icerelay/sessions.sqlite3"
+    accounting: str = DEFAULT_ACCOUNTING
     #: Replies kept for retransmitted ng requests.
     ng_cache_size: int = Field(default=10_000, ge=1)
     ng_cache_ttl: float = Field(default=30.0, gt=0)
@@ -95,6 +107,18 @@ class RelayServiceConfig(BaseModel):
     @classmethod
     def _parse_listen(cls, value: object) -> object:
         return _host_port(value)
+
+    @field_validator("accounting")
+    @classmethod
+    def _check_accounting(cls, value: str) -> str:
+        if not value or value.startswith(("sqlite:", "postgresql://", "postgres://")):
+            return value
+        if "://" in value:
+            scheme = value.split("://", 1)[0]
+            raise ValueError(
+                f"accounting store {scheme!r} is not supported (sqlite:///PATH or postgresql://...)"
+            )
+        return value
 
     @field_validator("address_ipv4", "address_ipv6", "advertised_ipv4", "advertised_ipv6")
     @classmethod

@@ -36,7 +36,11 @@ from icerelay.dataplane import DataPlane
 from icerelay.dataplane.userspace import UserspaceDataPlane
 from icerelay.errors import ControlError, RelayError
 from icerelay.relay.accounting import AccountingStore, open_accounting
-from icerelay.relay.config import RelayServiceConfig
+from icerelay.relay.config import (
+    DEFAULT_ACCOUNTING,
+    RelayServiceConfig,
+    user_state_accounting,
+)
 from icerelay.relay.forwarding import PortUnavailable
 from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.sessions import (
@@ -130,25 +134,27 @@ class RelayService:
         loop = asyncio.get_running_loop()
         self._wall_offset = time.time() - loop.time()
         self.handler.wall_offset = self._wall_offset
+        # First, so that a store that cannot work at all (ConfigError) fails the start before
+        # any socket is bound.
+        self.accounting = await asyncio.to_thread(self._open_accounting)
         listen = Address(*self.config.ng_listen)
-        self._udp = await UdpEndpoint.open(listen, self._on_datagram)
         try:
+            self._udp = await UdpEndpoint.open(listen, self._on_datagram)
             if self.config.ng_tcp:
                 # The same port as UDP, as rtpengine's ng listeners share one.
                 tcp_address = Address(listen.host, self._udp.local_address.port)
                 sock = bound_socket(tcp_address, socket.SOCK_STREAM)
                 self._tcp = await asyncio.start_server(self._on_tcp_client, sock=sock)
         except BaseException:
-            self._udp.close()
-            self._udp = None
+            if self._udp is not None:
+                self._udp.close()
+                self._udp = None
+            if self.accounting is not None:
+                await asyncio.to_thread(self.accounting.close)
+                self.accounting = None
             raise
         if self.config.mediaproxy_socket:
             await self._open_mediaproxy(Path(self.config.mediaproxy_socket))
-        try:
-            self.accounting = open_accounting(self.config.accounting)
-        except RelayError as error:
-            # Without a writable store the relay still relays; records go to the log only.
-            logger.warning("relay.accounting_disabled", extra={"reason": str(error)})
         self._tasks = [
             asyncio.create_task(self._worker(), name="relay-worker"),
             asyncio.create_task(self._timer(), name="relay-timer"),
@@ -163,6 +169,28 @@ class RelayService:
             },
         )
 
+    def _open_accounting(self) -> AccountingStore | None:
+        """The configured store; as an ordinary user, the default falls back to the user's
+        state directory. Never fatal: without a store, records go to the log only."""
+        url = self.config.accounting
+        try:
+            return open_accounting(url)
+        except RelayError as error:
+            if url != DEFAULT_ACCOUNTING:
+                logger.warning("relay.accounting_disabled", extra={"reason": str(error)})
+                return None
+            fallback = user_state_accounting()
+            try:
+                store = open_accounting(fallback)
+            except RelayError as second:
+                logger.warning("relay.accounting_disabled", extra={"reason": str(second)})
+                return None
+            logger.info(
+                "relay.accounting_fallback",
+                extra={"wanted": url, "using": fallback, "reason": str(error)},
+            )
+            return store
+
     async def _open_mediaproxy(self, path: Path) -> None:
         """Listen on MediaProxy's dispatcher socket; without the rights to, go on without it."""
         try:
@@ -175,8 +203,15 @@ class RelayService:
             path.chmod(0o666)
             self._unix_path = path
         except OSError as error:
+            # Typically an ordinary user (make run) who may not create /run/mediaproxy: the ng
+            # control still works; set relay.mediaproxy_socket to a writable path for OpenSIPS.
             logger.warning(
-                "relay.mediaproxy_disabled", extra={"path": str(path), "reason": str(error)}
+                "relay.mediaproxy_disabled",
+                extra={
+                    "path": str(path),
+                    "reason": error.strerror or str(error),
+                    "hint": "set relay.mediaproxy_socket to a writable path, or run as root",
+                },
             )
 
     async def stop(self) -> None:

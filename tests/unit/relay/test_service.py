@@ -442,3 +442,53 @@ def test_stop_right_after_a_request_never_hangs() -> None:
         run(main)
     else:
         uvloop.run(asyncio.wait_for(main(), 60))
+
+
+def test_start_failure_leaves_nothing_behind(tmp_path: Path) -> None:
+    async def main() -> None:
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        blocker.bind((HOST, 0))
+        port = blocker.getsockname()[1]
+        database = tmp_path / "a.sqlite3"
+        service = RelayService(config(ng_listen=(HOST, port), accounting=f"sqlite://{database}"))
+        try:
+            with pytest.raises(OSError):
+                await service.start()
+            assert service.accounting is None  # closed again: no writer thread left running
+        finally:
+            blocker.close()
+
+    run(main)
+
+
+def test_default_accounting_falls_back_to_the_user_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from icerelay.relay import service as service_module
+
+    # A default the user may not write (as /var/lib/icerelay is for anyone but root).
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    unwritable = f"sqlite://{blocker}/sessions.sqlite3"
+    monkeypatch.setattr(service_module, "DEFAULT_ACCOUNTING", unwritable)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+    async def main() -> None:
+        service = RelayService(config(accounting=unwritable))
+        await service.start()
+        try:
+            assert service.accounting is not None
+            assert service.accounting.location == str(
+                tmp_path / "state" / "icerelay" / "sessions.sqlite3"
+            )
+        finally:
+            await service.stop()
+
+    run(main)
+
+
+def test_unsupported_accounting_url_is_a_configuration_error() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="'mysql' is not supported"):
+        RelayServiceConfig(accounting="mysql://localhost/x")
