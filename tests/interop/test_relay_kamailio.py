@@ -259,11 +259,12 @@ class RelayThread:
 
     def __enter__(self) -> RelayThread:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(30)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(10)
+        # Generous: the machine running the suite may be loaded (stop itself takes milliseconds).
+        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()

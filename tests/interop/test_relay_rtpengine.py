@@ -116,11 +116,11 @@ def icerelay() -> Iterator[tuple[int, range]]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    asyncio.run_coroutine_threadsafe(service.start(), loop).result(10)
+    asyncio.run_coroutine_threadsafe(service.start(), loop).result(30)
     try:
         yield service.ng_address.port, range(first, first + 100)
     finally:
-        asyncio.run_coroutine_threadsafe(service.stop(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(service.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
