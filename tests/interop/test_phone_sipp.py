@@ -152,3 +152,27 @@ def test_sipp_puts_the_phone_on_hold(sipp: str, tmp_path: Path) -> None:
     assert result["reinvites"] == 1
     # About 1 s of media before the hold (50 packets), none during the second.
     assert 40 <= result["statistics"]["packets_sent"] <= 65, result["statistics"]
+
+
+def test_ice_mismatch_falls_back_to_plain_rtp(sipp: str, tmp_path: Path) -> None:
+    phone = subprocess.Popen(
+        [*PHONE, "--listen", "127.0.0.1:0", "--answer", "--wait", "20", "--duration", "10",
+         "--ice"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert phone.stderr is not None
+        first = phone.stderr.readline()
+        assert first.startswith("SIP on udp:"), first
+        phone_port = int(first.rsplit(":", 1)[1])
+        media_port = free_ports(4, kinds=("udp",), consecutive=True)[0]
+        uac = subprocess.run(
+            [*sipp_command(sipp, "uac_ice_mismatch.xml", free_port(kinds=("udp",)),
+                           media_port), "-s", "bob", "-d", "1000", f"127.0.0.1:{phone_port}"],
+            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        out, err = phone.communicate(timeout=20)
+    finally:
+        if phone.poll() is None:
+            phone.kill()
+            phone.communicate()
+    assert uac.returncode == 0, uac.stdout[-2000:]  # the answer had a=ice-mismatch
+    assert phone.returncode == 0, out + err
+    assert "ICE mismatch" in out and "symmetric RTP to 127.0.0.1:" in out

@@ -45,6 +45,9 @@ class LocalMedia:
     rtcp_mux: bool = False
     ice: IceDescription | None = None
     direction: str = "sendrecv"
+    ice_mismatch: bool = False
+    """Answer ``a=ice-mismatch`` (RFC 8839 section 5.4 / RFC 5245 section 5.1): the offer's
+    default destination was not among its candidates, so something rewrote the SDP."""
 
 
 @dataclass
@@ -101,6 +104,8 @@ def build_sdp(media: LocalMedia, origin: SdpOrigin, *, name: str = "icerelay") -
             remote = " ".join(f"{component} {address} {port}"
                               for component, address, port in media.ice.remote_candidates)
             lines.append(f"a=remote-candidates:{remote}")
+    if media.ice_mismatch and media.ice is None:
+        lines.append("a=ice-mismatch")
     lines.append(f"a={media.direction}")
     return ("\r\n".join(lines) + "\r\n").encode()
 
@@ -126,6 +131,18 @@ class RemoteMedia:
     def has_ice(self) -> bool:
         """RFC 8839 section 5.4: ICE needs ufrag, pwd and at least one candidate."""
         return bool(self.ice_ufrag and self.ice_pwd and self.candidates)
+
+    @property
+    def ice_mismatch(self) -> bool:
+        """ICE attributes are there but the default destination (``c=``/``m=``) is none of the
+        RTP candidates: a middlebox (a SIP ALG) rewrote the SDP without understanding ICE, and
+        RFC 8839 section 5.4 says to fall back to plain media with ``a=ice-mismatch``."""
+        if not self.has_ice:
+            return False
+        return not any(
+            c.component == 1 and c.address == self.rtp[0] and c.port == self.rtp[1]
+            for c in self.candidates
+        )
 
 
 def parse_remote(body: bytes, *, supported: tuple[Codec, ...] = (CODECS["PCMU"],

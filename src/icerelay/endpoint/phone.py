@@ -520,7 +520,9 @@ class Phone:
         assert self.ua is not None
         loop = asyncio.get_running_loop()
         self._rtcp_mux = remote.rtcp_mux  # RFC 5761: accept multiplexing when offered
-        use_ice = self._ice_for(self._peer_name) and remote.has_ice
+        use_ice = self._ice_for(self._peer_name) and remote.has_ice and not remote.ice_mismatch
+        if remote.ice_mismatch and self._ice_for(self._peer_name):
+            self._say("ICE mismatch: the offer's c=/m= is not one of its candidates; plain RTP")
         answer = await self._local_sdp(offerer=False, ice=use_ice, remote=remote)
         if self.options.ring > 0:
             await asyncio.sleep(self.options.ring)
@@ -742,6 +744,10 @@ class Phone:
             telephone_event=telephone_event,
             rtcp_mux=self._rtcp_mux if not offer else self.options.rtcp_mux,
             direction=direction,
+            ice_mismatch=bool(
+                self._remote is not None and not offer and self._remote.ice_mismatch
+                and self._ice_for(self._peer_name)
+            ),
         )
         return build_sdp(media, self.origin)
 

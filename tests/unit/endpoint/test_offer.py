@@ -97,3 +97,11 @@ def test_plain_peer_and_rtcp_attribute() -> None:
 def test_unusable_sdp(body: bytes) -> None:
     with pytest.raises(SdpError):
         parse_remote(body)
+
+
+def test_ice_mismatch_when_a_middlebox_rewrote_the_default() -> None:
+    rewritten = ASTERISK_OFFER.replace(b"c=IN IP4 10.0.1.40", b"c=IN IP4 198.51.100.7")
+    assert parse_remote(rewritten).ice_mismatch
+    assert not parse_remote(ASTERISK_OFFER).ice_mismatch  # 10.0.1.40:17234 is a candidate
+    body = build_sdp(LocalMedia("192.0.2.1", 4000, ice_mismatch=True), SdpOrigin())
+    assert b"a=ice-mismatch" in body and b"a=ice-ufrag" not in body
