@@ -22,7 +22,7 @@ from icerelay.control.ng import (
     Statistics,
     error_reply,
 )
-from icerelay.errors import IcerelayError
+from icerelay.errors import IcerelayError, RelayError
 from icerelay.relay.sessions import (
     MediaRequest,
     RelayOptions,
@@ -111,14 +111,21 @@ class NgHandler:
                 reply["warning"] = warning
             return reply
         if isinstance(command, Delete):
-            summaries = engine.delete(
-                command.call_id,
-                now,
-                from_tag=command.from_tag,
-                to_tag=command.to_tag,
-                via_branch=command.via_branch,
-                delay=None if command.delete_delay is None else float(command.delete_delay),
-            )
+            try:
+                summaries = engine.delete(
+                    command.call_id,
+                    now,
+                    from_tag=command.from_tag,
+                    to_tag=command.to_tag,
+                    via_branch=command.via_branch,
+                    delay=None if command.delete_delay is None else float(command.delete_delay),
+                )
+            except RelayError as error:
+                # A BYE for a call the relay already ended (a timeout, a crossed BYE) is
+                # normal; like rtpengine, only the "fatal" flag makes it an error.
+                if "fatal" in command.flags:
+                    raise
+                return {"result": "ok", "warning": str(error)}
             return {"result": "ok", **_call_report(summaries, self.wall_offset)}
         if isinstance(command, Query):
             summaries = engine.query(

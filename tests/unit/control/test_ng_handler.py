@@ -104,3 +104,11 @@ def test_statistics() -> None:
     assert current["portsused"] == 4 and current["portsfree"] == 96
     totals = statistics["totalstatistics"]
     assert isinstance(totals, dict) and totals["offers"] == 1 and totals["uptime"] == 60
+
+
+def test_deleting_an_unknown_call_warns_unless_fatal() -> None:
+    ng = handler()
+    reply = ng.handle(Delete("gone", "a"), 0.0)
+    assert reply == {"result": "ok", "warning": "unknown call call-id 'gone' from-tag 'a'"}
+    reply = ng.handle(Delete("gone", "a", flags=frozenset({"fatal"})), 0.0)
+    assert reply["result"] == "error"
