@@ -6,7 +6,7 @@ The reply keys follow rtpengine's (``result``, ``sdp``, ``created``, ``last sign
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from icerelay.control.ng import (
     Answer,
@@ -71,9 +71,12 @@ class NgHandler:
         counters: NgCounters | None = None,
         *,
         wall_offset: float = 0.0,
+        service_statistics: Callable[[], Mapping[str, ReplyValue]] | None = None,
     ) -> None:
         self.engine = engine
         self.counters = counters
+        #: The shell's own counters (data plane, accounting, ...), reported by ``statistics``.
+        self.service_statistics = service_statistics
         #: Added to the engine's (monotonic) times to give Unix times, which is what rtpengine
         #: reports and what monitoring scripts compute call ages from.
         self.wall_offset = wall_offset
@@ -159,7 +162,10 @@ class NgHandler:
             totals["retransmissions"] = self.counters.retransmissions
             totals["errors"] = self.counters.errors
             totals["commands"] = dict(self.counters.commands)
-        return {"currentstatistics": current, "totalstatistics": totals}
+        reply: Reply = {"currentstatistics": current, "totalstatistics": totals}
+        if self.service_statistics is not None:
+            reply["service"] = dict(self.service_statistics())
+        return reply
 
 
 def _warning(options: MediaOptions) -> str:

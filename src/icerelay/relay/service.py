@@ -29,6 +29,7 @@ from icerelay.control.ng import (
     NgProtocol,
     NgStreamFramer,
     Offer,
+    ReplyValue,
     error_reply,
 )
 from icerelay.control.ng_handler import NgHandler
@@ -97,7 +98,9 @@ class RelayService:
         self.protocol = NgProtocol(
             cache_size=self.config.ng_cache_size, cache_ttl=self.config.ng_cache_ttl
         )
-        self.handler = NgHandler(self.engine, self.protocol.counters)
+        self.handler = NgHandler(
+            self.engine, self.protocol.counters, service_statistics=self._statistics
+        )
         self.mediaproxy = MediaproxyHandler(self.engine)
         self._records = records
         self.accounting: AccountingStore | None = None
@@ -116,6 +119,18 @@ class RelayService:
         self._quarantined: dict[PortPair, float] = {}
         self._held: set[PortPair] = set()
         self.ports_quarantined = 0
+
+    def _statistics(self) -> dict[str, ReplyValue]:
+        """The shell's counters, for the ng ``statistics`` reply."""
+        accounting = self.accounting
+        return {
+            "forwardings_failed": self.install_failures,
+            "ports_quarantined": len(self._quarantined),
+            "mediaproxy_errors": self.mediaproxy.errors,
+            "records_written": accounting.written if accounting is not None else 0,
+            "records_failed": accounting.failed if accounting is not None else 0,
+            "accounting": accounting.location if accounting is not None else "",
+        }
 
     @property
     def ng_address(self) -> Address:

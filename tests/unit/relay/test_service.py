@@ -165,6 +165,8 @@ def test_call_through_the_relay() -> None:
             current = statistics[b"currentstatistics"]
             assert isinstance(current, dict)
             assert current[b"sessionsown"] == 1 and current[b"streams"] == 1
+            own = statistics[b"service"]
+            assert isinstance(own, dict) and own[b"forwardings_failed"] == 0
 
             deleted = await client.request(
                 {"command": "delete", "call-id": "c1@test", "from-tag": "alice", "delete delay": 0}
