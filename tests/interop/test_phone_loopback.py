@@ -216,3 +216,23 @@ def test_caller_gives_up_while_ringing_and_cancels() -> None:
     assert "CANCEL sip:bob@127.0.0.1" in caller.stdout  # after the 180 (RFC 3261 section 9.1)
     assert "SIP/2.0 487 Request Terminated" in output
     assert code == 1 and "call ended: cancelled by the caller" in output
+
+
+@pytest.mark.parametrize("lite_side", ["answerer", "caller"])
+def test_ice_lite_peer(lite_side: str, tmp_path: Path) -> None:
+    lite = ["--ice-lite"]
+    answerer, port = start_answerer("--ice", "--tone", "1000", "--debug",
+                                    *(lite if lite_side == "answerer" else []))
+    caller = call(port, "--ice", "--duration", "2", "--debug", "--record",
+                  str(tmp_path / "a.wav"), *(lite if lite_side == "caller" else []))
+    code, output = finish(answerer)
+    assert caller.returncode == 0, caller.stdout + caller.stderr
+    assert code == 0, output
+    lite_output, full_output = (output, caller.stdout) if lite_side == "answerer" else (
+        caller.stdout, output)
+    assert "a=ice-lite" in full_output  # the full agent saw the lite agent's SDP ...
+    assert "ICE state: completed" in full_output  # ... and, controlling, nominated
+    # The lite agent sent no checks of its own: it only answered (RFC 8445 section 2.5).
+    assert "checks sent" not in lite_output or "ICE: 0 checks sent" in lite_output
+    assert dominant_frequency(read_wav(tmp_path / "a.wav")[800:2400]) == pytest.approx(
+        1000, abs=10)

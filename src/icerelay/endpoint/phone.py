@@ -118,6 +118,9 @@ class PhoneOptions:
     turn_username: str | None = None
     turn_password: str | None = None
     relay_only: bool = False
+    ice_lite: bool = False
+    """Be an ICE-lite agent (RFC 8445 section 2.5): host candidates only, answer checks, never
+    control; what a server on a public address runs."""
     """Offer only relayed candidates (hide our addresses; aioice's TransportPolicy.RELAY)."""
     transport: str = "UDP"
     """SIP transport for our requests: UDP or TCP (we accept both)."""
@@ -531,7 +534,8 @@ class Phone:
         self.ua.answer(call, answer, loop.time())
         self._established(loop.time())
         if use_ice:
-            self._start_ice(remote, controlling=False)
+            # RFC 8445 section 6.1.1: facing an ICE-lite peer, the full agent controls.
+            self._start_ice(remote, controlling=remote.ice_lite)
         else:
             self._start_plain_media(remote)
         self._wake.set()
@@ -548,7 +552,8 @@ class Phone:
         self._remote = remote
         self._rtcp_mux = self._rtcp_mux and remote.rtcp_mux
         if self._ice is not None and remote.has_ice:
-            self._start_ice(remote, controlling=True)
+            # A lite agent never controls (RFC 8445 section 6.1.1); a full one facing us does.
+            self._start_ice(remote, controlling=not self.options.ice_lite)
         else:
             if self._ice is not None:
                 self._spawn(self._fall_back_to_plain(remote))
@@ -715,7 +720,9 @@ class Phone:
     ) -> bytes:
         use_ice = self._ice_for(self._peer_name) if ice is None else ice
         if use_ice:
-            await self._gather(controlling=offerer, remote=remote)
+            lite_peer = remote is not None and remote.ice_lite
+            controlling = (offerer or lite_peer) and not self.options.ice_lite
+            await self._gather(controlling=controlling, remote=remote)
         elif self._rtp is None:
             await self._bind_media()
         return self._current_sdp(offer=offerer)
@@ -786,6 +793,7 @@ class Phone:
             port_range = rtp_conf.port_range
         self._ice = Connection(
             controlling=controlling,
+            lite=self.options.ice_lite,
             components=components,
             stun_servers=self.options.stun_servers,
             turn_servers=turn,
@@ -839,7 +847,11 @@ class Phone:
             telephone_event=telephone_event,
             rtcp_mux=self._rtcp_mux,
             ice=IceDescription(
-                connection.local_username, connection.local_password, candidates, remote_candidates
+                connection.local_username,
+                connection.local_password,
+                candidates,
+                remote_candidates,
+                lite=self.options.ice_lite,
             ),
             direction=direction,
         )
@@ -1184,6 +1196,7 @@ def _address(text: str, default_port: int) -> Address:
 @click.option("--turn-user", help="TURN user name.")
 @click.option("--turn-password", help="TURN password.")
 @click.option("--relay-only", is_flag=True, help="With --ice: offer only relayed candidates.")
+@click.option("--ice-lite", is_flag=True, help="With --ice: be an ICE-lite agent (a=ice-lite).")
 @click.option(
     "--external-address",
     metavar="IP[:PORT]",
@@ -1224,6 +1237,7 @@ def phone(
     turn_user: str | None,
     turn_password: str | None,
     relay_only: bool,
+    ice_lite: bool,
     external_address: str | None,
     debug: bool,
     as_json: bool,
@@ -1280,6 +1294,7 @@ def phone(
             turn_username=turn_user,
             turn_password=turn_password,
             relay_only=relay_only,
+            ice_lite=ice_lite,
             external_address=_address(external_address, 0) if external_address else None,
             debug=debug,
             as_json=as_json,
