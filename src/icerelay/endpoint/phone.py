@@ -393,6 +393,9 @@ class Phone:
                 # peer's transaction ends cleanly; the next expiry finishes regardless.
                 self.result.end_reason = "call setup timed out"
                 self.ua.hangup(self.call, now)
+                if self.call.outgoing and not self.call.provisional_received:
+                    self._finish(now)  # nobody answered at all: there is no one to CANCEL
+                    return
                 self._give_up_at = now + 5.0
                 return
             if self.call is None:

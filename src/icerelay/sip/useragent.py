@@ -100,6 +100,11 @@ class Call:
     def established(self) -> bool:
         return self.state is CallState.CONFIRMED
 
+    @property
+    def provisional_received(self) -> bool:
+        """Whether our INVITE got a provisional response, so a CANCEL can go now (9.1)."""
+        return self._got_provisional
+
 
 @dataclass(frozen=True)
 class IncomingCall:
