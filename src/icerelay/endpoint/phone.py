@@ -304,6 +304,9 @@ class Phone:
             if options.transport == "TCP":
                 raise
             self._say(f"no SIP over TCP on port {local[1]}: {exc}")
+        if local[0] in ("0.0.0.0", "::"):
+            # Via and Contact need an address the peer can reach, not the wildcard.
+            local = (self._sip_host(), local[1])
         self.ua = UserAgent(
             local,
             user=options.user,
