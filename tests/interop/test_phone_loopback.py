@@ -185,7 +185,7 @@ def test_sip_over_tcp(tmp_path: Path) -> None:
         1000, abs=10)
 
 
-def test_ipv6_call_with_ice(tmp_path: Path) -> None:
+def test_ipv6_call_with_ice_and_rtcp_mux(tmp_path: Path) -> None:
     process = subprocess.Popen([*PHONE, "--listen", "[::1]:0", "--answer", "--wait", "15",
                                 "--ice", "--tone", "1000", "--debug"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -196,13 +196,16 @@ def test_ipv6_call_with_ice(tmp_path: Path) -> None:
         pytest.skip(f"no IPv6 loopback here: {first!r} {process.communicate()}")
     port = int(first.rsplit(":", 1)[1])
     caller = subprocess.run([*PHONE, f"sip:bob@[::1]:{port}", "--listen", "[::1]:0", "--ice",
-                             "--duration", "1", "--record", str(tmp_path / "a.wav")],
+                             "--rtcp-mux", "--rtcp-interval", "0.5", "--duration", "1.5",
+                             "--record", str(tmp_path / "a.wav")],
                             capture_output=True, text=True, timeout=30)
     code, output = finish(process)
     assert caller.returncode == 0, caller.stdout + caller.stderr
     assert code == 0, output
     assert "c=IN IP6 ::1" in output and "typ host" in output
     assert "ICE: completed, selected pair host [::1]:" in caller.stdout
+    # One component with rtcp-mux (RFC 5761): the peer's RTCP reports arrive on the RTP pair.
+    assert "a=rtcp-mux" in output and "peer reports: lost 0" in caller.stdout
     assert dominant_frequency(read_wav(tmp_path / "a.wav")[800:2400]) == pytest.approx(
         1000, abs=10)
 
