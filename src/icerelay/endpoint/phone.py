@@ -74,6 +74,9 @@ if TYPE_CHECKING:
 Address = tuple[str, int]
 Output = Callable[[str], None]
 
+MAX_SIP_MESSAGE = 1 << 20
+"""Largest SIP message taken from a TCP connection (a call's SDP is a few kilobytes)."""
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -183,6 +186,11 @@ class _Tcp(asyncio.Protocol):
                 self.close()  # not SIP, or a header larger than we accept: drop the connection
                 return
             if length is None:
+                if len(self._buffer) > MAX_SIP_MESSAGE:
+                    self.close()  # a body we will never accept: stop buffering it
+                return
+            if length > MAX_SIP_MESSAGE:
+                self.close()
                 return
             message, self._buffer = self._buffer[:length], self._buffer[length:]
             assert self.peer is not None
