@@ -179,6 +179,7 @@ def test_lifetime_is_clamped_and_refresh_zero_deletes() -> None:
     assert error_code(client.refresh()) == 437
     events = [engine.next_event() for _ in range(2)]
     assert isinstance(events[1], AllocationDeleted) and events[1].reason == "refresh"
+    assert events[1].duration == 0.0 and events[1].bytes_to_peers == 0
 
 
 def test_refresh_with_other_family_gets_443() -> None:

@@ -176,7 +176,9 @@ class AllocationCreated:
 
 @dataclass(frozen=True, slots=True)
 class AllocationDeleted:
-    """An allocation ended: ``reason`` is "refresh" (lifetime 0), "expired", "connection"."""
+    """An allocation ended: ``reason`` is "refresh" (lifetime 0), "expired", "connection".
+
+    The traffic figures make it an accounting record (what a CDR needs)."""
 
     five_tuple: FiveTuple
     username: str
@@ -184,6 +186,10 @@ class AllocationDeleted:
     reason: str
     packets_to_peers: int
     packets_to_client: int
+    bytes_to_peers: int = 0
+    bytes_to_client: int = 0
+    #: Seconds the allocation lived.
+    duration: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +394,7 @@ class TurnServerEngine:
         """A TCP/TLS client connection closed: its allocation ends with it."""
         allocation = self._by_tuple.get((transport, source, destination))
         if allocation is not None:
-            self._delete(allocation, "connection")
+            self._delete(allocation, "connection", now)
 
     def handle_timer(self, now: float) -> None:
         """Expire whatever is due at *now*."""
@@ -404,7 +410,7 @@ class TurnServerEngine:
                     continue  # deleted, or a superseded entry
                 if allocation.expires <= now:
                     self.counters["allocations_expired"] += 1
-                    self._delete(allocation, "expired")
+                    self._delete(allocation, "expired", now)
                 else:
                     allocation.timer_at = allocation.expires
                     self._at(allocation.expires, "allocation", allocation)
@@ -485,7 +491,7 @@ class TurnServerEngine:
         if release_port:
             self._release_relay((reservation.relay_host, reservation.port))
 
-    def _delete(self, allocation: Allocation, reason: str) -> None:
+    def _delete(self, allocation: Allocation, reason: str, now: float) -> None:
         del self._by_tuple[allocation.five_tuple]
         for relay in allocation.relays.values():
             self._by_relay.pop(relay, None)
@@ -504,6 +510,9 @@ class TurnServerEngine:
                 reason,
                 allocation.packets_to_peers,
                 allocation.packets_to_client,
+                allocation.bytes_to_peers,
+                allocation.bytes_to_client,
+                max(0.0, now - allocation.created),
             )
         )
         self._check_drained()
@@ -876,7 +885,7 @@ class TurnServerEngine:
         requested = message.get(A.LIFETIME)
         response = message.response()
         if requested == 0:
-            self._delete(allocation, "refresh")
+            self._delete(allocation, "refresh", now)
             response.add(A.LIFETIME, 0)
             return response
         lifetime = _lifetime(requested, self.config.default_lifetime, self.config.max_lifetime)

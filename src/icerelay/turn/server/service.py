@@ -627,13 +627,17 @@ class TurnService:
             elif isinstance(event, AllocationDeleted):
                 logger.info(
                     "turn allocation deleted client=%s user=%s relayed=%s reason=%s "
-                    "packets_to_peers=%d packets_to_client=%d",
+                    "duration=%.0f packets_to_peers=%d packets_to_client=%d "
+                    "bytes_to_peers=%d bytes_to_client=%d",
                     _fmt([event.five_tuple[1]]),
                     event.username,
                     _fmt(list(event.relayed)),
                     event.reason,
+                    event.duration,
                     event.packets_to_peers,
                     event.packets_to_client,
+                    event.bytes_to_peers,
+                    event.bytes_to_client,
                 )
             elif isinstance(event, Drained):
                 logger.info("turn server drained worker=%d", self.worker_index)
