@@ -10,7 +10,8 @@
   have no allocation. Exactness is not needed there: the engine compares expiry times on every
   packet anyway.
 - :meth:`TurnService.drain` (``SIGUSR1`` under ``icerelay serve``) puts the engine in drain
-  mode; :meth:`TurnService.wait_drained` returns when the last allocation has ended.
+  mode; :meth:`TurnService.wait_drained` returns when the last allocation has ended. SIGUSR2
+  logs every non-zero counter.
 - ``workers > 1``: the service also starts ``workers - 1`` worker processes (spawned, each with
   its own event loop and engine). Every worker binds the same listening addresses with
   SO_REUSEPORT, so the kernel spreads clients over them and keeps each client (its 5-tuple) on
@@ -445,6 +446,7 @@ class TurnService:
         if self.daemon and self._loop is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self._loop.remove_signal_handler(signal.SIGUSR1)
+                self._loop.remove_signal_handler(signal.SIGUSR2)
         if self._workers:
             await self._stop_workers()
         if self._tick is not None:
@@ -487,8 +489,22 @@ class TurnService:
         os.kill(os.getpid(), signal.SIGTERM)
 
     def add_signal_handlers(self, signum: int = signal.SIGUSR1) -> None:
-        """Drain on *signum* (SIGUSR1 by default)."""
+        """Drain on *signum* (SIGUSR1 by default); log the counters on SIGUSR2."""
         self.loop.add_signal_handler(signum, self.drain)
+        self.loop.add_signal_handler(signal.SIGUSR2, self.log_status)
+
+    def log_status(self) -> None:
+        """One log line with every non-zero counter (SIGUSR2 under ``icerelay serve``); each
+        worker process logs its own."""
+        for process in self._workers:
+            if process.returncode is None:
+                process.send_signal(signal.SIGUSR2)
+        counters = {key: value for key, value in self.status().items() if value}
+        logger.info(
+            "turn status worker=%d %s",
+            self.worker_index,
+            " ".join(f"{key}={value}" for key, value in counters.items()),
+        )
 
     # --- RelayBinder --------------------------------------------------------------------
 
@@ -717,6 +733,7 @@ async def _worker(
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, service.drain)
+    loop.add_signal_handler(signal.SIGUSR2, service.log_status)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.wait_drained())]
