@@ -272,7 +272,8 @@ class TurnServerEngine:
         self._timers: list[tuple[float, int, str, Any]] = []
         self._timer_seq = 0
         self._out: list[Transmit] = []
-        self._events: deque[Event] = deque()
+        # Bounded: a shell that never asks for events (a simulation) must not grow memory.
+        self._events: deque[Event] = deque(maxlen=65536)
         self._drained_sent = False
         self._next_error_log = float("-inf")
         self._log_limiter = LogLimiter(60.0)
