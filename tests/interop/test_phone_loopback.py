@@ -187,7 +187,7 @@ def test_sip_over_tcp(tmp_path: Path) -> None:
 
 def test_ipv6_call_with_ice_and_rtcp_mux(tmp_path: Path) -> None:
     process = subprocess.Popen([*PHONE, "--listen", "[::1]:0", "--answer", "--wait", "15",
-                                "--ice", "--tone", "1000", "--debug"],
+                                "--ice", "--tone", "1000", "--debug", "--rtcp-interval", "0.5"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     first = process.stderr.readline()
