@@ -6,6 +6,7 @@
 - :mod:`.dtmf`: telephone-events (RFC 4733);
 - :mod:`.audio`: tone and WAV sources, the recorder, level/frequency measurement;
 - :mod:`.session`: :class:`RtpSession`, a sans-I/O RTP session that paces, reports and records;
+- :mod:`.offer`: the audio SDP offer/answer (the Asterisk-shaped ICE offer, reading the peer's);
 - :mod:`.phone`: the ``icerelay phone`` command (SIP user agent + RTP session, with or without ICE).
 """
 

@@ -13,6 +13,12 @@ With ICE the offer carries the candidates in the shape of asterisk-ice.txt; medi
 pair ICE selects; once ICE completes the controlling agent (the caller) sends the updated offer
 in a re-INVITE with the selected candidate in ``c=``/``m=`` and ``a=remote-candidates``
 (RFC 8445 section 8.1.2 / RFC 8839 section 4.2.2); the answerer handles it.
+
+As a library (the command is a thin layer over this)::
+
+    result = await Phone(PhoneOptions(target="sip:bob@192.0.2.20", ice=True, duration=10,
+                                      stun_servers=[("192.0.2.1", 3478)])).run()
+    result.media_both_ways, result.ice_pair, result.statistics.to_text()
 """
 
 from __future__ import annotations
