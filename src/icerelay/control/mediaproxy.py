@@ -319,6 +319,15 @@ def _sdp(command: MediaproxyUpdate) -> bytes:
         lines.append(f"c=IN {stream_family} {address}")
         if stream.direction is not None:
             lines.append(f"a={stream.direction}")
+        if stream.ice and stream.port:
+            # The module only says "this party does ICE"; stand-in ICE lines carry that to the
+            # engine, so silence after ICE went around the relay is not taken for a dead call.
+            # (The module writes its own relay candidate into the real SDP.)
+            lines += [
+                "a=ice-ufrag:mediaproxy",
+                "a=ice-pwd:mediaproxyicepassword00",
+                f"a=candidate:1 1 UDP 2130706431 {address} {stream.port} typ host",
+            ]
     return ("\r\n".join(lines) + "\r\n").encode()
 
 

@@ -18,13 +18,15 @@ from icerelay.control.mediaproxy import (
     parse_command,
 )
 from icerelay.errors import ControlError
-from icerelay.relay.forwarding import Forwarding
+from icerelay.relay.forwarding import Forwarding, ForwardingCounters
 from icerelay.relay.ports import PortPool
 from icerelay.relay.sessions import (
     ForwardingInstalled,
     RelayConfig,
     SessionEnded,
     SessionEngine,
+    StreamEnded,
+    StreamEndReason,
     TerminationReason,
 )
 from icerelay.stun import Address
@@ -205,3 +207,27 @@ def test_errors_answer_error() -> None:
     assert handler.handle(REMOVE, 0.0) == b"error\r\n"  # unknown call
     assert handler.handle(update(kind="reply"), 0.0) == b"error\r\n"  # a reply without to_tag
     assert handler.errors == 3
+
+
+def test_ice_parties_are_not_hung_up_on_when_ice_went_around_the_relay() -> None:
+    counters: dict[str, ForwardingCounters] = {}
+    relay = SessionEngine(
+        RelayConfig(addresses={4: "192.0.2.1"}, media_timeout=30.0),
+        PortPool(40000, 40099, rng=random.Random(1)),
+        counters=counters.get,
+    )
+    handler = MediaproxyHandler(relay)
+    handler.handle(update(media="audio:10.0.0.5:5000:sendrecv:ice=yes"), 0.0)
+    handler.handle(
+        update(kind="reply", to_tag="bobtag", media="audio:198.51.100.9:7000:sendrecv:ice=yes"),
+        1.0,
+    )
+    (key,) = {e.forwarding.key for e in drain(relay) if isinstance(e, ForwardingInstalled)}
+    counters[key] = ForwardingCounters()
+    counters[key].a.stun_requests = 3  # checks crossed the relay; media then went direct
+    relay.handle_timer(31.0)
+    events = drain(relay)
+    assert StreamEnded("9f3b@192.0.2.10", "alicetag", "bobtag", 0, StreamEndReason.ICE_DIRECT) in (
+        events
+    )
+    assert relay.session_count == 1
