@@ -146,7 +146,9 @@ def test_asterisk_configuration_per_peer_icesupport(tmp_path: Path) -> None:
     (tmp_path / "sip.conf").write_text(
         f"[general]\nicesupport=no\n[peers](!)\nicesupport=yes\n"
         f"[bob](peers)\nhost=127.0.0.1\nport={port}\ndefaultuser=robert\n")
-    (tmp_path / "rtp.conf").write_text("[general]\nrtpstart=21000\nrtpend=21100\n")
+    (tmp_path / "rtp.conf").write_text(
+        "[general]\nrtpstart=21000\nrtpend=21100\n"
+        "[ice_host_candidates]\n127.0.0.1 => 127.0.0.3,include_local_address\n")
     caller = subprocess.run(
         [*PHONE, "bob", "--sip-conf", str(tmp_path / "sip.conf"), "--rtp-conf",
          str(tmp_path / "rtp.conf"), "--duration", "1", "--debug"],
@@ -159,6 +161,12 @@ def test_asterisk_configuration_per_peer_icesupport(tmp_path: Path) -> None:
     assert "the peer does not do ICE: plain RTP" in caller.stdout  # declined, per [icerelay]
     offer_port = int(caller.stdout.split("m=audio ", 1)[1].split()[0])
     assert 21000 <= offer_port <= 21100
+    # [ice_host_candidates]: the 1:1 NAT address is advertised, and the local one kept.
+    offer = caller.stdout.split("INVITE sip:", 1)[1].split("<------------->", 1)[0]
+    host_candidates = [line for line in offer.splitlines()
+                       if line.startswith("a=candidate:") and "typ host" in line]
+    assert any(f" 127.0.0.3 {offer_port} " in line for line in host_candidates), offer
+    assert any(f" 127.0.0.1 {offer_port} " in line for line in host_candidates), offer
 
 
 def test_rtp_conf_icesupport_no_wins_over_the_flag(tmp_path: Path) -> None:
