@@ -22,7 +22,11 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.turn", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny loads, < 1 minute")
-    parser.add_argument("--servers", default="icerelay,coturn", help="comma-separated")
+    parser.add_argument(
+        "--servers",
+        default="icerelay,icerelay-workers,coturn",
+        help="comma-separated: " + ", ".join(servers.SERVERS),
+    )
     parser.add_argument("--seconds", type=float, help="length of each load step")
     parser.add_argument("--port", type=int, default=servers.Settings.port)
     args = parser.parse_args(argv)

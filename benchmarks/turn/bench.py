@@ -37,6 +37,7 @@ class Plan:
     # (clients, window) of each allocation-rate run: a few in flight (latency-bound, like
     # clients arriving one by one) and many in flight (what the server can take).
     alloc_runs: tuple[tuple[int, int], ...]
+    alloc_repeats: int  # each allocation run, servers taking turns; the best counts
     max_streams: int
 
     @classmethod
@@ -68,16 +69,18 @@ class Plan:
             ),
             alloc_window=32,
             alloc_runs=((2000, 8), (4000, 128)),
+            alloc_repeats=3,
             max_streams=7000,
         )
 
     @classmethod
     def smoke(cls) -> Plan:
         return cls(
-            seconds=2.0,
+            seconds=1.5,
             steps=(20, 100),
             alloc_window=16,
             alloc_runs=((200, 8), (200, 64)),
+            alloc_repeats=1,
             max_streams=100,
         )
 
@@ -425,9 +428,8 @@ def allocation_rates(
     plan: Plan,
     workdir: Path,
     log: Any,
-    repeats: int = 3,
 ) -> dict[str, Result]:
-    """Every allocation run ``repeats`` times, servers taking turns; the best run counts.
+    """Every allocation run ``plan.alloc_repeats`` times, servers taking turns; best counts.
 
     Runs last a few seconds, so one burst of other load on a shared machine can halve one;
     the best of a few, taken the same way for both servers, is the capacity figure.
@@ -435,7 +437,7 @@ def allocation_rates(
     out: dict[str, Result] = {cls.name: {"runs": []} for cls in server_classes}
     failed: set[str] = set()
     for count, window in plan.alloc_runs:
-        for _ in range(repeats):
+        for _ in range(plan.alloc_repeats):
             for cls in server_classes:
                 if cls.name in failed:
                     continue

@@ -33,7 +33,16 @@ def _get(data: Result, server: str, *path: str) -> Any:
     return node
 
 
-def _light_step(data: Result) -> tuple[Result, Result] | None:
+def _names(data: Result) -> list[str]:
+    """Servers in the order they were measured (icerelay variants first, then coturn)."""
+    return list(data["servers"])
+
+
+def _ours(data: Result) -> list[str]:
+    return [name for name in data["servers"] if name != THEIRS]
+
+
+def _light_step(data: Result, ours: str = OURS) -> tuple[Result, Result] | None:
     """Both servers' first passing step at 100 streams (or the smallest common one)."""
     steps = {
         server: {
@@ -41,16 +50,16 @@ def _light_step(data: Result) -> tuple[Result, Result] | None:
             for s in _get(data, server, "streams", "steps") or []
             if "error" not in s and s["loss_pct"] <= data["plan"]["loss_limit_pct"]
         }
-        for server in (OURS, THEIRS)
+        for server in (ours, THEIRS)
     }
-    common = sorted(set(steps[OURS]) & set(steps[THEIRS]))
+    common = sorted(set(steps[ours]) & set(steps[THEIRS]))
     if not common:
         return None
     n = 100 if 100 in common else common[0]
-    return steps[OURS][n], steps[THEIRS][n]
+    return steps[ours][n], steps[THEIRS][n]
 
 
-def _common_step(data: Result) -> tuple[int | None, Result, Result]:
+def _common_step(data: Result, ours: str = OURS) -> tuple[int | None, Result, Result]:
     """Both servers' steps at the largest stream count both sustained.
 
     Latency and CPU per packet depend on load, so they are compared at the same load.
@@ -64,12 +73,12 @@ def _common_step(data: Result) -> tuple[int | None, Result, Result]:
             if "error" not in s and s["loss_pct"] <= data["plan"]["loss_limit_pct"]
         }
 
-    ours, theirs = good(OURS), good(THEIRS)
-    common = sorted(set(ours) & set(theirs))
+    mine, theirs = good(ours), good(THEIRS)
+    common = sorted(set(mine) & set(theirs))
     if not common:
         return None, {}, {}
     n = common[-1]
-    return n, ours[n], theirs[n]
+    return n, mine[n], theirs[n]
 
 
 def _limit_note(data: Result, server: str) -> str:
@@ -94,7 +103,7 @@ def _findings(data: Result) -> list[str]:
     """Sentences computed from the figures, and the caveats that go with them."""
     lines = ["## Findings and caveats\n"]
     add = lines.append
-    for name in (OURS, THEIRS):
+    for name in _names(data):
         fail = _first_failure(data, name)
         if fail is None or _get(data, name, "streams", "limited_by") != "server loss":
             continue
@@ -132,7 +141,7 @@ def _findings(data: Result) -> list[str]:
         )
     steps = [
         s
-        for name in (OURS, THEIRS)
+        for name in _names(data)
         for s in _get(data, name, "streams", "steps") or []
         if "background_cpu_pct" in s
     ]
@@ -149,7 +158,7 @@ def _findings(data: Result) -> list[str]:
             "ratios mean more than the absolute figures; CPU per relayed packet and memory "
             "per allocation are the figures least moved by the background load."
         )
-    for name in (OURS, THEIRS):
+    for name in _names(data):
         runs = _get(data, name, "allocation", "runs") or []
         for window in sorted({r["window"] for r in runs}):
             rates = sorted(r["allocations_per_s"] for r in runs if r["window"] == window)
@@ -166,8 +175,9 @@ def _findings(data: Result) -> list[str]:
     )
     threads = data["environment"].get("coturn_threads")
     add(
-        f"- coturn runs {threads or 'several'} threads and can use both CPUs; icerelay is one "
-        "Python process (asyncio with uvloop) and can use at most one."
+        f"- coturn runs {threads or 'several'} threads and can use every CPU; `icerelay` is one "
+        "Python process (asyncio with uvloop) and can use at most one CPU, `icerelay-workers` "
+        f"one process per CPU ({data['environment']['cpus']})."
     )
     add(
         "- icerelay keeps its safe defaults where they do not bind: per-allocation bandwidth "
@@ -182,10 +192,9 @@ def _findings(data: Result) -> list[str]:
 
 def summary(data: Result) -> Result:
     """One line of history: the headline figures of a run, to compare runs with each other."""
-    n, o_step, c_step = _common_step(data)
     steps = [
         s
-        for name in (OURS, THEIRS)
+        for name in _names(data)
         for s in _get(data, name, "streams", "steps") or []
         if "background_cpu_pct" in s
     ]
@@ -194,9 +203,8 @@ def summary(data: Result) -> Result:
         "started_utc": data["started_utc"],
         "icerelay_version": _get(data, OURS, "version"),
         "background_cpu_pct_median": background[len(background) // 2] if background else None,
-        "common_streams": n,
     }
-    for name in (OURS, THEIRS):
+    for name in _names(data):
         line[f"{name}_streams"] = _get(data, name, "streams", "sustained_streams")
         line[f"{name}_relayed_pps"] = _get(data, name, "streams", "sustained_relayed_pps")
         line[f"{name}_limited_by"] = _get(data, name, "streams", "limited_by")
@@ -205,8 +213,14 @@ def summary(data: Result) -> Result:
         )
         best = _get(data, name, "allocation", "best_by_window") or {}
         line[f"{name}_allocations_per_s"] = {w: r["allocations_per_s"] for w, r in best.items()}
-    line["icerelay_cpu_us_per_packet"] = o_step.get("server_cpu_us_per_packet")
-    line["coturn_cpu_us_per_packet"] = c_step.get("server_cpu_us_per_packet")
+    for ours in _ours(data):
+        n, o_step, c_step = _common_step(data, ours)
+        # CPU per packet only compares at the same load: keep the pair and the load.
+        line[f"{ours}_cpu_vs_coturn"] = [
+            o_step.get("server_cpu_us_per_packet"),
+            c_step.get("server_cpu_us_per_packet"),
+            n,
+        ]
     return line
 
 
@@ -215,61 +229,62 @@ def _history_table(history: list[Result]) -> list[str]:
         "## Every full run so far\n",
         "Runs differ mostly in how busy the shared machine was; the spread is the honest error "
         "bar of the figures above. Ratios: icerelay / coturn (above 1.00x: icerelay better).\n",
-        "| run (UTC) | icerelay code | other processes % (median) | streams icerelay / coturn "
-        "| ratio | allocations/s ratio (per window) | CPU/packet icerelay / coturn | bytes per "
-        "allocation icerelay / coturn |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| run (UTC) | icerelay code | variant | other processes % (median) | streams "
+        "variant / coturn | ratio | allocations/s ratio (per window) | CPU/packet variant / "
+        "coturn | bytes per allocation variant / coturn |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for h in history:
-        o_n, c_n = h.get("icerelay_streams"), h.get("coturn_streams")
-        o_a, c_a = (
-            h.get("icerelay_allocations_per_s") or {},
-            h.get("coturn_allocations_per_s") or {},
+        variants = sorted(
+            key.removesuffix("_streams")
+            for key in h
+            if key.endswith("_streams") and key.startswith("icerelay")
         )
-        alloc = ", ".join(
-            f"W={w}: {_ratio(o_a.get(w), c_a.get(w))}" for w in sorted(o_a, key=int) if w in c_a
-        )
-        o_cpu, c_cpu = h.get("icerelay_cpu_us_per_packet"), h.get("coturn_cpu_us_per_packet")
-        cpu = f"{o_cpu} / {c_cpu} us" if o_cpu and c_cpu else "n/a"
-        if h.get("common_streams"):
-            cpu += f" at {h['common_streams']} streams"
-        mem = f"{_fmt(h.get('icerelay_bytes_per_allocation'))} / "
-        mem += f"{_fmt(h.get('coturn_bytes_per_allocation'))}"
-        limited = " (coturn: generator-bound)" if h.get("coturn_limited_by") == "generator" else ""
-        add_bg = h.get("background_cpu_pct_median")
-        lines.append(
-            f"| {h['started_utc'][:16]} | "
-            f"{(h.get('icerelay_version') or 'n/a').removeprefix('icerelay ')} | "
-            f"{add_bg if add_bg is not None else 'n/a'} | {_fmt(o_n)} / {_fmt(c_n)}{limited} | "
-            f"{_ratio(o_n, c_n)} | {alloc or 'n/a'} | {cpu} | {mem} |"
-        )
+        for ours in variants:
+            o_n, c_n = h.get(f"{ours}_streams"), h.get("coturn_streams")
+            o_a = h.get(f"{ours}_allocations_per_s") or {}
+            c_a = h.get("coturn_allocations_per_s") or {}
+            alloc = ", ".join(
+                f"W={w}: {_ratio(o_a.get(w), c_a.get(w))}" for w in sorted(o_a, key=int) if w in c_a
+            )
+            pair = h.get(f"{ours}_cpu_vs_coturn")
+            if pair is None and ours == OURS:  # first runs kept these under other keys
+                pair = [
+                    h.get("icerelay_cpu_us_per_packet"),
+                    h.get("coturn_cpu_us_per_packet"),
+                    h.get("common_streams"),
+                ]
+            cpu = "n/a"
+            if pair and pair[0] and pair[1]:
+                cpu = f"{pair[0]} / {pair[1]} us at {pair[2]} streams"
+            mem = f"{_fmt(h.get(f'{ours}_bytes_per_allocation'))} / "
+            mem += f"{_fmt(h.get('coturn_bytes_per_allocation'))}"
+            limited = (
+                " (coturn: generator-bound)" if h.get("coturn_limited_by") == "generator" else ""
+            )
+            background = h.get("background_cpu_pct_median")
+            lines.append(
+                f"| {h['started_utc'][:16]} | "
+                f"{(h.get('icerelay_version') or 'n/a').removeprefix('icerelay ')} | {ours} | "
+                f"{background if background is not None else 'n/a'} | "
+                f"{_fmt(o_n)} / {_fmt(c_n)}{limited} | {_ratio(o_n, c_n)} | {alloc or 'n/a'} | "
+                f"{cpu} | {mem} |"
+            )
     lines.append("")
     return lines
 
 
-def render(data: Result, history: list[Result] | None = None) -> str:
-    plan, env = data["plan"], data["environment"]
+def _comparison(data: Result, ours: str) -> list[str]:
+    """The summary table of one icerelay variant against coturn."""
+    plan = data["plan"]
     out: list[str] = []
     add = out.append
-    title = "TURN server benchmark: icerelay vs coturn"
-    if data["mode"] == "smoke":
-        title += " (SMOKE RUN: harness check only, figures meaningless)"
-    add(f"# {title}\n")
-    add(
-        "Generated by `python -m benchmarks.turn` (`make bench`); do not edit by hand. "
-        f"Run {data['started_utc']} to {data['finished_utc']}. Raw figures: `report.json`.\n"
-    )
-
-    add("## Summary\n")
-    add(
-        "Ratio = icerelay relative to coturn, worded so that above 1.00x means icerelay is better "
-        "(for latency and memory, coturn's figure divided by ours).\n"
-    )
-    add("| metric | icerelay | coturn | ratio |")
+    add(f"### {ours} vs coturn\n")
+    add(f"| metric | {ours} | coturn | ratio |")
     add("| --- | ---: | ---: | ---: |")
-    o_pps = _get(data, OURS, "streams", "sustained_relayed_pps")
+    o_pps = _get(data, ours, "streams", "sustained_relayed_pps")
     c_pps = _get(data, THEIRS, "streams", "sustained_relayed_pps")
-    o_lim = _limit_note(data, OURS)
+    o_lim = _limit_note(data, ours)
     c_lim = _limit_note(data, THEIRS)
     ratio = _ratio(o_pps, c_pps)
     if "generator" in o_lim + c_lim and ratio != "n/a":
@@ -278,13 +293,13 @@ def render(data: Result, history: list[Result] | None = None) -> str:
         f"| relayed packets/s sustained at < {plan['loss_limit_pct']}% loss | "
         f"{_fmt(o_pps)}{o_lim} | {_fmt(c_pps)}{c_lim} | {ratio} |"
     )
-    o_n = _get(data, OURS, "streams", "sustained_streams")
+    o_n = _get(data, ours, "streams", "sustained_streams")
     c_n = _get(data, THEIRS, "streams", "sustained_streams")
     add(
         f"| ... as concurrent bidirectional streams | {_fmt(o_n)} | {_fmt(c_n)} | "
         f"{_ratio(o_n, c_n)} |"
     )
-    light = _light_step(data)
+    light = _light_step(data, ours)
     if light is not None:
         o_light, c_light = light
         for label, key in (("p50", "p50_us"), ("p99", "p99_us")):
@@ -293,7 +308,7 @@ def render(data: Result, history: list[Result] | None = None) -> str:
                 f"{_fmt(o_light[key], ' us')} | {_fmt(c_light[key], ' us')} | "
                 f"{_ratio(o_light[key], c_light[key], lower_is_better=True)} |"
             )
-    n, o_step, c_step = _common_step(data)
+    n, o_step, c_step = _common_step(data, ours)
     if n is not None:
         o_p99, c_p99 = o_step.get("p99_us"), c_step.get("p99_us")
         add(
@@ -312,28 +327,54 @@ def render(data: Result, history: list[Result] | None = None) -> str:
             f"| server CPU per relayed packet at {n:,} streams | {_fmt(o_cpu, ' us')} | "
             f"{_fmt(c_cpu, ' us')} | {_ratio(o_cpu, c_cpu, lower_is_better=True)} |"
         )
-    o_p = _get(data, OURS, "streams", "p99_us_at_sustained")
+    o_p = _get(data, ours, "streams", "p99_us_at_sustained")
     c_p = _get(data, THEIRS, "streams", "p99_us_at_sustained")
     add(
         f"| p99 one-way latency at each server's own sustained load | {_fmt(o_p, ' us')} | "
         f"{_fmt(c_p, ' us')} | n/a (different loads) |"
     )
     for count, window in data["plan"]["allocation_runs"]:
-        o_a = _get(data, OURS, "allocation", "best_by_window", str(window), "allocations_per_s")
+        o_a = _get(data, ours, "allocation", "best_by_window", str(window), "allocations_per_s")
         c_a = _get(data, THEIRS, "allocation", "best_by_window", str(window), "allocations_per_s")
         add(
             f"| authenticated allocations/s, {count:,} clients, {window} in flight "
             f"(Allocate, 401, Allocate; best of runs) | {_fmt(o_a)} | {_fmt(c_a)} | "
             f"{_ratio(o_a, c_a)} |"
         )
-    o_m = _get(data, OURS, "allocation", "bytes_per_allocation")
+    o_m = _get(data, ours, "allocation", "bytes_per_allocation")
     c_m = _get(data, THEIRS, "allocation", "bytes_per_allocation")
     add(
         f"| server memory per allocation (RSS growth / N) | {_fmt(o_m, ' B')} | "
         f"{_fmt(c_m, ' B')} | {_ratio(o_m, c_m, lower_is_better=True)} |"
     )
     add("")
-    for name in (OURS, THEIRS):
+    add("")
+    return out
+
+
+def render(data: Result, history: list[Result] | None = None) -> str:
+    plan, env = data["plan"], data["environment"]
+    out: list[str] = []
+    add = out.append
+    title = "TURN server benchmark: icerelay vs coturn"
+    if data["mode"] == "smoke":
+        title += " (SMOKE RUN: harness check only, figures meaningless)"
+    add(f"# {title}\n")
+    add(
+        "Generated by `python -m benchmarks.turn` (`make bench`); do not edit by hand. "
+        f"Run {data['started_utc']} to {data['finished_utc']}. Raw figures: `report.json`.\n"
+    )
+
+    add("## Summary\n")
+    add(
+        "Ratio = icerelay relative to coturn, worded so that above 1.00x means icerelay is better "
+        "(for latency and memory, coturn's figure divided by ours). `icerelay` is our server as "
+        "one process (its default); `icerelay-workers` runs one worker process per CPU, as coturn "
+        "runs one relay thread per CPU.\n"
+    )
+    for ours in _ours(data):
+        out.extend(_comparison(data, ours))
+    for name in _names(data):
         if "error" in data["servers"].get(name, {"error": "not run"}):
             reason = data["servers"].get(name, {}).get("error", "not run")
             add(f"**{name} could not be measured:** {reason}\n")
@@ -354,7 +395,11 @@ def render(data: Result, history: list[Result] | None = None) -> str:
         f"{env['coturn_threads'] or '?'} threads (its default: relay threads = CPUs, plus "
         "listener/auth/housekeeping threads)."
     )
-    add(f"- icerelay: {_get(data, OURS, 'version') or 'n/a'} (asyncio TurnService, one process).")
+    add(
+        f"- icerelay: {_get(data, OURS, 'version') or 'n/a'} (asyncio TurnService with uvloop; "
+        "`icerelay`: one process, `icerelay-workers`: one worker process per CPU sharing the "
+        "listening port with SO_REUSEPORT and splitting the relay port range)."
+    )
     add(
         "- Both: UDP on 127.0.0.1, relay on 127.0.0.1 ports 22000-29999 (below the ephemeral "
         "range), loopback peers allowed, one static long-term-credential user, quotas off or "
@@ -400,7 +445,7 @@ def render(data: Result, history: list[Result] | None = None) -> str:
     )
 
     add("## Load steps\n")
-    for name in (OURS, THEIRS):
+    for name in _names(data):
         steps = _get(data, name, "streams", "steps")
         if not steps:
             continue
@@ -438,7 +483,7 @@ def render(data: Result, history: list[Result] | None = None) -> str:
         "generator CPU % | RSS before MiB | RSS after MiB | bytes/allocation |"
     )
     add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name in (OURS, THEIRS):
+    for name in _names(data):
         for a in _get(data, name, "allocation", "runs") or []:
             add(
                 f"| {name} | {a['clients']:,} | {a['window']} | {a['succeeded']:,} | "

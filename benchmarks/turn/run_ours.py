@@ -35,6 +35,7 @@ def build_config(args: argparse.Namespace) -> TurnServerConfig:
         # (permissions, channels, bandwidth per allocation) stay at their defaults, which an
         # RTP stream is far below, so ours pays for enforcing them as a deployment would.
         quotas=TurnQuotas(allocations_per_user=1_000_000, total_allocations=1_000_000),
+        workers=args.workers,
     )
 
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-port", type=int, default=29999)
     parser.add_argument("--realm", default="bench.icerelay")
     parser.add_argument("--user", default="bench:bench-secret", help="name:password")
+    parser.add_argument("--workers", type=int, default=1, help="processes (coturn: threads)")
     parser.add_argument("--log-file", type=Path, help="INFO log here (coturn logs to a file too)")
     args = parser.parse_args(argv)
     if args.log_file is not None:

@@ -8,6 +8,7 @@ high enough not to be what is measured.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -34,23 +35,60 @@ class Settings:
     max_port: int = 29999
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process (VmRSS), in KiB."""
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (a server may run worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def _status_field(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size (VmRSS) of a process and its descendants, in KiB."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, RuntimeError):
+            total += _status_field(member, "VmRSS")
+    return total
 
 
 def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
+    """Threads of a process and its descendants."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{member}/task"))
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User+system CPU time of a process (all threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User+system CPU time so far of a process (all threads) and its live descendants."""
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 class Server:
@@ -117,12 +155,18 @@ class Server:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        tree = process_tree(self.process.pid)
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(5)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+        # Workers the server started should have gone with it; if one did not, it would
+        # keep its listening socket and take a share of the next server's clients.
+        for pid in tree[1:]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 class Coturn(Server):
@@ -170,6 +214,7 @@ class Icerelay(Server):
     """Our server, run by benchmarks.turn.run_ours with settings equivalent to coturn's."""
 
     name = "icerelay"
+    workers = 1
 
     def version(self) -> str:
         commit = subprocess.run(
@@ -204,7 +249,20 @@ class Icerelay(Server):
             f"{USERNAME}:{PASSWORD}",
             "--log-file",
             str(self.workdir / "icerelay.log"),
+            "--workers",
+            str(self.workers),
         ]
 
 
-SERVERS: dict[str, type[Server]] = {"coturn": Coturn, "icerelay": Icerelay}
+class IcerelayWorkers(Icerelay):
+    """Our server with one worker process per CPU, as coturn runs one relay thread per CPU."""
+
+    name = "icerelay-workers"
+    workers = os.cpu_count() or 1
+
+
+SERVERS: dict[str, type[Server]] = {
+    "coturn": Coturn,
+    "icerelay": Icerelay,
+    "icerelay-workers": IcerelayWorkers,
+}
