@@ -7,15 +7,17 @@ Topology (all loopback; every process started by the fixtures, in its own proces
                                    ▼   flags "replace-origin replace-session-connection"
                       relay 127.0.0.1: icerelay (own process) or rtpengine (userspace, table=-1)
 
-The caller streams one second of PCMA (50 packets) to the address in the 200 OK; the callee echoes
-every packet back to its source. A poller asks the relay (ng ``list`` + ``query``) how much media it
-forwarded while the call is up; the SDPs each side received are read from SIPp's message traces.
+Three calls are up at once. In each the caller streams one second of PCMA (50 packets) to the
+address in the 200 OK; the callee echoes every packet back to its source. A poller asks the relay
+(ng ``list`` + ``query``) how much media it forwarded while the calls are up; the SDPs each side
+received are read from SIPp's message traces.
 
-The same call runs once against each relay (module-scoped fixtures), and the tests check:
+The same calls run once against each relay (module-scoped fixtures), and the tests check:
 
-- both calls complete (ACK and BYE follow the Record-Route through Kamailio);
-- media crossed our relay both ways, and the accounting record in the SQLite store matches what
-  SIPp sent (call, tags, codec, addresses, relay ports, packets and bytes per direction);
+- all calls complete (ACK and BYE follow the Record-Route through Kamailio);
+- media crossed the relay both ways, and icerelay's accounting records in its SQLite store match
+  what SIPp sent, call by call (call, tags, codec, addresses, relay ports, packets and bytes per
+  direction), although all callers share one media address and so do all callees;
 - the rewritten SDPs agree between icerelay and rtpengine on everything the flags ask for.
 
 Differences between the two rewrites that the flags do not ask for (recorded in
@@ -50,6 +52,10 @@ pytestmark = pytest.mark.interop
 RELAY_IP = "127.0.0.1"
 UAC_IP = "127.0.0.2"
 UAS_IP = "127.0.0.3"
+
+#: Calls placed at once per relay: the relay must keep them apart although every caller (and every
+#: callee) uses the same media address, as SIPp does: only the relay's own ports tell them apart.
+CALLS = 3
 
 #: Lines rtpengine writes that icerelay does not (see the module docstring).
 RTPENGINE_ONLY = ("a=rtcp:",)
@@ -147,7 +153,11 @@ def _run_call(
             poller.start()
             try:
                 call = place_call(
-                    workdir / "sipp", proxy=(RELAY_IP, sip_port), uac_ip=UAC_IP, uas_ip=UAS_IP
+                    workdir / "sipp",
+                    proxy=(RELAY_IP, sip_port),
+                    uac_ip=UAC_IP,
+                    uas_ip=UAS_IP,
+                    calls=CALLS,
                 )
             finally:
                 poller.stop()
@@ -205,9 +215,16 @@ def test_call_completes_through_kamailio(relay_name: str, request: pytest.Fixtur
     run: CallRun = request.getfixturevalue(f"{relay_name}_call")
     assert run.call.uac_status == 0, _context(run)
     assert run.call.uas_status == 0, _context(run)
-    # ACK and BYE reached the callee through the proxy: it got both, with a Route-free R-URI.
+    # ACK and BYE reached the callee through the proxy (they follow the Record-Route).
     received = [m.method_or_status for m in run.call.uas.messages() if m.direction == "received"]
-    assert received[:1] == ["INVITE"] and "ACK" in received and "BYE" in received, received
+    for method in ("INVITE", "ACK", "BYE"):
+        assert received.count(method) == CALLS, received
+    ok = [
+        m
+        for m in run.call.uac.messages()
+        if m.direction == "received" and m.first_line.startswith("SIP/2.0 200")
+    ]
+    assert len(ok) == 2 * CALLS, [m.first_line for m in ok]  # 200 to each INVITE and BYE
 
 
 @pytest.mark.parametrize("relay_name", ["icerelay", "rtpengine"])
@@ -249,50 +266,70 @@ def test_icerelay_statistics_after_the_call(icerelay_call: CallRun) -> None:
     total = totals[b"totalstatistics"]
     current = totals[b"currentstatistics"]
     assert isinstance(total, dict) and isinstance(current, dict)
-    assert total[b"offers"] == 1 and total[b"answers"] == 1, total
+    assert total[b"offers"] == CALLS and total[b"answers"] == CALLS, total
     ended = total[b"ended"]
     assert isinstance(ended, dict)
-    assert {k: v for k, v in ended.items() if v} == {b"deleted": 1}, total
+    assert {k: v for k, v in ended.items() if v} == {b"deleted": CALLS}, total
     # rtpengine_delete freed everything: no session and no port left.
     assert current[b"sessionsown"] == 0 and current[b"portsused"] == 0, current
 
 
-def test_icerelay_accounting_record_matches_the_call(icerelay_call: CallRun) -> None:
+def _tag(header: str | None) -> str:
+    return (header or "").split("tag=")[-1]
+
+
+def test_icerelay_accounting_records_match_the_calls(icerelay_call: CallRun) -> None:
     run = icerelay_call
     relay = run.relay
     assert isinstance(relay, RelayProcess)
-    invite = run.call.offer_sent
-    ok = run.call.answer_received
-    call_id = invite.header("Call-ID")
-    from_tag = (invite.header("From") or "").split("tag=")[-1]
-    to_tag = (ok.header("To") or "").split("tag=")[-1]
+    # What SIPp saw: each call's id and tags, and the relay ports each side was told to use.
+    invites = [m for m in run.call.uac.messages() if m.direction == "sent" and m.body]
+    answers = [
+        m
+        for m in run.call.uac.messages()
+        if m.direction == "received" and m.method_or_status == "200" and m.body
+    ]
+    offers = [
+        m
+        for m in run.call.uas.messages()
+        if m.direction == "received" and m.method_or_status == "INVITE"
+    ]
+    expected_calls = {
+        (m.header("Call-ID"), _tag(m.header("From")), _tag(a.header("To")))
+        for m in invites
+        for a in answers
+        if a.header("Call-ID") == m.header("Call-ID")
+    }
+    caller_ports = {a.header("Call-ID"): _media_port(a.body) for a in answers}
+    callee_ports = {o.header("Call-ID"): _media_port(o.body) for o in offers}
+    assert len(expected_calls) == CALLS, expected_calls
+
     with sqlite3.connect(relay.accounting) as db:
         db.row_factory = sqlite3.Row
-        sessions = db.execute("SELECT * FROM sessions").fetchall()
-        streams = db.execute("SELECT * FROM streams").fetchall()
-    assert len(sessions) == 1 and len(streams) == 1, (sessions, streams)
-    session, stream = dict(sessions[0]), dict(streams[0])
-    assert (session["call_id"], session["from_tag"], session["to_tag"]) == (
-        call_id,
-        from_tag,
-        to_tag,
-    )
-    assert session["reason"] == "deleted"
-    assert session["answered"] is not None
-    # Offer to BYE: the call lasted the scenario's pause (1.6 s) plus signalling.
-    assert 1.4 < session["duration"] < 5.0, session
-    assert stream["media"] == "audio" and stream["codec"] == "PCMA"
+        rows = [
+            dict(row)
+            for row in db.execute(
+                "SELECT * FROM sessions JOIN streams ON streams.session_id = sessions.id"
+            )
+        ]
+    assert {(r["call_id"], r["from_tag"], r["to_tag"]) for r in rows} == expected_calls, rows
     uac_media = f"{UAC_IP}:{run.call.uac_media_port}"
     uas_media = f"{UAS_IP}:{run.call.uas_media_port}"
-    assert (stream["caller_address"], stream["callee_address"]) == (uac_media, uas_media)
-    assert (stream["caller_latched"], stream["callee_latched"]) == (uac_media, uas_media)
-    # The ports the record names are the ones each side was told to send to.
-    assert stream["relay_port_caller"] == _media_port(ok.body)
-    assert stream["relay_port_callee"] == _media_port(run.call.offer_received.body)
-    # SIPp sent exactly 50 packets of 172 bytes; the callee echoed each; loopback loses none.
+    # SIPp sent exactly 50 packets of 172 bytes per call; the callee echoed each; loopback
+    # loses none; and no call's packets were counted in another's.
     expected = (AUDIO_PACKETS, AUDIO_PACKETS * RTP_PACKET_SIZE)
-    assert (stream["packets_from_caller"], stream["bytes_from_caller"]) == expected, stream
-    assert (stream["packets_from_callee"], stream["bytes_from_callee"]) == expected, stream
+    for row in rows:
+        assert row["reason"] == "deleted" and row["answered"] is not None, row
+        # Offer to BYE: the scenario's pause (1.6 s) plus signalling.
+        assert 1.4 < row["duration"] < 6.0, row
+        assert (row["stream_index"], row["media"], row["codec"]) == (0, "audio", "PCMA"), row
+        assert (row["caller_address"], row["callee_address"]) == (uac_media, uas_media), row
+        assert (row["caller_latched"], row["callee_latched"]) == (uac_media, uas_media), row
+        # The ports the record names are the ones each side was told to send to.
+        assert row["relay_port_caller"] == caller_ports[row["call_id"]], row
+        assert row["relay_port_callee"] == callee_ports[row["call_id"]], row
+        assert (row["packets_from_caller"], row["bytes_from_caller"]) == expected, row
+        assert (row["packets_from_callee"], row["bytes_from_callee"]) == expected, row
 
 
 # -- rewritten SDPs: icerelay vs rtpengine -------------------------------------------------------

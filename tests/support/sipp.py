@@ -255,9 +255,11 @@ def place_call(
     proxy: tuple[str, int],
     uac_ip: str = "127.0.0.2",
     uas_ip: str = "127.0.0.3",
+    calls: int = 1,
     timeout: float = 30.0,
 ) -> CallOutcome:
-    """One call through ``proxy``: uas.xml (echoing RTP) answers, uac.xml calls, both must end.
+    """``calls`` calls through ``proxy``, all at once: uas.xml (echoing RTP) answers, uac.xml
+    calls, both must end.
 
     Caller and callee sit on their own loopback addresses, apart from the proxy's and the relay's
     127.0.0.1, so a rewritten ``c=``/``o=`` is visibly the relay's and not a coincidence.
@@ -273,7 +275,7 @@ def place_call(
     uas_media = uas_block[0] + (uas_block[0] & 1)
     uas = start_sipp(
         workdir / "uas", "uas", scenario="uas.xml", local_ip=uas_ip, port=uas_port,
-        media_port=uas_media, rtp_echo=True, timeout=timeout,
+        media_port=uas_media, rtp_echo=True, timeout=timeout, calls=calls,
     )  # fmt: skip
     uac: Sipp | None = None
     try:
@@ -284,7 +286,9 @@ def place_call(
         uac = start_sipp(
             workdir / "uac", "uac", scenario="uac.xml", local_ip=uac_ip, port=uac_port,
             media_port=uac_media, remote=f"{proxy[0]}:{proxy[1]}",
-            keys={"uas": f"{uas_ip}:{uas_port}"}, timeout=timeout,
+            keys={"uas": f"{uas_ip}:{uas_port}"}, timeout=timeout, calls=calls,
+            # All calls up together (-l), started within a fraction of a second (-r per s).
+            extra=["-l", str(calls), "-r", str(max(1, calls * 4))],
         )  # fmt: skip
         uac_status = uac.wait(timeout + 10)
         uas_status = uas.wait(10)
