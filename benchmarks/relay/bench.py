@@ -105,6 +105,9 @@ def running(name: str, plan: Plan, workdir: Path) -> Iterator[Server]:
             port_max=plan.port_max,
             # INFO logs one line per session end, like rtpengine's default level 6 does.
             log_level="info",
+            # RelayService alone, as measured for the committed report (serve adds nothing
+            # on the relay's path; it would only add a STUN service to switch off).
+            mode="service",
         )
     elif name == "rtpengine":
         server = start_rtpengine(

@@ -1,7 +1,14 @@
 """Run icerelay's media relay (``RelayService``) in a process of its own, like rtpengine runs.
 
-``python -m tests.support.relayd --ng-port N --port-min A --port-max B --accounting DB`` serves
-until SIGTERM/SIGINT, then stops the service gracefully, which ends every session and writes its
+Two ways, same settings (:func:`start_relay` ``mode``):
+
+- ``"serve"``: the product, ``python -m icerelay serve --config FILE`` with a ``[relay]`` section
+  (and STUN off, so that no test fights over 3478). Used automatically once ``icerelay serve``
+  has the relay (``Config`` has a ``relay`` section).
+- ``"service"``: ``python -m tests.support.relayd --ng-port N ...``, a few lines that run
+  ``RelayService`` alone (what the benchmark uses, and the fallback before the above exists).
+
+Either serves until SIGTERM/SIGINT, then stops gracefully, which ends every session and writes its
 accounting record (so a test can read the SQLite store after :meth:`RelayProcess.stop`).
 
 Why a process and not a thread of the test: Kamailio, SIPp and rtpengine are processes too, so
@@ -39,6 +46,7 @@ class RelayProcess:
     accounting: Path
     host: str = "127.0.0.1"
     argv: list[str] = field(default_factory=list)
+    mode: str = "service"
 
     @property
     def log_path(self) -> Path:
@@ -71,6 +79,13 @@ class RelayProcess:
         return self.process.returncode
 
 
+def serve_has_relay() -> bool:
+    """Whether ``icerelay serve`` of this checkout runs the media relay (a ``[relay]`` section)."""
+    from icerelay.config import Config
+
+    return "relay" in Config.model_fields
+
+
 def start_relay(
     workdir: Path,
     *,
@@ -80,30 +95,49 @@ def start_relay(
     host: str = "127.0.0.1",
     delete_delay: float = 0.0,
     log_level: str = "info",
+    mode: str = "auto",
     ready_timeout: float = 15.0,
 ) -> RelayProcess:
-    """Start the relay subprocess and wait until it answers an ng ``ping``."""
+    """Start the relay subprocess and wait until it answers an ng ``ping``.
+
+    ``mode``: ``"serve"``, ``"service"`` or ``"auto"`` (serve when it has the relay).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     accounting = workdir / "sessions.sqlite3"
-    argv = [
-        sys.executable,
-        "-m",
-        "tests.support.relayd",
-        "--host",
-        host,
-        "--ng-port",
-        str(ng_port),
-        "--port-min",
-        str(port_min),
-        "--port-max",
-        str(port_max),
-        "--delete-delay",
-        str(delete_delay),
-        "--accounting",
-        str(accounting),
-        "--log-level",
-        log_level,
-    ]
+    if mode == "auto":
+        mode = "serve" if serve_has_relay() else "service"
+    if mode == "serve":
+        config = workdir / "icerelay.toml"
+        config.write_text(
+            "[stun]\n"
+            "enabled = false\n"
+            "\n[log]\n"
+            f'level = "{log_level}"\n'
+            "\n[relay]\n"
+            "enabled = true\n"
+            f'ng_listen = "{host}:{ng_port}"\n'
+            "ng_tcp = false\n"
+            'mediaproxy_socket = ""\n'
+            f'address_ipv4 = "{host}"\n'
+            f"port_min = {port_min}\n"
+            f"port_max = {port_max}\n"
+            f"delete_delay = {delete_delay}\n"
+            f'accounting = "sqlite:{accounting}"\n'
+        )
+        argv = [sys.executable, "-m", "icerelay", "serve", "--config", str(config)]
+    elif mode == "service":
+        argv = [
+            sys.executable, "-m", "tests.support.relayd",
+            "--host", host,
+            "--ng-port", str(ng_port),
+            "--port-min", str(port_min),
+            "--port-max", str(port_max),
+            "--delete-delay", str(delete_delay),
+            "--accounting", str(accounting),
+            "--log-level", log_level,
+        ]  # fmt: skip
+    else:
+        raise ValueError(f"unknown relay mode {mode!r}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICERELAY_")}
     # The checkout under test must be importable as `tests.support` from the subprocess.
     root = Path(__file__).resolve().parents[2]
@@ -112,7 +146,9 @@ def start_relay(
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
         )
-    relay = RelayProcess(process, ng_port, (port_min, port_max), workdir, accounting, host, argv)
+    relay = RelayProcess(
+        process, ng_port, (port_min, port_max), workdir, accounting, host, argv, mode
+    )
     deadline = time.monotonic() + ready_timeout
     with NgClient(host, ng_port, timeout=0.2, retries=1) as client:
         while time.monotonic() < deadline and process.poll() is None:
