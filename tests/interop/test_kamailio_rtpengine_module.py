@@ -18,7 +18,9 @@ The same calls run once against each relay (module-scoped fixtures), and the tes
 - media crossed the relay both ways, and icerelay's accounting records in its SQLite store match
   what SIPp sent, call by call (call, tags, codec, addresses, relay ports, packets and bytes per
   direction), although all callers share one media address and so do all callees;
-- the rewritten SDPs agree between icerelay and rtpengine on everything the flags ask for.
+- a hold re-INVITE keeps each call's relay ports and its direction attributes;
+- the rewritten SDPs (offer, answer, and the re-INVITE's) agree between icerelay and rtpengine on
+  everything the flags ask for.
 
 Differences between the two rewrites that the flags do not ask for (recorded in
 :data:`RTPENGINE_ONLY`): rtpengine adds ``a=rtcp:<port+1>`` to each audio section, and it
@@ -217,14 +219,15 @@ def test_call_completes_through_kamailio(relay_name: str, request: pytest.Fixtur
     assert run.call.uas_status == 0, _context(run)
     # ACK and BYE reached the callee through the proxy (they follow the Record-Route).
     received = [m.method_or_status for m in run.call.uas.messages() if m.direction == "received"]
-    for method in ("INVITE", "ACK", "BYE"):
-        assert received.count(method) == CALLS, received
+    for method, count in (("INVITE", 2 * CALLS), ("ACK", 2 * CALLS), ("BYE", CALLS)):
+        assert received.count(method) == count, received
     ok = [
         m
         for m in run.call.uac.messages()
         if m.direction == "received" and m.first_line.startswith("SIP/2.0 200")
     ]
-    assert len(ok) == 2 * CALLS, [m.first_line for m in ok]  # 200 to each INVITE and BYE
+    # A 200 to each INVITE, re-INVITE and BYE.
+    assert len(ok) == 3 * CALLS, [m.first_line for m in ok]
 
 
 @pytest.mark.parametrize("relay_name", ["icerelay", "rtpengine"])
@@ -241,6 +244,32 @@ def test_media_crosses_the_relay_both_ways(relay_name: str, request: pytest.Fixt
         assert isinstance(medias, list) and medias, tag
         assert any(_tag_media_packets(media) > 0 for media in medias), (relay_name, tag)
     assert _rtp_packets(reply) > 0, reply
+
+
+@pytest.mark.parametrize("relay_name", ["icerelay", "rtpengine"])
+def test_hold_reinvite_keeps_the_relay_ports(
+    relay_name: str, request: pytest.FixtureRequest
+) -> None:
+    """The in-dialog offer/answer of a hold re-INVITE: same call, same relay ports, hold kept."""
+    run: CallRun = request.getfixturevalue(f"{relay_name}_call")
+    call_ids = {
+        m.header("Call-ID") for m in run.call.uac.messages() if m.method_or_status == "INVITE"
+    }
+    assert len(call_ids) == CALLS
+    ports: set[int] = set()
+    for call_id in call_ids:
+        assert call_id is not None
+        for first, again, hold in (
+            ("offer", "re-offer", "a=sendonly"),
+            ("answer", "re-answer", "a=recvonly"),
+        ):
+            before = _sdp_message(run, first, "received", call_id).body
+            after = _sdp_message(run, again, "received", call_id).body
+            assert _media_port(after) == _media_port(before), (before, after)
+            assert hold in _lines(after) and "a=sendrecv" not in _lines(after), after
+            ports.add(_media_port(after))
+    # Two relay ports per call, none shared between calls.
+    assert len(ports) == 2 * CALLS, ports
 
 
 def _tag_media_packets(media: object) -> int:
@@ -266,7 +295,8 @@ def test_icerelay_statistics_after_the_call(icerelay_call: CallRun) -> None:
     total = totals[b"totalstatistics"]
     current = totals[b"currentstatistics"]
     assert isinstance(total, dict) and isinstance(current, dict)
-    assert total[b"offers"] == CALLS and total[b"answers"] == CALLS, total
+    # An offer and an answer for each INVITE and each re-INVITE.
+    assert total[b"offers"] == 2 * CALLS and total[b"answers"] == 2 * CALLS, total
     ended = total[b"ended"]
     assert isinstance(ended, dict)
     assert {k: v for k, v in ended.items() if v} == {b"deleted": CALLS}, total
@@ -335,9 +365,40 @@ def test_icerelay_accounting_records_match_the_calls(icerelay_call: CallRun) -> 
 # -- rewritten SDPs: icerelay vs rtpengine -------------------------------------------------------
 
 
+#: The four SDPs of a call: (name, SIPp side that sends it, what it is, CSeq number).
+DIRECTIONS = {
+    "offer": ("uac", "INVITE", 1),
+    "answer": ("uas", "200", 1),
+    "re-offer": ("uac", "INVITE", 2),  # the hold re-INVITE: a=sendonly
+    "re-answer": ("uas", "200", 2),  # a=recvonly
+}
+
+
+def _sdp_message(
+    run: CallRun, direction: str, way: str, call_id: str | None = None
+) -> sipp_support.SipMessage:
+    """The message carrying one SDP of a call as one side sent it (``way="sent"``) or as the
+    other side received it, rewritten by the relay (``way="received"``). First call if no id."""
+    sender, kind, cseq = DIRECTIONS[direction]
+    if way == "sent":
+        side = run.call.uac if sender == "uac" else run.call.uas
+    else:
+        side = run.call.uas if sender == "uac" else run.call.uac
+    for message in side.messages():
+        if (
+            message.direction == way
+            and message.method_or_status == kind
+            and message.body
+            and (message.header("CSeq") or "").split()[0] == str(cseq)
+            and (call_id is None or message.header("Call-ID") == call_id)
+        ):
+            return message
+    raise AssertionError(f"{run.name}: no {way} {direction} (call {call_id})\n{_context(run)}")
+
+
 def _received(run: CallRun, direction: str) -> sipp_support.SipMessage:
     """The message with the relay's rewritten offer (to the callee) or answer (to the caller)."""
-    return run.call.offer_received if direction == "offer" else run.call.answer_received
+    return _sdp_message(run, direction, "received")
 
 
 def _lines(sdp: str) -> list[str]:
@@ -376,7 +437,7 @@ def _rewrite(sdp: str) -> Rewrite:
     )
 
 
-@pytest.mark.parametrize("direction", ["offer", "answer"])
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
 def test_rewritten_sdps_agree(
     direction: str, icerelay_call: CallRun, rtpengine_call: CallRun
 ) -> None:
@@ -384,8 +445,8 @@ def test_rewritten_sdps_agree(
     assert DEFAULT_FLAGS == "replace-origin replace-session-connection"
     rewrites: dict[str, Rewrite] = {}
     for run in (icerelay_call, rtpengine_call):
-        sent = (run.call.offer_sent if direction == "offer" else run.call.answer_sent).body
-        got = (run.call.offer_received if direction == "offer" else run.call.answer_received).body
+        sent = _sdp_message(run, direction, "sent").body
+        got = _sdp_message(run, direction, "received").body
         before, after = _rewrite(sent), _rewrite(got)
         low, high = run.relay.port_range
         context = f"{run.name} {direction}:\n{sent}\n--->\n{got}"
@@ -433,7 +494,7 @@ def test_sdp_differences_are_only_the_known_ones(
     icerelay_call: CallRun, rtpengine_call: CallRun
 ) -> None:
     """Pins down every textual difference between the two rewrites, so a new one is noticed."""
-    for direction in ("offer", "answer"):
+    for direction in DIRECTIONS:
         ours = _lines(_received(icerelay_call, direction).body)
         theirs = _lines(_received(rtpengine_call, direction).body)
 
