@@ -342,8 +342,10 @@ def render(data: Result) -> str:
         f"- Streams: `benchmarks/tools/udpblast.c` `msend` from 127.0.0.1:{plan['src_port']} "
         f"(every call's caller) to each call's relay port, 172-byte packets at 50/s per stream, "
         f"`msink` on 127.0.0.1:{plan['sink_port']} (every call's callee). Loss = packets sent "
-        "minus received over sent; latency = one-way, CLOCK_MONOTONIC stamp in each packet "
-        "(1 in 8 sampled). 'Added p99' subtracts the p99 of the same streams sent directly."
+        "minus received over sent (the sink listens 1.5 s past the sender's end, so a packet "
+        "later than that counts as lost); latency = one-way, CLOCK_MONOTONIC stamp in each "
+        "packet (1 in 8 sampled). 'Added' subtracts the same percentile of the same streams "
+        "sent directly (measured before the servers, so under other background load)."
     )
     add(
         f"- ng rate: {plan['calls']:,} calls, offer then answer, {plan['window']} requests in "
