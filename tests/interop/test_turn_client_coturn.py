@@ -361,3 +361,41 @@ def test_even_port_pair_with_reservation_token(coturn_factory: CoturnFactory) ->
                 assert rtcp.relayed_address.port == rtp.relayed_address.port + 1
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_first_packets_ride_right_behind_the_create_permission(
+    coturn_factory: CoturnFactory, transport: str
+) -> None:
+    # Pipelining (Allocation(pipeline_permissions=True), the default): coturn handles one
+    # 5-tuple's messages in order, so Send indications that follow a CreatePermission before
+    # its success came back are relayed, not dropped. This is what saves ICE a round trip.
+    server = coturn_factory(users=[(USER, PASSWORD)])
+
+    async def scenario() -> None:
+        echo, peer = await _echo_peer()
+        async with create_turn_allocation(
+            ("127.0.0.1", server.port),
+            USER,
+            PASSWORD,
+            transport=transport,  # type: ignore[arg-type]
+            channel_threshold=0,
+        ) as turn:
+            for number in range(3):
+                await turn.send_to(b"early-%d" % number, peer)
+            # All three are on the wire and the success has not been read yet.
+            assert not turn.engine.has_permission(peer.host)
+            assert turn.counters.send_indications_sent == 3
+            echoes = []
+            for _ in range(3):
+                data, source = await asyncio.wait_for(turn.recv_from(), 3.0)
+                assert source == peer
+                echoes.append(data)
+            assert sorted(echoes) == [b"early-0", b"early-1", b"early-2"]
+            assert turn.engine.has_permission(peer.host)
+            assert turn.counters.dropped == 0
+            assert turn.counters.requests_sent == 3  # 401'd Allocate, Allocate, CreatePermission
+        assert echo.transport is not None
+        echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))

@@ -27,6 +27,7 @@ from icerelay.turn.client import (
     AllocationRefreshed,
     ChannelBound,
     Event,
+    PermissionFailed,
     TurnClient,
     create_turn_allocation,
 )
@@ -297,3 +298,66 @@ def test_ipv6_relay_requested_over_ipv4() -> None:
             transport.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_first_packets_ride_right_behind_the_create_permission(transport: str) -> None:
+    # Pipelining (Allocation(pipeline_permissions=True), the default): the server handles one
+    # 5-tuple's messages in order, so Send indications that follow a CreatePermission before
+    # its success came back are relayed, not dropped. This is what saves ICE a round trip.
+    async def scenario() -> None:
+        async with running_server() as service:
+            echo, peer = await _echo_peer()
+            async with create_turn_allocation(
+                service.config.listen[0],
+                USER,
+                PASSWORD,
+                transport=transport,  # type: ignore[arg-type]
+                channel_threshold=0,
+            ) as turn:
+                for number in range(3):
+                    await turn.send_to(b"early-%d" % number, peer)
+                # All three are on the wire; the server (same loop) has not even read them.
+                assert not turn.engine.has_permission(peer.host)
+                assert turn.counters.send_indications_sent == 3
+                echoes = []
+                for _ in range(3):
+                    data, source = await asyncio.wait_for(turn.recv_from(), 3.0)
+                    assert source == peer
+                    echoes.append(data)
+                assert sorted(echoes) == [b"early-0", b"early-1", b"early-2"]
+                assert turn.engine.has_permission(peer.host)
+                assert turn.counters.dropped == 0
+            assert echo.transport is not None
+            echo.transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_denied_private_peer_does_not_cost_the_allowed_one_its_permission() -> None:
+    # The server denies RFC 1918 by default and refuses a whole CreatePermission that names one
+    # such peer (RFC 8656 §10.2). ICE asks for all remote candidates at once, private host
+    # candidates included: the client must keep the allowed peers' permission apart.
+    async def scenario() -> None:
+        async with running_server() as service:
+            loop = asyncio.get_running_loop()
+            peer_transport, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+            )
+            peer = Address(*peer_transport.get_extra_info("sockname")[:2])
+            events: list[Event] = []
+            async with create_turn_allocation(
+                service.config.listen[0], USER, PASSWORD, on_event=events.append
+            ) as turn:
+                await turn.create_permission([Address("10.9.9.9", 5000), peer])
+                await _until(lambda: turn.engine.has_permission(peer.host))
+                relayed = turn.relayed_address
+                peer_transport.sendto(b"check", (relayed.host, relayed.port))
+                data, source = await asyncio.wait_for(turn.recv_from(), 3.0)
+                assert (data, source) == (b"check", peer)
+                await _until(lambda: any(isinstance(e, PermissionFailed) for e in events))
+                failed = [e for e in events if isinstance(e, PermissionFailed)]
+                assert [(e.peer, e.code) for e in failed] == [("10.9.9.9", 403)]
+            peer_transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))

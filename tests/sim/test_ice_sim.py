@@ -326,3 +326,40 @@ def test_losing_a_relay_moves_media_to_another_valid_pair() -> None:
     assert b"\x80after" in [e.data for _, e in other.events if isinstance(e, DataReceived)]
     assert b"\x80back" in [e.data for _, e in side.events if isinstance(e, DataReceived)]
     assert name in ("left", "right")
+
+
+#: The simulator's "public" ranges (documentation networks, which a real server denies too).
+SIM_PUBLIC = ("198.51.100.0/24", "203.0.113.0/24", "192.0.2.0/24")
+
+
+def test_a_refused_private_host_candidate_does_not_delay_the_relayed_path() -> None:
+    # Left is relay-only; across 200 ms the right agent's host (10.0.0.2) and srflx candidates
+    # reach it before its allocation exists, so it asks for both permissions at once. TURN
+    # servers deny private peers by default (icerelay's engine here, with only the simulator's
+    # public ranges opened) and RFC 8656 section 10.2 makes them refuse a whole
+    # CreatePermission that names one: sent as one request, the srflx permission was refused
+    # with it, the right's first check through the relay was dropped and ICE settled for a
+    # slower relay/relay pair 100 ms later. With the denied peer asked for apart, nothing
+    # changes compared with a server that allows everything.
+    def run(allow_peers: tuple[str, ...]) -> tuple[float | None, str, int]:
+        scenario = IceScenario(
+            left_nat=SYMMETRIC,
+            right_nat=FULL_CONE,
+            turn=True,
+            rtt=0.2,
+            left_config=AgentConfig(relay_only=True),
+            turn_allow_peers=allow_peers,
+        )
+        result = scenario.run(10, until_completed=False)
+        assert result.connected
+        turn_host = next(host for host in scenario.network.hosts if host.name == "turn")
+        engine = turn_host.endpoint.engine  # type: ignore[union-attr]
+        return result.time_to_connected, result.pair_types, engine.counters["refused_peer_policy"]
+
+    open_time, open_pair, open_refused = run(("0.0.0.0/0",))
+    denied_time, denied_pair, denied_refused = run(SIM_PUBLIC)
+    assert open_refused == 0
+    # Refused once: the agent's checks to 10.0.0.2 through the relay don't ask again each time.
+    assert denied_refused == 1
+    assert denied_pair == open_pair == "relay/srflx"
+    assert denied_time == pytest.approx(open_time)

@@ -118,6 +118,7 @@ class IceScenario:
         right_lite: bool = False,
         use_stun: bool = True,
         turn: bool = False,
+        turn_allow_peers: tuple[str, ...] = ("0.0.0.0/0",),
     ) -> None:
         self.network = Network(seed)
         self.signalling_delay = signalling_delay
@@ -127,7 +128,9 @@ class IceScenario:
         turn_servers: tuple[TurnServerAccount, ...] = ()
         if turn:
             turn_host = self.network.add_host("turn", TURN_SERVER[0])
-            turn_host.attach(TurnServer(TURN_SERVER, {TURN_USER: TURN_PASSWORD}))
+            turn_host.attach(
+                TurnServer(TURN_SERVER, {TURN_USER: TURN_PASSWORD}, allow_peers=turn_allow_peers)
+            )
             turn_servers = (TurnServerAccount(TURN_SERVER, TURN_USER, TURN_PASSWORD),)
         # ``loss`` is end to end, one way: split over the two access links it crosses.
         link = Link(delay=rtt / 4, loss=1.0 - (1.0 - loss) ** 0.5)

@@ -73,7 +73,9 @@ class TurnServer:
     """A TURN server (RFC 8656, UDP) on a simulator host listening at ``listen``.
 
     ``users`` are static long-term credentials. Peers in the documentation and private ranges the
-    simulator uses are allowed (a real server denies them by default).
+    simulator uses are allowed (a real server denies them by default); ``allow_peers`` narrower
+    than everything puts the server's default deny list back in force for the rest (e.g. the
+    documentation ranges only: private host candidates are refused, as by a real server).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class TurnServer:
         *,
         realm: str = "netsim",
         config: TurnServerConfig | None = None,
+        allow_peers: tuple[str, ...] = ("0.0.0.0/0",),
     ) -> None:
         self.listen = listen
         self.binder = _SimulatedBinder()
@@ -97,7 +100,7 @@ class TurnServer:
                 relay_ipv4=listen[0],
                 relay_port_min=50000,
                 relay_port_max=50999,
-                allow_peers=["0.0.0.0/0"],
+                allow_peers=list(allow_peers),
                 unauthenticated_rate=0,
             ),
             self.binder,

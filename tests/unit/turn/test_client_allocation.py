@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from icerelay.errors import TurnError
-from icerelay.stun import Address, AttributeType, Method
+from icerelay.stun import Address, AttributeType, MessageClass, Method, decode_message
 from icerelay.stun.constants import PasswordAlgorithm
 from icerelay.stun.credentials import userhash
 from icerelay.turn.client import (
@@ -23,12 +23,15 @@ from icerelay.turn.client import (
     PermissionFailed,
     State,
 )
+from icerelay.turn.client.allocation import REFUSED_HOLD
 
 from .test_client_fakes import (
     ALTERNATE,
     CLIENT,
+    GLOBAL_PEER,
+    GLOBAL_PEER2,
     PEER,
-    PEER2,
+    PRIVATE_PEER,
     REALM,
     RELAYED,
     SERVER,
@@ -88,6 +91,11 @@ def test_stale_nonce_on_refresh_permission_and_channel_bind() -> None:
     h.pump()
     permissions = h.requests_of(Method.CREATE_PERMISSION)
     assert [r.get(A.NONCE) for r in permissions] == ["nonce-1", "nonce-2"]
+    # The packet pipelined behind the 438'd request was dropped by the server; it went again
+    # behind the re-signed one, so a sender that never retransmits loses nothing.
+    assert h.server.dropped_sends == [(PEER, b"x")]
+    assert h.server.sends == [(PEER, b"x")]
+    assert h.engine.counters.dropped == 0
     h.server.stale_next = 1
     h.engine.refresh(h.now)
     h.pump()
@@ -309,8 +317,43 @@ def test_unanswered_refreshes_end_in_expiry() -> None:
 # ---------------------------------------------------------------------- permissions and data
 
 
-def test_send_creates_permission_first_and_queues_data() -> None:
+def test_send_pipelines_data_right_behind_the_create_permission() -> None:
     h = make(channel_threshold=0)
+    h.engine.send_to(b"one", PEER, h.now)
+    out = h.engine.datagrams_to_send(h.now)
+    # Both ready at once, in this order: no round trip spent waiting for the success.
+    sent = [decode_message(datagram.data) for datagram in out]
+    assert [(m.method, m.message_class) for m in sent] == [
+        (Method.CREATE_PERMISSION, MessageClass.REQUEST),
+        (Method.SEND, MessageClass.INDICATION),
+    ]
+    for datagram in out:
+        for answer in h.server.handle(datagram.data):
+            h.deliver(answer)
+    h.pump()
+    assert h.server.sends == [(PEER, b"one")]
+    assert PermissionCreated(PEER.host) in h.events
+    assert h.engine.counters.dropped == 0
+
+
+def test_pipelined_data_behind_a_lost_create_permission_is_dropped_by_the_server() -> None:
+    h = make(channel_threshold=0)
+    h.server.drop_requests = 1  # the cost of pipelining: what waiting would have cost
+    h.engine.send_to(b"one", PEER, h.now)
+    h.pump()
+    assert h.server.dropped_sends == [(PEER, b"one")]
+    h.engine.send_to(b"two", PEER, h.now)  # still pending: goes at once, no second request
+    h.pump()
+    assert len(h.requests_of(Method.CREATE_PERMISSION)) == 1
+    h.advance(0.5)  # the retransmission is answered
+    h.engine.send_to(b"three", PEER, h.now)
+    h.pump()
+    assert h.server.sends == [(PEER, b"three")]
+    assert h.engine.has_permission(PEER.host)
+
+
+def test_send_creates_permission_first_and_queues_data_without_pipelining() -> None:
+    h = make(channel_threshold=0, pipeline_permissions=False)
     h.server.drop_requests = 1  # lose the first CreatePermission: data must wait, not leak
     h.engine.send_to(b"one", PEER, h.now)
     h.engine.send_to(b"two", PEER, h.now)
@@ -328,15 +371,40 @@ def test_send_creates_permission_first_and_queues_data() -> None:
     assert h.engine.counters.send_indications_sent == 3
 
 
-def test_permission_failure_drops_queued_data() -> None:
-    h = make()
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_permission_failure_drops_queued_data(pipeline: bool) -> None:
+    h = make(pipeline_permissions=pipeline)
     h.server.errors[Method.CREATE_PERMISSION] = 403
     h.engine.send_to(b"x", PEER, h.now)
     h.pump()
     failed = [e for e in h.events if isinstance(e, PermissionFailed)]
     assert failed == [PermissionFailed(PEER.host, "403 Forbidden", 403)]
+    # Queued and never sent, or pipelined and dropped by the server: counted the same.
     assert h.engine.counters.dropped == 1
+    assert h.server.sends == []
     assert not h.engine.has_permission(PEER.host)
+    # No ChannelBind for a peer whose permission was never confirmed (it would fail too).
+    assert h.requests_of(Method.CHANNEL_BIND) == []
+
+
+def test_refused_peer_is_not_asked_for_again_on_every_packet() -> None:
+    h = make(channel_threshold=0)
+    h.server.refuse_peers = {PRIVATE_PEER.host}
+    h.engine.send_to(b"check", PRIVATE_PEER, h.now)
+    h.pump()
+    assert [e for e in h.events if isinstance(e, PermissionFailed)] == [
+        PermissionFailed(PRIVATE_PEER.host, "403 Forbidden", 403)
+    ]
+    for _ in range(5):  # an ICE agent retransmitting its check on that pair
+        h.advance(1.0)
+        h.engine.send_to(b"check", PRIVATE_PEER, h.now)
+        h.pump()
+    assert len(h.requests_of(Method.CREATE_PERMISSION)) == 1
+    assert h.engine.counters.dropped == 6
+    h.advance(REFUSED_HOLD)  # policies may change: ask again, once, later
+    h.engine.send_to(b"check", PRIVATE_PEER, h.now)
+    h.pump()
+    assert len(h.requests_of(Method.CREATE_PERMISSION)) == 2
 
 
 def test_permission_is_refreshed_at_240_s_while_in_use_and_lapses_when_idle() -> None:
@@ -360,18 +428,55 @@ def test_permission_is_refreshed_at_240_s_while_in_use_and_lapses_when_idle() ->
     assert h.server.sends[-1] == (PEER, b"z")
 
 
-def test_explicit_permissions_go_in_one_request_and_stay() -> None:
+def test_explicit_permissions_for_global_peers_go_in_one_request_and_stay() -> None:
     h = make()
-    h.engine.create_permission([PEER, PEER2], h.now)
+    h.engine.create_permission([GLOBAL_PEER, GLOBAL_PEER2], h.now)
     h.pump()
     (request,) = h.requests_of(Method.CREATE_PERMISSION)
-    assert [p.host for p in request.get_all(A.XOR_PEER_ADDRESS)] == [PEER.host, PEER2.host]
+    assert [p.host for p in request.get_all(A.XOR_PEER_ADDRESS)] == [
+        GLOBAL_PEER.host,
+        GLOBAL_PEER2.host,
+    ]
     h.advance(1000.0)
     # Pinned: refreshed every 240 s without traffic (batched, both peers each time).
     refreshes = h.requests_of(Method.CREATE_PERMISSION)[1:]
     assert len(refreshes) == 4
     assert all(len(r.get_all(A.XOR_PEER_ADDRESS)) == 2 for r in refreshes)
-    assert h.engine.has_permission(PEER2.host)
+    assert h.engine.has_permission(GLOBAL_PEER2.host)
+
+
+def test_a_refused_private_peer_does_not_cost_the_others_their_permission() -> None:
+    h = make()
+    h.server.refuse_peers = {PRIVATE_PEER.host}
+    # ICE's remote candidates: a private host candidate, srflx and relayed public ones.
+    h.engine.create_permission([PRIVATE_PEER, GLOBAL_PEER, PEER, GLOBAL_PEER2], h.now)
+    h.pump()
+    requests = h.requests_of(Method.CREATE_PERMISSION)
+    # Global peers share a request; each address servers usually deny asks alone.
+    assert sorted(len(r.get_all(A.XOR_PEER_ADDRESS)) for r in requests) == [1, 1, 2]
+    assert h.now == 0.0  # all granted in the first round trip, none retried
+    for peer in (GLOBAL_PEER, PEER, GLOBAL_PEER2):
+        assert h.engine.has_permission(peer.host)
+    assert not h.engine.has_permission(PRIVATE_PEER.host)
+    assert [e for e in h.events if isinstance(e, PermissionFailed)] == [
+        PermissionFailed(PRIVATE_PEER.host, "403 Forbidden", 403)
+    ]
+
+
+def test_a_batch_refused_with_403_is_retried_peer_by_peer() -> None:
+    h = make()
+    h.server.refuse_peers = {GLOBAL_PEER.host}  # an operator's own deny list
+    h.engine.create_permission([GLOBAL_PEER, GLOBAL_PEER2], h.now)
+    h.engine.send_to(b"check", GLOBAL_PEER2, h.now)  # pipelined behind the doomed batch
+    h.pump()
+    # Dropped with the batch, sent again behind GLOBAL_PEER2's own request: delivered.
+    assert h.server.sends == [(GLOBAL_PEER2, b"check")]
+    sizes = [len(r.get_all(A.XOR_PEER_ADDRESS)) for r in h.requests_of(Method.CREATE_PERMISSION)]
+    assert sizes == [2, 1, 1]
+    assert h.engine.has_permission(GLOBAL_PEER2.host)
+    assert not h.engine.has_permission(GLOBAL_PEER.host)
+    failed = [e for e in h.events if isinstance(e, PermissionFailed)]
+    assert failed == [PermissionFailed(GLOBAL_PEER.host, "403 Forbidden", 403)]
 
 
 def test_permissions_asked_before_the_allocation_wait_for_it() -> None:

@@ -35,6 +35,11 @@ CLIENT = Address("198.51.100.2", 40000)
 RELAYED = Address("203.0.113.5", 50000)
 PEER = Address("198.51.100.77", 6000)
 PEER2 = Address("198.51.100.78", 7000)
+#: Globally routable peers (only ever named in messages to the fake server, never sent to):
+#: create_permission() batches these and asks for the others one by one.
+GLOBAL_PEER = Address("151.101.1.69", 6000)
+GLOBAL_PEER2 = Address("151.101.65.69", 7000)
+PRIVATE_PEER = Address("10.9.9.9", 5000)
 USER, PASSWORD, REALM = "alice", "wonderland", "example.org"
 
 
@@ -60,6 +65,9 @@ class FakeServer:
     stale_next: int = 0
     #: method -> error code to answer (after authentication) instead of success.
     errors: dict[int, int] = field(default_factory=dict)
+    #: Peer IPs against this server's policy: a CreatePermission naming any of them is refused
+    #: whole with 403, as RFC 8656 §10.2 says.
+    refuse_peers: set[str] = field(default_factory=set)
     #: method -> an ALTERNATE-SERVER to redirect to with 300 (Allocate only, before auth).
     redirect_to: Address | None = None
     #: Requests to swallow (simulates loss on the way there).
@@ -67,6 +75,8 @@ class FakeServer:
     stream: bool = False
     requests: list[Message] = field(default_factory=list)
     sends: list[tuple[Address, bytes]] = field(default_factory=list)
+    #: Send indications for peers without a permission (dropped, as a server does).
+    dropped_sends: list[tuple[Address, bytes]] = field(default_factory=list)
     channel_data: list[tuple[int, bytes]] = field(default_factory=list)
     permissions: set[str] = field(default_factory=set)
     channels: dict[int, Address] = field(default_factory=dict)
@@ -109,7 +119,10 @@ class FakeServer:
             peer = message.get(A.XOR_PEER_ADDRESS)
             data_value = message.get(A.DATA)
             assert peer is not None and data_value is not None
-            assert peer.host in self.permissions, "Send indication before the permission"
+            if peer.host not in self.permissions:
+                # RFC 8656 §11.3: a real server silently drops it; tests look at this list.
+                self.dropped_sends.append((peer, data_value))
+                return []
             self.sends.append((peer, data_value))
             return []
         assert message.message_class == MessageClass.REQUEST
@@ -180,6 +193,8 @@ class FakeServer:
         elif request.method == Method.CREATE_PERMISSION:
             peers = request.get_all(A.XOR_PEER_ADDRESS)
             assert peers, "CreatePermission without XOR-PEER-ADDRESS"
+            if any(p.host in self.refuse_peers for p in peers):
+                return self._out(request, request.error_response(403), key, wanted)
             self.permissions.update(p.host for p in peers)
         elif request.method == Method.CHANNEL_BIND:
             number = request.get(A.CHANNEL_NUMBER)

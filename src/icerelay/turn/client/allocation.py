@@ -18,10 +18,15 @@ What it does for the application:
   (MD5 key) or MESSAGE-INTEGRITY-SHA256 (SHA-256 key, when the server offers it in
   PASSWORD-ALGORITHMS, RFC 8489 §9.2). A 438 (stale nonce) is retried with the new nonce; a 300
   (Try Alternate) is followed once.
-- :meth:`Allocation.send_to` creates the permission for the peer on demand, queues data until the
-  server confirms it, sends Send indications, and once traffic to a peer has started binds a
+- :meth:`Allocation.send_to` creates the permission for the peer on demand and sends the data
+  right behind the CreatePermission (or, with ``pipeline_permissions=False``, queues it until the
+  server confirms), sends Send indications, and once traffic to a peer has started binds a
   channel so that later packets go as 4-byte-header ChannelData instead of 36-byte-header
   indications.
+- CreatePermission is all or nothing (RFC 8656 §10.2: one forbidden peer makes the server refuse
+  the whole request with 403), and private, loopback, link-local... addresses are what servers
+  deny by default. So peers that are not globally routable each get a request of their own,
+  global ones share one; a 403 to a shared request is retried peer by peer.
 - Keeps everything alive while in use: the allocation is refreshed before its lifetime ends,
   permissions every 240 s (they last 300 s), channels before their 600 s pass.
 - Delivers what peers send (Data indications and ChannelData) as :class:`DataReceived`.
@@ -35,6 +40,7 @@ with an event).
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -108,6 +114,10 @@ MAX_STALE_NONCE_RETRIES = 3
 #: Data waiting for a permission (per peer IP) or for the allocation; beyond this it is dropped,
 #: as a real-time media sender would rather lose old packets than queue without bound.
 MAX_QUEUED = 64
+#: After a 403 (the server's peer policy refuses this IP) data to that peer is dropped, counted,
+#: for this long instead of asking again on every packet: an ICE agent retransmits its checks on
+#: a refused pair and each would otherwise cost the server and us another doomed request.
+REFUSED_HOLD = 30.0
 DEFAULT_SOFTWARE = "icerelay"
 
 
@@ -164,6 +174,16 @@ class _Permission:
     #: Asked for explicitly (create_permission): kept alive even without traffic.
     pinned: bool = False
     queue: deque[tuple[bytes, Address]] = field(default_factory=deque)
+    #: Copies of the packets sent right behind a CreatePermission not confirmed yet
+    #: (pipelining). An error answer means the server installed nothing and dropped them: they
+    #: go again behind the re-sent request after a 438 or a split 403, and are counted as
+    #: dropped, like queued ones, if the permission fails. Bounded like the queue (the
+    #: oldest copies go first: a real-time sender would rather lose those).
+    unconfirmed: deque[tuple[bytes, Address]] = field(
+        default_factory=lambda: deque(maxlen=MAX_QUEUED)
+    )
+    #: How many packets were pipelined to this peer since the last confirmation.
+    unconfirmed_count: int = 0
 
 
 @dataclass(slots=True)
@@ -194,6 +214,20 @@ class Allocation:
     :class:`random.Random` in the network simulator); by default they come from os.urandom, as
     RFC 8489 §6 wants them unpredictable. *rto*, *rc* and *rm* tune the UDP retransmissions and
     *ti* the TCP/TLS timeout (RFC 8489 §6.2; the defaults give up after 39.5 s).
+
+    *pipeline_permissions* (default True) sends data to a peer whose permission is still being
+    created right behind the CreatePermission instead of holding it until the success returns:
+    that saves one round trip to the server on the first packet to every new peer (an ICE
+    connectivity check through the relay). It is safe because a server handles one client's
+    messages on one 5-tuple in order (always over TCP/TLS; over UDP unless the network reorders
+    them), so the permission exists when the Send indication arrives; icerelay's server and
+    coturn 4.6.1 both relay it (tests/interop/test_turn_client_*.py). What can go wrong costs
+    what waiting would have cost: a packet that overtakes or outlives its CreatePermission (UDP
+    reordering or loss, a 438 that makes us sign the request again) is dropped by the server,
+    and a sender that needs it (an ICE check) retransmits anyway. If the permission is refused,
+    those packets are counted in ``counters.dropped`` like queued ones. False restores the
+    conservative behaviour: hold data until the server confirms (for servers that might relay
+    out of order).
     """
 
     def __init__(
@@ -216,6 +250,7 @@ class Allocation:
         rc: int = DEFAULT_RC,
         rm: int = DEFAULT_RM,
         ti: float = DEFAULT_TI,
+        pipeline_permissions: bool = True,
     ) -> None:
         if transport not in ("udp", "tcp", "tls"):
             raise TurnError(f"unknown transport {transport!r} (udp, tcp or tls)")
@@ -238,6 +273,7 @@ class Allocation:
         self.rc = rc
         self.rm = rm
         self.ti = ti
+        self.pipeline_permissions = pipeline_permissions
 
         self.state = State.NEW
         self.counters = AllocationCounters()
@@ -270,6 +306,8 @@ class Allocation:
         self._userhash_refused = False
 
         self._permissions: dict[str, _Permission] = {}
+        #: Peer IPs the server refused (403) -> until when we don't ask again.
+        self._refused: dict[str, float] = {}
         self._channels_by_peer: dict[Address, _Channel] = {}
         self._channels_by_number: dict[int, _Channel] = {}
         self._next_channel = CHANNEL_NUMBER_MIN
@@ -384,9 +422,11 @@ class Allocation:
     def send_to(self, data: bytes, peer: Address, now: float) -> None:
         """Relay *data* to *peer* through the allocation.
 
-        Creates the permission first when needed (the data waits for it), then sends a Send
-        indication, or ChannelData once a channel is bound. Before the allocation exists the data
-        waits for it. Raises :class:`TurnError` once the allocation is closing or closed.
+        Creates the permission first when needed (the data follows it at once, or waits for its
+        success without *pipeline_permissions*), then sends a Send indication, or ChannelData
+        once a channel is bound. Before the allocation exists the data waits for it. Data to a
+        peer the server refused (403) in the last :data:`REFUSED_HOLD` seconds is dropped and
+        counted. Raises :class:`TurnError` once the allocation is closing or closed.
         """
         if self.state in (State.CLOSING, State.CLOSED) or self._close_requested:
             raise TurnError(f"cannot send: allocation is {self.state.value}")
@@ -397,32 +437,48 @@ class Allocation:
             raise TurnError(
                 f"peer {peer} is not of the relayed address's family (RFC 8656 443 would follow)"
             )
+        if self._refused_now(peer.host, now):
+            self.counters.dropped += 1
+            return
         permission = self._permissions.get(peer.host)
         if permission is None:
             permission = _Permission(peer.host, peer)
             self._permissions[peer.host] = permission
         permission.last_used = now
         if not permission.active:
-            self._enqueue(permission.queue, data, peer)
             if not permission.pending:
                 self._send_create_permission(now, (permission.address,))
+            if self.pipeline_permissions:
+                # Behind the CreatePermission on the same 5-tuple: see the class docstring.
+                permission.unconfirmed.append((bytes(data), peer))
+                permission.unconfirmed_count += 1
+                self._send_data(data, peer, now)
+            else:
+                self._enqueue(permission.queue, data, peer)
             return
         self._send_data(data, peer, now)
 
     def create_permission(self, peers: list[Address], now: float) -> None:
-        """Install permissions for *peers* (one CreatePermission for all of them) and keep
-        them refreshed until the allocation ends, whether or not traffic flows.
+        """Install permissions for *peers* and keep them refreshed until the allocation ends,
+        whether or not traffic flows.
 
-        ICE calls this for remote candidates so that their checks can come in through the relay
-        before we have sent anything to them. Before the allocation exists the request waits for
-        it (trickled candidates may arrive first); once closing, :class:`TurnError`.
+        Globally routable peers share one CreatePermission; every other peer (private, loopback,
+        link-local, CGNAT, documentation... the ranges servers deny by default) gets one of its
+        own, because a server refuses the whole request when it refuses one of its peers
+        (RFC 8656 §10.2): one private ICE host candidate must not cost the others their
+        permission. ICE calls this for remote candidates so that their checks can come in
+        through the relay before we have sent anything to them. Before the allocation exists
+        the request waits for it (trickled candidates may arrive first); once closing,
+        :class:`TurnError`.
         """
         if self.state in (State.NEW, State.ALLOCATING) and not self._close_requested:
             self._early_permissions.extend(peers)
             return
         if self.state is not State.ALLOCATED:
             raise TurnError(f"cannot create permissions: allocation is {self.state.value}")
-        wanted: list[Address] = []
+        shared: list[Address] = []
+        alone: list[Address] = []
+        chosen: set[str] = set()
         family = self.relayed_address.family if self.relayed_address is not None else 4
         for peer in peers:
             if peer.family != family:
@@ -430,19 +486,23 @@ class Allocation:
                 # fail the whole batch with it): leave it out, counted.
                 self.counters.dropped += 1
                 continue
+            if self._refused_now(peer.host, now):
+                continue  # refused a moment ago; asking again would be refused again
             permission = self._permissions.get(peer.host)
             if permission is None:
                 permission = _Permission(peer.host, peer)
                 self._permissions[peer.host] = permission
             permission.pinned = True
-            if (
-                not permission.active
-                and not permission.pending
-                and peer.host not in {p.host for p in wanted}
-            ):
-                wanted.append(permission.address)
-        if wanted:
-            self._send_create_permission(now, tuple(wanted))
+            if not permission.active and not permission.pending and peer.host not in chosen:
+                chosen.add(peer.host)
+                if _globally_routable(peer.host):
+                    shared.append(permission.address)
+                else:
+                    alone.append(permission.address)
+        if shared:
+            self._send_create_permission(now, tuple(shared))
+        for address in alone:
+            self._send_create_permission(now, (address,))
 
     def bind_channel(self, peer: Address, now: float) -> None:
         """Bind a channel to *peer* now, without waiting for traffic (needs the permission's
@@ -494,6 +554,15 @@ class Allocation:
 
     # ------------------------------------------------------------------ sending data
 
+    def _refused_now(self, host: str, now: float) -> bool:
+        until = self._refused.get(host)
+        if until is None:
+            return False
+        if now >= until:
+            del self._refused[host]
+            return False
+        return True
+
     def _enqueue(self, queue: deque[tuple[bytes, Address]], data: bytes, peer: Address) -> None:
         if len(queue) >= MAX_QUEUED:
             queue.popleft()
@@ -516,9 +585,34 @@ class Allocation:
         if channel is None and self.channel_threshold > 0:
             count = self._packets_to.get(peer, 0) + 1
             self._packets_to[peer] = count
-            if count >= self.channel_threshold:
+            if count >= self.channel_threshold and self.has_permission(peer.host):
                 # Traffic to this peer has started: a channel saves 32 bytes per packet
-                # (RTP at 50 packets/s, for the rest of the call).
+                # (RTP at 50 packets/s, for the rest of the call). Not before the permission
+                # is confirmed (pipelined data): a peer the server refuses would make the
+                # ChannelBind fail too; _bind_deferred_channels() catches up at its success.
+                self._send_channel_bind(now, peer)
+
+    def _resend_unconfirmed(self, host: str, now: float) -> None:
+        """Send again, behind the CreatePermission just re-sent for *host*, what was pipelined
+        behind the one the server answered with an error (and so dropped): a media sender that
+        never retransmits loses nothing to a stale nonce."""
+        permission = self._permissions.get(host)
+        if permission is None or permission.active:
+            return
+        for data, peer in permission.unconfirmed:
+            self._send_data(data, peer, now)
+
+    def _bind_deferred_channels(self, host: str, now: float) -> None:
+        """Bind the channels that pipelined traffic to *host* earned while its permission was
+        still pending."""
+        if self.channel_threshold <= 0 or self.state is not State.ALLOCATED:
+            return
+        for peer, count in list(self._packets_to.items()):
+            if (
+                peer.host == host
+                and count >= self.channel_threshold
+                and peer not in self._channels_by_peer
+            ):
                 self._send_channel_bind(now, peer)
 
     def _emit(self, data: bytes) -> None:
@@ -802,6 +896,9 @@ class Allocation:
                 self._nonce = nonce
             self.counters.stale_nonces += 1
             self._resend(request, now, stale=True)
+            if request.kind is _Kind.CREATE_PERMISSION:
+                for peer in request.peers:
+                    self._resend_unconfirmed(peer.host, now)
             return
         if code == 300 and request.kind is _Kind.ALLOCATE:
             alternate = message.get(AttributeType.ALTERNATE_SERVER)
@@ -878,11 +975,14 @@ class Allocation:
                 permission.active = True
                 permission.pending = False
                 permission.installed_at = now
+                permission.unconfirmed.clear()
+                permission.unconfirmed_count = 0
                 if first:
                     self._events.append(PermissionCreated(peer.host))
                 while permission.queue and self.state is State.ALLOCATED:
                     data, destination = permission.queue.popleft()
                     self._send_data(data, destination, now)
+                self._bind_deferred_channels(peer.host, now)
         elif kind is _Kind.CHANNEL_BIND:
             channel = self._channels_by_number.get(request.channel)
             if channel is None:
@@ -902,6 +1002,8 @@ class Allocation:
             permission.installed_at = max(permission.installed_at, now)
             if not permission.active and not permission.pending:
                 permission.active = True
+                permission.unconfirmed.clear()
+                permission.unconfirmed_count = 0
                 self._events.append(PermissionCreated(channel.peer.host))
                 while permission.queue and self.state is State.ALLOCATED:
                     data, destination = permission.queue.popleft()
@@ -960,6 +1062,16 @@ class Allocation:
             # Whatever the answer (437 included), the allocation is gone or will time out.
             self._finish_close(confirmed=code is not None)
         elif kind is _Kind.CREATE_PERMISSION:
+            if code == 403 and len(request.peers) > 1:
+                # All or nothing (RFC 8656 §10.2): some peer of the batch is against the
+                # server's policy. Ask for each alone; the allowed ones get theirs one round
+                # trip later instead of never (create_permission() keeps this rare by sending
+                # the peers servers usually deny on their own).
+                for peer in request.peers:
+                    if peer.host in self._permissions:
+                        self._send_create_permission(now, (peer,))
+                        self._resend_unconfirmed(peer.host, now)
+                return
             for peer in request.peers:
                 permission = self._permissions.get(peer.host)
                 if permission is None:
@@ -968,8 +1080,11 @@ class Allocation:
                 if permission.active and code is None:
                     # A refresh timed out; the permission may still hold until it expires.
                     continue
-                self.counters.dropped += len(permission.queue)
+                # Queued data never left; pipelined data was dropped by the server.
+                self.counters.dropped += len(permission.queue) + permission.unconfirmed_count
                 del self._permissions[peer.host]
+                if code == 403:
+                    self._refused[peer.host] = now + REFUSED_HOLD
                 self._events.append(PermissionFailed(peer.host, reason, code))
         elif kind is _Kind.CHANNEL_BIND:
             channel = self._channels_by_number.get(request.channel)
@@ -1032,6 +1147,9 @@ class Allocation:
         return channel.bound_at + CHANNEL_LIFETIME
 
     def _maintain_permissions(self, now: float) -> None:
+        for host, until in list(self._refused.items()):
+            if now >= until:
+                del self._refused[host]
         due: list[Address] = []
         for host, permission in list(self._permissions.items()):
             if not permission.active or permission.pending:
@@ -1059,3 +1177,12 @@ class Allocation:
                 continue
             if now >= self._channel_deadline(channel) and channel.last_used > channel.bound_at:
                 self._send_channel_bind(now, peer, channel.number)
+
+
+def _globally_routable(host: str) -> bool:
+    """True for an address on the public Internet; False for private, loopback, link-local,
+    CGNAT, documentation, multicast... (what TURN servers' deny lists hold by default)."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_global
+    except ValueError:
+        return False
