@@ -23,6 +23,10 @@ LOSS_LIMIT_PCT = 0.1
 # A packet not delivered within this time of being sent counts as lost: the generator reads
 # this much longer after its last send, and later arrivals are counted as late, not received.
 DEADLINE_S = 0.5
+# Before each measurement, wait up to QUIET_MAX_WAIT_S for the machine to be at most QUIET_PCT
+# busy (see wait_for_quiet).
+QUIET_PCT = 25.0
+QUIET_MAX_WAIT_S = 15.0
 
 Result = dict[str, Any]
 
@@ -38,6 +42,7 @@ class Plan:
     # clients arriving one by one) and many in flight (what the server can take).
     alloc_runs: tuple[tuple[int, int], ...]
     alloc_repeats: int  # each allocation run, servers taking turns; the best counts
+    quiet_wait_s: float  # how long to wait for a quiet machine before each measurement
     max_streams: int
 
     @classmethod
@@ -70,6 +75,7 @@ class Plan:
             alloc_window=32,
             alloc_runs=((2000, 8), (4000, 128)),
             alloc_repeats=3,
+            quiet_wait_s=QUIET_MAX_WAIT_S,
             max_streams=7000,
         )
 
@@ -81,6 +87,7 @@ class Plan:
             alloc_window=16,
             alloc_runs=((200, 8), (200, 64)),
             alloc_repeats=1,
+            quiet_wait_s=0.0,
             max_streams=100,
         )
 
@@ -134,9 +141,10 @@ def run_streams(
 ) -> Result:
     """One load step on a freshly started server: ``streams`` allocations, both directions."""
     settings = server.settings
+    quiet = wait_for_quiet(max_wait_s=plan.quiet_wait_s)
     server.start()
     peer = _peer_socket()
-    result: Result = {"streams": streams}
+    result: Result = {"streams": streams, "machine_busy_before_pct": quiet}
     run = None
     try:
         peer_address = peer.getsockname()
@@ -336,6 +344,23 @@ def step_streams(
     return state
 
 
+def wait_for_quiet(threshold_pct: float = QUIET_PCT, max_wait_s: float = QUIET_MAX_WAIT_S) -> float:
+    """Wait (a little) for a moment when the machine is mostly idle; return how busy it was.
+
+    Other work on a shared machine comes in bursts. Starting every measurement in a quiet
+    moment, when there is one, makes the servers' runs comparable with each other; the
+    measurement still records how busy the machine was while it ran.
+    """
+    deadline = time.monotonic() + max_wait_s
+    busy = 100.0
+    while True:
+        before = _machine_cpu()
+        time.sleep(0.5)
+        busy = _cpu_pcts(before, _machine_cpu())[0]
+        if busy <= threshold_pct or time.monotonic() >= deadline:
+            return busy
+
+
 def _machine_cpu() -> tuple[int, int, int]:
     """(busy, steal, total) jiffies over all CPUs, to show how loaded the machine was.
 
@@ -375,9 +400,11 @@ def allocation_rate(
     count: int,
     window: int,
     workdir: Path,
+    quiet_wait_s: float = QUIET_MAX_WAIT_S,
 ) -> Result:
     """Allocate+401+Allocate round trips from many clients, and RSS growth per allocation."""
     server = server_class(settings, workdir / server_class.name)
+    quiet = wait_for_quiet(max_wait_s=quiet_wait_s)
     server.start()
     run = None
     try:
@@ -404,6 +431,7 @@ def allocation_rate(
         return {
             "clients": count,
             "window": window,
+            "machine_busy_before_pct": quiet,
             "succeeded": done,
             "failures": run.failures,
             "elapsed_s": round(run.elapsed_s, 3),
@@ -442,7 +470,7 @@ def allocation_rates(
                 if cls.name in failed:
                     continue
                 try:
-                    run = allocation_rate(cls, settings, count, window, workdir)
+                    run = allocation_rate(cls, settings, count, window, workdir, plan.quiet_wait_s)
                 except (RuntimeError, OSError) as exc:
                     out[cls.name]["error"] = str(exc)
                     failed.add(cls.name)

@@ -412,7 +412,9 @@ def render(data: Result, history: list[Result] | None = None) -> str:
         "bound to the peer), relayed to one peer socket; peer -> relay port, relayed to the "
         "client as ChannelData. So one stream = 100 relayed packets/s. Stream counts stepped: "
         f"{', '.join(str(s) for s in plan['steps'])}, {plan['seconds_per_step']:.0f} s each, "
-        "on a freshly started server per step."
+        "on a freshly started server per step. Before every measurement (step or allocation "
+        "run) the harness waits up to 15 s for a moment when the machine is at most 25% busy, "
+        "so that bursts of other work hit both servers alike as far as possible."
     )
     add(
         "- Load generator: `benchmarks/tools/turnload.c` (C; sender and receiver in two "
