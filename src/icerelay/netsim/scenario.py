@@ -97,7 +97,12 @@ class _Side:
 
 
 class IceScenario:
-    """Build the network and the two agents; :meth:`run` runs the session."""
+    """Build the network and the two agents; :meth:`run` runs the session.
+
+    ``turn_allow_peers`` is the TURN server's allow list: everything by default; the simulated
+    public ranges only bring back a real server's default deny list for the private ones (so
+    host candidates like 10.0.0.2 are refused as peers).
+    """
 
     def __init__(
         self,

@@ -222,12 +222,14 @@ class Allocation:
     messages on one 5-tuple in order (always over TCP/TLS; over UDP unless the network reorders
     them), so the permission exists when the Send indication arrives; icerelay's server and
     coturn 4.6.1 both relay it (tests/interop/test_turn_client_*.py). What can go wrong costs
-    what waiting would have cost: a packet that overtakes or outlives its CreatePermission (UDP
-    reordering or loss, a 438 that makes us sign the request again) is dropped by the server,
-    and a sender that needs it (an ICE check) retransmits anyway. If the permission is refused,
-    those packets are counted in ``counters.dropped`` like queued ones. False restores the
-    conservative behaviour: hold data until the server confirms (for servers that might relay
-    out of order).
+    at most what waiting would have cost: a packet that overtakes its CreatePermission or whose
+    CreatePermission was lost (UDP reordering or loss) is dropped by the server, and a sender
+    that needs it (an ICE check) retransmits anyway. When the server answers the request with
+    an error it installed nothing, so the packets behind it are sent again behind the re-sent
+    request (438 stale nonce, a refused batch split peer by peer); if the permission fails,
+    they are counted in ``counters.dropped`` like queued ones. False restores the conservative
+    behaviour, holding data until the server confirms (for a server that might not process
+    one 5-tuple in order).
     """
 
     def __init__(

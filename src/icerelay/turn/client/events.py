@@ -85,8 +85,10 @@ class PermissionCreated(Event):
 
 @dataclass(frozen=True, slots=True)
 class PermissionFailed(Event):
-    """CreatePermission for *peer* failed (403 forbidden peer, timeout, ...); its queued data
-    was dropped."""
+    """CreatePermission for *peer* failed (403 forbidden peer, timeout, ...); the data queued
+    for it, or pipelined behind the request (which the server dropped), is counted in
+    ``counters.dropped``. After a 403 the peer is not asked for again for
+    :data:`~icerelay.turn.client.allocation.REFUSED_HOLD` seconds."""
 
     peer: str
     reason: str
@@ -161,5 +163,6 @@ class AllocationCounters:
     ignored: int = 0
     #: Responses whose MESSAGE-INTEGRITY did not verify (dropped, as RFC 8489 §9.2.5 says).
     integrity_failures: int = 0
-    #: Application data dropped because a queue was full or its permission failed.
+    #: Application data dropped because a queue was full, its permission failed, or the
+    #: server refused its peer (403) a moment ago.
     dropped: int = 0
