@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from icerelay.errors import ConfigError
+from icerelay.turn.server.config import TurnServerConfig
 
 ENV_PREFIX = "ICERELAY_"
 ENV_CONFIG_FILE = "ICERELAY_CONFIG"
@@ -219,6 +220,7 @@ class Config(Section):
     """The whole configuration. One field per section."""
 
     stun: StunConfig = Field(default_factory=StunConfig)
+    turn: TurnServerConfig = Field(default_factory=TurnServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 
@@ -361,6 +363,32 @@ padding_limit = 1500
 log_interval = 60.0                   # seconds between log lines about one bad source
 tcp_idle_timeout = 300.0
 max_tcp_connections = 1024
+
+[turn]                                # TURN server (RFC 8656); also answers Binding on its ports
+enabled = false
+listen = ["127.0.0.1:3478"]          # the STUN service leaves addresses that TURN listens on
+transports = ["udp", "tcp"]
+# tls_cert = "/etc/icerelay/cert.pem" # with tls_key: TURN over TLS on 5349 (tls_listen to change)
+# tls_key = "/etc/icerelay/key.pem"
+realm = "icerelay"
+users = {}                            # static users, e.g. { alice = "wonderland" }
+auth_secrets = []                     # TURN REST API secrets (coturn use-auth-secret)
+# relay_ipv4 = "192.0.2.10"           # default: the first concrete IPv4 listen address
+# relay_ipv6 = "2001:db8::10"         # IPv6 relays (REQUESTED-ADDRESS-FAMILY, dual allocations)
+# relay_advertised_ipv4 = "203.0.113.7"  # public address behind a 1:1 NAT (coturn external-ip)
+relay_port_min = 61000                # must not overlap net.ipv4.ip_local_port_range
+relay_port_max = 65535
+allow_peers = []                      # networks opened despite the default deny list
+deny_peers = []                       # more networks to deny (wins over allow_peers)
+workers = 1                           # processes on SO_REUSEPORT listeners
+# software = "icerelay"               # SOFTWARE attribute; omitted unless set
+
+[turn.quotas]
+allocations_per_user = 100
+total_allocations = 10000
+permissions_per_allocation = 64
+channels_per_allocation = 64
+bandwidth_per_allocation = 1000000    # bytes/s per allocation, both directions (0: unlimited)
 
 [log]
 level = "info"                        # debug | info | warning | error

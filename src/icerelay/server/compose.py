@@ -17,6 +17,7 @@ from typing import Protocol
 
 from icerelay.config import Config
 from icerelay.server.stun_service import StunService
+from icerelay.turn.server.service import TurnService
 
 logger = logging.getLogger("icerelay.server")
 
@@ -34,13 +35,31 @@ class Service(Protocol):
 
 
 def _stun(config: Config) -> Service | None:
-    return StunService(config.stun) if config.stun.enabled else None
+    if not config.stun.enabled:
+        return None
+    stun = config.stun
+    if config.turn.enabled and stun.alternate is None:
+        # The TURN server answers Binding on its own ports (RFC 8656 §4): leave them to it.
+        taken = {(host, port) for host, port in config.turn.listen}
+        remaining = [
+            address for address in stun.listen if (address.host, address.port) not in taken
+        ]
+        if not remaining:
+            return None
+        if len(remaining) != len(stun.listen):
+            stun = stun.model_copy(update={"listen": remaining})
+    return StunService(stun)
+
+
+def _turn(config: Config) -> Service | None:
+    # daemon=True: SIGUSR1 drains it, and once drained it stops the whole daemon (SIGTERM).
+    return TurnService(config.turn, daemon=True) if config.turn.enabled else None
 
 
 ServiceFactory = Callable[[Config], Service | None]
 
 #: One factory per configuration section, in start order.
-SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_stun,)
+SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_stun, _turn)
 
 
 def build_services(

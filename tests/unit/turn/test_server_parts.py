@@ -221,3 +221,25 @@ def test_worker_share_slices_the_relay_range_and_divides_quotas() -> None:
     assert shares[0].quotas.total_allocations == 34
     assert shares[0].unauthenticated_rate == 10 and shares[0].workers == 1
     assert TurnServerConfig().worker_share(0) == TurnServerConfig()
+
+
+def test_serve_composition_leaves_shared_addresses_to_turn() -> None:
+    from icerelay.config import Config
+    from icerelay.server.compose import build_services
+
+    def names(config: Config) -> list[str]:
+        # Other sections (relay, ...) may add services of their own: look at these two only.
+        return [s.name for s in build_services(config) if s.name in ("stun", "turn")]
+
+    users = {"alice": "wonderland"}
+    assert names(Config.model_validate({"turn": {"enabled": True, "users": users}})) == ["turn"]
+    config = Config.model_validate(
+        {
+            "stun": {"listen": ["127.0.0.1:3478", "127.0.0.1:3479"]},
+            "turn": {"enabled": True, "users": users},
+        }
+    )
+    assert names(config) == ["stun", "turn"]
+    stun = next(s for s in build_services(config) if s.name == "stun")
+    assert [str(a) for a in stun.config.listen] == ["127.0.0.1:3479"]  # type: ignore[attr-defined]
+    assert names(Config()) == ["stun"]
