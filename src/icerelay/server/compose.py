@@ -11,11 +11,12 @@ to start, stops the ones already running before re-raising.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from icerelay.config import Config
+from icerelay.config import Config, HostPort
 from icerelay.server.stun_service import StunService
 from icerelay.turn.server.service import TurnService
 
@@ -39,16 +40,25 @@ def _stun(config: Config) -> Service | None:
         return None
     stun = config.stun
     if config.turn.enabled and stun.alternate is None:
-        # The TURN server answers Binding on its own ports (RFC 8656 §4): leave them to it.
-        taken = {(host, port) for host, port in config.turn.listen}
-        remaining = [
-            address for address in stun.listen if (address.host, address.port) not in taken
-        ]
+        # The TURN server answers Binding on its own ports (RFC 8656 §4): leave them to it,
+        # including addresses a wildcard on either side would make collide.
+        remaining = [address for address in stun.listen if not _shared_with_turn(address, config)]
         if not remaining:
             return None
         if len(remaining) != len(stun.listen):
             stun = stun.model_copy(update={"listen": remaining})
     return StunService(stun)
+
+
+def _shared_with_turn(address: HostPort, config: Config) -> bool:
+    for host, port in config.turn.listen:
+        if port != address.port or (":" in host) != (address.family == 6):
+            continue
+        if host == address.host or ipaddress.ip_address(host).is_unspecified:
+            return True
+        if ipaddress.ip_address(address.host).is_unspecified:
+            return True
+    return False
 
 
 def _turn(config: Config) -> Service | None:

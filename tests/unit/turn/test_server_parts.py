@@ -243,3 +243,8 @@ def test_serve_composition_leaves_shared_addresses_to_turn() -> None:
     stun = next(s for s in build_services(config) if s.name == "stun")
     assert [str(a) for a in stun.config.listen] == ["127.0.0.1:3479"]  # type: ignore[attr-defined]
     assert names(Config()) == ["stun"]
+    wildcard = Config.model_validate(
+        {"turn": {"enabled": True, "users": users, "listen": ["0.0.0.0:3478"],
+                  "relay_ipv4": "127.0.0.1"}}
+    )  # fmt: skip
+    assert names(wildcard) == ["turn"]
