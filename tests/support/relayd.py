@@ -107,11 +107,17 @@ def start_relay(
     if mode == "auto":
         mode = "serve" if serve_has_relay() else "service"
     if mode == "serve":
+        from icerelay.config import Config
+
         config = workdir / "icerelay.toml"
+        # Only the relay: STUN (and TURN, when serve has it) would want 3478, which other tests use.
+        others = "".join(
+            f"[{section}]\nenabled = false\n\n"
+            for section in ("stun", "turn")
+            if section in Config.model_fields
+        )
         config.write_text(
-            "[stun]\n"
-            "enabled = false\n"
-            "\n[log]\n"
+            others + "[log]\n"
             f'level = "{log_level}"\n'
             "\n[relay]\n"
             "enabled = true\n"
