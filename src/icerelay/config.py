@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from icerelay.errors import ConfigError
+from icerelay.relay.config import RelayServiceConfig
 from icerelay.turn.server.config import TurnServerConfig
 
 ENV_PREFIX = "ICERELAY_"
@@ -221,6 +222,7 @@ class Config(Section):
 
     stun: StunConfig = Field(default_factory=StunConfig)
     turn: TurnServerConfig = Field(default_factory=TurnServerConfig)
+    relay: RelayServiceConfig = Field(default_factory=RelayServiceConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 
@@ -389,6 +391,25 @@ total_allocations = 10000
 permissions_per_allocation = 64
 channels_per_allocation = 64
 bandwidth_per_allocation = 1000000    # bytes/s per allocation, both directions (0: unlimited)
+
+[relay]                               # the media relay a SIP proxy drives (issue 5)
+enabled = true
+ng_listen = "127.0.0.1:2223"          # rtpengine's ng protocol, UDP and TCP
+mediaproxy_socket = "/run/mediaproxy/dispatcher.sock"   # mediaproxy module (OpenSIPS); "" = off
+address_ipv4 = "127.0.0.1"            # relay ports are bound here
+# advertised_ipv4 = "203.0.113.10"    # written into SDP instead (relay behind a 1:1 NAT)
+# address_ipv6 = "::1"
+port_min = 16384                      # even RTP / odd RTCP pairs from this range
+port_max = 32767
+media_timeout = 60.0
+hold_timeout = 3600.0
+offer_timeout = 300.0
+max_duration = 86400.0                # 0: no limit
+delete_delay = 30.0
+ice_priority = "low"                  # relay candidate: none | low | high
+strict_source = false
+sip_source = false                    # true: media to the SIP source address, not the SDP's
+accounting = "sqlite:///var/lib/icerelay/sessions.sqlite3"   # or postgresql://...; "" = log only
 
 [log]
 level = "info"                        # debug | info | warning | error

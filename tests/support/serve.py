@@ -69,6 +69,9 @@ def start_serve(
     command = namespace.command(argv) if namespace is not None else argv
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ICERELAY_")}
     full_env.update(env or {})
+    # The media relay is on by default in serve; tests that want it say so (ICERELAY_RELAY__...),
+    # the others must not all bind 127.0.0.1:2223 or, as root, create /run and /var/lib paths.
+    full_env.setdefault("ICERELAY_RELAY__ENABLED", "0")
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

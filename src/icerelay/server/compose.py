@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from icerelay.config import Config, HostPort
+from icerelay.relay.service import RelayService
 from icerelay.server.stun_service import StunService
 from icerelay.turn.server.service import TurnService
 
@@ -66,10 +67,14 @@ def _turn(config: Config) -> Service | None:
     return TurnService(config.turn, daemon=True) if config.turn.enabled else None
 
 
+def _relay(config: Config) -> Service | None:
+    return RelayService(config.relay) if config.relay.enabled else None
+
+
 ServiceFactory = Callable[[Config], Service | None]
 
 #: One factory per configuration section, in start order.
-SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_stun, _turn)
+SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_stun, _turn, _relay)
 
 
 def build_services(

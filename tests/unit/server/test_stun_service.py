@@ -151,10 +151,13 @@ async def test_start_failure_stops_what_was_started() -> None:
 
 @async_test
 async def test_run_services_until_stopped() -> None:
-    config = load_config(environ={}, overrides={"stun": {"listen": ["127.0.0.1:0"]}})
+    # The relay is on by default; this test is about the STUN service alone.
+    no_relay = {"relay": {"enabled": False}}
+    config = load_config(environ={}, overrides={"stun": {"listen": ["127.0.0.1:0"]}, **no_relay})
     services = build_services(config)
     assert [s.name for s in services] == ["stun"]
-    assert build_services(load_config(environ={}, overrides={"stun": {"enabled": False}})) == []
+    stun_off = {"stun": {"enabled": False}, **no_relay}
+    assert build_services(load_config(environ={}, overrides=stun_off)) == []
     stop = asyncio.Event()
     task = asyncio.create_task(run_services(services, stop))
     await asyncio.sleep(0.1)
