@@ -48,6 +48,15 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def _check_code_and_fill_reason(value: ErrorCode | AddressErrorCode) -> None:
+    """Shared by the two error-code values: the RFC range, and the recommended reason phrase
+    when none was given (the dataclasses are frozen, hence ``object.__setattr__``)."""
+    if not 300 <= value.code <= 699:
+        raise ValueError(f"error code {value.code} is outside 300-699")
+    if not value.reason:
+        object.__setattr__(value, "reason", REASON_PHRASES.get(value.code, ""))
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorCode:
     """ERROR-CODE value: a code 300-699 and a UTF-8 reason phrase (RFC 8489 §14.8).
@@ -59,10 +68,7 @@ class ErrorCode:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        if not 300 <= self.code <= 699:
-            raise ValueError(f"error code {self.code} is outside 300-699")
-        if not self.reason:
-            object.__setattr__(self, "reason", REASON_PHRASES.get(self.code, ""))
+        _check_code_and_fill_reason(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +80,7 @@ class AddressErrorCode:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        if not 300 <= self.code <= 699:
-            raise ValueError(f"error code {self.code} is outside 300-699")
-        if not self.reason:
-            object.__setattr__(self, "reason", REASON_PHRASES.get(self.code, ""))
+        _check_code_and_fill_reason(self)
 
 
 @dataclass(frozen=True, slots=True)
