@@ -463,14 +463,7 @@ def _media_options(message: _Message) -> MediaOptions:
     ignored: list[str] = []
     flags = frozenset(_normalise(flag) for flag in _text_list(message, "flags"))
 
-    replace: set[str] = set()
-    for item in _text_list(message, "replace"):
-        value = _normalise(item)
-        if value not in _REPLACE_VALUES:
-            raise ControlError(
-                f"unknown 'replace' value {item!r} (known: {', '.join(sorted(_REPLACE_VALUES))})"
-            )
-        replace.add(value)
+    replace = _known_values(message, "replace", _REPLACE_VALUES)
 
     ice: IceMode | None = None
     if "ice" in message:
@@ -494,14 +487,7 @@ def _media_options(message: _Message) -> MediaOptions:
     if len(direction) > 2:
         raise ControlError(f"'direction' names {len(direction)} interfaces; at most 2 make sense")
 
-    rtcp_mux: set[str] = set()
-    for item in _text_list(message, "rtcp-mux"):
-        value = _normalise(item)
-        if value not in _RTCP_MUX_VALUES:
-            raise ControlError(
-                f"unknown 'rtcp-mux' value {item!r} (known: {', '.join(sorted(_RTCP_MUX_VALUES))})"
-            )
-        rtcp_mux.add(value)
+    rtcp_mux = _known_values(message, "rtcp-mux", _RTCP_MUX_VALUES)
 
     received_from: tuple[str, str] | None = None
     if "received-from" in message:
@@ -530,17 +516,30 @@ def _media_options(message: _Message) -> MediaOptions:
 
     return MediaOptions(
         flags=flags,
-        replace=frozenset(replace),
+        replace=replace,
         ice=ice,
         ice_priority=priority,
         direction=direction,
-        rtcp_mux=frozenset(rtcp_mux),
+        rtcp_mux=rtcp_mux,
         received_from=received_from,
         address_family=address_family,
         media_address=media_address,
         transport_protocol=_optional_text(message, "transport-protocol"),
         ignored=tuple(sorted(ignored)),
     )
+
+
+def _known_values(message: _Message, key: str, known: frozenset[str]) -> frozenset[str]:
+    """The list under ``key``, normalised; a value outside ``known`` is an error that names them."""
+    values: set[str] = set()
+    for item in _text_list(message, key):
+        value = _normalise(item)
+        if value not in known:
+            raise ControlError(
+                f"unknown '{key}' value {item!r} (known: {', '.join(sorted(known))})"
+            )
+        values.add(value)
+    return frozenset(values)
 
 
 def _check_address(text: str, family: str | None, what: str) -> str:
