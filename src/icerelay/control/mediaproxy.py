@@ -30,7 +30,7 @@ engine by describing each stream as a minimal SDP, so both control protocols sha
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from icerelay.errors import ControlError, IcerelayError
 from icerelay.relay.rewrite import describe
@@ -276,15 +276,8 @@ class MediaproxyHandler:
             metadata=metadata,
         )
         if receiver is not None and engine.awaits_answer_from(command.call_id, sender):
-            answer = MediaRequest(
-                call_id=command.call_id,
-                from_tag=receiver,
-                sdp=sdp,
-                to_tag=sender,
-                options=options,
-                user_agent=command.user_agent,
-                metadata=metadata,
-            )
+            # The same request, seen from the answering side.
+            answer = replace(request, from_tag=receiver, to_tag=sender)
             body = engine.answer(answer, now)
         else:
             body = engine.offer(request, now)
