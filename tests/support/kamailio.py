@@ -12,16 +12,15 @@ does not answer, only retries after ``rtpengine_disable_tout`` (1 s in our confi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.process import read_log, spawn_logged, stop_group, wait_until
 
 __all__ = [
     "CONFIG_DIR",
@@ -71,23 +70,11 @@ class Kamailio:
         return self.workdir / "kamailio.log"
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def stop(self) -> None:
         """SIGTERM to the whole process group (main + children), SIGKILL after 5 s."""
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
+        stop_group(self.process)
 
 
 def render_config(
@@ -143,16 +130,10 @@ def start_kamailio(
         "-m", "32",  # shared memory (MB): a proxy for a handful of calls needs little
         "-M", "8",  # private memory per process (MB)
     ]  # fmt: skip
-    with (workdir / "kamailio.log").open("wb") as log:
-        process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True
-        )
+    process = spawn_logged(argv, workdir / "kamailio.log", cwd=workdir)
     kamailio = Kamailio(process, sip_host, sip_port, workdir, argv)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if _answers_options(sip_host, sip_port):
-            return kamailio
-        time.sleep(0.1)
+    if wait_until(process, lambda: _answers_options(sip_host, sip_port), ready_timeout, 0.1):
+        return kamailio
     kamailio.stop()
     raise RuntimeError(
         f"kamailio did not answer OPTIONS on {sip_host}:{sip_port} "

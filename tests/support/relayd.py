@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.process import read_log, spawn_logged, stop_group, wait_until
 from tests.support.rtpengine import NgClient
 
 __all__ = ["RelayProcess", "start_relay"]
@@ -57,26 +56,14 @@ class RelayProcess:
         return self.process.pid
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def client(self, timeout: float = 2.0) -> NgClient:
         return NgClient(self.host, self.ng_port, timeout=timeout)
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM (graceful: sessions end, records are written), SIGKILL if it hangs."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
-        return self.process.returncode
+        return stop_group(self.process, timeout=timeout)
 
 
 def serve_has_relay() -> bool:
@@ -148,19 +135,13 @@ def start_relay(
     # The checkout under test must be importable as `tests.support` from the subprocess.
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    with (workdir / "icerelay-relay.log").open("wb") as log:
-        process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
-        )
+    process = spawn_logged(argv, workdir / "icerelay-relay.log", cwd=root, env=env)
     relay = RelayProcess(
         process, ng_port, (port_min, port_max), workdir, accounting, host, argv, mode
     )
-    deadline = time.monotonic() + ready_timeout
     with NgClient(host, ng_port, timeout=0.2, retries=1) as client:
-        while time.monotonic() < deadline and process.poll() is None:
-            if client.ping():
-                return relay
-            time.sleep(0.05)
+        if wait_until(process, client.ping, ready_timeout):
+            return relay
     relay.stop()
     raise RuntimeError(
         f"icerelay relay did not answer ng ping on {host}:{ng_port} "

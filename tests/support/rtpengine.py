@@ -13,10 +13,8 @@ icerelay alike; tests and the benchmark drive both through the same client.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -25,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from icerelay import bencode
+from tests.support.process import read_log, spawn_logged, stop_group, wait_until
 
 __all__ = [
     "NgClient",
@@ -154,26 +153,14 @@ class Rtpengine:
         return self.process.pid
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def client(self, timeout: float = 2.0) -> NgClient:
         return NgClient(self.interface, self.ng_port, timeout=timeout)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s. Idempotent."""
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
+        stop_group(self.process)
 
 
 def start_rtpengine(
@@ -219,19 +206,11 @@ def start_rtpengine(
         "--log-stderr",
         f"--pidfile={workdir / 'rtpengine.pid'}",
     ]
-    with (workdir / "rtpengine.log").open("wb") as log:
-        process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True
-        )
+    process = spawn_logged(argv, workdir / "rtpengine.log", cwd=workdir)
     engine = Rtpengine(process, ng_port, (port_min, port_max), workdir, interface, argv)
-    deadline = time.monotonic() + ready_timeout
     with NgClient(interface, ng_port, timeout=0.2, retries=1) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                break
-            if client.ping():
-                return engine
-            time.sleep(0.05)
+        if wait_until(process, client.ping, ready_timeout):
+            return engine
     engine.stop()
     raise RuntimeError(
         f"rtpengine did not answer ng ping on {interface}:{ng_port} "

@@ -12,16 +12,15 @@ the callee's address from ``-key uas HOST:PORT``.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.kamailio import CONFIG_DIR
+from tests.support.process import spawn_logged, stop_group
 
 __all__ = [
     "AUDIO_PACKETS",
@@ -137,16 +136,7 @@ class Sipp:
             raise
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
+        stop_group(self.process)
 
 
 def start_sipp(
@@ -196,15 +186,7 @@ def start_sipp(
     for key, value in (keys or {}).items():
         argv += ["-key", key, value]
     argv += list(extra)
-    with (workdir / f"{name}.log").open("wb") as log:
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-            start_new_session=True,
-        )
+    process = spawn_logged(argv, workdir / f"{name}.log", cwd=workdir, stdin=subprocess.DEVNULL)
     return Sipp(process, name, workdir, argv)
 
 
