@@ -16,7 +16,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from icerelay.aio.addresses import bound_socket
@@ -275,59 +275,61 @@ class RelayService:
     async def _on_tcp_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tcp_clients.add(task)
         framer = NgStreamFramer()
         loop = asyncio.get_running_loop()
-        try:
-            while data := await reader.read(65536):
-                try:
-                    messages = framer.feed(data)
-                except ControlError as error:
-                    logger.warning("relay.ng_stream_error", extra={"reason": str(error)})
-                    break
-                for message, prefixed in messages:
-                    done: asyncio.Future[bytes | None] = loop.create_future()
-                    self._queue.put_nowait(("ng", message, _resolver(done)))
-                    payload = await done
-                    if payload is None:
-                        # Not even a cookie: the stream is out of step, nothing to answer.
-                        return
-                    writer.write(NgStreamFramer.frame(payload, prefixed))
-                    await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-            if task is not None:
-                self._tcp_clients.discard(task)
+        async with self._stream_client(writer):
+            try:
+                while data := await reader.read(65536):
+                    try:
+                        messages = framer.feed(data)
+                    except ControlError as error:
+                        logger.warning("relay.ng_stream_error", extra={"reason": str(error)})
+                        break
+                    for message, prefixed in messages:
+                        done: asyncio.Future[bytes | None] = loop.create_future()
+                        self._queue.put_nowait(("ng", message, _resolver(done)))
+                        payload = await done
+                        if payload is None:
+                            # Not even a cookie: the stream is out of step, nothing to answer.
+                            return
+                        writer.write(NgStreamFramer.frame(payload, prefixed))
+                        await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
 
     async def _on_mediaproxy_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        framer = MediaproxyFramer()
+        loop = asyncio.get_running_loop()
+        async with self._stream_client(writer):
+            try:
+                while data := await reader.read(65536):
+                    try:
+                        commands = framer.feed(data)
+                    except ControlError as error:
+                        logger.warning(
+                            "relay.mediaproxy_stream_error", extra={"reason": str(error)}
+                        )
+                        break
+                    for command in commands:
+                        done: asyncio.Future[bytes | None] = loop.create_future()
+                        self._queue.put_nowait(("mediaproxy", command, _resolver(done)))
+                        payload = await done
+                        writer.write(payload if payload is not None else b"error\r\n")
+                        await writer.drain()
+            except ConnectionError:
+                pass
+
+    @contextlib.asynccontextmanager
+    async def _stream_client(self, writer: asyncio.StreamWriter) -> AsyncIterator[None]:
+        """One ng TCP or mediaproxy socket client: tracked while it runs (stop() cancels it),
+        its connection closed however it ends."""
         task = asyncio.current_task()
         if task is not None:
             self._tcp_clients.add(task)
-        framer = MediaproxyFramer()
-        loop = asyncio.get_running_loop()
         try:
-            while data := await reader.read(65536):
-                try:
-                    commands = framer.feed(data)
-                except ControlError as error:
-                    logger.warning("relay.mediaproxy_stream_error", extra={"reason": str(error)})
-                    break
-                for command in commands:
-                    done: asyncio.Future[bytes | None] = loop.create_future()
-                    self._queue.put_nowait(("mediaproxy", command, _resolver(done)))
-                    payload = await done
-                    writer.write(payload if payload is not None else b"error\r\n")
-                    await writer.drain()
-        except ConnectionError:
-            pass
+            yield
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
