@@ -26,6 +26,24 @@ T4 = 5.0
 Address = tuple[str, int]
 
 
+def same_hop_request(invite: SipRequest, method: str, to: str) -> SipRequest:
+    """A request that follows ``invite`` hop by hop: the ACK for a non-2xx answer (section
+    17.1.1.3) or a CANCEL (section 9.1). Both keep the INVITE's top Via (so its branch: the
+    next hop matches them to the INVITE transaction), Route set, Request-URI, From, Call-ID and
+    CSeq number; only ``To`` (the ACK takes the response's, with its tag) and the method differ.
+    """
+    headers = Headers()
+    headers.add("Via", invite.headers.values("Via")[0])
+    for route in invite.headers.get_all("Route"):
+        headers.add("Route", route)
+    headers.add("Max-Forwards", "70")
+    headers.add("From", invite._required("From"))
+    headers.add("To", to)
+    headers.add("Call-ID", invite.call_id)
+    headers.add("CSeq", f"{invite.cseq[0]} {method}")
+    return SipRequest(headers=headers, method=method, uri=invite.uri)
+
+
 class State(enum.Enum):
     CALLING = "calling"
     TRYING = "trying"
@@ -176,17 +194,7 @@ class ClientTransaction(_Transaction):
 
     def _make_ack(self, response: SipResponse) -> SipRequest:
         """The ACK for a non-2xx final response (section 17.1.1.3): same branch, To with tag."""
-        request = self.request
-        headers = Headers()
-        headers.add("Via", request.headers.values("Via")[0])
-        for route in request.headers.get_all("Route"):
-            headers.add("Route", route)
-        headers.add("Max-Forwards", "70")
-        headers.add("From", request._required("From"))
-        headers.add("To", response._required("To"))
-        headers.add("Call-ID", request.call_id)
-        headers.add("CSeq", f"{request.cseq[0]} ACK")
-        return SipRequest(headers=headers, method="ACK", uri=request.uri)
+        return same_hop_request(self.request, "ACK", response._required("To"))
 
     def cancel_timers(self) -> None:
         """Stop retransmitting (the UA gave up on this request)."""

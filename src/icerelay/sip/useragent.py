@@ -49,6 +49,7 @@ from icerelay.sip.transaction import (
     ServerTransaction,
     State,
     Timers,
+    same_hop_request,
 )
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
@@ -468,16 +469,7 @@ class UserAgent:
     def _send_cancel(self, call: Call, now: float) -> None:
         """CANCEL the INVITE (section 9.1): same branch, Request-URI, Call-ID, From, To, Route."""
         invite = call.invite
-        headers = Headers()
-        headers.add("Via", invite.headers.values("Via")[0])
-        for route in invite.headers.get_all("Route"):
-            headers.add("Route", route)
-        headers.add("Max-Forwards", "70")
-        headers.add("From", invite._required("From"))
-        headers.add("To", invite._required("To"))
-        headers.add("Call-ID", invite.call_id)
-        headers.add("CSeq", f"{invite.cseq[0]} CANCEL")
-        request = SipRequest(headers=headers, method="CANCEL", uri=invite.uri)
+        request = same_hop_request(invite, "CANCEL", invite._required("To"))
         self._start_client(request, call.destination, now, "cancel", call)
 
     def _send_ack(self, call: Call, response: SipResponse, invite: SipRequest) -> None:
