@@ -63,7 +63,9 @@ def nat_matrix(
     cells: list[MatrixCell] = []
     for left in nat_types:
         for right in nat_types:
-            scenario = IceScenario(left_nat=left, right_nat=right, seed=seed, rtt=rtt, turn=turn)
+            scenario = IceScenario(
+                left_nat=left, right_nat=right, outer_nat=outer_nat, seed=seed, rtt=rtt, turn=turn
+            )
             result = scenario.run(timeout, until_completed=False)
             cells.append(
                 MatrixCell(
