@@ -235,7 +235,7 @@ def rewrite(
         out.set_ice_lite(True)
 
     for (media, plan), original in zip(planned, _originals(sdp, plans), strict=True):
-        _rewrite_media(out, media, plan, original, ice, priority)
+        _rewrite_media(media, plan, original, ice, priority)
     return out
 
 
@@ -245,7 +245,6 @@ def _originals(sdp: SessionDescription, plans: Sequence[StreamPlan | None]) -> l
 
 
 def _rewrite_media(
-    session: SessionDescription,
     media: MediaDescription,
     plan: StreamPlan,
     had_ice: bool,
