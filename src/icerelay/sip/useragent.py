@@ -472,7 +472,7 @@ class UserAgent:
         request = same_hop_request(invite, "CANCEL", invite._required("To"))
         self._start_client(request, call.destination, now, "cancel", call)
 
-    def _send_ack(self, call: Call, response: SipResponse, invite: SipRequest) -> None:
+    def _send_ack(self, call: Call, invite: SipRequest) -> None:
         """The ACK for a 2xx: a new transaction of its own, sent by the UA core (13.2.2.4)."""
         assert call.dialog is not None
         ack = call.dialog.create_request("ACK", via=self._via(), contact=None,
@@ -555,7 +555,7 @@ class UserAgent:
             if 200 <= status < 300:
                 if call.dialog is not None:
                     call.dialog.update_from_response(response)
-                self._send_ack(call, response, entry.transaction.request)
+                self._send_ack(call, entry.transaction.request)
                 if entry.transaction.state is State.ACCEPTED and call.remote_sdp != response.body:
                     call.remote_sdp = response.body or call.remote_sdp
                     self._events.append(ReinviteAnswered(call, response.body))
@@ -591,12 +591,12 @@ class UserAgent:
                 other = Dialog.from_response(tx.request, response)
                 stray = Call(call.call_id + "#fork", True, call.local_tag, tx.request,
                              CallState.TERMINATING, dialog=other)
-                self._send_ack(stray, response, tx.request)
+                self._send_ack(stray, tx.request)
                 self._send_in_dialog(stray, "BYE", now, purpose="bye")
                 return
             call.dialog.update_from_response(response)
             first = call._ack is None
-            self._send_ack(call, response, tx.request)
+            self._send_ack(call, tx.request)
             if not first:
                 return
             if call.state is CallState.TERMINATING:
