@@ -348,7 +348,8 @@ def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> s
 
 
 def example_toml() -> str:
-    """A commented example configuration (printed by ``icerelay config --example``)."""
+    """A commented example configuration: every section with its defaults, as a starting
+    point for an operator's file (no command prints it yet)."""
     return EXAMPLE_TOML
 
 
