@@ -11,12 +11,9 @@ Use :func:`start_coturn` / :class:`Coturn` directly or the ``coturn`` / ``coturn
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ from pathlib import Path
 from tests.support import stunraw
 from tests.support.netns import Namespace
 from tests.support.ports import free_ports
+from tests.support.process import read_log, stop_group
 
 
 def unavailable_reason() -> str | None:
@@ -58,22 +56,11 @@ class Coturn:
 
     def log(self) -> str:
         """The log so far (for assertion messages)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 3 s. Idempotent."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=3)
-            except ProcessLookupError:
-                pass
+        stop_group(self.process, timeout=3, kill_timeout=3)
 
 
 def start_coturn(
@@ -154,30 +141,15 @@ def start_coturn(
         argv=argv,
     )
     try:
-        _wait_ready(server, ready_timeout)
+        ready = stunraw.wait_until_answers(process, server.host, port, ready_timeout, namespace)
     except BaseException:
         server.stop()
         raise
+    if not ready:
+        error = RuntimeError(
+            f"turnserver did not answer on {server.host}:{port} "
+            f"(exit={process.poll()}); log:\n{server.log()[-3000:]}"
+        )
+        server.stop()
+        raise error
     return server
-
-
-def _wait_ready(server: Coturn, timeout: float) -> None:
-    if server.namespace is not None:
-        result = server.namespace.python(
-            stunraw.WAIT_SNIPPET, server.host, str(server.port), str(timeout),
-            check=False, timeout=timeout + 5,
-        )  # fmt: skip
-        if result.returncode == 0:
-            return
-    else:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                break
-            if stunraw.udp_binding(server.host, server.port, timeout=0.2) is not None:
-                return
-            time.sleep(0.05)
-    raise RuntimeError(
-        f"turnserver did not answer on {server.host}:{server.port} "
-        f"(exit={server.process.poll()}); log:\n{server.log()[-3000:]}"
-    )

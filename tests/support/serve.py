@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -84,29 +83,14 @@ def start_serve(
     if namespace is not None:
         namespace.lab.processes.append(process)
     try:
-        _wait_ready(server, ready_timeout)
+        ready = stunraw.wait_until_answers(process, host, port, ready_timeout, namespace)
     except BaseException:
         server.stop()
         raise
+    if not ready:
+        server.stop()
+        raise RuntimeError(
+            f"icerelay serve did not answer on {host}:{port} "
+            f"(exit={process.returncode}); output:\n{server.output()[-3000:]}"
+        )
     return server
-
-
-def _wait_ready(server: ServeProcess, timeout: float) -> None:
-    if server.namespace is not None:
-        result = server.namespace.python(
-            stunraw.WAIT_SNIPPET, server.host, str(server.port), str(timeout),
-            check=False, timeout=timeout + 5,
-        )  # fmt: skip
-        if result.returncode == 0:
-            return
-    else:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and server.process.poll() is None:
-            if stunraw.udp_binding(server.host, server.port, timeout=0.2) is not None:
-                return
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(
-        f"icerelay serve did not answer on {server.host}:{server.port} "
-        f"(exit={server.process.returncode}); output:\n{server.output()[-3000:]}"
-    )

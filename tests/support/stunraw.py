@@ -12,6 +12,12 @@ import os
 import socket
 import struct
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from tests.support.netns import Namespace
 
 MAGIC_COOKIE = 0x2112A442
 BINDING_REQUEST = 0x0001
@@ -90,3 +96,25 @@ while time.monotonic() < deadline:
             time.sleep(0.05)
 sys.exit(1)
 """
+
+
+def wait_until_answers(
+    process: subprocess.Popen[Any],
+    host: str,
+    port: int,
+    timeout: float,
+    namespace: Namespace | None = None,
+) -> bool:
+    """Whether the server ``process`` started answers a Binding over UDP within ``timeout`` s.
+
+    Inside ``namespace`` the poll is :data:`WAIT_SNIPPET` run there; outside it, the poll also
+    gives up as soon as the process exits.
+    """
+    if namespace is not None:
+        result = namespace.python(
+            WAIT_SNIPPET, host, str(port), str(timeout), check=False, timeout=timeout + 5
+        )
+        return result.returncode == 0
+    from tests.support.process import wait_until
+
+    return wait_until(process, lambda: udp_binding(host, port, timeout=0.2) is not None, timeout)
