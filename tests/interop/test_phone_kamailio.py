@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -32,14 +29,14 @@ from icerelay.endpoint.audio import dominant_frequency, read_wav
 from icerelay.relay.config import RelayServiceConfig
 from icerelay.relay.service import RelayService
 from icerelay.relay.sessions import SessionRecord
+from tests.support import kamailio as kamailio_support
 from tests.support.ports import free_ports
+from tests.support.process import spawn_logged, stop_group
 
 pytestmark = pytest.mark.interop
 
 HOST = "127.0.0.1"
-KAMAILIO = shutil.which("kamailio") or (
-    "/usr/sbin/kamailio" if os.path.exists("/usr/sbin/kamailio") else None
-)
+KAMAILIO = kamailio_support.binary()
 PHONE = [sys.executable, "-m", "icerelay", "phone"]
 
 # A minimal record-routing proxy: every request goes to its Request-URI; offers and answers go
@@ -160,15 +157,10 @@ def proxy(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     (tmp_path / "kamailio.cfg").write_text(KAMAILIO_CFG.format(
         host=HOST, sip_port=sip_port, ng_port=ng_port, flags=flags,
         auth="1" if request.param else "0", password="s3cret"))
-    rundir = tmp_path / "run"
-    rundir.mkdir()
     with RelayThread(config) as relay:
-        log = (tmp_path / "kamailio.log").open("wb")
-        kamailio = subprocess.Popen(
-            [KAMAILIO, "-f", str(tmp_path / "kamailio.cfg"), "-DD", "-E", "-Y", str(rundir),
-             "-P", str(rundir / "kamailio.pid"), "-w", str(tmp_path), "-m", "32", "-M", "8"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
-        log.close()
+        kamailio = spawn_logged(
+            kamailio_support.command(KAMAILIO, tmp_path / "kamailio.cfg", tmp_path),
+            tmp_path / "kamailio.log", cwd=tmp_path)
         try:
             # The rtpengine module pings the relay when it starts: that is our "ready".
             deadline = time.monotonic() + 15
@@ -179,13 +171,7 @@ def proxy(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
             time.sleep(0.2)
             yield sip_port, (first, first + 39), relay
         finally:
-            if kamailio.poll() is None:
-                os.killpg(kamailio.pid, signal.SIGTERM)
-                try:
-                    kamailio.wait(5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(kamailio.pid, signal.SIGKILL)
-                    kamailio.wait(5)
+            stop_group(kamailio)
 
 
 def call_through(sip_port: int, tmp_path: Path, *extra: str, duration: str = "2") -> tuple[

@@ -16,10 +16,8 @@ and the accounting record of the call matches.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -32,14 +30,14 @@ import pytest
 from icerelay.relay.config import RelayServiceConfig
 from icerelay.relay.service import RelayService
 from icerelay.relay.sessions import SessionRecord, TerminationReason
+from tests.support import kamailio as kamailio_support
 from tests.support.ports import free_ports
+from tests.support.process import spawn_logged, stop_group
 
 pytestmark = pytest.mark.interop
 
 HOST = "127.0.0.1"
-KAMAILIO = shutil.which("kamailio") or (
-    "/usr/sbin/kamailio" if os.path.exists("/usr/sbin/kamailio") else None
-)
+KAMAILIO = kamailio_support.binary()
 SIPP = shutil.which("sipp")
 
 KAMAILIO_CFG = """#!KAMAILIO
@@ -282,22 +280,11 @@ class Process:
     log: Path
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
+        stop_group(self.popen)
 
 
 def start(argv: list[str], log: Path, cwd: Path) -> Process:
-    handle = log.open("wb")
-    popen = subprocess.Popen(
-        argv, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
-    )
-    handle.close()
-    return Process(popen, log)
+    return Process(spawn_logged(argv, log, cwd=cwd), log)
 
 
 @pytest.fixture
@@ -342,30 +329,12 @@ def test_kamailio_call_through_the_relay(tools: tuple[str, str], workdir: Path) 
     audio.write_bytes(b"\xd5" * 8000)  # one second of A-law silence: 50 packets of 20 ms
     (workdir / "uac.xml").write_text(UAC_XML.format(host=HOST, uas_port=uas_port, audio=audio))
     (workdir / "uas.xml").write_text(UAS_XML)
-    rundir = workdir / "run"
-    rundir.mkdir()
 
     processes: list[Process] = []
     with RelayThread(config) as relay:
         try:
             kam = start(
-                [
-                    kamailio,
-                    "-f",
-                    str(workdir / "kamailio.cfg"),
-                    "-DD",
-                    "-E",
-                    "-Y",
-                    str(rundir),
-                    "-P",
-                    str(rundir / "kamailio.pid"),
-                    "-w",
-                    str(workdir),
-                    "-m",
-                    "32",
-                    "-M",
-                    "8",
-                ],
+                kamailio_support.command(kamailio, workdir / "kamailio.cfg", workdir),
                 workdir / "kamailio.log",
                 workdir,
             )

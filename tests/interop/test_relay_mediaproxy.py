@@ -27,6 +27,7 @@ from tests.interop.test_relay_kamailio import (
     RelayThread,
     start,
 )
+from tests.support import kamailio as kamailio_support
 from tests.support.ports import free_ports
 
 pytestmark = pytest.mark.interop
@@ -114,19 +115,16 @@ def test_kamailio_mediaproxy_module_call(tmp_path: Path) -> None:
     audio.write_bytes(b"\xd5" * 8000)  # one second of A-law silence: 50 packets of 20 ms
     (tmp_path / "uac.xml").write_text(UAC_XML.format(host=HOST, uas_port=uas_port, audio=audio))
     (tmp_path / "uas.xml").write_text(UAS_XML)
-    rundir = tmp_path / "run"
-    rundir.mkdir()
 
     processes: list[Process] = []
     with RelayThread(config) as relay:
         try:
             assert socket_path.is_socket()
             kam = start(
-                [KAMAILIO, "-f", str(tmp_path / "kamailio.cfg"), "-DD", "-E", "-Y", str(rundir),
-                 "-P", str(rundir / "kamailio.pid"), "-w", str(tmp_path), "-m", "32", "-M", "8"],
+                kamailio_support.command(KAMAILIO, tmp_path / "kamailio.cfg", tmp_path),
                 tmp_path / "kamailio.log",
                 tmp_path,
-            )  # fmt: skip
+            )
             processes.append(kam)
             deadline = time.monotonic() + 15
             while "Listening on" not in kam.log.read_text(errors="replace"):

@@ -26,6 +26,8 @@ __all__ = [
     "CONFIG_DIR",
     "DEFAULT_FLAGS",
     "Kamailio",
+    "binary",
+    "command",
     "start_kamailio",
     "unavailable_reason",
 ]
@@ -96,6 +98,26 @@ def render_config(
     return text
 
 
+def command(path: str, config: Path, workdir: Path) -> list[str]:
+    """The argv that runs Kamailio ``path`` with ``config`` for a test, its state in ``workdir``.
+
+    Creates ``workdir/run`` (its runtime directory).
+    """
+    rundir = workdir / "run"
+    rundir.mkdir(exist_ok=True)
+    return [
+        path,
+        "-f", str(config),
+        "-DD",  # stay in the foreground (children still fork): the test owns the process
+        "-E",  # log to stderr, i.e. our log file
+        "-Y", str(rundir),  # runtime dir: not /run/kamailio, which a system instance may own
+        "-P", str(rundir / "kamailio.pid"),
+        "-w", str(workdir),
+        "-m", "32",  # shared memory (MB): a proxy for a handful of calls needs little
+        "-M", "8",  # private memory per process (MB)
+    ]  # fmt: skip
+
+
 def start_kamailio(
     workdir: Path,
     *,
@@ -117,19 +139,7 @@ def start_kamailio(
             sip_host=sip_host, sip_port=sip_port, ng_host=ng_host, ng_port=ng_port, flags=flags
         )
     )
-    rundir = workdir / "run"
-    rundir.mkdir(exist_ok=True)
-    argv = [
-        path,
-        "-f", str(config),
-        "-DD",  # stay in the foreground (children still fork): the test owns the process
-        "-E",  # log to stderr, i.e. our log file
-        "-Y", str(rundir),  # runtime dir: not /run/kamailio, which a system instance may own
-        "-P", str(rundir / "kamailio.pid"),
-        "-w", str(workdir),
-        "-m", "32",  # shared memory (MB): a proxy for a handful of calls needs little
-        "-M", "8",  # private memory per process (MB)
-    ]  # fmt: skip
+    argv = command(path, config, workdir)
     process = spawn_logged(argv, workdir / "kamailio.log", cwd=workdir)
     kamailio = Kamailio(process, sip_host, sip_port, workdir, argv)
     if wait_until(process, lambda: _answers_options(sip_host, sip_port), ready_timeout, 0.1):
