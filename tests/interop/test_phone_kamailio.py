@@ -14,11 +14,9 @@ their pairs, and the call (with the caller's updated offer through Kamailio) sti
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +25,10 @@ import pytest
 
 from icerelay.endpoint.audio import dominant_frequency, read_wav
 from icerelay.relay.config import RelayServiceConfig
-from icerelay.relay.service import RelayService
-from icerelay.relay.sessions import SessionRecord
 from tests.support import kamailio as kamailio_support
 from tests.support.ports import free_ports
 from tests.support.process import spawn_logged, stop_group
+from tests.support.relayd import RelayThread
 
 pytestmark = pytest.mark.interop
 
@@ -117,27 +114,6 @@ onreply_route[MEDIA_REPLY] {{
     }}
 }}
 """
-
-
-class RelayThread:
-    """Our relay service on its own event loop in a background thread."""
-
-    def __init__(self, config: RelayServiceConfig) -> None:
-        self.records: list[SessionRecord] = []
-        self.service = RelayService(config, records=self.records.append)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> RelayThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture(params=[False])

@@ -15,11 +15,9 @@ and the accounting record of the call matches.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,11 +26,11 @@ from pathlib import Path
 import pytest
 
 from icerelay.relay.config import RelayServiceConfig
-from icerelay.relay.service import RelayService
-from icerelay.relay.sessions import SessionRecord, TerminationReason
+from icerelay.relay.sessions import TerminationReason
 from tests.support import kamailio as kamailio_support
 from tests.support.ports import free_ports
 from tests.support.process import spawn_logged, stop_group
+from tests.support.relayd import RelayThread
 
 pytestmark = pytest.mark.interop
 
@@ -244,34 +242,6 @@ UAS_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   </send>
 </scenario>
 """
-
-
-class RelayThread:
-    """Our relay service running on its own event loop in a background thread."""
-
-    def __init__(self, config: RelayServiceConfig) -> None:
-        self.records: list[SessionRecord] = []
-        self.service = RelayService(config, records=self.records.append)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> RelayThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(30)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        # Generous: the machine running the suite may be loaded (stop itself takes milliseconds).
-        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-    def wait_for_records(self, count: int, timeout: float) -> list[SessionRecord]:
-        deadline = time.monotonic() + timeout
-        while len(self.records) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return list(self.records)
 
 
 @dataclass

@@ -24,11 +24,11 @@ from tests.interop.test_relay_kamailio import (
     UAC_XML,
     UAS_XML,
     Process,
-    RelayThread,
     start,
 )
 from tests.support import kamailio as kamailio_support
 from tests.support.ports import free_ports
+from tests.support.relayd import RelayThread
 
 pytestmark = pytest.mark.interop
 

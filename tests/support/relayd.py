@@ -11,6 +11,9 @@ Two ways, same settings (:func:`start_relay` ``mode``):
 Either serves until SIGTERM/SIGINT, then stops gracefully, which ends every session and writes its
 accounting record (so a test can read the SQLite store after :meth:`RelayProcess.stop`).
 
+:class:`RelayThread` runs ``RelayService`` on a thread of the test instead, for tests that read
+its counters and records directly.
+
 Why a process and not a thread of the test: Kamailio, SIPp and rtpengine are processes too, so
 the relay's control and media sockets are exercised across processes exactly as in production,
 the benchmark can read the relay's own RSS and CPU time, and the GIL of the test runner does not
@@ -25,13 +28,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.support.process import read_log, spawn_logged, stop_group, wait_until
 from tests.support.rtpengine import NgClient
 
-__all__ = ["RelayProcess", "start_relay"]
+if TYPE_CHECKING:
+    from icerelay.relay.config import RelayServiceConfig
+    from icerelay.relay.sessions import SessionRecord
+
+__all__ = ["RelayProcess", "RelayThread", "start_relay"]
 
 
 @dataclass
@@ -147,6 +157,36 @@ def start_relay(
         f"icerelay relay did not answer ng ping on {host}:{ng_port} "
         f"(exit={process.returncode}); log:\n{relay.log()[-3000:]}"
     )
+
+
+class RelayThread:
+    """Our relay service running on its own event loop in a background thread."""
+
+    def __init__(self, config: RelayServiceConfig) -> None:
+        from icerelay.relay.service import RelayService
+
+        self.records: list[SessionRecord] = []
+        self.service = RelayService(config, records=self.records.append)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> RelayThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(30)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # Generous: the machine running the suite may be loaded (stop itself takes milliseconds).
+        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def wait_for_records(self, count: int, timeout: float) -> list[SessionRecord]:
+        deadline = time.monotonic() + timeout
+        while len(self.records) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(self.records)
 
 
 async def _serve(args: argparse.Namespace) -> None:
