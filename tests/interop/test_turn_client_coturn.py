@@ -9,10 +9,8 @@ deallocation, over UDP, TCP and TLS to the server; also TURN REST API shared-sec
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -35,8 +33,10 @@ from icerelay.turn.client import (
     create_turn_allocation,
 )
 from icerelay.turn.credentials import rest_api_credentials
+from tests.support import certs
 from tests.support.coturn import Coturn
 from tests.support.ports import free_ports
+from tests.support.process import stop_group
 
 pytestmark = pytest.mark.interop
 
@@ -272,17 +272,7 @@ def coturn_tls(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     for tool in ("turnserver", "openssl"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed (Debian packages coturn, openssl)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "2", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    cert, key = certs.self_signed(tmp_path)
     port, tls_port = free_ports(2)
     base = random.randrange(300, 327) * 100
     argv = [
@@ -313,13 +303,7 @@ def coturn_tls(tmp_path: Path) -> Iterator[tuple[int, Path]]:
                 time.sleep(0.05)
         yield tls_port, cert
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=3)
+        stop_group(process, timeout=3, kill_timeout=3)
 
 
 def test_tls_to_coturn(coturn_tls: tuple[int, Path]) -> None:

@@ -7,11 +7,11 @@ import asyncio
 import random
 import shutil
 import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support import certs
 from tests.support.ports import free_port
 
 from icerelay.ice import AgentConfig, CandidateType, ConnectionState, TurnServer
@@ -28,18 +28,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl command not installed (Debian package openssl)")
     directory = tmp_path_factory.mktemp("ice-tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "2", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return certs.self_signed(directory)
 
 
 async def relayed_over_stream(transport: str, certificate: tuple[Path, Path] | None) -> None:
