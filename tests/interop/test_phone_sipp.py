@@ -42,6 +42,33 @@ def sipp_command(binary: str, scenario: str, sip_port: int, media_port: int,
             "-timeout", "20s", "-timeout_error", *extra]
 
 
+def sipp_calls_phone(sipp: str, tmp_path: Path, scenario: str, pause_ms: int,
+                     *phone_args: str) -> tuple[subprocess.CompletedProcess[str], int, str, str]:
+    """SIPp's ``scenario`` (``-d pause_ms``) calls an answering phone started with ``phone_args``.
+
+    Returns SIPp's result, the phone's exit status, stdout and stderr.
+    """
+    phone = subprocess.Popen(
+        [*PHONE, "--listen", "127.0.0.1:0", "--answer", "--wait", "20", "--duration", "10",
+         *phone_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert phone.stderr is not None
+        first = phone.stderr.readline()
+        assert first.startswith("SIP on udp:"), first
+        phone_port = int(first.rsplit(":", 1)[1])
+        media_port = free_ports(4, kinds=("udp",), consecutive=True)[0]
+        uac = subprocess.run(
+            [*sipp_command(sipp, scenario, free_port(kinds=("udp",)), media_port),
+             "-s", "bob", "-d", str(pause_ms), f"127.0.0.1:{phone_port}"],
+            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        out, err = phone.communicate(timeout=20)
+    finally:
+        if phone.poll() is None:
+            phone.kill()
+            phone.communicate()
+    return uac, phone.returncode, out, err
+
+
 def test_phone_calls_sipp_uas_and_hears_the_echo(sipp: str, tmp_path: Path) -> None:
     sip_port = free_port(kinds=("udp",))
     media_port = free_ports(4, kinds=("udp",), consecutive=True)[0]
@@ -74,27 +101,11 @@ def test_phone_calls_sipp_uas_and_hears_the_echo(sipp: str, tmp_path: Path) -> N
 
 
 def test_sipp_uac_calls_the_phone(sipp: str, tmp_path: Path) -> None:
-    phone = subprocess.Popen(
-        [*PHONE, "--listen", "127.0.0.1:0", "--answer", "--wait", "20", "--duration", "10",
-         "--tone", "600", "--record", str(tmp_path / "echo.wav"), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert phone.stderr is not None
-        first = phone.stderr.readline()
-        assert first.startswith("SIP on udp:"), first
-        phone_port = int(first.rsplit(":", 1)[1])
-        media_port = free_ports(4, kinds=("udp",), consecutive=True)[0]
-        uac = subprocess.run(
-            [*sipp_command(sipp, "uac_echo.xml", free_port(kinds=("udp",)), media_port),
-             "-s", "bob", "-d", "2000", f"127.0.0.1:{phone_port}"],
-            capture_output=True, text=True, timeout=30, cwd=tmp_path)
-        out, err = phone.communicate(timeout=20)
-    finally:
-        if phone.poll() is None:
-            phone.kill()
-            phone.communicate()
+    uac, phone_status, out, err = sipp_calls_phone(
+        sipp, tmp_path, "uac_echo.xml", 2000,
+        "--tone", "600", "--record", str(tmp_path / "echo.wav"), "--json")
     assert uac.returncode == 0, uac.stdout[-2000:]
-    assert phone.returncode == 0, out + err
+    assert phone_status == 0, out + err
     assert '"media_both_ways": true' in out and '"end_reason": "remote hangup"' in out
     echo = read_wav(tmp_path / "echo.wav")
     assert dominant_frequency(echo[1600:3200]) == pytest.approx(600, abs=10)
@@ -128,26 +139,9 @@ def test_phone_calls_sipp_over_tcp(sipp: str, tmp_path: Path) -> None:
 
 def test_sipp_puts_the_phone_on_hold(sipp: str, tmp_path: Path) -> None:
     """A re-INVITE with a=sendonly: the phone answers a=recvonly and stops sending."""
-    phone = subprocess.Popen(
-        [*PHONE, "--listen", "127.0.0.1:0", "--answer", "--wait", "20", "--duration", "10",
-         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert phone.stderr is not None
-        first = phone.stderr.readline()
-        assert first.startswith("SIP on udp:"), first
-        phone_port = int(first.rsplit(":", 1)[1])
-        media_port = free_ports(4, kinds=("udp",), consecutive=True)[0]
-        uac = subprocess.run(
-            [*sipp_command(sipp, "uac_hold.xml", free_port(kinds=("udp",)), media_port),
-             "-s", "bob", "-d", "1000", f"127.0.0.1:{phone_port}"],
-            capture_output=True, text=True, timeout=30, cwd=tmp_path)
-        out, err = phone.communicate(timeout=20)
-    finally:
-        if phone.poll() is None:
-            phone.kill()
-            phone.communicate()
+    uac, phone_status, out, err = sipp_calls_phone(sipp, tmp_path, "uac_hold.xml", 1000, "--json")
     assert uac.returncode == 0, uac.stdout[-2000:]
-    assert phone.returncode == 0, out + err
+    assert phone_status == 0, out + err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["reinvites"] == 1
     # About 1 s of media before the hold (50 packets), none during the second.
@@ -155,24 +149,8 @@ def test_sipp_puts_the_phone_on_hold(sipp: str, tmp_path: Path) -> None:
 
 
 def test_ice_mismatch_falls_back_to_plain_rtp(sipp: str, tmp_path: Path) -> None:
-    phone = subprocess.Popen(
-        [*PHONE, "--listen", "127.0.0.1:0", "--answer", "--wait", "20", "--duration", "10",
-         "--ice"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert phone.stderr is not None
-        first = phone.stderr.readline()
-        assert first.startswith("SIP on udp:"), first
-        phone_port = int(first.rsplit(":", 1)[1])
-        media_port = free_ports(4, kinds=("udp",), consecutive=True)[0]
-        uac = subprocess.run(
-            [*sipp_command(sipp, "uac_ice_mismatch.xml", free_port(kinds=("udp",)),
-                           media_port), "-s", "bob", "-d", "1000", f"127.0.0.1:{phone_port}"],
-            capture_output=True, text=True, timeout=30, cwd=tmp_path)
-        out, err = phone.communicate(timeout=20)
-    finally:
-        if phone.poll() is None:
-            phone.kill()
-            phone.communicate()
+    uac, phone_status, out, err = sipp_calls_phone(
+        sipp, tmp_path, "uac_ice_mismatch.xml", 1000, "--ice")
     assert uac.returncode == 0, uac.stdout[-2000:]  # the answer had a=ice-mismatch
-    assert phone.returncode == 0, out + err
+    assert phone_status == 0, out + err
     assert "ICE mismatch" in out and "symmetric RTP to 127.0.0.1:" in out
