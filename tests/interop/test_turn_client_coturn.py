@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -37,35 +37,13 @@ from tests.support import certs
 from tests.support.coturn import Coturn
 from tests.support.ports import free_ports
 from tests.support.process import stop_group
+from tests.support.turnpeer import echo_peer, exchange
 
 pytestmark = pytest.mark.interop
 
 USER, PASSWORD = "alice", "wonderland"
 SECRET = "north-wind"
 CoturnFactory = Callable[..., Coturn]
-
-
-class EchoPeer(asyncio.DatagramProtocol):
-    """A peer on loopback that sends every datagram back where it came from (the relay)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.seen: list[tuple[bytes, tuple[str, int]]] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.seen.append((data, addr))
-        assert self.transport is not None
-        self.transport.sendto(data, addr)
-
-
-async def _echo_peer() -> tuple[EchoPeer, Address]:
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(EchoPeer, local_addr=("127.0.0.1", 0))
-    host, port = transport.get_extra_info("sockname")[:2]
-    return protocol, Address(host, port)
 
 
 async def _wait_for(events: list[Event], kind: type[Event], timeout: float) -> Event:
@@ -78,17 +56,6 @@ async def _wait_for(events: list[Event], kind: type[Event], timeout: float) -> E
     raise AssertionError(f"no {kind.__name__} within {timeout} s; events: {events}")
 
 
-async def _exchange(turn: TurnClient, peer: Address, count: int) -> list[bytes]:
-    """Send *count* numbered packets to the echo peer, one at a time, and return the echoes."""
-    echoes = []
-    for number in range(count):
-        await turn.send_to(b"packet-%03d" % number, peer)
-        data, source = await asyncio.wait_for(turn.recv_from(), 3.0)
-        assert source == peer
-        echoes.append(data)
-    return echoes
-
-
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_allocate_permission_channel_data_refresh_deallocate(
     coturn_factory: CoturnFactory, transport: str
@@ -99,7 +66,7 @@ def test_allocate_permission_channel_data_refresh_deallocate(
     server = coturn_factory(users=[(USER, PASSWORD)], extra_args=["--max-allocate-lifetime=6"])
 
     async def scenario() -> None:
-        echo, peer = await _echo_peer()
+        echo, peer = await echo_peer()
         events: list[Event] = []
         async with create_turn_allocation(
             ("127.0.0.1", server.port),
@@ -113,7 +80,7 @@ def test_allocate_permission_channel_data_refresh_deallocate(
             assert turn.mapped_address is not None and turn.mapped_address.host == "127.0.0.1"
             assert turn.lifetime == 6
 
-            echoes = await _exchange(turn, peer, 10)
+            echoes = await exchange(turn, peer, 10)
             assert echoes == [b"packet-%03d" % n for n in range(10)]
             # The peer saw our relayed address as the source: the data really went through coturn.
             assert {addr for _, addr in echo.seen} == {
@@ -131,7 +98,7 @@ def test_allocate_permission_channel_data_refresh_deallocate(
 
             refreshed = await _wait_for(events, AllocationRefreshed, 6.0)
             assert isinstance(refreshed, AllocationRefreshed) and refreshed.lifetime == 6
-            assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
+            assert await exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
         assert events[-1] == AllocationClosed(confirmed=True)
         assert turn.closed
         assert echo.transport is not None
@@ -174,10 +141,10 @@ def test_rest_api_shared_secret_credentials(coturn_factory: CoturnFactory) -> No
     )
 
     async def scenario() -> None:
-        echo, peer = await _echo_peer()
+        echo, peer = await echo_peer()
         username, password = rest_api_credentials(SECRET, "bob", ttl=600, now=time.time())
         async with create_turn_allocation(("127.0.0.1", server.port), username, password) as turn:
-            assert await _exchange(turn, peer, 3) == [b"packet-000", b"packet-001", b"packet-002"]
+            assert await exchange(turn, peer, 3) == [b"packet-000", b"packet-001", b"packet-002"]
         # The same user with a key from another secret, and an expired credential: both 401.
         wrong = rest_api_credentials("south-wind", "bob", ttl=600, now=time.time())
         expired = rest_api_credentials(SECRET, "bob", ttl=-60, now=time.time())
@@ -216,7 +183,7 @@ def test_stale_nonce_from_coturn_is_retried(coturn_factory: CoturnFactory) -> No
     server = coturn_factory(users=[(USER, PASSWORD)], extra_args=["--stale-nonce=1"])
 
     async def scenario() -> None:
-        echo, peer = await _echo_peer()
+        echo, peer = await echo_peer()
         events: list[Event] = []
         options: dict[str, Any] = {"on_event": events.append}
         async with create_turn_allocation(
@@ -224,7 +191,7 @@ def test_stale_nonce_from_coturn_is_retried(coturn_factory: CoturnFactory) -> No
         ) as turn:
             await asyncio.sleep(2.2)
             # A new permission needs a request: coturn answers 438, we retry with its new nonce.
-            assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
+            assert await exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
             assert turn.counters.stale_nonces >= 1
         assert events[-1] == AllocationClosed(confirmed=True)
         assert echo.transport is not None
@@ -242,7 +209,7 @@ def test_alternate_server_redirection(coturn_factory: CoturnFactory, transport: 
     )
 
     async def scenario() -> None:
-        echo, peer = await _echo_peer()
+        echo, peer = await echo_peer()
         events: list[Event] = []
         async with create_turn_allocation(
             ("127.0.0.1", redirector.port),
@@ -254,7 +221,7 @@ def test_alternate_server_redirection(coturn_factory: CoturnFactory, transport: 
             assert events[0] == AlternateServer(Address("127.0.0.1", target.port))
             assert turn.engine.server.port == target.port
             assert target.relay_range[0] <= turn.relayed_address.port <= target.relay_range[1]
-            assert await _exchange(turn, peer, 3) == [b"packet-000", b"packet-001", b"packet-002"]
+            assert await exchange(turn, peer, 3) == [b"packet-000", b"packet-001", b"packet-002"]
         assert events[-1] == AllocationClosed(confirmed=True)
         assert echo.transport is not None
         echo.transport.close()
@@ -310,7 +277,7 @@ def test_tls_to_coturn(coturn_tls: tuple[int, Path]) -> None:
     tls_port, cert = coturn_tls
 
     async def scenario() -> None:
-        echo, peer = await _echo_peer()
+        echo, peer = await echo_peer()
         context = ssl.create_default_context(cafile=str(cert))
         events: list[Event] = []
         async with create_turn_allocation(
@@ -321,7 +288,7 @@ def test_tls_to_coturn(coturn_tls: tuple[int, Path]) -> None:
             ssl=context,
             on_event=events.append,
         ) as turn:
-            echoes = await _exchange(turn, peer, 5)
+            echoes = await exchange(turn, peer, 5)
             assert echoes == [b"packet-%03d" % n for n in range(5)]
             assert turn.counters.channel_data_received >= 3
         assert events[-1] == AllocationClosed(confirmed=True)
@@ -357,7 +324,7 @@ def test_first_packets_ride_right_behind_the_create_permission(
     server = coturn_factory(users=[(USER, PASSWORD)])
 
     async def scenario() -> None:
-        echo, peer = await _echo_peer()
+        echo, peer = await echo_peer()
         async with create_turn_allocation(
             ("127.0.0.1", server.port),
             USER,

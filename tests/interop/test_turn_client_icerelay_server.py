@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -33,6 +33,7 @@ from icerelay.turn.client import (
 from icerelay.turn.credentials import rest_api_credentials
 from tests.support import certs
 from tests.support.ports import free_port
+from tests.support.turnpeer import EchoPeer, echo_peer, exchange
 
 try:
     from icerelay.turn.server.config import TurnServerConfig
@@ -44,22 +45,6 @@ pytestmark = pytest.mark.interop
 
 USER, PASSWORD = "alice", "wonderland"
 SECRET = "north-wind"
-
-
-class EchoPeer(asyncio.DatagramProtocol):
-    """A UDP peer on loopback that echoes every datagram to its sender."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.sources: set[tuple[str, int]] = set()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sources.add(addr)
-        assert self.transport is not None
-        self.transport.sendto(data, addr)
 
 
 @pytest.fixture(scope="module")
@@ -101,24 +86,6 @@ async def running_server(
         await service.stop()
 
 
-async def _echo_peer() -> tuple[EchoPeer, Address]:
-    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-        EchoPeer, local_addr=("127.0.0.1", 0)
-    )
-    host, port = transport.get_extra_info("sockname")[:2]
-    return protocol, Address(host, port)
-
-
-async def _exchange(turn: TurnClient, peer: Address, count: int) -> list[bytes]:
-    echoes = []
-    for number in range(count):
-        await turn.send_to(b"packet-%03d" % number, peer)
-        data, source = await asyncio.wait_for(turn.recv_from(), 3.0)
-        assert source == peer
-        echoes.append(data)
-    return echoes
-
-
 async def _until(condition: Any, timeout: float = 3.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -135,7 +102,7 @@ def test_allocate_permission_channel_data_refresh_deallocate(
         # Static users only: then the server also offers username anonymity (USERHASH), which
         # it cannot with REST API secrets (a computed username has no hash to look up).
         async with running_server(certificate, auth_secrets=[]) as service:
-            echo, peer = await _echo_peer()
+            echo, peer = await echo_peer()
             events: list[Event] = []
             if transport == "tls":
                 server = service.listen_tls[0]
@@ -163,7 +130,7 @@ def test_allocate_permission_channel_data_refresh_deallocate(
                 )
                 assert turn.mapped_address is not None
 
-                echoes = await _exchange(turn, peer, 10)
+                echoes = await exchange(turn, peer, 10)
                 assert echoes == [b"packet-%03d" % n for n in range(10)]
                 assert echo.sources == {(relayed.host, relayed.port)}
                 assert any(isinstance(e, ChannelBound) and e.peer == peer for e in events)
@@ -177,7 +144,7 @@ def test_allocate_permission_channel_data_refresh_deallocate(
                 await turn.refresh()
                 await _until(lambda: any(isinstance(e, AllocationRefreshed) for e in events))
                 assert turn.lifetime == 600
-                assert await _exchange(turn, peer, 1) == [b"packet-000"]
+                assert await exchange(turn, peer, 1) == [b"packet-000"]
                 assert len(service.engine.allocations) == 1
             assert events[-1] == AllocationClosed(confirmed=True)
             # Deallocation removed it from the server at once, not at lifetime's end.
@@ -191,12 +158,12 @@ def test_allocate_permission_channel_data_refresh_deallocate(
 def test_rest_api_credentials_and_wrong_password() -> None:
     async def scenario() -> None:
         async with running_server() as service:
-            echo, peer = await _echo_peer()
+            echo, peer = await echo_peer()
             server = service.listen_udp[0]
             username, password = rest_api_credentials(SECRET, "bob", ttl=600, now=time.time())
             async with create_turn_allocation(server, username, password) as turn:
                 assert turn.engine.password_algorithm == PasswordAlgorithm.SHA256
-                assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
+                assert await exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
             with pytest.raises(AllocationError) as info:
                 await TurnClient.connect(server, USER, "not the password", timeout=5)
             assert info.value.code == 401
@@ -209,11 +176,11 @@ def test_rest_api_credentials_and_wrong_password() -> None:
 def test_md5_only_server() -> None:
     async def scenario() -> None:
         async with running_server(sha256=False) as service:
-            echo, peer = await _echo_peer()
+            echo, peer = await echo_peer()
             async with create_turn_allocation(service.listen_udp[0], USER, PASSWORD) as turn:
                 assert turn.engine.password_algorithm == PasswordAlgorithm.MD5
                 assert not turn.engine.uses_userhash
-                assert await _exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
+                assert await exchange(turn, peer, 2) == [b"packet-000", b"packet-001"]
             assert echo.transport is not None
             echo.transport.close()
 
@@ -223,7 +190,7 @@ def test_md5_only_server() -> None:
 def test_callback_style_and_end_of_allocation() -> None:
     async def scenario() -> None:
         async with running_server() as service:
-            echo, peer = await _echo_peer()
+            echo, peer = await echo_peer()
             received: list[tuple[bytes, Address]] = []
             turn = await TurnClient.connect(
                 service.listen_udp[0],
@@ -279,7 +246,7 @@ def test_ipv6_relay_requested_over_ipv4() -> None:
                 # REQUESTED-ADDRESS-FAMILY (RFC 8656 §7.1): IPv6 relay, IPv4 path to the server.
                 assert turn.relayed_address.host == "::1"
                 assert turn.mapped_address is not None and turn.mapped_address.family == 4
-                assert await _exchange(turn, peer, 3) == [
+                assert await exchange(turn, peer, 3) == [
                     b"packet-000",
                     b"packet-001",
                     b"packet-002",
@@ -296,7 +263,7 @@ def test_first_packets_ride_right_behind_the_create_permission(transport: str) -
     # its success came back are relayed, not dropped. This is what saves ICE a round trip.
     async def scenario() -> None:
         async with running_server() as service:
-            echo, peer = await _echo_peer()
+            echo, peer = await echo_peer()
             async with create_turn_allocation(
                 service.config.listen[0],
                 USER,
