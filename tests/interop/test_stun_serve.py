@@ -14,23 +14,12 @@ from collections.abc import Callable
 import pytest
 
 from tests.support import stunraw
-from tests.support.ports import free_port, free_ports
+from tests.support.ports import free_port, free_ports, ipv6_loopback
 from tests.support.serve import ServeProcess, icerelay_command
 
 pytestmark = pytest.mark.interop
 
 ServeFactory = Callable[..., ServeProcess]
-
-
-def ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 def tcp_binding(host: str, port: int, timeout: float = 2.0) -> tuple[str, int] | None:

@@ -11,7 +11,6 @@ import asyncio
 import random
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pytest
 from icerelay.aio.loop import loop_factory
 from icerelay.turn.server import TurnServerConfig
 from icerelay.turn.server.service import TurnService
-from tests.support.ports import free_ports
+from tests.support.ports import free_ports, ipv6_loopback
 
 pytestmark = [
     pytest.mark.interop,
@@ -54,15 +53,6 @@ CASES: dict[str, list[str]] = {
     "dual-allocation-ipv6-peer": ["-Z", "@v6-peer", "-u", USER, "-w", PASSWORD],
     "dual-allocation-send-ipv6-peer": ["-Z", "-s", "@v6-peer", "-W", SECRET],
 }
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @dataclass
@@ -100,7 +90,7 @@ def _make_certificate(directory: Path) -> tuple[Path, Path] | None:
 
 
 async def _run_all(tmp: Path) -> dict[str, Outcome]:
-    ipv6 = _ipv6_loopback()
+    ipv6 = ipv6_loopback()
     hosts = ("127.0.0.1", "::1") if ipv6 else ("127.0.0.1",)
     port, tls_port = free_ports(2, hosts=hosts)
     relay_low = random.randrange(20000, 29000, 2)

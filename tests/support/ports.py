@@ -60,3 +60,15 @@ def free_ports(
 def free_port(host: str = "127.0.0.1", kinds: Sequence[str] = ("udp", "tcp")) -> int:
     """One port free for UDP and TCP (by default) on ``host``."""
     return free_ports(1, hosts=(host,), kinds=kinds)[0]
+
+
+def ipv6_loopback() -> bool:
+    """Whether this machine can bind ::1 (containers often have IPv6 switched off)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
