@@ -31,10 +31,11 @@ from tests.interop.test_relay_kamailio import (
     KAMAILIO,
     KAMAILIO_CFG,
     Process,
-    RelayThread,
     start,
 )
+from tests.support import kamailio as kamailio_support
 from tests.support.ports import free_ports
+from tests.support.relayd import RelayThread
 
 pytestmark = pytest.mark.interop
 
@@ -74,18 +75,15 @@ def call(tmp_path: Path, flags: str, caller_args: list[str], callee_args: list[s
             host=HOST, sip_port=sip_port, ng_port=ng_port, uas_port=callee_port, flags=flags
         )
     )
-    rundir = tmp_path / "run"
-    rundir.mkdir()
     processes: list[Process] = []
     freed_during_call = False
     with RelayThread(config) as relay:
         try:
             kam = start(
-                [KAMAILIO, "-f", str(tmp_path / "kamailio.cfg"), "-DD", "-E", "-Y", str(rundir),
-                 "-P", str(rundir / "kamailio.pid"), "-w", str(tmp_path), "-m", "32", "-M", "8"],
+                kamailio_support.command(KAMAILIO, tmp_path / "kamailio.cfg", tmp_path),
                 tmp_path / "kamailio.log",
                 tmp_path,
-            )  # fmt: skip
+            )
             processes.append(kam)
             deadline = time.monotonic() + 15
             while relay.service.protocol.counters.commands["ping"] == 0:

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.test_relay_kamailio import KAMAILIO, KAMAILIO_CFG
+from tests.support import kamailio as kamailio_support
 from tests.support import netns
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
@@ -111,14 +112,12 @@ def test_ice_through_nat_and_relay(netns_lab: netns.Lab, tmp_path: Path, scenari
     ).replace(f'$du = "sip:{SERVICE}:{SIP_PORT}";', f'$du = "sip:{BOB}:{SIP_PORT}";')
     config = config.replace("request_route {\n", "request_route {\n    force_rport();\n", 1)
     (tmp_path / "kamailio.cfg").write_text(config)
-    rundir = tmp_path / "run"
-    rundir.mkdir()
     kamailio_log = (tmp_path / "kamailio.log").open("w")
     public.popen(
-        KAMAILIO, "-f", str(tmp_path / "kamailio.cfg"), "-DD", "-E", "-Y", str(rundir),
-        "-P", str(rundir / "pid"), "-w", str(tmp_path), "-m", "32", "-M", "8",
-        stdout=kamailio_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        *kamailio_support.command(KAMAILIO, tmp_path / "kamailio.cfg", tmp_path),
+        stdout=kamailio_log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 15
     while "found, support for it enabled" not in (tmp_path / "kamailio.log").read_text():
         assert time.monotonic() < deadline, (tmp_path / "kamailio.log").read_text()[-3000:]
