@@ -106,7 +106,8 @@ def _flag_overrides(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--log-format", type=click.Choice(["kv", "json"]), default=None)
 @click.option("--print-config", is_flag=True, help="Print the effective configuration and exit.")
 def serve(config_path: str | None, print_config: bool, **options: Any) -> None:
-    """Run the icerelay daemon (STUN server on 127.0.0.1:3478 by default) until Ctrl-C."""
+    """Run the icerelay daemon until Ctrl-C: by default STUN on 127.0.0.1:3478 and the media relay
+    (ng protocol on 127.0.0.1:2223); TURN when [turn] enables it."""
     try:
         config = load_config(path=config_path, overrides=_flag_overrides(options))
     except ConfigError as exc:
