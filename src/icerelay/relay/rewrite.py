@@ -14,6 +14,7 @@ steps aside. Its priority follows :class:`~icerelay.relay.policy.IcePriority`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import zlib
 from collections.abc import Sequence
@@ -306,6 +307,9 @@ def _connection_like(connection: Connection, address: str) -> Connection:
     return Connection(connection.nettype, family, address)
 
 
+# Cached: asked several times per request (hold checks, rewrites, deadlines) for the same few
+# addresses, and ipaddress parsing is among the control path's top costs.
+@functools.lru_cache(maxsize=4096)
 def _is_unspecified(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_unspecified

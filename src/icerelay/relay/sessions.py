@@ -20,6 +20,7 @@ RTCP are not cut off).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import secrets
@@ -1009,6 +1010,9 @@ def _describe_call(call_id: str, from_tag: str | None, to_tag: str | None) -> st
     return text
 
 
+# The address helpers below are cached: they are asked several times per request for the same
+# few addresses, and ipaddress parsing is among the control path's top costs.
+@functools.lru_cache(maxsize=4096)
 def _family_of(address: str | None) -> int | None:
     if address is None:
         return None
@@ -1018,6 +1022,7 @@ def _family_of(address: str | None) -> int | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_unspecified(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_unspecified
@@ -1025,6 +1030,7 @@ def _is_unspecified(address: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=4096)
 def _canonical(address: str) -> str:
     try:
         return str(ipaddress.ip_address(address))
