@@ -19,6 +19,7 @@ Leniency, decided once here for the whole package:
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,8 @@ CRLF = "\r\n"
 LF = "\n"
 
 # Characters a value must never contain: they would split or end the line (SDP injection).
-_FORBIDDEN_IN_VALUE = ("\r", "\n", "\0")
+# A regex: one search per rewritten line is cheaper than a generator over the characters.
+_FORBIDDEN_IN_VALUE = re.compile("[\r\n\0]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,7 @@ def attribute_line(name: str, value: str | None = None) -> Line:
 
 
 def _check_value(value: str) -> None:
-    if any(c in value for c in _FORBIDDEN_IN_VALUE):
+    if _FORBIDDEN_IN_VALUE.search(value):
         raise SdpError(f"a line value must not contain CR, LF or NUL: {value!r}")
 
 
