@@ -102,7 +102,9 @@ def describe(sdp: SessionDescription) -> list[MediaInfo]:
     for index, media in enumerate(sdp.media):
         connection = media.effective_connection(sdp)
         address = connection.address if connection is not None else None
-        port = media.port
+        # The m= line parsed once: media.port, .proto, .formats and .media each parse it anew.
+        media_line = media.media_line
+        port = media_line.port
         rtcp = media.rtcp
         mux = media.rtcp_mux
         if rtcp is not None:
@@ -116,13 +118,13 @@ def describe(sdp: SessionDescription) -> list[MediaInfo]:
         credentials = media.ice_credentials(sdp)
         has_credentials = session_ice or credentials is not None
         codec = None
-        if media.formats:
-            codec = media.codec_name(media.formats[0]) or media.formats[0]
+        if media_line.formats:
+            codec = media.codec_name(media_line.formats[0]) or media_line.formats[0]
         infos.append(
             MediaInfo(
                 index=index,
-                media=media.media,
-                proto=media.proto,
+                media=media_line.media,
+                proto=media_line.proto,
                 address=address,
                 port=port,
                 rtcp_address=rtcp_address,
