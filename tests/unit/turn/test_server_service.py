@@ -300,6 +300,46 @@ def test_icmp_port_unreachable_reaches_the_client_in_a_data_indication() -> None
     asyncio.run(scenario())
 
 
+def test_a_burst_from_a_peer_is_relayed_in_order_through_a_short_relay_queue() -> None:
+    # A relayed socket reads a few datagrams per wake-up and the rest on the next turns; its
+    # receive buffer is kept small so that overload drops instead of queueing for seconds.
+    async def scenario() -> None:
+        service = TurnService(_config())
+        await service.start()
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        try:
+
+            def allocate() -> tuple[socket.socket, Address]:
+                sock, response, nonce = _allocate_blocking(service.listen_udp[0])
+                relayed = response.get(A.XOR_RELAYED_ADDRESS)
+                assert _error(response) is None and relayed is not None
+                permit = Message(Method.CREATE_PERMISSION, MessageClass.REQUEST)
+                permit.add(A.XOR_PEER_ADDRESS, Address(*peer.getsockname()))
+                assert _error(_exchange(sock, permit, nonce)) is None
+                return sock, relayed
+
+            client, relayed = await asyncio.to_thread(allocate)
+            relay_socket = service.udp[(relayed.host, relayed.port)]
+            assert relay_socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 65536
+            # Sent while the loop cannot read: all of them wait in the relay socket at once.
+            burst = [bytes([n]) * 172 for n in range(7)]
+            for payload in burst:
+                peer.sendto(payload, (relayed.host, relayed.port))
+
+            def receive() -> list[bytes | None]:
+                got = [decode_message(client.recv(4096)).get(A.DATA) for _ in burst]
+                client.close()
+                return got
+
+            assert await asyncio.to_thread(receive) == burst
+        finally:
+            peer.close()
+            await service.stop()
+
+    asyncio.run(scenario())
+
+
 def test_tcp_connections_per_source_are_capped() -> None:
     async def scenario() -> None:
         service = TurnService(_config(max_tcp_connections_per_source=2))
