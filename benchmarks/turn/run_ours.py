@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from icerelay.aio.loop import loop_factory
-from icerelay.logs import configure_logging
+from icerelay.daemon.logs import configure_logging
 from icerelay.turn.server import TurnQuotas, TurnServerConfig
 
 
@@ -40,7 +40,7 @@ def build_config(args: argparse.Namespace) -> TurnServerConfig:
 
 
 async def serve(config: TurnServerConfig) -> None:
-    from icerelay.turn.server.service import TurnService
+    from icerelay.daemon.turn_service import TurnService
 
     service = TurnService(config)
     await service.start()

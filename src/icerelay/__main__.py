@@ -1,5 +1,5 @@
 """``python -m icerelay`` = the ``icerelay`` command."""
 
-from icerelay.cli import main
+from icerelay.commands.main import main
 
 main()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.endpoint.audio import dominant_frequency, read_wav
-from icerelay.relay.config import RelayServiceConfig
 from tests.support import kamailio as kamailio_support
 from tests.support.ports import free_ports
 from tests.support.process import spawn_logged, stop_group

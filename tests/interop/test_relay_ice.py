@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from icerelay.relay.config import RelayServiceConfig
+from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.relay.sessions import SessionRecord, StreamEndReason, TerminationReason
 from tests.interop.test_relay_kamailio import (
     HOST,

@@ -45,8 +45,8 @@ NG_PORT, SIP_PORT, PORT_MIN = 2223, 5060, 40000
 
 RELAY_MAIN = """
 import asyncio, signal, sys
-from icerelay.relay.config import RelayServiceConfig
-from icerelay.relay.service import RelayService
+from icerelay.daemon.relay_config import RelayServiceConfig
+from icerelay.daemon.relay_service import RelayService
 
 async def main() -> None:
     config = RelayServiceConfig(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from icerelay.relay.config import RelayServiceConfig
+from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.relay.sessions import TerminationReason
 from tests.support import kamailio as kamailio_support
 from tests.support.ports import free_ports

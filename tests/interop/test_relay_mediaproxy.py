@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from icerelay.relay.config import RelayServiceConfig
+from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.relay.sessions import TerminationReason
 from tests.interop.test_relay_kamailio import (
     HOST,

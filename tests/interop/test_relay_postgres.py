@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from icerelay.relay.accounting import PostgresAccounting, open_accounting
+from icerelay.daemon.accounting import PostgresAccounting, open_accounting
 from icerelay.relay.sessions import (
     SessionRecord,
     StreamEndReason,
@@ -201,8 +201,8 @@ def test_the_relay_service_writes_by_url(cluster: Cluster) -> None:
     import socket
 
     from icerelay import bencode
-    from icerelay.relay.config import RelayServiceConfig
-    from icerelay.relay.service import RelayService
+    from icerelay.daemon.relay_config import RelayServiceConfig
+    from icerelay.daemon.relay_service import RelayService
 
     block = free_ports(21, kinds=("udp",), consecutive=True)
     first = block[0] + (block[0] & 1)

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import pytest
 
 from icerelay import bencode
-from icerelay.relay.config import RelayServiceConfig
-from icerelay.relay.service import RelayService
+from icerelay.daemon.relay_config import RelayServiceConfig
+from icerelay.daemon.relay_service import RelayService
 from icerelay.sdp import Candidate, SessionDescription
 from tests.support.ports import free_ports
 from tests.unit.relay.samples import ASTERISK, PLAIN

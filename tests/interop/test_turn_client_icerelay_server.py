@@ -1,4 +1,4 @@
-"""Our TURN client against our own TURN server (:class:`icerelay.turn.server.service.TurnService`)
+"""Our TURN client against our own TURN server (:class:`icerelay.daemon.turn_service.TurnService`)
 on loopback, in one event loop: the same life of an allocation as against coturn, over UDP, TCP
 and TLS, with the server's RFC 8489 SHA-256 keys and USERHASH, and REST API credentials.
 """
@@ -36,10 +36,10 @@ from tests.support.ports import free_port
 from tests.support.turnpeer import EchoPeer, echo_peer, exchange
 
 try:
+    from icerelay.daemon.turn_service import TurnService
     from icerelay.turn.server.config import TurnServerConfig
-    from icerelay.turn.server.service import TurnService
 except ImportError as exc:  # pragma: no cover - only while the server is being written
-    pytest.skip(f"icerelay.turn.server.service.TurnService missing: {exc}", allow_module_level=True)
+    pytest.skip(f"icerelay.daemon.turn_service.TurnService missing: {exc}", allow_module_level=True)
 
 pytestmark = pytest.mark.interop
 

@@ -38,7 +38,7 @@ from tests.support.process import read_log, spawn_logged, stop_group, wait_until
 from tests.support.rtpengine import NgClient
 
 if TYPE_CHECKING:
-    from icerelay.relay.config import RelayServiceConfig
+    from icerelay.daemon.relay_config import RelayServiceConfig
     from icerelay.relay.sessions import SessionRecord
 
 __all__ = ["RelayProcess", "RelayThread", "start_relay"]
@@ -78,7 +78,7 @@ class RelayProcess:
 
 def serve_has_relay() -> bool:
     """Whether ``icerelay serve`` of this checkout runs the media relay (a ``[relay]`` section)."""
-    from icerelay.config import Config
+    from icerelay.daemon.config import Config
 
     return "relay" in Config.model_fields
 
@@ -104,7 +104,7 @@ def start_relay(
     if mode == "auto":
         mode = "serve" if serve_has_relay() else "service"
     if mode == "serve":
-        from icerelay.config import Config
+        from icerelay.daemon.config import Config
 
         config = workdir / "icerelay.toml"
         # Only the relay: STUN (and TURN, when serve has it) would want 3478, which other tests use.
@@ -163,7 +163,7 @@ class RelayThread:
     """Our relay service running on its own event loop in a background thread."""
 
     def __init__(self, config: RelayServiceConfig) -> None:
-        from icerelay.relay.service import RelayService
+        from icerelay.daemon.relay_service import RelayService
 
         self.records: list[SessionRecord] = []
         self.service = RelayService(config, records=self.records.append)
@@ -190,8 +190,8 @@ class RelayThread:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from icerelay.relay.config import RelayServiceConfig
-    from icerelay.relay.service import RelayService
+    from icerelay.daemon.relay_config import RelayServiceConfig
+    from icerelay.daemon.relay_service import RelayService
 
     config = RelayServiceConfig(
         ng_listen=(args.host, args.ng_port),
@@ -217,7 +217,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from icerelay.aio.loop import loop_factory
-    from icerelay.logs import configure_logging
+    from icerelay.daemon.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m tests.support.relayd")
     parser.add_argument("--host", default="127.0.0.1")

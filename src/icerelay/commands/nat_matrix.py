@@ -56,4 +56,4 @@ def nat_matrix_command(turn: bool | None, seed: int, rtt_ms: float, as_json: boo
 
 
 nat_matrix = nat_matrix_command
-"""The command object :mod:`icerelay.cli` registers."""
+"""The command object :mod:`icerelay.commands.main` registers."""

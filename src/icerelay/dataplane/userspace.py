@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from icerelay.aio.addresses import bound_socket
+from icerelay.dataplane.interface import PortUnavailable
 from icerelay.errors import StunError
 from icerelay.relay.forwarding import (
     Forwarding,
     ForwardingCounters,
     Leg,
     LegCounters,
-    PortUnavailable,
 )
 from icerelay.stun import (
     Address,

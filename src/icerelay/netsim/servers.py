@@ -1,7 +1,7 @@
 """icerelay's own STUN and TURN server engines, attached to simulator hosts.
 
 The simulator runs the real engines, not stand-ins: :class:`StunServer` wraps the Binding engine of
-``icerelay stun`` (:class:`icerelay.server.binding.BindingEngine`), :class:`TurnServer` the TURN
+``icerelay stun`` (:class:`icerelay.stun.binding.BindingEngine`), :class:`TurnServer` the TURN
 server engine (:class:`icerelay.turn.server.engine.TurnServerEngine`). The adapters only translate
 addresses (the simulator speaks ``(ip, port)`` tuples) and, for TURN, stand in for the sockets of
 relayed addresses: in the simulator every port of the host's IP is already "bound".
@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from icerelay.netsim.network import TransportAddress
-from icerelay.server.binding import BindingEngine
 from icerelay.stun import Address
+from icerelay.stun.binding import BindingEngine
 from icerelay.turn.server.config import TurnServerConfig
 from icerelay.turn.server.engine import TurnServerEngine
 

@@ -5,7 +5,8 @@
 - :mod:`.driver` — runs it on asyncio sockets (UDP, or one Binding over TCP).
 """
 
-from icerelay.probe.behavior import Probe, ProbeError
+from icerelay.errors import ProbeError
+from icerelay.probe.behavior import Probe
 from icerelay.probe.results import Behavior, BindingResult, ProbeResult
 
 __all__ = ["Behavior", "BindingResult", "Probe", "ProbeError", "ProbeResult"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from icerelay.errors import ProbeError
 from icerelay.probe.results import Behavior, BindingResult, ProbeResult
 from icerelay.stun import Address, AttributeType, ChangeRequest, Message, MessageClass, Method
 from icerelay.stun.transaction import ClientTransaction, Transport
@@ -49,10 +50,6 @@ class Outgoing:
 
     data: bytes
     destination: Address
-
-
-class ProbeError(Exception):
-    """The probe could not complete test I (no answer, or an error answer)."""
 
 
 class Probe:

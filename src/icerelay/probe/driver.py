@@ -7,8 +7,8 @@ import contextlib
 import socket
 
 from icerelay.aio.addresses import family_of, from_sockaddr, to_sockaddr
-from icerelay.errors import StunError
-from icerelay.probe.behavior import Probe, ProbeError
+from icerelay.errors import ProbeError, StunError
+from icerelay.probe.behavior import Probe
 from icerelay.probe.results import ProbeResult
 from icerelay.stun import Address, decode_message
 from icerelay.stun.demux import stream_frame_length

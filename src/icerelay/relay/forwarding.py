@@ -1,5 +1,8 @@
 """What the session engine asks a data plane to do, and what a data plane reports back.
 
+These values are the relay engine's vocabulary (its events carry them); the interface a data
+plane implements is :class:`icerelay.dataplane.interface.DataPlane`.
+
 A :class:`Forwarding` joins the two :class:`Leg` s of one media stream: packets a party sends to
 its leg's relay port leave through the other leg's port towards the other party. These are plain
 values, so the same engine drives the userspace forwarder, a kernel forwarder or a test double.
@@ -9,23 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from icerelay.errors import RelayError
 from icerelay.sdp import IceCredentials
 from icerelay.stun import Address
 
-__all__ = ["Forwarding", "ForwardingCounters", "Leg", "LegCounters", "PortUnavailable"]
-
-
-class PortUnavailable(RelayError):
-    """A data plane could not open a relay port (another program holds it).
-
-    :attr:`port` is the RTP port of the leg (the even port of its pair), so the owner of the
-    port pool can take that pair out of circulation.
-    """
-
-    def __init__(self, message: str, port: int) -> None:
-        super().__init__(message)
-        self.port = port
+__all__ = ["Forwarding", "ForwardingCounters", "Leg", "LegCounters"]
 
 
 @dataclass(frozen=True, slots=True)

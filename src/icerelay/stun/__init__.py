@@ -8,8 +8,8 @@ The public names most code needs are re-exported here; see the submodules for th
 """
 
 from icerelay.errors import StunError, TransactionError
+from icerelay.net import Address
 from icerelay.stun.attributes import (
-    Address,
     AddressErrorCode,
     AttributeValue,
     ErrorCode,

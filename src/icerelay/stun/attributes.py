@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from icerelay.errors import StunError
+from icerelay.net import Address
 from icerelay.stun.constants import (
     MAX_NONCE_LENGTH,
     MAX_REALM_LENGTH,
@@ -30,22 +31,6 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _ADDRESS_HEAD = struct.Struct("!xBH")
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    """A transport address: IP address text (no brackets, no zone) and port."""
-
-    host: str
-    port: int
-
-    @property
-    def family(self) -> int:
-        """4 or 6."""
-        return 6 if ":" in self.host else 4
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 def _check_code_and_fill_reason(value: ErrorCode | AddressErrorCode) -> None:

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from typing import Any, Literal, overload
 
 from icerelay.errors import StunError
+from icerelay.net import Address
 from icerelay.stun.attributes import (
     CODECS,
-    Address,
     AddressErrorCode,
     AttributeValue,
     ErrorCode,

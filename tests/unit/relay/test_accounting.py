@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from icerelay.daemon.accounting import SqliteAccounting, open_accounting
 from icerelay.errors import ConfigError, RelayError
-from icerelay.relay.accounting import SqliteAccounting, open_accounting
 from icerelay.relay.sessions import (
     SessionRecord,
     StreamEndReason,

@@ -13,8 +13,8 @@ import pytest
 from tests.support.ports import free_ports
 
 from icerelay import bencode
-from icerelay.relay.config import RelayServiceConfig
-from icerelay.relay.service import RelayService
+from icerelay.daemon.relay_config import RelayServiceConfig
+from icerelay.daemon.relay_service import RelayService
 from icerelay.relay.sessions import SessionRecord, TerminationReason
 from icerelay.sdp import SessionDescription
 from icerelay.stun import Address
@@ -466,7 +466,7 @@ def test_start_failure_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_default_accounting_falls_back_to_the_user_state_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from icerelay.relay import service as service_module
+    from icerelay.daemon import relay_service as service_module
 
     # A default the user may not write (as /var/lib/icerelay is for anyone but root).
     blocker = tmp_path / "not-a-directory"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from icerelay.cli import main
-from icerelay.config import (
+from icerelay.commands.main import main
+from icerelay.daemon.config import (
     Config,
     HostPort,
     env_overrides,
@@ -20,8 +20,8 @@ from icerelay.config import (
     parse_set_options,
     split_host_port,
 )
+from icerelay.daemon.logs import configure_logging
 from icerelay.errors import ConfigError
-from icerelay.logs import configure_logging
 
 
 def test_defaults_run_on_a_laptop() -> None:

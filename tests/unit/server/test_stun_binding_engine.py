@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icerelay.server.binding import BindingEngine, Datagram, Rfc5780Addresses
 from icerelay.stun import (
     Address,
     AttributeType,
@@ -20,6 +19,7 @@ from icerelay.stun import (
     Method,
     decode_message,
 )
+from icerelay.stun.binding import BindingEngine, Datagram, Rfc5780Addresses
 
 A = AttributeType
 CLIENT = Address("192.0.2.7", 40000)
@@ -327,7 +327,7 @@ def test_mutated_requests_never_raise(positions: list[int], values: list[int]) -
 def test_drops_are_logged_once_per_source_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     engine = BindingEngine(log_interval=10.0)
     other = Address("192.0.2.99", 1)
-    with caplog.at_level(logging.INFO, logger="icerelay.server.binding"):
+    with caplog.at_level(logging.INFO, logger="icerelay.stun.binding"):
         for i in range(100):
             exchange(engine, b"garbage", source=Address(CLIENT.host, 1000 + i), now=i * 0.01)
         exchange(engine, b"garbage", source=other, now=1.0)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from icerelay.probe import Behavior, Probe
-from icerelay.server.binding import BindingEngine, Rfc5780Addresses
 from icerelay.stun import Address, decode_message
+from icerelay.stun.binding import BindingEngine, Rfc5780Addresses
 
 EI, AD, APD = (
     Behavior.ENDPOINT_INDEPENDENT,

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from tests.support import stunraw
 
-from icerelay.config import load_config
-from icerelay.server.compose import build_services, run_services, start_services
-from icerelay.server.stun_service import StunService
+from icerelay.daemon.compose import build_services, run_services, start_services
+from icerelay.daemon.config import load_config
+from icerelay.daemon.stun_service import StunService
 from icerelay.stun import Address
 
 

@@ -224,8 +224,8 @@ def test_worker_share_slices_the_relay_range_and_divides_quotas() -> None:
 
 
 def test_serve_composition_leaves_shared_addresses_to_turn() -> None:
-    from icerelay.config import Config
-    from icerelay.server.compose import build_services
+    from icerelay.daemon.compose import build_services
+    from icerelay.daemon.config import Config
 
     def names(config: Config) -> list[str]:
         # Other sections (relay, ...) may add services of their own: look at these two only.

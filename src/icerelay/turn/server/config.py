@@ -1,7 +1,7 @@
 """``TurnServerConfig``: everything the TURN server needs, as one validated, frozen model.
 
 It is the ``[turn]`` section of icerelay's configuration file and can be built directly in
-code and tests. It deliberately does not import :mod:`icerelay.config` (which imports this
+code and tests. It deliberately does not import :mod:`icerelay.daemon.config` (which imports this
 module to add the section).
 
 Example (TOML)::

@@ -56,8 +56,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from icerelay.errors import StunError
-from icerelay.server.binding import BindingEngine
-from icerelay.server.ratelimit import LogLimiter
 from icerelay.stun import (
     Address,
     AddressErrorCode,
@@ -69,7 +67,9 @@ from icerelay.stun import (
     Method,
     decode_message,
 )
+from icerelay.stun.binding import BindingEngine
 from icerelay.stun.constants import MAGIC_COOKIE, TRANSPORT_UDP
+from icerelay.stun.ratelimit import LogLimiter
 from icerelay.turn.server.allocation import (
     CHANNEL_COOLDOWN,
     CHANNEL_LIFETIME,

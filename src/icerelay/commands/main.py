@@ -18,12 +18,18 @@ import click
 
 from icerelay.aio.loop import loop_factory
 from icerelay.commands.nat_matrix import nat_matrix
-from icerelay.config import STUN_PORT, Config, load_config, parse_set_options, split_host_port
+from icerelay.daemon.config import (
+    STUN_PORT,
+    Config,
+    load_config,
+    parse_set_options,
+)
+from icerelay.daemon.logs import configure_logging
 from icerelay.endpoint.phone import phone
 from icerelay.errors import ConfigError
-from icerelay.logs import configure_logging
+from icerelay.net import split_host_port
 
-logger = logging.getLogger("icerelay.cli")
+logger = logging.getLogger("icerelay.commands.main")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -128,7 +134,7 @@ def serve(config_path: str | None, print_config: bool, **options: Any) -> None:
 
 
 async def _serve(config: Config) -> None:
-    from icerelay.server.compose import build_services, run_services
+    from icerelay.daemon.compose import build_services, run_services
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -174,7 +180,7 @@ def stun_probe(
     HOST is a name, an IPv4 address or an IPv6 address in brackets ([::1]:3478); PORT defaults
     to 3478.
     """
-    from icerelay.probe.behavior import ProbeError
+    from icerelay.errors import ProbeError
     from icerelay.probe.driver import probe_tcp, probe_udp, resolve
     from icerelay.stun import Address
 

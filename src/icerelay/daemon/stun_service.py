@@ -1,4 +1,4 @@
-"""The STUN Binding service: :class:`~icerelay.server.binding.BindingEngine` on real sockets.
+"""The STUN Binding service: :class:`~icerelay.stun.binding.BindingEngine` on real sockets.
 
 One engine serves every socket: UDP and TCP on each listen address and, with RFC 5780, on the four
 address/port combinations (responses to CHANGE-REQUEST leave from the socket the engine names).
@@ -13,11 +13,11 @@ from typing import Literal
 
 from icerelay.aio.stream import StreamConnection, StreamServer
 from icerelay.aio.udp import UdpEndpoint
-from icerelay.config import HostPort, StunConfig
-from icerelay.server.binding import BindingEngine, Rfc5780Addresses, listen_addresses
-from icerelay.server.counters import Counters, DropReason
-from icerelay.server.ratelimit import LogLimiter
+from icerelay.daemon.config import HostPort, StunConfig
 from icerelay.stun import Address
+from icerelay.stun.binding import BindingEngine, Rfc5780Addresses, listen_addresses
+from icerelay.stun.counters import Counters, DropReason
+from icerelay.stun.ratelimit import LogLimiter
 
 logger = logging.getLogger("icerelay.server.stun")
 

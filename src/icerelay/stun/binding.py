@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from icerelay.errors import StunError
-from icerelay.server.counters import Counters, DropReason
-from icerelay.server.ratelimit import LogLimiter
 from icerelay.stun import (
     HEADER_LENGTH,
     Address,
@@ -46,7 +44,9 @@ from icerelay.stun import (
     Method,
     decode_message,
 )
+from icerelay.stun.counters import Counters, DropReason
 from icerelay.stun.demux import PacketKind, classify_packet
+from icerelay.stun.ratelimit import LogLimiter
 
 A = AttributeType
 Transport = Literal["udp", "tcp"]
@@ -115,7 +115,7 @@ class BindingEngine:
         self.software = software
         self.padding_limit = padding_limit
         self.counters = counters if counters is not None else Counters()
-        self.logger = logger or logging.getLogger("icerelay.server.binding")
+        self.logger = logger or logging.getLogger("icerelay.stun.binding")
         self._limiter = LogLimiter(log_interval)
         self._outgoing: list[Datagram] = []
 

@@ -1,7 +1,7 @@
 """``RelayServiceConfig``: the ``[relay]`` section, one validated, frozen model.
 
 Like the other sections it can be built directly in code and tests, and it does not import
-:mod:`icerelay.config` (which imports it to add the section).
+:mod:`icerelay.daemon.config` (which imports it to add the section).
 
 Example (TOML)::
 

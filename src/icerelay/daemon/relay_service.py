@@ -33,16 +33,16 @@ from icerelay.control.ng import (
     error_reply,
 )
 from icerelay.control.ng_handler import NgHandler
-from icerelay.dataplane import DataPlane
-from icerelay.dataplane.userspace import UserspaceDataPlane
-from icerelay.errors import ControlError, RelayError
-from icerelay.relay.accounting import AccountingStore, open_accounting
-from icerelay.relay.config import (
+from icerelay.daemon.accounting import AccountingStore, open_accounting
+from icerelay.daemon.relay_config import (
     DEFAULT_ACCOUNTING,
     RelayServiceConfig,
     user_state_accounting,
 )
-from icerelay.relay.forwarding import PortUnavailable
+from icerelay.dataplane import DataPlane
+from icerelay.dataplane.interface import PortUnavailable
+from icerelay.dataplane.userspace import UserspaceDataPlane
+from icerelay.errors import ControlError, RelayError
 from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.sessions import (
     ForwardingInstalled,

@@ -31,8 +31,9 @@ from pydantic import (
     model_validator,
 )
 
+from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.errors import ConfigError
-from icerelay.relay.config import RelayServiceConfig
+from icerelay.net import split_host_port
 from icerelay.turn.server.config import TurnServerConfig
 
 ENV_PREFIX = "ICERELAY_"
@@ -53,43 +54,6 @@ class HostPort(NamedTuple):
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if self.family == 6 else f"{self.host}:{self.port}"
-
-
-def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """Split ``host:port``, ``[v6]:port``, ``host``, ``[v6]`` or a bare IPv6 address.
-
-    Port 0 is accepted (a listen address on port 0 lets the kernel choose, as tests do).
-
-    The host is returned without brackets and is not resolved (it may be a name). Raises
-    ``ValueError`` with a readable message when the text cannot be a host and port.
-    """
-    text = text.strip()
-    if not text:
-        raise ValueError("empty address")
-    host: str
-    port_text: str | None
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"missing ']' in {text!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"unexpected {rest!r} after ']' in {text!r}")
-        port_text = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        # No colon, or several (a bare IPv6 address, which cannot carry a port without brackets).
-        host, port_text = text, None
-    if not host:
-        raise ValueError(f"missing host in {text!r}")
-    if port_text is None:
-        if default_port is None:
-            raise ValueError(f"missing port in {text!r}")
-        return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise ValueError(f"invalid port {port_text!r} in {text!r}")
-    return host, int(port_text)
 
 
 def parse_endpoint(value: object, default_port: int = STUN_PORT) -> HostPort:

@@ -408,7 +408,7 @@ class TurnService:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "icerelay.turn.server.service",
+                    "icerelay.daemon.turn_service",
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     pass_fds=fds,
@@ -729,7 +729,7 @@ class TurnService:
 
 
 def _worker_main() -> None:
-    """Entry point of a worker process: ``python -m icerelay.turn.server.service`` with its
+    """Entry point of a worker process: ``python -m icerelay.daemon.turn_service`` with its
     setup (configuration, index, nonce key, log level) as one JSON line on stdin."""
     from icerelay.aio.loop import loop_factory
 

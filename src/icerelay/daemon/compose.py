@@ -16,10 +16,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from icerelay.config import Config, HostPort
-from icerelay.relay.service import RelayService
-from icerelay.server.stun_service import StunService
-from icerelay.turn.server.service import TurnService
+from icerelay.daemon.config import Config, HostPort
+from icerelay.daemon.relay_service import RelayService
+from icerelay.daemon.stun_service import StunService
+from icerelay.daemon.turn_service import TurnService
 
 logger = logging.getLogger("icerelay.server")
 

@@ -1,13 +1,15 @@
-"""Counters a service keeps about what it received, answered and dropped.
+"""Why the STUN Binding responder dropped an input.
 
-Plain integers in a dict, because they are bumped on the hot path and read rarely (logs today,
-metrics export later). Names are stable strings: they will become metric labels.
+The counter type itself is :class:`icerelay.counters.Counters`, re-exported here.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from enum import StrEnum
+
+from icerelay.counters import Counters
+
+__all__ = ["Counters", "DropReason"]
 
 
 class DropReason(StrEnum):
@@ -30,25 +32,3 @@ class DropReason(StrEnum):
     SEND_FAILED = "send_failed"
     #: TCP stream that cannot be framed (first byte neither STUN nor ChannelData).
     UNFRAMEABLE_STREAM = "unframeable_stream"
-
-
-class Counters:
-    """Named event counts plus drop counts by :class:`DropReason`."""
-
-    def __init__(self) -> None:
-        self.events: Counter[str] = Counter()
-        self.dropped: Counter[str] = Counter()
-
-    def count(self, name: str, amount: int = 1) -> None:
-        """Count an event (``"binding_requests"``, ``"error_responses"``, ...)."""
-        self.events[name] += amount
-
-    def drop(self, reason: DropReason) -> None:
-        """Count a dropped input."""
-        self.dropped[reason.value] += 1
-
-    def snapshot(self) -> dict[str, int]:
-        """All counters, drops prefixed ``dropped.``, for logs and metrics."""
-        data = dict(self.events)
-        data.update({f"dropped.{k}": v for k, v in self.dropped.items()})
-        return data
