@@ -140,7 +140,7 @@ def proxy(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
         try:
             # The rtpengine module pings the relay when it starts: that is our "ready".
             deadline = time.monotonic() + 15
-            while relay.service.protocol.counters.commands["ping"] == 0:
+            while relay.service.protocol.counters.events["command.ping"] == 0:
                 assert kamailio.poll() is None, (tmp_path / "kamailio.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "kamailio did not ping the relay"
                 time.sleep(0.05)

@@ -86,7 +86,7 @@ def call(tmp_path: Path, flags: str, caller_args: list[str], callee_args: list[s
             )
             processes.append(kam)
             deadline = time.monotonic() + 15
-            while relay.service.protocol.counters.commands["ping"] == 0:
+            while relay.service.protocol.counters.events["command.ping"] == 0:
                 assert kam.popen.poll() is None, kam.log.read_text(errors="replace")[-3000:]
                 assert time.monotonic() < deadline
                 time.sleep(0.1)

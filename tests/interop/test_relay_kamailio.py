@@ -311,7 +311,7 @@ def test_kamailio_call_through_the_relay(tools: tuple[str, str], workdir: Path) 
             processes.append(kam)
             # The rtpengine module pings the relay when it starts: that is our "ready".
             deadline = time.monotonic() + 15
-            while relay.service.protocol.counters.commands["ping"] == 0:
+            while relay.service.protocol.counters.events["command.ping"] == 0:
                 assert kam.popen.poll() is None, kam.log.read_text(errors="replace")[-3000:]
                 assert time.monotonic() < deadline, kam.log.read_text(errors="replace")[-3000:]
                 time.sleep(0.1)

@@ -25,6 +25,7 @@ from icerelay.control.mediaproxy import MediaproxyFramer, MediaproxyHandler
 from icerelay.control.ng import (
     Answer,
     NgDropped,
+    NgHandler,
     NgImmediateReply,
     NgProtocol,
     NgStreamFramer,
@@ -32,7 +33,6 @@ from icerelay.control.ng import (
     ReplyValue,
     error_reply,
 )
-from icerelay.control.ng_handler import NgHandler
 from icerelay.daemon.accounting import AccountingStore, open_accounting
 from icerelay.daemon.relay_config import (
     DEFAULT_ACCOUNTING,

@@ -15,6 +15,7 @@ from icerelay.control.ng import (
     Encoding,
     List,
     NgDropped,
+    NgFailure,
     NgImmediateReply,
     NgProtocol,
     NgRequest,
@@ -23,6 +24,8 @@ from icerelay.control.ng import (
     Ping,
     Query,
     Statistics,
+    command_counts,
+    parse_command,
 )
 from icerelay.errors import ControlError
 from icerelay.relay.policy import IceMode, IcePriority
@@ -161,8 +164,9 @@ def test_delete_query_list_statistics() -> None:
         outcome = request(protocol, bencode.encode(body), cookie=b"c%d" % index)  # type: ignore[arg-type]
         assert isinstance(outcome, NgRequest), outcome
         assert outcome.command == expected
-    assert protocol.counters.commands["delete"] == 2
-    assert protocol.counters.requests == len(cases)
+    assert protocol.counters.events["command.delete"] == 2
+    assert command_counts(protocol.counters)["delete"] == 2
+    assert protocol.counters.events["requests"] == len(cases)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +197,7 @@ def test_bad_requests_get_an_error_reason(body: bytes, reason: str) -> None:
     reply = reply_dict(outcome.data)
     assert reply[b"result"] == b"error"
     assert reason.encode() in reply[b"error-reason"]  # type: ignore[operator]
-    assert protocol.counters.errors == 1
+    assert protocol.counters.events["errors"] == 1
 
 
 @pytest.mark.parametrize(
@@ -230,7 +234,7 @@ def test_no_cookie_is_dropped() -> None:
     assert isinstance(protocol.receive(b"d7:command4:pinge", 0.0), NgDropped)
     assert isinstance(protocol.receive(b"\x00\x01 d7:command4:pinge", 0.0), NgDropped)
     assert isinstance(protocol.receive(b"", 0.0), NgDropped)
-    assert protocol.counters.dropped == 3
+    assert protocol.counters.dropped == {"no_cookie": 3}
 
 
 def test_retransmission_gets_the_identical_reply_and_does_not_run_again() -> None:
@@ -240,8 +244,8 @@ def test_retransmission_gets_the_identical_reply_and_does_not_run_again() -> Non
     reply = protocol.reply(first, {"result": "ok", "sdp": b"v=0\r\n"}, 100.0)
     again = request(protocol, kamailio_offer(), cookie=b"42_7", now=110.0)
     assert again == NgImmediateReply(reply, retransmission=True)
-    assert protocol.counters.retransmissions == 1
-    assert protocol.counters.requests == 1
+    assert protocol.counters.events["retransmissions"] == 1
+    assert protocol.counters.events["requests"] == 1
     # After the TTL the cookie is forgotten: a late duplicate is a new request.
     late = request(protocol, kamailio_offer(), cookie=b"42_7", now=130.5)
     assert isinstance(late, NgRequest)
@@ -253,7 +257,7 @@ def test_errors_are_cached_too() -> None:
     again = request(protocol, b"d7:command4:jumpe")
     assert isinstance(first, NgImmediateReply) and isinstance(again, NgImmediateReply)
     assert again.data == first.data and again.retransmission
-    assert protocol.counters.errors == 1
+    assert protocol.counters.events["errors"] == 1
 
 
 def test_reply_cache_is_bounded() -> None:
@@ -381,3 +385,20 @@ def test_kamailio_supports_key_is_not_warned_about() -> None:
     outcome = request(NgProtocol(), kamailio_offer(supports=["load limit"]))
     assert isinstance(outcome, NgRequest)
     assert outcome.command.options.ignored == ()  # type: ignore[union-attr]
+
+
+def test_refusals_carry_the_kind_of_failure() -> None:
+    protocol = NgProtocol()
+    request(protocol, b"d7:command4:jumpe", cookie=b"1")
+    request(protocol, b"d7:command5:offere", cookie=b"2")
+    request(protocol, b"le", cookie=b"3")
+    request(protocol, b"{not json", cookie=b"4")
+    assert protocol.counters.events["errors"] == 4
+    assert protocol.counters.events["error.unknown_command"] == 1
+    assert protocol.counters.events["error.malformed_request"] == 1
+    assert protocol.counters.events["error.undecodable"] == 2
+    assert command_counts(protocol.counters) == {"jump": 1, "offer": 1, "unknown": 2}
+    with pytest.raises(ControlError) as raised:
+        parse_command({"command": b"jump"})
+    assert raised.value.counter == NgFailure.UNKNOWN_COMMAND and raised.value.remote
+    assert raised.value.status is None

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import random
 
-from icerelay.control.ng import Answer, Delete, List, MediaOptions, Offer, Ping, Query, Statistics
-from icerelay.control.ng_handler import NgHandler, relay_options
+from icerelay.control.ng import (
+    Answer,
+    Delete,
+    List,
+    MediaOptions,
+    NgHandler,
+    NgProtocol,
+    NgRequest,
+    Offer,
+    Ping,
+    Query,
+    Statistics,
+    relay_options,
+)
 from icerelay.relay.policy import IceMode, IcePriority
 from icerelay.relay.ports import PortPool
 from icerelay.relay.sessions import RelayConfig, RelayOptions, SessionEngine
@@ -112,3 +124,23 @@ def test_deleting_an_unknown_call_warns_unless_fatal() -> None:
     assert reply == {"result": "ok", "warning": "unknown call call-id 'gone' from-tag 'a'"}
     reply = ng.handle(Delete("gone", "a", flags=frozenset({"fatal"})), 0.0)
     assert reply["result"] == "error"
+
+
+def test_statistics_report_the_protocol_counters() -> None:
+    protocol = NgProtocol()
+    ng = NgHandler(handler().engine, protocol.counters)
+    for cookie, body in ((b"1", b"d7:command4:pinge"), (b"1", b"d7:command4:pinge")):
+        outcome = protocol.receive(cookie + b" " + body, 0.0)
+        if isinstance(outcome, NgRequest):
+            protocol.reply(outcome, ng.handle(outcome.command, 0.0), 0.0)
+    protocol.receive(b"2 d7:command4:jumpe", 0.0)
+    outcome = protocol.receive(b"3 d7:command6:delete7:call-id4:gone5:flagsl5:fatalee", 0.0)
+    assert isinstance(outcome, NgRequest)
+    protocol.reply(outcome, ng.handle(outcome.command, 0.0), 0.0)
+    reply = ng.handle(Statistics(), 1.0)
+    statistics = reply["statistics"]
+    assert isinstance(statistics, dict)
+    totals = statistics["totalstatistics"]
+    assert isinstance(totals, dict)
+    assert (totals["requests"], totals["retransmissions"], totals["errors"]) == (3, 1, 2)
+    assert totals["commands"] == {"ping": 1, "jump": 1, "delete": 1}

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from icerelay.control.ng import (
+from icerelay.control.ng.commands import (
     Answer,
     Command,
     Delete,
     List,
     MediaOptions,
-    NgCounters,
     Offer,
     Ping,
     Query,
+    Reply,
     ReplyValue,
     Statistics,
-    error_reply,
 )
+from icerelay.control.ng.protocol import command_counts, error_reply
+from icerelay.counters import Counters
 from icerelay.errors import IcerelayError, RelayError
 from icerelay.relay.sessions import (
     MediaRequest,
@@ -32,8 +33,6 @@ from icerelay.relay.sessions import (
 )
 
 __all__ = ["NgHandler", "relay_options"]
-
-Reply = dict[str, ReplyValue]
 
 
 def relay_options(options: MediaOptions) -> RelayOptions:
@@ -62,13 +61,14 @@ def relay_options(options: MediaOptions) -> RelayOptions:
 class NgHandler:
     """Runs ng commands against one :class:`SessionEngine`.
 
-    :param counters: the protocol's counters, reported by ``statistics``.
+    :param counters: the protocol's counters (:attr:`NgProtocol.counters`), reported by
+        ``statistics``; failures are counted there too.
     """
 
     def __init__(
         self,
         engine: SessionEngine,
-        counters: NgCounters | None = None,
+        counters: Counters | None = None,
         *,
         wall_offset: float = 0.0,
         service_statistics: Callable[[], Mapping[str, ReplyValue]] | None = None,
@@ -89,7 +89,7 @@ class NgHandler:
         try:
             return self._dispatch(command, now)
         except IcerelayError as error:
-            return error_reply(str(error))
+            return error_reply(error, self.counters)
 
     def _dispatch(self, command: Command, now: float) -> Reply:
         engine = self.engine
@@ -158,10 +158,11 @@ class NgHandler:
             "ended": {str(reason): count for reason, count in engine.ended_by_reason.items()},
         }
         if self.counters is not None:
-            totals["requests"] = self.counters.requests
-            totals["retransmissions"] = self.counters.retransmissions
-            totals["errors"] = self.counters.errors
-            totals["commands"] = dict(self.counters.commands)
+            events = self.counters.events
+            totals["requests"] = events["requests"]
+            totals["retransmissions"] = events["retransmissions"]
+            totals["errors"] = events["errors"]
+            totals["commands"] = dict(command_counts(self.counters))
         reply: Reply = {"currentstatistics": current, "totalstatistics": totals}
         if self.service_statistics is not None:
             reply["service"] = dict(self.service_statistics())
