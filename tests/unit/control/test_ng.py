@@ -27,6 +27,7 @@ from icerelay.control.ng import (
     command_counts,
     parse_command,
 )
+from icerelay.control.ng.commands import normalise
 from icerelay.errors import ControlError
 from icerelay.relay.policy import IceMode, IcePriority
 
@@ -402,3 +403,9 @@ def test_refusals_carry_the_kind_of_failure() -> None:
         parse_command({"command": b"jump"})
     assert raised.value.counter == NgFailure.UNKNOWN_COMMAND and raised.value.remote
     assert raised.value.status is None
+
+
+@given(st.text(max_size=40))
+def test_normalise_is_rtpengines_key_matching(text: str) -> None:
+    # Case-insensitive, with "-", "_" and space interchangeable, whatever the order of the steps.
+    assert normalise(text) == text.translate(str.maketrans({" ": "-", "_": "-"})).lower()
