@@ -227,4 +227,6 @@ class _Decoder:
 def _all_digits(text: bytes, *, signed: bool) -> bool:
     if signed and text.startswith(b"-"):
         text = text[1:]
-    return all(c in _DIGITS for c in text)
+    # bytes.isdigit() is ASCII-only for bytes and runs in C; an empty run counts as digits here,
+    # as the generator this replaces did (callers check emptiness themselves).
+    return not text or text.isdigit()
