@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from icerelay.net import split_host_port
 from icerelay.relay.policy import IcePriority
 from icerelay.relay.sessions import RelayConfig
 
@@ -47,15 +48,7 @@ def user_state_accounting() -> str:
 
 def _host_port(value: object) -> object:
     if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else NG_DEFAULT[1]
-        elif text.count(":") == 1:
-            host, port_text = text.split(":")
-            port = int(port_text)
-        else:
-            host, port = text, NG_DEFAULT[1]
+        host, port = split_host_port(value, NG_DEFAULT[1])
         return (ipaddress.ip_address(host).compressed, port)
     return value
 
