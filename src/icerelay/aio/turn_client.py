@@ -5,7 +5,7 @@ timer handle; the engine decides everything else. Example::
 
     import asyncio
     from icerelay.stun import Address
-    from icerelay.turn.client import create_turn_allocation
+    from icerelay.aio.turn_client import create_turn_allocation
 
     async def main() -> None:
         async with create_turn_allocation(("turn.example.net", 3478), "alice", "secret") as turn:
