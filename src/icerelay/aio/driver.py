@@ -39,16 +39,17 @@ __all__ = ["Engine", "EngineDriver"]
 class Engine(Protocol):
     """What a sans-I/O engine offers its driver. ``now`` is seconds on the driver's clock."""
 
-    def receive(self, data: bytes, source: Address, destination: Address, now: float) -> None:
+    # Positional-only: the driver calls these positionally, so an engine may name them its way.
+    def receive(self, data: bytes, source: Address, destination: Address, now: float, /) -> None:
         """One datagram from ``source`` that arrived on the local address ``destination``."""
 
-    def datagrams_to_send(self, now: float) -> list[Datagram]:
+    def datagrams_to_send(self, now: float, /) -> list[Datagram]:
         """Everything queued for the wire since the last call (the engine forgets it)."""
 
     def next_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None for never."""
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timer(self, now: float, /) -> None:
         """Time has reached (or passed) :meth:`next_timer`."""
 
     def next_event(self) -> object | None:

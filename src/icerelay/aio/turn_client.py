@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import random
 import socket
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -207,6 +208,7 @@ class TurnClient:
                 ssl = ssl_module.create_default_context()
             if server_hostname is None:
                 server_hostname = host
+        options.setdefault("rng", random.SystemRandom())  # the shell owns the randomness
         engine = Allocation(address, username, password, transport=transport, **options)
         client = cls(
             engine, ssl=ssl, server_hostname=server_hostname, on_data=on_data, on_event=on_event
