@@ -118,7 +118,8 @@ class StunService:
         now = self._now()
         self.engine.receive(data, source, local, now, "udp")
         for datagram in self.engine.datagrams_to_send(now):
-            endpoint = self._udp.get(datagram.source)
+            # The engine names the local address each answer leaves from (RFC 5780 CHANGE-REQUEST).
+            endpoint = self._udp.get(datagram.source) if datagram.source is not None else None
             if endpoint is None or not endpoint.send(datagram.data, datagram.destination):
                 self.counters.drop(DropReason.SEND_FAILED)
 

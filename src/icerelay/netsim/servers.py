@@ -39,12 +39,15 @@ class StunServer:
         self.engine.receive(data, Address(*source), Address(*destination), now)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        return [
-            Datagram(
-                d.data, (d.source.host, d.source.port), (d.destination.host, d.destination.port)
+        out = []
+        for d in self.engine.datagrams_to_send(now):
+            assert d.source is not None  # the Binding engine always names the local address
+            out.append(
+                Datagram(
+                    d.data, (d.source.host, d.source.port), (d.destination.host, d.destination.port)
+                )
             )
-            for d in self.engine.datagrams_to_send(now)
-        ]
+        return out
 
     def next_timer(self) -> float | None:
         return self.engine.next_timer()

@@ -25,10 +25,10 @@ feed decoded messages to :meth:`Probe.receive`, call :meth:`Probe.handle_timer` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 
 from icerelay.errors import ProbeError
+from icerelay.net import Datagram
 from icerelay.probe.results import Behavior, BindingResult, ProbeResult
 from icerelay.stun import Address, AttributeType, ChangeRequest, Message, MessageClass, Method
 from icerelay.stun.transaction import ClientTransaction, Transport
@@ -42,14 +42,6 @@ class Step(Enum):
     FILTERING_III = "filtering test III"
     MAPPING_II = "mapping test II"
     MAPPING_III = "mapping test III"
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A request to put on the wire to ``destination``."""
-
-    data: bytes
-    destination: Address
 
 
 class Probe:
@@ -90,16 +82,16 @@ class Probe:
         self._transaction: ClientTransaction
         self._deadline = 0.0
         self._last_send = now
-        self._outgoing: list[Outgoing] = []
+        self._outgoing: list[Datagram] = []
         self._start(Step.TEST_I, server, 0, now)
 
     # --- sans-I/O interface ----------------------------------------------------------------
 
-    def datagrams_to_send(self, now: float) -> list[Outgoing]:
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
         if not self.done:
             for data in self._transaction.datagrams_to_send(now):
                 self._last_send = now
-                self._outgoing.append(Outgoing(data, self._destination))
+                self._outgoing.append(Datagram(data, None, self._destination))
         out, self._outgoing = self._outgoing, []
         return out
 

@@ -34,6 +34,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from icerelay.errors import StunError
+
+# Responses are the shared datagram, each with the local address it must leave from as source.
+from icerelay.net import Datagram as Datagram
 from icerelay.stun import (
     HEADER_LENGTH,
     Address,
@@ -54,15 +57,6 @@ Transport = Literal["udp", "tcp"]
 #: Longest UNKNOWN-ATTRIBUTES list we echo: enough for any honest client, and it keeps a 420
 #: small however many unknown attributes a request stuffs in.
 MAX_UNKNOWN_REPORTED = 16
-
-
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    """Something to send: ``data`` from local address ``source`` to remote ``destination``."""
-
-    data: bytes
-    source: Address
-    destination: Address
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,23 @@
-"""Run a :class:`~icerelay.probe.behavior.Probe` on real sockets with asyncio."""
+"""Run a :class:`~icerelay.probe.behavior.Probe` on real sockets with asyncio.
+
+The probe is driven by :class:`~icerelay.aio.driver.EngineDriver` like every engine: a small
+adapter decodes each datagram (the probe takes STUN messages) and turns "done" into an event.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from icerelay.aio.addresses import family_of, from_sockaddr, to_sockaddr
+from icerelay.aio.driver import EngineDriver
+from icerelay.aio.udp import UdpEndpoint
 from icerelay.errors import ProbeError, StunError
+from icerelay.net import Datagram
 from icerelay.probe.behavior import Probe
 from icerelay.probe.results import ProbeResult
 from icerelay.stun import Address, decode_message
@@ -34,16 +44,51 @@ def _route_source(server: Address) -> str:
         return from_sockaddr(sock.getsockname()).host
 
 
-class _Receiver(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[bytes, Address]] = asyncio.Queue()
+@dataclass(frozen=True, slots=True)
+class ProbeFinished:
+    """The probe is done: its ``result`` or ``error`` is set."""
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.queue.put_nowait((data, from_sockaddr(addr)))
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable): the probe's timeout already covers them.
-        pass
+class _ProbeEngine:
+    """A :class:`Probe` seen as an :class:`~icerelay.aio.driver.Engine`.
+
+    The probe takes decoded STUN messages (anything else is not for it) and has no events of
+    its own; its end is reported as one :class:`ProbeFinished` event.
+    """
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self._finished_reported = False
+
+    def receive(self, data: bytes, source: Address, destination: Address, now: float) -> None:
+        try:
+            message = decode_message(data)
+        except StunError:
+            return
+        self.probe.receive(message, source, now)
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        return self.probe.datagrams_to_send(now)
+
+    def next_timer(self) -> float | None:
+        return self.probe.next_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.probe.handle_timer(now)
+
+    def next_event(self) -> ProbeFinished | None:
+        if self.probe.done and not self._finished_reported:
+            self._finished_reported = True
+            return ProbeFinished()
+        return None
+
+
+def _finisher(finished: asyncio.Future[None]) -> Callable[[object], None]:
+    def on_event(event: object) -> None:
+        if isinstance(event, ProbeFinished) and not finished.done():
+            finished.set_result(None)
+
+    return on_event
 
 
 async def probe_udp(
@@ -59,34 +104,32 @@ async def probe_udp(
             local = Address(_route_source(server), 0)
         except OSError as exc:
             raise ProbeError(f"no route to {server}: {exc.strerror}") from None
-    sock = socket.socket(family_of(server), socket.SOCK_DGRAM)
+    if local.family != server.family:
+        raise ProbeError(f"cannot bind {local}: not of the address family of {server}")
+    driver: EngineDriver | None = None
+
+    def received(data: bytes, source: Address, destination: Address) -> None:
+        if driver is not None:
+            driver.datagram_received(data, source, destination)
+
     try:
-        sock.bind(to_sockaddr(local))
+        endpoint = await UdpEndpoint.open(local, received)
     except OSError as exc:
-        sock.close()
         raise ProbeError(f"cannot bind {local}: {exc.strerror}") from None
-    sock.setblocking(False)
-    local = from_sockaddr(sock.getsockname())
-    transport, receiver = await loop.create_datagram_endpoint(_Receiver, sock=sock)
+
+    def send(datagram: Datagram) -> None:
+        endpoint.send(datagram.data, datagram.destination)
+
+    probe = Probe(server, endpoint.local_address, loop.time(), behavior=behavior, timeout=timeout)
+    finished: asyncio.Future[None] = loop.create_future()
+    driver = EngineDriver(_ProbeEngine(probe), send, _finisher(finished))
     try:
-        probe = Probe(server, local, loop.time(), behavior=behavior, timeout=timeout)
-        while not probe.done:
-            for outgoing in probe.datagrams_to_send(loop.time()):
-                transport.sendto(outgoing.data, to_sockaddr(outgoing.destination))
-            timer = probe.next_timer()
-            wait = None if timer is None else max(0.0, timer - loop.time())
-            try:
-                data, source = await asyncio.wait_for(receiver.queue.get(), wait)
-            except TimeoutError:
-                probe.handle_timer(loop.time())
-                continue
-            try:
-                message = decode_message(data)
-            except StunError:
-                continue
-            probe.receive(message, source, loop.time())
+        driver.transmit()
+        if not probe.done:
+            await finished
     finally:
-        transport.close()
+        driver.close()
+        endpoint.close()
     return _outcome(probe)
 
 
@@ -101,29 +144,36 @@ async def probe_tcp(server: Address, *, timeout: float = 3.0) -> ProbeResult:
     except (OSError, TimeoutError) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
         raise ProbeError(f"cannot connect to {server} over TCP: {reason}") from None
+
+    def send(datagram: Datagram) -> None:
+        writer.write(datagram.data)
+
+    driver: EngineDriver | None = None
     try:
         local = from_sockaddr(writer.get_extra_info("sockname"))
         remaining = max(0.1, timeout - (loop.time() - started))
         probe = Probe(server, local, loop.time(), transport="tcp", timeout=remaining)
+        finished: asyncio.Future[None] = loop.create_future()
+        driver = EngineDriver(_ProbeEngine(probe), send, _finisher(finished))
+        driver.transmit()
         buffer = bytearray()
         while not probe.done:
-            for outgoing in probe.datagrams_to_send(loop.time()):
-                writer.write(outgoing.data)
-            timer = probe.next_timer()
-            wait = None if timer is None else max(0.0, timer - loop.time())
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), wait)
-            except TimeoutError:
-                probe.handle_timer(loop.time())
-                continue
+            read = asyncio.ensure_future(reader.read(65536))
+            waiting: set[asyncio.Future[Any]] = {read, finished}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                read.cancel()  # the probe ended on its timer
+                break
+            chunk = read.result()
             if not chunk:
                 raise ProbeError(f"{server} closed the TCP connection without answering")
             buffer += chunk
             while (length := _frame_length(buffer)) is not None and len(buffer) >= length:
                 frame, buffer = bytes(buffer[:length]), buffer[length:]
-                with contextlib.suppress(StunError):
-                    probe.receive(decode_message(frame), server, loop.time())
+                driver.datagram_received(frame, server, local)
     finally:
+        if driver is not None:
+            driver.close()
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()

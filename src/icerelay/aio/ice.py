@@ -1,11 +1,13 @@
 """asyncio driver for the sans-I/O :class:`~icerelay.ice.agent.Agent`.
 
-The driver only moves bytes and time: it binds one UDP socket per component and local address,
-feeds every datagram to the agent with ``loop.time()``, sends what the agent returns, and keeps one
-timer handle at ``agent.next_timer()``. Everything ICE decides happens in the engine. Example::
+The shell only moves bytes: it binds one UDP socket per component and local address (and opens
+TCP/TLS connections to TURN servers when the agent asks); an
+:class:`~icerelay.aio.driver.EngineDriver` feeds every datagram to the agent with
+``loop.time()``, hands out its events, sends what it returns, and keeps the one timer at
+``agent.next_timer()``. Everything ICE decides happens in the engine. Example::
 
     import asyncio
-    from icerelay.ice.aio import Connection
+    from icerelay.aio.ice import Connection
 
     async def main() -> None:
         offerer = Connection(controlling=True, stun_servers=[("stun.example.net", 3478)])
@@ -39,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import random
 import socket
 import ssl
 import struct
@@ -46,6 +49,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
+from icerelay.aio.driver import EngineDriver
 from icerelay.errors import IceError
 from icerelay.ice.agent import Agent
 from icerelay.ice.candidate import Candidate, TransportAddress
@@ -53,12 +57,12 @@ from icerelay.ice.config import AgentConfig
 from icerelay.ice.events import (
     ConnectionState,
     ConnectionStateChanged,
-    Datagram,
     DataReceived,
     Event,
     GatheringComplete,
 )
 from icerelay.ice.relay import TurnServer
+from icerelay.net import Address, Datagram
 
 # Addresses in these documentation ranges are never routed: connecting a UDP socket to one only
 # asks the kernel which source address it would use, and sends nothing.
@@ -139,20 +143,58 @@ def default_local_addresses(*, ipv4: bool = True, ipv6: bool = False) -> list[st
     return found
 
 
+class _AgentEngine:
+    """The :class:`Agent` seen as an :class:`~icerelay.aio.driver.Engine`.
+
+    The agent speaks ``(ip, port)`` tuples and its own :class:`icerelay.ice.events.Datagram`;
+    the driver speaks :class:`icerelay.net.Address` and :class:`icerelay.net.Datagram`.
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def receive(self, data: bytes, source: Address, destination: Address, now: float) -> None:
+        self.agent.receive(
+            data, (source.host, source.port), (destination.host, destination.port), now
+        )
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        return [
+            Datagram(
+                datagram.data,
+                Address(*datagram.source),
+                Address(*datagram.destination),
+                datagram.transport,
+            )
+            for datagram in self.agent.datagrams_to_send(now)
+        ]
+
+    def next_timer(self) -> float | None:
+        return self.agent.next_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.agent.handle_timer(now)
+
+    def next_event(self) -> Event | None:
+        return self.agent.next_event()
+
+
 class _Socket(asyncio.DatagramProtocol):
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.transport: asyncio.DatagramTransport | None = None
         self.address: TransportAddress = ("", 0)
+        self.local = Address("", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
         sockname = transport.get_extra_info("sockname")
         self.address = (str(sockname[0]).split("%", 1)[0], int(sockname[1]))
+        self.local = Address(*self.address)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        source = (str(addr[0]).split("%", 1)[0], int(addr[1]))
-        self.connection._datagram(data, source, self.address)
+        source = Address(str(addr[0]).split("%", 1)[0], int(addr[1]))
+        self.connection._driver().datagram_received(data, source, self.local)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable...) on UDP: the checks on that path simply fail.
@@ -230,6 +272,7 @@ class Connection:
             turn_servers=turn_servers,
             local_ufrag=local_username,
             local_pwd=local_password,
+            rng=random.SystemRandom(),
         )
         self.local_addresses = list(local_addresses or default_local_addresses()) or ["127.0.0.1"]
         self.port_range = port_range
@@ -239,7 +282,7 @@ class Connection:
         self._sockets: dict[TransportAddress, _Socket] = {}
         self._streams: dict[StreamKey, _Stream] = {}
         self._tls_context = tls_context
-        self._timer: asyncio.TimerHandle | None = None
+        self._engine_driver: EngineDriver | None = None  # made once a loop runs
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._received: dict[int, asyncio.Queue[tuple[bytes, TransportAddress]]] = {
             component: asyncio.Queue() for component in self.agent.components
@@ -339,9 +382,8 @@ class Connection:
         """Stop ICE, deallocate TURN relays, close the sockets."""
         self.agent.close(self._now())
         self._service()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._engine_driver is not None:
+            self._engine_driver.close()
         if self.agent.gatherer.relays():
             # Give the deallocation (Refresh, lifetime 0) a moment to leave.
             await asyncio.sleep(0)
@@ -379,12 +421,13 @@ class Connection:
         self._loop = loop
         return loop.time()
 
-    def _datagram(self, data: bytes, source: TransportAddress, local: TransportAddress) -> None:
-        self.agent.receive(data, source, local, self._now())
-        self._service()
+    def _driver(self) -> EngineDriver:
+        if self._engine_driver is None:
+            self._now()  # remember the running loop
+            self._engine_driver = EngineDriver(_AgentEngine(self.agent), self._send, self._on_event)
+        return self._engine_driver
 
-    def _stream_for(self, datagram: Datagram) -> _Stream:
-        key = (datagram.source, datagram.destination, datagram.transport)
+    def _stream_for(self, key: StreamKey) -> _Stream:
         stream = self._streams.get(key)
         if stream is None:
             stream = _Stream(self, key)
@@ -417,38 +460,33 @@ class Connection:
         self.agent.connection_lost(server, base, transport, self._now())
         self._service()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.agent.handle_timer(self._now())
-        self._service()
-
     def _service(self) -> None:
-        """Send what the agent wants sent, dispatch its events, re-arm the timer."""
-        now = self._now()
-        for datagram in self.agent.datagrams_to_send(now):
-            if datagram.transport != "udp":
-                self._stream_for(datagram).write(datagram.data)
-                continue
-            protocol = self._sockets.get(datagram.source)
-            if protocol is not None and protocol.transport is not None:
-                protocol.transport.sendto(datagram.data, datagram.destination)
-        while (event := self.agent.next_event()) is not None:
-            if isinstance(event, DataReceived):
-                if self.on_data is not None:
-                    self.on_data(event.component, event.data, event.source)
-                else:
-                    self._received[event.component].put_nowait((event.data, event.source))
+        """Dispatch the agent's events, send what it wants sent, re-arm the timer."""
+        self._driver().transmit()
+
+    def _send(self, datagram: Datagram) -> None:
+        assert datagram.source is not None  # the agent always names the local base
+        source = (datagram.source.host, datagram.source.port)
+        destination = (datagram.destination.host, datagram.destination.port)
+        if datagram.transport != "udp":
+            self._stream_for((source, destination, datagram.transport)).write(datagram.data)
+            return
+        protocol = self._sockets.get(source)
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.sendto(datagram.data, destination)
+
+    def _on_event(self, item: object) -> None:
+        event = cast(Event, item)  # the driver hands back what the agent's next_event() gave
+        if isinstance(event, DataReceived):
+            if self.on_data is not None:
+                self.on_data(event.component, event.data, event.source)
             else:
-                if isinstance(event, GatheringComplete):
-                    self._gathered.set()
-                elif isinstance(event, ConnectionStateChanged):
-                    self._state_changed.set()
-                self._events.put_nowait(event)
-            if self.on_event is not None:
-                self.on_event(event)
-        timer = self.agent.next_timer()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if timer is not None and self._loop is not None:
-            self._timer = self._loop.call_at(max(timer, now), self._on_timer)
+                self._received[event.component].put_nowait((event.data, event.source))
+        else:
+            if isinstance(event, GatheringComplete):
+                self._gathered.set()
+            elif isinstance(event, ConnectionStateChanged):
+                self._state_changed.set()
+            self._events.put_nowait(event)
+        if self.on_event is not None:
+            self.on_event(event)
