@@ -51,12 +51,10 @@ What happens inside, with the RFC 8445 names:
 
 from __future__ import annotations
 
-import random
 import string
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from icerelay.errors import IceError, StunError
 from icerelay.ice.candidate import (
@@ -70,13 +68,12 @@ from icerelay.ice.candidate import (
 )
 from icerelay.ice.checklist import (
     CheckList,
-    foundation_active,
-    next_ordinary_check,
     set_initial_states,
     state_for_new_pair,
     unfreeze_foundation,
 )
-from icerelay.ice.config import AgentConfig, Nomination
+from icerelay.ice.config import AgentConfig
+from icerelay.ice.consent import ConsentFreshness
 from icerelay.ice.events import (
     CandidateGathered,
     CandidatePairStateChanged,
@@ -87,9 +84,11 @@ from icerelay.ice.events import (
     Event,
     GatheringComplete,
     RoleChanged,
-    SelectedPairChanged,
 )
 from icerelay.ice.gathering import Gatherer, RelayedData, RelayFactory, RelayLost
+from icerelay.ice.generation import Check, Generation
+from icerelay.ice.nomination import Selector
+from icerelay.ice.pacing import Pacer, check_rto, has_check_to_send, next_check
 from icerelay.ice.pair import CandidatePair, PairState
 from icerelay.ice.relay import TurnServer
 from icerelay.stun import (
@@ -102,59 +101,16 @@ from icerelay.stun import (
     decode_message,
     is_stun,
 )
-from icerelay.stun.credentials import short_term_key
 from icerelay.stun.transaction import ClientTransaction
+
+if TYPE_CHECKING:
+    from random import Random
 
 ICE_CHARS = string.ascii_letters + string.digits + "+/"
 UFRAG_LENGTH = 8  # RFC 8445 section 5.3: at least 24 bits of randomness (4 ice-chars)
 PWD_LENGTH = 24  # at least 128 bits (22 ice-chars)
 
 ROLE_CONFLICT = 487
-
-
-@dataclass
-class _Generation:
-    """Everything that an ICE restart replaces: credentials, remote candidates, the checklist.
-
-    Media keeps using the previous generation's selected pairs until the new one has pairs for
-    every component (section 9).
-    """
-
-    local_ufrag: str
-    local_pwd: str
-    checklist: CheckList
-    remote_ufrag: str | None = None
-    remote_pwd: str | None = None
-    remote_candidates: list[Candidate] = field(default_factory=list)
-    remote_complete: bool = False
-    started: bool = False
-    selected: dict[int, CandidatePair] = field(default_factory=dict)
-    first_valid_at: dict[int, float] = field(default_factory=dict)
-    nominate_at: dict[int, float] = field(default_factory=dict)
-    announced: dict[int, tuple[CandidatePair, bool]] = field(default_factory=dict)
-
-    @property
-    def local_key(self) -> bytes:
-        return short_term_key(self.local_pwd)
-
-    @property
-    def remote_key(self) -> bytes:
-        return short_term_key(self.remote_pwd or "")
-
-
-@dataclass
-class _Check:
-    """A Binding request this agent sent on a pair: a check, or a consent request."""
-
-    generation: _Generation
-    pair: CandidatePair
-    transaction: ClientTransaction
-    sent_at: float
-    controlling: bool
-    use_candidate: bool
-    priority: int
-    consent: bool = False
-    cancelled: bool = False
 
 
 class Coordinator(Protocol):
@@ -165,39 +121,18 @@ class Coordinator(Protocol):
     def set_role(self, controlling: bool) -> None: ...
 
 
-class Pacer:
-    """Ta pacing (RFC 8445 section 6.1.4.2, 14.2) over one or several data streams.
-
-    A new check (ordinary or triggered) leaves at most every Ta; when several streams have
-    checks to send they take turns, as the checklists of a checklist set do.
-    """
-
-    def __init__(self, ta: float, agents: Sequence[Agent]) -> None:
-        self.ta = ta
-        self.agents = list(agents)
-        self.next_check_at = 0.0
-        self._turn = 0
-
-    def pace(self, now: float) -> None:
-        if now < self.next_check_at:
-            return
-        count = len(self.agents)
-        for offset in range(count):
-            agent = self.agents[(self._turn + offset) % count]
-            if agent.send_next_check(now):
-                self._turn = (self._turn + offset + 1) % count
-                self.next_check_at = now + self.ta
-                return
-
-
 class Agent:
     """A sans-I/O ICE agent for one data stream; see the module documentation.
 
     ``controlling`` is the initial role (the offerer is controlling, section 6.1.1).
     ``components`` is 1 (RTP with rtcp-mux, or data) or 2 (RTP and RTCP). ``lite`` makes an
     ICE-lite agent. ``rng`` makes every random choice (credentials, tie-breaker, transaction ids,
-    consent jitter); pass a seeded :class:`random.Random` for reproducible simulations; the
-    default draws from the operating system.
+    consent jitter): pass a seeded :class:`random.Random` for reproducible simulations, and
+    :class:`random.SystemRandom` in production.
+
+    The agent is the state machine that receives, answers and sends; three parts of it live in
+    their own modules: :mod:`~icerelay.ice.pacing` (Ta), :mod:`~icerelay.ice.nomination` (the
+    selected pair, USE-CANDIDATE) and :mod:`~icerelay.ice.consent` (RFC 7675, keepalives).
     """
 
     def __init__(
@@ -209,7 +144,7 @@ class Agent:
         config: AgentConfig | None = None,
         turn_servers: Sequence[TurnServer] = (),
         relay_factory: RelayFactory | None = None,
-        rng: random.Random | None = None,
+        rng: Random,
         local_ufrag: str | None = None,
         local_pwd: str | None = None,
         tie_breaker: int | None = None,
@@ -217,7 +152,7 @@ class Agent:
         if components not in (1, 2):
             raise IceError("an agent has 1 (rtcp-mux) or 2 (RTP and RTCP) components")
         self.config = config or AgentConfig()
-        self.rng = rng or random.SystemRandom()
+        self.rng = rng
         self.lite = lite
         self.controlling = controlling and not lite
         self.components = tuple(range(1, components + 1))
@@ -231,20 +166,19 @@ class Agent:
             relay_factory=relay_factory,
             host_only=lite,
         )
-        self._generation = self._new_generation(local_ufrag, local_pwd)
-        self._previous: _Generation | None = None
-        self._checks: dict[bytes, _Check] = {}
+        self.generation = self._new_generation(local_ufrag, local_pwd)
+        """The current ICE generation (credentials, remote candidates, checklist)."""
+        self._previous: Generation | None = None
+        self._checks: dict[bytes, Check] = {}
         self._outbox: list[Datagram] = []
         self._events: deque[Event] = deque()
         self._state = ConnectionState.NEW
         self._coordinator: Coordinator | None = None
         self._pacer: Pacer = Pacer(self.config.ta, [self])
-        self._consent_at: dict[int, float] = {}
-        self._last_sent: dict[tuple[TransportAddress, TransportAddress], float] = {}
-        self._consent_lost = False
+        self.selector = Selector(self)
+        self.consent = ConsentFreshness(self)
         self._closed = False
         self._prflx_count = 0
-        self._role_changed = False
         self._now = 0.0
         self.checks_sent = 0
         """Connectivity-check requests put on the wire, retransmissions included."""
@@ -256,17 +190,17 @@ class Agent:
     @property
     def local_username(self) -> str:
         """ice-ufrag to signal to the peer."""
-        return self._generation.local_ufrag
+        return self.generation.local_ufrag
 
     @property
     def local_password(self) -> str:
         """ice-pwd to signal to the peer."""
-        return self._generation.local_pwd
+        return self.generation.local_pwd
 
     @property
     def remote_credentials(self) -> tuple[str, str] | None:
         """The peer's (ice-ufrag, ice-pwd) for the current generation, once known."""
-        generation = self._generation
+        generation = self.generation
         if generation.remote_ufrag is None or generation.remote_pwd is None:
             return None
         return (generation.remote_ufrag, generation.remote_pwd)
@@ -283,16 +217,16 @@ class Agent:
     @property
     def remote_candidates(self) -> list[Candidate]:
         """Signalled and peer-reflexive remote candidates of the current generation."""
-        return list(self._generation.remote_candidates)
+        return list(self.generation.remote_candidates)
 
     @property
     def checklist(self) -> CheckList:
         """The current checklist (read it, do not change it)."""
-        return self._generation.checklist
+        return self.generation.checklist
 
     def selected_pair(self, component: int = 1) -> CandidatePair | None:
         """The pair media for ``component`` uses now (nominated, or best valid until then)."""
-        pair = self._generation.selected.get(component)
+        pair = self.generation.selected.get(component)
         if pair is None and self._previous is not None:
             pair = self._previous.selected.get(component)
         return pair
@@ -314,7 +248,7 @@ class Agent:
 
         New credentials for a running session mean an ICE restart: call :meth:`restart` first.
         """
-        generation = self._generation
+        generation = self.generation
         known = (generation.remote_ufrag, generation.remote_pwd)
         if generation.remote_ufrag is not None and known != (ufrag, pwd):
             raise IceError("the peer changed its credentials: that is an ICE restart")
@@ -327,10 +261,10 @@ class Agent:
 
     def add_remote_candidate(self, candidate: Candidate | None, now: float) -> None:
         """A remote candidate from signalling (trickle, any time); ``None`` = end-of-candidates."""
-        generation = self._generation
+        generation = self.generation
         if candidate is None:
             generation.remote_complete = True
-            self._update_state(now)
+            self.update_state(now)
             return
         if candidate.component not in self.components:
             return  # e.g. an RTCP candidate when rtcp-mux was negotiated
@@ -372,12 +306,12 @@ class Agent:
         Raises IceError when there is no pair yet, or after consent was lost (RFC 7675 forbids
         sending then).
         """
-        if self._consent_lost or self._closed:
+        if self.consent.lost or self._closed:
             raise IceError("no consent to send (ICE failed or closed)")
         pair = self.selected_pair(component)
         if pair is None:
             raise IceError(f"component {component} has no selected pair yet")
-        self._transmit(pair, data, now)
+        self.transmit(pair, data, now)
 
     def restart(
         self,
@@ -393,12 +327,12 @@ class Agent:
         local candidates are kept and reported again (CandidateGathered, GatheringComplete) so
         that the driver can signal them with the new credentials.
         """
-        old = self._generation
+        old = self.generation
         for transaction_id, check in list(self._checks.items()):
             if check.generation is old and not check.consent:
                 del self._checks[transaction_id]
         self._previous = old if old.selected else self._previous
-        self._generation = self._new_generation(local_ufrag, local_pwd)
+        self.generation = self._new_generation(local_ufrag, local_pwd)
         if controlling is not None and controlling != self.controlling and not self.lite:
             self._set_role(controlling, announce=True)
         for candidate in self.gatherer.candidates:
@@ -413,7 +347,7 @@ class Agent:
         self._closed = True
         self._checks.clear()
         self.gatherer.close(now)
-        self._set_state(ConnectionState.CLOSED)
+        self.set_state(ConnectionState.CLOSED)
 
     # --- driver interface -------------------------------------------------------------------
 
@@ -435,15 +369,15 @@ class Agent:
             self.gatherer.receive_relay(data, source, destination, now, transport)
             self._process_gatherer(now)
             return
-        if is_stun(data):
+        # Decoded once, here, and the message passed along (the checks' hot path).
+        message = _decode(data) if is_stun(data) else None
+        if message is not None and self.gatherer.receive_response(message, now):
             # Answers to gathering requests first: a TURN server is often the STUN server too,
             # so its Binding responses arrive on a relay's socket.
-            message = _decode(data)
-            if message is not None and self.gatherer.receive_response(message, now):
-                self._process_gatherer(now)
-                return
+            self._process_gatherer(now)
+            return
         if not self.gatherer.receive_relay(data, source, destination, now):
-            self._receive_on(data, source, destination, now)
+            self._receive_on(data, source, destination, now, message, gathered=True)
         self._process_gatherer(now)
 
     def connection_lost(
@@ -468,13 +402,10 @@ class Agent:
             timer = check.transaction.next_timer()
             if timer is not None:
                 timers.append(timer)
-        generation = self._generation
-        if self._role_changed:
-            timers.append(self._now)
         if self._can_check() and self.has_check_to_send():
             timers.append(self._pacer.next_check_at)
-        timers.extend(generation.nominate_at.values())
-        timers.extend(self._consent_timers())
+        timers.extend(self.selector.timers(self._now))
+        timers.extend(self.consent.timers(self._now))
         return min(timers, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -491,20 +422,16 @@ class Agent:
                 for data in retransmissions:
                     if not check.consent:
                         self.checks_sent += 1
-                    self._transmit(check.pair, data, now)
+                    self.transmit(check.pair, data, now)
             if transaction.done:
                 self._checks.pop(transaction_id, None)
                 if not check.cancelled:
                     self._check_timed_out(check, now)
-        generation = self._generation
-        for component, deadline in list(generation.nominate_at.items()):
-            if deadline <= now:
-                del generation.nominate_at[component]
-                self._nominate(generation, component, now)
-        self._after_role_change(now)
+        self.selector.handle_timer(now)
+        self.selector.after_role_change(now)
         self._pace(now)
-        self._run_consent(now)
-        self._update_state(now)
+        self.consent.run(now)
+        self.update_state(now)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -512,9 +439,20 @@ class Agent:
     # --- receiving --------------------------------------------------------------------------
 
     def _receive_on(
-        self, data: bytes, source: TransportAddress, destination: TransportAddress, now: float
+        self,
+        data: bytes,
+        source: TransportAddress,
+        destination: TransportAddress,
+        now: float,
+        message: Message | None = None,
+        *,
+        gathered: bool = False,
     ) -> None:
-        """A datagram for one of our candidates' bases (host socket or relayed address)."""
+        """A datagram for one of our candidates' bases (host socket or relayed address).
+
+        ``message`` is ``data`` decoded, when the caller did it already; ``gathered`` says that
+        the gatherer has already seen it (and did not take it as one of its responses).
+        """
         if not is_stun(data):
             local = self._local_base(destination)
             if local is None or self._closed:
@@ -526,14 +464,15 @@ class Agent:
                 return
             self._events.append(DataReceived(local.component, bytes(data), source))
             return
-        message = _decode(data)
         if message is None:
-            return
+            message = _decode(data)
+            if message is None:
+                return
         if message.message_class == MessageClass.REQUEST and message.method == Method.BINDING:
             if not self._closed:
                 self._handle_request(message, source, destination, now)
         elif message.message_class in (MessageClass.SUCCESS_RESPONSE, MessageClass.ERROR_RESPONSE):
-            if self.gatherer.receive_response(message, now):
+            if not gathered and self.gatherer.receive_response(message, now):
                 return
             check = self._checks.get(message.transaction_id)
             if check is not None:
@@ -564,7 +503,7 @@ class Agent:
             )
             self._send_response(response, generation, local, source, now)
             return
-        if not self.lite and generation is self._generation and self._role_conflict(request, now):
+        if not self.lite and generation is self.generation and self._role_conflict(request, now):
             self._respond_error(
                 request, ROLE_CONFLICT, "Role Conflict", generation, local, source, now
             )
@@ -573,7 +512,7 @@ class Agent:
         response = request.response()
         response.add(AttributeType.XOR_MAPPED_ADDRESS, Address(source[0], source[1]))
         self._send_response(response, generation, local, source, now)
-        if generation is not self._generation:
+        if generation is not self.generation:
             return  # a consent request on the previous generation's pair: answering is all
 
         remote = self._find_remote(generation, source, local.component)
@@ -614,10 +553,7 @@ class Agent:
             return
         if pair.state is PairState.SUCCEEDED:
             if use_candidate:
-                for valid in checklist.valid:
-                    if valid.generating is pair and not valid.nominated:
-                        valid.nominated = True
-                self._update_component(generation, pair.component, now)
+                self.selector.peer_nominated(generation, pair, now)
         else:
             if pair.state is PairState.IN_PROGRESS:
                 # Section 7.3.1.4: the check in flight probably died at the peer's NAT; stop
@@ -627,9 +563,9 @@ class Agent:
                         check.cancelled = True
             if use_candidate:
                 pair.nominate_on_success = True
-            self._set_pair_state(pair, PairState.WAITING)
+            self.set_pair_state(pair, PairState.WAITING)
             checklist.trigger(pair)
-            self._send_now(generation, pair, now)
+            self.send_now(generation, pair, now)
 
     def _role_conflict(self, request: Message, now: float) -> bool:
         """Section 7.3.1.1; True when the request must be answered with 487."""
@@ -648,7 +584,7 @@ class Agent:
 
     def _handle_response(
         self,
-        check: _Check,
+        check: Check,
         response: Message,
         source: TransportAddress,
         destination: TransportAddress,
@@ -679,7 +615,7 @@ class Agent:
                 if check.controlling == self.controlling:
                     self._set_role(not self.controlling, announce=True)
                 generation.checklist.trigger(pair)
-                self._set_pair_state(pair, PairState.WAITING)
+                self.set_pair_state(pair, PairState.WAITING)
                 self._pace(now)
             else:
                 self._fail_pair(generation, pair, now)
@@ -690,9 +626,7 @@ class Agent:
             return
         pair.rtt = now - check.sent_at
         local = self._local_for_mapped((mapped.host, mapped.port), pair, check.priority)
-        nominated = (check.use_candidate and check.controlling) or (
-            not self.controlling and pair.nominate_on_success
-        )
+        nominated = self.selector.nominated_by_answer(check, pair)
         self._mark_succeeded(
             generation,
             pair,
@@ -711,7 +645,7 @@ class Agent:
         for candidate in self.gatherer.candidates:
             if candidate.address == mapped and candidate.component == pair.component:
                 return candidate
-        for valid in self._generation.checklist.valid:
+        for valid in self.generation.checklist.valid:
             if valid.local.address == mapped and valid.component == pair.component:
                 return valid.local
         return make_local_candidate(
@@ -724,7 +658,7 @@ class Agent:
 
     def _mark_succeeded(
         self,
-        generation: _Generation,
+        generation: Generation,
         pair: CandidatePair,
         valid: CandidatePair | None,
         now: float,
@@ -747,17 +681,17 @@ class Agent:
         valid.rtt = pair.rtt
         valid.last_consent = now
         pair.last_consent = now
-        self._set_pair_state(pair, PairState.SUCCEEDED)
+        self.set_pair_state(pair, PairState.SUCCEEDED)
         checklist.add_valid(valid)
         if nominated:
             valid.nominated = True
         pair.use_candidate = pair.use_candidate and not valid.nominated
         generation.first_valid_at.setdefault(pair.component, now)
         unfreeze_foundation(pair.foundation, self._checklists())
-        self._update_component(generation, pair.component, now)
+        self.selector.update_component(generation, pair.component, now)
         self._pace(now)
 
-    def _check_timed_out(self, check: _Check, now: float) -> None:
+    def _check_timed_out(self, check: Check, now: float) -> None:
         """No answer after all retransmissions (section 7.2.5.2.4 Failure)."""
         if check.consent:
             return
@@ -784,7 +718,7 @@ class Agent:
     def _relay_lost(self, relayed: Candidate, now: float) -> None:
         """A relayed candidate died (TURN allocation gone): its pairs fail, so that media moves
         to another valid pair at once instead of waiting for consent to expire."""
-        for generation in (self._generation, self._previous):
+        for generation in (self.generation, self._previous):
             if generation is None:
                 continue
             checklist = generation.checklist
@@ -795,21 +729,21 @@ class Agent:
                 if valid.local.address == relayed.address:
                     checklist.valid.remove(valid)
                     valid.valid = False
-                    self._update_component(generation, valid.component, now)
+                    self.selector.update_component(generation, valid.component, now)
 
-    def _fail_pair(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
-        self._set_pair_state(pair, PairState.FAILED)
+    def _fail_pair(self, generation: Generation, pair: CandidatePair, now: float) -> None:
+        self.set_pair_state(pair, PairState.FAILED)
         for valid in generation.checklist.valid:
             if valid.generating is pair:
                 valid.valid = False
         generation.checklist.valid = [v for v in generation.checklist.valid if v.valid]
         # The selection may lose its pair, or a nomination that waited for this one may go now.
-        self._update_component(generation, pair.component, now)
+        self.selector.update_component(generation, pair.component, now)
 
     # --- checks ------------------------------------------------------------------------------
 
     def _can_check(self) -> bool:
-        generation = self._generation
+        generation = self.generation
         return (
             not self.lite
             and not self._closed
@@ -819,24 +753,13 @@ class Agent:
 
     def has_check_to_send(self) -> bool:
         """Whether a check could leave now if Ta allowed (for the pacer's timer)."""
-        checklist = self._generation.checklist
-        if checklist.triggered:
-            return True
-        checklists = self._checklists()
-        return any(
-            pair.state is PairState.WAITING
-            or (
-                pair.state is PairState.FROZEN
-                and not foundation_active(pair.foundation, checklists)
-            )
-            for pair in checklist.pairs
-        )
+        return has_check_to_send(self.generation.checklist, self._checklists())
 
     def _checklists(self) -> list[CheckList]:
         """The checklist set: this stream's, or every stream's in a session."""
         if self._coordinator is not None:
             return self._coordinator.checklists()
-        return [self._generation.checklist]
+        return [self.generation.checklist]
 
     def join(self, coordinator: Coordinator, pacer: Pacer) -> None:
         """Become one data stream of a session (see :mod:`icerelay.ice.session`)."""
@@ -856,50 +779,65 @@ class Agent:
         False when there is none. The pacer calls this."""
         if not self._can_check():
             return False
-        generation = self._generation
-        checklist = generation.checklist
-        pair = checklist.next_triggered()
-        if pair is None:
-            pair = next_ordinary_check(checklist, self._checklists())
+        pair = next_check(self.generation.checklist, self._checklists())
         if pair is None:
             return False
-        self._send_check(generation, pair, now)
+        self._send_check(self.generation, pair, now)
         return True
 
-    def _send_check(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
-        use_candidate = self.controlling and (
-            pair.use_candidate or self.config.nomination is Nomination.AGGRESSIVE
-        )
-        priority = self._prflx_priority(pair.local)
-        request = self._binding_request(generation, priority, use_candidate)
-        transaction = ClientTransaction(
-            request, now=now, rto=self._check_rto(), rc=self.config.check_rc
-        )
-        self._checks[transaction.transaction_id] = _Check(
-            generation, pair, transaction, now, self.controlling, use_candidate, priority
+    def send_now(self, generation: Generation, pair: CandidatePair, now: float) -> None:
+        """Send a queued triggered check at once, outside Ta pacing.
+
+        Only for two kinds of check, neither of which probes a new path: the answer to a check
+        the peer just sent on this pair (RFC 8445 section 7.3.1.4; it goes out at the peer's own
+        paced rate, one for one, so it adds no burst), and the nomination of a pair that is
+        already valid (section 8.1.1). Waiting for the next Ta slot would cost up to 50 ms for
+        nothing; ordinary checks, which do probe new paths, stay paced.
+        """
+        if not self._can_check() or generation is not self.generation:
+            self._pace(now)  # no credentials yet: the queue is served when they come
+            return
+        checklist = generation.checklist
+        if pair in checklist.triggered:
+            checklist.triggered.remove(pair)
+        self._send_check(generation, pair, now)
+
+    def _send_check(self, generation: Generation, pair: CandidatePair, now: float) -> None:
+        rto = check_rto(self._checklists(), self.config.ta, self.config.check_rto)
+        self.start_transaction(
+            generation,
+            pair,
+            now,
+            use_candidate=self.selector.uses_candidate(pair),
+            rto=rto,
+            rc=self.config.check_rc,
         )
         if pair.state is not PairState.SUCCEEDED:
-            self._set_pair_state(pair, PairState.IN_PROGRESS)
-        for data in transaction.datagrams_to_send(now):
-            self.checks_sent += 1
-            self._transmit(pair, data, now)
+            self.set_pair_state(pair, PairState.IN_PROGRESS)
 
-    def _check_rto(self) -> float:
-        """RFC 8445 section 14.3: RTO = MAX(500 ms, N * Ta * (Waiting + In-Progress pairs)), N
-        the number of checklists: with many pairs in flight, retransmissions must not crowd out
-        the paced new checks."""
-        checklists = self._checklists()
-        busy = sum(
-            1
-            for checklist in checklists
-            for pair in checklist.pairs
-            if pair.state in (PairState.WAITING, PairState.IN_PROGRESS)
+    def start_transaction(
+        self,
+        generation: Generation,
+        pair: CandidatePair,
+        now: float,
+        *,
+        use_candidate: bool,
+        rto: float,
+        rc: int,
+        consent: bool = False,
+    ) -> None:
+        """Send a Binding request on ``pair`` (a check, or a consent request) and keep it until
+        it is answered or times out.
+
+        Section 7.2.4: signed with the peer's short-term credentials (USERNAME
+        ``remote-ufrag:local-ufrag``, MESSAGE-INTEGRITY keyed with the remote password), with
+        PRIORITY, the role and tie-breaker, and USE-CANDIDATE when nominating.
+        """
+        # Section 7.1.1: PRIORITY is what a peer-reflexive candidate from this base would have.
+        local = pair.local
+        priority = candidate_priority(
+            CandidateType.PEER_REFLEXIVE, local.component, (local.priority >> 8) & 0xFFFF
         )
-        return max(self.config.check_rto, len(checklists) * self.config.ta * busy)
-
-    def _binding_request(
-        self, generation: _Generation, priority: int, use_candidate: bool
-    ) -> bytes:
         request = Message(Method.BINDING, MessageClass.REQUEST, self.rng.randbytes(12))
         request.add(AttributeType.USERNAME, f"{generation.remote_ufrag}:{generation.local_ufrag}")
         if self.config.software:
@@ -911,234 +849,53 @@ class Agent:
             request.add(AttributeType.ICE_CONTROLLED, self.tie_breaker)
         if use_candidate:
             request.add(AttributeType.USE_CANDIDATE)
-        return request.encode(integrity_key=generation.remote_key, fingerprint=True)
-
-    @staticmethod
-    def _prflx_priority(local: Candidate) -> int:
-        """Section 7.1.1: PRIORITY is what a peer-reflexive candidate from this base would have."""
-        local_preference = (local.priority >> 8) & 0xFFFF
-        return candidate_priority(CandidateType.PEER_REFLEXIVE, local.component, local_preference)
-
-    # --- nomination and selection -------------------------------------------------------------
-
-    def _update_component(self, generation: _Generation, component: int, now: float) -> None:
-        """Choose the pair media uses for a component, and nominate when it is time."""
-        checklist = generation.checklist
-        nominated = checklist.nominated(component)
-        target = nominated or checklist.best_valid(component)
-        if target is None:
-            generation.selected.pop(component, None)
-            generation.announced.pop(component, None)
-        elif generation.announced.get(component) != (target, target.nominated):
-            previous = generation.selected.get(component)
-            generation.selected[component] = target
-            generation.announced[component] = (target, target.nominated)
-            if target is not previous:
-                # A valid pair that was not in use had no consent requests: its last answer may
-                # be old. It starts fresh, and is asked for consent right away.
-                target.last_consent = now
-                self._consent_at[component] = (
-                    now if previous is not None else (now + self._consent_interval())
-                )
-            if target.nominated and target.local.type is CandidateType.RELAYED:
-                provider = self.gatherer.relay_for(target.local.address)
-                if provider is not None:
-                    provider.prefer(target.remote.address, now)
-            self._events.append(SelectedPairChanged(component, target.info(), target.nominated))
-        if nominated is not None:
-            # Section 8.1.2: the component is done; no more checks for it.
-            generation.nominate_at.pop(component, None)
-            checklist.stop_component(component)
-        elif (
-            self.controlling
-            and self.config.nomination is Nomination.REGULAR
-            and target is not None
-            and not any(p.use_candidate and p.component == component for p in checklist.pairs)
-        ):
-            self._schedule_nomination(generation, component, target, now)
-        if (
-            generation is self._generation
-            and self._previous is not None
-            and all(c in generation.selected for c in self.components)
-        ):
-            # The restart found new pairs for everything: the old generation can go.
-            self._previous = None
-        self._update_state(now)
-
-    def _schedule_nomination(
-        self, generation: _Generation, component: int, best: CandidatePair, now: float
-    ) -> None:
-        checklist = generation.checklist
-        better_pending = any(
-            p.component == component
-            and p.priority > best.priority
-            and p.state in (PairState.FROZEN, PairState.WAITING, PairState.IN_PROGRESS)
-            for p in checklist.pairs
+        data = request.encode(integrity_key=generation.remote_key, fingerprint=True)
+        transaction = ClientTransaction(data, now=now, rto=rto, rc=rc)
+        self._checks[transaction.transaction_id] = Check(
+            generation,
+            pair,
+            transaction,
+            now,
+            self.controlling,
+            use_candidate,
+            priority,
+            consent=consent,
         )
-        if not better_pending:
-            generation.nominate_at.pop(component, None)
-            self._nominate(generation, component, now)
-            return
-        if component not in generation.nominate_at:
-            wait = max(self.config.nomination_wait, 2 * (best.rtt or 0.0))
-            generation.nominate_at[component] = generation.first_valid_at.get(component, now) + wait
+        for datagram in transaction.datagrams_to_send(now):
+            if not consent:
+                self.checks_sent += 1
+            self.transmit(pair, datagram, now)
 
-    def _nominate(self, generation: _Generation, component: int, now: float) -> None:
-        """Section 8.1.1: check the best valid pair again, with USE-CANDIDATE."""
-        checklist = generation.checklist
-        if checklist.nominated(component) is not None:
-            return
-        best = checklist.best_valid(component)
-        if best is None:
-            return
-        generating = best.generating or best
-        generating.use_candidate = True
-        checklist.trigger(generating)
-        self._send_now(generation, generating, now)
+    def forget_consent_requests(self) -> None:
+        """Consent is gone: not even a retransmission of a consent request may leave."""
+        self._checks = {k: c for k, c in self._checks.items() if not c.consent}
 
-    def _send_now(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
-        """Send a queued triggered check at once, outside Ta pacing.
+    # --- state ----------------------------------------------------------------------------
 
-        Only for two kinds of check, neither of which probes a new path: the answer to a check
-        the peer just sent on this pair (RFC 8445 section 7.3.1.4; it goes out at the peer's own
-        paced rate, one for one, so it adds no burst), and the nomination of a pair that is
-        already valid (section 8.1.1). Waiting for the next Ta slot would cost up to 50 ms for
-        nothing; ordinary checks, which do probe new paths, stay paced.
-        """
-        if not self._can_check() or generation is not self._generation:
-            self._pace(now)  # no credentials yet: the queue is served when they come
-            return
-        checklist = generation.checklist
-        if pair in checklist.triggered:
-            checklist.triggered.remove(pair)
-        self._send_check(generation, pair, now)
-
-    # --- consent freshness and keepalives ------------------------------------------------------
-
-    def _paths(self) -> list[tuple[_Generation, CandidatePair]]:
+    def paths(self) -> list[tuple[Generation, CandidatePair]]:
         """The pairs media uses now, with the generation whose credentials they use."""
-        paths: list[tuple[_Generation, CandidatePair]] = []
+        paths: list[tuple[Generation, CandidatePair]] = []
         for component in self.components:
-            pair = self._generation.selected.get(component)
+            pair = self.generation.selected.get(component)
             if pair is not None:
-                paths.append((self._generation, pair))
+                paths.append((self.generation, pair))
             elif self._previous is not None and component in self._previous.selected:
                 paths.append((self._previous, self._previous.selected[component]))
         return paths
 
-    def _consent_timers(self) -> list[float]:
-        # Deadlines are sums (last + timeout), and the checks in _run_consent and _update_state
-        # compare with the very same sums: a timer that fires exactly at a deadline must see it
-        # reached (now - last could round to just below the timeout).
-        if self._consent_lost:
-            return []
-        timers: list[float] = []
-        for generation, pair in self._paths():
-            component = pair.component
-            if self._sends_consent(generation):
-                if component in self._consent_at:
-                    timers.append(self._consent_at[component])
-                last = pair.last_consent or 0.0
-                # Thresholds already passed (disconnected now) must not wake us in a loop.
-                for threshold in (self.config.disconnected_timeout, self.config.consent_timeout):
-                    if last + threshold > self._now:
-                        timers.append(last + threshold)
-            last_sent = self._last_sent.get(pair.key)
-            if last_sent is not None:
-                timers.append(last_sent + self.config.keepalive_interval)
-        return timers
-
-    def _sends_consent(self, generation: _Generation) -> bool:
-        return self.config.consent_freshness and not self.lite and generation.remote_pwd is not None
-
-    def _run_consent(self, now: float) -> None:
-        if self._consent_lost:
+    def update_state(self, now: float) -> None:
+        """Derive the connection state from the pairs in use and the checklist."""
+        if self._closed or self.consent.lost:
             return
-        for generation, pair in self._paths():
-            component = pair.component
-            if self._sends_consent(generation):
-                last = pair.last_consent if pair.last_consent is not None else now
-                if now >= last + self.config.disconnected_timeout and self._fail_over(
-                    generation, pair, now
-                ):
-                    continue
-                if now >= last + self.config.consent_timeout:
-                    # RFC 7675 section 5.1: consent expired; stop sending, ICE has failed.
-                    self._consent_lost = True
-                    # Not even a retransmission may leave once consent is gone.
-                    self._checks = {k: c for k, c in self._checks.items() if not c.consent}
-                    self._set_state(ConnectionState.FAILED)
-                    return
-                deadline = self._consent_at.get(component)
-                if deadline is None:
-                    self._consent_at[component] = now + self._consent_interval()
-                elif deadline <= now:
-                    self._send_consent(generation, pair, now)
-                    self._consent_at[component] = now + self._consent_interval()
-            last_sent = self._last_sent.get(pair.key)
-            if last_sent is not None and now >= last_sent + self.config.keepalive_interval:
-                # Section 11: a Binding indication keeps NAT bindings alive when nothing else
-                # was sent (it needs no answer and no credentials).
-                indication = Message(
-                    Method.BINDING, MessageClass.INDICATION, self.rng.randbytes(12)
-                )
-                self._transmit(pair, indication.encode(fingerprint=True), now)
-
-    def _fail_over(self, generation: _Generation, pair: CandidatePair, now: float) -> bool:
-        """The pair in use lost consent but another valid pair exists: drop this one so that
-        media moves there (and, when controlling, it is nominated in turn). False when there is
-        no other pair to go to; then consent runs out and ICE fails."""
-        checklist = generation.checklist
-        if not any(v is not pair and v.component == pair.component for v in checklist.valid):
-            return False
-        checklist.valid.remove(pair)
-        pair.valid = False
-        pair.nominated = False
-        generating = pair.generating
-        if generating is not None:
-            generating.use_candidate = False
-            self._set_pair_state(generating, PairState.FAILED)
-        self._update_component(generation, pair.component, now)
-        return True
-
-    def _consent_interval(self) -> float:
-        # RFC 7675 section 5.1: randomized to 0.8-1.2 times the interval, so that many flows
-        # started together do not send their requests in bursts.
-        return self.config.consent_interval * self.rng.uniform(0.8, 1.2)
-
-    def _send_consent(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
-        priority = self._prflx_priority(pair.local)
-        data = self._binding_request(generation, priority, False)
-        # Retransmitted like a check, a few times: on a lossy path one lost request or answer
-        # must not cost the consent of a working path (RFC 7675 counts any answer).
-        transaction = ClientTransaction(
-            data, now=now, rto=self.config.check_rto, rc=self.config.consent_rc
-        )
-        self._checks[transaction.transaction_id] = _Check(
-            generation, pair, transaction, now, self.controlling, False, priority, consent=True
-        )
-        for request in transaction.datagrams_to_send(now):
-            self._transmit(pair, request, now)
-
-    # --- state ----------------------------------------------------------------------------
-
-    def _update_state(self, now: float) -> None:
-        if self._closed or self._consent_lost:
-            return
-        generation = self._generation
-        paths = self._paths()
+        generation = self.generation
+        paths = self.paths()
         components_with_path = {pair.component for _, pair in paths}
         if len(components_with_path) == len(self.components):
             if all(pair.nominated for _, pair in paths):
                 state = ConnectionState.COMPLETED
             else:
                 state = ConnectionState.CONNECTED
-            if any(
-                self._sends_consent(g)
-                and pair.last_consent is not None
-                and now >= pair.last_consent + self.config.disconnected_timeout
-                for g, pair in paths
-            ):
+            if self.consent.disconnected(paths, now):
                 state = ConnectionState.DISCONNECTED
         elif self._checklist_failed(generation):
             state = ConnectionState.FAILED
@@ -1146,9 +903,9 @@ class Agent:
             state = ConnectionState.CHECKING
         else:
             state = ConnectionState.NEW
-        self._set_state(state)
+        self.set_state(state)
 
-    def _checklist_failed(self, generation: _Generation) -> bool:
+    def _checklist_failed(self, generation: Generation) -> bool:
         """Section 8.1.2 with trickle (RFC 8838 section 8): nothing left to try, nothing more to
         come from either side, and some component without a valid pair."""
         if not generation.started or not generation.remote_complete or not self.gatherer.complete:
@@ -1163,7 +920,8 @@ class Agent:
             return False
         return any(checklist.best_valid(component) is None for component in self.components)
 
-    def _set_state(self, state: ConnectionState) -> None:
+    def set_state(self, state: ConnectionState) -> None:
+        """Enter ``state``, reporting the change."""
         if state is not self._state:
             self._state = state
             self._events.append(ConnectionStateChanged(state))
@@ -1181,25 +939,40 @@ class Agent:
         if controlling == self.controlling:
             return
         self.controlling = controlling
-        for generation in (self._generation, self._previous):
+        for generation in (self.generation, self._previous):
             if generation is not None:
                 generation.checklist.set_role(controlling)
                 generation.nominate_at.clear()
         # A new controlling agent must nominate what is already valid (and a new controlled
         # one stop doing so): re-evaluated at the next step, which has the time.
-        self._role_changed = True
+        self.selector.role_changed = True
         if announce:
             self._events.append(RoleChanged(controlling))
 
-    def _set_pair_state(self, pair: CandidatePair, state: PairState) -> None:
+    def set_pair_state(self, pair: CandidatePair, state: PairState) -> None:
+        """Move a pair to ``state``, reporting the change."""
         if pair.state is not state:
             pair.state = state
             self._events.append(CandidatePairStateChanged(pair.info()))
 
+    def emit(self, event: Event) -> None:
+        """Queue an event for :meth:`next_event`."""
+        self._events.append(event)
+
+    def forget_previous_generation(self, generation: Generation) -> None:
+        """Section 9: once the restart found pairs for every component, the old generation
+        (whose pairs media used meanwhile) can go."""
+        if (
+            generation is self.generation
+            and self._previous is not None
+            and all(c in generation.selected for c in self.components)
+        ):
+            self._previous = None
+
     # --- helpers --------------------------------------------------------------------------
 
-    def _new_generation(self, ufrag: str | None, pwd: str | None) -> _Generation:
-        return _Generation(
+    def _new_generation(self, ufrag: str | None, pwd: str | None) -> Generation:
+        return Generation(
             local_ufrag=ufrag or self._random_string(UFRAG_LENGTH),
             local_pwd=pwd or self._random_string(PWD_LENGTH),
             checklist=CheckList(self.components, self.controlling, self.config.max_pairs),
@@ -1208,20 +981,20 @@ class Agent:
     def _random_string(self, length: int) -> str:
         return "".join(self.rng.choice(ICE_CHARS) for _ in range(length))
 
-    def _generation_for(self, local_ufrag: str) -> _Generation | None:
-        for generation in (self._generation, self._previous):
+    def _generation_for(self, local_ufrag: str) -> Generation | None:
+        for generation in (self.generation, self._previous):
             if generation is not None and generation.local_ufrag == local_ufrag:
                 return generation
         return None
 
     def _start_checks(self, now: float) -> None:
-        generation = self._generation
+        generation = self.generation
         if generation.started:
             return
         generation.started = True
         set_initial_states(self._checklists())
         # Pairs made by the peer's early checks are already queued as triggered checks.
-        self._update_state(now)
+        self.update_state(now)
         self._pace(now)
 
     def _pairable_locals(self, component: int) -> list[Candidate]:
@@ -1236,7 +1009,7 @@ class Agent:
 
     def _add_pair(
         self,
-        generation: _Generation,
+        generation: Generation,
         local: Candidate,
         remote: Candidate,
         now: float,
@@ -1252,7 +1025,7 @@ class Agent:
         return pair
 
     def _find_remote(
-        self, generation: _Generation, address: TransportAddress, component: int
+        self, generation: Generation, address: TransportAddress, component: int
     ) -> Candidate | None:
         for candidate in generation.remote_candidates:
             if candidate.address == address and candidate.component == component:
@@ -1269,7 +1042,7 @@ class Agent:
     def _known_remote(self, address: TransportAddress) -> bool:
         return any(
             candidate.address == address
-            for generation in (self._generation, self._previous)
+            for generation in (self.generation, self._previous)
             if generation is not None
             for candidate in generation.remote_candidates
         )
@@ -1284,8 +1057,9 @@ class Agent:
                 return candidate
         return None
 
-    def _transmit(self, pair: CandidatePair, data: bytes, now: float) -> None:
-        self._last_sent[pair.key] = now
+    def transmit(self, pair: CandidatePair, data: bytes, now: float) -> None:
+        """Send ``data`` on ``pair`` (from its local candidate to its remote one)."""
+        self.consent.last_sent[pair.key] = now
         self._send_from(pair.local, pair.remote.address, data, now)
 
     def _send_from(
@@ -1302,7 +1076,7 @@ class Agent:
     def _send_response(
         self,
         response: Message,
-        generation: _Generation,
+        generation: Generation,
         local: Candidate,
         destination: TransportAddress,
         now: float,
@@ -1317,7 +1091,7 @@ class Agent:
         request: Message,
         code: int,
         reason: str,
-        generation: _Generation | None,
+        generation: Generation | None,
         local: Candidate,
         destination: TransportAddress,
         now: float,
@@ -1327,15 +1101,6 @@ class Agent:
             self._send_response(response, generation, local, destination, now)
         else:
             self._send_from(local, destination, response.encode(fingerprint=True), now)
-
-    def _after_role_change(self, now: float) -> None:
-        if not self._role_changed:
-            return
-        self._role_changed = False
-        generation = self._generation
-        for component in self.components:
-            if generation.checklist.best_valid(component) is not None:
-                self._update_component(generation, component, now)
 
     def _process_gatherer(self, now: float) -> None:
         """Pass the gatherer's events on, pairing new local candidates as they come."""
@@ -1349,7 +1114,7 @@ class Agent:
             if isinstance(event, CandidateGathered):
                 candidate = event.candidate
                 if candidate.type in (CandidateType.HOST, CandidateType.RELAYED):
-                    generation = self._generation
+                    generation = self.generation
                     for remote in generation.remote_candidates:
                         if (
                             remote.component == candidate.component
@@ -1361,9 +1126,9 @@ class Agent:
                         if provider is not None and generation.remote_candidates:
                             provider.permit([r.address for r in generation.remote_candidates], now)
             self._events.append(event)
-        self._after_role_change(now)
+        self.selector.after_role_change(now)
         self._pace(now)
-        self._update_state(now)
+        self.update_state(now)
 
 
 def _decode(data: bytes) -> Message | None:
