@@ -62,16 +62,13 @@ from icerelay.ice.candidate import (
     CandidateType,
     TransportAddress,
     address_family,
-    candidate_priority,
-    compute_foundation,
-    make_local_candidate,
 )
 from icerelay.ice.checklist import (
     CheckList,
     set_initial_states,
     state_for_new_pair,
-    unfreeze_foundation,
 )
+from icerelay.ice.checks import ConnectivityChecks
 from icerelay.ice.config import AgentConfig
 from icerelay.ice.consent import ConsentFreshness
 from icerelay.ice.events import (
@@ -88,20 +85,16 @@ from icerelay.ice.events import (
 from icerelay.ice.gathering import Gatherer, RelayedData, RelayFactory, RelayLost
 from icerelay.ice.generation import Check, Generation
 from icerelay.ice.nomination import Selector
-from icerelay.ice.pacing import Pacer, check_rto, has_check_to_send, next_check
+from icerelay.ice.pacing import Pacer, has_check_to_send, next_check
 from icerelay.ice.pair import CandidatePair, PairState
 from icerelay.ice.relay import TurnServer
 from icerelay.stun import (
-    Address,
-    AttributeType,
-    ErrorCode,
     Message,
     MessageClass,
     Method,
     decode_message,
     is_stun,
 )
-from icerelay.stun.transaction import ClientTransaction
 
 if TYPE_CHECKING:
     from random import Random
@@ -110,7 +103,6 @@ ICE_CHARS = string.ascii_letters + string.digits + "+/"
 UFRAG_LENGTH = 8  # RFC 8445 section 5.3: at least 24 bits of randomness (4 ice-chars)
 PWD_LENGTH = 24  # at least 128 bits (22 ice-chars)
 
-ROLE_CONFLICT = 487
 
 
 class Coordinator(Protocol):
@@ -177,6 +169,7 @@ class Agent:
         self._pacer: Pacer = Pacer(self.config.ta, [self])
         self.selector = Selector(self)
         self.consent = ConsentFreshness(self)
+        self.checks = ConnectivityChecks(self)
         self._closed = False
         self._prflx_count = 0
         self._now = 0.0
@@ -426,7 +419,7 @@ class Agent:
             if transaction.done:
                 self._checks.pop(transaction_id, None)
                 if not check.cancelled:
-                    self._check_timed_out(check, now)
+                    self.checks.timed_out(check, now)
         self.selector.handle_timer(now)
         self.selector.after_role_change(now)
         self._pace(now)
@@ -470,250 +463,14 @@ class Agent:
                 return
         if message.message_class == MessageClass.REQUEST and message.method == Method.BINDING:
             if not self._closed:
-                self._handle_request(message, source, destination, now)
+                self.checks.handle_request(message, source, destination, now)
         elif message.message_class in (MessageClass.SUCCESS_RESPONSE, MessageClass.ERROR_RESPONSE):
             if not gathered and self.gatherer.receive_response(message, now):
                 return
             check = self._checks.get(message.transaction_id)
             if check is not None:
-                self._handle_response(check, message, source, destination, now)
+                self.checks.handle_response(check, message, source, destination, now)
         # Binding indications are keepalives: nothing to do.
-
-    def _handle_request(
-        self, request: Message, source: TransportAddress, destination: TransportAddress, now: float
-    ) -> None:
-        """Section 7.3: answer a connectivity check (or consent request) from the peer."""
-        local = self._local_base(destination)
-        if local is None:
-            return
-        username = request.get(AttributeType.USERNAME)
-        if username is None or AttributeType.MESSAGE_INTEGRITY not in request:
-            self._respond_error(request, 400, "Bad Request", None, local, source, now)
-            return
-        local_ufrag = username.split(":", 1)[0]
-        generation = self._generation_for(local_ufrag)
-        if generation is None or not request.check_integrity(generation.local_key):
-            # RFC 8489 section 9.1.3: 401, and without integrity (we cannot know the key).
-            self._respond_error(request, 401, "Unauthorized", None, local, source, now)
-            return
-        if request.unknown_comprehension_required:
-            response = request.error_response(420, "Unknown Attribute")
-            response.add(
-                AttributeType.UNKNOWN_ATTRIBUTES, list(request.unknown_comprehension_required)
-            )
-            self._send_response(response, generation, local, source, now)
-            return
-        if not self.lite and generation is self.generation and self._role_conflict(request, now):
-            self._respond_error(
-                request, ROLE_CONFLICT, "Role Conflict", generation, local, source, now
-            )
-            return
-
-        response = request.response()
-        response.add(AttributeType.XOR_MAPPED_ADDRESS, Address(source[0], source[1]))
-        self._send_response(response, generation, local, source, now)
-        if generation is not self.generation:
-            return  # a consent request on the previous generation's pair: answering is all
-
-        remote = self._find_remote(generation, source, local.component)
-        if remote is None:
-            priority = request.get(AttributeType.PRIORITY)
-            learned = sum(
-                1
-                for c in generation.remote_candidates
-                if c.type is CandidateType.PEER_REFLEXIVE and c.component == local.component
-            )
-            if priority is None or learned >= self.config.max_peer_reflexive:
-                return
-            # Section 7.3.1.3: a peer-reflexive remote candidate, learned from the check itself.
-            self._prflx_count += 1
-            remote = Candidate(
-                foundation=compute_foundation(
-                    CandidateType.PEER_REFLEXIVE, source[0], str(self._prflx_count)
-                ),
-                component=local.component,
-                transport="udp",
-                priority=priority,
-                host=source[0],
-                port=source[1],
-                type=CandidateType.PEER_REFLEXIVE,
-            )
-            generation.remote_candidates.append(remote)
-        use_candidate = AttributeType.USE_CANDIDATE in request and not self.controlling
-        checklist = generation.checklist
-        pair = checklist.find(local.base or local.address, source)
-        if pair is None:
-            pair = self._add_pair(generation, local, remote, now, triggered=True)
-            if pair is None:
-                return
-        if self.lite:
-            # Section 7.3.1.5 for lite agents: the peer checked this pair, so it works; select
-            # it when the peer nominates it.
-            self._mark_succeeded(generation, pair, pair, now, nominated=use_candidate)
-            return
-        if pair.state is PairState.SUCCEEDED:
-            if use_candidate:
-                self.selector.peer_nominated(generation, pair, now)
-        else:
-            if pair.state is PairState.IN_PROGRESS:
-                # Section 7.3.1.4: the check in flight probably died at the peer's NAT; stop
-                # retransmitting it (a late answer still counts) and check again right now.
-                for check in self._checks.values():
-                    if check.pair is pair and not check.consent:
-                        check.cancelled = True
-            if use_candidate:
-                pair.nominate_on_success = True
-            self.set_pair_state(pair, PairState.WAITING)
-            checklist.trigger(pair)
-            self.send_now(generation, pair, now)
-
-    def _role_conflict(self, request: Message, now: float) -> bool:
-        """Section 7.3.1.1; True when the request must be answered with 487."""
-        theirs_controlling = request.get(AttributeType.ICE_CONTROLLING)
-        theirs_controlled = request.get(AttributeType.ICE_CONTROLLED)
-        if self.controlling and theirs_controlling is not None:
-            if self.tie_breaker >= theirs_controlling:
-                return True
-            self._set_role(False, announce=True)
-        elif not self.controlling and theirs_controlled is not None:
-            if self.tie_breaker >= theirs_controlled:
-                self._set_role(True, announce=True)
-            else:
-                return True
-        return False
-
-    def _handle_response(
-        self,
-        check: Check,
-        response: Message,
-        source: TransportAddress,
-        destination: TransportAddress,
-        now: float,
-    ) -> None:
-        """Section 7.2.5: the answer to one of our checks (or consent requests)."""
-        generation = check.generation
-        success = response.message_class == MessageClass.SUCCESS_RESPONSE
-        if success and not response.check_integrity(generation.remote_key):
-            return  # not from the peer (or corrupted): keep waiting for the real answer
-        check.transaction.receive(response)
-        self._checks.pop(response.transaction_id, None)
-        pair = check.pair
-        if check.consent:
-            if success and source == pair.remote.address:
-                pair.last_consent = now
-            return
-        # Section 7.2.5.2.1: the response must come from where the check went, to where it
-        # came from; anything else means a NAT in between is not behaving, and the pair fails.
-        if source != pair.remote.address or destination != pair.base:
-            self._fail_pair(generation, pair, now)
-            return
-        if not success:
-            error = response.get(AttributeType.ERROR_CODE)
-            code = error.code if isinstance(error, ErrorCode) else 0
-            if code == ROLE_CONFLICT:
-                # Section 7.2.5.1: switch role (unless we already did) and check again.
-                if check.controlling == self.controlling:
-                    self._set_role(not self.controlling, announce=True)
-                generation.checklist.trigger(pair)
-                self.set_pair_state(pair, PairState.WAITING)
-                self._pace(now)
-            else:
-                self._fail_pair(generation, pair, now)
-            return
-        mapped = response.get(AttributeType.XOR_MAPPED_ADDRESS)
-        if mapped is None:
-            self._fail_pair(generation, pair, now)
-            return
-        pair.rtt = now - check.sent_at
-        local = self._local_for_mapped((mapped.host, mapped.port), pair, check.priority)
-        nominated = self.selector.nominated_by_answer(check, pair)
-        self._mark_succeeded(
-            generation,
-            pair,
-            pair if local is pair.local else None,
-            now,
-            local=local,
-            nominated=nominated,
-        )
-
-    def _local_for_mapped(
-        self, mapped: TransportAddress, pair: CandidatePair, priority: int
-    ) -> Candidate:
-        """Section 7.2.5.3.1: the local candidate with the mapped address, or a new prflx one."""
-        if pair.local.address == mapped:
-            return pair.local
-        for candidate in self.gatherer.candidates:
-            if candidate.address == mapped and candidate.component == pair.component:
-                return candidate
-        for valid in self.generation.checklist.valid:
-            if valid.local.address == mapped and valid.component == pair.component:
-                return valid.local
-        return make_local_candidate(
-            CandidateType.PEER_REFLEXIVE,
-            mapped,
-            pair.base,
-            pair.component,
-            priority=priority,
-        )
-
-    def _mark_succeeded(
-        self,
-        generation: Generation,
-        pair: CandidatePair,
-        valid: CandidatePair | None,
-        now: float,
-        *,
-        local: Candidate | None = None,
-        nominated: bool = False,
-    ) -> None:
-        """Section 7.2.5.3: the pair succeeded; build the valid pair and move on."""
-        checklist = generation.checklist
-        if valid is None:
-            assert local is not None
-            for existing in checklist.valid:
-                if existing.local.address == local.address and existing.remote is pair.remote:
-                    valid = existing
-                    break
-            else:
-                valid = CandidatePair(local, pair.remote, self.controlling)
-                valid.state = PairState.SUCCEEDED
-        valid.generating = pair
-        valid.rtt = pair.rtt
-        valid.last_consent = now
-        pair.last_consent = now
-        self.set_pair_state(pair, PairState.SUCCEEDED)
-        checklist.add_valid(valid)
-        if nominated:
-            valid.nominated = True
-        pair.use_candidate = pair.use_candidate and not valid.nominated
-        generation.first_valid_at.setdefault(pair.component, now)
-        unfreeze_foundation(pair.foundation, self._checklists())
-        self.selector.update_component(generation, pair.component, now)
-        self._pace(now)
-
-    def _check_timed_out(self, check: Check, now: float) -> None:
-        """No answer after all retransmissions (section 7.2.5.2.4 Failure)."""
-        if check.consent:
-            return
-        pair = check.pair
-        checklist = check.generation.checklist
-        if pair.state is PairState.SUCCEEDED and any(
-            valid.generating is pair
-            and valid.last_consent is not None
-            and valid.last_consent > check.sent_at
-            for valid in checklist.valid
-        ):
-            # The nomination check went unanswered, but consent answers prove the path works:
-            # only that check was unlucky (a lossy path). Nominate again rather than fail.
-            pair.use_candidate = True
-            checklist.trigger(pair)
-            self._pace(now)
-            return
-        if pair.state is PairState.SUCCEEDED:
-            # The nomination check of a valid pair went unanswered: that path is gone.
-            pair.use_candidate = False
-            checklist.valid = [v for v in checklist.valid if v.generating is not pair]
-        self._fail_pair(check.generation, pair, now)
 
     def _relay_lost(self, relayed: Candidate, now: float) -> None:
         """A relayed candidate died (TURN allocation gone): its pairs fail, so that media moves
@@ -724,21 +481,12 @@ class Agent:
             checklist = generation.checklist
             for pair in list(checklist.pairs):
                 if pair.local.address == relayed.address and pair.state is not PairState.FAILED:
-                    self._fail_pair(generation, pair, now)
+                    self.checks.fail_pair(generation, pair, now)
             for valid in list(checklist.valid):
                 if valid.local.address == relayed.address:
                     checklist.valid.remove(valid)
                     valid.valid = False
                     self.selector.update_component(generation, valid.component, now)
-
-    def _fail_pair(self, generation: Generation, pair: CandidatePair, now: float) -> None:
-        self.set_pair_state(pair, PairState.FAILED)
-        for valid in generation.checklist.valid:
-            if valid.generating is pair:
-                valid.valid = False
-        generation.checklist.valid = [v for v in generation.checklist.valid if v.valid]
-        # The selection may lose its pair, or a nomination that waited for this one may go now.
-        self.selector.update_component(generation, pair.component, now)
 
     # --- checks ------------------------------------------------------------------------------
 
@@ -782,7 +530,7 @@ class Agent:
         pair = next_check(self.generation.checklist, self._checklists())
         if pair is None:
             return False
-        self._send_check(self.generation, pair, now)
+        self.checks.send_check(self.generation, pair, now)
         return True
 
     def send_now(self, generation: Generation, pair: CandidatePair, now: float) -> None:
@@ -800,71 +548,7 @@ class Agent:
         checklist = generation.checklist
         if pair in checklist.triggered:
             checklist.triggered.remove(pair)
-        self._send_check(generation, pair, now)
-
-    def _send_check(self, generation: Generation, pair: CandidatePair, now: float) -> None:
-        rto = check_rto(self._checklists(), self.config.ta, self.config.check_rto)
-        self.start_transaction(
-            generation,
-            pair,
-            now,
-            use_candidate=self.selector.uses_candidate(pair),
-            rto=rto,
-            rc=self.config.check_rc,
-        )
-        if pair.state is not PairState.SUCCEEDED:
-            self.set_pair_state(pair, PairState.IN_PROGRESS)
-
-    def start_transaction(
-        self,
-        generation: Generation,
-        pair: CandidatePair,
-        now: float,
-        *,
-        use_candidate: bool,
-        rto: float,
-        rc: int,
-        consent: bool = False,
-    ) -> None:
-        """Send a Binding request on ``pair`` (a check, or a consent request) and keep it until
-        it is answered or times out.
-
-        Section 7.2.4: signed with the peer's short-term credentials (USERNAME
-        ``remote-ufrag:local-ufrag``, MESSAGE-INTEGRITY keyed with the remote password), with
-        PRIORITY, the role and tie-breaker, and USE-CANDIDATE when nominating.
-        """
-        # Section 7.1.1: PRIORITY is what a peer-reflexive candidate from this base would have.
-        local = pair.local
-        priority = candidate_priority(
-            CandidateType.PEER_REFLEXIVE, local.component, (local.priority >> 8) & 0xFFFF
-        )
-        request = Message(Method.BINDING, MessageClass.REQUEST, self.rng.randbytes(12))
-        request.add(AttributeType.USERNAME, f"{generation.remote_ufrag}:{generation.local_ufrag}")
-        if self.config.software:
-            request.add(AttributeType.SOFTWARE, self.config.software)
-        request.add(AttributeType.PRIORITY, priority)
-        if self.controlling:
-            request.add(AttributeType.ICE_CONTROLLING, self.tie_breaker)
-        else:
-            request.add(AttributeType.ICE_CONTROLLED, self.tie_breaker)
-        if use_candidate:
-            request.add(AttributeType.USE_CANDIDATE)
-        data = request.encode(integrity_key=generation.remote_key, fingerprint=True)
-        transaction = ClientTransaction(data, now=now, rto=rto, rc=rc)
-        self._checks[transaction.transaction_id] = Check(
-            generation,
-            pair,
-            transaction,
-            now,
-            self.controlling,
-            use_candidate,
-            priority,
-            consent=consent,
-        )
-        for datagram in transaction.datagrams_to_send(now):
-            if not consent:
-                self.checks_sent += 1
-            self.transmit(pair, datagram, now)
+        self.checks.send_check(generation, pair, now)
 
     def forget_consent_requests(self) -> None:
         """Consent is gone: not even a retransmission of a consent request may leave."""
@@ -1072,35 +756,6 @@ class Agent:
             return
         base = local.base or local.address
         self._outbox.append(Datagram(data, base, destination))
-
-    def _send_response(
-        self,
-        response: Message,
-        generation: Generation,
-        local: Candidate,
-        destination: TransportAddress,
-        now: float,
-    ) -> None:
-        if self.config.software:
-            response.add(AttributeType.SOFTWARE, self.config.software)
-        data = response.encode(integrity_key=generation.local_key, fingerprint=True)
-        self._send_from(local, destination, data, now)
-
-    def _respond_error(
-        self,
-        request: Message,
-        code: int,
-        reason: str,
-        generation: Generation | None,
-        local: Candidate,
-        destination: TransportAddress,
-        now: float,
-    ) -> None:
-        response = request.error_response(code, reason)
-        if generation is not None:
-            self._send_response(response, generation, local, destination, now)
-        else:
-            self._send_from(local, destination, response.encode(fingerprint=True), now)
 
     def _process_gatherer(self, now: float) -> None:
         """Pass the gatherer's events on, pairing new local candidates as they come."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import random
 import socket
 import ssl
 import struct
@@ -230,6 +231,7 @@ class Connection:
             turn_servers=turn_servers,
             local_ufrag=local_username,
             local_pwd=local_password,
+            rng=random.SystemRandom(),
         )
         self.local_addresses = list(local_addresses or default_local_addresses()) or ["127.0.0.1"]
         self.port_range = port_range

@@ -142,7 +142,7 @@ class ConsentFreshness:
     def _send_request(self, generation: Generation, pair: CandidatePair, now: float) -> None:
         # Retransmitted like a check, a few times: on a lossy path one lost request or answer
         # must not cost the consent of a working path (RFC 7675 counts any answer).
-        self.agent.start_transaction(
+        self.agent.checks.start_transaction(
             generation,
             pair,
             now,

@@ -17,10 +17,10 @@ address equal to the host address when there is no NAT) are never reported.
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from icerelay.errors import IceError
 from icerelay.ice.candidate import (
@@ -44,6 +44,9 @@ from icerelay.ice.relay import (
 )
 from icerelay.stun import AttributeType, Message, MessageClass, Method
 from icerelay.stun.transaction import ClientTransaction
+
+if TYPE_CHECKING:
+    from random import Random
 
 RelayFactory = Callable[[TurnServer, TransportAddress], RelayProvider]
 
@@ -92,7 +95,7 @@ class Gatherer:
         self,
         components: Sequence[int],
         config: AgentConfig,
-        rng: random.Random,
+        rng: Random,
         *,
         turn_servers: Sequence[TurnServer] = (),
         relay_factory: RelayFactory | None = None,
