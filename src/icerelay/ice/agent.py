@@ -15,59 +15,40 @@ datagrams and time, and sends what it returns::
     while (event := agent.next_event()) is not None: ...      # CandidateGathered, ...
     agent.send(rtp, component=1, now=now)                     # media on the selected pair
 
-What happens inside, with the RFC 8445 names:
+What happens inside, with the RFC 8445 names, and where:
 
-- *Gathering* (section 5.1) is done by :class:`~icerelay.ice.gathering.Gatherer`.
-- *Connectivity checks* (section 7.2) are STUN Binding requests on each candidate pair, signed
-  with the short-term credentials of the peer (USERNAME ``remote-ufrag:local-ufrag``,
-  MESSAGE-INTEGRITY keyed with the remote password), carrying PRIORITY (the peer-reflexive
-  priority the local candidate would have), ICE-CONTROLLING or ICE-CONTROLLED with the
-  *tie-breaker*, and USE-CANDIDATE when nominating. One new check leaves every *Ta* (pacing).
-- A check from the peer is answered, and answered back with a *triggered check* on the same pair
-  at once (section 7.3.1.4): the peer's check just opened the peer's NAT for it, so it is the
-  check most likely to succeed right now. This is what makes an agent connect in about one round
-  trip once both sides have the candidates.
-- *Freezing* (sections 6.1.2.6, 7.2.5.3.3): one pair per foundation is checked first and its
-  success unfreezes the others; pairs that trickle in later follow the same rule, lowest component
-  first (see :func:`~icerelay.ice.checklist.state_for_new_pair`). Several data streams share one
-  checklist set and one pacer in a :class:`~icerelay.ice.session.Session`.
-- Checks from unknown addresses create *peer-reflexive* remote candidates (section 7.3.1.3);
-  responses that reveal an unknown mapped address create peer-reflexive local ones
-  (section 7.2.5.3.1).
-- *Role conflicts* (both controlling or both controlled, section 7.3.1.1) are resolved by the
-  tie-breakers, answering 487 (Role Conflict) or switching role; a 487 response switches role and
-  retries the check (section 7.2.5.1).
-- *Nomination* (section 8.1.1): regular (the controlling agent checks first, then repeats the
-  check on the best valid pair with USE-CANDIDATE) or aggressive (RFC 5245: USE-CANDIDATE in
-  every check). The controlled agent follows both.
-- *Consent freshness* (RFC 7675): on the pairs in use a Binding request goes every 5 s
-  (randomized 0.8-1.2); no answer for 30 s means the peer withdrew consent: the agent fails and
-  stops sending. Keepalives (section 11) cover the time when consent requests are not sent.
-- *ICE restart* (section 9): new credentials and a new checklist, while media keeps using the old
-  selected pair until the new checks give a pair.
+- *Gathering* (section 5.1): :class:`~icerelay.ice.gathering.Gatherer`.
+- *Connectivity checks* (sections 7.2, 7.3): :mod:`~icerelay.ice.checks` sends ours, answers the
+  peer's with a *triggered check* on the same pair at once (section 7.3.1.4: the peer's check
+  just opened its NAT for it; this is what makes an agent connect in about one round trip),
+  learns *peer-reflexive* candidates (sections 7.3.1.3, 7.2.5.3.1) and resolves *role
+  conflicts* (sections 7.3.1.1, 7.2.5.1); one new check leaves every *Ta*
+  (:mod:`~icerelay.ice.pacing`, sections 6.1.4.2, 14).
+- *Freezing* (sections 6.1.2.6, 7.2.5.3.3): :mod:`~icerelay.ice.checklist`; several data
+  streams share one checklist set and one pacer in a :class:`~icerelay.ice.session.Session`.
+- *Nomination* (section 8.1.1, regular or RFC 5245's aggressive) and the selected pair:
+  :mod:`~icerelay.ice.nomination`.
+- *Consent freshness* (RFC 7675) and keepalives (section 11): :mod:`~icerelay.ice.consent`.
+- *ICE restart* (section 9): new credentials and a new checklist (a new
+  :class:`~icerelay.ice.generation.Generation`), while media keeps using the old selected pair
+  until the new checks give a pair.
 - *ICE lite* (section 2.5): a lite agent only has host candidates, never sends checks, answers the
   peer's and selects the pair the peer nominates.
+
+This module is the state machine that ties them together: it takes the application's and the
+driver's calls, routes each datagram (decoded once), keeps the generations and derives the
+connection state.
 """
 
 from __future__ import annotations
 
-import string
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from icerelay.errors import IceError, StunError
-from icerelay.ice.candidate import (
-    Candidate,
-    CandidateType,
-    TransportAddress,
-    address_family,
-)
-from icerelay.ice.checklist import (
-    CheckList,
-    set_initial_states,
-    state_for_new_pair,
-)
+from icerelay.ice.candidate import Candidate, CandidateType, TransportAddress, address_family
+from icerelay.ice.checklist import CheckList, set_initial_states
 from icerelay.ice.checks import ConnectivityChecks
 from icerelay.ice.config import AgentConfig
 from icerelay.ice.consent import ConsentFreshness
@@ -83,26 +64,15 @@ from icerelay.ice.events import (
     RoleChanged,
 )
 from icerelay.ice.gathering import Gatherer, RelayedData, RelayFactory, RelayLost
-from icerelay.ice.generation import Check, Generation
+from icerelay.ice.generation import PWD_LENGTH, UFRAG_LENGTH, Check, Generation, ice_string
 from icerelay.ice.nomination import Selector
-from icerelay.ice.pacing import Pacer, has_check_to_send, next_check
+from icerelay.ice.pacing import Pacer, has_check_to_send
 from icerelay.ice.pair import CandidatePair, PairState
 from icerelay.ice.relay import TurnServer
-from icerelay.stun import (
-    Message,
-    MessageClass,
-    Method,
-    decode_message,
-    is_stun,
-)
+from icerelay.stun import Message, MessageClass, Method, decode_message, is_stun
 
 if TYPE_CHECKING:
     from random import Random
-
-ICE_CHARS = string.ascii_letters + string.digits + "+/"
-UFRAG_LENGTH = 8  # RFC 8445 section 5.3: at least 24 bits of randomness (4 ice-chars)
-PWD_LENGTH = 24  # at least 128 bits (22 ice-chars)
-
 
 
 class Coordinator(Protocol):
@@ -122,9 +92,10 @@ class Agent:
     consent jitter): pass a seeded :class:`random.Random` for reproducible simulations, and
     :class:`random.SystemRandom` in production.
 
-    The agent is the state machine that receives, answers and sends; three parts of it live in
-    their own modules: :mod:`~icerelay.ice.pacing` (Ta), :mod:`~icerelay.ice.nomination` (the
-    selected pair, USE-CANDIDATE) and :mod:`~icerelay.ice.consent` (RFC 7675, keepalives).
+    The agent is the state machine that routes, decides and reports; its parts live in their own
+    modules: :mod:`~icerelay.ice.checks` (sending, answering, answers),
+    :mod:`~icerelay.ice.pacing` (Ta), :mod:`~icerelay.ice.nomination` (the selected pair,
+    USE-CANDIDATE) and :mod:`~icerelay.ice.consent` (RFC 7675, keepalives).
     """
 
     def __init__(
@@ -170,8 +141,8 @@ class Agent:
         self.selector = Selector(self)
         self.consent = ConsentFreshness(self)
         self.checks = ConnectivityChecks(self)
-        self._closed = False
-        self._prflx_count = 0
+        self.closed = False
+        """close() was called: nothing more is sent or checked."""
         self._now = 0.0
         self.checks_sent = 0
         """Connectivity-check requests put on the wire, retransmissions included."""
@@ -263,7 +234,7 @@ class Agent:
             return  # e.g. an RTCP candidate when rtcp-mux was negotiated
         if candidate.transport.lower() != "udp":
             return
-        existing = self._find_remote(generation, candidate.address, candidate.component)
+        existing = generation.find_remote(candidate.address, candidate.component)
         if existing is not None:
             if existing.type is CandidateType.PEER_REFLEXIVE:
                 # The peer now signals what we learned from its check: same pairs, better data.
@@ -277,9 +248,9 @@ class Agent:
                 checklist.set_role(self.controlling)
             return
         generation.remote_candidates.append(candidate)
-        for local in self._pairable_locals(candidate.component):
+        for local in self.gatherer.pairable(candidate.component):
             if address_family(local.host) == candidate.family:
-                self._add_pair(generation, local, candidate, now)
+                self.checks.form_pair(generation, local, candidate, now)
         for provider in self.gatherer.relays():
             provider.permit([candidate.address], now)
         self._pace(now)
@@ -299,7 +270,7 @@ class Agent:
         Raises IceError when there is no pair yet, or after consent was lost (RFC 7675 forbids
         sending then).
         """
-        if self.consent.lost or self._closed:
+        if self.consent.lost or self.closed:
             raise IceError("no consent to send (ICE failed or closed)")
         pair = self.selected_pair(component)
         if pair is None:
@@ -335,9 +306,9 @@ class Agent:
 
     def close(self, now: float) -> None:
         """Stop everything: checks, consent, relays (they are deallocated)."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         self._checks.clear()
         self.gatherer.close(now)
         self.set_state(ConnectionState.CLOSED)
@@ -389,13 +360,13 @@ class Agent:
         gatherer_timer = self.gatherer.next_timer()
         if gatherer_timer is not None:
             timers.append(gatherer_timer)
-        if self._closed:
+        if self.closed:
             return min(timers, default=None)
         for check in self._checks.values():
             timer = check.transaction.next_timer()
             if timer is not None:
                 timers.append(timer)
-        if self._can_check() and self.has_check_to_send():
+        if self.checks.can_send() and self.has_check_to_send():
             timers.append(self._pacer.next_check_at)
         timers.extend(self.selector.timers(self._now))
         timers.extend(self.consent.timers(self._now))
@@ -405,7 +376,7 @@ class Agent:
         self._now = now
         self.gatherer.handle_timer(now)
         self._process_gatherer(now)
-        if self._closed:
+        if self.closed:
             return
         for transaction_id, check in list(self._checks.items()):
             transaction = check.transaction
@@ -447,8 +418,8 @@ class Agent:
         the gatherer has already seen it (and did not take it as one of its responses).
         """
         if not is_stun(data):
-            local = self._local_base(destination)
-            if local is None or self._closed:
+            local = self.gatherer.local_base(destination)
+            if local is None or self.closed:
                 return
             if not self._known_remote(source):
                 # Media only from addresses the peer signalled or checked from: anything else
@@ -462,7 +433,7 @@ class Agent:
             if message is None:
                 return
         if message.message_class == MessageClass.REQUEST and message.method == Method.BINDING:
-            if not self._closed:
+            if not self.closed:
                 self.checks.handle_request(message, source, destination, now)
         elif message.message_class in (MessageClass.SUCCESS_RESPONSE, MessageClass.ERROR_RESPONSE):
             if not gathered and self.gatherer.receive_response(message, now):
@@ -472,32 +443,7 @@ class Agent:
                 self.checks.handle_response(check, message, source, destination, now)
         # Binding indications are keepalives: nothing to do.
 
-    def _relay_lost(self, relayed: Candidate, now: float) -> None:
-        """A relayed candidate died (TURN allocation gone): its pairs fail, so that media moves
-        to another valid pair at once instead of waiting for consent to expire."""
-        for generation in (self.generation, self._previous):
-            if generation is None:
-                continue
-            checklist = generation.checklist
-            for pair in list(checklist.pairs):
-                if pair.local.address == relayed.address and pair.state is not PairState.FAILED:
-                    self.checks.fail_pair(generation, pair, now)
-            for valid in list(checklist.valid):
-                if valid.local.address == relayed.address:
-                    checklist.valid.remove(valid)
-                    valid.valid = False
-                    self.selector.update_component(generation, valid.component, now)
-
     # --- checks ------------------------------------------------------------------------------
-
-    def _can_check(self) -> bool:
-        generation = self.generation
-        return (
-            not self.lite
-            and not self._closed
-            and generation.started
-            and generation.remote_pwd is not None
-        )
 
     def has_check_to_send(self) -> bool:
         """Whether a check could leave now if Ta allowed (for the pacer's timer)."""
@@ -525,30 +471,7 @@ class Agent:
     def send_next_check(self, now: float) -> bool:
         """Send this stream's next check (triggered first, then ordinary) regardless of Ta;
         False when there is none. The pacer calls this."""
-        if not self._can_check():
-            return False
-        pair = next_check(self.generation.checklist, self._checklists())
-        if pair is None:
-            return False
-        self.checks.send_check(self.generation, pair, now)
-        return True
-
-    def send_now(self, generation: Generation, pair: CandidatePair, now: float) -> None:
-        """Send a queued triggered check at once, outside Ta pacing.
-
-        Only for two kinds of check, neither of which probes a new path: the answer to a check
-        the peer just sent on this pair (RFC 8445 section 7.3.1.4; it goes out at the peer's own
-        paced rate, one for one, so it adds no burst), and the nomination of a pair that is
-        already valid (section 8.1.1). Waiting for the next Ta slot would cost up to 50 ms for
-        nothing; ordinary checks, which do probe new paths, stay paced.
-        """
-        if not self._can_check() or generation is not self.generation:
-            self._pace(now)  # no credentials yet: the queue is served when they come
-            return
-        checklist = generation.checklist
-        if pair in checklist.triggered:
-            checklist.triggered.remove(pair)
-        self.checks.send_check(generation, pair, now)
+        return self.checks.send_next(now)
 
     def forget_consent_requests(self) -> None:
         """Consent is gone: not even a retransmission of a consent request may leave."""
@@ -569,7 +492,7 @@ class Agent:
 
     def update_state(self, now: float) -> None:
         """Derive the connection state from the pairs in use and the checklist."""
-        if self._closed or self.consent.lost:
+        if self.closed or self.consent.lost:
             return
         generation = self.generation
         paths = self.paths()
@@ -657,13 +580,10 @@ class Agent:
 
     def _new_generation(self, ufrag: str | None, pwd: str | None) -> Generation:
         return Generation(
-            local_ufrag=ufrag or self._random_string(UFRAG_LENGTH),
-            local_pwd=pwd or self._random_string(PWD_LENGTH),
+            local_ufrag=ufrag or ice_string(self.rng, UFRAG_LENGTH),
+            local_pwd=pwd or ice_string(self.rng, PWD_LENGTH),
             checklist=CheckList(self.components, self.controlling, self.config.max_pairs),
         )
-
-    def _random_string(self, length: int) -> str:
-        return "".join(self.rng.choice(ICE_CHARS) for _ in range(length))
 
     def _generation_for(self, local_ufrag: str) -> Generation | None:
         for generation in (self.generation, self._previous):
@@ -681,45 +601,10 @@ class Agent:
         self.update_state(now)
         self._pace(now)
 
-    def _pairable_locals(self, component: int) -> list[Candidate]:
-        """Section 6.1.2.4: server-reflexive locals are replaced by their base, so only host
-        and relayed candidates form checklist pairs."""
-        return [
-            candidate
-            for candidate in self.gatherer.candidates
-            if candidate.component == component
-            and candidate.type in (CandidateType.HOST, CandidateType.RELAYED)
-        ]
-
-    def _add_pair(
-        self,
-        generation: Generation,
-        local: Candidate,
-        remote: Candidate,
-        now: float,
-        *,
-        triggered: bool = False,
-    ) -> CandidatePair | None:
-        checklist = generation.checklist
-        pair = checklist.add(CandidatePair(local, remote, self.controlling))
-        if pair is None or pair.state is not PairState.FROZEN:
-            return pair
-        if generation.started and not triggered:
-            pair.state = state_for_new_pair(pair, self._checklists())
-        return pair
-
-    def _find_remote(
-        self, generation: Generation, address: TransportAddress, component: int
-    ) -> Candidate | None:
-        for candidate in generation.remote_candidates:
-            if candidate.address == address and candidate.component == component:
-                return candidate
-        return None
-
     def owns(self, address: TransportAddress) -> bool:
         """Whether datagrams to ``address`` are this agent's: one of its sockets (host bases,
         the sockets its TURN relays use)."""
-        if self._local_base(address) is not None:
+        if self.gatherer.local_base(address) is not None:
             return True
         return any(provider.base == address for provider in self.gatherer.relays())
 
@@ -730,16 +615,6 @@ class Agent:
             if generation is not None
             for candidate in generation.remote_candidates
         )
-
-    def _local_base(self, address: TransportAddress) -> Candidate | None:
-        """The host or relayed candidate whose base is a local address (a socket, or a relayed
-        address); for host candidates advertised at a 1:1 NAT address, their socket."""
-        for candidate in self.gatherer.candidates:
-            if candidate.type is CandidateType.HOST and candidate.base == address:
-                return candidate
-            if candidate.type is CandidateType.RELAYED and candidate.address == address:
-                return candidate
-        return None
 
     def transmit(self, pair: CandidatePair, data: bytes, now: float) -> None:
         """Send ``data`` on ``pair`` (from its local candidate to its remote one)."""
@@ -764,7 +639,7 @@ class Agent:
                 self._receive_on(event.data, event.peer, event.relayed, now)
                 continue
             if isinstance(event, RelayLost):
-                self._relay_lost(event.relayed, now)
+                self.checks.relay_lost(event.relayed, now)
                 continue
             if isinstance(event, CandidateGathered):
                 candidate = event.candidate
@@ -775,7 +650,7 @@ class Agent:
                             remote.component == candidate.component
                             and remote.family == candidate.family
                         ):
-                            self._add_pair(generation, candidate, remote, now)
+                            self.checks.form_pair(generation, candidate, remote, now)
                     if candidate.type is CandidateType.RELAYED:
                         provider = self.gatherer.relay_for(candidate.address)
                         if provider is not None and generation.remote_candidates:

@@ -33,9 +33,9 @@ from icerelay.ice.candidate import (
     compute_foundation,
     make_local_candidate,
 )
-from icerelay.ice.checklist import unfreeze_foundation
+from icerelay.ice.checklist import state_for_new_pair, unfreeze_foundation
 from icerelay.ice.generation import Check, Generation
-from icerelay.ice.pacing import check_rto
+from icerelay.ice.pacing import check_rto, next_check
 from icerelay.ice.pair import CandidatePair, PairState
 from icerelay.stun import Address, AttributeType, ErrorCode, Message, MessageClass, Method
 from icerelay.stun.transaction import ClientTransaction
@@ -51,13 +51,75 @@ class ConnectivityChecks:
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        self.prflx_count = 0
+        """Peer-reflexive remote candidates learned, for their foundations."""
+
+    def form_pair(
+        self,
+        generation: Generation,
+        local: Candidate,
+        remote: Candidate,
+        now: float,
+        *,
+        triggered: bool = False,
+    ) -> CandidatePair | None:
+        """Section 6.1.2.2: pair a local and a remote candidate into the checklist. A pair formed
+        after checks started is Waiting or Frozen as its foundation says (RFC 8838 section 10),
+        unless it is formed for a triggered check."""
+        checklist = generation.checklist
+        pair = checklist.add(CandidatePair(local, remote, self.agent.controlling))
+        if pair is None or pair.state is not PairState.FROZEN:
+            return pair
+        if generation.started and not triggered:
+            pair.state = state_for_new_pair(pair, self.agent._checklists())
+        return pair
+
+    def can_send(self) -> bool:
+        """Whether checks may go: a full agent, not closed, with the peer's credentials."""
+        agent = self.agent
+        generation = agent.generation
+        return (
+            not agent.lite
+            and not agent.closed
+            and generation.started
+            and generation.remote_pwd is not None
+        )
+
+    def send_next(self, now: float) -> bool:
+        """Send the stream's next check (triggered first, then ordinary) regardless of Ta;
+        False when there is none."""
+        if not self.can_send():
+            return False
+        agent = self.agent
+        pair = next_check(agent.generation.checklist, agent._checklists())
+        if pair is None:
+            return False
+        self.send_check(agent.generation, pair, now)
+        return True
+
+    def send_now(self, generation: Generation, pair: CandidatePair, now: float) -> None:
+        """Send a queued triggered check at once, outside Ta pacing.
+
+        Only for two kinds of check, neither of which probes a new path: the answer to a check
+        the peer just sent on this pair (RFC 8445 section 7.3.1.4; it goes out at the peer's own
+        paced rate, one for one, so it adds no burst), and the nomination of a pair that is
+        already valid (section 8.1.1). Waiting for the next Ta slot would cost up to 50 ms for
+        nothing; ordinary checks, which do probe new paths, stay paced.
+        """
+        if not self.can_send() or generation is not self.agent.generation:
+            self.agent._pace(now)  # no credentials yet: the queue is served when they come
+            return
+        checklist = generation.checklist
+        if pair in checklist.triggered:
+            checklist.triggered.remove(pair)
+        self.send_check(generation, pair, now)
 
     def handle_request(
         self, request: Message, source: TransportAddress, destination: TransportAddress, now: float
     ) -> None:
         """Section 7.3: answer a connectivity check (or consent request) from the peer."""
         agent = self.agent
-        local = agent._local_base(destination)
+        local = agent.gatherer.local_base(destination)
         if local is None:
             return
         username = request.get(AttributeType.USERNAME)
@@ -89,7 +151,7 @@ class ConnectivityChecks:
         if generation is not agent.generation:
             return  # a consent request on the previous generation's pair: answering is all
 
-        remote = agent._find_remote(generation, source, local.component)
+        remote = generation.find_remote(source, local.component)
         if remote is None:
             priority = request.get(AttributeType.PRIORITY)
             learned = sum(
@@ -100,10 +162,10 @@ class ConnectivityChecks:
             if priority is None or learned >= agent.config.max_peer_reflexive:
                 return
             # Section 7.3.1.3: a peer-reflexive remote candidate, learned from the check itself.
-            agent._prflx_count += 1
+            self.prflx_count += 1
             remote = Candidate(
                 foundation=compute_foundation(
-                    CandidateType.PEER_REFLEXIVE, source[0], str(agent._prflx_count)
+                    CandidateType.PEER_REFLEXIVE, source[0], str(self.prflx_count)
                 ),
                 component=local.component,
                 transport="udp",
@@ -117,7 +179,7 @@ class ConnectivityChecks:
         checklist = generation.checklist
         pair = checklist.find(local.base or local.address, source)
         if pair is None:
-            pair = agent._add_pair(generation, local, remote, now, triggered=True)
+            pair = self.form_pair(generation, local, remote, now, triggered=True)
             if pair is None:
                 return
         if agent.lite:
@@ -139,7 +201,7 @@ class ConnectivityChecks:
                 pair.nominate_on_success = True
             agent.set_pair_state(pair, PairState.WAITING)
             checklist.trigger(pair)
-            agent.send_now(generation, pair, now)
+            self.send_now(generation, pair, now)
 
     def _role_conflict(self, request: Message, now: float) -> bool:
         """Section 7.3.1.1; True when the request must be answered with 487."""
@@ -400,3 +462,20 @@ class ConnectivityChecks:
             self.send_response(response, generation, local, destination, now)
         else:
             agent._send_from(local, destination, response.encode(fingerprint=True), now)
+
+    def relay_lost(self, relayed: Candidate, now: float) -> None:
+        """A relayed candidate died (TURN allocation gone): its pairs fail, so that media moves
+        to another valid pair at once instead of waiting for consent to expire."""
+        agent = self.agent
+        for generation in (agent.generation, agent._previous):
+            if generation is None:
+                continue
+            checklist = generation.checklist
+            for pair in list(checklist.pairs):
+                if pair.local.address == relayed.address and pair.state is not PairState.FAILED:
+                    self.fail_pair(generation, pair, now)
+            for valid in list(checklist.valid):
+                if valid.local.address == relayed.address:
+                    checklist.valid.remove(valid)
+                    valid.valid = False
+                    agent.selector.update_component(generation, valid.component, now)

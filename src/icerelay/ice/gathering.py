@@ -178,6 +178,26 @@ class Gatherer:
                 return job.provider
         return None
 
+    def pairable(self, component: int) -> list[Candidate]:
+        """The local candidates that form checklist pairs (RFC 8445 section 6.1.2.4):
+        server-reflexive ones are replaced by their base, so only host and relayed ones."""
+        return [
+            candidate
+            for candidate in self.candidates
+            if candidate.component == component
+            and candidate.type in (CandidateType.HOST, CandidateType.RELAYED)
+        ]
+
+    def local_base(self, address: TransportAddress) -> Candidate | None:
+        """The host or relayed candidate whose base is a local address (a socket, or a relayed
+        address); for host candidates advertised at a 1:1 NAT address, their socket."""
+        for candidate in self.candidates:
+            if candidate.type is CandidateType.HOST and candidate.base == address:
+                return candidate
+            if candidate.type is CandidateType.RELAYED and candidate.address == address:
+                return candidate
+        return None
+
     def relays(self) -> list[RelayProvider]:
         return [job.provider for job in self._relay_jobs]
 

@@ -8,13 +8,27 @@ pair (a connectivity check or a consent request), with what its answer must be m
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from icerelay.ice.candidate import Candidate
+from icerelay.ice.candidate import Candidate, TransportAddress
 from icerelay.ice.checklist import CheckList
 from icerelay.ice.pair import CandidatePair
 from icerelay.stun.credentials import short_term_key
 from icerelay.stun.transaction import ClientTransaction
+
+if TYPE_CHECKING:
+    from random import Random
+
+ICE_CHARS = string.ascii_letters + string.digits + "+/"
+UFRAG_LENGTH = 8  # RFC 8445 section 5.3: at least 24 bits of randomness (4 ice-chars)
+PWD_LENGTH = 24  # at least 128 bits (22 ice-chars)
+
+
+def ice_string(rng: Random, length: int) -> str:
+    """A random ice-ufrag or ice-pwd (RFC 8839 section 5.4: ice-chars)."""
+    return "".join(rng.choice(ICE_CHARS) for _ in range(length))
 
 
 @dataclass
@@ -42,6 +56,13 @@ class Generation:
     # that a password OpaqueString rejects fails where it always did (the first check).
     _local_key: bytes | None = field(default=None, repr=False)
     _remote_key: bytes | None = field(default=None, repr=False)
+
+    def find_remote(self, address: TransportAddress, component: int) -> Candidate | None:
+        """The remote candidate (signalled or peer-reflexive) with this address."""
+        for candidate in self.remote_candidates:
+            if candidate.address == address and candidate.component == component:
+                return candidate
+        return None
 
     @property
     def local_key(self) -> bytes:

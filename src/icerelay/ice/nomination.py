@@ -154,4 +154,4 @@ class Selector:
         generating = best.generating or best
         generating.use_candidate = True
         checklist.trigger(generating)
-        self.agent.send_now(generation, generating, now)
+        self.agent.checks.send_now(generation, generating, now)

@@ -400,9 +400,7 @@ class RtpIceSettings:
             TurnServer((address, self.turn_server.port), self.turn_username, self.turn_password),
         )
 
-    def agent_config(
-        self, base: AgentConfig | None = None, *, resolve: Resolver
-    ) -> AgentConfig:
+    def agent_config(self, base: AgentConfig | None = None, *, resolve: Resolver) -> AgentConfig:
         """``base`` (default AgentConfig()) with rtp.conf's STUN server (``stunaddr``), 1:1 NAT
         table (``[ice_host_candidates]``) and STUN ACL (``stun_deny``/``stun_permit``)."""
         config = base or AgentConfig()
