@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -245,6 +246,11 @@ def test_relay_through_coturn(
 # --- configured from an Asterisk rtp.conf ---------------------------------------------------
 
 
+def resolve_ipv4(host: str) -> str:
+    """What a shell passes to rtp.conf's settings (the engine does no DNS of its own)."""
+    return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0])
+
+
 def test_agent_configured_from_rtp_conf_meets_aioice() -> None:
     """An Asterisk user's rtp.conf, read by icerelay.ice.rtpconf, drives the real agent: TURN
     server and credentials from turnaddr/turnusername/turnpassword, host addresses filtered by
@@ -260,8 +266,8 @@ def test_agent_configured_from_rtp_conf_meets_aioice() -> None:
         assert settings.warnings == ()
         ours = Connection(
             controlling=True,
-            config=settings.agent_config(),
-            turn_servers=settings.turn_servers(),
+            config=settings.agent_config(resolve=resolve_ipv4),
+            turn_servers=settings.turn_servers(resolve=resolve_ipv4),
             local_addresses=settings.host_addresses(["127.0.0.1", "127.0.0.3"]),
         )
         theirs = aioice.Connection(ice_controlling=False, use_ipv6=False)

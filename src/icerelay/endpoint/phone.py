@@ -807,8 +807,13 @@ class Phone:
         if rtp_conf is not None:
             # Asterisk's rtp.conf: stunaddr, the STUN ACL and [ice_host_candidates] go into the
             # agent's configuration; turnaddr adds a relay; the ICE ACL filters host addresses.
-            config = rtp_conf.agent_config(config)
-            turn.extend(rtp_conf.turn_servers())
+            def resolve_ipv4(host: str) -> str:
+                # Asterisk resolves stunaddr/turnaddr to A records.
+                infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)
+                return str(infos[0][4][0])
+
+            config = rtp_conf.agent_config(config, resolve=resolve_ipv4)
+            turn.extend(rtp_conf.turn_servers(resolve=resolve_ipv4))
             addresses = rtp_conf.host_addresses(addresses) or addresses
             port_range = rtp_conf.port_range
         self._ice = Connection(

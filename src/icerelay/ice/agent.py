@@ -15,68 +15,43 @@ datagrams and time, and sends what it returns::
     while (event := agent.next_event()) is not None: ...      # CandidateGathered, ...
     agent.send(rtp, component=1, now=now)                     # media on the selected pair
 
-What happens inside, with the RFC 8445 names:
+What happens inside, with the RFC 8445 names, and where:
 
-- *Gathering* (section 5.1) is done by :class:`~icerelay.ice.gathering.Gatherer`.
-- *Connectivity checks* (section 7.2) are STUN Binding requests on each candidate pair, signed
-  with the short-term credentials of the peer (USERNAME ``remote-ufrag:local-ufrag``,
-  MESSAGE-INTEGRITY keyed with the remote password), carrying PRIORITY (the peer-reflexive
-  priority the local candidate would have), ICE-CONTROLLING or ICE-CONTROLLED with the
-  *tie-breaker*, and USE-CANDIDATE when nominating. One new check leaves every *Ta* (pacing).
-- A check from the peer is answered, and answered back with a *triggered check* on the same pair
-  at once (section 7.3.1.4): the peer's check just opened the peer's NAT for it, so it is the
-  check most likely to succeed right now. This is what makes an agent connect in about one round
-  trip once both sides have the candidates.
-- *Freezing* (sections 6.1.2.6, 7.2.5.3.3): one pair per foundation is checked first and its
-  success unfreezes the others; pairs that trickle in later follow the same rule, lowest component
-  first (see :func:`~icerelay.ice.checklist.state_for_new_pair`). Several data streams share one
-  checklist set and one pacer in a :class:`~icerelay.ice.session.Session`.
-- Checks from unknown addresses create *peer-reflexive* remote candidates (section 7.3.1.3);
-  responses that reveal an unknown mapped address create peer-reflexive local ones
-  (section 7.2.5.3.1).
-- *Role conflicts* (both controlling or both controlled, section 7.3.1.1) are resolved by the
-  tie-breakers, answering 487 (Role Conflict) or switching role; a 487 response switches role and
-  retries the check (section 7.2.5.1).
-- *Nomination* (section 8.1.1): regular (the controlling agent checks first, then repeats the
-  check on the best valid pair with USE-CANDIDATE) or aggressive (RFC 5245: USE-CANDIDATE in
-  every check). The controlled agent follows both.
-- *Consent freshness* (RFC 7675): on the pairs in use a Binding request goes every 5 s
-  (randomized 0.8-1.2); no answer for 30 s means the peer withdrew consent: the agent fails and
-  stops sending. Keepalives (section 11) cover the time when consent requests are not sent.
-- *ICE restart* (section 9): new credentials and a new checklist, while media keeps using the old
-  selected pair until the new checks give a pair.
+- *Gathering* (section 5.1): :class:`~icerelay.ice.gathering.Gatherer`.
+- *Connectivity checks* (sections 7.2, 7.3): :mod:`~icerelay.ice.checks` sends ours, answers the
+  peer's with a *triggered check* on the same pair at once (section 7.3.1.4: the peer's check
+  just opened its NAT for it; this is what makes an agent connect in about one round trip),
+  learns *peer-reflexive* candidates (sections 7.3.1.3, 7.2.5.3.1) and resolves *role
+  conflicts* (sections 7.3.1.1, 7.2.5.1); one new check leaves every *Ta*
+  (:mod:`~icerelay.ice.pacing`, sections 6.1.4.2, 14).
+- *Freezing* (sections 6.1.2.6, 7.2.5.3.3): :mod:`~icerelay.ice.checklist`; several data
+  streams share one checklist set and one pacer in a :class:`~icerelay.ice.session.Session`.
+- *Nomination* (section 8.1.1, regular or RFC 5245's aggressive) and the selected pair:
+  :mod:`~icerelay.ice.nomination`.
+- *Consent freshness* (RFC 7675) and keepalives (section 11): :mod:`~icerelay.ice.consent`.
+- *ICE restart* (section 9): new credentials and a new checklist (a new
+  :class:`~icerelay.ice.generation.Generation`), while media keeps using the old selected pair
+  until the new checks give a pair.
 - *ICE lite* (section 2.5): a lite agent only has host candidates, never sends checks, answers the
   peer's and selects the pair the peer nominates.
+
+This module is the state machine that ties them together: it takes the application's and the
+driver's calls, routes each datagram (decoded once), keeps the generations and derives the
+connection state.
 """
 
 from __future__ import annotations
 
-import random
-import string
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from icerelay.errors import IceError, StunError
-from icerelay.ice.candidate import (
-    Candidate,
-    CandidateType,
-    TransportAddress,
-    address_family,
-    candidate_priority,
-    compute_foundation,
-    make_local_candidate,
-)
-from icerelay.ice.checklist import (
-    CheckList,
-    foundation_active,
-    next_ordinary_check,
-    set_initial_states,
-    state_for_new_pair,
-    unfreeze_foundation,
-)
-from icerelay.ice.config import AgentConfig, Nomination
+from icerelay.ice.candidate import Candidate, CandidateType, TransportAddress, address_family
+from icerelay.ice.checklist import CheckList, set_initial_states
+from icerelay.ice.checks import ConnectivityChecks
+from icerelay.ice.config import AgentConfig
+from icerelay.ice.consent import ConsentFreshness
 from icerelay.ice.events import (
     CandidateGathered,
     CandidatePairStateChanged,
@@ -87,74 +62,17 @@ from icerelay.ice.events import (
     Event,
     GatheringComplete,
     RoleChanged,
-    SelectedPairChanged,
 )
 from icerelay.ice.gathering import Gatherer, RelayedData, RelayFactory, RelayLost
+from icerelay.ice.generation import PWD_LENGTH, UFRAG_LENGTH, Check, Generation, ice_string
+from icerelay.ice.nomination import Selector
+from icerelay.ice.pacing import Pacer, has_check_to_send
 from icerelay.ice.pair import CandidatePair, PairState
 from icerelay.ice.relay import TurnServer
-from icerelay.stun import (
-    Address,
-    AttributeType,
-    ErrorCode,
-    Message,
-    MessageClass,
-    Method,
-    decode_message,
-    is_stun,
-)
-from icerelay.stun.credentials import short_term_key
-from icerelay.stun.transaction import ClientTransaction
+from icerelay.stun import Message, MessageClass, Method, decode_message, is_stun
 
-ICE_CHARS = string.ascii_letters + string.digits + "+/"
-UFRAG_LENGTH = 8  # RFC 8445 section 5.3: at least 24 bits of randomness (4 ice-chars)
-PWD_LENGTH = 24  # at least 128 bits (22 ice-chars)
-
-ROLE_CONFLICT = 487
-
-
-@dataclass
-class _Generation:
-    """Everything that an ICE restart replaces: credentials, remote candidates, the checklist.
-
-    Media keeps using the previous generation's selected pairs until the new one has pairs for
-    every component (section 9).
-    """
-
-    local_ufrag: str
-    local_pwd: str
-    checklist: CheckList
-    remote_ufrag: str | None = None
-    remote_pwd: str | None = None
-    remote_candidates: list[Candidate] = field(default_factory=list)
-    remote_complete: bool = False
-    started: bool = False
-    selected: dict[int, CandidatePair] = field(default_factory=dict)
-    first_valid_at: dict[int, float] = field(default_factory=dict)
-    nominate_at: dict[int, float] = field(default_factory=dict)
-    announced: dict[int, tuple[CandidatePair, bool]] = field(default_factory=dict)
-
-    @property
-    def local_key(self) -> bytes:
-        return short_term_key(self.local_pwd)
-
-    @property
-    def remote_key(self) -> bytes:
-        return short_term_key(self.remote_pwd or "")
-
-
-@dataclass
-class _Check:
-    """A Binding request this agent sent on a pair: a check, or a consent request."""
-
-    generation: _Generation
-    pair: CandidatePair
-    transaction: ClientTransaction
-    sent_at: float
-    controlling: bool
-    use_candidate: bool
-    priority: int
-    consent: bool = False
-    cancelled: bool = False
+if TYPE_CHECKING:
+    from random import Random
 
 
 class Coordinator(Protocol):
@@ -165,39 +83,19 @@ class Coordinator(Protocol):
     def set_role(self, controlling: bool) -> None: ...
 
 
-class Pacer:
-    """Ta pacing (RFC 8445 section 6.1.4.2, 14.2) over one or several data streams.
-
-    A new check (ordinary or triggered) leaves at most every Ta; when several streams have
-    checks to send they take turns, as the checklists of a checklist set do.
-    """
-
-    def __init__(self, ta: float, agents: Sequence[Agent]) -> None:
-        self.ta = ta
-        self.agents = list(agents)
-        self.next_check_at = 0.0
-        self._turn = 0
-
-    def pace(self, now: float) -> None:
-        if now < self.next_check_at:
-            return
-        count = len(self.agents)
-        for offset in range(count):
-            agent = self.agents[(self._turn + offset) % count]
-            if agent.send_next_check(now):
-                self._turn = (self._turn + offset + 1) % count
-                self.next_check_at = now + self.ta
-                return
-
-
 class Agent:
     """A sans-I/O ICE agent for one data stream; see the module documentation.
 
     ``controlling`` is the initial role (the offerer is controlling, section 6.1.1).
     ``components`` is 1 (RTP with rtcp-mux, or data) or 2 (RTP and RTCP). ``lite`` makes an
     ICE-lite agent. ``rng`` makes every random choice (credentials, tie-breaker, transaction ids,
-    consent jitter); pass a seeded :class:`random.Random` for reproducible simulations; the
-    default draws from the operating system.
+    consent jitter): pass a seeded :class:`random.Random` for reproducible simulations, and
+    :class:`random.SystemRandom` in production.
+
+    The agent is the state machine that routes, decides and reports; its parts live in their own
+    modules: :mod:`~icerelay.ice.checks` (sending, answering, answers),
+    :mod:`~icerelay.ice.pacing` (Ta), :mod:`~icerelay.ice.nomination` (the selected pair,
+    USE-CANDIDATE) and :mod:`~icerelay.ice.consent` (RFC 7675, keepalives).
     """
 
     def __init__(
@@ -209,7 +107,7 @@ class Agent:
         config: AgentConfig | None = None,
         turn_servers: Sequence[TurnServer] = (),
         relay_factory: RelayFactory | None = None,
-        rng: random.Random | None = None,
+        rng: Random,
         local_ufrag: str | None = None,
         local_pwd: str | None = None,
         tie_breaker: int | None = None,
@@ -217,7 +115,7 @@ class Agent:
         if components not in (1, 2):
             raise IceError("an agent has 1 (rtcp-mux) or 2 (RTP and RTCP) components")
         self.config = config or AgentConfig()
-        self.rng = rng or random.SystemRandom()
+        self.rng = rng
         self.lite = lite
         self.controlling = controlling and not lite
         self.components = tuple(range(1, components + 1))
@@ -231,20 +129,20 @@ class Agent:
             relay_factory=relay_factory,
             host_only=lite,
         )
-        self._generation = self._new_generation(local_ufrag, local_pwd)
-        self._previous: _Generation | None = None
-        self._checks: dict[bytes, _Check] = {}
+        self.generation = self._new_generation(local_ufrag, local_pwd)
+        """The current ICE generation (credentials, remote candidates, checklist)."""
+        self._previous: Generation | None = None
+        self._checks: dict[bytes, Check] = {}
         self._outbox: list[Datagram] = []
         self._events: deque[Event] = deque()
         self._state = ConnectionState.NEW
         self._coordinator: Coordinator | None = None
         self._pacer: Pacer = Pacer(self.config.ta, [self])
-        self._consent_at: dict[int, float] = {}
-        self._last_sent: dict[tuple[TransportAddress, TransportAddress], float] = {}
-        self._consent_lost = False
-        self._closed = False
-        self._prflx_count = 0
-        self._role_changed = False
+        self.selector = Selector(self)
+        self.consent = ConsentFreshness(self)
+        self.checks = ConnectivityChecks(self)
+        self.closed = False
+        """close() was called: nothing more is sent or checked."""
         self._now = 0.0
         self.checks_sent = 0
         """Connectivity-check requests put on the wire, retransmissions included."""
@@ -256,17 +154,17 @@ class Agent:
     @property
     def local_username(self) -> str:
         """ice-ufrag to signal to the peer."""
-        return self._generation.local_ufrag
+        return self.generation.local_ufrag
 
     @property
     def local_password(self) -> str:
         """ice-pwd to signal to the peer."""
-        return self._generation.local_pwd
+        return self.generation.local_pwd
 
     @property
     def remote_credentials(self) -> tuple[str, str] | None:
         """The peer's (ice-ufrag, ice-pwd) for the current generation, once known."""
-        generation = self._generation
+        generation = self.generation
         if generation.remote_ufrag is None or generation.remote_pwd is None:
             return None
         return (generation.remote_ufrag, generation.remote_pwd)
@@ -283,16 +181,16 @@ class Agent:
     @property
     def remote_candidates(self) -> list[Candidate]:
         """Signalled and peer-reflexive remote candidates of the current generation."""
-        return list(self._generation.remote_candidates)
+        return list(self.generation.remote_candidates)
 
     @property
     def checklist(self) -> CheckList:
         """The current checklist (read it, do not change it)."""
-        return self._generation.checklist
+        return self.generation.checklist
 
     def selected_pair(self, component: int = 1) -> CandidatePair | None:
         """The pair media for ``component`` uses now (nominated, or best valid until then)."""
-        pair = self._generation.selected.get(component)
+        pair = self.generation.selected.get(component)
         if pair is None and self._previous is not None:
             pair = self._previous.selected.get(component)
         return pair
@@ -314,7 +212,7 @@ class Agent:
 
         New credentials for a running session mean an ICE restart: call :meth:`restart` first.
         """
-        generation = self._generation
+        generation = self.generation
         known = (generation.remote_ufrag, generation.remote_pwd)
         if generation.remote_ufrag is not None and known != (ufrag, pwd):
             raise IceError("the peer changed its credentials: that is an ICE restart")
@@ -327,16 +225,16 @@ class Agent:
 
     def add_remote_candidate(self, candidate: Candidate | None, now: float) -> None:
         """A remote candidate from signalling (trickle, any time); ``None`` = end-of-candidates."""
-        generation = self._generation
+        generation = self.generation
         if candidate is None:
             generation.remote_complete = True
-            self._update_state(now)
+            self.update_state(now)
             return
         if candidate.component not in self.components:
             return  # e.g. an RTCP candidate when rtcp-mux was negotiated
         if candidate.transport.lower() != "udp":
             return
-        existing = self._find_remote(generation, candidate.address, candidate.component)
+        existing = generation.find_remote(candidate.address, candidate.component)
         if existing is not None:
             if existing.type is CandidateType.PEER_REFLEXIVE:
                 # The peer now signals what we learned from its check: same pairs, better data.
@@ -350,9 +248,9 @@ class Agent:
                 checklist.set_role(self.controlling)
             return
         generation.remote_candidates.append(candidate)
-        for local in self._pairable_locals(candidate.component):
+        for local in self.gatherer.pairable(candidate.component):
             if address_family(local.host) == candidate.family:
-                self._add_pair(generation, local, candidate, now)
+                self.checks.form_pair(generation, local, candidate, now)
         for provider in self.gatherer.relays():
             provider.permit([candidate.address], now)
         self._pace(now)
@@ -372,12 +270,12 @@ class Agent:
         Raises IceError when there is no pair yet, or after consent was lost (RFC 7675 forbids
         sending then).
         """
-        if self._consent_lost or self._closed:
+        if self.consent.lost or self.closed:
             raise IceError("no consent to send (ICE failed or closed)")
         pair = self.selected_pair(component)
         if pair is None:
             raise IceError(f"component {component} has no selected pair yet")
-        self._transmit(pair, data, now)
+        self.transmit(pair, data, now)
 
     def restart(
         self,
@@ -393,12 +291,12 @@ class Agent:
         local candidates are kept and reported again (CandidateGathered, GatheringComplete) so
         that the driver can signal them with the new credentials.
         """
-        old = self._generation
+        old = self.generation
         for transaction_id, check in list(self._checks.items()):
             if check.generation is old and not check.consent:
                 del self._checks[transaction_id]
         self._previous = old if old.selected else self._previous
-        self._generation = self._new_generation(local_ufrag, local_pwd)
+        self.generation = self._new_generation(local_ufrag, local_pwd)
         if controlling is not None and controlling != self.controlling and not self.lite:
             self._set_role(controlling, announce=True)
         for candidate in self.gatherer.candidates:
@@ -408,12 +306,12 @@ class Agent:
 
     def close(self, now: float) -> None:
         """Stop everything: checks, consent, relays (they are deallocated)."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         self._checks.clear()
         self.gatherer.close(now)
-        self._set_state(ConnectionState.CLOSED)
+        self.set_state(ConnectionState.CLOSED)
 
     # --- driver interface -------------------------------------------------------------------
 
@@ -435,15 +333,15 @@ class Agent:
             self.gatherer.receive_relay(data, source, destination, now, transport)
             self._process_gatherer(now)
             return
-        if is_stun(data):
+        # Decoded once, here, and the message passed along (the checks' hot path).
+        message = _decode(data) if is_stun(data) else None
+        if message is not None and self.gatherer.receive_response(message, now):
             # Answers to gathering requests first: a TURN server is often the STUN server too,
             # so its Binding responses arrive on a relay's socket.
-            message = _decode(data)
-            if message is not None and self.gatherer.receive_response(message, now):
-                self._process_gatherer(now)
-                return
+            self._process_gatherer(now)
+            return
         if not self.gatherer.receive_relay(data, source, destination, now):
-            self._receive_on(data, source, destination, now)
+            self._receive_on(data, source, destination, now, message, gathered=True)
         self._process_gatherer(now)
 
     def connection_lost(
@@ -462,26 +360,23 @@ class Agent:
         gatherer_timer = self.gatherer.next_timer()
         if gatherer_timer is not None:
             timers.append(gatherer_timer)
-        if self._closed:
+        if self.closed:
             return min(timers, default=None)
         for check in self._checks.values():
             timer = check.transaction.next_timer()
             if timer is not None:
                 timers.append(timer)
-        generation = self._generation
-        if self._role_changed:
-            timers.append(self._now)
-        if self._can_check() and self.has_check_to_send():
+        if self.checks.can_send() and self.has_check_to_send():
             timers.append(self._pacer.next_check_at)
-        timers.extend(generation.nominate_at.values())
-        timers.extend(self._consent_timers())
+        timers.extend(self.selector.timers(self._now))
+        timers.extend(self.consent.timers(self._now))
         return min(timers, default=None)
 
     def handle_timer(self, now: float) -> None:
         self._now = now
         self.gatherer.handle_timer(now)
         self._process_gatherer(now)
-        if self._closed:
+        if self.closed:
             return
         for transaction_id, check in list(self._checks.items()):
             transaction = check.transaction
@@ -491,20 +386,16 @@ class Agent:
                 for data in retransmissions:
                     if not check.consent:
                         self.checks_sent += 1
-                    self._transmit(check.pair, data, now)
+                    self.transmit(check.pair, data, now)
             if transaction.done:
                 self._checks.pop(transaction_id, None)
                 if not check.cancelled:
-                    self._check_timed_out(check, now)
-        generation = self._generation
-        for component, deadline in list(generation.nominate_at.items()):
-            if deadline <= now:
-                del generation.nominate_at[component]
-                self._nominate(generation, component, now)
-        self._after_role_change(now)
+                    self.checks.timed_out(check, now)
+        self.selector.handle_timer(now)
+        self.selector.after_role_change(now)
         self._pace(now)
-        self._run_consent(now)
-        self._update_state(now)
+        self.consent.run(now)
+        self.update_state(now)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -512,12 +403,23 @@ class Agent:
     # --- receiving --------------------------------------------------------------------------
 
     def _receive_on(
-        self, data: bytes, source: TransportAddress, destination: TransportAddress, now: float
+        self,
+        data: bytes,
+        source: TransportAddress,
+        destination: TransportAddress,
+        now: float,
+        message: Message | None = None,
+        *,
+        gathered: bool = False,
     ) -> None:
-        """A datagram for one of our candidates' bases (host socket or relayed address)."""
+        """A datagram for one of our candidates' bases (host socket or relayed address).
+
+        ``message`` is ``data`` decoded, when the caller did it already; ``gathered`` says that
+        the gatherer has already seen it (and did not take it as one of its responses).
+        """
         if not is_stun(data):
-            local = self._local_base(destination)
-            if local is None or self._closed:
+            local = self.gatherer.local_base(destination)
+            if local is None or self.closed:
                 return
             if not self._known_remote(source):
                 # Media only from addresses the peer signalled or checked from: anything else
@@ -526,317 +428,32 @@ class Agent:
                 return
             self._events.append(DataReceived(local.component, bytes(data), source))
             return
-        message = _decode(data)
         if message is None:
-            return
+            message = _decode(data)
+            if message is None:
+                return
         if message.message_class == MessageClass.REQUEST and message.method == Method.BINDING:
-            if not self._closed:
-                self._handle_request(message, source, destination, now)
+            if not self.closed:
+                self.checks.handle_request(message, source, destination, now)
         elif message.message_class in (MessageClass.SUCCESS_RESPONSE, MessageClass.ERROR_RESPONSE):
-            if self.gatherer.receive_response(message, now):
+            if not gathered and self.gatherer.receive_response(message, now):
                 return
             check = self._checks.get(message.transaction_id)
             if check is not None:
-                self._handle_response(check, message, source, destination, now)
+                self.checks.handle_response(check, message, source, destination, now)
         # Binding indications are keepalives: nothing to do.
-
-    def _handle_request(
-        self, request: Message, source: TransportAddress, destination: TransportAddress, now: float
-    ) -> None:
-        """Section 7.3: answer a connectivity check (or consent request) from the peer."""
-        local = self._local_base(destination)
-        if local is None:
-            return
-        username = request.get(AttributeType.USERNAME)
-        if username is None or AttributeType.MESSAGE_INTEGRITY not in request:
-            self._respond_error(request, 400, "Bad Request", None, local, source, now)
-            return
-        local_ufrag = username.split(":", 1)[0]
-        generation = self._generation_for(local_ufrag)
-        if generation is None or not request.check_integrity(generation.local_key):
-            # RFC 8489 section 9.1.3: 401, and without integrity (we cannot know the key).
-            self._respond_error(request, 401, "Unauthorized", None, local, source, now)
-            return
-        if request.unknown_comprehension_required:
-            response = request.error_response(420, "Unknown Attribute")
-            response.add(
-                AttributeType.UNKNOWN_ATTRIBUTES, list(request.unknown_comprehension_required)
-            )
-            self._send_response(response, generation, local, source, now)
-            return
-        if not self.lite and generation is self._generation and self._role_conflict(request, now):
-            self._respond_error(
-                request, ROLE_CONFLICT, "Role Conflict", generation, local, source, now
-            )
-            return
-
-        response = request.response()
-        response.add(AttributeType.XOR_MAPPED_ADDRESS, Address(source[0], source[1]))
-        self._send_response(response, generation, local, source, now)
-        if generation is not self._generation:
-            return  # a consent request on the previous generation's pair: answering is all
-
-        remote = self._find_remote(generation, source, local.component)
-        if remote is None:
-            priority = request.get(AttributeType.PRIORITY)
-            learned = sum(
-                1
-                for c in generation.remote_candidates
-                if c.type is CandidateType.PEER_REFLEXIVE and c.component == local.component
-            )
-            if priority is None or learned >= self.config.max_peer_reflexive:
-                return
-            # Section 7.3.1.3: a peer-reflexive remote candidate, learned from the check itself.
-            self._prflx_count += 1
-            remote = Candidate(
-                foundation=compute_foundation(
-                    CandidateType.PEER_REFLEXIVE, source[0], str(self._prflx_count)
-                ),
-                component=local.component,
-                transport="udp",
-                priority=priority,
-                host=source[0],
-                port=source[1],
-                type=CandidateType.PEER_REFLEXIVE,
-            )
-            generation.remote_candidates.append(remote)
-        use_candidate = AttributeType.USE_CANDIDATE in request and not self.controlling
-        checklist = generation.checklist
-        pair = checklist.find(local.base or local.address, source)
-        if pair is None:
-            pair = self._add_pair(generation, local, remote, now, triggered=True)
-            if pair is None:
-                return
-        if self.lite:
-            # Section 7.3.1.5 for lite agents: the peer checked this pair, so it works; select
-            # it when the peer nominates it.
-            self._mark_succeeded(generation, pair, pair, now, nominated=use_candidate)
-            return
-        if pair.state is PairState.SUCCEEDED:
-            if use_candidate:
-                for valid in checklist.valid:
-                    if valid.generating is pair and not valid.nominated:
-                        valid.nominated = True
-                self._update_component(generation, pair.component, now)
-        else:
-            if pair.state is PairState.IN_PROGRESS:
-                # Section 7.3.1.4: the check in flight probably died at the peer's NAT; stop
-                # retransmitting it (a late answer still counts) and check again right now.
-                for check in self._checks.values():
-                    if check.pair is pair and not check.consent:
-                        check.cancelled = True
-            if use_candidate:
-                pair.nominate_on_success = True
-            self._set_pair_state(pair, PairState.WAITING)
-            checklist.trigger(pair)
-            self._send_now(generation, pair, now)
-
-    def _role_conflict(self, request: Message, now: float) -> bool:
-        """Section 7.3.1.1; True when the request must be answered with 487."""
-        theirs_controlling = request.get(AttributeType.ICE_CONTROLLING)
-        theirs_controlled = request.get(AttributeType.ICE_CONTROLLED)
-        if self.controlling and theirs_controlling is not None:
-            if self.tie_breaker >= theirs_controlling:
-                return True
-            self._set_role(False, announce=True)
-        elif not self.controlling and theirs_controlled is not None:
-            if self.tie_breaker >= theirs_controlled:
-                self._set_role(True, announce=True)
-            else:
-                return True
-        return False
-
-    def _handle_response(
-        self,
-        check: _Check,
-        response: Message,
-        source: TransportAddress,
-        destination: TransportAddress,
-        now: float,
-    ) -> None:
-        """Section 7.2.5: the answer to one of our checks (or consent requests)."""
-        generation = check.generation
-        success = response.message_class == MessageClass.SUCCESS_RESPONSE
-        if success and not response.check_integrity(generation.remote_key):
-            return  # not from the peer (or corrupted): keep waiting for the real answer
-        check.transaction.receive(response)
-        self._checks.pop(response.transaction_id, None)
-        pair = check.pair
-        if check.consent:
-            if success and source == pair.remote.address:
-                pair.last_consent = now
-            return
-        # Section 7.2.5.2.1: the response must come from where the check went, to where it
-        # came from; anything else means a NAT in between is not behaving, and the pair fails.
-        if source != pair.remote.address or destination != pair.base:
-            self._fail_pair(generation, pair, now)
-            return
-        if not success:
-            error = response.get(AttributeType.ERROR_CODE)
-            code = error.code if isinstance(error, ErrorCode) else 0
-            if code == ROLE_CONFLICT:
-                # Section 7.2.5.1: switch role (unless we already did) and check again.
-                if check.controlling == self.controlling:
-                    self._set_role(not self.controlling, announce=True)
-                generation.checklist.trigger(pair)
-                self._set_pair_state(pair, PairState.WAITING)
-                self._pace(now)
-            else:
-                self._fail_pair(generation, pair, now)
-            return
-        mapped = response.get(AttributeType.XOR_MAPPED_ADDRESS)
-        if mapped is None:
-            self._fail_pair(generation, pair, now)
-            return
-        pair.rtt = now - check.sent_at
-        local = self._local_for_mapped((mapped.host, mapped.port), pair, check.priority)
-        nominated = (check.use_candidate and check.controlling) or (
-            not self.controlling and pair.nominate_on_success
-        )
-        self._mark_succeeded(
-            generation,
-            pair,
-            pair if local is pair.local else None,
-            now,
-            local=local,
-            nominated=nominated,
-        )
-
-    def _local_for_mapped(
-        self, mapped: TransportAddress, pair: CandidatePair, priority: int
-    ) -> Candidate:
-        """Section 7.2.5.3.1: the local candidate with the mapped address, or a new prflx one."""
-        if pair.local.address == mapped:
-            return pair.local
-        for candidate in self.gatherer.candidates:
-            if candidate.address == mapped and candidate.component == pair.component:
-                return candidate
-        for valid in self._generation.checklist.valid:
-            if valid.local.address == mapped and valid.component == pair.component:
-                return valid.local
-        return make_local_candidate(
-            CandidateType.PEER_REFLEXIVE,
-            mapped,
-            pair.base,
-            pair.component,
-            priority=priority,
-        )
-
-    def _mark_succeeded(
-        self,
-        generation: _Generation,
-        pair: CandidatePair,
-        valid: CandidatePair | None,
-        now: float,
-        *,
-        local: Candidate | None = None,
-        nominated: bool = False,
-    ) -> None:
-        """Section 7.2.5.3: the pair succeeded; build the valid pair and move on."""
-        checklist = generation.checklist
-        if valid is None:
-            assert local is not None
-            for existing in checklist.valid:
-                if existing.local.address == local.address and existing.remote is pair.remote:
-                    valid = existing
-                    break
-            else:
-                valid = CandidatePair(local, pair.remote, self.controlling)
-                valid.state = PairState.SUCCEEDED
-        valid.generating = pair
-        valid.rtt = pair.rtt
-        valid.last_consent = now
-        pair.last_consent = now
-        self._set_pair_state(pair, PairState.SUCCEEDED)
-        checklist.add_valid(valid)
-        if nominated:
-            valid.nominated = True
-        pair.use_candidate = pair.use_candidate and not valid.nominated
-        generation.first_valid_at.setdefault(pair.component, now)
-        unfreeze_foundation(pair.foundation, self._checklists())
-        self._update_component(generation, pair.component, now)
-        self._pace(now)
-
-    def _check_timed_out(self, check: _Check, now: float) -> None:
-        """No answer after all retransmissions (section 7.2.5.2.4 Failure)."""
-        if check.consent:
-            return
-        pair = check.pair
-        checklist = check.generation.checklist
-        if pair.state is PairState.SUCCEEDED and any(
-            valid.generating is pair
-            and valid.last_consent is not None
-            and valid.last_consent > check.sent_at
-            for valid in checklist.valid
-        ):
-            # The nomination check went unanswered, but consent answers prove the path works:
-            # only that check was unlucky (a lossy path). Nominate again rather than fail.
-            pair.use_candidate = True
-            checklist.trigger(pair)
-            self._pace(now)
-            return
-        if pair.state is PairState.SUCCEEDED:
-            # The nomination check of a valid pair went unanswered: that path is gone.
-            pair.use_candidate = False
-            checklist.valid = [v for v in checklist.valid if v.generating is not pair]
-        self._fail_pair(check.generation, pair, now)
-
-    def _relay_lost(self, relayed: Candidate, now: float) -> None:
-        """A relayed candidate died (TURN allocation gone): its pairs fail, so that media moves
-        to another valid pair at once instead of waiting for consent to expire."""
-        for generation in (self._generation, self._previous):
-            if generation is None:
-                continue
-            checklist = generation.checklist
-            for pair in list(checklist.pairs):
-                if pair.local.address == relayed.address and pair.state is not PairState.FAILED:
-                    self._fail_pair(generation, pair, now)
-            for valid in list(checklist.valid):
-                if valid.local.address == relayed.address:
-                    checklist.valid.remove(valid)
-                    valid.valid = False
-                    self._update_component(generation, valid.component, now)
-
-    def _fail_pair(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
-        self._set_pair_state(pair, PairState.FAILED)
-        for valid in generation.checklist.valid:
-            if valid.generating is pair:
-                valid.valid = False
-        generation.checklist.valid = [v for v in generation.checklist.valid if v.valid]
-        # The selection may lose its pair, or a nomination that waited for this one may go now.
-        self._update_component(generation, pair.component, now)
 
     # --- checks ------------------------------------------------------------------------------
 
-    def _can_check(self) -> bool:
-        generation = self._generation
-        return (
-            not self.lite
-            and not self._closed
-            and generation.started
-            and generation.remote_pwd is not None
-        )
-
     def has_check_to_send(self) -> bool:
         """Whether a check could leave now if Ta allowed (for the pacer's timer)."""
-        checklist = self._generation.checklist
-        if checklist.triggered:
-            return True
-        checklists = self._checklists()
-        return any(
-            pair.state is PairState.WAITING
-            or (
-                pair.state is PairState.FROZEN
-                and not foundation_active(pair.foundation, checklists)
-            )
-            for pair in checklist.pairs
-        )
+        return has_check_to_send(self.generation.checklist, self._checklists())
 
     def _checklists(self) -> list[CheckList]:
         """The checklist set: this stream's, or every stream's in a session."""
         if self._coordinator is not None:
             return self._coordinator.checklists()
-        return [self._generation.checklist]
+        return [self.generation.checklist]
 
     def join(self, coordinator: Coordinator, pacer: Pacer) -> None:
         """Become one data stream of a session (see :mod:`icerelay.ice.session`)."""
@@ -854,291 +471,38 @@ class Agent:
     def send_next_check(self, now: float) -> bool:
         """Send this stream's next check (triggered first, then ordinary) regardless of Ta;
         False when there is none. The pacer calls this."""
-        if not self._can_check():
-            return False
-        generation = self._generation
-        checklist = generation.checklist
-        pair = checklist.next_triggered()
-        if pair is None:
-            pair = next_ordinary_check(checklist, self._checklists())
-        if pair is None:
-            return False
-        self._send_check(generation, pair, now)
-        return True
+        return self.checks.send_next(now)
 
-    def _send_check(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
-        use_candidate = self.controlling and (
-            pair.use_candidate or self.config.nomination is Nomination.AGGRESSIVE
-        )
-        priority = self._prflx_priority(pair.local)
-        request = self._binding_request(generation, priority, use_candidate)
-        transaction = ClientTransaction(
-            request, now=now, rto=self._check_rto(), rc=self.config.check_rc
-        )
-        self._checks[transaction.transaction_id] = _Check(
-            generation, pair, transaction, now, self.controlling, use_candidate, priority
-        )
-        if pair.state is not PairState.SUCCEEDED:
-            self._set_pair_state(pair, PairState.IN_PROGRESS)
-        for data in transaction.datagrams_to_send(now):
-            self.checks_sent += 1
-            self._transmit(pair, data, now)
+    def forget_consent_requests(self) -> None:
+        """Consent is gone: not even a retransmission of a consent request may leave."""
+        self._checks = {k: c for k, c in self._checks.items() if not c.consent}
 
-    def _check_rto(self) -> float:
-        """RFC 8445 section 14.3: RTO = MAX(500 ms, N * Ta * (Waiting + In-Progress pairs)), N
-        the number of checklists: with many pairs in flight, retransmissions must not crowd out
-        the paced new checks."""
-        checklists = self._checklists()
-        busy = sum(
-            1
-            for checklist in checklists
-            for pair in checklist.pairs
-            if pair.state in (PairState.WAITING, PairState.IN_PROGRESS)
-        )
-        return max(self.config.check_rto, len(checklists) * self.config.ta * busy)
+    # --- state ----------------------------------------------------------------------------
 
-    def _binding_request(
-        self, generation: _Generation, priority: int, use_candidate: bool
-    ) -> bytes:
-        request = Message(Method.BINDING, MessageClass.REQUEST, self.rng.randbytes(12))
-        request.add(AttributeType.USERNAME, f"{generation.remote_ufrag}:{generation.local_ufrag}")
-        if self.config.software:
-            request.add(AttributeType.SOFTWARE, self.config.software)
-        request.add(AttributeType.PRIORITY, priority)
-        if self.controlling:
-            request.add(AttributeType.ICE_CONTROLLING, self.tie_breaker)
-        else:
-            request.add(AttributeType.ICE_CONTROLLED, self.tie_breaker)
-        if use_candidate:
-            request.add(AttributeType.USE_CANDIDATE)
-        return request.encode(integrity_key=generation.remote_key, fingerprint=True)
-
-    @staticmethod
-    def _prflx_priority(local: Candidate) -> int:
-        """Section 7.1.1: PRIORITY is what a peer-reflexive candidate from this base would have."""
-        local_preference = (local.priority >> 8) & 0xFFFF
-        return candidate_priority(CandidateType.PEER_REFLEXIVE, local.component, local_preference)
-
-    # --- nomination and selection -------------------------------------------------------------
-
-    def _update_component(self, generation: _Generation, component: int, now: float) -> None:
-        """Choose the pair media uses for a component, and nominate when it is time."""
-        checklist = generation.checklist
-        nominated = checklist.nominated(component)
-        target = nominated or checklist.best_valid(component)
-        if target is None:
-            generation.selected.pop(component, None)
-            generation.announced.pop(component, None)
-        elif generation.announced.get(component) != (target, target.nominated):
-            previous = generation.selected.get(component)
-            generation.selected[component] = target
-            generation.announced[component] = (target, target.nominated)
-            if target is not previous:
-                # A valid pair that was not in use had no consent requests: its last answer may
-                # be old. It starts fresh, and is asked for consent right away.
-                target.last_consent = now
-                self._consent_at[component] = (
-                    now if previous is not None else (now + self._consent_interval())
-                )
-            if target.nominated and target.local.type is CandidateType.RELAYED:
-                provider = self.gatherer.relay_for(target.local.address)
-                if provider is not None:
-                    provider.prefer(target.remote.address, now)
-            self._events.append(SelectedPairChanged(component, target.info(), target.nominated))
-        if nominated is not None:
-            # Section 8.1.2: the component is done; no more checks for it.
-            generation.nominate_at.pop(component, None)
-            checklist.stop_component(component)
-        elif (
-            self.controlling
-            and self.config.nomination is Nomination.REGULAR
-            and target is not None
-            and not any(p.use_candidate and p.component == component for p in checklist.pairs)
-        ):
-            self._schedule_nomination(generation, component, target, now)
-        if (
-            generation is self._generation
-            and self._previous is not None
-            and all(c in generation.selected for c in self.components)
-        ):
-            # The restart found new pairs for everything: the old generation can go.
-            self._previous = None
-        self._update_state(now)
-
-    def _schedule_nomination(
-        self, generation: _Generation, component: int, best: CandidatePair, now: float
-    ) -> None:
-        checklist = generation.checklist
-        better_pending = any(
-            p.component == component
-            and p.priority > best.priority
-            and p.state in (PairState.FROZEN, PairState.WAITING, PairState.IN_PROGRESS)
-            for p in checklist.pairs
-        )
-        if not better_pending:
-            generation.nominate_at.pop(component, None)
-            self._nominate(generation, component, now)
-            return
-        if component not in generation.nominate_at:
-            wait = max(self.config.nomination_wait, 2 * (best.rtt or 0.0))
-            generation.nominate_at[component] = generation.first_valid_at.get(component, now) + wait
-
-    def _nominate(self, generation: _Generation, component: int, now: float) -> None:
-        """Section 8.1.1: check the best valid pair again, with USE-CANDIDATE."""
-        checklist = generation.checklist
-        if checklist.nominated(component) is not None:
-            return
-        best = checklist.best_valid(component)
-        if best is None:
-            return
-        generating = best.generating or best
-        generating.use_candidate = True
-        checklist.trigger(generating)
-        self._send_now(generation, generating, now)
-
-    def _send_now(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
-        """Send a queued triggered check at once, outside Ta pacing.
-
-        Only for two kinds of check, neither of which probes a new path: the answer to a check
-        the peer just sent on this pair (RFC 8445 section 7.3.1.4; it goes out at the peer's own
-        paced rate, one for one, so it adds no burst), and the nomination of a pair that is
-        already valid (section 8.1.1). Waiting for the next Ta slot would cost up to 50 ms for
-        nothing; ordinary checks, which do probe new paths, stay paced.
-        """
-        if not self._can_check() or generation is not self._generation:
-            self._pace(now)  # no credentials yet: the queue is served when they come
-            return
-        checklist = generation.checklist
-        if pair in checklist.triggered:
-            checklist.triggered.remove(pair)
-        self._send_check(generation, pair, now)
-
-    # --- consent freshness and keepalives ------------------------------------------------------
-
-    def _paths(self) -> list[tuple[_Generation, CandidatePair]]:
+    def paths(self) -> list[tuple[Generation, CandidatePair]]:
         """The pairs media uses now, with the generation whose credentials they use."""
-        paths: list[tuple[_Generation, CandidatePair]] = []
+        paths: list[tuple[Generation, CandidatePair]] = []
         for component in self.components:
-            pair = self._generation.selected.get(component)
+            pair = self.generation.selected.get(component)
             if pair is not None:
-                paths.append((self._generation, pair))
+                paths.append((self.generation, pair))
             elif self._previous is not None and component in self._previous.selected:
                 paths.append((self._previous, self._previous.selected[component]))
         return paths
 
-    def _consent_timers(self) -> list[float]:
-        # Deadlines are sums (last + timeout), and the checks in _run_consent and _update_state
-        # compare with the very same sums: a timer that fires exactly at a deadline must see it
-        # reached (now - last could round to just below the timeout).
-        if self._consent_lost:
-            return []
-        timers: list[float] = []
-        for generation, pair in self._paths():
-            component = pair.component
-            if self._sends_consent(generation):
-                if component in self._consent_at:
-                    timers.append(self._consent_at[component])
-                last = pair.last_consent or 0.0
-                # Thresholds already passed (disconnected now) must not wake us in a loop.
-                for threshold in (self.config.disconnected_timeout, self.config.consent_timeout):
-                    if last + threshold > self._now:
-                        timers.append(last + threshold)
-            last_sent = self._last_sent.get(pair.key)
-            if last_sent is not None:
-                timers.append(last_sent + self.config.keepalive_interval)
-        return timers
-
-    def _sends_consent(self, generation: _Generation) -> bool:
-        return self.config.consent_freshness and not self.lite and generation.remote_pwd is not None
-
-    def _run_consent(self, now: float) -> None:
-        if self._consent_lost:
+    def update_state(self, now: float) -> None:
+        """Derive the connection state from the pairs in use and the checklist."""
+        if self.closed or self.consent.lost:
             return
-        for generation, pair in self._paths():
-            component = pair.component
-            if self._sends_consent(generation):
-                last = pair.last_consent if pair.last_consent is not None else now
-                if now >= last + self.config.disconnected_timeout and self._fail_over(
-                    generation, pair, now
-                ):
-                    continue
-                if now >= last + self.config.consent_timeout:
-                    # RFC 7675 section 5.1: consent expired; stop sending, ICE has failed.
-                    self._consent_lost = True
-                    # Not even a retransmission may leave once consent is gone.
-                    self._checks = {k: c for k, c in self._checks.items() if not c.consent}
-                    self._set_state(ConnectionState.FAILED)
-                    return
-                deadline = self._consent_at.get(component)
-                if deadline is None:
-                    self._consent_at[component] = now + self._consent_interval()
-                elif deadline <= now:
-                    self._send_consent(generation, pair, now)
-                    self._consent_at[component] = now + self._consent_interval()
-            last_sent = self._last_sent.get(pair.key)
-            if last_sent is not None and now >= last_sent + self.config.keepalive_interval:
-                # Section 11: a Binding indication keeps NAT bindings alive when nothing else
-                # was sent (it needs no answer and no credentials).
-                indication = Message(
-                    Method.BINDING, MessageClass.INDICATION, self.rng.randbytes(12)
-                )
-                self._transmit(pair, indication.encode(fingerprint=True), now)
-
-    def _fail_over(self, generation: _Generation, pair: CandidatePair, now: float) -> bool:
-        """The pair in use lost consent but another valid pair exists: drop this one so that
-        media moves there (and, when controlling, it is nominated in turn). False when there is
-        no other pair to go to; then consent runs out and ICE fails."""
-        checklist = generation.checklist
-        if not any(v is not pair and v.component == pair.component for v in checklist.valid):
-            return False
-        checklist.valid.remove(pair)
-        pair.valid = False
-        pair.nominated = False
-        generating = pair.generating
-        if generating is not None:
-            generating.use_candidate = False
-            self._set_pair_state(generating, PairState.FAILED)
-        self._update_component(generation, pair.component, now)
-        return True
-
-    def _consent_interval(self) -> float:
-        # RFC 7675 section 5.1: randomized to 0.8-1.2 times the interval, so that many flows
-        # started together do not send their requests in bursts.
-        return self.config.consent_interval * self.rng.uniform(0.8, 1.2)
-
-    def _send_consent(self, generation: _Generation, pair: CandidatePair, now: float) -> None:
-        priority = self._prflx_priority(pair.local)
-        data = self._binding_request(generation, priority, False)
-        # Retransmitted like a check, a few times: on a lossy path one lost request or answer
-        # must not cost the consent of a working path (RFC 7675 counts any answer).
-        transaction = ClientTransaction(
-            data, now=now, rto=self.config.check_rto, rc=self.config.consent_rc
-        )
-        self._checks[transaction.transaction_id] = _Check(
-            generation, pair, transaction, now, self.controlling, False, priority, consent=True
-        )
-        for request in transaction.datagrams_to_send(now):
-            self._transmit(pair, request, now)
-
-    # --- state ----------------------------------------------------------------------------
-
-    def _update_state(self, now: float) -> None:
-        if self._closed or self._consent_lost:
-            return
-        generation = self._generation
-        paths = self._paths()
+        generation = self.generation
+        paths = self.paths()
         components_with_path = {pair.component for _, pair in paths}
         if len(components_with_path) == len(self.components):
             if all(pair.nominated for _, pair in paths):
                 state = ConnectionState.COMPLETED
             else:
                 state = ConnectionState.CONNECTED
-            if any(
-                self._sends_consent(g)
-                and pair.last_consent is not None
-                and now >= pair.last_consent + self.config.disconnected_timeout
-                for g, pair in paths
-            ):
+            if self.consent.disconnected(paths, now):
                 state = ConnectionState.DISCONNECTED
         elif self._checklist_failed(generation):
             state = ConnectionState.FAILED
@@ -1146,9 +510,9 @@ class Agent:
             state = ConnectionState.CHECKING
         else:
             state = ConnectionState.NEW
-        self._set_state(state)
+        self.set_state(state)
 
-    def _checklist_failed(self, generation: _Generation) -> bool:
+    def _checklist_failed(self, generation: Generation) -> bool:
         """Section 8.1.2 with trickle (RFC 8838 section 8): nothing left to try, nothing more to
         come from either side, and some component without a valid pair."""
         if not generation.started or not generation.remote_complete or not self.gatherer.complete:
@@ -1163,7 +527,8 @@ class Agent:
             return False
         return any(checklist.best_valid(component) is None for component in self.components)
 
-    def _set_state(self, state: ConnectionState) -> None:
+    def set_state(self, state: ConnectionState) -> None:
+        """Enter ``state``, reporting the change."""
         if state is not self._state:
             self._state = state
             self._events.append(ConnectionStateChanged(state))
@@ -1181,111 +546,79 @@ class Agent:
         if controlling == self.controlling:
             return
         self.controlling = controlling
-        for generation in (self._generation, self._previous):
+        for generation in (self.generation, self._previous):
             if generation is not None:
                 generation.checklist.set_role(controlling)
                 generation.nominate_at.clear()
         # A new controlling agent must nominate what is already valid (and a new controlled
         # one stop doing so): re-evaluated at the next step, which has the time.
-        self._role_changed = True
+        self.selector.role_changed = True
         if announce:
             self._events.append(RoleChanged(controlling))
 
-    def _set_pair_state(self, pair: CandidatePair, state: PairState) -> None:
+    def set_pair_state(self, pair: CandidatePair, state: PairState) -> None:
+        """Move a pair to ``state``, reporting the change."""
         if pair.state is not state:
             pair.state = state
             self._events.append(CandidatePairStateChanged(pair.info()))
 
+    def emit(self, event: Event) -> None:
+        """Queue an event for :meth:`next_event`."""
+        self._events.append(event)
+
+    def forget_previous_generation(self, generation: Generation) -> None:
+        """Section 9: once the restart found pairs for every component, the old generation
+        (whose pairs media used meanwhile) can go."""
+        if (
+            generation is self.generation
+            and self._previous is not None
+            and all(c in generation.selected for c in self.components)
+        ):
+            self._previous = None
+
     # --- helpers --------------------------------------------------------------------------
 
-    def _new_generation(self, ufrag: str | None, pwd: str | None) -> _Generation:
-        return _Generation(
-            local_ufrag=ufrag or self._random_string(UFRAG_LENGTH),
-            local_pwd=pwd or self._random_string(PWD_LENGTH),
+    def _new_generation(self, ufrag: str | None, pwd: str | None) -> Generation:
+        return Generation(
+            local_ufrag=ufrag or ice_string(self.rng, UFRAG_LENGTH),
+            local_pwd=pwd or ice_string(self.rng, PWD_LENGTH),
             checklist=CheckList(self.components, self.controlling, self.config.max_pairs),
         )
 
-    def _random_string(self, length: int) -> str:
-        return "".join(self.rng.choice(ICE_CHARS) for _ in range(length))
-
-    def _generation_for(self, local_ufrag: str) -> _Generation | None:
-        for generation in (self._generation, self._previous):
+    def _generation_for(self, local_ufrag: str) -> Generation | None:
+        for generation in (self.generation, self._previous):
             if generation is not None and generation.local_ufrag == local_ufrag:
                 return generation
         return None
 
     def _start_checks(self, now: float) -> None:
-        generation = self._generation
+        generation = self.generation
         if generation.started:
             return
         generation.started = True
         set_initial_states(self._checklists())
         # Pairs made by the peer's early checks are already queued as triggered checks.
-        self._update_state(now)
+        self.update_state(now)
         self._pace(now)
-
-    def _pairable_locals(self, component: int) -> list[Candidate]:
-        """Section 6.1.2.4: server-reflexive locals are replaced by their base, so only host
-        and relayed candidates form checklist pairs."""
-        return [
-            candidate
-            for candidate in self.gatherer.candidates
-            if candidate.component == component
-            and candidate.type in (CandidateType.HOST, CandidateType.RELAYED)
-        ]
-
-    def _add_pair(
-        self,
-        generation: _Generation,
-        local: Candidate,
-        remote: Candidate,
-        now: float,
-        *,
-        triggered: bool = False,
-    ) -> CandidatePair | None:
-        checklist = generation.checklist
-        pair = checklist.add(CandidatePair(local, remote, self.controlling))
-        if pair is None or pair.state is not PairState.FROZEN:
-            return pair
-        if generation.started and not triggered:
-            pair.state = state_for_new_pair(pair, self._checklists())
-        return pair
-
-    def _find_remote(
-        self, generation: _Generation, address: TransportAddress, component: int
-    ) -> Candidate | None:
-        for candidate in generation.remote_candidates:
-            if candidate.address == address and candidate.component == component:
-                return candidate
-        return None
 
     def owns(self, address: TransportAddress) -> bool:
         """Whether datagrams to ``address`` are this agent's: one of its sockets (host bases,
         the sockets its TURN relays use)."""
-        if self._local_base(address) is not None:
+        if self.gatherer.local_base(address) is not None:
             return True
         return any(provider.base == address for provider in self.gatherer.relays())
 
     def _known_remote(self, address: TransportAddress) -> bool:
         return any(
             candidate.address == address
-            for generation in (self._generation, self._previous)
+            for generation in (self.generation, self._previous)
             if generation is not None
             for candidate in generation.remote_candidates
         )
 
-    def _local_base(self, address: TransportAddress) -> Candidate | None:
-        """The host or relayed candidate whose base is a local address (a socket, or a relayed
-        address); for host candidates advertised at a 1:1 NAT address, their socket."""
-        for candidate in self.gatherer.candidates:
-            if candidate.type is CandidateType.HOST and candidate.base == address:
-                return candidate
-            if candidate.type is CandidateType.RELAYED and candidate.address == address:
-                return candidate
-        return None
-
-    def _transmit(self, pair: CandidatePair, data: bytes, now: float) -> None:
-        self._last_sent[pair.key] = now
+    def transmit(self, pair: CandidatePair, data: bytes, now: float) -> None:
+        """Send ``data`` on ``pair`` (from its local candidate to its remote one)."""
+        self.consent.last_sent[pair.key] = now
         self._send_from(pair.local, pair.remote.address, data, now)
 
     def _send_from(
@@ -1299,44 +632,6 @@ class Agent:
         base = local.base or local.address
         self._outbox.append(Datagram(data, base, destination))
 
-    def _send_response(
-        self,
-        response: Message,
-        generation: _Generation,
-        local: Candidate,
-        destination: TransportAddress,
-        now: float,
-    ) -> None:
-        if self.config.software:
-            response.add(AttributeType.SOFTWARE, self.config.software)
-        data = response.encode(integrity_key=generation.local_key, fingerprint=True)
-        self._send_from(local, destination, data, now)
-
-    def _respond_error(
-        self,
-        request: Message,
-        code: int,
-        reason: str,
-        generation: _Generation | None,
-        local: Candidate,
-        destination: TransportAddress,
-        now: float,
-    ) -> None:
-        response = request.error_response(code, reason)
-        if generation is not None:
-            self._send_response(response, generation, local, destination, now)
-        else:
-            self._send_from(local, destination, response.encode(fingerprint=True), now)
-
-    def _after_role_change(self, now: float) -> None:
-        if not self._role_changed:
-            return
-        self._role_changed = False
-        generation = self._generation
-        for component in self.components:
-            if generation.checklist.best_valid(component) is not None:
-                self._update_component(generation, component, now)
-
     def _process_gatherer(self, now: float) -> None:
         """Pass the gatherer's events on, pairing new local candidates as they come."""
         while (event := self.gatherer.next_event()) is not None:
@@ -1344,26 +639,26 @@ class Agent:
                 self._receive_on(event.data, event.peer, event.relayed, now)
                 continue
             if isinstance(event, RelayLost):
-                self._relay_lost(event.relayed, now)
+                self.checks.relay_lost(event.relayed, now)
                 continue
             if isinstance(event, CandidateGathered):
                 candidate = event.candidate
                 if candidate.type in (CandidateType.HOST, CandidateType.RELAYED):
-                    generation = self._generation
+                    generation = self.generation
                     for remote in generation.remote_candidates:
                         if (
                             remote.component == candidate.component
                             and remote.family == candidate.family
                         ):
-                            self._add_pair(generation, candidate, remote, now)
+                            self.checks.form_pair(generation, candidate, remote, now)
                     if candidate.type is CandidateType.RELAYED:
                         provider = self.gatherer.relay_for(candidate.address)
                         if provider is not None and generation.remote_candidates:
                             provider.permit([r.address for r in generation.remote_candidates], now)
             self._events.append(event)
-        self._after_role_change(now)
+        self.selector.after_role_change(now)
         self._pace(now)
-        self._update_state(now)
+        self.update_state(now)
 
 
 def _decode(data: bytes) -> Message | None:

@@ -17,10 +17,10 @@ address equal to the host address when there is no NAT) are never reported.
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from icerelay.errors import IceError
 from icerelay.ice.candidate import (
@@ -44,6 +44,9 @@ from icerelay.ice.relay import (
 )
 from icerelay.stun import AttributeType, Message, MessageClass, Method
 from icerelay.stun.transaction import ClientTransaction
+
+if TYPE_CHECKING:
+    from random import Random
 
 RelayFactory = Callable[[TurnServer, TransportAddress], RelayProvider]
 
@@ -92,7 +95,7 @@ class Gatherer:
         self,
         components: Sequence[int],
         config: AgentConfig,
-        rng: random.Random,
+        rng: Random,
         *,
         turn_servers: Sequence[TurnServer] = (),
         relay_factory: RelayFactory | None = None,
@@ -173,6 +176,26 @@ class Gatherer:
         for job in self._relay_jobs:
             if job.relayed is not None and job.relayed.address == relayed:
                 return job.provider
+        return None
+
+    def pairable(self, component: int) -> list[Candidate]:
+        """The local candidates that form checklist pairs (RFC 8445 section 6.1.2.4):
+        server-reflexive ones are replaced by their base, so only host and relayed ones."""
+        return [
+            candidate
+            for candidate in self.candidates
+            if candidate.component == component
+            and candidate.type in (CandidateType.HOST, CandidateType.RELAYED)
+        ]
+
+    def local_base(self, address: TransportAddress) -> Candidate | None:
+        """The host or relayed candidate whose base is a local address (a socket, or a relayed
+        address); for host candidates advertised at a 1:1 NAT address, their socket."""
+        for candidate in self.candidates:
+            if candidate.type is CandidateType.HOST and candidate.base == address:
+                return candidate
+            if candidate.type is CandidateType.RELAYED and candidate.address == address:
+                return candidate
         return None
 
     def relays(self) -> list[RelayProvider]:

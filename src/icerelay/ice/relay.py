@@ -14,16 +14,18 @@ connection that stands for that triple (see :class:`icerelay.ice.events.Datagram
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from icerelay.errors import TurnError
 from icerelay.ice.candidate import TransportAddress
 from icerelay.stun import Address
 from icerelay.turn.client import events as turn_events
 from icerelay.turn.client.allocation import Allocation
+
+if TYPE_CHECKING:
+    from random import Random
 
 RelayTransport = Literal["udp", "tcp", "tls"]
 
@@ -131,7 +133,7 @@ class TurnRelay:
         base: TransportAddress,
         *,
         software: str | None,
-        rng: random.Random | None = None,
+        rng: Random,
         rto: float = 0.5,
         rc: int = 7,
     ) -> None:

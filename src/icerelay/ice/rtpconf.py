@@ -12,8 +12,8 @@ list and the host addresses to gather on::
     if settings.icesupport:
         connection = Connection(
             controlling=True,
-            config=settings.agent_config(),
-            turn_servers=settings.turn_servers(),
+            config=settings.agent_config(resolve=my_resolver),  # see Resolver
+            turn_servers=settings.turn_servers(resolve=my_resolver),
             local_addresses=settings.host_addresses(my_interface_addresses),
             port_range=settings.port_range,
         )
@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,7 +69,12 @@ RTP_PORT_MIN, RTP_PORT_MAX = 1024, 65535
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str], str]
-"""Host name -> IPv4 address text; raises OSError when the name does not resolve."""
+"""Host name -> IPv4 address text; raises OSError when the name does not resolve.
+
+Reading rtp.conf does no I/O on the network: the caller (an I/O shell) passes its resolver, for
+example ``socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]``, or one
+that refuses (configurations with IP literals need none).
+"""
 
 
 # --- the Asterisk configuration file format ------------------------------------------------------
@@ -378,14 +382,14 @@ class RtpIceSettings:
         """Whether a STUN Binding request may be sent from this host base (the STUN ACL)."""
         return self.stun_acl.allows(base)
 
-    def stun_servers(self, *, resolve: Resolver | None = None) -> tuple[tuple[str, int], ...]:
+    def stun_servers(self, *, resolve: Resolver) -> tuple[tuple[str, int], ...]:
         """``stunaddr`` resolved to ``(IPv4, port)``; empty when unset or unresolvable."""
         if self.stun_server is None or not self.icesupport:
             return ()
         address = _resolve(self.stun_server.host, resolve)
         return () if address is None else ((address, self.stun_server.port),)
 
-    def turn_servers(self, *, resolve: Resolver | None = None) -> tuple[TurnServer, ...]:
+    def turn_servers(self, *, resolve: Resolver) -> tuple[TurnServer, ...]:
         """``turnaddr`` with its credentials as the agent's TurnServer; empty when unset."""
         if self.turn_server is None or not self.icesupport:
             return ()
@@ -396,9 +400,7 @@ class RtpIceSettings:
             TurnServer((address, self.turn_server.port), self.turn_username, self.turn_password),
         )
 
-    def agent_config(
-        self, base: AgentConfig | None = None, *, resolve: Resolver | None = None
-    ) -> AgentConfig:
+    def agent_config(self, base: AgentConfig | None = None, *, resolve: Resolver) -> AgentConfig:
         """``base`` (default AgentConfig()) with rtp.conf's STUN server (``stunaddr``), 1:1 NAT
         table (``[ice_host_candidates]``) and STUN ACL (``stun_deny``/``stun_permit``)."""
         config = base or AgentConfig()
@@ -410,23 +412,17 @@ class RtpIceSettings:
         )
 
 
-def _resolve(host: str, resolve: Resolver | None) -> str | None:
+def _resolve(host: str, resolve: Resolver) -> str | None:
+    """An IPv4 literal as it is; a name through ``resolve`` (Asterisk resolves stunaddr and
+    turnaddr to A records), None when it does not resolve."""
     try:
         return str(ipaddress.IPv4Address(host))
     except ValueError:
         pass
     try:
-        return (resolve or resolve_ipv4)(host)
+        return resolve(host)
     except OSError:
         return None
-
-
-def resolve_ipv4(host: str) -> str:
-    """The first IPv4 address of ``host`` (Asterisk resolves stunaddr/turnaddr to A records)."""
-    infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)
-    if not infos:
-        raise OSError(f"{host} has no IPv4 address")
-    return str(infos[0][4][0])
 
 
 # --- option readers --------------------------------------------------------------------------

@@ -12,18 +12,22 @@ candidates, pairs and selected pairs.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from icerelay.errors import IceError
-from icerelay.ice.agent import Agent, Pacer
+from icerelay.ice.agent import Agent
 from icerelay.ice.candidate import Candidate, TransportAddress
 from icerelay.ice.checklist import CheckList
 from icerelay.ice.config import AgentConfig
 from icerelay.ice.events import ConnectionState, Datagram, Event
 from icerelay.ice.gathering import RelayFactory
+from icerelay.ice.pacing import Pacer
 from icerelay.ice.relay import TurnServer
+
+if TYPE_CHECKING:
+    from random import Random
 
 
 @dataclass(frozen=True)
@@ -51,14 +55,13 @@ class Session:
         config: AgentConfig | None = None,
         turn_servers: Sequence[TurnServer] = (),
         relay_factory: RelayFactory | None = None,
-        rng: random.Random | None = None,
+        rng: Random,
         local_ufrag: str | None = None,
         local_pwd: str | None = None,
         tie_breaker: int | None = None,
     ) -> None:
         if not streams:
             raise IceError("a session has at least one data stream")
-        rng = rng or random.SystemRandom()
         self.config = config or AgentConfig()
         self.agents: list[Agent] = []
         for components in streams:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -55,13 +56,14 @@ def test_empty_file_gives_asterisk_defaults() -> None:
     assert settings.icesupport  # DEFAULT_ICESUPPORT is 1 in the code (the sample says otherwise)
     assert settings.stun_server is None and settings.turn_server is None
     assert settings.port_range == (5000, 31000)
-    assert settings.agent_config().stun_servers == ()
-    assert settings.turn_servers() == ()
+    assert settings.agent_config(resolve=never_resolve).stun_servers == ()
+    assert settings.turn_servers(resolve=never_resolve) == ()
 
 
 def test_agent_config_keeps_the_base_tunables() -> None:
     base = AgentConfig(ta=0.02, stun_servers=(("198.51.100.1", 3478),))
-    config = parse_rtp_conf("[general]\nstunaddr=192.0.2.7:3479\n").agent_config(base)
+    settings = parse_rtp_conf("[general]\nstunaddr=192.0.2.7:3479\n")
+    config = settings.agent_config(base, resolve=never_resolve)
     assert config.ta == 0.02
     assert config.stun_servers == (("192.0.2.7", 3479),)
 
@@ -87,7 +89,7 @@ def test_icesupport_is_ast_true(value: str, expected: bool) -> None:
     settings = parse_rtp_conf(f"[general]\nicesupport={value}\nstunaddr=192.0.2.7\n")
     assert settings.icesupport is expected
     # Without ICE no servers are handed to the agent.
-    assert bool(settings.agent_config().stun_servers) is expected
+    assert bool(settings.agent_config(resolve=never_resolve).stun_servers) is expected
 
 
 def test_last_occurrence_wins_and_names_are_case_insensitive() -> None:
@@ -163,7 +165,9 @@ def test_turnport_is_reported_as_legacy() -> None:
 
 def test_turn_credentials_may_be_empty() -> None:
     settings = parse_rtp_conf("[general]\nturnaddr=192.0.2.8\n")
-    assert settings.turn_servers() == (TurnServer(("192.0.2.8", 3478), "", ""),)
+    assert settings.turn_servers(resolve=never_resolve) == (
+        TurnServer(("192.0.2.8", 3478), "", ""),
+    )
 
 
 # --- ACLs ----------------------------------------------------------------------------------
@@ -370,13 +374,13 @@ def test_agent_config_carries_mappings_and_stun_acl() -> None:
         "[general]\nstunaddr=192.0.2.7\nstun_deny=10.8.0.0/16\n"
         "[ice_host_candidates]\n192.168.1.10 => 1.2.3.4\n192.168.1.10 => 5.6.7.8\n"
     )
-    config = settings.agent_config()
+    config = settings.agent_config(resolve=never_resolve)
     assert config.host_mappings == (("192.168.1.10", "1.2.3.4", False),)  # first line wins
     assert config.stun_base_allowed is not None
     assert not config.stun_base_allowed("10.8.0.5")
     assert config.stun_base_allowed("192.168.1.10")
     # No STUN ACL: no filter at all.
-    assert parse_rtp_conf("").agent_config().stun_base_allowed is None
+    assert parse_rtp_conf("").agent_config(resolve=never_resolve).stun_base_allowed is None
 
 
 def test_mappings_with_acl_applied() -> None:
@@ -404,7 +408,9 @@ def test_the_agent_gathers_as_asterisk_would() -> None:
     interfaces = ["192.168.1.10", "10.8.0.5", "172.16.0.9"]
     addresses = settings.host_addresses(interfaces)
     assert addresses == ["192.168.1.10", "10.8.0.5"]
-    agent = Agent(controlling=True, config=settings.agent_config())
+    agent = Agent(
+        controlling=True, config=settings.agent_config(resolve=never_resolve), rng=random.Random(1)
+    )
     agent.gather({1: [(ip, 40000 + i * 2) for i, ip in enumerate(addresses)]}, now=0.0)
     hosts = [(c.host, c.port, c.base) for c in agent.local_candidates]
     assert hosts == [
