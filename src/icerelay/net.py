@@ -6,13 +6,18 @@ A wire-format module, so engines and shells alike can use it: no I/O here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Address", "Datagram", "split_host_port"]
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    """A transport address: IP address text (no brackets, no zone) and port."""
+class Address(NamedTuple):
+    """A transport address: IP address text (no brackets, no zone) and port.
+
+    A named tuple, so it *is* the ``(host, port)`` pair that sockets, the ICE agent and the
+    simulator use: no conversion at the edges, and hashing and comparison run in C on the hot
+    paths. ``Address("192.0.2.1", 3478) == ("192.0.2.1", 3478)``.
+    """
 
     host: str
     port: int

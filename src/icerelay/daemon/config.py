@@ -19,7 +19,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,7 +33,7 @@ from pydantic import (
 
 from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.errors import ConfigError
-from icerelay.net import split_host_port
+from icerelay.net import Address, split_host_port
 from icerelay.turn.server.config import TurnServerConfig
 
 ENV_PREFIX = "ICERELAY_"
@@ -41,25 +41,14 @@ ENV_CONFIG_FILE = "ICERELAY_CONFIG"
 STUN_PORT = 3478
 
 
-class HostPort(NamedTuple):
-    """An IP address (no brackets) and a port, as given in the configuration."""
-
-    host: str
-    port: int
-
-    @property
-    def family(self) -> int:
-        """4 or 6."""
-        return 6 if ":" in self.host else 4
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if self.family == 6 else f"{self.host}:{self.port}"
+#: An IP address (no brackets) and a port, as given in the configuration: the one address type.
+HostPort = Address
 
 
 def parse_endpoint(value: object, default_port: int = STUN_PORT) -> HostPort:
     """Parse an IP literal with optional port into a :class:`HostPort` (names are refused:
     a server binds addresses, and resolving at load time would hide which address was meant)."""
-    if isinstance(value, HostPort):
+    if isinstance(value, Address):
         return value
     if isinstance(value, tuple | list) and len(value) == 2:
         host, port = str(value[0]), int(value[1])
