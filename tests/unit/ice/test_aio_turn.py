@@ -14,10 +14,10 @@ import pytest
 from tests.support import certs
 from tests.support.ports import free_port
 
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.turn_service import TurnService
 from icerelay.ice import AgentConfig, CandidateType, ConnectionState, TurnServer
 from icerelay.ice.aio import Connection
-from icerelay.turn.server import TurnServerConfig
 
 USER, PASSWORD = "alice", "wonderland"
 
