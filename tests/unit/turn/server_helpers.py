@@ -57,9 +57,8 @@ def make_engine(
     }
     settings.update(overrides)
     binder = FakeBinder()
-    engine = TurnServerEngine(
-        TurnServerConfig.model_validate(settings).settings(), binder, rng=random.Random(next(_SEEDS) if seed is None else seed)
-    )
+    rng = random.Random(next(_SEEDS) if seed is None else seed)
+    engine = TurnServerEngine(TurnServerConfig.model_validate(settings).settings(), binder, rng=rng)
     return engine, binder
 
 
