@@ -10,6 +10,9 @@ queue is read.
 
 Socket errors other than "nothing to read" (an ICMP error reported on the socket, a socket
 closed meanwhile) go to ``on_error``, which says whether to keep reading.
+
+Both callbacks get the reader's ``tag`` first (e.g. the socket's local address), so a server
+with thousands of sockets passes one bound method to all of them instead of a closure each.
 """
 
 from __future__ import annotations
@@ -17,43 +20,58 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 #: ``(data, address)`` exactly as ``socket.recvfrom`` returns it (an IPv6 address has 4 fields).
 Received = tuple[bytes, Any]
-#: Takes one chunk of datagrams, oldest first.
-BatchHandler = Callable[[list[Received]], None]
-#: Told about a socket error; returns True to keep reading this wake-up, False to stop.
-ErrorHandler = Callable[[OSError], bool]
+T = TypeVar("T")
+#: Takes (tag, one chunk of datagrams, oldest first).
+BatchHandler = Callable[[T, list[Received]], None]
+#: Told (tag, a socket error); returns True to keep reading this wake-up, False to stop.
+ErrorHandler = Callable[[T, OSError], bool]
 
 MAX_DATAGRAM = 65535
 
 
-def _ignore(_error: OSError) -> bool:
+def _ignore(_tag: object, _error: OSError) -> bool:
     return True
 
 
-class BatchReader:
+class BatchReader(Generic[T]):
     """Reads *sock* (non-blocking UDP) on *loop*: at most :attr:`limit` datagrams per wake-up,
-    in lists of at most :attr:`chunk`, each handed to *handler*. :meth:`start`, :meth:`close`.
+    in lists of at most :attr:`chunk`, each handed to ``handler(tag, batch)``. :meth:`start`,
+    :meth:`close`.
     """
 
-    __slots__ = ("_handler", "_loop", "_on_error", "_open", "chunk", "limit", "size", "sock")
+    __slots__ = (
+        "_handler",
+        "_loop",
+        "_on_error",
+        "_open",
+        "chunk",
+        "limit",
+        "size",
+        "sock",
+        "tag",
+    )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        handler: BatchHandler,
+        handler: BatchHandler[T],
+        tag: T,
         *,
         limit: int = 64,
         chunk: int = 64,
         size: int = MAX_DATAGRAM,
-        on_error: ErrorHandler | None = None,
+        on_error: ErrorHandler[T] | None = None,
     ) -> None:
         self._loop = loop
         self.sock = sock
         self._handler = handler
+        #: Passed first to both callbacks.
+        self.tag = tag
         self._on_error = on_error or _ignore
         #: Datagrams read per wake-up at most; may be changed while running.
         self.limit = limit
@@ -79,6 +97,7 @@ class BatchReader:
         recvfrom = self.sock.recvfrom
         size = self.size
         handler = self._handler
+        tag = self.tag
         chunk = self.chunk
         remaining = self.limit
         while remaining > 0:
@@ -91,15 +110,15 @@ class BatchReader:
                     append(recvfrom(size))
                 except (BlockingIOError, InterruptedError):
                     if batch:
-                        handler(batch)
+                        handler(tag, batch)
                     return
                 except OSError as error:
                     if batch:
-                        handler(batch)
+                        handler(tag, batch)
                         batch = []
                         append = batch.append
-                    if not self._open or not self._on_error(error):
+                    if not self._open or not self._on_error(tag, error):
                         return
-            handler(batch)
+            handler(tag, batch)
             if not self._open:
                 return  # the handler closed us

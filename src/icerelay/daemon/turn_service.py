@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
 import gc
 import json
 import logging
@@ -264,7 +263,10 @@ class TurnService:
         self._workers_lost: set[int] = set()
         self.udp: dict[HostPort, socket.socket] = {}
         #: The reader of each socket in :attr:`udp`.
-        self._readers: dict[HostPort, BatchReader] = {}
+        self._readers: dict[HostPort, BatchReader[HostPort]] = {}
+        # Bound once: every relayed socket's reader shares them (no closure per socket).
+        self._relay_batch = self._on_relay_batch
+        self._relay_error = self._on_relay_error
         self.streams: dict[tuple[HostPort, HostPort], _StreamProtocol] = {}
         #: Open TCP/TLS connections per client IP address.
         self.stream_sources: dict[str, int] = {}
@@ -349,7 +351,8 @@ class TurnService:
                     reader = BatchReader(
                         loop,
                         sock,
-                        functools.partial(self._on_listen_batch, local),
+                        self._on_listen_batch,
+                        local,
                         limit=_LISTEN_BATCH,
                         chunk=_CHUNK,
                         size=_RECV_SIZE,
@@ -569,11 +572,12 @@ class TurnService:
         reader = BatchReader(
             self.loop,
             sock,
-            functools.partial(self._on_relay_batch, address),
+            self._relay_batch,
+            address,
             limit=_RELAY_BATCH,
             chunk=_RELAY_BATCH,
             size=_RECV_SIZE,
-            on_error=functools.partial(self._on_relay_error, sock, address),
+            on_error=self._relay_error,
         )
         self._readers[address] = reader
         reader.start()
@@ -625,10 +629,12 @@ class TurnService:
             receive(data, peer, relay, now)
         self.flush()
 
-    def _on_relay_error(self, sock: socket.socket, relay: HostPort, _error: OSError) -> bool:
+    def _on_relay_error(self, relay: HostPort, _error: OSError) -> bool:
         # An ICMP error for something we relayed: read it from the error queue. (Also a socket
-        # the engine released meanwhile: then that read fails too and nothing is done.)
-        self._read_icmp(sock, relay)
+        # the engine released meanwhile: then nothing is done.)
+        sock = self.udp.get(relay)
+        if sock is not None:
+            self._read_icmp(sock, relay)
         return False
 
     def _read_icmp(self, sock: socket.socket, relay: HostPort) -> None:

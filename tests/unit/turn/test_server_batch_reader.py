@@ -23,10 +23,11 @@ def test_reads_at_most_limit_per_wake_up_in_chunks() -> None:
         receiver, sender = _pair()
         batches: list[list[bytes]] = []
 
-        def handler(batch: list[Received]) -> None:
+        def handler(tag: str, batch: list[Received]) -> None:
+            assert tag == "listen"
             batches.append([data for data, _source in batch])
 
-        reader = BatchReader(loop, receiver, handler, limit=5, chunk=2)
+        reader = BatchReader(loop, receiver, handler, "listen", limit=5, chunk=2)
         for index in range(7):
             sender.send(b"%d" % index)
         reader.start()
@@ -51,11 +52,11 @@ def test_limit_can_change_and_a_handler_may_close_the_reader() -> None:
         receiver, sender = _pair()
         sizes: list[int] = []
 
-        def handler(batch: list[Received]) -> None:
+        def handler(_tag: None, batch: list[Received]) -> None:
             sizes.append(len(batch))
             reader.close()
 
-        reader = BatchReader(loop, receiver, handler, limit=1, chunk=1)
+        reader = BatchReader(loop, receiver, handler, None, limit=1, chunk=1)
         reader.limit = 3
         reader.chunk = 1
         for _ in range(3):
@@ -84,13 +85,14 @@ def test_socket_errors_go_to_on_error_which_may_stop_reading() -> None:
         receiver.send(b"ping")
         await asyncio.sleep(0.05)
 
-        def on_error(error: OSError) -> bool:
-            errors.append(type(error).__name__)
+        def on_error(tag: int, error: OSError) -> bool:
+            errors.append(f"{tag} {type(error).__name__}")
             return False
 
-        reader = BatchReader(
-            loop, receiver, lambda batch: sizes.append(len(batch)), limit=4, on_error=on_error
-        )
+        def handler(_tag: int, batch: list[Received]) -> None:
+            sizes.append(len(batch))
+
+        reader = BatchReader(loop, receiver, handler, 7, limit=4, on_error=on_error)
         reader.start()
         await asyncio.sleep(0.05)
         reader.close()
@@ -99,4 +101,4 @@ def test_socket_errors_go_to_on_error_which_may_stop_reading() -> None:
         return errors, sizes
 
     errors, sizes = asyncio.run(scenario())
-    assert errors == ["ConnectionRefusedError"] and sizes == []
+    assert errors == ["7 ConnectionRefusedError"] and sizes == []
