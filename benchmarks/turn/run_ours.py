@@ -15,7 +15,7 @@ from pathlib import Path
 
 from icerelay.aio.loop import loop_factory
 from icerelay.daemon.logs import configure_logging
-from icerelay.turn.server import TurnQuotas, TurnServerConfig
+from icerelay.daemon.turn_config import TurnQuotasConfig, TurnServerConfig
 
 
 def build_config(args: argparse.Namespace) -> TurnServerConfig:
@@ -34,7 +34,7 @@ def build_config(args: argparse.Namespace) -> TurnServerConfig:
         # coturn runs with user-quota=0 and total-quota=0 (unlimited); the remaining quotas
         # (permissions, channels, bandwidth per allocation) stay at their defaults, which an
         # RTP stream is far below, so ours pays for enforcing them as a deployment would.
-        quotas=TurnQuotas(allocations_per_user=1_000_000, total_allocations=1_000_000),
+        quotas=TurnQuotasConfig(allocations_per_user=1_000_000, total_allocations=1_000_000),
         workers=args.workers,
     )
 

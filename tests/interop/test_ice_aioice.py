@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 
 from icerelay.aio.ice import Connection
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.turn_service import TurnService
 from icerelay.ice import CandidateType, ConnectionState, TurnServer
 from icerelay.ice.config import AgentConfig
 from icerelay.ice.rtpconf import parse_rtp_conf
-from icerelay.turn.server import TurnServerConfig
 from tests.support.coturn import Coturn
 from tests.support.ports import free_port
 

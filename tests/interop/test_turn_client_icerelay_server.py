@@ -34,8 +34,8 @@ from tests.support.ports import free_port
 from tests.support.turnpeer import EchoPeer, echo_peer, exchange
 
 try:
+    from icerelay.daemon.turn_config import TurnServerConfig
     from icerelay.daemon.turn_service import TurnService
-    from icerelay.turn.server.config import TurnServerConfig
 except ImportError as exc:  # pragma: no cover - only while the server is being written
     pytest.skip(f"icerelay.daemon.turn_service.TurnService missing: {exc}", allow_module_level=True)
 

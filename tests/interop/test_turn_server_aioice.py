@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from icerelay.aio.loop import loop_factory
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.turn_service import TurnService
 from icerelay.turn.credentials import rest_api_credentials
-from icerelay.turn.server import TurnServerConfig
 from tests.support.ports import free_port
 
 aioice_turn = pytest.importorskip("aioice.turn", reason="aioice not installed (test extra)")

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from icerelay.aio.loop import loop_factory
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.turn_service import TurnService
-from icerelay.turn.server import TurnServerConfig
 from tests.support.ports import free_ports, ipv6_loopback
 
 pytestmark = [

@@ -32,9 +32,9 @@ from pydantic import (
 )
 
 from icerelay.daemon.relay_config import RelayServiceConfig
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.errors import ConfigError
 from icerelay.net import Address, split_host_port
-from icerelay.turn.server.config import TurnServerConfig
 
 ENV_PREFIX = "ICERELAY_"
 ENV_CONFIG_FILE = "ICERELAY_CONFIG"

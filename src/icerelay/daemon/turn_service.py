@@ -1,9 +1,10 @@
 """The asyncio shell around :class:`~.engine.TurnServerEngine`.
 
-- UDP listeners and relayed addresses are plain non-blocking sockets read with
-  ``loop.add_reader`` and written with ``sendto``: no transport or protocol object per packet,
-  and a batch of datagrams is read per wake-up. One UDP socket per relayed address (RFC 8656
-  §7.2), which the engine asks for through the :class:`~.engine.RelayBinder` interface.
+- UDP listeners and relayed addresses are plain non-blocking sockets read by
+  :class:`~icerelay.aio.batch.BatchReader` and written with ``sendto``: no transport or
+  protocol object per packet, and a bounded batch of datagrams is read per wake-up. One UDP
+  socket per relayed address (RFC 8656 §7.2), which the engine asks for through the
+  :class:`~icerelay.turn.server.events.RelayBinder` interface.
 - TCP and TLS listeners (TLS when ``tls_cert``/``tls_key`` are configured) use asyncio
   protocols; :class:`~.framing.StreamFramer` cuts the stream into frames.
 - A one-second tick runs the engine's timers (expiry) and closes idle TCP connections that
@@ -32,6 +33,7 @@ import gc
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import ssl
@@ -40,9 +42,10 @@ import sys
 import time
 from typing import Any, cast
 
+from icerelay.aio.batch import BatchReader, Received
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.errors import ConfigError, TurnError
 from icerelay.turn.server.allocation import HostPort
-from icerelay.turn.server.config import TurnServerConfig
 from icerelay.turn.server.engine import (
     AllocationCreated,
     AllocationDeleted,
@@ -259,6 +262,11 @@ class TurnService:
         self._workers: list[asyncio.subprocess.Process] = []
         self._workers_lost: set[int] = set()
         self.udp: dict[HostPort, socket.socket] = {}
+        #: The reader of each socket in :attr:`udp`.
+        self._readers: dict[HostPort, BatchReader[HostPort]] = {}
+        # Bound once: every relayed socket's reader shares them (no closure per socket).
+        self._relay_batch = self._on_relay_batch
+        self._relay_error = self._on_relay_error
         self.streams: dict[tuple[HostPort, HostPort], _StreamProtocol] = {}
         #: Open TCP/TLS connections per client IP address.
         self.stream_sources: dict[str, int] = {}
@@ -305,13 +313,15 @@ class TurnService:
         multi = config.workers > 1
         if multi and any(port == 0 for _host, port in config.listen + config.tls_endpoints()):
             raise ConfigError("turn: workers > 1 needs fixed listening ports (not 0)")
+        rng = random.SystemRandom()
         if multi and self._nonce_key is None:
-            self._nonce_key = os.urandom(32)
+            self._nonce_key = rng.randbytes(32)
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._engine = TurnServerEngine(
-            config.worker_share(self.worker_index),
+            config.worker_share(self.worker_index).settings(),
             self,
+            rng=rng,
             wall_clock_offset=time.time() - loop.time(),
             nonce_key=self._nonce_key,
         )
@@ -338,7 +348,17 @@ class TurnService:
                 if kind == "udp":
                     self.udp[local] = sock
                     self.listen_udp.append(local)
-                    loop.add_reader(sock.fileno(), self._on_listen_readable, sock, local)
+                    reader = BatchReader(
+                        loop,
+                        sock,
+                        self._on_listen_batch,
+                        local,
+                        limit=_LISTEN_BATCH,
+                        chunk=_CHUNK,
+                        size=_RECV_SIZE,
+                    )
+                    self._readers[local] = reader
+                    reader.start()
                 else:
                     await self._stream_server(sock, kind, context if kind == "tls" else None)
         except BaseException:
@@ -547,7 +567,21 @@ class TurnService:
                 else:
                     sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
         self.udp[address] = sock
-        self.loop.add_reader(sock.fileno(), self._on_relay_readable, sock, address)
+        # Up to _RELAY_BATCH datagrams per wake-up (see there); the loop is level-triggered,
+        # so anything left wakes the reader again on its next turn.
+        reader = BatchReader(
+            self.loop,
+            sock,
+            self._relay_batch,
+            address,
+            limit=_RELAY_BATCH,
+            chunk=_RELAY_BATCH,
+            size=_RECV_SIZE,
+            on_error=self._relay_error,
+        )
+        self._readers[address] = reader
+        reader.start()
+        self._update_listen_budget()
         return True
 
     def release(self, address: HostPort) -> None:
@@ -556,58 +590,52 @@ class TurnService:
 
     def _close_udp(self, address: HostPort) -> None:
         sock = self.udp.pop(address, None)
+        reader = self._readers.pop(address, None)
+        if reader is not None:
+            reader.close()
         if sock is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(sock.fileno())
             sock.close()
+            if address not in self.listen_udp:
+                self._update_listen_budget()
+
+    def _update_listen_budget(self) -> None:
+        """A listening socket reads _RELAY_BATCH per relayed socket per wake-up (at least
+        _LISTEN_BATCH): under overload each stream gets about the same turn both ways."""
+        budget = max(_LISTEN_BATCH, _RELAY_BATCH * (len(self.udp) - len(self.listen_udp)))
+        for local in self.listen_udp:
+            reader = self._readers.get(local)
+            if reader is not None:
+                reader.limit = budget
 
     # --- the data path ------------------------------------------------------------------
 
-    def _on_listen_readable(self, sock: socket.socket, local: HostPort) -> None:
+    def _on_listen_batch(self, local: HostPort, batch: list[Received]) -> None:
         receive = self.engine.receive
-        time_now = self.loop.time
-        recvfrom = sock.recvfrom
-        relayed = len(self.udp) - len(self.listen_udp)
-        budget = max(_LISTEN_BATCH, _RELAY_BATCH * relayed)
-        # Chunks of _CHUNK datagrams, each followed by a flush, so that what the first ones
-        # produced is not held back while the rest of a deep queue is read.
-        for _ in range(-(-budget // _CHUNK)):
-            now = time_now()
-            for _ in range(_CHUNK):
-                try:
-                    data, source = recvfrom(_RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    self.flush()
-                    return
-                except OSError:
-                    # An ICMP error reported on the socket (e.g. port unreachable): ignore.
-                    continue
-                if len(source) != 2:
-                    source = source[:2]
-                receive(data, source, local, "udp", now)
-            self.flush()
-
-    def _on_relay_readable(self, sock: socket.socket, relay: HostPort) -> None:
-        # Up to _RELAY_BATCH datagrams per wake-up (see there); the loop is level-triggered,
-        # so anything left wakes us again on its next turn.
-        receive = self.engine.receive_relayed
-        recvfrom = sock.recvfrom
         now = self.loop.time()
-        for _ in range(_RELAY_BATCH):
-            try:
-                data, peer = recvfrom(_RECV_SIZE)
-            except BlockingIOError:
-                break
-            except OSError:
-                # An ICMP error for something we relayed: read it from the error queue. (Also
-                # a socket the engine released while handling an earlier datagram: then that
-                # read fails too and nothing is done.)
-                self._read_icmp(sock, relay)
-                return
+        for data, source in batch:
+            if len(source) != 2:
+                source = source[:2]
+            receive(data, source, local, "udp", now)
+        # Each chunk is flushed, so that what the first ones produced is not held back while
+        # the rest of a deep queue is read.
+        self.flush()
+
+    def _on_relay_batch(self, relay: HostPort, batch: list[Received]) -> None:
+        receive = self.engine.receive_relayed
+        now = self.loop.time()
+        for data, peer in batch:
             if len(peer) != 2:
                 peer = peer[:2]
             receive(data, peer, relay, now)
         self.flush()
+
+    def _on_relay_error(self, relay: HostPort, _error: OSError) -> bool:
+        # An ICMP error for something we relayed: read it from the error queue. (Also a socket
+        # the engine released meanwhile: then nothing is done.)
+        sock = self.udp.get(relay)
+        if sock is not None:
+            self._read_icmp(sock, relay)
+        return False
 
     def _read_icmp(self, sock: socket.socket, relay: HostPort) -> None:
         """Drain the socket's error queue (IP_RECVERR) and hand ICMP errors to the engine,
@@ -634,8 +662,9 @@ class TurnService:
         """Put what the engine queued on the wire, then look at its events."""
         engine = self.engine
         udp = self.udp
-        if not engine._out:
-            if engine._events:
+        state = engine.state
+        if not state.out:
+            if state.events:
                 self._handle_events()
             return
         for data, source, destination, transport in engine.datagrams_to_send():
@@ -652,7 +681,7 @@ class TurnService:
                 stream = self.streams.get((source, destination))
                 if stream is not None:
                     stream.write(data)
-        if engine._events:
+        if state.events:
             self._handle_events()
 
     def _handle_events(self) -> None:

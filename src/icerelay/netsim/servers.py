@@ -9,13 +9,14 @@ relayed addresses: in the simulator every port of the host's IP is already "boun
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from icerelay.netsim.network import TransportAddress
 from icerelay.stun import Address
 from icerelay.stun.binding import BindingEngine
-from icerelay.turn.server.config import TurnServerConfig
 from icerelay.turn.server.engine import TurnServerEngine
+from icerelay.turn.server.settings import TurnServerSettings
 
 
 @dataclass(frozen=True)
@@ -87,26 +88,27 @@ class TurnServer:
         users: dict[str, str],
         *,
         realm: str = "netsim",
-        config: TurnServerConfig | None = None,
+        settings: TurnServerSettings | None = None,
         allow_peers: tuple[str, ...] = ("0.0.0.0/0",),
+        seed: int = 0,
     ) -> None:
         self.listen = listen
         self.binder = _SimulatedBinder()
         self.engine = TurnServerEngine(
-            config
-            or TurnServerConfig(
-                enabled=True,
-                listen=[listen],
-                transports=["udp"],
+            settings
+            or TurnServerSettings(
+                listen=(listen,),
                 realm=realm,
                 users=users,
                 relay_ipv4=listen[0],
                 relay_port_min=50000,
                 relay_port_max=50999,
-                allow_peers=list(allow_peers),
+                allow_peers=allow_peers,
                 unauthenticated_rate=0,
             ),
             self.binder,
+            # The simulator is deterministic: seeded port order, tokens, transaction ids.
+            rng=random.Random(seed),
             nonce_key=b"netsim-nonce-key-0123456789abcdef",
         )
 

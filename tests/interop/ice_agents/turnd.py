@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.turn_service import TurnService
-from icerelay.turn.server import TurnServerConfig
 
 
 async def run(listen: str, users: dict[str, str], allow_peers: list[str]) -> None:

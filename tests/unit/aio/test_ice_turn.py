@@ -15,9 +15,9 @@ from tests.support import certs
 from tests.support.ports import free_port
 
 from icerelay.aio.ice import Connection
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.turn_service import TurnService
 from icerelay.ice import AgentConfig, CandidateType, ConnectionState, TurnServer
-from icerelay.turn.server import TurnServerConfig
 
 USER, PASSWORD = "alice", "wonderland"
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 from dataclasses import dataclass, field
 
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.stun import Address, AttributeType, Message, MessageClass, Method, decode_message
 from icerelay.stun.credentials import long_term_key
-from icerelay.turn.server.config import TurnServerConfig
 from icerelay.turn.server.engine import TurnServerEngine
 
 A = AttributeType
 SERVER = ("192.0.2.1", 3478)
 CLIENT = ("203.0.113.5", 40000)
 REALM = "example.org"
+#: Each engine gets its own generator (and so its own nonce key), deterministically.
+_SEEDS = itertools.count(1)
 
 
 class FakeBinder:
@@ -37,7 +41,9 @@ class FakeBinder:
         self.bound.discard(address)
 
 
-def make_engine(**overrides: object) -> tuple[TurnServerEngine, FakeBinder]:
+def make_engine(
+    seed: int | None = None, **overrides: object
+) -> tuple[TurnServerEngine, FakeBinder]:
     settings: dict[str, object] = {
         "listen": ["192.0.2.1:3478"],
         "realm": REALM,
@@ -51,7 +57,8 @@ def make_engine(**overrides: object) -> tuple[TurnServerEngine, FakeBinder]:
     }
     settings.update(overrides)
     binder = FakeBinder()
-    engine = TurnServerEngine(TurnServerConfig.model_validate(settings), binder)
+    rng = random.Random(next(_SEEDS) if seed is None else seed)
+    engine = TurnServerEngine(TurnServerConfig.model_validate(settings).settings(), binder, rng=rng)
     return engine, binder
 
 

@@ -26,7 +26,7 @@ from icerelay.turn.client import (
 from icerelay.turn.client.allocation import Transport
 
 try:
-    from icerelay.turn.server.config import TurnServerConfig
+    from icerelay.daemon.turn_config import TurnServerConfig
     from icerelay.turn.server.engine import TurnServerEngine
 except ImportError as exc:  # pragma: no cover - only while the server is being written
     pytest.skip(f"icerelay.turn.server.engine missing: {exc}", allow_module_level=True)
@@ -126,7 +126,9 @@ def make_world(transport: Transport = "udp", loss: float = 0.0, nonce_lifetime: 
         nonce_lifetime=nonce_lifetime,
         unauthenticated_rate=0,
     )
-    server = TurnServerEngine(config, _Binder(), nonce_key=b"k" * 32)
+    server = TurnServerEngine(
+        config.settings(), _Binder(), rng=random.Random(5), nonce_key=b"k" * 32
+    )
     client = Allocation(
         SERVER,
         "alice",

@@ -516,7 +516,7 @@ def test_refresh_loops_do_not_grow_the_timer_heap() -> None:
         client.bind_channel(0x4000, PEER)
         client.refresh(1200)
         client.now += 0.01
-    assert len(engine._timers) < 10
+    assert len(engine.state.expiry) < 10
 
 
 def test_a_shortening_refresh_takes_effect() -> None:

@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.errors import ConfigError, TurnError
 from icerelay.stun.constants import SecurityFeature
 from icerelay.stun.nonce import nonce_security_features
 from icerelay.turn.server.auth import Authenticator
-from icerelay.turn.server.config import TurnServerConfig
 from icerelay.turn.server.framing import StreamFramer
 from icerelay.turn.server.policy import PeerPolicy, embedded_addresses
 from icerelay.turn.server.ports import PortPool, check_relay_range
 from icerelay.turn.server.ratelimit import SourceRateLimiter, TokenBucket
+from icerelay.turn.server.settings import TurnServerSettings
 
 # --- policy --------------------------------------------------------------------------------
 
@@ -85,7 +86,7 @@ def test_bad_network_in_config_is_a_config_error() -> None:
 
 
 def test_pool_hands_out_each_port_once_in_random_order_and_reuses_late() -> None:
-    pool = PortPool(1000, 1099, random.Random(1))
+    pool = PortPool(1000, 1099, rng=random.Random(1))
     ports = [pool.take() for _ in range(100)]
     assert sorted(p for p in ports if p is not None) == list(range(1000, 1100))
     assert ports != sorted(ports)  # type: ignore[type-var]
@@ -97,7 +98,7 @@ def test_pool_hands_out_each_port_once_in_random_order_and_reuses_late() -> None
 
 
 def test_even_pair() -> None:
-    pool = PortPool(1000, 1003, random.Random(2))
+    pool = PortPool(1000, 1003, rng=random.Random(2))
     port = pool.take_even_pair(True)
     assert port is not None and port % 2 == 0
     assert {pool.take(), pool.take()} == ({1000, 1001, 1002, 1003} - {port, port + 1})
@@ -141,7 +142,7 @@ def test_framer_refuses_garbage() -> None:
 
 
 def test_nonce_is_bound_to_address_transport_and_time() -> None:
-    auth = Authenticator("r", {"u": "p"}, [], nonce_lifetime=10)
+    auth = Authenticator("r", {"u": "p"}, [], nonce_lifetime=10, rng=random.Random(1))
     nonce = auth.nonce("udp", ("192.0.2.1", 1), 100.0)
     assert auth.nonce_valid(nonce, "udp", ("192.0.2.1", 1), 109.0)
     assert not auth.nonce_valid(nonce, "udp", ("192.0.2.1", 1), 110.0)
@@ -154,15 +155,15 @@ def test_nonce_is_bound_to_address_transport_and_time() -> None:
 
 
 def test_username_anonymity_is_offered_only_without_rest_secrets() -> None:
-    static = Authenticator("r", {"u": "p"}, [])
+    static = Authenticator("r", {"u": "p"}, [], rng=random.Random(1))
     assert nonce_security_features(static.nonce("udp", ("h", 1), 0)) == (
         SecurityFeature.PASSWORD_ALGORITHMS | SecurityFeature.USERNAME_ANONYMITY
     )
-    rest = Authenticator("r", {"u": "p"}, ["s"])
+    rest = Authenticator("r", {"u": "p"}, ["s"], rng=random.Random(1))
     assert nonce_security_features(rest.nonce("udp", ("h", 1), 0)) == (
         SecurityFeature.PASSWORD_ALGORITHMS
     )
-    plain = Authenticator("r", {"u": "p"}, [], sha256=False)
+    plain = Authenticator("r", {"u": "p"}, [], sha256=False, rng=random.Random(1))
     assert nonce_security_features(plain.nonce("udp", ("h", 1), 0)) is None
 
 
@@ -221,6 +222,46 @@ def test_worker_share_slices_the_relay_range_and_divides_quotas() -> None:
     assert shares[0].quotas.total_allocations == 34
     assert shares[0].unauthenticated_rate == 10 and shares[0].workers == 1
     assert TurnServerConfig().worker_share(0) == TurnServerConfig()
+    settings = shares[2].settings()
+    assert (settings.relay_port_min, settings.relay_port_max) == (20664, 20999)
+    assert settings.quotas.allocations_per_user == 4 and settings.unauthenticated_rate == 10
+
+
+def test_config_makes_the_engine_settings() -> None:
+    config = TurnServerConfig(
+        listen=["192.0.2.1:3478", "[2001:db8::1]:3478"],
+        relay_advertised_ipv4="203.0.113.7",
+        tls_cert="/cert.pem",
+        tls_key="/key.pem",
+        users={"u": "p"},
+        auth_secrets="a,b",
+        allow_peers=["10.0.0.0/8"],
+    )
+    settings = config.settings()
+    assert settings.relay_host(4) == "192.0.2.1" and settings.relay_host(6) == "2001:db8::1"
+    assert settings.advertised_host(4) == "203.0.113.7"
+    assert settings.advertised_host(6) == "2001:db8::1"
+    assert settings.listen == (("192.0.2.1", 3478), ("2001:db8::1", 3478))
+    assert settings.tls_listen == (("192.0.2.1", 5349), ("2001:db8::1", 5349))
+    assert settings.auth_secrets == ("a", "b") and settings.users == {"u": "p"}
+    assert settings.allow_peers == ("10.0.0.0/8",)
+    # The engine's defaults are the configuration's defaults.
+    assert TurnServerConfig().settings().quotas == TurnServerSettings().quotas
+    defaults = TurnServerConfig().settings()
+    for name in (
+        "realm",
+        "nonce_lifetime",
+        "default_lifetime",
+        "max_lifetime",
+        "sha256",
+        "unauthenticated_rate",
+        "unauthenticated_burst",
+        "legacy_channel_numbers",
+        "relay_port_min",
+        "relay_port_max",
+        "software",
+    ):
+        assert getattr(defaults, name) == getattr(TurnServerSettings(), name), name
 
 
 def test_serve_composition_leaves_shared_addresses_to_turn() -> None:

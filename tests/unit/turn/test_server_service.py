@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from tests.support.ports import free_port
 
+from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.turn_service import TurnService
 from icerelay.errors import ConfigError
 from icerelay.stun import Address, AttributeType, Message, MessageClass, Method, decode_message
 from icerelay.stun.credentials import long_term_key
-from icerelay.turn.server import TurnServerConfig
 
 A = AttributeType
 USER, PASSWORD, REALM = "alice", "wonderland", "example.org"

@@ -26,10 +26,9 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import struct
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from icerelay.errors import StunError, TurnError
 from icerelay.stun import AttributeType, Message, PasswordAlgorithm, PasswordAlgorithmEntry
@@ -37,6 +36,9 @@ from icerelay.stun.constants import SecurityFeature
 from icerelay.stun.credentials import long_term_key, userhash
 from icerelay.stun.nonce import make_nonce, nonce_opaque_part, nonce_security_features
 from icerelay.turn.credentials import SEPARATOR, rest_api_expiry, rest_api_password
+
+if TYPE_CHECKING:
+    from random import Random
 
 A = AttributeType
 _EXPIRY = struct.Struct("!Q")
@@ -84,6 +86,7 @@ class Authenticator:
         *,
         nonce_lifetime: float = 600.0,
         sha256: bool = True,
+        rng: Random,
         nonce_key: bytes | None = None,
     ) -> None:
         self.realm = realm
@@ -97,8 +100,9 @@ class Authenticator:
             # anonymity with secrets configured would make RFC 8489 clients fail with 401.
             if not secrets:
                 self.features |= SecurityFeature.USERNAME_ANONYMITY
-        # A fresh key per process: nonces from a previous run are simply stale (438).
-        self._nonce_key = nonce_key or os.urandom(32)
+        # A fresh key per process: nonces from a previous run are simply stale (438). Workers
+        # of one server share a key (*nonce_key*) so a nonce is good whichever one answers.
+        self._nonce_key = nonce_key or rng.randbytes(32)
         self._keys: dict[tuple[str, int], bytes] = {}
         self._by_userhash: dict[bytes, str] = {}
         for name, password in users.items():

@@ -14,13 +14,15 @@ and is given back to the pool when the token expires (30 s), so reservations can
 
 from __future__ import annotations
 
-import os
-import random
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from icerelay.errors import ConfigError
+
+if TYPE_CHECKING:
+    from random import Random
 
 #: RFC 8656 §7.2 suggests about 30 seconds for a reservation.
 RESERVATION_LIFETIME = 30.0
@@ -41,11 +43,11 @@ class Reservation:
 class PortPool:
     """The free ports of one relay IP address, in random order."""
 
-    def __init__(self, low: int, high: int, rng: random.Random | None = None) -> None:
+    def __init__(self, low: int, high: int, *, rng: Random) -> None:
         if not 1 <= low <= high <= 65535:
             raise ConfigError(f"bad relay port range {low}-{high}")
         ports = list(range(low, high + 1))
-        (rng or random.SystemRandom()).shuffle(ports)
+        rng.shuffle(ports)
         self._free: deque[int] = deque(ports)
         self._free_set = set(ports)
         self.low = low
@@ -121,6 +123,6 @@ def check_relay_range(
         )
 
 
-def new_token() -> bytes:
-    """An unguessable 8-byte RESERVATION-TOKEN."""
-    return os.urandom(8)
+def new_token(rng: Random) -> bytes:
+    """An unguessable 8-byte RESERVATION-TOKEN (unguessable when *rng* is SystemRandom)."""
+    return rng.randbytes(8)

@@ -1,8 +1,10 @@
-"""``TurnServerConfig``: everything the TURN server needs, as one validated, frozen model.
+"""``TurnServerConfig``: the ``[turn]`` section, as one validated, frozen model.
 
 It is the ``[turn]`` section of icerelay's configuration file and can be built directly in
 code and tests. It deliberately does not import :mod:`icerelay.daemon.config` (which imports this
-module to add the section).
+module to add the section). The engine does not see it: :meth:`TurnServerConfig.settings` makes
+the plain :class:`~icerelay.turn.server.settings.TurnServerSettings` the engine takes (listening
+and TLS addresses, relay addresses resolved from the listen list).
 
 Example (TOML)::
 
@@ -37,6 +39,7 @@ from pydantic import (
 
 from icerelay.turn.server.policy import parse_networks
 from icerelay.turn.server.quotas import TurnQuotas
+from icerelay.turn.server.settings import TurnServerSettings
 
 TURN_PORT = 3478
 TURNS_PORT = 5349
@@ -107,6 +110,24 @@ NetworkList = Annotated[list[str], BeforeValidator(_comma_list)]
 OptionalIp = Annotated[str | None, BeforeValidator(_ip_or_none)]
 
 
+class TurnQuotasConfig(BaseModel):
+    """``[turn.quotas]``: resource limits (see :class:`~icerelay.turn.server.quotas.TurnQuotas`
+    for what each means). Frozen; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allocations_per_user: int = Field(default=100, ge=1)
+    total_allocations: int = Field(default=10000, ge=1)
+    permissions_per_allocation: int = Field(default=64, ge=1)
+    channels_per_allocation: int = Field(default=64, ge=1)
+    bandwidth_per_allocation: int = Field(default=1_000_000, ge=0)
+    bandwidth_burst_seconds: float = Field(default=1.0, gt=0)
+
+    def quotas(self) -> TurnQuotas:
+        """The engine's plain form of these limits."""
+        return TurnQuotas(**self.model_dump())
+
+
 class TurnServerConfig(BaseModel):
     """``[turn]``: the TURN server (RFC 8656). Frozen; unknown keys are errors."""
 
@@ -150,7 +171,7 @@ class TurnServerConfig(BaseModel):
     """Networks opened despite the default deny list (e.g. ``127.0.0.0/8`` in tests)."""
     deny_peers: NetworkList = Field(default_factory=list)
     """More networks to deny; wins over ``allow_peers``."""
-    quotas: TurnQuotas = Field(default_factory=TurnQuotas)
+    quotas: TurnQuotasConfig = Field(default_factory=TurnQuotasConfig)
     default_lifetime: int = Field(default=600, ge=60)
     max_lifetime: int = Field(default=3600, ge=60)
     nonce_lifetime: int = Field(default=600, ge=10)
@@ -252,6 +273,34 @@ class TurnServerConfig(BaseModel):
                 "unauthenticated_rate": self.unauthenticated_rate / count,
                 "unauthenticated_burst": max(1.0, self.unauthenticated_burst / count),
             }
+        )
+
+    def settings(self) -> TurnServerSettings:
+        """What the engine needs, as a plain frozen dataclass (apply :meth:`worker_share`
+        first in a worker)."""
+        return TurnServerSettings(
+            realm=self.realm,
+            users=dict(self.users),
+            auth_secrets=tuple(self.auth_secrets),
+            nonce_lifetime=self.nonce_lifetime,
+            sha256=self.sha256,
+            listen=tuple(self.listen),
+            tls_listen=tuple(self.tls_endpoints()),
+            relay_ipv4=self.relay_host(4),
+            relay_ipv6=self.relay_host(6),
+            relay_advertised_ipv4=self.relay_advertised_ipv4,
+            relay_advertised_ipv6=self.relay_advertised_ipv6,
+            relay_port_min=self.relay_port_min,
+            relay_port_max=self.relay_port_max,
+            allow_peers=tuple(self.allow_peers),
+            deny_peers=tuple(self.deny_peers),
+            quotas=self.quotas.quotas(),
+            default_lifetime=self.default_lifetime,
+            max_lifetime=self.max_lifetime,
+            unauthenticated_rate=self.unauthenticated_rate,
+            unauthenticated_burst=self.unauthenticated_burst,
+            software=self.software,
+            legacy_channel_numbers=self.legacy_channel_numbers,
         )
 
     def advertised_host(self, family: int) -> str | None:
