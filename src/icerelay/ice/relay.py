@@ -147,7 +147,7 @@ class TurnRelay:
             channel_threshold=0,
             rto=rto,
             rc=rc,
-            rng=rng,
+            rng=rng if rng is not None else random.SystemRandom(),
         )
         self._events: deque[RelayEvent] = deque()
         self._failed = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 
 from icerelay.aio.addresses import family_of, from_sockaddr, to_sockaddr
@@ -69,7 +70,14 @@ async def probe_udp(
     local = from_sockaddr(sock.getsockname())
     transport, receiver = await loop.create_datagram_endpoint(_Receiver, sock=sock)
     try:
-        probe = Probe(server, local, loop.time(), behavior=behavior, timeout=timeout)
+        probe = Probe(
+            server,
+            local,
+            loop.time(),
+            rng=random.SystemRandom(),
+            behavior=behavior,
+            timeout=timeout,
+        )
         while not probe.done:
             for outgoing in probe.datagrams_to_send(loop.time()):
                 transport.sendto(outgoing.data, to_sockaddr(outgoing.destination))
@@ -104,7 +112,14 @@ async def probe_tcp(server: Address, *, timeout: float = 3.0) -> ProbeResult:
     try:
         local = from_sockaddr(writer.get_extra_info("sockname"))
         remaining = max(0.1, timeout - (loop.time() - started))
-        probe = Probe(server, local, loop.time(), transport="tcp", timeout=remaining)
+        probe = Probe(
+            server,
+            local,
+            loop.time(),
+            rng=random.SystemRandom(),
+            transport="tcp",
+            timeout=remaining,
+        )
         buffer = bytearray()
         while not probe.done:
             for outgoing in probe.datagrams_to_send(loop.time()):

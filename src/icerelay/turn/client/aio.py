@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import random
 import socket
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -196,7 +197,13 @@ class TurnClient:
                 ssl = ssl_module.create_default_context()
             if server_hostname is None:
                 server_hostname = host
-        engine = Allocation(address, username, password, transport=transport, **options)
+        engine = Allocation(
+            address,
+            username,
+            password,
+            transport=transport,
+            **{"rng": random.SystemRandom(), **options},
+        )
         client = cls(
             engine, ssl=ssl, server_hostname=server_hostname, on_data=on_data, on_event=on_event
         )

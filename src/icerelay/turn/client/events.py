@@ -8,19 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from icerelay.net import Datagram as Datagram
 from icerelay.stun import Address
 
-
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    """Bytes to put on the wire towards *destination* (always the TURN server).
-
-    On stream transports (TCP, TLS) *data* is a piece of the byte stream: write it to the
-    connection to *destination*; the framing is already in the bytes.
-    """
-
-    data: bytes
-    destination: Address
+# The engine's output is icerelay.net.Datagram with source None (the client has one socket) and
+# destination the TURN server; on TCP/TLS its data is a piece of the byte stream, framing
+# included. Re-exported here for the code that imports it from this module.
 
 
 class Event:
@@ -88,7 +81,7 @@ class PermissionFailed(Event):
     """CreatePermission for *peer* failed (403 forbidden peer, timeout, ...); the data queued
     for it, or pipelined behind the request (which the server dropped), is counted in
     ``counters.dropped``. After a 403 the peer is not asked for again for
-    :data:`~icerelay.turn.client.allocation.REFUSED_HOLD` seconds."""
+    :data:`~icerelay.turn.client.permissions.REFUSED_HOLD` seconds."""
 
     peer: str
     reason: str

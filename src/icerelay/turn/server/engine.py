@@ -381,7 +381,7 @@ class TurnServerEngine:
         allowed = _ICMP6_TYPES if ":" in peer[0] else _ICMP4_TYPES
         if icmp_type not in allowed:
             return
-        indication = Message(Method.DATA, MessageClass.INDICATION)
+        indication = Message(Method.DATA, MessageClass.INDICATION, os.urandom(12))
         indication.add(A.XOR_PEER_ADDRESS, Address(peer[0], peer[1]))
         mtu = info if (icmp_type, icmp_code) in ((3, 4), (2, 0)) else 0
         indication.add(A.ICMP, Icmp(icmp_type, icmp_code, mtu))
