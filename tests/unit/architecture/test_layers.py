@@ -73,7 +73,6 @@ PENDING: frozenset[str] = frozenset(
         "icerelay.sip.auth:13 imports secrets",
         "icerelay.sip.message:15 imports secrets",
         "icerelay.sip.useragent:26 imports secrets",
-        "icerelay.stun.attributes:11 imports socket",
         "icerelay.turn.client.aio:26 imports asyncio",
         "icerelay.turn.client.aio:29 imports random",
         "icerelay.turn.client.aio:30 imports socket",
