@@ -60,75 +60,30 @@ from icerelay.stun import (
     MessageClass,
     Method,
     decode_message,
+    new_transaction_id,
 )
-from icerelay.stun.channeldata import decode_channel_data, encode_channel_data
+from icerelay.stun.channeldata import encode_channel_data
 from icerelay.stun.constants import PasswordAlgorithm
-from icerelay.stun.message import new_transaction_id
-from icerelay.stun.transaction import (
-    DEFAULT_RC,
-    DEFAULT_RM,
-    DEFAULT_RTO,
-    DEFAULT_TI,
-    ClientTransaction,
-)
-from icerelay.turn.client.auth import MAX_STALE_NONCE_RETRIES, LongTermCredentials
-from icerelay.turn.client.channels import CHANNEL_LIFETIME, CHANNEL_REFRESH, Channels
-from icerelay.turn.client.events import (
-    AllocationClosed,
-    AllocationCounters,
-    AllocationExpired,
-    AllocationFailed,
-    AllocationRefreshed,
-    AllocationSucceeded,
-    AlternateServer,
-    ChannelBindFailed,
-    ChannelBound,
-    DataReceived,
-    Event,
-    PermissionCreated,
-    PermissionFailed,
-)
+from icerelay.stun.transaction import DEFAULT_RC, DEFAULT_RM, DEFAULT_RTO, DEFAULT_TI
+from icerelay.turn.client import events as ev
+from icerelay.turn.client.auth import LongTermCredentials
+from icerelay.turn.client.channels import Channels
 from icerelay.turn.client.framing import StreamFramer
-from icerelay.turn.client.lifetime import REFRESH_MARGIN, REFRESH_RETRY, Lifetime
-from icerelay.turn.client.permissions import (
-    MAX_QUEUED,
-    PERMISSION_LIFETIME,
-    PERMISSION_REFRESH,
-    REFUSED_HOLD,
-    Permission,
-    Permissions,
-    batches,
-    enqueue,
-)
+from icerelay.turn.client.inbound import channel_data, data_indication
+from icerelay.turn.client.lifetime import Lifetime
+from icerelay.turn.client.permissions import REFUSED_HOLD, Permission, Permissions, batches, enqueue
 from icerelay.turn.client.requests import (
     AllocateOptions,
     Kind,
     Request,
-    allocate_request,
-    channel_bind_request,
-    create_permission_request,
-    refresh_request,
+    Transactions,
     send_indication,
 )
 
 if TYPE_CHECKING:
     from random import Random
 
-__all__ = [
-    "CHANNEL_LIFETIME",
-    "CHANNEL_REFRESH",
-    "DEFAULT_SOFTWARE",
-    "MAX_QUEUED",
-    "MAX_STALE_NONCE_RETRIES",
-    "PERMISSION_LIFETIME",
-    "PERMISSION_REFRESH",
-    "REFRESH_MARGIN",
-    "REFRESH_RETRY",
-    "REFUSED_HOLD",
-    "Allocation",
-    "State",
-    "Transport",
-]
+__all__ = ["DEFAULT_SOFTWARE", "REFUSED_HOLD", "Allocation", "State", "Transport"]
 
 Transport = Literal["udp", "tcp", "tls"]
 
@@ -231,7 +186,7 @@ class Allocation:
         self.pipeline_permissions = pipeline_permissions
 
         self.state = State.NEW
-        self.counters = AllocationCounters()
+        self.counters = ev.AllocationCounters()
         #: Set once the allocation succeeds.
         self.relayed_address: Address | None = None
         self.mapped_address: Address | None = None
@@ -241,14 +196,20 @@ class Allocation:
         self._reliable = transport != "udp"
         self._framer = StreamFramer() if self._reliable else None
         self._outgoing: list[Datagram] = []
-        self._events: deque[Event] = deque()
-        self._requests: dict[bytes, Request] = {}
+        self._events: deque[ev.Event] = deque()
         self._redirected = False
         self._close_requested = False
         self._lifetime = Lifetime()
         self._auth = LongTermCredentials(username, password, userhash=userhash)
-        self._allocate_options = AllocateOptions(
-            lifetime, family, even_port, reservation_token, dont_fragment
+        self._transactions = Transactions(
+            rng=rng,
+            auth=self._auth,
+            options=AllocateOptions(lifetime, family, even_port, reservation_token, dont_fragment),
+            software=software,
+            transport=transport,
+            timing=(rto, rc, rm, ti),
+            counters=self.counters,
+            emit=self._emit,
         )
         self._permissions = Permissions()
         self._channels = Channels()
@@ -330,10 +291,8 @@ class Allocation:
         if self.state is State.CLOSED:
             return None
         deadlines: list[float] = []
-        for request in self._requests.values():
-            deadline = request.transaction.next_timer()
-            if deadline is not None:
-                deadlines.append(deadline)
+        if (deadline := self._transactions.next_timer()) is not None:
+            deadlines.append(deadline)
         if self.state is State.ALLOCATED:
             deadlines += self._lifetime.deadlines()
             deadlines += self._permissions.deadlines()
@@ -342,10 +301,10 @@ class Allocation:
 
     def handle_timer(self, now: float) -> None:
         """Retransmit, time out, refresh and expire whatever is due at *now*."""
-        for transaction_id, request in list(self._requests.items()):
-            if self._requests.get(transaction_id) is not request:
-                continue
-            self._run_transaction_timer(transaction_id, request, now)
+        for request in self._transactions.handle_timer(now):
+            if self._finished():
+                break
+            self._request_failed(request, f"{request.kind.value} timed out", None, now)
         if self.state is not State.ALLOCATED:
             return
         if self._lifetime.expired(now):
@@ -361,7 +320,7 @@ class Allocation:
             channel.pending = True
             self._request(Kind.CHANNEL_BIND, now, peers=(channel.peer,), channel=channel.number)
 
-    def next_event(self) -> Event | None:
+    def next_event(self) -> ev.Event | None:
         """The oldest event not yet read, or None."""
         return self._events.popleft() if self._events else None
 
@@ -554,69 +513,26 @@ class Allocation:
 
     def _deallocate(self, now: float) -> None:
         # Forget requests whose answers no longer matter: the allocation goes anyway.
-        self._requests.clear()
+        self._transactions.clear()
         self._lifetime.in_flight = False
         self.state = State.CLOSING
         self._request(Kind.DEALLOCATE, now)
 
-    def _build(self, kind: Kind, peers: tuple[Address, ...], channel: int) -> Message:
-        transaction_id = new_transaction_id(self._rng)
-        if kind is Kind.ALLOCATE:
-            return allocate_request(transaction_id, self._allocate_options)
-        if kind is Kind.REFRESH:
-            return refresh_request(transaction_id, self.requested_lifetime)
-        if kind is Kind.DEALLOCATE:
-            return refresh_request(transaction_id, 0)
-        if kind is Kind.CREATE_PERMISSION:
-            return create_permission_request(transaction_id, peers)
-        return channel_bind_request(transaction_id, channel, peers[0])
-
     def _request(
-        self,
-        kind: Kind,
-        now: float,
-        *,
-        peers: tuple[Address, ...] = (),
-        channel: int = 0,
-        stale_retries: int = 0,
+        self, kind: Kind, now: float, *, peers: tuple[Address, ...] = (), channel: int = 0
     ) -> None:
-        """Build, sign and send a request; remember it until its answer or timeout."""
-        message = self._build(kind, peers, channel)
-        if self.software:
-            message.add(AttributeType.SOFTWARE, self.software)
-        authenticated = self._auth.ready
-        transaction = ClientTransaction(
-            self._auth.encode(message),
-            self.transport,
-            now,
-            rto=self.rto,
-            rc=self.rc,
-            rm=self.rm,
-            ti=self.ti,
-        )
         if kind is Kind.REFRESH:
             self._lifetime.in_flight = True
-        self._requests[message.transaction_id] = Request(
-            kind, transaction, peers, channel, stale_retries, authenticated
-        )
-        self.counters.requests_sent += 1
-        for datagram in transaction.datagrams_to_send(now):
-            self._emit(datagram)
-
-    def _resend(self, request: Request, now: float, *, stale: bool) -> None:
-        """Build *request* again with a new transaction id and the current credentials (after
-        the first 401, or a 438 when *stale*)."""
-        retries = request.stale_retries + 1 if stale else request.stale_retries
-        self._request(
-            request.kind, now, peers=request.peers, channel=request.channel, stale_retries=retries
-        )
+        self._transactions.send(kind, now, peers=peers, channel=channel)
 
     # ------------------------------------------------------------------ receiving
 
     def _receive_frame(self, frame: bytes, now: float) -> None:
         # RFC 7983: first byte 64-79 is ChannelData; everything else must parse as STUN.
         if frame and 0x40 <= frame[0] <= 0x4F:
-            self._receive_channel_data(frame, now)
+            event = channel_data(frame, self._channels, self._permissions, self.counters, now)
+            if event is not None:
+                self._events.append(event)
             return
         try:
             message = decode_message(frame)
@@ -625,25 +541,18 @@ class Allocation:
             return
         if message.message_class is MessageClass.INDICATION:
             if message.method == Method.DATA:
-                self._receive_data_indication(message, now)
+                event = data_indication(message, self._permissions, self.counters, now)
+                if event is not None:
+                    self._events.append(event)
             else:
                 self.counters.ignored += 1
             return
         if message.message_class is MessageClass.REQUEST:
             self.counters.ignored += 1  # a TURN server sends no requests to its clients
             return
-        request = self._requests.get(message.transaction_id)
+        request = self._transactions.match(message)
         if request is None:
-            # Late answer to a retransmitted or abandoned request, or a forgery.
-            self.counters.ignored += 1
             return
-        if not self._auth.authentic(message, authenticated=request.authenticated):
-            self.counters.integrity_failures += 1
-            return
-        if not request.transaction.receive(message):
-            self.counters.ignored += 1  # same id, different cookie: not an answer to us
-            return
-        del self._requests[message.transaction_id]
         try:
             self._handle_response(request, message, now)
         except (StunError, TurnError) as exc:
@@ -654,43 +563,6 @@ class Allocation:
                 request, f"malformed {request.kind.value} response: {exc}", None, now
             )
 
-    def _receive_data_indication(self, message: Message, now: float) -> None:
-        peer = message.get(AttributeType.XOR_PEER_ADDRESS)
-        data = message.get(AttributeType.DATA)
-        if not isinstance(peer, Address) or not isinstance(data, bytes):
-            # RFC 8656 §11.6: discard without XOR-PEER-ADDRESS. Without DATA it is an ICMP
-            # report, which this client does not surface.
-            self.counters.ignored += 1
-            return
-        permission = self._permissions.get(peer.host)
-        if permission is None or not (permission.active or permission.pending):
-            # RFC 8656 §11.6: the server should not have relayed this; it is not for us.
-            self.counters.ignored += 1
-            return
-        permission.last_used = now
-        self.counters.data_indications_received += 1
-        self.counters.bytes_received += len(data)
-        self._events.append(DataReceived(peer, data))
-
-    def _receive_channel_data(self, frame: bytes, now: float) -> None:
-        try:
-            number, data = decode_channel_data(frame)
-        except StunError:
-            self.counters.malformed += 1
-            return
-        channel = self._channels.for_number(number)
-        # The server may start using the channel before its ChannelBind success reaches us.
-        if channel is None or not (channel.bound or channel.pending):
-            self.counters.ignored += 1
-            return
-        channel.last_used = now
-        permission = self._permissions.get(channel.peer.host)
-        if permission is not None:
-            permission.last_used = now
-        self.counters.channel_data_received += 1
-        self.counters.bytes_received += len(data)
-        self._events.append(DataReceived(channel.peer, data))
-
     def _handle_response(self, request: Request, message: Message, now: float) -> None:
         if message.message_class is MessageClass.SUCCESS_RESPONSE:
             self._request_succeeded(request, message, now)
@@ -699,23 +571,13 @@ class Allocation:
         if not isinstance(error, ErrorCode):
             raise TurnError("error response without ERROR-CODE")
         code = error.code
-        if (
-            code == 401
-            and request.kind is Kind.ALLOCATE
-            and self._auth.challenge(message, authenticated=request.authenticated)
-        ):
-            self._resend(request, now, stale=False)
-            return
-        if code == 438:
-            if request.stale_retries >= MAX_STALE_NONCE_RETRIES:
-                self._request_failed(request, "server keeps answering 438 (Stale Nonce)", code, now)
-                return
-            self._auth.stale(message)
-            self.counters.stale_nonces += 1
-            self._resend(request, now, stale=True)
-            if request.kind is Kind.CREATE_PERMISSION:
+        if self._transactions.retried(request, message, code, now):
+            if code == 438 and request.kind is Kind.CREATE_PERMISSION:
                 for peer in request.peers:
                     self._resend_unconfirmed(peer.host, now)
+            return
+        if code == 438:
+            self._request_failed(request, "server keeps answering 438 (Stale Nonce)", code, now)
             return
         if code == 300 and request.kind is Kind.ALLOCATE:
             alternate = message.get(AttributeType.ALTERNATE_SERVER)
@@ -735,7 +597,7 @@ class Allocation:
         self._auth.forget()
         if self._framer is not None:
             self._framer = StreamFramer()
-        self._events.append(AlternateServer(alternate))
+        self._events.append(ev.AlternateServer(alternate))
         self._request(Kind.ALLOCATE, now)
 
     # ------------------------------------------------------------------ outcomes
@@ -750,7 +612,7 @@ class Allocation:
             if not isinstance(lifetime, int):
                 lifetime = self.requested_lifetime
             self._lifetime.granted(lifetime, now)
-            self._events.append(AllocationRefreshed(lifetime))
+            self._events.append(ev.AllocationRefreshed(lifetime))
         elif kind is Kind.DEALLOCATE:
             self._finish_close(confirmed=True)
         elif kind is Kind.CREATE_PERMISSION:
@@ -759,7 +621,7 @@ class Allocation:
                 if permission is None:
                     continue
                 if permission.confirm(now):
-                    self._events.append(PermissionCreated(peer.host))
+                    self._events.append(ev.PermissionCreated(peer.host))
                 self._flush(permission, now)
                 self._bind_earned_channels(peer.host, now)
         elif kind is Kind.CHANNEL_BIND:
@@ -767,13 +629,13 @@ class Allocation:
             if channel is None:
                 return
             if self._channels.confirm(channel, now):
-                self._events.append(ChannelBound(channel.peer, channel.number))
+                self._events.append(ev.ChannelBound(channel.peer, channel.number))
             # RFC 8656 §12.2: a successful ChannelBind installs or refreshes the permission for
             # the peer's IP too (bind_channel() may have come before any CreatePermission).
             permission = self._permissions.ensure(channel.peer, last_used=now)
             if not permission.active and not permission.pending:
                 permission.confirm(now)
-                self._events.append(PermissionCreated(channel.peer.host))
+                self._events.append(ev.PermissionCreated(channel.peer.host))
                 self._flush(permission, now)
             else:
                 permission.installed_at = max(permission.installed_at, now)
@@ -794,7 +656,7 @@ class Allocation:
         self.state = State.ALLOCATED
         self._lifetime.granted(lifetime, now)
         self._events.append(
-            AllocationSucceeded(relayed, self.mapped_address, lifetime, self.reserved_token)
+            ev.AllocationSucceeded(relayed, self.mapped_address, lifetime, self.reserved_token)
         )
         if self._close_requested:
             self._deallocate(now)
@@ -829,7 +691,7 @@ class Allocation:
             channel = self._channels.for_number(request.channel)
             if channel is not None and self._channels.failed(channel):
                 # Send indications keep working; the peer is not asked for again.
-                self._events.append(ChannelBindFailed(channel.peer, reason, code))
+                self._events.append(ev.ChannelBindFailed(channel.peer, reason, code))
 
     def _permission_failed(
         self, request: Request, reason: str, code: int | None, now: float
@@ -857,36 +719,26 @@ class Allocation:
             self._permissions.remove(peer.host)
             if code == 403:
                 self._permissions.refuse(peer.host, now)
-            self._events.append(PermissionFailed(peer.host, reason, code))
+            self._events.append(ev.PermissionFailed(peer.host, reason, code))
 
     def _terminate(self, reason: str, code: int | None) -> None:
         """End the allocation without deallocating (it failed, expired or its stream broke)."""
         previous = self.state
         self.state = State.CLOSED
-        self._requests.clear()
+        self._transactions.clear()
         self._outgoing.clear()
         if previous is State.ALLOCATING or previous is State.NEW:
-            self._events.append(AllocationFailed(reason, code))
+            self._events.append(ev.AllocationFailed(reason, code))
             if self._close_requested:
                 # close() was called while the Allocate was in flight: it still gets its
                 # AllocationClosed, as promised; there is nothing on the server to remove.
-                self._events.append(AllocationClosed(confirmed=True))
+                self._events.append(ev.AllocationClosed(confirmed=True))
         elif previous is State.CLOSING:
-            self._events.append(AllocationClosed(confirmed=False))
+            self._events.append(ev.AllocationClosed(confirmed=False))
         else:
-            self._events.append(AllocationExpired(reason))
+            self._events.append(ev.AllocationExpired(reason))
 
     def _finish_close(self, *, confirmed: bool) -> None:
         self.state = State.CLOSED
-        self._requests.clear()
-        self._events.append(AllocationClosed(confirmed))
-
-    def _run_transaction_timer(self, transaction_id: bytes, request: Request, now: float) -> None:
-        transaction = request.transaction
-        transaction.handle_timer(now)
-        for datagram in transaction.datagrams_to_send(now):
-            self.counters.retransmissions += 1
-            self._emit(datagram)
-        if transaction.error is not None:
-            del self._requests[transaction_id]
-            self._request_failed(request, f"{request.kind.value} timed out", None, now)
+        self._transactions.clear()
+        self._events.append(ev.AllocationClosed(confirmed))
