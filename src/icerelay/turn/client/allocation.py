@@ -12,31 +12,20 @@ asks it what to send and when to wake it up, and reads events::
     deadline = allocation.next_timer()                     # call handle_timer(now) then
     while (event := allocation.next_event()) is not None: ...
 
-What it does for the application:
+What it does for the application, each job in a module of its own (as pion/turn's client):
 
-- Allocate with long-term credentials: the first request goes without them, the 401 brings
-  REALM and NONCE, the retry carries USERNAME (or USERHASH), REALM, NONCE and MESSAGE-INTEGRITY
-  (MD5 key) or MESSAGE-INTEGRITY-SHA256 (SHA-256 key, when the server offers it in
-  PASSWORD-ALGORITHMS, RFC 8489 §9.2). A 438 (stale nonce) is retried with the new nonce; a 300
-  (Try Alternate) is followed once.
-- :meth:`Allocation.send_to` creates the permission for the peer on demand and sends the data
-  right behind the CreatePermission (or, with ``pipeline_permissions=False``, queues it until the
-  server confirms), sends Send indications, and once traffic to a peer has started binds a
-  channel so that later packets go as 4-byte-header ChannelData instead of 36-byte-header
-  indications.
-- CreatePermission is all or nothing (RFC 8656 §10.2: one forbidden peer makes the server refuse
-  the whole request with 403), and private, loopback, link-local... addresses are what servers
-  deny by default. So peers that are not globally routable each get a request of their own,
-  global ones share one; a 403 to a shared request is retried peer by peer.
-- Keeps everything alive while in use: the allocation is refreshed before its lifetime ends,
-  permissions every 240 s (they last 300 s), channels before their 600 s pass.
-- Delivers what peers send (Data indications and ChannelData) as :class:`DataReceived`.
-- :meth:`Allocation.close` deallocates with a Refresh of LIFETIME 0.
-
-The jobs are split as pion/turn's client splits them: :mod:`.auth` (long-term credentials,
-401/438), :mod:`.permissions` (CreatePermission and its refresh), :mod:`.channels`
-(ChannelBind, channel numbers), :mod:`.lifetime` (Refresh), :mod:`.requests` (building each
-request); this module orchestrates them.
+- :mod:`.auth`: long-term credentials (RFC 8489 §9.2): 401 challenge, USERHASH, SHA-256 key
+  when offered in PASSWORD-ALGORITHMS, 438 (stale nonce) retries. A 300 (Try Alternate) is
+  followed once.
+- :mod:`.permissions`: CreatePermission on demand in :meth:`Allocation.send_to` (data pipelined
+  right behind it), grouped so that one refused peer costs the others nothing (RFC 8656 §10.2),
+  refreshed every 240 s while in use.
+- :mod:`.channels`: a ChannelBind once traffic to a peer has started, so that later packets go
+  as 4-byte-header ChannelData instead of 36-byte-header indications (RFC 8656 §12).
+- :mod:`.lifetime`: the allocation refreshed before its lifetime ends (RFC 8656 §7.2);
+  :meth:`Allocation.close` deallocates with a Refresh of LIFETIME 0.
+- :mod:`.requests`: building, signing, retransmitting and matching requests;
+  :mod:`.inbound`: what peers send (Data indications, ChannelData) as :class:`DataReceived`.
 
 Over TCP and TLS the engine reads and writes one byte stream (STUN and padded ChannelData);
 everything else is the same. Malformed input never raises: it is counted in
@@ -124,20 +113,9 @@ class Allocation:
     *ti* the TCP/TLS timeout (RFC 8489 §6.2; the defaults give up after 39.5 s).
 
     *pipeline_permissions* (default True) sends data to a peer whose permission is still being
-    created right behind the CreatePermission instead of holding it until the success returns:
-    that saves one round trip to the server on the first packet to every new peer (an ICE
-    connectivity check through the relay). It is safe because a server handles one client's
-    messages on one 5-tuple in order (always over TCP/TLS; over UDP unless the network reorders
-    them), so the permission exists when the Send indication arrives; icerelay's server and
-    coturn 4.6.1 both relay it (tests/interop/test_turn_client_*.py). What can go wrong costs
-    at most what waiting would have cost: a packet that overtakes its CreatePermission or whose
-    CreatePermission was lost (UDP reordering or loss) is dropped by the server, and a sender
-    that needs it (an ICE check) retransmits anyway. When the server answers the request with
-    an error it installed nothing, so the packets behind it are sent again behind the re-sent
-    request (438 stale nonce, a refused batch split peer by peer); if the permission fails,
-    they are counted in ``counters.dropped`` like queued ones. False restores the conservative
-    behaviour, holding data until the server confirms (for a server that might not process
-    one 5-tuple in order).
+    created right behind the CreatePermission instead of holding it until the success returns
+    (one round trip saved per new peer; why that is safe: :mod:`.permissions`). False holds
+    data until the server confirms.
     """
 
     def __init__(
@@ -380,22 +358,9 @@ class Allocation:
             return
         if self.state is not State.ALLOCATED:
             raise TurnError(f"cannot create permissions: allocation is {self.state.value}")
-        wanted: list[Address] = []
-        chosen: set[str] = set()
         family = self.relayed_address.family if self.relayed_address is not None else 4
-        for peer in peers:
-            if peer.family != family:
-                # An IPv4 relay cannot reach an IPv6 peer (the server would answer 443 and
-                # fail the whole batch with it): leave it out, counted.
-                self.counters.dropped += 1
-                continue
-            if self._permissions.refused(peer.host, now):
-                continue  # refused a moment ago; asking again would be refused again
-            permission = self._permissions.ensure(peer)
-            permission.pinned = True
-            if not permission.active and not permission.pending and peer.host not in chosen:
-                chosen.add(peer.host)
-                wanted.append(permission.address)
+        wanted, other_family = self._permissions.claim(peers, family, now)
+        self.counters.dropped += other_family
         for batch in batches(wanted):
             self._create_permission(now, batch)
 
@@ -707,19 +672,11 @@ class Allocation:
                     self._resend_unconfirmed(peer.host, now)
             return
         for peer in request.peers:
-            permission = self._permissions.get(peer.host)
-            if permission is None:
-                continue
-            permission.pending = False
-            if permission.active and code is None:
-                # A refresh timed out; the permission may still hold until it expires.
-                continue
-            # Queued data never left; pipelined data was dropped by the server.
-            self.counters.dropped += len(permission.queue) + permission.unconfirmed_count
-            self._permissions.remove(peer.host)
-            if code == 403:
-                self._permissions.refuse(peer.host, now)
-            self._events.append(ev.PermissionFailed(peer.host, reason, code))
+            permission = self._permissions.failed(peer.host, code, now)
+            if permission is not None:
+                # Queued data never left; pipelined data was dropped by the server.
+                self.counters.dropped += len(permission.queue) + permission.unconfirmed_count
+                self._events.append(ev.PermissionFailed(peer.host, reason, code))
 
     def _terminate(self, reason: str, code: int | None) -> None:
         """End the allocation without deallocating (it failed, expired or its stream broke)."""

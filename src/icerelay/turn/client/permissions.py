@@ -4,6 +4,21 @@ A permission lets a peer IP address (any port) send to the relayed address; the 
 it on CreatePermission (or ChannelBind) and drops it after 300 s unless refreshed. This table
 decides which permissions to refresh (those in use, or asked for explicitly), which to let lapse,
 how to group peers into requests, and which peers the server refused a moment ago.
+
+Pipelining (``Allocation(pipeline_permissions=True)``, the default) sends data to a peer whose
+permission is still being created right behind the CreatePermission instead of holding it until
+the success returns: that saves one round trip to the server on the first packet to every new
+peer (an ICE connectivity check through the relay). It is safe because a server handles one
+client's messages on one 5-tuple in order (always over TCP/TLS; over UDP unless the network
+reorders them), so the permission exists when the Send indication arrives; icerelay's server and
+coturn 4.6.1 both relay it (tests/interop/test_turn_client_*.py). What can go wrong costs at
+most what waiting would have cost: a packet that overtakes its CreatePermission or whose
+CreatePermission was lost (UDP reordering or loss) is dropped by the server, and a sender that
+needs it (an ICE check) retransmits anyway. When the server answers the request with an error it
+installed nothing, so the packets behind it are sent again behind the re-sent request (438 stale
+nonce, a refused batch split peer by peer); if the permission fails, they are counted in
+``counters.dropped`` like queued ones. Without pipelining data waits for the confirmation (for a
+server that might not process one 5-tuple in order).
 """
 
 from __future__ import annotations
@@ -131,6 +146,42 @@ class Permissions:
             del self._refused[host]
             return False
         return True
+
+    def claim(self, peers: list[Address], family: int, now: float) -> tuple[list[Address], int]:
+        """Pin the permissions for *peers* (kept alive without traffic); return the addresses
+        to ask the server for (not installed or pending yet) and how many peers were left out
+        for being of the other address family (an IPv4 relay cannot reach an IPv6 peer: the
+        server would answer 443 and fail the whole batch with it)."""
+        wanted: list[Address] = []
+        chosen: set[str] = set()
+        other_family = 0
+        for peer in peers:
+            if peer.family != family:
+                other_family += 1
+                continue
+            if self.refused(peer.host, now):
+                continue  # refused a moment ago; asking again would be refused again
+            permission = self.ensure(peer)
+            permission.pinned = True
+            if not permission.active and not permission.pending and peer.host not in chosen:
+                chosen.add(peer.host)
+                wanted.append(permission.address)
+        return wanted, other_family
+
+    def failed(self, host: str, code: int | None, now: float) -> Permission | None:
+        """CreatePermission for *host* failed; the permission given up (its queued and
+        pipelined data lost), or None when it is kept: unknown, or a refresh that timed out
+        (the permission may still hold until it expires)."""
+        permission = self._by_host.get(host)
+        if permission is None:
+            return None
+        permission.pending = False
+        if permission.active and code is None:
+            return None
+        del self._by_host[host]
+        if code == 403:
+            self.refuse(host, now)
+        return permission
 
     def deadlines(self) -> Iterator[float]:
         for permission in self._by_host.values():
