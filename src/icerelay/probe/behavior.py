@@ -26,12 +26,24 @@ feed decoded messages to :meth:`Probe.receive`, call :meth:`Probe.handle_timer` 
 from __future__ import annotations
 
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from icerelay.errors import ProbeError
 from icerelay.net import Datagram
 from icerelay.probe.results import Behavior, BindingResult, ProbeResult
-from icerelay.stun import Address, AttributeType, ChangeRequest, Message, MessageClass, Method
+from icerelay.stun import (
+    Address,
+    AttributeType,
+    ChangeRequest,
+    Message,
+    MessageClass,
+    Method,
+    new_transaction_id,
+)
 from icerelay.stun.transaction import ClientTransaction, Transport
+
+if TYPE_CHECKING:
+    from random import Random
 
 A = AttributeType
 
@@ -53,6 +65,7 @@ class Probe:
         local: Address,
         now: float,
         *,
+        rng: Random,
         behavior: bool = False,
         transport: Transport = "udp",
         timeout: float = 3.0,
@@ -62,6 +75,8 @@ class Probe:
             raise ValueError("NAT behaviour discovery runs over UDP only")
         self.server = server
         self.local = local
+        #: Draws the transaction ids (RFC 8489 §6): SystemRandom in use, seeded in tests.
+        self.rng = rng
         self.behavior = behavior
         self.transport: Transport = transport
         self.timeout = timeout
@@ -137,7 +152,7 @@ class Probe:
     # --- the state machine -----------------------------------------------------------------
 
     def _start(self, step: Step, destination: Address, flags: int, now: float) -> None:
-        request = Message(Method.BINDING, MessageClass.REQUEST)
+        request = Message(Method.BINDING, MessageClass.REQUEST, new_transaction_id(self.rng))
         if flags:
             request.add(A.CHANGE_REQUEST, flags)
         self._step = step

@@ -29,7 +29,7 @@ from icerelay.stun.constants import (
     PasswordAlgorithm,
     SecurityFeature,
 )
-from icerelay.stun.message import Message, decode_message, is_stun
+from icerelay.stun.message import Message, decode_message, is_stun, new_transaction_id
 
 __all__ = [
     "FINGERPRINT_XOR",
@@ -54,4 +54,5 @@ __all__ = [
     "TransactionError",
     "decode_message",
     "is_stun",
+    "new_transaction_id",
 ]

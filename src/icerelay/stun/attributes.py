@@ -8,7 +8,6 @@ only :class:`~icerelay.errors.StunError`, with a reason naming the attribute.
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from icerelay.stun.constants import (
     AddressFamily,
     AttributeType,
 )
+from icerelay.stun.inet import pack_ip, unpack_ip
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -141,15 +141,10 @@ def _decode_address_fields(attribute_type: int, value: bytes) -> tuple[int, int,
 
 
 def _address_bytes(address: Address) -> tuple[int, bytes]:
-    host = address.host
     if not 0 <= address.port <= 0xFFFF:
         raise ValueError(f"port {address.port} out of range")
-    try:
-        if ":" in host:
-            return AddressFamily.IPV6, socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
-        return AddressFamily.IPV4, socket.inet_pton(socket.AF_INET, host)
-    except OSError:
-        raise ValueError(f"not an IP address: {host!r}") from None
+    raw = pack_ip(address.host)
+    return (AddressFamily.IPV4 if len(raw) == 4 else AddressFamily.IPV6), raw
 
 
 def _xor(data: bytes, mask: bytes) -> bytes:
@@ -160,9 +155,8 @@ def _xor(data: bytes, mask: bytes) -> bytes:
 
 def _make_address_decoder(attribute_type: int) -> Decoder:
     def decode(value: bytes, cookie_and_id: bytes) -> Address:
-        family, port, raw = _decode_address_fields(attribute_type, value)
-        af = socket.AF_INET if family == AddressFamily.IPV4 else socket.AF_INET6
-        return Address(socket.inet_ntop(af, raw), port)
+        _, port, raw = _decode_address_fields(attribute_type, value)
+        return Address(unpack_ip(raw), port)
 
     return decode
 
@@ -174,12 +168,11 @@ def _encode_address(value: Address, cookie_and_id: bytes) -> bytes:
 
 def _make_xor_address_decoder(attribute_type: int) -> Decoder:
     def decode(value: bytes, cookie_and_id: bytes) -> Address:
-        family, xport, xaddr = _decode_address_fields(attribute_type, value)
+        _, xport, xaddr = _decode_address_fields(attribute_type, value)
         # RFC 8489 §14.2: the port is XORed with the cookie's high 16 bits, an IPv4 address
         # with the cookie, an IPv6 address with the cookie followed by the transaction id.
         raw = _xor(xaddr, cookie_and_id)
-        af = socket.AF_INET if family == AddressFamily.IPV4 else socket.AF_INET6
-        return Address(socket.inet_ntop(af, raw), xport ^ (_U16.unpack_from(cookie_and_id)[0]))
+        return Address(unpack_ip(raw), xport ^ (_U16.unpack_from(cookie_and_id)[0]))
 
     return decode
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-import os
 import struct
 from collections.abc import Iterator
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from icerelay.errors import StunError
 from icerelay.net import Address
@@ -35,6 +34,9 @@ from icerelay.stun.constants import (
     MessageClass,
     Method,
 )
+
+if TYPE_CHECKING:
+    from random import Random
 
 _HEADER = struct.Struct("!HHI12s")
 _ATTRIBUTE_HEADER = struct.Struct("!HH")
@@ -119,6 +121,12 @@ def split_message_type(value: int) -> tuple[int, int]:
     return method, message_class
 
 
+def new_transaction_id(rng: Random) -> bytes:
+    """A fresh 96-bit transaction id drawn from *rng* (RFC 8489 §6: uniformly random, so an
+    off-path attacker cannot guess it; pass :class:`random.SystemRandom` outside tests)."""
+    return rng.randbytes(TRANSACTION_ID_LENGTH)
+
+
 def is_stun(data: bytes | bytearray | memoryview, *, allow_rfc3489: bool = False) -> bool:
     """Cheap check that a datagram looks like one whole STUN message (RFC 8489 §6.3).
 
@@ -178,14 +186,12 @@ class Message:
         self,
         method: int,
         message_class: int,
-        transaction_id: bytes | None = None,
+        transaction_id: bytes,
         attributes: list[tuple[int, Any]] | None = None,
         *,
         cookie: int = MAGIC_COOKIE,
     ) -> None:
-        if transaction_id is None:
-            transaction_id = os.urandom(TRANSACTION_ID_LENGTH)
-        elif len(transaction_id) != TRANSACTION_ID_LENGTH:
+        if len(transaction_id) != TRANSACTION_ID_LENGTH:
             raise ValueError("a transaction id has 12 bytes (96 bits)")
         #: The STUN method (a :class:`Method` when known).
         self.method: int = method

@@ -6,6 +6,7 @@ peer (or a STUN server) by hand with icerelay.stun messages.
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -86,7 +87,7 @@ def peer_check(
     pwd: str | None = None,
     priority: int = 1862270975,
 ) -> bytes:
-    request = Message(Method.BINDING, MessageClass.REQUEST)
+    request = Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12))
     request.add(AttributeType.USERNAME, username or f"{agent.local_username}:{PEER_UFRAG}")
     request.add(AttributeType.PRIORITY, priority)
     if controlling is not None:
@@ -228,7 +229,7 @@ def test_bad_credentials_get_401(kwargs: dict[str, str], code: int) -> None:
 
 def test_missing_username_gets_400() -> None:
     agent = make_agent(controlling=False)
-    request = Message(Method.BINDING, MessageClass.REQUEST)
+    request = Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12))
     agent.receive(request.encode(fingerprint=True), PEER, LOCAL, 0.0)
     [(response, _)] = stun_out(agent, 0.0)
     error = response.get(AttributeType.ERROR_CODE)

@@ -43,6 +43,7 @@ def stun_messages(draw: st.DrawFn, agent_ufrag: str, agent_pwd: str) -> bytes:
     message = Message(
         draw(st.sampled_from([Method.BINDING, Method.ALLOCATE])),
         draw(st.sampled_from(list(MessageClass))),
+        draw(st.binary(min_size=12, max_size=12)),
     )
     for attribute, values in draw(st.lists(ATTRIBUTES, max_size=6)):
         message.add(attribute, draw(values))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -227,7 +228,7 @@ def test_rtcp_on_the_next_port_and_mux_demux() -> None:
 
 
 def binding_request(username: str, password: str, nominate: bool) -> Message:
-    request = Message(Method.BINDING, MessageClass.REQUEST)
+    request = Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12))
     request.add(AttributeType.USERNAME, username)
     request.add(AttributeType.PRIORITY, 1853817087)
     request.add(AttributeType.ICE_CONTROLLING, 0x1122334455667788)

@@ -31,7 +31,7 @@ RFC5780 = Rfc5780Addresses(Address(A1, P1), Address(A2, P2))
 
 
 def request(*attributes: tuple[int, object], method: int = Method.BINDING) -> Message:
-    message = Message(method, MessageClass.REQUEST)
+    message = Message(method, MessageClass.REQUEST, os.urandom(12))
     for attribute_type, value in attributes:
         message.add(attribute_type, value)  # type: ignore[arg-type]
     return message
@@ -117,7 +117,7 @@ def test_other_methods_get_400() -> None:
 
 def test_binding_indication_is_a_silent_keepalive() -> None:
     engine = BindingEngine()
-    indication = Message(Method.BINDING, MessageClass.INDICATION)
+    indication = Message(Method.BINDING, MessageClass.INDICATION, os.urandom(12))
     assert exchange(engine, indication.encode()) == []
     assert engine.counters.events["binding_indications"] == 1
     assert not engine.counters.dropped
@@ -125,7 +125,9 @@ def test_binding_indication_is_a_silent_keepalive() -> None:
 
 def test_responses_sent_to_the_server_are_dropped() -> None:
     engine = BindingEngine()
-    stray = Message(Method.BINDING, MessageClass.SUCCESS_RESPONSE).add(A.XOR_MAPPED_ADDRESS, CLIENT)
+    stray = Message(Method.BINDING, MessageClass.SUCCESS_RESPONSE, os.urandom(12)).add(
+        A.XOR_MAPPED_ADDRESS, CLIENT
+    )
     assert exchange(engine, stray.encode()) == []
     assert engine.counters.dropped["unexpected_response"] == 1
 

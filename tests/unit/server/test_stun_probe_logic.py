@@ -6,6 +6,7 @@ virtual, so the tests that wait for timeouts take no time.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import pytest
@@ -58,7 +59,7 @@ class Nat:
 
 def run_probe(nat: Nat, engine: BindingEngine, behavior: bool = True) -> Probe:
     now = 0.0
-    probe = Probe(RFC5780.primary, LOCAL, now, behavior=behavior, timeout=1.0)
+    probe = Probe(RFC5780.primary, LOCAL, now, rng=random.Random(1), behavior=behavior, timeout=1.0)
     for _ in range(1000):
         if probe.done:
             return probe
@@ -115,7 +116,7 @@ def test_plain_probe_reports_mapped_address_and_rtt() -> None:
 
 
 def test_no_answer_is_an_error_after_the_timeout() -> None:
-    probe = Probe(RFC5780.primary, LOCAL, 0.0, timeout=2.0)
+    probe = Probe(RFC5780.primary, LOCAL, 0.0, rng=random.Random(2), timeout=2.0)
     sends = 0
     now = 0.0
     while not probe.done:

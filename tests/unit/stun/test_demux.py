@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from icerelay.errors import StunError
@@ -46,7 +48,7 @@ def test_rtcp_by_packet_type() -> None:
 
 
 def test_stun_message_classifies_as_stun() -> None:
-    data = Message(Method.BINDING, MessageClass.REQUEST).encode()
+    data = Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12)).encode()
     assert classify_packet(data) is PacketKind.STUN
     assert stream_frame_length(data) == len(data)
 

@@ -5,6 +5,7 @@ errors every kind of malformed input gives."""
 from __future__ import annotations
 
 import binascii
+import random
 import struct
 from typing import Any
 
@@ -26,7 +27,7 @@ from icerelay.stun import (
     decode_message,
     is_stun,
 )
-from icerelay.stun.message import message_type, split_message_type
+from icerelay.stun.message import message_type, new_transaction_id, split_message_type
 
 A = AttributeType
 TXID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
@@ -85,9 +86,14 @@ def test_empty_binding_request() -> None:
 
 
 def test_random_transaction_ids() -> None:
-    first = Message(Method.BINDING, MessageClass.REQUEST)
-    second = Message(Method.BINDING, MessageClass.REQUEST)
+    rng = random.Random(1)
+    first = Message(Method.BINDING, MessageClass.REQUEST, new_transaction_id(rng))
+    second = Message(Method.BINDING, MessageClass.REQUEST, new_transaction_id(rng))
     assert len(first.transaction_id) == 12 and first.transaction_id != second.transaction_id
+    replay = random.Random(1)
+    assert new_transaction_id(replay) == first.transaction_id
+    with pytest.raises(TypeError):
+        Message(Method.BINDING, MessageClass.REQUEST)  # type: ignore[call-arg]
     with pytest.raises(ValueError):
         Message(Method.BINDING, MessageClass.REQUEST, b"short")
 

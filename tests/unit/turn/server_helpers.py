@@ -147,7 +147,7 @@ class Client:
     def send_indication(
         self, peer: tuple[str, int], data: bytes
     ) -> list[tuple[bytes, tuple[str, int], tuple[str, int], str]]:
-        message = Message(Method.SEND, MessageClass.INDICATION)
+        message = Message(Method.SEND, MessageClass.INDICATION, os.urandom(12))
         message.add(A.XOR_PEER_ADDRESS, Address(*peer))
         message.add(A.DATA, data)
         return self.send_raw(message.encode())

@@ -9,6 +9,8 @@ Time is a plain float that the tests move.
 
 from __future__ import annotations
 
+import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -237,7 +239,7 @@ class FakeServer:
 
     def data_indication(self, peer: Address, payload: bytes) -> bytes:
         """A Data indication from *peer* (what the server sends when no channel is bound)."""
-        indication = Message(Method.DATA, MessageClass.INDICATION)
+        indication = Message(Method.DATA, MessageClass.INDICATION, os.urandom(12))
         indication.add(A.XOR_PEER_ADDRESS, peer)
         indication.add(A.DATA, payload)
         return indication.encode()
@@ -310,6 +312,7 @@ def make(
 ) -> Harness:
     """A harness with an allocation made (unless *start* is False)."""
     fake = server or FakeServer(stream=transport != "udp")
+    options.setdefault("rng", random.Random(0))
     engine = Allocation(SERVER, USER, PASSWORD, transport=transport, **options)  # type: ignore[arg-type]
     harness = Harness(engine, fake)
     if start:

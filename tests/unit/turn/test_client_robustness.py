@@ -3,6 +3,7 @@ but TurnError/StunError (in practice: nothing at all) and counts what it dropped
 
 from __future__ import annotations
 
+import os
 import struct
 
 from hypothesis import HealthCheck, given, settings
@@ -139,13 +140,15 @@ def test_401_offering_only_unknown_password_algorithms_fails() -> None:
 
 def test_unexpected_messages_are_ignored_and_counted() -> None:
     h = make()
-    request = Message(Method.BINDING, MessageClass.REQUEST)
+    request = Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12))
     h.deliver(request.encode())
-    stray = Message(Method.ALLOCATE, MessageClass.SUCCESS_RESPONSE)  # unknown transaction
+    stray = Message(
+        Method.ALLOCATE, MessageClass.SUCCESS_RESPONSE, os.urandom(12)
+    )  # unknown transaction
     h.deliver(stray.encode())
-    odd = Message(Method.SEND, MessageClass.INDICATION)
+    odd = Message(Method.SEND, MessageClass.INDICATION, os.urandom(12))
     h.deliver(odd.encode())
-    no_data = Message(Method.DATA, MessageClass.INDICATION)
+    no_data = Message(Method.DATA, MessageClass.INDICATION, os.urandom(12))
     no_data.add(A.XOR_PEER_ADDRESS, PEER)
     h.deliver(no_data.encode())
     h.deliver(struct.pack("!HH", 0x4ABC, 1) + b"x\x00\x00\x00")  # unbound channel

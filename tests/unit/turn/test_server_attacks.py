@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -119,7 +120,7 @@ def _append_after_integrity(data: bytes, attribute_type: int, value: bytes) -> b
 
 
 def _signed(client: Client, method: int, attributes: list[tuple[int, object]]) -> bytes:
-    message = Message(method, MessageClass.REQUEST)
+    message = Message(method, MessageClass.REQUEST, os.urandom(12))
     for attribute_type, value in attributes:
         message.add(attribute_type, value)  # type: ignore[arg-type]
     message.add(A.USERNAME, client.username)
@@ -325,10 +326,10 @@ def test_channels_per_allocation_quota() -> None:
 def test_unauthenticated_answers_are_rate_limited_per_source() -> None:
     engine, _ = make_engine(unauthenticated_rate=10, unauthenticated_burst=20)
     spoofed = Client(engine, address=("198.51.100.99", 53))
-    request = Message(Method.ALLOCATE, MessageClass.REQUEST)
+    request = Message(Method.ALLOCATE, MessageClass.REQUEST, os.urandom(12))
     request.add(A.REQUESTED_TRANSPORT, 17)
     data = request.encode()
-    binding = Message(Method.BINDING, MessageClass.REQUEST).encode()
+    binding = Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12)).encode()
     answers = sum(len(spoofed.send_raw(data if i % 2 else binding)) for i in range(200))
     assert answers == 20
     assert engine.counters["dropped_rate_limited"] == 180

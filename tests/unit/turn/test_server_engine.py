@@ -61,7 +61,7 @@ def test_fingerprint_only_when_the_request_has_one() -> None:
     engine, _ = make_engine()
     client = Client(engine)
     client.allocate()
-    message = Message(Method.BINDING, MessageClass.REQUEST)
+    message = Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12))
     plain = decode_message(client.send_raw(message.encode())[0][0])
     assert not plain.has_fingerprint
     with_fp = decode_message(client.send_raw(message.encode(fingerprint=True))[0][0])
@@ -70,7 +70,9 @@ def test_fingerprint_only_when_the_request_has_one() -> None:
 
 def test_binding_request_on_the_turn_port_is_answered() -> None:
     engine, _ = make_engine()
-    out = Client(engine).send_raw(Message(Method.BINDING, MessageClass.REQUEST).encode())
+    out = Client(engine).send_raw(
+        Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12)).encode()
+    )
     response = decode_message(out[0][0])
     assert response.message_class == MessageClass.SUCCESS_RESPONSE
     assert response.get(A.XOR_MAPPED_ADDRESS) == Address(*CLIENT)
@@ -400,7 +402,7 @@ def test_sha256_password_algorithm_and_userhash() -> None:
     algorithms = challenge.get(A.PASSWORD_ALGORITHMS)
     assert nonce is not None and algorithms is not None
     key = long_term_key("alice", REALM, "wonderland", PasswordAlgorithm.SHA256)
-    message = Message(Method.ALLOCATE, MessageClass.REQUEST)
+    message = Message(Method.ALLOCATE, MessageClass.REQUEST, os.urandom(12))
     message.add(A.REQUESTED_TRANSPORT, 17)
     message.add(A.USERHASH, userhash("alice", REALM))
     message.add(A.REALM, REALM)
@@ -411,7 +413,7 @@ def test_sha256_password_algorithm_and_userhash() -> None:
     assert response.message_class == MessageClass.SUCCESS_RESPONSE, response
     assert response.integrity_algorithm == "sha256" and response.check_integrity(key)
     # A bid-down (changed PASSWORD-ALGORITHMS list) is a 400.
-    message = Message(Method.REFRESH, MessageClass.REQUEST)
+    message = Message(Method.REFRESH, MessageClass.REQUEST, os.urandom(12))
     message.add(A.USERNAME, "alice")
     message.add(A.REALM, REALM)
     message.add(A.NONCE, nonce)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +30,7 @@ def _signed_requests() -> list[bytes]:
             [(A.CHANNEL_NUMBER, 0x4001), (A.XOR_PEER_ADDRESS, Address("198.51.100.8", 2))],
         ),
     ):
-        message = Message(method, MessageClass.REQUEST)
+        message = Message(method, MessageClass.REQUEST, os.urandom(12))
         for attribute_type, value in attributes:
             message.add(attribute_type, value)  # type: ignore[arg-type]
         message.add(A.USERNAME, client.username)
@@ -36,7 +38,7 @@ def _signed_requests() -> list[bytes]:
         assert client.nonce is not None
         message.add(A.NONCE, client.nonce)
         out.append(message.encode(client.key, fingerprint=True))
-    send = Message(Method.SEND, MessageClass.INDICATION)
+    send = Message(Method.SEND, MessageClass.INDICATION, os.urandom(12))
     send.add(A.XOR_PEER_ADDRESS, Address("198.51.100.7", 5000))
     send.add(A.DATA, b"hello")
     out.append(send.encode())

@@ -54,10 +54,12 @@ def _allocate_blocking(server: tuple[str, int]) -> tuple[socket.socket, Message,
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(3)
     sock.connect(server)
-    challenge = _exchange(sock, Message(Method.ALLOCATE, MessageClass.REQUEST), None)
+    challenge = _exchange(
+        sock, Message(Method.ALLOCATE, MessageClass.REQUEST, os.urandom(12)), None
+    )
     nonce = challenge.get(A.NONCE)
     assert nonce is not None
-    request = Message(Method.ALLOCATE, MessageClass.REQUEST)
+    request = Message(Method.ALLOCATE, MessageClass.REQUEST, os.urandom(12))
     request.add(A.REQUESTED_TRANSPORT, 17)
     return sock, _exchange(sock, request, nonce), nonce
 
@@ -84,7 +86,7 @@ def test_drain_on_sigusr1_refuses_new_allocations_and_ends_with_the_last_one() -
             _, refused, _ = await asyncio.to_thread(_allocate_blocking, server)
             assert _error(refused) == 508
             assert not service._drained.is_set()
-            refresh = Message(Method.REFRESH, MessageClass.REQUEST)
+            refresh = Message(Method.REFRESH, MessageClass.REQUEST, os.urandom(12))
             refresh.add(A.LIFETIME, 0)
             deleted = await asyncio.to_thread(_exchange, sock, refresh, nonce)
             assert _error(deleted) is None
@@ -109,19 +111,21 @@ def test_binding_on_the_turn_port_and_tcp_close_ends_the_allocation() -> None:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                     sock.settimeout(3)
                     sock.connect(server)
-                    return _exchange(sock, Message(Method.BINDING, MessageClass.REQUEST), None)
+                    return _exchange(
+                        sock, Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12)), None
+                    )
 
             answer = await asyncio.to_thread(binding)
             assert answer.message_class == MessageClass.SUCCESS_RESPONSE
             assert answer.get(A.XOR_MAPPED_ADDRESS) is not None
 
             reader, writer = await asyncio.open_connection(*service.listen_tcp[0])
-            writer.write(Message(Method.ALLOCATE, MessageClass.REQUEST).encode())
+            writer.write(Message(Method.ALLOCATE, MessageClass.REQUEST, os.urandom(12)).encode())
             header = await reader.readexactly(20)
             challenge = decode_message(
                 header + await reader.readexactly(header[3] | header[2] << 8)
             )
-            request = Message(Method.ALLOCATE, MessageClass.REQUEST)
+            request = Message(Method.ALLOCATE, MessageClass.REQUEST, os.urandom(12))
             request.add(A.REQUESTED_TRANSPORT, 17)
             request.add(A.USERNAME, USER)
             request.add(A.REALM, REALM)
@@ -276,10 +280,10 @@ def test_icmp_port_unreachable_reaches_the_client_in_a_data_indication() -> None
             def exchange() -> Message:
                 sock, response, nonce = _allocate_blocking(service.listen_udp[0])
                 assert _error(response) is None
-                permit = Message(Method.CREATE_PERMISSION, MessageClass.REQUEST)
+                permit = Message(Method.CREATE_PERMISSION, MessageClass.REQUEST, os.urandom(12))
                 permit.add(A.XOR_PEER_ADDRESS, Address(*dead_peer))
                 assert _error(_exchange(sock, permit, nonce)) is None
-                send = Message(Method.SEND, MessageClass.INDICATION)
+                send = Message(Method.SEND, MessageClass.INDICATION, os.urandom(12))
                 send.add(A.XOR_PEER_ADDRESS, Address(*dead_peer))
                 send.add(A.DATA, b"anyone?")
                 sock.send(send.encode())
@@ -314,7 +318,7 @@ def test_a_burst_from_a_peer_is_relayed_in_order_through_a_short_relay_queue() -
                 sock, response, nonce = _allocate_blocking(service.listen_udp[0])
                 relayed = response.get(A.XOR_RELAYED_ADDRESS)
                 assert _error(response) is None and relayed is not None
-                permit = Message(Method.CREATE_PERMISSION, MessageClass.REQUEST)
+                permit = Message(Method.CREATE_PERMISSION, MessageClass.REQUEST, os.urandom(12))
                 permit.add(A.XOR_PEER_ADDRESS, Address(*peer.getsockname()))
                 assert _error(_exchange(sock, permit, nonce)) is None
                 return sock, relayed

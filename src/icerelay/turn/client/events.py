@@ -80,7 +80,7 @@ class PermissionFailed(Event):
     """CreatePermission for *peer* failed (403 forbidden peer, timeout, ...); the data queued
     for it, or pipelined behind the request (which the server dropped), is counted in
     ``counters.dropped``. After a 403 the peer is not asked for again for
-    :data:`~icerelay.turn.client.allocation.REFUSED_HOLD` seconds."""
+    :data:`~icerelay.turn.client.permissions.REFUSED_HOLD` seconds."""
 
     peer: str
     reason: str
