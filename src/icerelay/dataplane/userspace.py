@@ -90,13 +90,13 @@ class _Socket(asyncio.DatagramProtocol):
         source = addr if len(addr) == 2 else addr[:2]
         state = self.state
         verdict = decide(state, self.component, data, source, self.clock())
-        if isinstance(verdict, Forward):
+        if type(verdict) is Forward:
             transport = self.peer_transports[verdict.socket]
             if transport is None:
                 state.dropped += 1
                 return
             transport.sendto(data, verdict.destination)
-        elif isinstance(verdict, Answer):
+        elif type(verdict) is Answer:
             transport = self.own_transports[verdict.socket]
             if transport is not None:
                 transport.sendto(verdict.data, verdict.destination)

@@ -128,6 +128,9 @@ _DROP_OWN = _DROPS[DropReason.OWN_SOURCE]
 _DROP_FOREIGN = _DROPS[DropReason.FOREIGN_SOURCE]
 _NO_DESTINATION = _DROPS[DropReason.NO_DESTINATION]
 _NO_DESTINATION_MOVED = Drop(DropReason.NO_DESTINATION, moved=True)
+# Enum members as module constants: looking one up on its class costs ~80 ns in Python 3.11.
+_NOMINATION = PacketKind.STUN_NOMINATION
+_STUN_OTHER = PacketKind.STUN_OTHER
 
 
 @dataclass(slots=True, eq=False)
@@ -254,13 +257,14 @@ def decide(state: LegState, component: int, data: bytes, source: Sockaddr, now: 
         # RFC 5761 §4: on a multiplexed port, packet types 192..223 are RTCP.
         component = RTCP
     moved = False
-    if state.latched[component] == source:
+    latched = state.latched[component]
+    if latched == source:
         state.latched_seen[component] = now
         state.media_latched[component] = True
     else:
         handover = state.handover_after
         if (
-            state.latched[component] is None
+            latched is None
             # The first media packet decides, also over a latch learnt from ICE checks.
             or not state.media_latched[component]
             or (handover is not None and now - state.latched_seen[component] >= handover)
@@ -300,25 +304,25 @@ def _stun(state: LegState, component: int, data: bytes, source: Sockaddr, now: f
         state.dropped += 1
         return _DROPS[DropReason.MALFORMED_STUN]
     kind = stun_kind(message)
-    if kind != PacketKind.STUN_OTHER:
+    nominating = kind is _NOMINATION
+    if kind is not _STUN_OTHER:
         state.stun_requests += 1
-        if kind == PacketKind.STUN_NOMINATION:
+        if nominating:
             state.stun_nominations += 1
-    nominating = kind == PacketKind.STUN_NOMINATION
     credentials = state.leg.ice_credentials
     if credentials is None:
         # ICE runs end to end through the relay: pass the check (or its answer) along; a check
         # latches provisionally (the first, then a nominating one) until media arrives.
         moved = False
         if (
-            kind != PacketKind.STUN_OTHER
+            kind is not _STUN_OTHER
             and not state.media_latched[component]
             and (state.latched[component] is None or nominating)
         ):
             moved = state.latched[component] != source
             _latch(state, component, source, now)
         return _onward(state, component, moved)
-    if kind == PacketKind.STUN_OTHER:
+    if kind is _STUN_OTHER:
         return _DROPS[DropReason.NOT_A_CHECK]
     username = message.get(AttributeType.USERNAME) or ""
     key = short_term_key(credentials.pwd)

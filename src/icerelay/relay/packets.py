@@ -50,6 +50,16 @@ class PacketKind(IntEnum):
     OTHER = 6
 
 
+# Enum members as module constants for the per-packet paths: looking one up on its class costs
+# ~80 ns in Python 3.11.
+_BINDING = Method.BINDING
+_REQUEST = MessageClass.REQUEST
+_USE_CANDIDATE = AttributeType.USE_CANDIDATE
+_CHECK = PacketKind.STUN_REQUEST
+_NOMINATION = PacketKind.STUN_NOMINATION
+_STUN_OTHER = PacketKind.STUN_OTHER
+
+
 def looks_like_stun(data: bytes) -> bool:
     """The demultiplexing test: first byte 0..3 and a whole STUN message by its header."""
     return bool(data) and data[0] < 4 and is_stun(data)
@@ -62,11 +72,9 @@ def is_rtcp(data: bytes) -> bool:
 
 def stun_kind(message: Message) -> PacketKind:
     """The kind of a decoded STUN message: a check, a nominating check, or something else."""
-    if message.method == Method.BINDING and message.message_class == MessageClass.REQUEST:
-        if message.has(AttributeType.USE_CANDIDATE):
-            return PacketKind.STUN_NOMINATION
-        return PacketKind.STUN_REQUEST
-    return PacketKind.STUN_OTHER
+    if message.method == _BINDING and message.message_class == _REQUEST:
+        return _NOMINATION if message.has(_USE_CANDIDATE) else _CHECK
+    return _STUN_OTHER
 
 
 def classify(data: bytes) -> PacketKind:
