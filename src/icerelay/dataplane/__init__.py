@@ -3,11 +3,12 @@
 Every data plane offers the same small interface, :class:`DataPlane`: install (or update) a
 :class:`~icerelay.relay.forwarding.Forwarding`, remove it, read its counters
 (:mod:`.interface`). The session engine
-decides *what* to forward; a data plane only forwards, latches peer addresses and counts. This
-keeps a kernel forwarder (nftables maps) a drop-in alternative to the userspace one.
+decides *what* to forward; the latching policy (:mod:`icerelay.relay.latching`) decides, per
+packet, where it goes or why not; a data plane only moves bytes as told. This keeps a kernel
+forwarder (nftables maps) a drop-in alternative to the userspace one.
 
-- :mod:`.userspace` — asyncio sockets (uvloop when present), latching, RTCP mux demultiplexing,
-  ICE-lite answers for ``ICE=force`` legs.
+- :mod:`.userspace` — asyncio sockets (uvloop when present) that ask the policy about every
+  packet (latching, RTCP mux demultiplexing, ICE-lite answers for ``ICE=force`` legs).
 """
 
 from icerelay.dataplane.interface import DataPlane, PortUnavailable

@@ -1,8 +1,9 @@
 """The data-plane interface: what every forwarder (userspace, kernel) offers the relay daemon.
 
 The relay engine decides *what* to forward and says so with
-:class:`~icerelay.relay.forwarding.Forwarding` values; a data plane only forwards, latches peer
-addresses and counts.
+:class:`~icerelay.relay.forwarding.Forwarding` values; the latching policy
+(:mod:`icerelay.relay.latching`) decides per packet; a data plane only moves bytes and reports
+the policy's counters.
 """
 
 from __future__ import annotations

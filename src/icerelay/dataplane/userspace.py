@@ -1,18 +1,14 @@
 """The userspace forwarder: one UDP socket per relay port, packets moved in the event loop.
 
-Per packet the work is: find the leg and component from the socket, latch or check the source,
-pick the destination (latched address, else the one from the SDP) and ``sendto`` from the other
-leg's socket. Nothing is logged per packet; what happens is counted.
+Per packet the work is: find the leg and component from the socket, ask the latching policy
+(:func:`icerelay.relay.latching.decide`) what to do, and do it: ``sendto`` from the other leg's
+socket (forward), from this one (an ICE-lite answer), or nothing (drop). Every rule -- latching,
+strict source, handover after silence, rtcp-mux demultiplexing, ICE-lite answers -- and every
+count lives in the policy, which every data plane shares; this module only owns sockets. Nothing
+is logged per packet.
 
-Latching (the relay learns where a party really is from the packets it sends, because the SDP
-address is often a private one behind a NAT): the first RTP or RTCP packet on a leg latches its
-source for that component. A later packet from another source is forwarded but does not move
-the latch, unless the latched source has been silent for ``handover_after`` seconds (a phone that
-changed network); with ``strict_source`` it is dropped instead. STUN packets never latch: ICE
-connectivity checks arrive from every candidate of a party, not only from the one media will use.
-
-On a leg with its own ICE credentials (``ICE=force``) the relay is an ICE-lite agent (RFC 8445
-§2.5): it answers Binding requests itself and a nominating request (USE-CANDIDATE) latches.
+The time the policy sees comes from an injected ``clock`` (the event loop's ``time()`` unless
+given), the same clock the relay engine's ``now`` uses, so counters' ``last_packet`` compare.
 """
 
 from __future__ import annotations
@@ -20,215 +16,63 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from icerelay.aio.addresses import bound_socket
 from icerelay.dataplane.interface import PortUnavailable
-from icerelay.errors import StunError
-from icerelay.relay.forwarding import (
-    Forwarding,
-    ForwardingCounters,
-    Leg,
-    LegCounters,
+from icerelay.relay.forwarding import Forwarding, ForwardingCounters
+from icerelay.relay.latching import (
+    RTCP,
+    RTP,
+    Answer,
+    Forward,
+    ForwardingState,
+    LegState,
+    decide,
 )
-from icerelay.stun import (
-    Address,
-    AttributeType,
-    MessageClass,
-    Method,
-    decode_message,
-    is_stun,
-)
-from icerelay.stun.credentials import short_term_key
-from icerelay.stun.message import Message
+from icerelay.stun import Address
 
 __all__ = ["UserspaceDataPlane"]
 
-
-RTP, RTCP = 0, 1
-_Sockaddr = tuple[str, int]
-
-
-@dataclass(slots=True)
-class _LegState:
-    """Mutable per-leg state: the description, sockets, latches and counters."""
-
-    leg: Leg
-    transports: list[asyncio.DatagramTransport | None] = field(default_factory=lambda: [None, None])
-    sockets: list[_Socket | None] = field(default_factory=lambda: [None, None])
-    latched: list[_Sockaddr | None] = field(default_factory=lambda: [None, None])
-    # When the latched source of each component last sent something (for handover).
-    latched_seen: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    # Whether each latch came from media (final) or only from ICE checks (provisional).
-    media_latched: list[bool] = field(default_factory=lambda: [False, False])
-    packets: int = 0
-    bytes: int = 0
-    rtcp_packets: int = 0
-    dropped: int = 0
-    stun_requests: int = 0
-    stun_nominations: int = 0
-    last_packet: float | None = None
-
-    def destination(self, component: int) -> _Sockaddr | None:
-        """Where a packet of ``component`` for this party goes."""
-        leg = self.leg
-        if leg.rtcp_mux:
-            component = RTP
-        latched = self.latched[component]
-        if latched is not None:
-            return latched
-        peer = leg.rtp_peer if component == RTP else leg.rtcp_peer
-        return (peer.host, peer.port) if peer is not None else None
-
-    def counters(self) -> LegCounters:
-        rtp, rtcp = self.latched
-        return LegCounters(
-            packets=self.packets,
-            bytes=self.bytes,
-            rtcp_packets=self.rtcp_packets,
-            dropped=self.dropped,
-            stun_requests=self.stun_requests,
-            stun_nominations=self.stun_nominations,
-            last_packet=self.last_packet,
-            latched_rtp=Address(rtp[0], rtp[1]) if rtp else None,
-            latched_rtcp=Address(rtcp[0], rtcp[1]) if rtcp else None,
-        )
+_Transports = list[asyncio.DatagramTransport | None]
 
 
 class _Stream:
-    """One installed forwarding: two legs and the rules that join them."""
+    """One installed forwarding: its latching state and the sockets of both legs, by side."""
 
-    __slots__ = ("forwarding", "legs", "local", "loop")
+    __slots__ = ("clock", "sockets", "state", "transports")
 
-    def __init__(self, forwarding: Forwarding, loop: asyncio.AbstractEventLoop) -> None:
-        self.forwarding = forwarding
-        self.legs = (_LegState(forwarding.a), _LegState(forwarding.b))
-        self.loop = loop
-        self.local: frozenset[_Sockaddr] = frozenset()
-        self.update_local()
-
-    def update_local(self) -> None:
-        """Remember the stream's own sockets, to refuse packets the relay sent to itself."""
-        own = set()
-        for state in self.legs:
-            address = state.leg.local
-            own.add((address.host, address.port))
-            own.add((address.host, address.port + 1))
-        self.local = frozenset(own)
-
-    def received(self, side: int, component: int, data: bytes, source: _Sockaddr) -> None:
-        """The hot path: one datagram arrived on ``side``'s socket for ``component``."""
-        state = self.legs[side]
-        if source in self.local:
-            # The relay talking to itself (a party named a relay port as its own address):
-            # forwarding it would start a loop.
-            state.dropped += 1
-            return
-        now = self.loop.time()
-        first = data[0] if data else 0
-        if first < 4 and is_stun(data):
-            self._stun(state, side, component, data, source, now)
-            return
-        if component == RTP and state.leg.rtcp_mux and len(data) > 1 and 192 <= data[1] <= 223:
-            # RFC 5761 §4: on a multiplexed port, packet types 192..223 are RTCP.
-            component = RTCP
-        latched = state.latched[component]
-        if latched is None or (latched != source and not state.media_latched[component]):
-            # The first media packet decides, also over a latch learnt from ICE checks.
-            state.latched[component] = source
-        elif latched != source:
-            forwarding = self.forwarding
-            handover = forwarding.handover_after
-            if handover is not None and now - state.latched_seen[component] >= handover:
-                state.latched[component] = source
-            elif forwarding.strict_source:
-                state.dropped += 1
-                return
-        if state.latched[component] == source:
-            state.latched_seen[component] = now
-            state.media_latched[component] = True
-        state.last_packet = now
-        if component == RTCP:
-            state.rtcp_packets += 1
-        else:
-            state.packets += 1
-            state.bytes += len(data)
-        self._forward(side, component, data, state)
-
-    def _forward(self, side: int, component: int, data: bytes, state: _LegState) -> None:
-        other = self.legs[1 - side]
-        destination = other.destination(component)
-        socket_index = RTP if other.leg.rtcp_mux else component
-        transport = other.transports[socket_index]
-        if destination is None or transport is None:
-            state.dropped += 1
-            return
-        transport.sendto(data, destination)
-
-    def _stun(
-        self,
-        state: _LegState,
-        side: int,
-        component: int,
-        data: bytes,
-        source: _Sockaddr,
-        now: float,
-    ) -> None:
-        try:
-            message = decode_message(data)
-        except StunError:
-            state.dropped += 1
-            return
-        is_request = (
-            message.method == Method.BINDING and message.message_class == MessageClass.REQUEST
+    def __init__(self, forwarding: Forwarding, clock: Callable[[], float]) -> None:
+        self.state = ForwardingState(forwarding)
+        self.clock = clock
+        # Indexed [side][component]; the lists are updated in place, the sockets keep them.
+        self.transports: tuple[_Transports, _Transports] = ([None, None], [None, None])
+        self.sockets: tuple[list[_Socket | None], list[_Socket | None]] = (
+            [None, None],
+            [None, None],
         )
-        nominating = is_request and message.has(AttributeType.USE_CANDIDATE)
-        if is_request:
-            state.stun_requests += 1
-            if nominating:
-                state.stun_nominations += 1
-        credentials = state.leg.ice_credentials
-        if credentials is None:
-            # ICE runs end to end through the relay: pass the check (or its answer) along. A
-            # party behind a NAT is reachable only where its checks come from, so they latch
-            # provisionally (the first check, then a nominating one) until media arrives; the
-            # answers to its checks could not reach it otherwise.
-            provisional = is_request and not state.media_latched[component]
-            if provisional and (state.latched[component] is None or nominating):
-                state.latched[component] = source
-                state.latched_seen[component] = now
-            self._forward(side, component, data, state)
-            return
-        if not is_request:
-            return
-        username = message.get(AttributeType.USERNAME) or ""
-        key = short_term_key(credentials.pwd)
-        if not username.startswith(credentials.ufrag + ":") or not message.check_integrity(key):
-            # RFC 8445 §7.3: a check with wrong credentials gets no answer from us here (a 401
-            # would tell an attacker the ufrag is right); it is only counted.
-            state.dropped += 1
-            return
-        if nominating:
-            state.latched[component] = source
-            state.latched_seen[component] = now
-        response = Message(Method.BINDING, MessageClass.SUCCESS_RESPONSE, message.transaction_id)
-        response.add(AttributeType.XOR_MAPPED_ADDRESS, Address(source[0], source[1]))
-        reply = response.encode(integrity_key=key, fingerprint=True)
-        transport = state.transports[RTP if state.leg.rtcp_mux else component]
-        if transport is not None:
-            transport.sendto(reply, source)
 
 
 class _Socket(asyncio.DatagramProtocol):
-    """Delivers one relay socket's datagrams to its stream, tagged with leg and component."""
+    """One relay socket: hands each datagram to the policy and carries out the verdict."""
 
-    __slots__ = ("closed", "component", "side", "stream", "transport")
+    __slots__ = (
+        "clock",
+        "closed",
+        "component",
+        "own_transports",
+        "peer_transports",
+        "state",
+        "transport",
+    )
 
     def __init__(self, stream: _Stream, side: int, component: int) -> None:
-        self.stream = stream
-        self.side = side
+        # What the hot path needs, resolved once.
+        self.state: LegState = stream.state.legs[side]
         self.component = component
+        self.clock = stream.clock
+        self.own_transports = stream.transports[side]
+        self.peer_transports = stream.transports[1 - side]
         self.transport: asyncio.DatagramTransport | None = None
         # Resolved once the socket is really closed (the transport closes it a loop turn after
         # close()), so that a removed forwarding's ports can be bound again straight away.
@@ -241,21 +85,37 @@ class _Socket(asyncio.DatagramProtocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, int]) -> None:
         # IPv6 sockets report (host, port, flowinfo, scope_id); latching compares (host, port).
-        source = cast(_Sockaddr, addr[:2]) if len(addr) > 2 else cast(_Sockaddr, addr)
-        self.stream.received(self.side, self.component, data, source)
+        source = addr if len(addr) == 2 else addr[:2]
+        state = self.state
+        verdict = decide(state, self.component, data, source, self.clock())
+        if type(verdict) is Forward:
+            transport = self.peer_transports[verdict.socket]
+            if transport is None:
+                state.dropped += 1
+                return
+            transport.sendto(data, verdict.destination)
+        elif type(verdict) is Answer:
+            transport = self.own_transports[verdict.socket]
+            if transport is not None:
+                transport.sendto(verdict.data, verdict.destination)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a party that hung up: nothing to do but keep the port.
-        self.stream.legs[self.side].dropped += 1
+        self.state.dropped += 1
 
 
 class UserspaceDataPlane:
-    """The asyncio forwarder (see the module docstring). Implements :class:`DataPlane`."""
+    """The asyncio forwarder (see the module docstring). Implements :class:`DataPlane`.
 
-    def __init__(self) -> None:
+    :param clock: the time the latching policy sees (seconds); the running loop's ``time()``
+        by default.
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._streams: dict[str, _Stream] = {}
+        self._clock = clock
 
     @property
     def forwarding_count(self) -> int:
@@ -266,7 +126,8 @@ class UserspaceDataPlane:
         """Start forwarding, or update the forwarding with the same key in place."""
         stream = self._streams.get(forwarding.key)
         if stream is None:
-            stream = _Stream(forwarding, asyncio.get_running_loop())
+            clock = self._clock or asyncio.get_running_loop().time
+            stream = _Stream(forwarding, clock)
             self._streams[forwarding.key] = stream
             try:
                 for side in (0, 1):
@@ -275,37 +136,25 @@ class UserspaceDataPlane:
                 await self.remove(forwarding.key)
                 raise
             return
-        stream.forwarding = forwarding
-        previous_legs = [state.leg for state in stream.legs]
-        for state, leg in zip(stream.legs, (forwarding.a, forwarding.b), strict=True):
-            state.leg = leg
-        stream.update_local()
-        for side, leg in enumerate((forwarding.a, forwarding.b)):
-            state = stream.legs[side]
-            previous = previous_legs[side]
-            if leg.local != previous.local:
-                await _close(state)
-                state.latched = [None, None]
-                state.media_latched = [False, False]
+        previous = [state.leg.local for state in stream.state.legs]
+        # The policy forgets the latches of a leg whose port or SDP addresses changed.
+        stream.state.update(forwarding)
+        for side, state in enumerate(stream.state.legs):
+            if state.leg.local != previous[side]:
+                await _close(stream, side)
                 await self._open(stream, side)
-            elif (leg.rtp_peer, leg.rtcp_peer) != (previous.rtp_peer, previous.rtcp_peer):
-                # New SDP addresses (a re-INVITE moved the party): learn the source afresh.
-                state.latched = [None, None]
-                state.media_latched = [False, False]
 
     async def remove(self, key: str) -> None:
         """Stop forwarding ``key`` and close its sockets."""
         stream = self._streams.pop(key, None)
         if stream is not None:
-            for state in stream.legs:
-                await _close(state)
+            for side in (0, 1):
+                await _close(stream, side)
 
     def counters(self, key: str) -> ForwardingCounters | None:
         """A snapshot of the counters of ``key``."""
         stream = self._streams.get(key)
-        if stream is None:
-            return None
-        return ForwardingCounters(stream.legs[0].counters(), stream.legs[1].counters())
+        return stream.state.counters() if stream is not None else None
 
     async def close(self) -> None:
         """Remove every forwarding."""
@@ -314,8 +163,7 @@ class UserspaceDataPlane:
 
     async def _open(self, stream: _Stream, side: int) -> None:
         loop = asyncio.get_running_loop()
-        state = stream.legs[side]
-        local = state.leg.local
+        local = stream.state.legs[side].leg.local
         # Both ports are bound even when the party multiplexes: the pair is the relay's either
         # way, and the far party may not multiplex.
         for component, port in ((RTP, local.port), (RTCP, local.port + 1)):
@@ -327,29 +175,30 @@ class UserspaceDataPlane:
                     f"cannot bind relay port {address}: {error.strerror}", local.port
                 ) from None
             protocol = _Socket(stream, side, component)
-            state.sockets[component] = protocol
+            stream.sockets[side][component] = protocol
             try:
                 await loop.create_datagram_endpoint(_factory(protocol), sock=sock)
             except BaseException:
                 sock.close()
-                state.sockets[component] = None
+                stream.sockets[side][component] = None
                 raise
-            state.transports[component] = protocol.transport
+            stream.transports[side][component] = protocol.transport
 
 
 def _factory(protocol: _Socket) -> Callable[[], _Socket]:
     return lambda: protocol
 
 
-async def _close(state: _LegState) -> None:
+async def _close(stream: _Stream, side: int) -> None:
+    transports, sockets = stream.transports[side], stream.sockets[side]
     waiting = []
-    for index, transport in enumerate(state.transports):
+    for component, transport in enumerate(transports):
         if transport is not None:
             transport.close()
-            state.transports[index] = None
-        protocol = state.sockets[index]
+            transports[component] = None
+        protocol = sockets[component]
         if protocol is not None:
             waiting.append(protocol.closed)
-            state.sockets[index] = None
+            sockets[component] = None
     if waiting:
         await asyncio.gather(*waiting)

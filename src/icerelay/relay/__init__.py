@@ -13,6 +13,9 @@ Modules, from the bottom up:
 - :mod:`.rewrite` — what an SDP says about a party, and the rewrite (only ``c=``, the ``m=``
   port, ``a=rtcp``, ICE lines and, on request, ``o=`` change; the rest stays byte-exact).
 - :mod:`.forwarding` — the data plane contract (:class:`~.forwarding.Forwarding`, counters).
+- :mod:`.packets` — what a datagram on a relay port is (RTP, RTCP, ICE check, nomination, ...).
+- :mod:`.latching` — the latching policy every data plane consults per packet:
+  ``decide(leg, component, data, source, now)`` -> Forward | Drop | Answer.
 - :mod:`.sessions` — the sans-I/O engine: calls, streams, re-INVITEs, hold, forks, ICE success
   detection, timeouts with named reasons, accounting records.
 - :mod:`.accounting` — the SQLite store of records.

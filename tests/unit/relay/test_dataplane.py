@@ -1,4 +1,8 @@
-"""The userspace data plane on loopback with real sockets: forwarding, latching, RTCP, ICE-lite."""
+"""The userspace data plane on loopback with real sockets: forwarding, latching, RTCP, ICE-lite.
+
+The latching rules themselves are tested packet by packet in test_latching.py; here they are
+seen through real sockets once each. Time is injected where it matters (no sleeping).
+"""
 
 from __future__ import annotations
 
@@ -65,6 +69,12 @@ def local_pair() -> Address:
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(test(), 10))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until ``condition`` holds (bounded by :func:`run`'s timeout)."""
+    while not condition():
+        await asyncio.sleep(0)
 
 
 def forwarding(a: Leg, b: Leg, **options: object) -> Forwarding:
@@ -165,7 +175,8 @@ def test_foreign_source_after_latching(strict: bool) -> None:
 
 def test_handover_after_silence() -> None:
     async def main() -> None:
-        plane = UserspaceDataPlane()
+        now = 1000.0
+        plane = UserspaceDataPlane(clock=lambda: now)
         alice, alice_new, bob = Phone(), Phone(), Phone()
         relay_a, relay_b = local_pair(), local_pair()
         await plane.install(
@@ -173,15 +184,19 @@ def test_handover_after_silence() -> None:
                 Leg(relay_a, alice.address),
                 Leg(relay_b, bob.address),
                 strict_source=True,
-                handover_after=0.2,
+                handover_after=5.0,
             )
         )
         try:
             alice.send(rtp(1), relay_a)
             await bob.receive()
+            now += 4.9
             alice_new.send(rtp(2), relay_a)  # too soon: the latched source is still talking
             assert await bob.nothing(0.05)
-            await asyncio.sleep(0.25)
+            counters = plane.counters("k1")
+            assert counters is not None and counters.a.dropped == 1
+            assert counters.a.last_packet == 1000.0  # the clock the plane was given
+            now += 0.1
             alice_new.send(rtp(3), relay_a)  # Alice moved networks: the new source takes over
             assert (await bob.receive())[0] == rtp(3)
             bob.send(rtp(4), relay_b)
@@ -318,6 +333,11 @@ def test_ice_lite_answers_checks_on_forced_legs() -> None:
     run(main)
 
 
+def _dropped(plane: UserspaceDataPlane, side: str) -> int:
+    counters = plane.counters("k1")
+    return getattr(counters, side).dropped if counters is not None else -1
+
+
 def test_update_in_place_and_remove_frees_ports() -> None:
     async def main() -> None:
         plane = UserspaceDataPlane()
@@ -326,9 +346,9 @@ def test_update_in_place_and_remove_frees_ports() -> None:
         await plane.install(forwarding(Leg(relay_a, alice.address), Leg(relay_b, None)))
         try:
             alice.send(rtp(1), relay_a)  # nowhere to go yet: counted as dropped
-            await asyncio.sleep(0.05)
+            await until(lambda: _dropped(plane, "a") == 1)
             counters = plane.counters("k1")
-            assert counters is not None and counters.a.dropped == 1
+            assert counters is not None and counters.a.packets == 1
             await plane.install(forwarding(Leg(relay_a, alice.address), Leg(relay_b, bob.address)))
             alice.send(rtp(2), relay_a)
             assert (await bob.receive())[0] == rtp(2)
@@ -414,7 +434,7 @@ def test_packets_from_the_relay_itself_are_dropped() -> None:
         await plane.install(forwarding(Leg(relay_a, relay_b), Leg(relay_b, bob.address)))
         try:
             bob.send(rtp(1), relay_b)
-            await asyncio.sleep(0.1)
+            await until(lambda: _dropped(plane, "b") == 1)
             counters = plane.counters("k1")
             assert counters is not None
             assert counters.b.packets == 1  # Bob's packet, once
