@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,7 +121,14 @@ async def probe_udp(
     def send(datagram: Datagram) -> None:
         endpoint.send(datagram.data, datagram.destination)
 
-    probe = Probe(server, endpoint.local_address, loop.time(), behavior=behavior, timeout=timeout)
+    probe = Probe(
+        server,
+        endpoint.local_address,
+        loop.time(),
+        rng=random.SystemRandom(),
+        behavior=behavior,
+        timeout=timeout,
+    )
     finished: asyncio.Future[None] = loop.create_future()
     driver = EngineDriver(_ProbeEngine(probe), send, _finisher(finished))
     try:
@@ -152,7 +160,14 @@ async def probe_tcp(server: Address, *, timeout: float = 3.0) -> ProbeResult:
     try:
         local = from_sockaddr(writer.get_extra_info("sockname"))
         remaining = max(0.1, timeout - (loop.time() - started))
-        probe = Probe(server, local, loop.time(), transport="tcp", timeout=remaining)
+        probe = Probe(
+            server,
+            local,
+            loop.time(),
+            rng=random.SystemRandom(),
+            transport="tcp",
+            timeout=remaining,
+        )
         finished: asyncio.Future[None] = loop.create_future()
         driver = EngineDriver(_ProbeEngine(probe), send, _finisher(finished))
         driver.transmit()

@@ -17,21 +17,26 @@ filter for A2 and make an address-dependent filter look endpoint-independent. If
 local address there is no NAT and the mapping tests are skipped (the mapping is endpoint-
 independent by definition); the filtering tests still run, since a firewall may filter.
 
-Usage: ``probe = Probe(server, local, now)``, then loop: send :meth:`Probe.datagrams_to_send`,
-feed decoded messages to :meth:`Probe.receive`, call :meth:`Probe.handle_timer` at
-:meth:`Probe.next_timer`, until :attr:`Probe.done`; then :attr:`Probe.result` or
-:attr:`Probe.error`.
+Usage: ``probe = Probe(server, local, now, rng=random.SystemRandom())``, then loop: send
+:meth:`Probe.datagrams_to_send`, feed decoded messages to :meth:`Probe.receive`, call
+:meth:`Probe.handle_timer` at :meth:`Probe.next_timer`, until :attr:`Probe.done`; then
+:attr:`Probe.result` or :attr:`Probe.error`.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from icerelay.errors import ProbeError
 from icerelay.net import Datagram
 from icerelay.probe.results import Behavior, BindingResult, ProbeResult
 from icerelay.stun import Address, AttributeType, ChangeRequest, Message, MessageClass, Method
+from icerelay.stun.constants import TRANSACTION_ID_LENGTH
 from icerelay.stun.transaction import ClientTransaction, Transport
+
+if TYPE_CHECKING:
+    from random import Random
 
 A = AttributeType
 
@@ -45,7 +50,8 @@ class Step(Enum):
 
 
 class Probe:
-    """See the module docstring."""
+    """See the module docstring. ``rng`` draws the transaction ids (RFC 8489 §6: they must be
+    uniformly random, so shells pass :class:`random.SystemRandom`; tests pass a seeded one)."""
 
     def __init__(
         self,
@@ -53,6 +59,7 @@ class Probe:
         local: Address,
         now: float,
         *,
+        rng: Random,
         behavior: bool = False,
         transport: Transport = "udp",
         timeout: float = 3.0,
@@ -68,6 +75,7 @@ class Probe:
         # RFC 8489's 500 ms first RTO, shortened for short timeouts so that a lost datagram is
         # still retransmitted a few times before the step gives up.
         self.rto = rto if rto is not None else min(0.5, timeout / 4)
+        self.rng = rng
         self.done = False
         self.result: ProbeResult | None = None
         self.error: ProbeError | None = None
@@ -137,7 +145,8 @@ class Probe:
     # --- the state machine -----------------------------------------------------------------
 
     def _start(self, step: Step, destination: Address, flags: int, now: float) -> None:
-        request = Message(Method.BINDING, MessageClass.REQUEST)
+        transaction_id = self.rng.randbytes(TRANSACTION_ID_LENGTH)
+        request = Message(Method.BINDING, MessageClass.REQUEST, transaction_id)
         if flags:
             request.add(A.CHANGE_REQUEST, flags)
         self._step = step

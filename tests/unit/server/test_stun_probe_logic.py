@@ -6,6 +6,7 @@ virtual, so the tests that wait for timeouts take no time.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import pytest
@@ -58,7 +59,9 @@ class Nat:
 
 def run_probe(nat: Nat, engine: BindingEngine, behavior: bool = True) -> Probe:
     now = 0.0
-    probe = Probe(RFC5780.primary, LOCAL, now, behavior=behavior, timeout=1.0)
+    probe = Probe(
+        RFC5780.primary, LOCAL, now, rng=random.Random(1), behavior=behavior, timeout=1.0
+    )
     for _ in range(1000):
         if probe.done:
             return probe
@@ -115,7 +118,7 @@ def test_plain_probe_reports_mapped_address_and_rtt() -> None:
 
 
 def test_no_answer_is_an_error_after_the_timeout() -> None:
-    probe = Probe(RFC5780.primary, LOCAL, 0.0, timeout=2.0)
+    probe = Probe(RFC5780.primary, LOCAL, 0.0, rng=random.Random(2), timeout=2.0)
     sends = 0
     now = 0.0
     while not probe.done:
@@ -137,3 +140,14 @@ def test_json_summary() -> None:
     assert data["filtering"] == "address-and-port-dependent"
     assert data["other_address"] == "198.51.100.2:3479"
     assert data["behind_nat"] is True
+
+
+def test_transaction_ids_come_from_rng() -> None:
+    """The same seed gives the same transaction ids, one per step; no other randomness."""
+
+    def ids(seed: int) -> list[bytes]:
+        probe = Probe(RFC5780.primary, LOCAL, 0.0, rng=random.Random(seed), timeout=1.0)
+        return [decode_message(d.data).transaction_id for d in probe.datagrams_to_send(0.0)]
+
+    assert ids(7) == ids(7) == [random.Random(7).randbytes(12)]
+    assert ids(7) != ids(8)
