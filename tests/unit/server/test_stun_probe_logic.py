@@ -59,9 +59,7 @@ class Nat:
 
 def run_probe(nat: Nat, engine: BindingEngine, behavior: bool = True) -> Probe:
     now = 0.0
-    probe = Probe(
-        RFC5780.primary, LOCAL, now, rng=random.Random(1), behavior=behavior, timeout=1.0
-    )
+    probe = Probe(RFC5780.primary, LOCAL, now, rng=random.Random(1), behavior=behavior, timeout=1.0)
     for _ in range(1000):
         if probe.done:
             return probe
