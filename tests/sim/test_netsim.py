@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from icerelay.net import Address, Datagram
 from icerelay.netsim import (
     FULL_CONE,
     PORT_RESTRICTED_CONE,
@@ -19,7 +20,9 @@ from icerelay.netsim import (
     Network,
     PortAssignment,
     SimulationError,
+    StunServer,
 )
+from icerelay.stun import Message, MessageClass, Method
 
 SERVER_A = ("198.51.100.1", 3478)
 SERVER_B = ("198.51.100.2", 3478)
@@ -50,6 +53,29 @@ def test_delay_and_routing_between_public_hosts() -> None:
     network.run(1.0)
     assert [(round(t, 6), p.data) for t, p in b.received] == [(0.025, b"x")]
     assert network.counters["dropped-no-route"] == 1
+
+
+def test_hosts_send_the_shared_datagram_addresses() -> None:
+    """icerelay.net.Address is accepted as a source and destination; None names no address."""
+    network = Network()
+    a = network.add_host("a", "192.0.2.1")
+    b = network.add_host("b", "192.0.2.2")
+    a.send(b"x", Address("192.0.2.1", 1), Address("192.0.2.2", 2))
+    a.send(b"y", None, Address("192.0.2.2", 2))
+    network.run(1.0)
+    assert [(p.data, p.source, p.destination) for _, p in b.received] == [
+        (b"x", ("192.0.2.1", 1), ("192.0.2.2", 2))
+    ]
+    assert network.counters["dropped-bad-source"] == 1
+
+
+def test_stun_server_answers_with_the_shared_datagram() -> None:
+    server = StunServer()
+    request = Message(Method.BINDING, MessageClass.REQUEST, bytes(12))
+    server.receive(request.encode(), ("203.0.113.1", 7000), SERVER_A, 0.0)
+    (answer,) = server.datagrams_to_send(0.0)
+    assert isinstance(answer, Datagram)
+    assert (answer.source, answer.destination) == (Address(*SERVER_A), Address("203.0.113.1", 7000))
 
 
 def test_loss_is_seeded_and_deterministic() -> None:

@@ -2,6 +2,8 @@
 
 One engine serves every socket: UDP and TCP on each listen address and, with RFC 5780, on the four
 address/port combinations (responses to CHANGE-REQUEST leave from the socket the engine names).
+UDP goes through the one :class:`~icerelay.aio.driver.EngineDriver`; a TCP frame is answered on
+its own connection, so that path feeds the engine and writes its answers back directly.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import itertools
 import logging
 from typing import Literal
 
+from icerelay.aio.driver import EngineDriver
 from icerelay.aio.stream import StreamConnection, StreamServer
 from icerelay.aio.udp import UdpEndpoint
 from icerelay.daemon.config import HostPort, StunConfig
+from icerelay.net import Datagram
 from icerelay.stun import Address
 from icerelay.stun.binding import BindingEngine, Rfc5780Addresses, listen_addresses
 from icerelay.stun.counters import Counters, DropReason
@@ -52,6 +56,7 @@ class StunService:
         self._tcp: list[StreamServer] = []
         self._reject_log = LogLimiter(config.log_interval)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._driver: EngineDriver | None = None
 
     @property
     def bound(self) -> list[tuple[str, Address]]:
@@ -61,6 +66,7 @@ class StunService:
     async def start(self) -> None:
         """Open every socket; on failure close what was opened and raise ``OSError``."""
         self._loop = asyncio.get_running_loop()
+        self._driver = EngineDriver(self.engine, self._send_udp)
         wanted = listen_addresses(self.rfc5780, [_address(a) for a in self.config.listen])
         try:
             for address, transport in itertools.product(wanted, self.config.transports):
@@ -86,7 +92,9 @@ class StunService:
 
     async def _open(self, address: Address, transport: Literal["udp", "tcp"]) -> None:
         if transport == "udp":
-            endpoint = await UdpEndpoint.open(address, self._on_datagram)
+            assert self._driver is not None
+            # The driver's datagram_received is the socket callback: nothing in between.
+            endpoint = await UdpEndpoint.open(address, self._driver.datagram_received)
             self._udp[endpoint.local_address] = endpoint
         else:
             server = await StreamServer.open(
@@ -100,6 +108,8 @@ class StunService:
 
     async def stop(self) -> None:
         """Close every socket and connection. Idempotent."""
+        if self._driver is not None:
+            self._driver.close()
         for endpoint in self._udp.values():
             endpoint.close()
         self._udp.clear()
@@ -114,14 +124,11 @@ class StunService:
         assert self._loop is not None
         return self._loop.time()
 
-    def _on_datagram(self, data: bytes, source: Address, local: Address) -> None:
-        now = self._now()
-        self.engine.receive(data, source, local, now, "udp")
-        for datagram in self.engine.datagrams_to_send(now):
-            # The engine names the local address each answer leaves from (RFC 5780 CHANGE-REQUEST).
-            endpoint = self._udp.get(datagram.source) if datagram.source is not None else None
-            if endpoint is None or not endpoint.send(datagram.data, datagram.destination):
-                self.counters.drop(DropReason.SEND_FAILED)
+    def _send_udp(self, datagram: Datagram) -> None:
+        # The engine names the local address each answer leaves from (RFC 5780 CHANGE-REQUEST).
+        endpoint = self._udp.get(datagram.source) if datagram.source is not None else None
+        if endpoint is None or not endpoint.send(datagram.data, datagram.destination):
+            self.counters.drop(DropReason.SEND_FAILED)
 
     def _on_frame(self, frame: bytes, connection: StreamConnection) -> None:
         now = self._now()

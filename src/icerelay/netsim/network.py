@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from icerelay.errors import IcerelayError
+from icerelay.net import Address
 
 if TYPE_CHECKING:
     from icerelay.netsim.nat import Nat, NatConfig
@@ -53,16 +54,20 @@ class SimulationError(IcerelayError):
 
 
 class DatagramLike(Protocol):
-    """What an engine's ``datagrams_to_send`` returns: payload plus source and destination."""
+    """What an engine's ``datagrams_to_send`` returns: payload plus source and destination.
+
+    :class:`icerelay.net.Datagram` is one (its ``source`` must name the host's address here:
+    a host may have several); the ICE agent's datagrams, with ``(ip, port)`` tuples, are another.
+    """
 
     @property
     def data(self) -> bytes: ...
 
     @property
-    def source(self) -> TransportAddress: ...
+    def source(self) -> TransportAddress | Address | None: ...
 
     @property
-    def destination(self) -> TransportAddress: ...
+    def destination(self) -> TransportAddress | Address: ...
 
 
 class Endpoint(Protocol):
@@ -179,8 +184,17 @@ class Host(Node):
         self.endpoint = endpoint
         self.on_event = on_event
 
-    def send(self, data: bytes, source: TransportAddress, destination: TransportAddress) -> None:
+    def send(
+        self,
+        data: bytes,
+        source: TransportAddress | Address | None,
+        destination: TransportAddress | Address,
+    ) -> None:
         """Put one datagram on the wire from one of this host's addresses."""
+        if source is None:
+            # The simulator cannot guess which of the host's addresses an engine meant.
+            self.network.count("dropped-bad-source")
+            return
         packet = Packet(bytes(data), _transport(source), _transport(destination))
         self.network.count("sent")
         for tap in self.network.taps:
@@ -206,11 +220,11 @@ class Host(Node):
         self.endpoint.receive(packet.data, packet.source, packet.destination, self.network.now)
 
 
-def _transport(address: Any) -> TransportAddress:
-    """Accept (host, port) tuples and objects with ``host`` and ``port`` (icerelay.stun.Address)."""
+def _transport(address: TransportAddress | Address) -> TransportAddress:
+    """Accept (host, port) tuples and :class:`icerelay.net.Address`."""
     if isinstance(address, tuple):
         return (str(address[0]), int(address[1]))
-    return (str(address.host), int(address.port))
+    return (address.host, address.port)
 
 
 class Network:

@@ -2,30 +2,22 @@
 
 The simulator runs the real engines, not stand-ins: :class:`StunServer` wraps the Binding engine of
 ``icerelay stun`` (:class:`icerelay.stun.binding.BindingEngine`), :class:`TurnServer` the TURN
-server engine (:class:`icerelay.turn.server.engine.TurnServerEngine`). The adapters only translate
-addresses (the simulator speaks ``(ip, port)`` tuples) and, for TURN, stand in for the sockets of
-relayed addresses: in the simulator every port of the host's IP is already "bound".
+server engine (:class:`icerelay.turn.server.engine.TurnServerEngine`). Both send the shared
+:class:`icerelay.net.Datagram`, which the simulator accepts as it is; the adapters only translate
+received ``(ip, port)`` tuples (what the simulator delivers, for the ICE agent's sake) and, for
+TURN, stand in for the sockets of relayed addresses: in the simulator every port of the host's IP
+is already "bound".
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
+from icerelay.net import Address, Datagram
 from icerelay.netsim.network import TransportAddress
-from icerelay.stun import Address
 from icerelay.stun.binding import BindingEngine
 from icerelay.turn.server.engine import TurnServerEngine
 from icerelay.turn.server.settings import TurnServerSettings
-
-
-@dataclass(frozen=True)
-class Datagram:
-    """One datagram to put on the wire."""
-
-    data: bytes
-    source: TransportAddress
-    destination: TransportAddress
 
 
 class StunServer:
@@ -40,15 +32,8 @@ class StunServer:
         self.engine.receive(data, Address(*source), Address(*destination), now)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        out = []
-        for d in self.engine.datagrams_to_send(now):
-            assert d.source is not None  # the Binding engine always names the local address
-            out.append(
-                Datagram(
-                    d.data, (d.source.host, d.source.port), (d.destination.host, d.destination.port)
-                )
-            )
-        return out
+        # The Binding engine names the local address of every answer: the simulator needs it.
+        return self.engine.datagrams_to_send(now)
 
     def next_timer(self) -> float | None:
         return self.engine.next_timer()
@@ -122,8 +107,8 @@ class TurnServer:
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         return [
-            Datagram(data, source, destination)
-            for data, source, destination, _transport in self.engine.datagrams_to_send()
+            Datagram(data, Address(*source), Address(*destination), transport)
+            for data, source, destination, transport in self.engine.datagrams_to_send()
         ]
 
     def next_timer(self) -> float | None:

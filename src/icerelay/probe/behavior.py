@@ -17,10 +17,10 @@ filter for A2 and make an address-dependent filter look endpoint-independent. If
 local address there is no NAT and the mapping tests are skipped (the mapping is endpoint-
 independent by definition); the filtering tests still run, since a firewall may filter.
 
-Usage: ``probe = Probe(server, local, now)``, then loop: send :meth:`Probe.datagrams_to_send`,
-feed decoded messages to :meth:`Probe.receive`, call :meth:`Probe.handle_timer` at
-:meth:`Probe.next_timer`, until :attr:`Probe.done`; then :attr:`Probe.result` or
-:attr:`Probe.error`.
+Usage: ``probe = Probe(server, local, now, rng=random.SystemRandom())``, then loop: send
+:meth:`Probe.datagrams_to_send`, feed decoded messages to :meth:`Probe.receive`, call
+:meth:`Probe.handle_timer` at :meth:`Probe.next_timer`, until :attr:`Probe.done`; then
+:attr:`Probe.result` or :attr:`Probe.error`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class Step(Enum):
 
 
 class Probe:
-    """See the module docstring."""
+    """See the module docstring. ``rng`` draws the transaction ids (RFC 8489 §6: they must be
+    uniformly random, so shells pass :class:`random.SystemRandom`; tests pass a seeded one)."""
 
     def __init__(
         self,

@@ -9,6 +9,11 @@ address::
     for datagram in engine.datagrams_to_send(now):
         socket_for(datagram.source).sendto(datagram.data, datagram.destination)
 
+It follows the engine convention of :class:`icerelay.aio.driver.Engine` (``transport`` defaults
+to UDP), so the daemon drives it with :class:`~icerelay.aio.driver.EngineDriver`. Over TCP each
+answer is a :class:`~icerelay.net.Datagram` with ``transport="tcp"``: the bytes to write back on
+the connection the request came on.
+
 Decisions (the RFCs leave room):
 
 - XOR-MAPPED-ADDRESS always (RFC 8489); MAPPED-ADDRESS as well when RFC 5780 is on (§6.1 says
@@ -146,6 +151,10 @@ class BindingEngine:
     def handle_timer(self, now: float) -> None:
         """Nothing to do (see :meth:`next_timer`)."""
 
+    def next_event(self) -> None:
+        """The engine has no events: what it drops and answers is in :attr:`counters`."""
+        return None
+
     # --- reusable piece for other servers (TURN answers Binding on its own ports) -----------
 
     def answer(
@@ -164,7 +173,7 @@ class BindingEngine:
         if unknown:
             response = request.error_response(420, "Unknown Attribute")
             response.add(A.UNKNOWN_ATTRIBUTES, unknown[:MAX_UNKNOWN_REPORTED])
-            return self._finish(request, response, destination, source)
+            return self._finish(request, response, destination, source, transport)
 
         response_port = request.get(A.RESPONSE_PORT)
         padding = A.PADDING in request
@@ -177,7 +186,8 @@ class BindingEngine:
         elif response_port is not None and not 0 < response_port < 65536:
             problem = f"RESPONSE-PORT {response_port} is not a usable port"
         if problem is not None:
-            return self._finish(request, request.error_response(400, problem), destination, source)
+            error = request.error_response(400, problem)
+            return self._finish(request, error, destination, source, transport)
 
         reply_from = self._response_origin(destination, flags)
         reply_to = Address(source.host, response_port) if response_port else source
@@ -198,9 +208,8 @@ class BindingEngine:
             else:
                 response.add(A.RESPONSE_ORIGIN, reply_from)
                 response.add(A.OTHER_ADDRESS, other)
-        return self._finish(
-            request, response, reply_from, reply_to, pad_to=request_size if padding else None
-        )
+        pad_to = request_size if padding else None
+        return self._finish(request, response, reply_from, reply_to, transport, pad_to)
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -229,7 +238,7 @@ class BindingEngine:
                 self._queue(self.answer(message, source, destination, transport, len(data)))
             else:
                 response = message.error_response(400, "Unsupported method")
-                self._queue(self._finish(message, response, destination, source))
+                self._queue(self._finish(message, response, destination, source, transport))
         elif message.message_class == MessageClass.INDICATION:
             if message.method == Method.BINDING:
                 # Keepalives (RFC 8489 §6.3.2, ICE consent freshness): nothing to answer.
@@ -257,6 +266,7 @@ class BindingEngine:
         response: Message,
         source: Address,
         destination: Address,
+        transport: Transport,
         pad_to: int | None = None,
     ) -> Datagram:
         if self.software:
@@ -273,7 +283,7 @@ class BindingEngine:
             self.counters.count("error_responses")
         else:
             self.counters.count("success_responses")
-        return Datagram(data, source, destination)
+        return Datagram(data, source, destination, transport)
 
     def _queue(self, datagram: Datagram) -> None:
         self._outgoing.append(datagram)

@@ -49,7 +49,7 @@ def rtcp(ssrc: int = 0x1234) -> bytes:
 def check(
     nominate: bool = False, ufrag: str = "relayufr", pwd: str = CREDENTIALS.pwd
 ) -> tuple[Message, bytes]:
-    request = Message(Method.BINDING, MessageClass.REQUEST)
+    request = Message(Method.BINDING, MessageClass.REQUEST, b"c" * 12)
     request.add(AttributeType.USERNAME, f"{ufrag}:alice1")
     request.add(AttributeType.PRIORITY, 1853817087)
     if nominate:

@@ -138,3 +138,14 @@ def test_json_summary() -> None:
     assert data["filtering"] == "address-and-port-dependent"
     assert data["other_address"] == "198.51.100.2:3479"
     assert data["behind_nat"] is True
+
+
+def test_transaction_ids_come_from_rng() -> None:
+    """The same seed gives the same transaction ids, one per step; no other randomness."""
+
+    def ids(seed: int) -> list[bytes]:
+        probe = Probe(RFC5780.primary, LOCAL, 0.0, rng=random.Random(seed), timeout=1.0)
+        return [decode_message(d.data).transaction_id for d in probe.datagrams_to_send(0.0)]
+
+    assert ids(7) == ids(7) == [random.Random(7).randbytes(12)]
+    assert ids(7) != ids(8)
