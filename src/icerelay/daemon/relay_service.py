@@ -91,9 +91,11 @@ class RelayService:
     ) -> None:
         self.config = config or RelayServiceConfig()
         self.dataplane: DataPlane = dataplane if dataplane is not None else UserspaceDataPlane()
-        self.pool = PortPool(self.config.port_min, self.config.port_max, rng=random.Random())
+        # A CSPRNG: relay ports and the relay's ICE passwords must be hard to guess.
+        rng = random.SystemRandom()
+        self.pool = PortPool(self.config.port_min, self.config.port_max, rng=rng)
         self.engine = SessionEngine(
-            self.config.engine_config(), self.pool, counters=self.dataplane.counters
+            self.config.engine_config(), self.pool, rng=rng, counters=self.dataplane.counters
         )
         self.protocol = NgProtocol(
             cache_size=self.config.ng_cache_size, cache_ttl=self.config.ng_cache_ttl

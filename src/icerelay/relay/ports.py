@@ -12,10 +12,13 @@ the last entry.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from icerelay.errors import RelayError
+
+if TYPE_CHECKING:
+    from random import Random
 
 __all__ = ["PortPair", "PortPool", "PortPoolExhausted"]
 
@@ -41,17 +44,17 @@ class PortPool:
 
     :param first: lowest port; an odd value is rounded up so that pairs start even.
     :param last: highest port; a pair needs both its ports within the range.
-    :param rng: source of the random order; pass a seeded :class:`random.Random` for reproducible
-        tests. The default is a fresh ``random.Random()``, not the module's global state.
+    :param rng: source of the random order: :class:`random.SystemRandom` in production (relay
+        ports hard to guess), a seeded :class:`random.Random` for reproducible tests.
     """
 
-    def __init__(self, first: int, last: int, *, rng: random.Random | None = None) -> None:
+    def __init__(self, first: int, last: int, *, rng: Random) -> None:
         if not 1 <= first <= last <= 65535:
             raise ValueError(f"port range {first}-{last} is not within 1-65535 in order")
         start = first + (first % 2)
         self.first = first
         self.last = last
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng
         # _free holds the RTP port of every free pair; _index maps a free pair to its position so
         # that a specific pair can be taken out in O(1) too.
         self._free: list[int] = list(range(start, last, 2))

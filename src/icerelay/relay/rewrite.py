@@ -14,19 +14,17 @@ steps aside. Its priority follows :class:`~icerelay.relay.policy.IcePriority`.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from icerelay.errors import RelayError
-from icerelay.relay.policy import IceMode, IcePriority, candidate_priority
+from icerelay.errors import RelayError, SdpError
+from icerelay.relay.candidates import candidates_to_add, relay_candidates, relay_foundation
+from icerelay.relay.options import RelayOptions
+from icerelay.relay.plans import SessionPlan, StreamOffer, StreamPlan, is_unspecified
+from icerelay.relay.policy import IceMode, IcePriority
 from icerelay.sdp import (
     Candidate,
     Connection,
-    Direction,
-    IceCredentials,
     MediaDescription,
     Rtcp,
     SessionDescription,
@@ -35,6 +33,7 @@ from icerelay.sdp import (
 __all__ = [
     "MediaInfo",
     "StreamPlan",
+    "apply_plan",
     "carries_ice",
     "describe",
     "relay_candidates",
@@ -42,61 +41,12 @@ __all__ = [
     "rewrite",
 ]
 
-
-@dataclass(frozen=True, slots=True)
-class MediaInfo:
-    """What one ``m=`` section tells the relay about the party that wrote it.
-
-    :attr:`rtcp_address`/:attr:`rtcp_port` come from ``a=rtcp`` when present, else RTP port + 1 on
-    the RTP address (RFC 3550 §11); with ``a=rtcp-mux`` they equal the RTP address.
-    :attr:`hold` is True for ``sendonly``/``inactive`` and for the RFC 2543 ``c=0.0.0.0`` hold.
-    """
-
-    index: int
-    media: str
-    proto: str
-    address: str | None
-    port: int
-    rtcp_address: str | None
-    rtcp_port: int
-    rtcp_mux: bool
-    direction: Direction
-    ice: bool
-    component_2: bool
-    codec: str | None
-    remote_candidates: tuple[tuple[int, str, int], ...]
-    #: The ICE username fragment in effect for this stream; a new one means an ICE restart.
-    ice_ufrag: str | None = None
-
-    @property
-    def rejected(self) -> bool:
-        """Port 0: the stream is rejected (in an answer) or disabled (in an offer)."""
-        return self.port == 0
-
-    @property
-    def hold(self) -> bool:
-        """True if the party does not want to receive media (hold in either style)."""
-        if self.direction in (Direction.SENDONLY, Direction.INACTIVE):
-            return True
-        return self.address is not None and _is_unspecified(self.address)
+#: The former name of :class:`~icerelay.relay.plans.StreamOffer`.
+MediaInfo = StreamOffer
 
 
-@dataclass(frozen=True, slots=True)
-class StreamPlan:
-    """Where the far party must send one stream: the relay's advertised address and ports."""
-
-    address: str
-    rtp_port: int
-    rtcp_port: int
-    #: Credentials of the relay's own ICE-lite agent, used by ``ICE=force`` only.
-    ice_credentials: IceCredentials | None = None
-    #: ``a=rtcp-mux`` in the output: True adds it, False removes it, None leaves it as it was
-    #: (the relay multiplexes or demultiplexes RTCP between the legs as needed).
-    rtcp_mux: bool | None = None
-
-
-def describe(sdp: SessionDescription) -> list[MediaInfo]:
-    """One :class:`MediaInfo` per ``m=`` section, in order."""
+def describe(sdp: SessionDescription) -> list[StreamOffer]:
+    """One :class:`StreamOffer` per ``m=`` section, in order."""
     session_ice = sdp.ice_ufrag is not None and sdp.ice_pwd is not None
     infos = []
     for index, media in enumerate(sdp.media):
@@ -121,7 +71,7 @@ def describe(sdp: SessionDescription) -> list[MediaInfo]:
         if media_line.formats:
             codec = media.codec_name(media_line.formats[0]) or media_line.formats[0]
         infos.append(
-            MediaInfo(
+            StreamOffer(
                 index=index,
                 media=media_line.media,
                 proto=media_line.proto,
@@ -137,7 +87,9 @@ def describe(sdp: SessionDescription) -> list[MediaInfo]:
                 remote_candidates=tuple(
                     (item.component, item.address, item.port) for item in media.remote_candidates
                 ),
-                ice_ufrag=credentials.ufrag if credentials is not None else None,
+                ice_credentials=credentials,
+                candidates=tuple(candidates),
+                payload_types=tuple(media_line.formats),
             )
         )
     return infos
@@ -146,48 +98,6 @@ def describe(sdp: SessionDescription) -> list[MediaInfo]:
 def carries_ice(sdp: SessionDescription, media: MediaDescription) -> bool:
     """True if ``media`` has ICE credentials (own or session level) and at least one candidate."""
     return media.ice_credentials(sdp) is not None and bool(media.candidates())
-
-
-def relay_foundation(address: str) -> str:
-    """A stable foundation for the relay's candidates on ``address``.
-
-    RFC 8445 §5.1.1.3: candidates of the same type from the same base share a foundation, and
-    different ones must differ. ``R`` marks the relay (as MediaProxy's design does); the CRC of
-    the address keeps two relay addresses apart and is unlikely to equal a peer's foundation.
-    """
-    return f"R{zlib.crc32(address.encode('ascii')):08x}"
-
-
-def relay_candidates(
-    plan: StreamPlan, priority: IcePriority, *, component_2: bool, candidate_type: str = "relay"
-) -> list[Candidate]:
-    """The candidate lines the relay inserts for one stream (none for ``IcePriority.NONE``)."""
-    if priority is IcePriority.NONE:
-        return []
-    type_preference = priority.type_preference
-    if candidate_type == "host":
-        # The ICE-lite relay of ICE=force is the only candidate; its type is host (RFC 8445 §2.5).
-        type_preference = 126
-    foundation = relay_foundation(plan.address)
-    components = [(1, plan.rtp_port)]
-    if component_2:
-        components.append((2, plan.rtcp_port))
-    # A relayed candidate names its mapped address in raddr/rport; the relay's is itself.
-    relayed = candidate_type == "relay"
-    return [
-        Candidate(
-            foundation=foundation,
-            component=component,
-            transport="UDP",
-            priority=candidate_priority(type_preference, component),
-            address=plan.address,
-            port=port,
-            type=candidate_type,
-            related_address=plan.address if relayed else None,
-            related_port=port if relayed else None,
-        )
-        for component, port in components
-    ]
 
 
 def rewrite(
@@ -218,7 +128,7 @@ def rewrite(
         session_connection = out.connection
         inherits = any(media.connection is None for media, _ in planned)
         if session_connection is not None and (inherits or replace_session_connection):
-            if not _is_unspecified(session_connection.address):
+            if not is_unspecified(session_connection.address):
                 out.set_connection(_connection_like(session_connection, relay_address))
         elif session_connection is None and inherits:
             # No c= anywhere for this stream (a broken body): give it one at media level.
@@ -242,6 +152,22 @@ def rewrite(
     return out
 
 
+def apply_plan(sdp: SessionDescription, plan: SessionPlan, options: RelayOptions) -> bytes:
+    """The SDP to forward: ``sdp`` rewritten as the engine's ``plan`` says; RelayError if not."""
+    try:
+        out = rewrite(
+            sdp,
+            plan.streams,
+            ice=plan.ice,
+            priority=plan.priority,
+            replace_origin=options.replace_origin,
+            replace_session_connection=options.replace_session_connection,
+        )
+    except SdpError as error:
+        raise RelayError(f"cannot rewrite the SDP: {error}") from None
+    return out.to_bytes()
+
+
 def _originals(sdp: SessionDescription, plans: Sequence[StreamPlan | None]) -> list[bool]:
     """Per planned section: did the original carry ICE (needed after session lines are gone)."""
     return [carries_ice(sdp, media) for media, plan in zip(sdp.media, plans, strict=True) if plan]
@@ -261,11 +187,11 @@ def _rewrite_media(
             kept = [candidate for candidate in media.candidates() if candidate.type != "relay"]
             media.remove_candidates()
             media.add_candidates(kept)
-            media.add_candidates(relay_candidates(plan, priority, component_2=component_2))
+            media.add_candidates(_added(plan, ice, priority, had_ice, component_2, media))
         return
 
     connection = media.connection
-    if connection is not None and not _is_unspecified(connection.address):
+    if connection is not None and not is_unspecified(connection.address):
         media.set_connection(_connection_like(connection, plan.address))
     original_port = media.port
     media.set_port(plan.rtp_port)
@@ -277,7 +203,7 @@ def _rewrite_media(
         # unless multiplexing is being taken away towards this party.
         on_rtp_port = rtcp.port == original_port and plan.rtcp_mux is not False
         port = plan.rtp_port if on_rtp_port else plan.rtcp_port
-        if rtcp.address is not None and not _is_unspecified(rtcp.address):
+        if rtcp.address is not None and not is_unspecified(rtcp.address):
             family = "IP6" if ":" in plan.address else "IP4"
             media.set_rtcp(Rtcp(port, rtcp.nettype or "IN", family, plan.address))
         else:
@@ -290,30 +216,27 @@ def _rewrite_media(
         if plan.ice_credentials is None:
             raise RelayError("ICE=force needs the relay's own ICE credentials")
         media.set_ice_credentials(plan.ice_credentials)
-        media.add_candidates(
-            relay_candidates(
-                plan,
-                IcePriority.HIGH,
-                component_2=not media.rtcp_mux,
-                candidate_type="host",
-            )
-        )
+        media.add_candidates(_added(plan, ice, priority, had_ice, component_2, media))
     elif had_ice:
-        # c=/m= now name the relay; listing the relay as a candidate keeps that default among
-        # the candidates, so the far agent runs ICE instead of declaring ice-mismatch.
-        media.add_candidates(relay_candidates(plan, priority, component_2=component_2))
+        media.add_candidates(_added(plan, ice, priority, had_ice, component_2, media))
+
+
+def _added(
+    plan: StreamPlan,
+    ice: IceMode,
+    priority: IcePriority,
+    had_ice: bool,
+    component_2: bool,
+    media: MediaDescription,
+) -> tuple[Candidate, ...]:
+    """The plan's candidates, or (a plan made without the engine) the policy's for this SDP."""
+    if plan.candidates is not None:
+        return plan.candidates
+    return candidates_to_add(
+        plan, ice, priority, carries_ice=had_ice, component_2=component_2, rtcp_mux=media.rtcp_mux
+    )
 
 
 def _connection_like(connection: Connection, address: str) -> Connection:
     family = "IP6" if ":" in address else "IP4"
     return Connection(connection.nettype, family, address)
-
-
-# Cached: asked several times per request (hold checks, rewrites, deadlines) for the same few
-# addresses, and ipaddress parsing is among the control path's top costs.
-@functools.lru_cache(maxsize=4096)
-def _is_unspecified(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_unspecified
-    except ValueError:
-        return False

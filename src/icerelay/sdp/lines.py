@@ -161,14 +161,16 @@ def render(lines: list[Line], default_eol: str, final_newline: bool = True) -> s
 
     Whether the text ends with a line ending is a property of the document (``final_newline``),
     not of whichever line happens to be last after an edit: a body that came without one keeps
-    coming without one, and a line that lost its place as the last one gets ``default_eol`` so
-    that no line can be glued onto it.
+    coming without one (unless the last line is empty), and a line that lost its place as the last
+    one gets ``default_eol`` so that no line can be glued onto it.
     """
     parts: list[str] = []
     last = len(lines) - 1
     for index, line in enumerate(lines):
         eol = line.eol or default_eol
-        if index == last and not final_newline:
+        if index == last and not final_newline and line.text:
+            # An empty line keeps its ending even when it became the last one: without it the
+            # line would vanish (the text would end with the previous line's ending).
             eol = ""
         parts.append(line.text)
         parts.append(eol)

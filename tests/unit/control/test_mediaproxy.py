@@ -61,7 +61,8 @@ REMOVE = b"remove\r\ncall_id: 9f3b@192.0.2.10\r\nfrom_tag: alicetag\r\nto_tag: b
 
 def engine() -> SessionEngine:
     return SessionEngine(
-        RelayConfig(addresses={4: "192.0.2.1"}), PortPool(40000, 40099, rng=random.Random(1))
+        RelayConfig(addresses={4: "192.0.2.1"}), PortPool(40000, 40099, rng=random.Random(1)),
+        rng=random.Random(5),
     )
 
 
@@ -214,6 +215,7 @@ def test_ice_parties_are_not_hung_up_on_when_ice_went_around_the_relay() -> None
     relay = SessionEngine(
         RelayConfig(addresses={4: "192.0.2.1"}, media_timeout=30.0),
         PortPool(40000, 40099, rng=random.Random(1)),
+        rng=random.Random(5),
         counters=counters.get,
     )
     handler = MediaproxyHandler(relay)

@@ -33,6 +33,7 @@ def handler() -> NgHandler:
     engine = SessionEngine(
         RelayConfig(addresses={4: "203.0.113.1", 6: "2001:db8::1"}),
         PortPool(30000, 30099, rng=random.Random(2)),
+        rng=random.Random(6),
     )
     return NgHandler(engine, wall_offset=1_700_000_000.0)
 

@@ -61,7 +61,9 @@ def make_engine(
     pool_size: int = 100, counters: Counters | None = None, **config: object
 ) -> SessionEngine:
     pool = PortPool(30000, 30000 + 2 * pool_size - 1, rng=random.Random(3))
-    return SessionEngine(RelayConfig(**config), pool, counters=counters)  # type: ignore[arg-type]
+    return SessionEngine(
+        RelayConfig(**config), pool, rng=random.Random(4), counters=counters  # type: ignore[arg-type]
+    )
 
 
 def drain(engine: SessionEngine) -> list[Event]:

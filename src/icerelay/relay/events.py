@@ -1,0 +1,46 @@
+"""What the session engine asks of its driver: forwardings to install or remove, ends to record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from icerelay.relay.forwarding import Forwarding
+from icerelay.relay.records import SessionRecord, StreamEndReason
+
+__all__ = ["Event", "ForwardingInstalled", "ForwardingRemoved", "SessionEnded", "StreamEnded"]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingInstalled:
+    """Install or update a forwarding in the data plane."""
+
+    forwarding: Forwarding
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingRemoved:
+    """Remove the forwarding with this key from the data plane (its ports are free again)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """One stream stopped being relayed, the session goes on."""
+
+    call_id: str
+    from_tag: str
+    to_tag: str | None
+    index: int
+    reason: StreamEndReason
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """A session ended; :attr:`record` is its accounting record."""
+
+    record: SessionRecord
+
+
+Event: TypeAlias = ForwardingInstalled | ForwardingRemoved | StreamEnded | SessionEnded

@@ -1,0 +1,96 @@
+"""What the relay writes down about sessions and streams: end reasons, records, live summaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from icerelay.stun import Address
+
+__all__ = [
+    "SessionRecord",
+    "SessionSummary",
+    "StreamEndReason",
+    "StreamRecord",
+    "TerminationReason",
+]
+
+
+class TerminationReason(StrEnum):
+    """Why a session ended (written into its record)."""
+
+    DELETED = "deleted"
+    NO_MEDIA = "no-media"
+    HOLD_TIMEOUT = "hold-timeout"
+    OFFER_TIMEOUT = "offer-timeout"
+    MAX_DURATION = "max-duration"
+    SHUTDOWN = "shutdown"
+    #: The relay could not open the ports it had allocated (the data plane refused them).
+    RELAY_FAILURE = "relay-failure"
+
+
+class StreamEndReason(StrEnum):
+    """Why one stream stopped being relayed while its session went on."""
+
+    REJECTED = "rejected"
+    DISABLED = "disabled"
+    REMOVED = "removed"
+    #: ICE selected a direct path between the parties: the relay stepped aside.
+    ICE_DIRECT = "ice-direct-path"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """Accounting of one stream: who sent how much, and where from."""
+
+    index: int
+    media: str
+    codec: str | None
+    caller: Address | None
+    callee: Address | None
+    caller_latched: Address | None
+    callee_latched: Address | None
+    packets_from_caller: int
+    bytes_from_caller: int
+    packets_from_callee: int
+    bytes_from_callee: int
+    relay_ports: tuple[int | None, int | None]
+    end_reason: StreamEndReason | None
+    rtcp_packets_from_caller: int = 0
+    rtcp_packets_from_callee: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """Accounting of one session, produced when it ends."""
+
+    call_id: str
+    from_tag: str
+    to_tag: str | None
+    via_branch: str | None
+    created: float
+    answered: float | None
+    ended: float
+    reason: TerminationReason
+    streams: tuple[StreamRecord, ...]
+    caller_user_agent: str | None = None
+    callee_user_agent: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the answer to the end (0 for a call never answered)."""
+        return 0.0 if self.answered is None else self.ended - self.answered
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """A live view of one session (for ``query`` and ``delete`` replies)."""
+
+    call_id: str
+    from_tag: str
+    to_tag: str | None
+    created: float
+    last_signal: float
+    answered: float | None
+    streams: tuple[StreamRecord, ...]
