@@ -9,13 +9,16 @@ ICE the same minus the ICE lines, which is what a plain SIP phone (or SIPp) expe
 from __future__ import annotations
 
 import ipaddress
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from icerelay.endpoint.session import CODECS, Codec
 from icerelay.errors import SdpError
 from icerelay.sdp import Candidate as SdpCandidate
 from icerelay.sdp import SessionDescription
+
+if TYPE_CHECKING:
+    from random import Random
 
 Address = tuple[str, int]
 
@@ -54,8 +57,14 @@ class LocalMedia:
 class SdpOrigin:
     """The o= line state: the version increases with every new offer (RFC 3264 section 8)."""
 
-    session_id: int = field(default_factory=lambda: secrets.randbelow(2**62))
+    session_id: int
     version: int = 0
+
+    @classmethod
+    def new(cls, *, rng: Random) -> SdpOrigin:
+        """A fresh origin: a random session id (RFC 4566 section 5.2 suggests an NTP time; any
+        number unique enough will do) that fits in a signed 64-bit integer."""
+        return cls(session_id=rng.randrange(2**62))
 
     def next(self) -> int:
         self.version += 1

@@ -275,7 +275,7 @@ class Phone:
         self.call: Call | None = None
         self.session: RtpSession | None = None
         self.recorder = Recorder() if options.record else Recorder(max_duration=600.0)
-        self.origin = SdpOrigin()
+        self.origin = SdpOrigin.new(rng=random.SystemRandom())
         self._wake = asyncio.Event()
         self._done = False
         self._sip: _Udp | None = None
@@ -329,6 +329,7 @@ class Phone:
             user_agent="icerelay phone",
             transport=options.transport,
             trace=self._trace if options.debug else None,
+            rng=random.SystemRandom(),
         )
         if options.external_address is not None:
             external_host, external_port = options.external_address
@@ -636,6 +637,7 @@ class Phone:
             rtcp_interval=self.options.rtcp_interval,
             send_enabled=remote.direction in ("sendrecv", "recvonly"),
             wall_clock=time.time,
+            rng=random.SystemRandom(),
         )
         session.start(loop.time())
         self._hangup_at = loop.time() + self.options.duration
