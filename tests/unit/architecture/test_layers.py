@@ -52,7 +52,7 @@ PENDING: frozenset[str] = frozenset(
         "icerelay.endpoint.phone:26 imports asyncio",
         "icerelay.endpoint.phone:30 imports random",
         "icerelay.endpoint.phone:31 imports socket",
-        "icerelay.endpoint.phone:628 imports time",
+        "icerelay.endpoint.phone:629 imports time",
         "icerelay.ice.agent:54 imports random",
         "icerelay.ice.aio:39 imports asyncio",
         "icerelay.ice.aio:42 imports socket",
