@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from icerelay.aio.ice import Connection
 from icerelay.daemon.turn_service import TurnService
 from icerelay.ice import CandidateType, ConnectionState, TurnServer
-from icerelay.ice.aio import Connection
 from icerelay.ice.config import AgentConfig
 from icerelay.ice.rtpconf import parse_rtp_conf
 from icerelay.turn.server import TurnServerConfig

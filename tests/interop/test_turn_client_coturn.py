@@ -21,16 +21,14 @@ from typing import Any
 
 import pytest
 
+from icerelay.aio.turn_client import AllocationError, TurnClient, create_turn_allocation
 from icerelay.stun import Address
 from icerelay.turn.client import (
     AllocationClosed,
-    AllocationError,
     AllocationRefreshed,
     AlternateServer,
     ChannelBound,
     Event,
-    TurnClient,
-    create_turn_allocation,
 )
 from icerelay.turn.credentials import rest_api_credentials
 from tests.support import certs

@@ -17,18 +17,16 @@ from typing import Any
 
 import pytest
 
+from icerelay.aio.turn_client import AllocationError, TurnClient, create_turn_allocation
 from icerelay.errors import TurnError
 from icerelay.stun import Address
 from icerelay.stun.constants import PasswordAlgorithm
 from icerelay.turn.client import (
     AllocationClosed,
-    AllocationError,
     AllocationRefreshed,
     ChannelBound,
     Event,
     PermissionFailed,
-    TurnClient,
-    create_turn_allocation,
 )
 from icerelay.turn.credentials import rest_api_credentials
 from tests.support import certs

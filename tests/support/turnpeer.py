@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+from icerelay.aio.turn_client import TurnClient
 from icerelay.stun import Address
-from icerelay.turn.client import TurnClient
 
 
 class EchoPeer(asyncio.DatagramProtocol):

@@ -180,8 +180,8 @@ def stun_probe(
     HOST is a name, an IPv4 address or an IPv6 address in brackets ([::1]:3478); PORT defaults
     to 3478.
     """
+    from icerelay.aio.probe import probe_tcp, probe_udp, resolve
     from icerelay.errors import ProbeError
-    from icerelay.probe.driver import probe_tcp, probe_udp, resolve
     from icerelay.stun import Address
 
     if tcp and behavior:

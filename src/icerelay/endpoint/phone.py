@@ -729,7 +729,7 @@ class Phone:
         assert self._sip is not None
         host = self._sip.address[0]
         if host in ("0.0.0.0", "::"):
-            from icerelay.ice.aio import default_local_addresses
+            from icerelay.aio.ice import default_local_addresses
 
             found = default_local_addresses(ipv4=":" not in host, ipv6=":" in host)
             return found[0] if found else "127.0.0.1"
@@ -783,7 +783,7 @@ class Phone:
     # -- ICE --------------------------------------------------------------------------------------
 
     async def _gather(self, *, controlling: bool, remote: RemoteMedia | None) -> None:
-        from icerelay.ice.aio import Connection
+        from icerelay.aio.ice import Connection
         from icerelay.ice.relay import TurnServer
 
         components = 1 if (self.options.rtcp_mux and (remote is None or remote.rtcp_mux)) else 2

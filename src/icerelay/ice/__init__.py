@@ -4,8 +4,8 @@
 several streams under one agent; the modules split the protocol the way RFC 8445 does:
 :mod:`.candidate` (section 5.1), :mod:`.pair` and :mod:`.checklist` (section 6.1.2),
 :mod:`.gathering` (section 5.1.1), :mod:`.relay` (the TURN seam), :mod:`.events`, :mod:`.config`.
-Around it: :mod:`.signalling` (SDP offer/answer), :mod:`.aio` (asyncio driver), :mod:`.compat`
-(aioice's API), :mod:`.rtpconf` (Asterisk's rtp.conf).
+Around it: :mod:`.signalling` (SDP offer/answer), :mod:`.rtpconf` (Asterisk's rtp.conf). The
+asyncio driver and aioice's API are I/O shells: :mod:`icerelay.aio.ice`, :mod:`icerelay.aio.aioice`.
 """
 
 from icerelay.ice.agent import Agent

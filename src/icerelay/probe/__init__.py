@@ -2,7 +2,7 @@
 
 - :mod:`.behavior` — the probe as a sans-I/O state machine over STUN client transactions.
 - :mod:`.results` — what it found, as text or JSON.
-- :mod:`.driver` — runs it on asyncio sockets (UDP, or one Binding over TCP).
+- :mod:`icerelay.aio.probe` runs it on asyncio sockets (UDP, or one Binding over TCP).
 """
 
 from icerelay.errors import ProbeError

@@ -30,8 +30,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from icerelay.aio.ice import Connection
 from icerelay.ice import ConnectionState, Event, SelectedPairChanged
-from icerelay.ice.aio import Connection
 from icerelay.ice.config import AgentConfig, Nomination
 from icerelay.ice.relay import TurnServer
 

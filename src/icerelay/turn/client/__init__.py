@@ -1,9 +1,10 @@
-"""TURN client (RFC 8656): a sans-I/O allocation engine and its asyncio driver.
+"""TURN client (RFC 8656): a sans-I/O allocation engine.
 
 - :class:`Allocation` (in :mod:`.allocation`): the engine; feed it bytes and time, read
   datagrams and events. It runs the same under asyncio, in the network simulator and in tests.
-- :class:`TurnClient` and :func:`create_turn_allocation` (in :mod:`.aio`): the asyncio driver
-  over UDP, TCP or TLS to the server.
+- its asyncio driver, :class:`~icerelay.aio.turn_client.TurnClient` and
+  :func:`~icerelay.aio.turn_client.create_turn_allocation`, lives in the I/O shell layer
+  (:mod:`icerelay.aio.turn_client`): UDP, TCP or TLS to the server.
 
 Example (asyncio)::
 
@@ -15,7 +16,6 @@ REST API (coturn ``use-auth-secret``) credentials come from
 :func:`icerelay.turn.credentials.rest_api_credentials`.
 """
 
-from icerelay.turn.client.aio import AllocationError, TurnClient, create_turn_allocation
 from icerelay.turn.client.allocation import Allocation, State
 from icerelay.turn.client.events import (
     AllocationClosed,
@@ -38,7 +38,6 @@ __all__ = [
     "Allocation",
     "AllocationClosed",
     "AllocationCounters",
-    "AllocationError",
     "AllocationExpired",
     "AllocationFailed",
     "AllocationRefreshed",
@@ -52,6 +51,4 @@ __all__ = [
     "PermissionCreated",
     "PermissionFailed",
     "State",
-    "TurnClient",
-    "create_turn_allocation",
 ]

@@ -618,7 +618,7 @@ class Allocation:
                 self._send_channel_bind(now, peer)
 
     def _emit(self, data: bytes) -> None:
-        self._outgoing.append(Datagram(data, self.server))
+        self._outgoing.append(Datagram(data, None, self.server))
 
     # ------------------------------------------------------------------ requests
 

@@ -8,19 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The engine's datagrams are the shared :class:`icerelay.net.Datagram`, ``source`` None (one
+# socket or connection) and ``destination`` always the TURN server. On stream transports (TCP,
+# TLS) ``data`` is a piece of the byte stream, already framed. Kept importable from here.
+from icerelay.net import Datagram as Datagram
 from icerelay.stun import Address
-
-
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    """Bytes to put on the wire towards *destination* (always the TURN server).
-
-    On stream transports (TCP, TLS) *data* is a piece of the byte stream: write it to the
-    connection to *destination*; the framing is already in the bytes.
-    """
-
-    data: bytes
-    destination: Address
 
 
 class Event:

@@ -14,9 +14,9 @@ import pytest
 from tests.support import certs
 from tests.support.ports import free_port
 
+from icerelay.aio.ice import Connection
 from icerelay.daemon.turn_service import TurnService
 from icerelay.ice import AgentConfig, CandidateType, ConnectionState, TurnServer
-from icerelay.ice.aio import Connection
 from icerelay.turn.server import TurnServerConfig
 
 USER, PASSWORD = "alice", "wonderland"

@@ -1,11 +1,12 @@
 """asyncio driver for the sans-I/O TURN :class:`~icerelay.turn.client.allocation.Allocation`.
 
-The driver owns the socket (UDP, TCP or TLS to the server), the clock (``loop.time()``) and one
-timer handle; the engine decides everything else. Example::
+The shell owns the socket (UDP, TCP or TLS to the server); an
+:class:`~icerelay.aio.driver.EngineDriver` owns the clock (``loop.time()``), the one timer and the
+drain order; the engine decides everything else. Example::
 
     import asyncio
     from icerelay.stun import Address
-    from icerelay.turn.client import create_turn_allocation
+    from icerelay.aio.turn_client import create_turn_allocation
 
     async def main() -> None:
         async with create_turn_allocation(("turn.example.net", 3478), "alice", "secret") as turn:
@@ -31,7 +32,9 @@ import ssl as ssl_module
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from icerelay.aio.driver import EngineDriver
 from icerelay.errors import TurnError
+from icerelay.net import Datagram
 from icerelay.stun import Address
 from icerelay.turn.client.allocation import Allocation, State, Transport
 from icerelay.turn.client.events import (
@@ -41,7 +44,6 @@ from icerelay.turn.client.events import (
     AllocationFailed,
     AllocationSucceeded,
     AlternateServer,
-    Datagram,
     DataReceived,
     Event,
 )
@@ -100,6 +102,13 @@ async def _resolve(host: str, port: int, transport: Transport) -> Address:
     return Address(str(sockaddr[0]), int(sockaddr[1]))
 
 
+def _sockname(transport: asyncio.BaseTransport) -> Address:
+    sockname = transport.get_extra_info("sockname")
+    if not sockname:
+        return Address("0.0.0.0", 0)
+    return Address(str(sockname[0]).split("%", 1)[0], int(sockname[1]))
+
+
 class _DatagramProtocol(asyncio.DatagramProtocol):
     def __init__(self, client: TurnClient) -> None:
         self._client = client
@@ -151,14 +160,16 @@ class TurnClient:
         self._on_event = on_event
         self._loop = asyncio.get_running_loop()
         self._udp: asyncio.DatagramTransport | None = None
+        #: Our end of the socket or connection (what the driver passes as ``destination``).
+        self._local = Address("0.0.0.0", 0)
         self._stream: asyncio.Transport | None = None
         self._generation = 0
         self._pending_writes: list[bytes] = []
         self._connecting: asyncio.Task[None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        # Events first (a redirection changes where bytes go), then datagrams, then the timer.
+        self._driver = EngineDriver(engine, self._write, self._dispatch)
         self._allocated: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._queue: asyncio.Queue[tuple[bytes, Address] | None] = asyncio.Queue(RECEIVE_QUEUE)
@@ -220,10 +231,11 @@ class TurnClient:
                 lambda: _DatagramProtocol(self), local_addr=local_address, family=family
             )
             self._udp = transport
+            self._local = _sockname(transport)
         else:
             await self._connect_stream(server, local_address)
         self.engine.start(self._loop.time())
-        self._pump()
+        self._driver.transmit()
         await asyncio.shield(self._allocated)
 
     async def _connect_stream(self, server: Address, local_address: tuple[str, int] | None) -> None:
@@ -246,6 +258,7 @@ class TurnClient:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._stream = transport
+        self._local = _sockname(transport)
         pending, self._pending_writes = self._pending_writes, []
         for data in pending:
             transport.write(data)
@@ -284,7 +297,7 @@ class TurnClient:
         if not isinstance(peer, Address):
             peer = Address(str(peer[0]), int(peer[1]))
         self.engine.send_to(data, peer, self._loop.time())
-        self._pump()
+        self._driver.transmit()
         if not self._writable.is_set():
             await self._writable.wait()
 
@@ -305,24 +318,24 @@ class TurnClient:
     async def create_permission(self, peers: Iterable[Address]) -> None:
         """Install (and keep) permissions for *peers* without sending to them."""
         self.engine.create_permission(list(peers), self._loop.time())
-        self._pump()
+        self._driver.transmit()
 
     async def bind_channel(self, peer: Address) -> None:
         """Bind a channel to *peer* now instead of on first traffic."""
         self.engine.bind_channel(peer, self._loop.time())
-        self._pump()
+        self._driver.transmit()
 
     async def refresh(self) -> None:
         """Refresh the allocation now (the engine also does it on its own before expiry)."""
         self.engine.refresh(self._loop.time())
-        self._pump()
+        self._driver.transmit()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Deallocate (Refresh with LIFETIME 0), wait for the answer up to *timeout* seconds,
         then close the socket. Safe to call more than once."""
         if not self.closed:
             self.engine.close(self._loop.time())
-            self._pump()
+            self._driver.transmit()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._closed), timeout)
         self._abort()
@@ -338,11 +351,10 @@ class TurnClient:
     def _received(self, data: bytes, source: Address | None, generation: int = 0) -> None:
         if generation and generation != self._generation:
             return  # a connection we already left (after ALTERNATE-SERVER)
-        engine = self.engine
-        engine.receive(
-            data, source if source is not None else engine.server, None, self._loop.time()
+        # A stream carries only the server's bytes; the engine checks a UDP source itself.
+        self._driver.datagram_received(
+            data, source if source is not None else self.engine.server, self._local
         )
-        self._pump()
 
     def _stream_lost(self, generation: int, exc: Exception | None) -> None:
         if generation != self._generation:
@@ -350,17 +362,7 @@ class TurnClient:
         self._stream = None
         reason = f"connection to the server lost: {exc}" if exc else "server closed the connection"
         self.engine.connection_lost(self._loop.time(), reason)
-        self._pump()
-
-    def _pump(self) -> None:
-        """Run the engine's output: events first (a redirection changes where bytes go), then
-        datagrams, then re-arm the timer."""
-        engine = self.engine
-        while (event := engine.next_event()) is not None:
-            self._dispatch(event)
-        for datagram in engine.datagrams_to_send(self._loop.time()):
-            self._write(datagram)
-        self._arm_timer()
+        self._driver.transmit()
 
     def _write(self, datagram: Datagram) -> None:
         if self._udp is not None:
@@ -370,24 +372,7 @@ class TurnClient:
         else:
             self._pending_writes.append(datagram.data)
 
-    def _arm_timer(self) -> None:
-        deadline = self.engine.next_timer()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._fire_timer)
-
-    def _fire_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.engine.handle_timer(self._loop.time())
-        self._pump()
-
-    def _dispatch(self, event: Event) -> None:
+    def _dispatch(self, event: object) -> None:
         if isinstance(event, DataReceived):
             if self._on_data is not None:
                 self._on_data(event.data, event.peer)
@@ -409,7 +394,7 @@ class TurnClient:
             self._end("allocation closed")
         elif isinstance(event, AlternateServer) and self.engine.transport != "udp":
             self._reconnect(event.server)
-        if self._on_event is not None:
+        if self._on_event is not None and isinstance(event, Event):
             self._on_event(event)
 
     def _reconnect(self, server: Address) -> None:
@@ -425,7 +410,7 @@ class TurnClient:
                 await self._connect_stream(server, None)
             except AllocationError as exc:
                 self.engine.connection_lost(self._loop.time(), str(exc))
-                self._pump()
+                self._driver.transmit()
 
         self._connecting = self._loop.create_task(connect())
 
@@ -441,10 +426,7 @@ class TurnClient:
 
     def _abort(self) -> None:
         """Drop the socket and timer without talking to the server."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = None
+        self._driver.close()
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._udp is not None:

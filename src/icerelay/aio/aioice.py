@@ -3,7 +3,7 @@
 Code written for aioice keeps working with one changed import::
 
     # from aioice import Candidate, Connection
-    from icerelay.ice.compat import Candidate, Connection
+    from icerelay.aio.aioice import Candidate, Connection
 
     connection = Connection(ice_controlling=True, stun_server=("stun.example.net", 3478))
     await connection.gather_candidates()
@@ -30,9 +30,9 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from icerelay.aio.ice import Connection as AioConnection
+from icerelay.aio.ice import default_local_addresses
 from icerelay.errors import IceError
-from icerelay.ice.aio import Connection as AioConnection
-from icerelay.ice.aio import default_local_addresses
 from icerelay.ice.candidate import Candidate as IceCandidate
 from icerelay.ice.candidate import TransportAddress
 from icerelay.ice.config import AgentConfig

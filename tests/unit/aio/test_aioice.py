@@ -1,4 +1,4 @@
-"""The aioice-compatible surface (icerelay.ice.compat): aioice code runs unchanged on it."""
+"""The aioice-compatible surface (icerelay.aio.aioice): aioice code runs unchanged on it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from icerelay.aio import aioice as compat
 from icerelay.errors import IceError
-from icerelay.ice import compat
 
 
 async def aioice_style_session(module_a: Any, module_b: Any, **extra_b: Any) -> None:

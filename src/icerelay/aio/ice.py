@@ -5,7 +5,7 @@ feeds every datagram to the agent with ``loop.time()``, sends what the agent ret
 timer handle at ``agent.next_timer()``. Everything ICE decides happens in the engine. Example::
 
     import asyncio
-    from icerelay.ice.aio import Connection
+    from icerelay.aio.ice import Connection
 
     async def main() -> None:
         offerer = Connection(controlling=True, stun_servers=[("stun.example.net", 3478)])

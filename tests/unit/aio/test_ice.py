@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from icerelay.aio.ice import Connection
 from icerelay.errors import IceError
 from icerelay.ice import CandidateGathered, ConnectionState, Event
-from icerelay.ice.aio import Connection
 
 
 async def pair(components: int = 1) -> tuple[Connection, Connection]:
@@ -93,7 +93,7 @@ def test_connect_raises_once_ice_failed() -> None:
 def test_interface_addresses_are_usable_unicast() -> None:
     import ipaddress
 
-    from icerelay.ice.aio import default_local_addresses, interface_addresses
+    from icerelay.aio.ice import default_local_addresses, interface_addresses
 
     for address in interface_addresses():
         ip = ipaddress.ip_address(address)
