@@ -48,11 +48,12 @@ from icerelay.endpoint.events import (
     PortsWanted,
 )
 from icerelay.endpoint.offer import (
-    IceDescription,
     LocalMedia,
     RemoteMedia,
     SdpOrigin,
+    best_default,
     build_sdp,
+    ice_media,
     parse_remote,
 )
 from icerelay.endpoint.options import IceSetup, PhoneOptions, PhoneResult
@@ -591,46 +592,11 @@ class CallController:
         self, codecs: tuple[Codec, ...], telephone_event: int | None, direction: str
     ) -> bytes:
         assert self.ice is not None
-        agent = self.ice.agents[0]
-        local_candidates = self.ice.local_candidates(0)
-        selected = {c: agent.selected_pair(c) for c in agent.components}
-        remote_candidates: tuple[tuple[int, str, int], ...] = ()
-        rtp_pair, rtcp_pair = selected.get(1), selected.get(2)
-        if rtp_pair is not None:
-            # After ICE: the selected local candidates become the default destination.
-            rtp = rtp_pair.local.address
-            rtcp = rtcp_pair.local.address if rtcp_pair is not None else None
-            if agent.controlling:
-                remote_candidates = tuple(
-                    (component, *pair.remote.address)
-                    for component, pair in selected.items()
-                    if pair is not None
-                )
-        else:
-            rtp = default_candidate(local_candidates, 1)
-            rtcp = default_candidate(local_candidates, 2) if 2 in agent.components else None
-        candidates = tuple(c.to_attribute() for c in local_candidates)
-        if rtp_pair is not None and agent.state is ConnectionState.COMPLETED:
-            # RFC 5245 section 9.1.2.2 / RFC 8839 section 4.2.2: once ICE completed, a new offer
-            # lists only the candidates of the selected pairs.
-            candidates = tuple(
-                pair.local.to_attribute() for pair in selected.values() if pair is not None
-            )
-        media = LocalMedia(
-            address=rtp[0],
-            port=rtp[1],
-            rtcp_port=rtcp[1] if rtcp else None,
-            codecs=codecs,
-            telephone_event=telephone_event,
-            rtcp_mux=self._rtcp_mux,
-            ice=IceDescription(
-                self.ice.local_username,
-                self.ice.local_password,
-                candidates,
-                remote_candidates,
-                lite=self.options.ice_lite,
-            ),
-            direction=direction,
+        media = ice_media(
+            self.ice.agents[0],
+            LocalMedia("", 0, codecs=codecs, telephone_event=telephone_event,
+                       rtcp_mux=self._rtcp_mux, direction=direction),
+            lite=self.options.ice_lite,
         )
         return build_sdp(media, self.origin)
 
@@ -839,22 +805,8 @@ class CallController:
         self._events.append(DebugLine(text))
 
 
-def default_candidate(candidates: Sequence[IceCandidate], component: int) -> Address:
-    """RFC 8445 section 5.1.4: the default is the candidate most likely to work without ICE:
-    relayed, else server-reflexive, else host."""
-    return _default(candidates, component).address
-
-
-def _default(candidates: Sequence[IceCandidate], component: int) -> IceCandidate:
-    rank = {"relay": 0, "srflx": 1, "prflx": 2, "host": 3}
-    mine = [c for c in candidates if c.component == component]
-    if not mine:
-        raise RtpError(f"no candidate for component {component}")
-    return min(mine, key=lambda c: (rank.get(c.type.value, 4), -c.priority))
-
-
 def _base_of(candidates: Sequence[IceCandidate], component: int) -> Address:
-    candidate = _default(candidates, component)
+    candidate = best_default(candidates, component)
     return _pair(candidate.base or candidate.address)
 
 

@@ -9,7 +9,7 @@ import pytest
 from icerelay.aio.phone import Phone, PhoneOptions, PhoneResult
 from icerelay.commands.phone import _address, _peer_target
 from icerelay.endpoint.audio import dominant_frequency
-from icerelay.endpoint.call import default_candidate
+from icerelay.endpoint.offer import default_candidate
 from icerelay.endpoint.stats import StreamStatistics
 from icerelay.errors import ConfigError
 from icerelay.ice.candidate import CandidateType, make_local_candidate
