@@ -18,6 +18,7 @@ import click
 
 from icerelay.aio.loop import loop_factory
 from icerelay.commands.nat_matrix import nat_matrix
+from icerelay.commands.phone import phone
 from icerelay.daemon.config import (
     STUN_PORT,
     Config,
@@ -25,7 +26,6 @@ from icerelay.daemon.config import (
     parse_set_options,
 )
 from icerelay.daemon.logs import configure_logging
-from icerelay.endpoint.phone import phone
 from icerelay.errors import ConfigError
 from icerelay.net import split_host_port
 

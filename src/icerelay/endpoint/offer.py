@@ -9,13 +9,21 @@ ICE the same minus the ICE lines, which is what a plain SIP phone (or SIPp) expe
 from __future__ import annotations
 
 import ipaddress
-import secrets
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
+from icerelay.endpoint.errors import RtpError
 from icerelay.endpoint.session import CODECS, Codec
 from icerelay.errors import SdpError
 from icerelay.sdp import Candidate as SdpCandidate
 from icerelay.sdp import SessionDescription
+
+if TYPE_CHECKING:
+    from random import Random
+
+    from icerelay.ice.agent import Agent
+    from icerelay.ice.candidate import Candidate as IceCandidate
 
 Address = tuple[str, int]
 
@@ -54,8 +62,14 @@ class LocalMedia:
 class SdpOrigin:
     """The o= line state: the version increases with every new offer (RFC 3264 section 8)."""
 
-    session_id: int = field(default_factory=lambda: secrets.randbelow(2**62))
+    session_id: int
     version: int = 0
+
+    @classmethod
+    def new(cls, *, rng: Random) -> SdpOrigin:
+        """A fresh origin: a random session id (RFC 4566 section 5.2 suggests an NTP time; any
+        number unique enough will do) that fits in a signed 64-bit integer."""
+        return cls(session_id=rng.randrange(2**62))
 
     def next(self) -> int:
         self.version += 1
@@ -108,6 +122,56 @@ def build_sdp(media: LocalMedia, origin: SdpOrigin, *, name: str = "icerelay") -
         lines.append("a=ice-mismatch")
     lines.append(f"a={media.direction}")
     return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def ice_media(agent: Agent, media: LocalMedia, *, lite: bool = False) -> LocalMedia:
+    """``media`` (codecs, direction, rtcp-mux) with the ICE agent's addresses and attributes.
+
+    Before ICE has a pair, ``c=``/``m=`` carry the default candidates and every candidate is
+    listed; once it has one, the selected local candidates are the default and the controlling
+    agent adds ``a=remote-candidates`` (RFC 8445 section 8.1.2 / RFC 8839 section 4.2.2); once
+    ICE completed only the selected pairs' candidates are listed (RFC 5245 section 9.1.2.2).
+    """
+    candidates = agent.local_candidates
+    selected = {c: agent.selected_pair(c) for c in agent.components}
+    remote_candidates: tuple[tuple[int, str, int], ...] = ()
+    rtp_pair, rtcp_pair = selected.get(1), selected.get(2)
+    if rtp_pair is not None:
+        rtp = rtp_pair.local.address
+        rtcp = rtcp_pair.local.address if rtcp_pair is not None else None
+        if agent.controlling:
+            remote_candidates = tuple(
+                (component, *pair.remote.address)
+                for component, pair in selected.items()
+                if pair is not None
+            )
+    else:
+        rtp = best_default(candidates, 1).address
+        rtcp = best_default(candidates, 2).address if 2 in agent.components else None
+    attributes = tuple(c.to_attribute() for c in candidates)
+    if rtp_pair is not None and agent.state.value == "completed":
+        attributes = tuple(
+            pair.local.to_attribute() for pair in selected.values() if pair is not None
+        )
+    ice = IceDescription(agent.local_username, agent.local_password, attributes,
+                         remote_candidates, lite=lite)
+    return replace(media, address=rtp[0], port=rtp[1], rtcp_port=rtcp[1] if rtcp else None,
+                   ice=ice)
+
+
+def default_candidate(candidates: Sequence[IceCandidate], component: int) -> Address:
+    """RFC 8445 section 5.1.4: the default is the candidate most likely to work without ICE:
+    relayed, else server-reflexive, else host."""
+    return best_default(candidates, component).address
+
+
+def best_default(candidates: Sequence[IceCandidate], component: int) -> IceCandidate:
+    """The default candidate itself (see :func:`default_candidate`)."""
+    rank = {"relay": 0, "srflx": 1, "prflx": 2, "host": 3}
+    mine = [c for c in candidates if c.component == component]
+    if not mine:
+        raise RtpError(f"no candidate for component {component}")
+    return min(mine, key=lambda c: (rank.get(c.type.value, 4), -c.priority))
 
 
 @dataclass(frozen=True)

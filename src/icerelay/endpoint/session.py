@@ -7,7 +7,7 @@ with the ICE component (1 = RTP, 2 = RTCP; RTCP goes on component 1 with rtcp-mu
 decides where they go: to the peer's ``c=``/``m=`` address (symmetric RTP, RFC 4961, sent from the
 port we receive on) or through the ICE agent's selected pair::
 
-    session = RtpSession(PCMU, source=ToneSource(440), recorder=Recorder())
+    session = RtpSession(PCMU, source=ToneSource(440), recorder=Recorder(), rng=rng)
     session.start(now)
     session.receive(datagram, now, component=1)
     for packet in session.datagrams_to_send(now): ...
@@ -24,12 +24,11 @@ the receiver's jitter reflects the network and our lateness honestly.
 from __future__ import annotations
 
 import os
-import random
-import secrets
 from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from icerelay.endpoint import g711
 from icerelay.endpoint.audio import AudioSource, Recorder
@@ -50,6 +49,9 @@ from icerelay.endpoint.rtp import (
     ntp_timestamp,
 )
 from icerelay.endpoint.stats import ReceptionStatistics, StreamStatistics, round_trip_time
+
+if TYPE_CHECKING:
+    from random import Random
 
 RTP_COMPONENT = 1
 RTCP_COMPONENT = 2
@@ -126,22 +128,22 @@ class RtpSession:
         rtcp_interval: float = 5.0,
         send_enabled: bool = True,
         wall_clock: Callable[[], float] | None = None,
-        rng: random.Random | None = None,
+        rng: Random,
     ) -> None:
         if not 0.01 <= ptime <= 0.2:
             raise RtpError("ptime must be 10-200 ms")
         self.codec = codec
         self.source = source
         self.recorder = recorder
-        self.ssrc = ssrc if ssrc is not None else secrets.randbits(32)
-        self.cname = cname or f"icerelay-{os.getpid()}@{secrets.token_hex(4)}"
+        self.ssrc = ssrc if ssrc is not None else rng.getrandbits(32)
+        self.cname = cname or f"icerelay-{os.getpid()}@{rng.randbytes(4).hex()}"
         self.samples_per_packet = round(ptime * codec.clock_rate)
         self.ptime = self.samples_per_packet / codec.clock_rate
         self.telephone_event = telephone_event
         self.rtcp_mux = rtcp_mux
         self.rtcp_interval = rtcp_interval
         self.send_enabled = send_enabled
-        self._rng = rng or random.Random()
+        self._rng = rng
         # RFC 3550 section 5.1: random initial sequence number and timestamp.
         self._sequence = self._rng.randrange(1 << 16)
         self._timestamp_base = self._rng.randrange(1 << 32)

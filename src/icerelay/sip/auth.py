@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from icerelay.sip.errors import SipError
+
+if TYPE_CHECKING:
+    from random import Random
 
 _ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
@@ -104,13 +107,14 @@ def digest_response(*, algorithm: str, username: str, realm: str, password: str,
 
 
 def authorization(challenge: Challenge, *, username: str, password: str, method: str,
-                  uri: str, nonce_count: int = 1, cnonce: str | None = None) -> str:
-    """The Authorization (or Proxy-Authorization) header value answering ``challenge``."""
+                  uri: str, rng: Random, nonce_count: int = 1, cnonce: str | None = None) -> str:
+    """The Authorization (or Proxy-Authorization) header value answering ``challenge``;
+    the client nonce comes from ``rng`` unless ``cnonce`` is given."""
     if challenge.qop and "auth" not in challenge.qop:
         raise SipError(f"no supported qop in {challenge.qop}")
     qop = "auth" if challenge.qop else None
     nc = f"{nonce_count:08x}"
-    cnonce = cnonce or secrets.token_hex(8)
+    cnonce = cnonce or rng.randbytes(8).hex()
     response = digest_response(algorithm=challenge.algorithm, username=username,
                                realm=challenge.realm, password=password, method=method, uri=uri,
                                nonce=challenge.nonce, qop=qop, nc=nc, cnonce=cnonce)

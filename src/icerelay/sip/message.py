@@ -12,11 +12,14 @@ Record-Route, Contact...) are split by :meth:`Headers.values`.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from icerelay.sip.errors import SipError
+
+if TYPE_CHECKING:
+    from random import Random
 
 COMPACT_FORMS = {
     "i": "Call-ID", "m": "Contact", "e": "Content-Encoding", "l": "Content-Length",
@@ -62,12 +65,14 @@ def canonical_name(name: str) -> str:
     return "-".join(part.capitalize() for part in lower.split("-"))
 
 
-def new_branch() -> str:
-    return MAGIC_BRANCH + secrets.token_hex(8)
+def new_branch(rng: Random) -> str:
+    """A Via branch (RFC 3261 section 8.1.1.7): the magic cookie and 64 random bits."""
+    return MAGIC_BRANCH + rng.randbytes(8).hex()
 
 
-def new_tag() -> str:
-    return secrets.token_hex(5)
+def new_tag(rng: Random) -> str:
+    """A From/To tag (RFC 3261 section 19.3): 40 random bits."""
+    return rng.randbytes(5).hex()
 
 
 def split_list(value: str) -> list[str]:

@@ -8,7 +8,7 @@ messages and time and sends what it returns. Over UDP it retransmits; over TCP (
 for our requests; for the peer's, the Via says) it does not, and answers on the connection the
 request came on (the driver maps the source address to it)::
 
-    ua = UserAgent(("192.0.2.10", 5060), user="alice")
+    ua = UserAgent(("192.0.2.10", 5060), user="alice", rng=random.SystemRandom())
     call = ua.call("sip:bob@192.0.2.20", offer_sdp, now)
     ua.receive(data, source, now)
     for data, destination in ua.datagrams_to_send(now): ...
@@ -23,10 +23,10 @@ its ACK for every retransmitted 2xx it gets; the transactions do the rest (:mod:
 from __future__ import annotations
 
 import enum
-import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from icerelay.sip.auth import Challenge, authorization
 from icerelay.sip.dialog import Dialog
@@ -51,6 +51,9 @@ from icerelay.sip.transaction import (
     Timers,
     same_hop_request,
 )
+
+if TYPE_CHECKING:
+    from random import Random
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
 SDP = "application/sdp"
@@ -200,8 +203,11 @@ class UserAgent:
         transport: str = "UDP",
         timers: Timers | None = None,
         trace: Trace | None = None,
+        rng: Random,
     ) -> None:
         self.local = local
+        self.rng = rng
+        """Call-IDs, tags, branches and cnonces (random.SystemRandom() outside tests)."""
         self.user = user
         self.display_name = display_name
         self.username = username or user
@@ -230,7 +236,8 @@ class UserAgent:
 
     def _via(self) -> str:
         host, port = self.local
-        return str(Via(self.transport, host, port, (("branch", new_branch()), ("rport", None))))
+        params = (("branch", new_branch(self.rng)), ("rport", None))
+        return str(Via(self.transport, host, port, params))
 
     # -- sans-I/O surface -------------------------------------------------------------------------
 
@@ -288,7 +295,7 @@ class UserAgent:
         uri = SipUri.parse(target if ":" in target.split("@")[0] or target.startswith(
             ("sip:", "sips:")) else "sip:" + target)
         host, port = self.local
-        local_tag = new_tag()
+        local_tag = new_tag(self.rng)
         from_address = NameAddress(SipUri(host, from_user or self.user, port),
                                    self.display_name, (("tag", local_tag),))
         headers = Headers()
@@ -298,7 +305,7 @@ class UserAgent:
         headers.add("Max-Forwards", "70")
         headers.add("From", str(from_address))
         headers.add("To", str(NameAddress(uri.with_params(()))))
-        call_id = f"{secrets.token_hex(8)}@{host}"
+        call_id = f"{self.rng.randbytes(8).hex()}@{host}"
         headers.add("Call-ID", call_id)
         headers.add("CSeq", "1 INVITE")
         headers.add("Contact", str(self.contact))
@@ -399,9 +406,9 @@ class UserAgent:
         headers.add("Via", self._via())
         headers.add("Max-Forwards", "70")
         headers.add("From", str(NameAddress(SipUri(host, self.user, port), None,
-                                            (("tag", new_tag()),))))
+                                            (("tag", new_tag(self.rng)),))))
         headers.add("To", str(NameAddress(uri)))
-        headers.add("Call-ID", f"{secrets.token_hex(8)}@{host}")
+        headers.add("Call-ID", f"{self.rng.randbytes(8).hex()}@{host}")
         headers.add("CSeq", "1 OPTIONS")
         headers.add("Accept", SDP)
         request = SipRequest(headers=headers, method="OPTIONS", uri=str(uri))
@@ -636,7 +643,7 @@ class UserAgent:
         request.headers.replace_first_value("Via", self._via())
         request.headers.set(challenge.header_name, authorization(
             challenge, username=self.username, password=self.password, method=old.method,
-            uri=old.uri))
+            uri=old.uri, rng=self.rng))
         if call.dialog is not None and entry.purpose == "reinvite":
             call.dialog.local_seq = number
         tx = self._start_client(request, entry.transaction.destination, now, entry.purpose,
@@ -702,7 +709,7 @@ class UserAgent:
                                                                     "NOTIFY", "REFER", "INFO",
                                                                     "UPDATE", "MESSAGE",
                                                                     "PRACK") else 405,
-                                     to_tag=new_tag())
+                                     to_tag=new_tag(self.rng))
             response.headers.add("Allow", ALLOW)
             tx.respond(response, now)
             return
@@ -745,13 +752,14 @@ class UserAgent:
             self._events.append(ReinviteReceived(call, request.body))
             return
         if request.call_id in self.calls:
-            tx.respond(make_response(request, 482, "Loop Detected", to_tag=new_tag()), now)
+            tx.respond(make_response(request, 482, "Loop Detected", to_tag=new_tag(self.rng)), now)
             return
         if request.body and request.content_type not in (None, SDP):
-            tx.respond(make_response(request, 415, to_tag=new_tag()), now)
+            tx.respond(make_response(request, 415, to_tag=new_tag(self.rng)), now)
             return
         tx.respond(make_response(request, 100), now)
-        call = Call(call_id=request.call_id, outgoing=False, local_tag=new_tag(), invite=request,
+        call = Call(call_id=request.call_id, outgoing=False, local_tag=new_tag(self.rng),
+                    invite=request,
                     state=CallState.INCOMING, remote_sdp=request.body or None,
                     destination=tx.destination, _invite_tx=tx)
         self.calls[request.call_id] = call
@@ -781,14 +789,14 @@ class UserAgent:
             tx.respond(make_response(request, 481), now)
             return
         call = self.calls.get(request.call_id)
-        tag = call.local_tag if call is not None else new_tag()
+        tag = call.local_tag if call is not None else new_tag(self.rng)
         tx.respond(make_response(request, 200, to_tag=tag), now)
         if call is not None and call.state is CallState.INCOMING:
             invite_tx.respond(make_response(invite_tx.request, 487, to_tag=tag), now)
             self._end(call, "cancelled by the caller", 487)
 
     def _receive_options(self, request: SipRequest, tx: ServerTransaction, now: float) -> None:
-        response = make_response(request, 200, to_tag=new_tag())
+        response = make_response(request, 200, to_tag=new_tag(self.rng))
         response.headers.add("Allow", ALLOW)
         response.headers.add("Accept", SDP)
         response.headers.add("User-Agent", self.user_agent)

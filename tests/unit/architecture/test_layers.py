@@ -48,19 +48,6 @@ MAX_LINES = 1000
 #: A stale entry fails :func:`test_pending_list_holds_only_real_offences`, so the list only shrinks.
 PENDING: frozenset[str] = frozenset(
     {
-        "icerelay.endpoint.offer:12 imports secrets",
-        "icerelay.endpoint.phone:26 imports asyncio",
-        "icerelay.endpoint.phone:730 imports icerelay.aio.ice",
-        "icerelay.endpoint.phone:784 imports icerelay.aio.ice",
-        "icerelay.endpoint.phone:30 imports random",
-        "icerelay.endpoint.phone:31 imports socket",
-        "icerelay.endpoint.phone:628 imports time",
-        "icerelay.endpoint.session:27 imports random",
-        "icerelay.endpoint.session:28 imports secrets",
-        "icerelay.sip.auth:13 imports secrets",
-        "icerelay.sip.message:15 imports secrets",
-        "icerelay.sip.useragent:26 imports secrets",
-        "endpoint/phone.py has more than 1000 lines",
     }
 )
 

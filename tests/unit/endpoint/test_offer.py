@@ -70,7 +70,7 @@ def test_updated_offer_with_remote_candidates_and_mux_ipv6() -> None:
     ice = IceDescription("abcd", "0123456789abcdefghijkl", ("x 1 UDP 1 ::1 4000 typ host",),
                          remote_candidates=((1, "::1", 5000),))
     body = build_sdp(LocalMedia("::1", 4000, rtcp_mux=True, ice=ice, telephone_event=None,
-                                codecs=(PCMA,)), SdpOrigin())
+                                codecs=(PCMA,)), SdpOrigin(session_id=7))
     assert b"c=IN IP6 ::1" in body and b"a=rtcp-mux" in body
     assert b"a=remote-candidates:1 ::1 5000" in body
     remote = parse_remote(body)
@@ -103,5 +103,5 @@ def test_ice_mismatch_when_a_middlebox_rewrote_the_default() -> None:
     rewritten = ASTERISK_OFFER.replace(b"c=IN IP4 10.0.1.40", b"c=IN IP4 198.51.100.7")
     assert parse_remote(rewritten).ice_mismatch
     assert not parse_remote(ASTERISK_OFFER).ice_mismatch  # 10.0.1.40:17234 is a candidate
-    body = build_sdp(LocalMedia("192.0.2.1", 4000, ice_mismatch=True), SdpOrigin())
+    body = build_sdp(LocalMedia("192.0.2.1", 4000, ice_mismatch=True), SdpOrigin(session_id=7))
     assert b"a=ice-mismatch" in body and b"a=ice-ufrag" not in body

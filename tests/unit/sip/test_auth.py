@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from icerelay.sip.auth import Challenge, authorization, digest_response, parse_auth_params, verify
@@ -33,7 +35,8 @@ def test_challenge_parse() -> None:
 def test_authorization_verifies(qop: str | None) -> None:
     header = 'Digest realm="r", nonce="n1"' + (f', qop="{qop}"' if qop else "") + ', opaque="o"'
     value = authorization(Challenge.parse(header), username="alice", password="pw",
-                          method="INVITE", uri="sip:bob@example.com", cnonce="c1")
+                          method="INVITE", uri="sip:bob@example.com", cnonce="c1",
+                          rng=random.Random(1))
     scheme, params = parse_auth_params(value)
     assert scheme == "Digest" and params["uri"] == "sip:bob@example.com"
     assert params.get("qop") == qop and params["opaque"] == "o"
@@ -47,7 +50,9 @@ def test_authorization_verifies(qop: str | None) -> None:
 def test_unsupported_qop_and_algorithm() -> None:
     with pytest.raises(SipError):
         authorization(Challenge.parse('Digest realm="r", nonce="n", qop="auth-int"'),
-                      username="a", password="b", method="INVITE", uri="sip:x")
+                      username="a", password="b", method="INVITE", uri="sip:x",
+                      rng=random.Random(1))
     with pytest.raises(SipError):
         authorization(Challenge.parse('Digest realm="r", nonce="n", algorithm=SHA-512-256'),
-                      username="a", password="b", method="INVITE", uri="sip:x")
+                      username="a", password="b", method="INVITE", uri="sip:x",
+                      rng=random.Random(1))

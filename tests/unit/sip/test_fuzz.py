@@ -66,7 +66,7 @@ def mutate(text: str, rng: random.Random) -> bytes:
 @given(st.integers(min_value=0, max_value=2**32))
 def test_mutated_messages_never_raise(seed: int) -> None:
     rng = random.Random(seed)
-    ua = UserAgent(("192.0.2.2", 5070), user="bob")
+    ua = UserAgent(("192.0.2.2", 5070), user="bob", rng=random.Random(seed))
     for base in (INVITE, RESPONSE, INVITE.replace("INVITE", rng.choice(["BYE", "ACK", "CANCEL",
                                                                         "OPTIONS"]))):
         ua.receive(mutate(base, rng), PEER, 0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from icerelay.sip.message import SipRequest, parse_message
 from icerelay.sip.transaction import Timers
 from icerelay.sip.useragent import (
@@ -27,7 +29,8 @@ ANSWER = OFFER.replace(b"192.0.2.1", b"192.0.2.2")
 
 
 def make(**kwargs: object) -> tuple[UserAgent, UserAgent]:
-    return UserAgent(ALICE, user="alice", **kwargs), UserAgent(BOB, user="bob")  # type: ignore[arg-type]
+    alice = UserAgent(ALICE, user="alice", rng=random.Random(1), **kwargs)  # type: ignore[arg-type]
+    return alice, UserAgent(BOB, user="bob", rng=random.Random(2))
 
 
 def answer_all(net: Network, ua: UserAgent, address: tuple[str, int], *, ring: bool = True,
@@ -113,7 +116,7 @@ def test_invite_retransmitted_over_loss_and_timeout() -> None:
     answer_all(net, bob, BOB)
     net.run(2.0)
     assert call.state is CallState.CONFIRMED and len(net.sent(b"INVITE")) == 3
-    lonely = UserAgent(ALICE, user="alice", timers=Timers(t1=0.05))
+    lonely = UserAgent(ALICE, user="alice", timers=Timers(t1=0.05), rng=random.Random(3))
     net2 = Network({ALICE: lonely})
     call2 = lonely.call("sip:nobody@192.0.2.99", OFFER, 0.0)
     net2.run(10.0)
@@ -170,8 +173,9 @@ def test_unknown_method_and_unknown_dialog() -> None:
 
 
 def test_proxy_with_record_route_and_407() -> None:
-    alice = UserAgent(ALICE, user="alice", username="alice", password="secret")
-    bob = UserAgent(BOB, user="bob")
+    alice = UserAgent(ALICE, user="alice", username="alice", password="secret",
+                      rng=random.Random(4))
+    bob = UserAgent(BOB, user="bob", rng=random.Random(5))
     proxy = Proxy(PROXY, password="secret")
     net = Network({ALICE: alice, BOB: bob, PROXY: proxy})
     call = alice.call("sip:bob@192.0.2.2:5070", OFFER, 0.0, proxy=PROXY)
@@ -192,8 +196,9 @@ def test_proxy_with_record_route_and_407() -> None:
     bob_call_ended = [e for e in net.events[BOB] if isinstance(e, CallEnded)]
     assert bob_call_ended and call.state is CallState.TERMINATED
     # And the callee's BYE goes through the proxy too (its route set is the Record-Route).
-    alice2 = UserAgent(ALICE, user="alice", username="alice", password="secret")
-    bob2 = UserAgent(BOB, user="bob")
+    alice2 = UserAgent(ALICE, user="alice", username="alice", password="secret",
+                       rng=random.Random(6))
+    bob2 = UserAgent(BOB, user="bob", rng=random.Random(7))
     proxy2 = Proxy(PROXY)
     net2 = Network({ALICE: alice2, BOB: bob2, PROXY: proxy2})
     call2 = alice2.call("sip:bob@192.0.2.2:5070", OFFER, 0.0, proxy=PROXY)
@@ -206,8 +211,8 @@ def test_proxy_with_record_route_and_407() -> None:
 
 
 def test_wrong_password_gives_up() -> None:
-    alice = UserAgent(ALICE, user="alice", password="wrong")
-    bob = UserAgent(BOB, user="bob")
+    alice = UserAgent(ALICE, user="alice", password="wrong", rng=random.Random(8))
+    bob = UserAgent(BOB, user="bob", rng=random.Random(9))
     net = Network({ALICE: alice, BOB: bob, PROXY: Proxy(PROXY, password="secret")})
     call = alice.call("sip:bob@192.0.2.2:5070", OFFER, 0.0, proxy=PROXY)
     net.run(5.0)
@@ -259,8 +264,8 @@ def test_no_ack_for_our_200_ends_with_bye() -> None:
 
 
 def test_over_tcp_nothing_is_retransmitted() -> None:
-    alice = UserAgent(ALICE, user="alice", transport="TCP")
-    bob = UserAgent(BOB, user="bob", transport="TCP")
+    alice = UserAgent(ALICE, user="alice", transport="TCP", rng=random.Random(10))
+    bob = UserAgent(BOB, user="bob", transport="TCP", rng=random.Random(11))
     net = Network({ALICE: alice, BOB: bob}, delay=2.0)  # slower than T1: UDP would retransmit
     call = alice.call("sip:bob@192.0.2.2:5070;transport=tcp", OFFER, 0.0)
     answer_all(net, bob, BOB)

@@ -6,15 +6,10 @@ import asyncio
 
 import pytest
 
+from icerelay.aio.phone import Phone, PhoneOptions, PhoneResult
+from icerelay.commands.phone import _address, _peer_target
 from icerelay.endpoint.audio import dominant_frequency
-from icerelay.endpoint.phone import (
-    Phone,
-    PhoneOptions,
-    PhoneResult,
-    _address,
-    _default_candidate,
-    _peer_target,
-)
+from icerelay.endpoint.offer import default_candidate
 from icerelay.endpoint.stats import StreamStatistics
 from icerelay.errors import ConfigError
 from icerelay.ice.candidate import CandidateType, make_local_candidate
@@ -72,5 +67,5 @@ def test_default_candidate_prefers_relay_then_srflx() -> None:
     host = make_local_candidate(CandidateType.HOST, ("10.0.0.1", 4000), ("10.0.0.1", 4000), 1)
     srflx = make_local_candidate(CandidateType.SERVER_REFLEXIVE, ("192.0.2.1", 5000),
                                  ("10.0.0.1", 4000), 1)
-    assert _default_candidate([host], 1) == ("10.0.0.1", 4000)
-    assert _default_candidate([host, srflx], 1) == ("192.0.2.1", 5000)
+    assert default_candidate([host], 1) == ("10.0.0.1", 4000)
+    assert default_candidate([host, srflx], 1) == ("192.0.2.1", 5000)
