@@ -98,19 +98,8 @@ class EngineDriver:
         if self._closed:
             return
         now = self._clock()
-        engine = self.engine
-        engine.receive(data, source, destination, now)
-        # _drain, inlined: this runs once per datagram (a STUN server's whole hot path).
-        on_event = self._on_event
-        if on_event is not None:
-            while (event := engine.next_event()) is not None:
-                on_event(event)
-        send = self._send
-        for datagram in engine.datagrams_to_send(now):
-            send(datagram)
-        deadline = engine.next_timer()
-        if deadline != self._timer_at:
-            self._arm(deadline)
+        self.engine.receive(data, source, destination, now)
+        self._drain(now)
 
     def transmit(self) -> None:
         """Handle a due timer, deliver events, send datagrams, re-arm the timer if it moved.
@@ -133,8 +122,8 @@ class EngineDriver:
     # --- internals ---------------------------------------------------------------------------
 
     def _drain(self, now: float) -> None:
-        # Keep in step with the inlined copy in datagram_received. Locals, and no call into
-        # _arm when the timer stays where it is.
+        # Locals, and no call into _arm when the timer stays where it is: this runs once per
+        # datagram (a STUN server's whole hot path).
         engine = self.engine
         on_event = self._on_event
         if on_event is not None:
