@@ -74,6 +74,15 @@ class LegCounters:
     #: STUN Binding requests seen (ICE connectivity checks) and those with USE-CANDIDATE.
     stun_requests: int = 0
     stun_nominations: int = 0
+    #: ICE checks (Binding requests and responses) from this party whose MESSAGE-INTEGRITY
+    #: verified with the credentials of the two SDPs, and when the last one and the last
+    #: authenticated USE-CANDIDATE request arrived: what the relay itself saw of ICE, for the
+    #: step-aside decision (a stranger's packets cannot move these).
+    checks_authenticated: int = 0
+    last_check: float | None = None
+    last_nomination: float | None = None
+    #: Time of the last RTP/RTCP packet relayed from this party (not STUN), or None.
+    last_media: float | None = None
     #: Time (the data plane's clock, same as the engine's ``now``) of the last packet, or None.
     last_packet: float | None = None
     latched_rtp: Address | None = None
