@@ -82,8 +82,11 @@ class RelayServiceConfig(BaseModel):
     #: Send media to the SIP source address unless a request says trust-address (rtpengine's
     #: --sip-source); by default the SDP's address is trusted and latching corrects it.
     sip_source: bool = False
-    #: Seconds of silence after which another source may take over a latched leg; 0 never.
-    handover_after: float = Field(default=5.0, ge=0)
+    #: Latching (see the README's "Latching and the threat model"): seconds the latched source
+    #: must have been silent before another source that continues its RTP stream (same SSRC,
+    #: plausible sequence number, as after a NAT rebinding) takes the leg over; 0: at once.
+    #: Silence alone never hands a leg to a stranger.
+    handover_after: float = Field(default=0.5, ge=0)
     #: OpenSIPS's mediaproxy module talks to this UNIX socket; the default is where the module
     #: looks unless configured otherwise. Empty disables it. Without the rights to create it the
     #: relay runs on without it (a warning is logged).

@@ -28,6 +28,15 @@ class Leg:
     packet arrives). :attr:`rtcp_mux`: the party sends and expects RTCP on the RTP port.
     :attr:`ice_credentials`: the relay answers ICE connectivity checks on this leg itself
     (``ICE=force``, ICE-lite towards the party) instead of forwarding them.
+
+    What the latching policy needs to tell the party from a stranger (see
+    :mod:`icerelay.relay.latching`): :attr:`payload_types`, the RTP payload types on the
+    ``m=`` line of this party's SDP (None: unknown, as with MediaProxy's protocol);
+    :attr:`opaque`, the stream is not RTP (T.38 over UDPTL, ...), so its packets cannot be
+    validated; :attr:`sdp_ice`, the ``a=ice-ufrag``/``a=ice-pwd`` of this party's own SDP,
+    which with the other leg's verify the ICE checks crossing the relay (not the relay's own
+    :attr:`ice_credentials`). The address signalling announced for the party is
+    :attr:`rtp_peer`/:attr:`rtcp_peer`: a packet from it may take the latch over.
     """
 
     local: Address
@@ -35,6 +44,9 @@ class Leg:
     rtcp_peer: Address | None = None
     rtcp_mux: bool = False
     ice_credentials: IceCredentials | None = None
+    payload_types: frozenset[int] | None = None
+    opaque: bool = False
+    sdp_ice: IceCredentials | None = None
 
     @property
     def local_rtcp(self) -> Address:
@@ -51,15 +63,17 @@ class Forwarding:
     :param key: stable identifier; installing a forwarding with a known key updates it in place
         (sockets and latched addresses are kept).
     :param strict_source: once a leg has latched, drop packets from any other source.
-    :param handover_after: a new source may take over a latched leg once the latched source has
-        been silent this long (a phone that changed network); None never hands over.
+    :param handover_after: how long the latched source must have been silent before another
+        source continuing its RTP stream (same SSRC, plausible sequence number) takes the leg
+        over, as after a NAT rebinding; it keeps two sources that send the same stream at once
+        from taking turns. Silence alone never hands a leg over. None or 0: no wait.
     """
 
     key: str
     a: Leg
     b: Leg
     strict_source: bool = False
-    handover_after: float | None = 5.0
+    handover_after: float | None = 0.5
 
 
 @dataclass(slots=True)
@@ -71,6 +85,10 @@ class LegCounters:
     rtcp_packets: int = 0
     #: Packets dropped: from a foreign source under strict-source, or with nowhere to go.
     dropped: int = 0
+    #: Refusals by reason (:class:`~icerelay.relay.latching.DropReason` values and
+    #: ``handover-refused``): packets dropped, and packets from another source that were not
+    #: allowed to move the latch.
+    refusals: dict[str, int] = field(default_factory=dict)
     #: STUN Binding requests seen (ICE connectivity checks) and those with USE-CANDIDATE.
     stun_requests: int = 0
     stun_nominations: int = 0

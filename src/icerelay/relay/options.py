@@ -28,7 +28,9 @@ class RelayConfig:
     delete_delay: float = 30.0
     ice_priority: IcePriority = IcePriority.LOW
     strict_source: bool = False
-    handover_after: float | None = 5.0
+    #: Seconds the latched source must be silent before a source continuing its RTP stream
+    #: takes over (see :class:`~.forwarding.Forwarding`); None: no wait.
+    handover_after: float | None = 0.5
     #: Default for requests that say neither trust-address nor SIP-source-address (rtpengine's
     #: ``--sip-source``): send media to where the signalling came from.
     sip_source: bool = False

@@ -218,6 +218,10 @@ def forwarding(config: RelayConfig, stream: Stream, *, strict_source: bool) -> F
                 rtcp_peer=rtcp_peer,
                 rtcp_mux=mux,
                 ice_credentials=stream.ice_credentials[side],
+                # What latching needs to tell this party from a stranger.
+                payload_types=_payload_types(offer),
+                opaque=offer is not None and "RTP" not in offer.proto.upper(),
+                sdp_ice=offer.ice_credentials if offer is not None else None,
             )
         )
     return Forwarding(
@@ -227,6 +231,19 @@ def forwarding(config: RelayConfig, stream: Stream, *, strict_source: bool) -> F
         strict_source=strict_source,
         handover_after=config.handover_after,
     )
+
+
+def _payload_types(offer: StreamOffer | None) -> frozenset[int] | None:
+    """The RTP payload types of the party's ``m=`` line; None when unknown (no SDP yet, a
+    control protocol that does not pass them, or formats that are not payload types)."""
+    if offer is None or not offer.payload_types:
+        return None
+    types = set()
+    for value in offer.payload_types:
+        if not (value.isascii() and value.isdigit() and len(value) <= 3 and int(value) < 128):
+            return None
+        types.add(int(value))
+    return frozenset(types)
 
 
 def mux_out(

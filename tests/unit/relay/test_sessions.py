@@ -672,3 +672,17 @@ def test_rtcp_mux_reject() -> None:
     assert not to_caller.media[0].rtcp_mux
     forwarding = installed(drain(engine))[-1]
     assert not forwarding.a.rtcp_mux and not forwarding.b.rtcp_mux
+
+
+def test_forwardings_carry_what_latching_needs_from_both_sdps() -> None:
+    engine = make_engine()
+    offer(engine, ASTERISK)
+    (first,) = installed(drain(engine))
+    assert first.a.payload_types == frozenset({0, 3, 8, 101}) and not first.a.opaque
+    assert first.a.sdp_ice is not None
+    assert first.a.sdp_ice.ufrag == "0d9cc44338ad8ced48b2d92c34556f4e"
+    assert first.b.payload_types is None and first.b.sdp_ice is None  # no answer yet
+    answer(engine, SIPP_ANSWER)
+    (second,) = installed(drain(engine))
+    assert second.b.payload_types == frozenset({8}) and second.b.sdp_ice is None
+    assert second.handover_after == 0.5
