@@ -1,19 +1,34 @@
 """The latching policy: what a relay port does with each datagram, for every data plane.
 
 Latching (the relay learns where a party really is from the packets it sends, because the SDP
-address is often a private one behind a NAT): the first RTP or RTCP packet on a leg latches its
-source for that component. A later packet from another source is forwarded but does not move
-the latch, unless the latched source has been silent for ``handover_after`` seconds (a phone that
-changed network); with ``strict_source`` it is dropped instead. On a leg with rtcp-mux, packets
-with an RTCP packet type (RFC 5761 §4) on the RTP port are RTCP. STUN packets never latch for
-good: ICE connectivity checks arrive from every candidate of a party, not only from the one
-media will use, so a check latches only provisionally (the first check, then a nominating one)
-until media arrives; the answers to a party's checks could not reach it otherwise.
+address is often a private one behind a NAT) is also how media gets hijacked (the "RTP Bleed"
+class): whoever latches a leg receives the other party's audio. The rules, and why:
 
+- **Only what the party could have sent latches.** A leg latches on valid media -- RTP version
+  2 whose payload type one of the two SDPs offered, or RTCP (packet type 192..223, version 2)
+  -- or on an ICE check or response whose MESSAGE-INTEGRITY verifies with the credentials of
+  the two SDPs (:mod:`.checks`). Anything else never latches and is dropped unless it comes
+  from the latched source; DTLS and ZRTP (RFC 7983) are relayed but never latch. Without
+  payload types (MediaProxy's protocol) any RTP version 2 is valid; without both SDPs' ICE
+  credentials, STUN never latches (nothing can verify it); a stream that is not RTP (T.38 over
+  UDPTL) cannot be validated, so its first packet latches as before.
+- **The first valid packet latches; after that, silence alone never hands a leg over.**
+  Another source takes a latched leg only when (a) it continues the latched source's RTP
+  stream: the same SSRC and a sequence number at most :data:`MAX_DROPOUT` ahead of the last
+  one (RFC 3550 A.1; an off-path attacker cannot guess a 32-bit SSRC), once the latched source
+  has been silent for ``handover_after`` seconds (so two sources sending the same stream do not
+  take turns) -- a NAT rebinding; (b) it sends an authenticated nominating check (USE-CANDIDATE),
+  or answers one the other party sent; or (c) it is the address signalling announced for the
+  party (a packet from there would be answered there anyway). A latch learnt from checks only
+  (provisional) yields to valid media from any source an authenticated check came from.
+- Everything else from another source is a refused handover: relayed without moving the
+  latch, or dropped with ``strict_source``. Every drop and refusal is counted by reason
+  (:attr:`LegState.refusals`).
+
+On a leg with rtcp-mux, packets with an RTCP packet type (RFC 5761 §4) on the RTP port are RTCP.
 On a leg with its own ICE credentials (``ICE=force``) the relay is an ICE-lite agent (RFC 8445
-§2.5): it answers authenticated Binding requests itself and a nominating request (USE-CANDIDATE)
-latches; checks with wrong credentials get no answer (a 401 would tell an attacker the ufrag is
-right).
+§2.5): it answers authenticated Binding requests itself and a nominating request latches;
+checks with wrong credentials get no answer (a 401 would tell an attacker the ufrag is right).
 
 The design: sans-I/O, no clock (``now`` is an argument). :class:`ForwardingState` holds the two
 :class:`LegState` s of one installed :class:`~icerelay.relay.forwarding.Forwarding`; they are
@@ -26,13 +41,11 @@ happens after the decision (a socket that is gone).
 
 The hot path (media from the latched source) allocates nothing: each leg keeps its routes,
 the :class:`Forward` (or :class:`Drop` when the party's address is unknown) for a packet of
-each component towards that party, rebuilt only when its latch or its description changes.
-The verdict's ``moved`` says that this packet moved the sender's latch, so the routes towards
-the sender changed: a kernel data plane reprograms its map then.
-
-The relay-hardening rules to come (RTP Bleed protection, SSRC continuity, authenticated checks
-before latching) belong in :func:`decide`; :attr:`LegState.ssrc` already keeps the SSRC of the
-packet that latched each component.
+each component towards that party, rebuilt only when its latch or its description changes; it
+keeps a reference to the last packet from the latched source (not its parsed SSRC and
+sequence number, which would be new int objects) for the continuity test. The verdict's
+``moved`` says that this packet moved the sender's latch, so the routes towards the sender
+changed: a kernel data plane reprograms its map then.
 """
 
 from __future__ import annotations
@@ -41,13 +54,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from icerelay.errors import StunError
+from icerelay.relay.checks import CheckKeys, CheckVerdict, check_keys, verify_message
 from icerelay.relay.forwarding import Forwarding, ForwardingCounters, Leg, LegCounters
-from icerelay.relay.packets import PacketKind, classify, ssrc, stun_kind
+from icerelay.relay.packets import PacketKind, ssrc, stun_kind
 from icerelay.stun import Address, AttributeType, MessageClass, Method, decode_message, is_stun
 from icerelay.stun.credentials import short_term_key
 from icerelay.stun.message import Message
 
 __all__ = [
+    "HANDOVER_REFUSED",
+    "MAX_DROPOUT",
+    "MAX_TRANSACTIONS",
+    "MAX_VERIFIED",
     "RTCP",
     "RTP",
     "Answer",
@@ -67,6 +85,21 @@ RTP, RTCP = 0, 1
 #: A socket address as the event loop reports it: (host, port).
 Sockaddr = tuple[str, int]
 
+#: How far ahead of the last sequence number of the latched source a packet from a new source
+#: may be and still continue its stream (RFC 3550 A.1's MAX_DROPOUT: a gap of 3000 packets is
+#: a minute of 20 ms audio lost, far more than a NAT rebinding costs; 3000/65536 of a guess).
+MAX_DROPOUT = 3000
+
+#: Sources of authenticated checks remembered per component (the party's ICE candidates seen
+#: at the relay); bounded, the oldest go first.
+MAX_VERIFIED = 8
+
+#: Transaction IDs of authenticated requests remembered per leg, against replays.
+MAX_TRANSACTIONS = 32
+
+#: The refusal counted when another source's valid packet met no handover rule.
+HANDOVER_REFUSED = "handover-refused"
+
 
 class DropReason(StrEnum):
     """Why a packet is not relayed."""
@@ -74,17 +107,26 @@ class DropReason(StrEnum):
     #: It came from one of the relay's own ports of this stream (a party named a relay port as
     #: its address): forwarding it would start a loop.
     OWN_SOURCE = "own-source"
-    #: ``strict_source``: not from the latched source, which has not been silent long enough.
+    #: ``strict_source``: not from the latched source, and no handover rule let it take over.
     FOREIGN_SOURCE = "foreign-source"
     #: The other party's address is unknown (no SDP address yet, or on hold) and not latched.
     NO_DESTINATION = "no-destination"
     #: It looks like STUN but does not decode.
     MALFORMED_STUN = "malformed-stun"
-    #: ICE-lite leg: a check with the wrong username or message integrity.
+    #: A check with the wrong username or message integrity (for the relay's ICE-lite agent,
+    #: or for the credentials of the two SDPs).
     UNAUTHENTICATED = "unauthenticated"
     #: ICE-lite leg: a STUN message that is not a Binding request (nothing to answer). Not
     #: counted in :attr:`LegState.dropped`, as before this policy had a name.
     NOT_A_CHECK = "not-a-check"
+    #: From a source other than the latched one: neither RTP/RTCP version 2 nor STUN, DTLS or
+    #: ZRTP (RFC 7983), or too short for its header.
+    NOT_MEDIA = "not-media"
+    #: From a source other than the latched one: RTP with a payload type neither SDP offered.
+    UNKNOWN_PAYLOAD_TYPE = "unknown-payload-type"
+    #: An authenticated check whose transaction ID came from another source before: a copy
+    #: replayed by someone on the path (a retransmission comes from the same source).
+    REPLAYED_CHECK = "replayed-check"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +167,19 @@ Verdict = Forward | Drop | Answer
 
 _DROPS = {reason: Drop(reason) for reason in DropReason}
 _DROP_OWN = _DROPS[DropReason.OWN_SOURCE]
-_DROP_FOREIGN = _DROPS[DropReason.FOREIGN_SOURCE]
 _NO_DESTINATION = _DROPS[DropReason.NO_DESTINATION]
 _NO_DESTINATION_MOVED = Drop(DropReason.NO_DESTINATION, moved=True)
 # Enum members as module constants: looking one up on its class costs ~80 ns in Python 3.11.
 _NOMINATION = PacketKind.STUN_NOMINATION
 _STUN_OTHER = PacketKind.STUN_OTHER
+_FOREIGN = DropReason.FOREIGN_SOURCE
+_NOT_MEDIA = DropReason.NOT_MEDIA
+_UNKNOWN_PT = DropReason.UNKNOWN_PAYLOAD_TYPE
+_UNAUTHENTICATED = DropReason.UNAUTHENTICATED
+_VERIFIED_NOMINATION = CheckVerdict.NOMINATION
+_VERIFIED_RESPONSE = CheckVerdict.RESPONSE
+_VERIFIED_OTHER = CheckVerdict.OTHER
+_UNVERIFIED = CheckVerdict.UNAUTHENTICATED
 
 
 @dataclass(slots=True, eq=False)
@@ -139,8 +188,9 @@ class LegState:
 
     Lists are indexed by component (:data:`RTP`, :data:`RTCP`). :attr:`latched` is the party's
     source; :attr:`media_latched` says whether media decided it (final) or only ICE checks
-    (provisional); :attr:`latched_seen` is when the latched source last sent (for handover);
-    :attr:`ssrc` is the SSRC of the media packet that latched (None if a check did).
+    (provisional); :attr:`latched_seen` is when the latched source last sent; :attr:`ssrc` is
+    the SSRC of the media packet that latched (None if a check did); :attr:`recent` the last
+    packet from the latched source (for the continuity test).
     """
 
     leg: Leg
@@ -154,14 +204,33 @@ class LegState:
     latched_seen: list[float] = field(default_factory=lambda: [0.0, 0.0])
     media_latched: list[bool] = field(default_factory=lambda: [False, False])
     ssrc: list[int | None] = field(default_factory=lambda: [None, None])
+    recent: list[bytes | None] = field(default_factory=lambda: [None, None])
     #: What a packet of each component *towards this party* gets: see :func:`_routes`.
     routes: list[Forward | Drop] = field(default_factory=lambda: [_NO_DESTINATION] * 2)
+    #: The payload types either SDP offered (None: unknown, any is valid).
+    payload_types: frozenset[int] | None = None
+    #: Keys verifying the checks from this party (None: an SDP had no ICE credentials).
+    keys: CheckKeys | None = None
+    #: The addresses signalling announced for the party, per component.
+    announced: list[Sockaddr | None] = field(default_factory=lambda: [None, None])
+    #: Sources of this party's authenticated checks, per component (at most MAX_VERIFIED).
+    verified: list[list[Sockaddr]] = field(default_factory=lambda: [[], []])
+    #: Transaction ID of the last authenticated nominating check the *other* party sent: this
+    #: party's answer to it moves this party's latch.
+    nominating: bytes | None = None
+    #: Sources of the last authenticated requests from this party, by transaction ID.
+    transactions: dict[bytes, Sockaddr] = field(default_factory=dict)
     packets: int = 0
     bytes: int = 0
     rtcp_packets: int = 0
     dropped: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
     stun_requests: int = 0
     stun_nominations: int = 0
+    checks_authenticated: int = 0
+    last_check: float | None = None
+    last_nomination: float | None = None
+    last_media: float | None = None
     last_packet: float | None = None
 
     def destination(self, component: int) -> Sockaddr | None:
@@ -175,6 +244,8 @@ class LegState:
         self.latched = [None, None]
         self.media_latched = [False, False]
         self.ssrc = [None, None]
+        self.recent = [None, None]
+        self.verified = [[], []]
         _routes(self)
 
     def counters(self) -> LegCounters:
@@ -185,8 +256,13 @@ class LegState:
             bytes=self.bytes,
             rtcp_packets=self.rtcp_packets,
             dropped=self.dropped,
+            refusals=dict(self.refusals),
             stun_requests=self.stun_requests,
             stun_nominations=self.stun_nominations,
+            checks_authenticated=self.checks_authenticated,
+            last_check=self.last_check,
+            last_nomination=self.last_nomination,
+            last_media=self.last_media,
             last_packet=self.last_packet,
             latched_rtp=Address(rtp[0], rtp[1]) if rtp else None,
             latched_rtcp=Address(rtcp[0], rtcp[1]) if rtcp else None,
@@ -214,7 +290,7 @@ class ForwardingState:
     def update(self, forwarding: Forwarding) -> None:
         """Take a new description of the same forwarding, in place: latches and counters stay,
         except on a leg whose relay port or SDP addresses changed (a re-INVITE moved the party),
-        which learns its source afresh."""
+        which learns its source afresh (by the same rules as the first time)."""
         for state, leg in ((self.a, forwarding.a), (self.b, forwarding.b)):
             previous = state.leg
             state.leg = leg
@@ -223,6 +299,9 @@ class ForwardingState:
                 previous.rtcp_peer,
             ):
                 state.forget()
+            elif leg.sdp_ice != previous.sdp_ice:
+                # An ICE restart: the candidates seen so far proved the old credentials.
+                state.verified = [[], []]
         self.forwarding = forwarding
         self._apply(forwarding)
 
@@ -235,10 +314,22 @@ class ForwardingState:
         for leg in (forwarding.a, forwarding.b):
             own.add((leg.local.host, leg.local.port))
             own.add((leg.local.host, leg.local.port + 1))
+        a_types, b_types = forwarding.a.payload_types, forwarding.b.payload_types
+        # A sender may use the payload types of either SDP (RFC 3264 §5.1 numbers them for the
+        # receiver; asymmetric dynamic numbers happen), so either is valid on both legs.
+        types = a_types | b_types if a_types is not None and b_types is not None else None
         for state in (self.a, self.b):
+            leg = state.leg
             state.strict_source = forwarding.strict_source
             state.handover_after = forwarding.handover_after
             state.own = frozenset(own)
+            state.payload_types = types
+            state.keys = check_keys(leg.sdp_ice, state.peer.leg.sdp_ice)
+            rtp, rtcp = leg.rtp_peer, leg.rtcp_peer
+            state.announced = [
+                (rtp.host, rtp.port) if rtp is not None else None,
+                (rtcp.host, rtcp.port) if rtcp is not None else None,
+            ]
             _routes(state)
 
 
@@ -249,34 +340,27 @@ def decide(state: LegState, component: int, data: bytes, source: Sockaddr, now: 
     The hot path: keep it free of calls and allocations for media from the latched source.
     """
     if source in state.own:
-        state.dropped += 1
-        return _DROP_OWN
+        return _refuse(state, DropReason.OWN_SOURCE)
     if data and data[0] < 4 and is_stun(data):
         return _stun(state, component, data, source, now)
     if component == RTP and state.leg.rtcp_mux and len(data) > 1 and 192 <= data[1] <= 223:
         # RFC 5761 §4: on a multiplexed port, packet types 192..223 are RTCP.
         component = RTCP
     moved = False
-    latched = state.latched[component]
-    if latched == source:
+    if state.latched[component] == source:
+        state.recent[component] = data
         state.latched_seen[component] = now
         state.media_latched[component] = True
     else:
-        handover = state.handover_after
-        if (
-            latched is None
-            # The first media packet decides, also over a latch learnt from ICE checks.
-            or not state.media_latched[component]
-            or (handover is not None and now - state.latched_seen[component] >= handover)
-        ):
-            _latch(state, component, source, now)
-            state.media_latched[component] = True
-            state.ssrc[component] = ssrc(data, classify(data))
+        handover = _handover(state, component, data, source, now)
+        if handover is True:
             moved = True
-        elif state.strict_source:
-            state.dropped += 1
-            return _DROP_FOREIGN
+        elif isinstance(handover, DropReason) and (
+            handover is not _FOREIGN or state.strict_source
+        ):
+            return _refuse(state, handover)
     state.last_packet = now
+    state.last_media = now
     if component == RTCP:
         state.rtcp_packets += 1
     else:
@@ -288,48 +372,218 @@ def decide(state: LegState, component: int, data: bytes, source: Sockaddr, now: 
     return route
 
 
+def _handover(
+    state: LegState, component: int, data: bytes, source: Sockaddr, now: float
+) -> DropReason | bool:
+    """A packet from a source other than the latched one: True if it took the latch over;
+    False to relay it without latching; else why not (:attr:`DropReason.FOREIGN_SOURCE`:
+    valid, but no rule let it: relayed unless ``strict_source``; the other reasons are always
+    dropped)."""
+    if state.leg.opaque:
+        invalid = None
+    else:
+        invalid = _invalid(state, component, data)
+        if invalid is not None and not _keying(data):
+            return invalid
+    latched = state.latched[component]
+    if invalid is None:
+        if (
+            latched is None
+            or source == state.announced[component]
+            or (not state.media_latched[component] and source in state.verified[component])
+            or _continues(state, component, data, now)
+        ):
+            _latch(state, component, source, now)
+            state.media_latched[component] = True
+            state.recent[component] = data
+            state.ssrc[component] = _ssrc(data, component)
+            return True
+    elif latched is None:
+        # DTLS or ZRTP before anything latched (a DTLS-SRTP phone without ICE): relay it
+        # towards the SDP address, but it proves nothing about its source.
+        return False
+    _count(state, HANDOVER_REFUSED)
+    return _FOREIGN
+
+
+def _invalid(state: LegState, component: int, data: bytes) -> DropReason | None:
+    """Why ``data`` is not media the party could have sent on ``component``, or None."""
+    if len(data) < 8 or data[0] & 0xC0 != 0x80:
+        return _NOT_MEDIA
+    if 192 <= data[1] <= 223:
+        # RTCP: on the RTCP port, demultiplexed on the RTP port, or on the RTP port of a party
+        # that multiplexes although the relay does not think so.
+        return None
+    if component == RTCP or len(data) < 12:
+        return _NOT_MEDIA
+    types = state.payload_types
+    if types is not None and data[1] & 0x7F not in types:
+        return _UNKNOWN_PT
+    return None
+
+
+def _keying(data: bytes) -> bool:
+    """ZRTP (first byte 16..19) or DTLS (20..63), RFC 7983 §7: relayed, never latching."""
+    return bool(data) and 16 <= data[0] <= 63
+
+
+def _continues(state: LegState, component: int, data: bytes, now: float) -> bool:
+    """True if valid ``data`` from a new source continues the latched source's stream (rule a).
+
+    RTP: the same SSRC as the last packet from the latched source and a sequence number at
+    most :data:`MAX_DROPOUT` ahead of it (modulo 2^16). RTCP carries no sequence number: its
+    sender SSRC must be the one of the latched RTP or RTCP stream. Either way the latched source
+    must have been silent for ``handover_after`` seconds.
+    """
+    guard = state.handover_after
+    if guard and now - state.latched_seen[component] < guard:
+        return False
+    if component == RTCP:
+        sender = data[4:8]
+        rtcp, rtp = state.recent[RTCP], state.recent[RTP]
+        return (rtcp is not None and len(rtcp) >= 8 and rtcp[4:8] == sender) or (
+            rtp is not None and len(rtp) >= 12 and rtp[8:12] == sender
+        )
+    last = state.recent[RTP]
+    if last is None or len(last) < 12 or last[8:12] != data[8:12]:
+        return False
+    gap = (int.from_bytes(data[2:4], "big") - int.from_bytes(last[2:4], "big")) % 65536
+    return 0 < gap <= MAX_DROPOUT
+
+
+def _ssrc(data: bytes, component: int) -> int | None:
+    if component == RTCP:
+        return ssrc(data, PacketKind.RTCP)
+    return ssrc(data, PacketKind.RTP)
+
+
+def _count(state: LegState, reason: str) -> None:
+    refusals = state.refusals
+    refusals[reason] = refusals.get(reason, 0) + 1
+
+
+def _refuse(state: LegState, reason: DropReason) -> Drop:
+    """Drop, counted in :attr:`LegState.dropped` and by reason."""
+    state.dropped += 1
+    _count(state, reason)
+    return _DROPS[reason]
+
+
 def _onward(state: LegState, component: int, moved: bool) -> Forward | Drop:
     """The route towards the other party for a packet of ``component``."""
     route = state.peer.routes[component]
     if isinstance(route, Forward):
         return Forward(route.destination, route.socket, moved=True) if moved else route
-    state.dropped += 1
+    _refuse(state, DropReason.NO_DESTINATION)
     return _NO_DESTINATION_MOVED if moved else _NO_DESTINATION
+
+
+def _pass(state: LegState, component: int, source: Sockaddr) -> Forward | Drop:
+    """A packet that may be relayed but never latches (STUN nothing can verify): from the
+    latched source, or, without ``strict_source``, from anywhere."""
+    latched = state.latched[component]
+    if latched is not None and latched != source and state.strict_source:
+        return _refuse(state, _FOREIGN)
+    return _onward(state, component, False)
 
 
 def _stun(state: LegState, component: int, data: bytes, source: Sockaddr, now: float) -> Verdict:
     try:
         message = decode_message(data)
     except StunError:
-        state.dropped += 1
-        return _DROPS[DropReason.MALFORMED_STUN]
+        return _refuse(state, DropReason.MALFORMED_STUN)
     kind = stun_kind(message)
     nominating = kind is _NOMINATION
     if kind is not _STUN_OTHER:
         state.stun_requests += 1
         if nominating:
             state.stun_nominations += 1
+    if state.leg.ice_credentials is not None:
+        return _ice_lite(state, component, message, kind, source, now)
+    keys = state.keys
+    if keys is None:
+        # The fallback without both SDPs' credentials: nothing can tell the party's checks from
+        # a stranger's, so they latch nothing (media will); they still reach the other party.
+        return _pass(state, component, source)
+    verdict = verify_message(message, keys)
+    if verdict is _UNVERIFIED:
+        # The other party would reject it too (RFC 8445 §7.3): drop it here, counted.
+        return _refuse(state, _UNAUTHENTICATED)
+    if verdict is _VERIFIED_OTHER:
+        # An indication (a keepalive) or another method: nothing to verify, nothing learnt.
+        return _pass(state, component, source)
+    if verdict is not _VERIFIED_RESPONSE and _replayed(state, message.transaction_id, source):
+        return _refuse(state, DropReason.REPLAYED_CHECK)
+    _authenticated(state, component, source, now, nominating)
+    latched = state.latched[component]
+    if verdict is _VERIFIED_NOMINATION:
+        # Its answer, from the other party, will move the other party's latch (regular
+        # nomination: the controlled agent never nominates).
+        state.peer.nominating = message.transaction_id
+        move = True
+    elif verdict is _VERIFIED_RESPONSE:
+        move = latched is None or message.transaction_id == state.nominating
+    else:  # a plain check: latches only a leg that has nothing yet
+        move = latched is None
+    moved = move and latched != source
+    if moved:
+        _latch(state, component, source, now)
+    elif latched == source:
+        state.latched_seen[component] = now
+    return _onward(state, component, moved)
+
+
+def _replayed(state: LegState, transaction_id: bytes, source: Sockaddr) -> bool:
+    """True if an authenticated request with this transaction ID came from another source
+    (an on-path copy: only the party knows the password, but anyone who sees a check can send
+    it again); else remember it."""
+    transactions = state.transactions
+    first = transactions.get(transaction_id)
+    if first is not None:
+        return first != source
+    if len(transactions) >= MAX_TRANSACTIONS:
+        del transactions[next(iter(transactions))]
+    transactions[transaction_id] = source
+    return False
+
+
+def _authenticated(
+    state: LegState, component: int, source: Sockaddr, now: float, nominating: bool
+) -> None:
+    """Count an authenticated check and remember its source as one of the party's."""
+    state.checks_authenticated += 1
+    state.last_check = now
+    if nominating:
+        state.last_nomination = now
+    verified = state.verified[component]
+    if source not in verified:
+        if len(verified) >= MAX_VERIFIED:
+            del verified[0]
+        verified.append(source)
+
+
+def _ice_lite(
+    state: LegState,
+    component: int,
+    message: Message,
+    kind: PacketKind,
+    source: Sockaddr,
+    now: float,
+) -> Verdict:
+    """The relay's own ICE-lite agent on this leg (``ICE=force``)."""
     credentials = state.leg.ice_credentials
-    if credentials is None:
-        # ICE runs end to end through the relay: pass the check (or its answer) along; a check
-        # latches provisionally (the first, then a nominating one) until media arrives.
-        moved = False
-        if (
-            kind is not _STUN_OTHER
-            and not state.media_latched[component]
-            and (state.latched[component] is None or nominating)
-        ):
-            moved = state.latched[component] != source
-            _latch(state, component, source, now)
-        return _onward(state, component, moved)
+    assert credentials is not None
     if kind is _STUN_OTHER:
         return _DROPS[DropReason.NOT_A_CHECK]
     username = message.get(AttributeType.USERNAME) or ""
     key = short_term_key(credentials.pwd)
     if not username.startswith(credentials.ufrag + ":") or not message.check_integrity(key):
         # RFC 8445 §7.3: a check with wrong credentials gets no answer from us; only counted.
-        state.dropped += 1
-        return _DROPS[DropReason.UNAUTHENTICATED]
+        return _refuse(state, _UNAUTHENTICATED)
+    if _replayed(state, message.transaction_id, source):
+        return _refuse(state, DropReason.REPLAYED_CHECK)
+    nominating = kind is _NOMINATION
+    _authenticated(state, component, source, now, nominating)
     moved = False
     if nominating:
         moved = state.latched[component] != source
@@ -341,7 +595,9 @@ def _stun(state: LegState, component: int, data: bytes, source: Sockaddr, now: f
 
 
 def _latch(state: LegState, component: int, source: Sockaddr, now: float) -> None:
-    """Latch ``source`` for ``component`` (media_latched and ssrc are the caller's)."""
+    """Latch ``source`` for ``component`` (media_latched, recent and ssrc are the caller's)."""
+    if state.latched[component] != source:
+        state.recent[component] = None
     state.latched[component] = source
     state.latched_seen[component] = now
     _routes(state)

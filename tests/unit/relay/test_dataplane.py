@@ -26,8 +26,8 @@ from icerelay.stun.message import Message
 HOST = "127.0.0.1"
 
 
-def rtp(seq: int, payload: bytes = b"x" * 160, pt: int = 8) -> bytes:
-    return struct.pack("!BBHII", 0x80, pt, seq, seq * 160, 0x1234) + payload
+def rtp(seq: int, payload: bytes = b"x" * 160, pt: int = 8, ssrc: int = 0x1234) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt, seq, seq * 160, ssrc) + payload
 
 
 def rtcp() -> bytes:
@@ -154,11 +154,12 @@ def test_foreign_source_after_latching(strict: bool) -> None:
         try:
             alice.send(rtp(1), relay_a)
             await bob.receive()
-            mallory.send(rtp(666), relay_a)
+            # Valid RTP, but not Alice's stream (another SSRC): no handover.
+            mallory.send(rtp(666, ssrc=0x6666), relay_a)
             if strict:
                 assert await bob.nothing()
             else:
-                assert (await bob.receive())[0] == rtp(666)
+                assert (await bob.receive())[0] == rtp(666, ssrc=0x6666)
             # Either way the latch stays with Alice.
             bob.send(rtp(2), relay_b)
             assert (await alice.receive())[0] == rtp(2)
@@ -257,13 +258,17 @@ def test_stun_checks_pass_through_and_latch_until_media_comes() -> None:
         plane = UserspaceDataPlane()
         alice, alice_media, bob, stranger = Phone(), Phone(), Phone(), Phone()
         relay_a, relay_b = local_pair(), local_pair()
+        alice_ice, bob_ice = IceCredentials("alice1", "a" * 22), IceCredentials("bob1", "b" * 22)
         # Alice's SDP address is useless (behind a NAT): only her checks show where she is.
         await plane.install(
-            forwarding(Leg(relay_a, Address("192.0.2.99", 4000)), Leg(relay_b, bob.address))
+            forwarding(
+                Leg(relay_a, Address("192.0.2.99", 4000), sdp_ice=alice_ice),
+                Leg(relay_b, bob.address, sdp_ice=bob_ice),
+            )
         )
         try:
             check = binding_request("bob1:alice1", "x" * 22, False)
-            data = check.encode(integrity_key=short_term_key("p" * 22), fingerprint=True)
+            data = check.encode(integrity_key=short_term_key(bob_ice.pwd), fingerprint=True)
             alice.send(data, relay_a)
             received, source = await bob.receive()
             assert received == data and source == relay_b
@@ -271,22 +276,31 @@ def test_stun_checks_pass_through_and_latch_until_media_comes() -> None:
             assert counters is not None
             assert (counters.a.stun_requests, counters.a.stun_nominations) == (1, 0)
             assert counters.a.latched_rtp == alice.address and counters.a.packets == 0
+            assert counters.a.checks_authenticated == 1 and counters.a.last_check is not None
             # Bob's answer to the check reaches Alice at the address her check came from.
-            bob.send(b"\x01\x01answer", relay_b)
-            assert (await alice.receive())[0] == b"\x01\x01answer"
+            answer = Message(Method.BINDING, MessageClass.SUCCESS_RESPONSE, check.transaction_id)
+            answer_data = answer.encode(integrity_key=short_term_key(bob_ice.pwd))
+            bob.send(answer_data, relay_b)
+            assert (await alice.receive())[0] == answer_data
             # A nominating check from another of her candidates moves the provisional latch.
-            nominate = binding_request("bob1:alice1", "x" * 22, True).encode(fingerprint=True)
-            alice_media.send(nominate, relay_a)
+            nominate = binding_request("bob1:alice1", "y" * 22, True)
+            nominate_data = nominate.encode(
+                integrity_key=short_term_key(bob_ice.pwd), fingerprint=True
+            )
+            alice_media.send(nominate_data, relay_a)
             await bob.receive()
             counters = plane.counters("k1")
             assert counters is not None and counters.a.latched_rtp == alice_media.address
-            # Media decides for good; later checks from elsewhere no longer move it.
+            assert counters.a.last_nomination is not None
+            # Media from a checked source decides for good; a stranger's copy of a check
+            # (replayed from elsewhere) is refused and moves nothing.
             alice.send(rtp(1), relay_a)
             assert (await bob.receive())[0] == rtp(1)
-            stranger.send(nominate, relay_a)
-            await bob.receive()
+            stranger.send(nominate_data, relay_a)
+            assert await bob.nothing()
             counters = plane.counters("k1")
             assert counters is not None and counters.a.latched_rtp == alice.address
+            assert counters.a.refusals == {"replayed-check": 1}
         finally:
             await plane.close()
             for phone in (alice, alice_media, bob, stranger):

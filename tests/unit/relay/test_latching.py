@@ -36,6 +36,9 @@ ALICE_NEW: Sockaddr = ("198.51.100.30", 62000)
 MALLORY: Sockaddr = ("192.0.2.66", 6666)
 BOB: Sockaddr = ("198.51.100.7", 5000)
 CREDENTIALS = IceCredentials("relayufr", "relaypassword0123456789x")
+# What Alice's and Bob's own SDPs say, when they do ICE through the relay.
+ALICE_ICE = IceCredentials("alice1", "alicepassword0123456789x")
+BOB_ICE = IceCredentials("bob1", "bobpassword0123456789xyz")
 
 
 def rtp(seq: int = 1, payload: bytes = b"x" * 160, pt: int = 8, ssrc: int = 0x1234) -> bytes:
@@ -57,8 +60,27 @@ def check(
     return request, request.encode(integrity_key=short_term_key(pwd), fingerprint=True)
 
 
-def stun_answer() -> bytes:
-    return Message(Method.BINDING, MessageClass.SUCCESS_RESPONSE, b"t" * 12).encode()
+def stun_answer(pwd: str | None = None, tid: bytes = b"t" * 12) -> bytes:
+    key = short_term_key(pwd) if pwd is not None else None
+    return Message(Method.BINDING, MessageClass.SUCCESS_RESPONSE, tid).encode(integrity_key=key)
+
+
+def alice_check(nominate: bool = False, pwd: str = BOB_ICE.pwd, tid: bytes = b"a" * 12) -> bytes:
+    """A check Alice sends to Bob through the relay: "bob:alice", keyed with Bob's password."""
+    request = Message(Method.BINDING, MessageClass.REQUEST, tid)
+    request.add(AttributeType.USERNAME, f"{BOB_ICE.ufrag}:{ALICE_ICE.ufrag}")
+    request.add(AttributeType.PRIORITY, 1853817087)
+    if nominate:
+        request.add(AttributeType.USE_CANDIDATE)
+    return request.encode(integrity_key=short_term_key(pwd), fingerprint=True)
+
+
+def with_ice(strict_source: bool = False, b: Leg | None = None) -> ForwardingState:
+    return streams(
+        a=Leg(RELAY_A, ALICE_SDP, sdp_ice=ALICE_ICE),
+        b=b or Leg(RELAY_B, BOB_SDP, BOB_RTCP_SDP, sdp_ice=BOB_ICE),
+        strict_source=strict_source,
+    )
 
 
 def malformed_stun() -> bytes:
@@ -103,7 +125,7 @@ def test_the_first_packet_latches_and_goes_to_the_other_partys_sdp_address() -> 
     assert state.a.latched == [ALICE, None] and state.a.media_latched == [True, False]
     assert state.a.latched_seen[RTP] == 10.0 and state.a.ssrc == [0xABCD, None]
     assert state.a.counters() == LegCounters(
-        packets=1, bytes=172, last_packet=10.0, latched_rtp=Address(*ALICE)
+        packets=1, bytes=172, last_packet=10.0, last_media=10.0, latched_rtp=Address(*ALICE)
     )
     # Later packets from the latched source: forwarded, nothing moves, nothing allocated.
     second = decide(state.a, RTP, rtp(2), ALICE, now=10.02)
@@ -131,7 +153,7 @@ def test_nowhere_to_go_is_a_drop_that_still_counts_the_packet_and_latches() -> N
 def test_a_foreign_source_never_moves_a_fresh_latch(strict: bool) -> None:
     state = streams(strict_source=strict, handover_after=None)
     decide(state.a, RTP, rtp(1), ALICE, 1.0)
-    verdict = decide(state.a, RTP, rtp(666), MALLORY, 1000.0)
+    verdict = decide(state.a, RTP, rtp(666, ssrc=0x6666), MALLORY, 1000.0)
     if strict:
         assert verdict == drop(DropReason.FOREIGN_SOURCE)
         assert (state.a.packets, state.a.dropped, state.a.last_packet) == (1, 1, 1.0)
@@ -201,56 +223,118 @@ def test_packets_from_the_relays_own_ports_are_dropped() -> None:
     assert state.b.stun_requests == 0
 
 
-def test_other_packets_are_relayed_like_media_for_now() -> None:
-    # DTLS, ZRTP or garbage: today's policy forwards and latches them (RTP Bleed rules will not).
+def test_dtls_and_zrtp_are_relayed_but_never_latch_and_garbage_is_dropped() -> None:
     state = streams()
     dtls = b"\x16\xfe\xfd" + b"d" * 20
-    assert decide(state.a, RTP, dtls, ALICE, 1.0) == forward(BOB_SDP, moved=True)
-    assert state.a.ssrc[RTP] is None and state.a.packets == 1
-    assert decide(state.a, RTP, b"", ALICE, 1.1) == forward(BOB_SDP)
+    zrtp = b"\x10\x00" + b"z" * 20
+    assert decide(state.a, RTP, dtls, ALICE, 1.0) == forward(BOB_SDP)
+    assert decide(state.a, RTP, zrtp, ALICE, 1.0) == forward(BOB_SDP)
+    assert state.a.latched == [None, None] and state.a.packets == 2
+    for garbage in (b"", b"\x80", b"\x40" + b"g" * 100, b"\xff" * 200):
+        assert decide(state.a, RTP, garbage, ALICE, 1.1) == drop(DropReason.NOT_MEDIA)
+    assert decide(state.a, RTP, rtp(pt=99), ALICE, 1.1) == forward(BOB_SDP, moved=True)
+    # From the latched source, whatever it sends is the party's (SRTP, DTLS, a new codec).
+    assert decide(state.a, RTP, b"\xff" * 20, ALICE, 1.2) == forward(BOB_SDP)
+    assert state.a.refusals == {"not-media": 4} and state.a.dropped == 4
 
 
-# ICE through the relay (no credentials on the leg): checks pass, latch provisionally
+# ICE through the relay: checks verified with the credentials of the two SDPs
 
 
-def test_checks_pass_through_and_latch_provisionally_until_media_comes() -> None:
+def test_checks_without_both_sdps_credentials_pass_but_never_latch() -> None:
     state = streams()
     _, first = check()
-    assert decide(state.a, RTP, first, ALICE, 1.0) == forward(BOB_SDP, moved=True)
+    assert decide(state.a, RTP, first, ALICE, 1.0) == forward(BOB_SDP)
+    assert decide(state.a, RTP, check(nominate=True)[1], ALICE, 1.0) == forward(BOB_SDP)
+    assert state.a.latched == [None, None] and state.a.checks_authenticated == 0
+    assert (state.a.stun_requests, state.a.stun_nominations, state.a.packets) == (2, 1, 0)
+    assert decide(state.b, RTP, stun_answer(), BOB, 1.1) == forward(ALICE_SDP)
+    # Once latched by media, strict_source drops unverifiable STUN from elsewhere.
+    strict = streams(strict_source=True)
+    decide(strict.a, RTP, rtp(), ALICE, 1.0)
+    assert decide(strict.a, RTP, first, MALLORY, 1.1) == drop(DropReason.FOREIGN_SOURCE)
+    assert decide(strict.a, RTP, first, ALICE, 1.2) == forward(BOB_SDP)
+
+
+def test_authenticated_checks_latch_provisionally_and_nominations_move() -> None:
+    state = with_ice()
+    assert decide(state.a, RTP, alice_check(), ALICE, 1.0) == forward(BOB_SDP, moved=True)
     assert state.a.latched[RTP] == ALICE and state.a.media_latched[RTP] is False
-    assert (state.a.stun_requests, state.a.stun_nominations, state.a.packets) == (1, 0, 0)
-    # Bob's answer to the check reaches Alice where her check came from; answers never latch.
-    assert decide(state.b, RTP, stun_answer(), BOB, 1.1) == forward(ALICE)
-    assert state.b.latched == [None, None] and state.b.stun_requests == 0
+    assert (state.a.checks_authenticated, state.a.last_check) == (1, 1.0)
+    # Bob's answer (keyed with his own password) latches his leg and reaches Alice.
+    assert decide(state.b, RTP, stun_answer(BOB_ICE.pwd), BOB, 1.1) == forward(ALICE, moved=True)
+    assert state.b.checks_authenticated == 1
     # Another plain check from another candidate does not move the provisional latch...
-    assert decide(state.a, RTP, first, ALICE_NEW, 1.2) == forward(BOB_SDP)
+    assert decide(state.a, RTP, alice_check(tid=b"b" * 12), ALICE_NEW, 1.2) == forward(BOB_SDP)
     assert state.a.latched[RTP] == ALICE
-    # ...a nominating one does.
-    _, nominate = check(nominate=True)
+    # ...a nominating one does; Bob's answer to it moves his latch.
+    nominate = alice_check(nominate=True, tid=b"n" * 12)
     assert decide(state.a, RTP, nominate, ALICE_NEW, 1.3) == forward(BOB_SDP, moved=True)
-    assert state.a.latched[RTP] == ALICE_NEW and state.a.stun_nominations == 1
-    assert decide(state.a, RTP, nominate, ALICE_NEW, 1.4) == forward(BOB_SDP)  # no move
-    # Media decides for good, even from elsewhere, and later checks no longer move it.
-    assert decide(state.a, RTP, rtp(1), ALICE, 1.5) == forward(BOB_SDP, moved=True)
+    assert state.a.latched[RTP] == ALICE_NEW and state.a.last_nomination == 1.3
+    bob_new: Sockaddr = ("198.51.100.7", 5555)
+    answer = stun_answer(BOB_ICE.pwd, tid=b"n" * 12)
+    assert decide(state.b, RTP, answer, bob_new, 1.35) == forward(ALICE_NEW, moved=True)
+    assert decide(state.a, RTP, nominate, ALICE_NEW, 1.4) == forward(bob_new)  # retransmission
+    # Media from a source that passed a check makes the latch final there.
+    assert decide(state.a, RTP, rtp(1), ALICE, 1.5) == forward(bob_new, moved=True)
     assert state.a.media_latched[RTP] is True
-    assert decide(state.a, RTP, nominate, MALLORY, 1.6) == forward(BOB_SDP)
-    assert state.a.latched[RTP] == ALICE and state.a.stun_nominations == 3
+    # A nomination moves even a media latch: ICE chose another pair.
+    later = alice_check(nominate=True, tid=b"m" * 12)
+    assert decide(state.a, RTP, later, ALICE_NEW, 1.6) == forward(bob_new, moved=True)
+    counters = state.a.counters()
+    assert (counters.checks_authenticated, counters.last_check, counters.last_nomination) == (
+        5,
+        1.6,
+        1.6,
+    )
 
 
-def test_media_from_the_provisionally_latched_source_makes_the_latch_final() -> None:
-    state = streams(strict_source=True)
-    decide(state.a, RTP, check()[1], ALICE, 1.0)
-    assert decide(state.a, RTP, rtp(), ALICE, 1.1) == forward(BOB_SDP)
+def test_media_from_an_unchecked_source_does_not_override_a_latch_from_checks() -> None:
+    state = with_ice(strict_source=True)
+    decide(state.a, RTP, alice_check(), ALICE, 1.0)
+    assert decide(state.a, RTP, rtp(), MALLORY, 1.1) == drop(DropReason.FOREIGN_SOURCE)
+    assert decide(state.a, RTP, rtp(), ALICE, 1.2) == forward(BOB_SDP)
     assert state.a.media_latched[RTP] is True
-    assert decide(state.a, RTP, rtp(), MALLORY, 1.2) == drop(DropReason.FOREIGN_SOURCE)
+    assert state.a.refusals == {"handover-refused": 1, "foreign-source": 1}
+
+
+@pytest.mark.parametrize(
+    ("side", "data"),
+    [
+        ("a", alice_check(nominate=True, pwd=ALICE_ICE.pwd)),  # her own password: wrong key
+        ("a", alice_check(nominate=True, pwd="guessedpassword012345678")),
+        ("b", stun_answer(ALICE_ICE.pwd)),  # on Bob's leg, a response must carry his password
+        ("b", stun_answer()),  # no integrity at all
+    ],
+)
+def test_checks_that_do_not_verify_are_dropped_and_never_latch(side: str, data: bytes) -> None:
+    state = with_ice()
+    leg, party = (state.a, ALICE) if side == "a" else (state.b, BOB)
+    decide(leg, RTP, rtp(), party, 1.0)
+    assert decide(leg, RTP, data, MALLORY, 1.1) == drop(DropReason.UNAUTHENTICATED)
+    assert leg.latched[RTP] == party and leg.checks_authenticated == 0
+    assert leg.refusals == {"unauthenticated": 1}
+
+
+def test_a_replayed_check_from_another_source_is_refused() -> None:
+    state = with_ice()
+    nominate = alice_check(nominate=True)
+    decide(state.a, RTP, nominate, ALICE, 1.0)
+    decide(state.a, RTP, rtp(), ALICE, 1.1)
+    # Someone on the path copies Alice's nomination: it verifies, but its ID is Alice's.
+    assert decide(state.a, RTP, nominate, MALLORY, 1.2) == drop(DropReason.REPLAYED_CHECK)
+    assert state.a.latched[RTP] == ALICE and state.a.checks_authenticated == 1
+    # Alice's own retransmission is fine.
+    assert decide(state.a, RTP, nominate, ALICE, 1.3) == forward(BOB_SDP)
 
 
 def test_checks_with_nowhere_to_go_and_malformed_stun_are_dropped() -> None:
-    state = streams(b=Leg(RELAY_B))
-    verdict = decide(state.a, RTP, check()[1], ALICE, 1.0)
+    state = with_ice(b=Leg(RELAY_B, sdp_ice=BOB_ICE))
+    verdict = decide(state.a, RTP, alice_check(), ALICE, 1.0)
     assert verdict == drop(DropReason.NO_DESTINATION, moved=True)
     assert decide(state.a, RTP, malformed_stun(), ALICE, 1.1) == drop(DropReason.MALFORMED_STUN)
     assert (state.a.dropped, state.a.stun_requests) == (2, 1)
+    assert state.a.refusals == {"no-destination": 1, "malformed-stun": 1}
 
 
 # ICE=force: the relay is an ICE-lite agent on the leg
@@ -285,10 +369,17 @@ def test_ice_lite_nomination_latches_without_making_it_final() -> None:
     assert decide(state.b, RTP, rtp(), BOB, 1.1) == forward(ALICE, moved=True)
     again = decide(state.a, RTP, check(nominate=True)[1], ALICE, 1.2)
     assert isinstance(again, Answer) and not again.moved
-    # The first media packet still decides; a nomination moves even a media latch.
-    assert decide(state.a, RTP, rtp(), ALICE_NEW, 1.3) == forward(BOB_SDP, moved=True)
-    moved = decide(state.a, RTP, check(nominate=True)[1], ALICE, 1.4)
-    assert isinstance(moved, Answer) and moved.moved and state.a.latched[RTP] == ALICE
+    # Media from a source that never passed a check does not move it; from Alice it is final.
+    assert decide(state.a, RTP, rtp(), ALICE_NEW, 1.3) == forward(BOB_SDP)
+    assert decide(state.a, RTP, rtp(2), ALICE, 1.3) == forward(BOB_SDP)
+    assert state.a.media_latched[RTP] is True and state.a.checks_authenticated == 2
+    # A nomination moves even a media latch (a new transaction: a retransmission does not).
+    nominate = Message(Method.BINDING, MessageClass.REQUEST, b"d" * 12)
+    nominate.add(AttributeType.USERNAME, "relayufr:alice1")
+    nominate.add(AttributeType.USE_CANDIDATE)
+    data = nominate.encode(integrity_key=short_term_key(CREDENTIALS.pwd), fingerprint=True)
+    moved = decide(state.a, RTP, data, ALICE_NEW, 1.4)
+    assert isinstance(moved, Answer) and moved.moved and state.a.latched[RTP] == ALICE_NEW
 
 
 @pytest.mark.parametrize(
