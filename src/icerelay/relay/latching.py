@@ -355,9 +355,7 @@ def decide(state: LegState, component: int, data: bytes, source: Sockaddr, now: 
         handover = _handover(state, component, data, source, now)
         if handover is True:
             moved = True
-        elif isinstance(handover, DropReason) and (
-            handover is not _FOREIGN or state.strict_source
-        ):
+        elif isinstance(handover, DropReason) and (handover is not _FOREIGN or state.strict_source):
             return _refuse(state, handover)
     state.last_packet = now
     state.last_media = now
@@ -407,14 +405,34 @@ def _handover(
 
 
 def _invalid(state: LegState, component: int, data: bytes) -> DropReason | None:
-    """Why ``data`` is not media the party could have sent on ``component``, or None."""
-    if len(data) < 8 or data[0] & 0xC0 != 0x80:
+    """Why ``data`` is not media the party could have sent on ``component``, or None.
+
+    The header tests of RFC 3550 A.1/A.2 that hold for SRTP and SRTCP too (their headers are
+    in the clear): version 2; for RTCP, a first packet type SR..XR (200..207) whose length fits
+    the datagram; for RTP, a payload type an SDP offered, and CSRCs, header extension and
+    padding that fit. Random bytes pass about once in 400 (measured: 200-byte datagrams, three
+    offered payload types); a deliberate stranger's valid RTP is met by the handover rules.
+    """
+    size = len(data)
+    if size < 8 or data[0] & 0xC0 != 0x80:
         return _NOT_MEDIA
     if 192 <= data[1] <= 223:
         # RTCP: on the RTCP port, demultiplexed on the RTP port, or on the RTP port of a party
         # that multiplexes although the relay does not think so.
+        if data[1] < 200 or data[1] > 207 or (((data[2] << 8) | data[3]) + 1) * 4 > size:
+            return _NOT_MEDIA
         return None
-    if component == RTCP or len(data) < 12:
+    header = 12 + 4 * (data[0] & 0x0F)
+    if component == RTCP or size < header:
+        return _NOT_MEDIA
+    if data[0] & 0x10:
+        # A header extension: 4 bytes of profile and length (in words), then the words.
+        if size < header + 4:
+            return _NOT_MEDIA
+        header += 4 + 4 * ((data[header + 2] << 8) | data[header + 3])
+        if size < header:
+            return _NOT_MEDIA
+    if data[0] & 0x20 and not 0 < data[-1] <= size - header:
         return _NOT_MEDIA
     types = state.payload_types
     if types is not None and data[1] & 0x7F not in types:
