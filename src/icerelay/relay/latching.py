@@ -209,8 +209,10 @@ class LegState:
     routes: list[Forward | Drop] = field(default_factory=lambda: [_NO_DESTINATION] * 2)
     #: The payload types either SDP offered (None: unknown, any is valid).
     payload_types: frozenset[int] | None = None
-    #: Keys verifying the checks from this party (None: an SDP had no ICE credentials).
+    #: Keys verifying the checks from this party (None: an SDP had no ICE credentials), and
+    #: the keys before an ICE restart (checks with the old credentials go on until it ends).
     keys: CheckKeys | None = None
+    previous_keys: CheckKeys | None = None
     #: The addresses signalling announced for the party, per component.
     announced: list[Sockaddr | None] = field(default_factory=lambda: [None, None])
     #: Sources of this party's authenticated checks, per component (at most MAX_VERIFIED).
@@ -324,7 +326,10 @@ class ForwardingState:
             state.handover_after = forwarding.handover_after
             state.own = frozenset(own)
             state.payload_types = types
-            state.keys = check_keys(leg.sdp_ice, state.peer.leg.sdp_ice)
+            keys = check_keys(leg.sdp_ice, state.peer.leg.sdp_ice)
+            if keys != state.keys:
+                state.previous_keys = state.keys
+                state.keys = keys
             rtp, rtcp = leg.rtp_peer, leg.rtcp_peer
             state.announced = [
                 (rtp.host, rtp.port) if rtp is not None else None,
@@ -377,7 +382,8 @@ def _handover(
     False to relay it without latching; else why not (:attr:`DropReason.FOREIGN_SOURCE`:
     valid, but no rule let it: relayed unless ``strict_source``; the other reasons are always
     dropped)."""
-    if state.leg.opaque:
+    opaque = state.leg.opaque
+    if opaque:
         invalid = None
     else:
         invalid = _invalid(state, component, data)
@@ -389,7 +395,7 @@ def _handover(
             latched is None
             or source == state.announced[component]
             or (not state.media_latched[component] and source in state.verified[component])
-            or _continues(state, component, data, now)
+            or (not opaque and _continues(state, component, data, now))
         ):
             _latch(state, component, source, now)
             state.media_latched[component] = True
@@ -524,6 +530,8 @@ def _stun(state: LegState, component: int, data: bytes, source: Sockaddr, now: f
         # a stranger's, so they latch nothing (media will); they still reach the other party.
         return _pass(state, component, source)
     verdict = verify_message(message, keys)
+    if verdict is _UNVERIFIED and state.previous_keys is not None:
+        verdict = verify_message(message, state.previous_keys)
     if verdict is _UNVERIFIED:
         # The other party would reject it too (RFC 8445 §7.3): drop it here, counted.
         return _refuse(state, _UNAUTHENTICATED)

@@ -484,3 +484,22 @@ def test_packet_helpers() -> None:
     assert ssrc(rtp(ssrc=0xDEADBEEF), PacketKind.RTP) == 0xDEADBEEF
     assert ssrc(rtcp(0x42), PacketKind.RTCP) == 0x42
     assert ssrc(b"\x80\x08", PacketKind.RTP) is None and ssrc(rtp(), PacketKind.OTHER) is None
+
+
+def test_an_ice_restart_keeps_the_previous_credentials_valid_until_replaced() -> None:
+    state = with_ice()
+    decide(state.a, RTP, alice_check(), ALICE, 1.0)
+    # Alice re-offers with new credentials; her consent checks still use the old ones.
+    restarted = IceCredentials("alice2", "alicepassword2222222222x")
+    state.update(Forwarding("k", Leg(RELAY_A, ALICE_SDP, sdp_ice=restarted), state.b.leg))
+    assert decide(state.a, RTP, alice_check(tid=b"o" * 12), ALICE, 2.0) == forward(BOB_SDP)
+    new = Message(Method.BINDING, MessageClass.REQUEST, b"p" * 12)
+    new.add(AttributeType.USERNAME, f"{BOB_ICE.ufrag}:alice2")
+    data = new.encode(integrity_key=short_term_key(BOB_ICE.pwd), fingerprint=True)
+    assert decide(state.a, RTP, data, ALICE, 2.1) == forward(BOB_SDP)
+    assert state.a.checks_authenticated == 3
+    # Bob answers with new credentials too: the first ones are gone.
+    bob2 = IceCredentials("bob2", "bobpassword2222222222xyz")
+    state.update(Forwarding("k", state.a.leg, Leg(RELAY_B, BOB_SDP, BOB_RTCP_SDP, sdp_ice=bob2)))
+    stale = decide(state.a, RTP, alice_check(tid=b"q" * 12), ALICE, 3.0)
+    assert stale == drop(DropReason.UNAUTHENTICATED)
