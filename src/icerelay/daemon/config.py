@@ -361,7 +361,8 @@ offer_timeout = 300.0
 max_duration = 86400.0                # 0: no limit
 delete_delay = 30.0
 ice_priority = "low"                  # relay candidate: none | low | high
-strict_source = false
+strict_source = false                 # after latching, drop other sources (README: latching)
+handover_after = 0.5                  # s the latched source is silent before a same-SSRC handover
 sip_source = false                    # true: media to the SIP source address, not the SDP's
 accounting = "sqlite:///var/lib/icerelay/sessions.sqlite3"   # or postgresql://...; "" = log only
 

@@ -3,7 +3,7 @@
 Per packet the work is: find the leg and component from the socket, ask the latching policy
 (:func:`icerelay.relay.latching.decide`) what to do, and do it: ``sendto`` from the other leg's
 socket (forward), from this one (an ICE-lite answer), or nothing (drop). Every rule -- latching,
-strict source, handover after silence, rtcp-mux demultiplexing, ICE-lite answers -- and every
+strict source, handover, rtcp-mux demultiplexing, ICE-lite answers -- and every
 count lives in the policy, which every data plane shares; this module only owns sockets. Nothing
 is logged per packet.
 
