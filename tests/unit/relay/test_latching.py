@@ -503,3 +503,21 @@ def test_an_ice_restart_keeps_the_previous_credentials_valid_until_replaced() ->
     state.update(Forwarding("k", state.a.leg, Leg(RELAY_B, BOB_SDP, BOB_RTCP_SDP, sdp_ice=bob2)))
     stale = decide(state.a, RTP, alice_check(tid=b"q" * 12), ALICE, 3.0)
     assert stale == drop(DropReason.UNAUTHENTICATED)
+
+
+def test_the_hot_path_keeps_nothing_per_packet() -> None:
+    # Net growth only (a counter's new int replaces the old one): the reference to the last
+    # packet, kept for the continuity test, must replace the previous one, not accumulate.
+    import sys
+
+    state = with_ice()
+    decide(state.a, RTP, rtp(1), ALICE, 1.0)
+    decide(state.b, RTP, rtp(1), BOB, 1.0)
+    packets = [rtp(seq) for seq in range(2, 1002)]
+    now = 2.0
+    decide(state.a, RTP, packets[0], ALICE, now)
+    before = sys.getallocatedblocks()
+    for packet in packets:
+        decide(state.a, RTP, packet, ALICE, now)
+    # A few blocks of slack for the interpreter's own bookkeeping, not 1000 of them.
+    assert sys.getallocatedblocks() - before < 10
