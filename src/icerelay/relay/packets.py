@@ -2,8 +2,8 @@
 
 A relay port carries RTP, RTCP (on the next port, or on the same one with rtcp-mux) and, when
 the parties run ICE through the relay, STUN connectivity checks (RFC 7983 §7 demultiplexing by
-the first byte). The policy treats them differently: media latches, checks latch only
-provisionally, a nominating check (USE-CANDIDATE, RFC 8445 §8.1.1) moves a provisional latch.
+the first byte). The policy treats them differently (valid media latches, authenticated checks
+latch provisionally, an authenticated nominating check moves a latch): see :mod:`.latching`.
 
 The tests here are the ones the data plane has always made, kept exactly so that behaviour does
 not change: a datagram is STUN when its first byte is below 4 and it looks like one whole STUN
@@ -45,8 +45,9 @@ class PacketKind(IntEnum):
     STUN_OTHER = 4
     #: Looks like STUN by its header but does not decode.
     MALFORMED_STUN = 5
-    #: Neither STUN nor RTP/RTCP by its first byte (DTLS, ZRTP, garbage). Today's policy relays
-    #: it like media; RTP Bleed protection will look at it.
+    #: Neither STUN nor RTP/RTCP by its first byte (DTLS, ZRTP, garbage). The latching policy
+    #: relays DTLS and ZRTP without latching and drops the rest unless it comes from the
+    #: latched source.
     OTHER = 6
 
 
