@@ -334,3 +334,14 @@ def test_a_stream_that_is_not_rtp_latches_its_first_packet_and_keeps_it() -> Non
     assert decide(state.a, RTP, b"\x00\x05udptl", ALICE, 0.0).moved  # type: ignore[union-attr]
     decide(state.a, RTP, b"\x00\x06udptl", MALLORY, 100.0)
     assert state.a.latched[RTP] == ALICE
+
+
+def test_a_stranger_racing_the_first_rtcp_packet_does_not_get_the_receiver_reports() -> None:
+    # Bob's receiver reports name Alice's SSRC and highest sequence number: a stranger who got
+    # them could take her RTP over by rule (a). Her RTP is latched; her RTCP not yet.
+    state = call()
+    talking(state)
+    verdict = decide(state.a, RTCP, rtcp(0xBAD), MALLORY, 1.0)
+    assert not verdict.moved and state.a.latched[RTCP] is None
+    # Her own first RTCP packet, from her address (another port), latches.
+    assert decide(state.a, RTCP, rtcp(), ("198.51.100.20", 61001), 1.1).moved  # type: ignore[union-attr]

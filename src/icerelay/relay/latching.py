@@ -392,7 +392,7 @@ def _handover(
     latched = state.latched[component]
     if invalid is None:
         if (
-            latched is None
+            (latched is None and _pairs(state, component, source))
             or source == state.announced[component]
             or (not state.media_latched[component] and source in state.verified[component])
             or (not opaque and _continues(state, component, data, now))
@@ -408,6 +408,16 @@ def _handover(
         return False
     _count(state, HANDOVER_REFUSED)
     return _FOREIGN
+
+
+def _pairs(state: LegState, component: int, source: Sockaddr) -> bool:
+    """The first latch of a component must come from the host the leg's other component
+    latched on, if it did: a party sends RTP and RTCP from one address (a NAT maps them to one
+    public address, RFC 4787 REQ-2). Otherwise a stranger racing the party's first RTCP packet
+    would receive the other party's receiver reports, which name the party's SSRC and sequence
+    numbers: exactly what rule (a) needs."""
+    other = state.latched[1 - component]
+    return other is None or other[0] == source[0]
 
 
 def _invalid(state: LegState, component: int, data: bytes) -> DropReason | None:
