@@ -286,3 +286,39 @@ def test_an_authenticated_check_moves_the_latch_a_wrong_password_does_not(
     call.alice.close()
     call.alice = moved
     assert call.bob_reaches() == "alice"
+
+
+def test_refusals_are_logged_once_per_stream() -> None:
+    """Garbage is counted per packet but logged once, when the stream ends (here at stop)."""
+    stun_port, ng_port = free_ports(2)
+    block = free_ports(5, kinds=("udp",), consecutive=True)
+    first = block[0] + (block[0] & 1)
+    server = start_serve(
+        ["--stun-listen", f"{HOST}:{stun_port}"],
+        host=HOST,
+        port=stun_port,
+        env={
+            "ICERELAY_RELAY__ENABLED": "1",
+            "ICERELAY_RELAY__NG_LISTEN": f"{HOST}:{ng_port}",
+            "ICERELAY_RELAY__PORT_MIN": str(first),
+            "ICERELAY_RELAY__PORT_MAX": str(first + 3),
+            "ICERELAY_RELAY__MEDIAPROXY_SOCKET": "",
+            "ICERELAY_RELAY__ACCOUNTING": "",
+        },
+    )
+    mallory = Party()
+    try:
+        ng(ng_port, {"command": "offer", "call-id": "x", "from-tag": "a", "sdp": sdp(4000)})
+        reply = ng(
+            ng_port,
+            {"command": "answer", "call-id": "x", "from-tag": "a", "to-tag": "b", "sdp": sdp(4002)},
+        )
+        for _ in range(100):
+            mallory.send(b"\xff" * 100, relay_port(reply))
+        time.sleep(0.3)
+    finally:
+        mallory.close()
+        server.stop()
+    lines = [line for line in server.output().splitlines() if "relay.stream_refusals" in line]
+    assert len(lines) == 1, server.output()[-2000:]
+    assert "caller_leg=not-media:100" in lines[0]

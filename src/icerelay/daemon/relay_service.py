@@ -457,6 +457,7 @@ class RelayService:
                     )
                     failure = failure or error
             elif isinstance(event, ForwardingRemoved):
+                self._log_refusals(event.key)
                 await self.dataplane.remove(event.key)
             elif isinstance(event, StreamEnded):
                 logger.info(
@@ -471,6 +472,21 @@ class RelayService:
                 self._session_ended(event.record)
         if failure is not None and not ignore_errors:
             raise failure
+
+    def _log_refusals(self, key: str) -> None:
+        """One line per stream that refused packets (latching: garbage, strangers, forged
+        checks), when it ends: a bounded rate however hard the stream was attacked."""
+        counters = self.dataplane.counters(key)
+        if counters is None or not (counters.a.refusals or counters.b.refusals):
+            return
+        logger.info(
+            "relay.stream_refusals",
+            extra={
+                "key": key,
+                "caller_leg": _reasons(counters.a.refusals),
+                "callee_leg": _reasons(counters.b.refusals),
+            },
+        )
 
     def _session_ended(self, record: SessionRecord) -> None:
         offset = self._wall_offset
@@ -540,3 +556,8 @@ def _resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], 
             future.set_result(payload)
 
     return resolve
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    """``reason:count,...`` for one log field (e.g. ``not-media:12,handover-refused:3``)."""
+    return ",".join(f"{reason}:{count}" for reason, count in sorted(counts.items()))
