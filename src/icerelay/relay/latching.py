@@ -343,6 +343,8 @@ def decide(state: LegState, component: int, data: bytes, source: Sockaddr, now: 
     ``component`` at time ``now``; update the latches and counters of ``state``.
 
     The hot path: keep it free of calls and allocations for media from the latched source.
+    ``data`` must be immutable (``bytes``, not a view of a reused buffer): the policy keeps a
+    reference to the last packet from the latched source for the continuity test.
     """
     if source in state.own:
         return _refuse(state, DropReason.OWN_SOURCE)
