@@ -245,19 +245,29 @@ def test_handover_after_zero_hands_over_at_once() -> None:
 
 
 def test_the_address_signalling_announced_takes_over() -> None:
+    # A trunk on a public address: a stranger who wins the race for the first packet loses
+    # the leg as soon as the trunk sends from the address its SDP announced.
+    trunk = Address("93.184.216.34", 7000)  # globally routable
+    state = ForwardingState(Forwarding("k", Leg(RELAY_A, trunk), Leg(RELAY_B, BOB_SDP)))
+    assert decide(state.a, RTP, rtp(1, ssrc=0xBAD), MALLORY, 0.0).moved  # type: ignore[union-attr]
+    verdict = decide(state.a, RTP, rtp(1), ("93.184.216.34", 7000), 0.1)
+    assert verdict == Forward(BOB, RTP, moved=True)
+    assert bob_reaches(state, 0.2) == ("93.184.216.34", 7000)
+    # A re-INVITE that moves the party to another public address: the new one takes over.
+    moved_to = Address("93.184.216.35", 7002)
+    state.update(Forwarding("k", Leg(RELAY_A, moved_to), state.b.leg))
+    decide(state.a, RTP, rtp(1, ssrc=0xBAD), MALLORY, 1.0)
+    assert decide(state.a, RTP, rtp(2), ("93.184.216.35", 7002), 1.1).moved  # type: ignore[union-attr]
+
+
+def test_a_private_announced_address_takes_nothing_over() -> None:
+    # Alice's SDP says 192.168.1.10: a packet "from" there crossed no NAT, so it is spoofed;
+    # moving the leg there would send Bob's media nowhere.
     state = call(strict=True)
     now = talking(state)
-    # A re-INVITE: Alice is now on a public address, and says so.
-    public = Address("198.51.100.99", 7000)
-    state.update(Forwarding("k", Leg(RELAY_A, public, payload_types=frozenset({8})), state.b.leg))
-    assert bob_reaches(state, now) == ("198.51.100.99", 7000)
-    verdict = decide(state.a, RTP, rtp(1, ssrc=0x1111), ("198.51.100.99", 7000), now)
-    assert verdict == Forward(BOB, RTP, moved=True)
-    # Without a re-INVITE a packet from the SDP address also wins over a stranger's latch.
-    other = call()
-    decide(other.a, RTP, rtp(1, ssrc=0xBAD), MALLORY, 0.0)  # Mallory was first (valid RTP)
-    sdp_source = (ALICE_SDP.host, ALICE_SDP.port)
-    assert decide(other.a, RTP, rtp(1), sdp_source, 0.1).moved  # type: ignore[union-attr]
+    spoofed = (ALICE_SDP.host, ALICE_SDP.port)
+    assert decide(state.a, RTP, rtp(1, ssrc=0xBAD), spoofed, now) == Drop(DropReason.FOREIGN_SOURCE)
+    assert bob_reaches(state, now) == ALICE
 
 
 # ICE: an authenticated check moves the latch, a forged one does not

@@ -19,8 +19,9 @@ class): whoever latches a leg receives the other party's audio. The rules, and w
   has been silent for ``handover_after`` seconds (so two sources sending the same stream do not
   take turns) -- a NAT rebinding; (b) it sends an authenticated nominating check (USE-CANDIDATE),
   or answers one the other party sent; or (c) it is the address signalling announced for the
-  party (a packet from there would be answered there anyway). A latch learnt from checks only
-  (provisional) yields to valid media from any source an authenticated check came from.
+  party, if that is globally routable (a packet from there would be answered there anyway). A
+  latch learnt from checks only (provisional) yields to valid media from any source an
+  authenticated check came from.
 - Everything else from another source is a refused handover: relayed without moving the
   latch, or dropped with ``strict_source``. Every drop and refusal is counted by reason
   (:attr:`LegState.refusals`).
@@ -50,6 +51,8 @@ changed: a kernel data plane reprograms its map then.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -213,7 +216,7 @@ class LegState:
     #: the keys before an ICE restart (checks with the old credentials go on until it ends).
     keys: CheckKeys | None = None
     previous_keys: CheckKeys | None = None
-    #: The addresses signalling announced for the party, per component.
+    #: The addresses signalling announced for the party, per component, if public (rule c).
     announced: list[Sockaddr | None] = field(default_factory=lambda: [None, None])
     #: Sources of this party's authenticated checks, per component (at most MAX_VERIFIED).
     verified: list[list[Sockaddr]] = field(default_factory=lambda: [[], []])
@@ -330,12 +333,26 @@ class ForwardingState:
             if keys != state.keys:
                 state.previous_keys = state.keys
                 state.keys = keys
-            rtp, rtcp = leg.rtp_peer, leg.rtcp_peer
-            state.announced = [
-                (rtp.host, rtp.port) if rtp is not None else None,
-                (rtcp.host, rtcp.port) if rtcp is not None else None,
-            ]
+            state.announced = [_announced(leg.rtp_peer), _announced(leg.rtcp_peer)]
             _routes(state)
+
+
+def _announced(address: Address | None) -> Sockaddr | None:
+    """The address signalling announced, if it may take a latch over (rule c): only a
+    globally routable one. A private address (a phone behind a NAT) never sends from there
+    across the Internet; letting it take over would let anyone who can spoof it point the
+    media at an unreachable address."""
+    if address is None or not _is_global(address.host):
+        return None
+    return (address.host, address.port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_global(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        return False
 
 
 def decide(state: LegState, component: int, data: bytes, source: Sockaddr, now: float) -> Verdict:
