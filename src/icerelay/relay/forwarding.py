@@ -36,7 +36,8 @@ class Leg:
     validated; :attr:`sdp_ice`, the ``a=ice-ufrag``/``a=ice-pwd`` of this party's own SDP,
     which with the other leg's verify the ICE checks crossing the relay (not the relay's own
     :attr:`ice_credentials`). The address signalling announced for the party is
-    :attr:`rtp_peer`/:attr:`rtcp_peer`: a packet from it may take the latch over.
+    :attr:`rtp_peer`/:attr:`rtcp_peer`: a packet from it may take the latch over when it is a
+    globally routable address.
     """
 
     local: Address
