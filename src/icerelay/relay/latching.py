@@ -5,10 +5,11 @@ address is often a private one behind a NAT) is also how media gets hijacked (th
 class): whoever latches a leg receives the other party's audio. The rules, and why:
 
 - **Only what the party could have sent latches.** A leg latches on valid media -- RTP version
-  2 whose payload type one of the two SDPs offered, or RTCP (packet type 192..223, version 2)
-  -- or on an ICE check or response whose MESSAGE-INTEGRITY verifies with the credentials of
-  the two SDPs (:mod:`.checks`). Anything else never latches and is dropped unless it comes
-  from the latched source; DTLS and ZRTP (RFC 7983) are relayed but never latch. Without
+  2 whose payload type one of the two SDPs offered, or RTCP version 2 (see :func:`_invalid`
+  for the header tests) -- or on an ICE check or response whose MESSAGE-INTEGRITY verifies
+  with the credentials of the two SDPs (:mod:`.checks`). Anything else never latches and is
+  dropped unless it comes from the latched source; DTLS and ZRTP (RFC 7983) are relayed but
+  never latch. Without
   payload types (MediaProxy's protocol) any RTP version 2 is valid; without both SDPs' ICE
   credentials, STUN never latches (nothing can verify it); a stream that is not RTP (T.38 over
   UDPTL) cannot be validated, so its first packet latches as before.
