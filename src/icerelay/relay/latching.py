@@ -9,10 +9,9 @@ class): whoever latches a leg receives the other party's audio. The rules, and w
   for the header tests) -- or on an ICE check or response whose MESSAGE-INTEGRITY verifies
   with the credentials of the two SDPs (:mod:`.checks`). Anything else never latches and is
   dropped unless it comes from the latched source; DTLS and ZRTP (RFC 7983) are relayed but
-  never latch. Without
-  payload types (MediaProxy's protocol) any RTP version 2 is valid; without both SDPs' ICE
-  credentials, STUN never latches (nothing can verify it); a stream that is not RTP (T.38 over
-  UDPTL) cannot be validated, so its first packet latches as before.
+  never latch. Without payload types (MediaProxy's protocol) any RTP version 2 is valid;
+  without both SDPs' ICE credentials, STUN never latches (nothing can verify it); a stream
+  that is not RTP (T.38 over UDPTL) cannot be validated, so its first packet latches.
 - **The first valid packet latches; after that, silence alone never hands a leg over.**
   Another source takes a latched leg only when (a) it continues the latched source's RTP
   stream: the same SSRC and a sequence number at most :data:`MAX_DROPOUT` ahead of the last
