@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from icerelay.relay.checks import CheckVerdict, check_keys, verify_check, verify_message
@@ -85,3 +87,36 @@ def test_keys_are_computed_once_and_reject_unpreparable_passwords() -> None:
     )
     assert check_keys(ALICE, IceCredentials("bobb", "bad\x00password0123456789")) is None
     assert check_keys(None, BOB) is None
+
+
+def test_checks_built_by_aioice_verify_with_the_two_sdps_credentials() -> None:
+    # An independent ICE implementation builds the checks: the relay must agree with it on
+    # which ufrag comes first and which password keys a request and a response.
+    aioice_ice = pytest.importorskip("aioice.ice")
+    aioice_stun = pytest.importorskip("aioice.stun")
+    alice = aioice_ice.Connection(ice_controlling=True)
+    bob = aioice_ice.Connection(ice_controlling=False)
+    alice.remote_username, alice.remote_password = bob.local_username, bob.local_password
+    bob.remote_username, bob.remote_password = alice.local_username, alice.local_password
+    alice_sdp = IceCredentials(alice.local_username, alice.local_password)
+    bob_sdp = IceCredentials(bob.local_username, bob.local_password)
+    local = aioice_ice.Candidate("1", 1, "udp", 1, "127.0.0.1", 5000, "host")
+    remote = aioice_ice.Candidate("2", 1, "udp", 1, "127.0.0.1", 6000, "host")
+    # The pair only needs its protocol's local candidate (no sockets are opened).
+    pair = aioice_ice.CandidatePair(SimpleNamespace(local_candidate=local), remote)
+    request = alice.build_request(pair, nominate=True)
+    request.add_message_integrity(alice.remote_password.encode())  # as check_start does
+    request.add_fingerprint()
+    assert verify_check(bytes(request), alice_sdp, bob_sdp) is CheckVerdict.NOMINATION
+    assert verify_check(bytes(request), bob_sdp, alice_sdp) is CheckVerdict.UNAUTHENTICATED
+    # Bob's success response, keyed as aioice's request_received keys it (his own password).
+    response = aioice_stun.Message(
+        message_method=aioice_stun.Method.BINDING,
+        message_class=aioice_stun.Class.RESPONSE,
+        transaction_id=request.transaction_id,
+    )
+    response.attributes["XOR-MAPPED-ADDRESS"] = ("127.0.0.1", 5000)
+    response.add_message_integrity(bob.local_password.encode())
+    response.add_fingerprint()
+    assert verify_check(bytes(response), bob_sdp, alice_sdp) is CheckVerdict.RESPONSE
+    assert verify_check(bytes(response), alice_sdp, bob_sdp) is CheckVerdict.UNAUTHENTICATED
