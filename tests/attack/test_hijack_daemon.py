@@ -17,6 +17,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -327,3 +328,77 @@ def test_refusals_are_logged_once_per_stream() -> None:
     lines = [line for line in server.output().splitlines() if "relay.stream_refusals" in line]
     assert len(lines) == 1, server.output()[-2000:]
     assert "caller_leg=not-media:100" in lines[0]
+
+
+def mediaproxy(path: str, command: str, **headers: str) -> bytes:
+    lines = [command] + [f"{name}: {value}" for name, value in headers.items()]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return sock.recv(4096)
+
+
+def test_mediaproxy_fallback_garbage_and_strangers_still_refused(tmp_path: Path) -> None:
+    """MediaProxy's protocol passes no payload types and no ICE credentials: the fallback
+    (any RTP version 2 is valid) still refuses garbage and a stranger after silence."""
+    stun_port, ng_port = free_ports(2)
+    block = free_ports(41, kinds=("udp",), consecutive=True)
+    first = block[0] + (block[0] & 1)
+    path = str(tmp_path / "mediaproxy.sock")
+    server = start_serve(
+        ["--stun-listen", f"{HOST}:{stun_port}"],
+        host=HOST,
+        port=stun_port,
+        env={
+            "ICERELAY_RELAY__ENABLED": "1",
+            "ICERELAY_RELAY__NG_LISTEN": f"{HOST}:{ng_port}",
+            "ICERELAY_RELAY__PORT_MIN": str(first),
+            "ICERELAY_RELAY__PORT_MAX": str(first + 39),
+            "ICERELAY_RELAY__MEDIAPROXY_SOCKET": path,
+            "ICERELAY_RELAY__ACCOUNTING": "",
+            "ICERELAY_RELAY__HANDOVER_AFTER": str(HANDOVER_AFTER),
+        },
+    )
+    alice, alice_sdp, bob, mallory = Party(), Party(), Party(), Party()
+    try:
+        common = {
+            "dialog_id": "1:2",
+            "call_id": "mp-hijack",
+            "cseq": "1 INVITE",
+            "from_uri": "sip:alice@example.com",
+            "to_uri": "sip:bob@example.com",
+            "from_tag": "alice",
+        }
+        to_bob = mediaproxy(
+            path,
+            "update",
+            type="request",
+            to_tag="",
+            media=f"audio:{HOST}:{alice_sdp.port}:sendrecv",
+            **common,
+        )
+        to_alice = mediaproxy(
+            path,
+            "update",
+            type="reply",
+            to_tag="bob",
+            media=f"audio:{HOST}:{bob.port}:sendrecv",
+            **common,
+        )
+        relay_b, relay_a = int(to_bob.split()[1]), int(to_alice.split()[1])
+        call = Call(alice, alice_sdp, bob, mallory, relay_a, relay_b, 0x5EC2E7A1, "mp-hijack")
+        rng = random.Random(11)
+        for _ in range(5):
+            garbage = bytearray(rng.getrandbits(8) for _ in range(200))
+            garbage[0] = 0x40  # never RTP version 2, whatever the rest
+            mallory.send(bytes(garbage), relay_a)
+        assert call.bob_reaches() == "alice-sdp"
+        call.alice_talks()
+        time.sleep(HANDOVER_AFTER * 2)
+        mallory.send(rtp(1, 0xBAD, pt=96), relay_a)  # valid in the fallback, wrong SSRC
+        assert call.bob_reaches() == "alice"
+    finally:
+        for party in (alice, alice_sdp, bob, mallory):
+            party.close()
+        server.stop()
