@@ -20,6 +20,7 @@ from typing import TypeAlias
 
 from icerelay import bencode
 from icerelay.errors import ControlError
+from icerelay.numbers import parse_uint
 from icerelay.relay.policy import IceMode, IcePriority
 
 __all__ = [
@@ -256,9 +257,10 @@ def _integer(message: Message, key: str, minimum: int, maximum: int) -> int | No
     if isinstance(value, bytes):
         # Kamailio passes generic key=value flags through as strings ("delete-delay=5").
         text = decode_text(value, f"'{key}'")
-        if not text.isascii() or not text.isdigit():
+        parsed = parse_uint(text)
+        if parsed is None:
             raise malformed(f"'{key}' must be an integer, got {text[:40]!r}")
-        number = int(text[:20])
+        number = parsed
     elif isinstance(value, int):
         number = value
     else:

@@ -1,0 +1,90 @@
+"""SIP parsers raise only SipError, and sip.conf reading never raises (issue 10's fuzz corpus)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from icerelay.sip.errors import SipError
+from icerelay.sip.message import NameAddress, SipUri, Via, parse_message
+from icerelay.sip.sipconf import parse_sip_conf
+
+HUGE = "9" * 5000
+PORTS = st.one_of(
+    st.text(alphabet="0123456789²³٣\uff10-+_", max_size=8),
+    st.just(HUGE),
+    st.text(max_size=8),
+)
+
+
+@given(PORTS)
+@example(HUGE)
+@example("50³0")
+@example("٣")
+def test_sip_uri_port(port: str) -> None:
+    try:
+        uri = SipUri.parse(f"sip:alice@192.0.2.1:{port}")
+    except SipError:
+        return
+    assert uri.port is None or 0 < uri.port < 65536
+
+
+@given(PORTS)
+@example(HUGE)
+@example("50³0")
+def test_contact_port(port: str) -> None:
+    with contextlib.suppress(SipError):
+        NameAddress.parse(f"<sip:alice@192.0.2.1:{port}>;expires=60")
+
+
+@given(PORTS)
+@example("50³0")
+@example(HUGE)
+@example("٣")
+def test_via_rport_is_a_port_or_none(rport: str) -> None:
+    via = Via.parse(f"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport={rport}")
+    value = via.rport
+    assert value is None or (rport.isascii() and 0 < value < 65536)
+
+
+@given(PORTS)
+@example(HUGE)
+@example("٣")
+def test_via_sent_by_port(port: str) -> None:
+    try:
+        via = Via.parse(f"SIP/2.0/UDP 192.0.2.1:{port};branch=z9hG4bK1")
+    except SipError:
+        return
+    assert via.port is None or (port.strip().isascii() and 0 < via.port < 65536)
+
+
+@pytest.mark.parametrize("port", [HUGE, "50³0", "٣", "+5060", "5_060"])
+def test_message_with_hostile_numbers(port: str) -> None:
+    message = (
+        "INVITE sip:bob@192.0.2.2 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1;rport={port}\r\n"
+        "From: <sip:a@192.0.2.1>;tag=1\r\nTo: <sip:b@192.0.2.2>\r\nCall-ID: c\r\n"
+        f"CSeq: {port} INVITE\r\nContact: <sip:a@192.0.2.1:{port}>\r\n"
+        f"Content-Length: {port}\r\n\r\n"
+    ).encode()
+    try:
+        parsed = parse_message(message)
+    except SipError:
+        return
+    with pytest.raises(SipError):
+        _ = parsed.contact
+
+
+@given(PORTS)
+@example("²")
+@example("٣")
+@example(HUGE)
+def test_sipconf_port_falls_back_to_5060(port: str) -> None:
+    conf = parse_sip_conf(f"[peer]\ntype=friend\nhost=192.0.2.1\nport={port}\n")
+    peer = conf.peers["peer"]
+    assert 0 < peer.port < 65536
+    if not port.strip().isascii():
+        assert peer.port == 5060
