@@ -19,6 +19,7 @@ from icerelay.control.mediaproxy.commands import (
     format_update_reply,
     parse_command,
 )
+from icerelay.counters import Counters
 from icerelay.errors import ControlError, IcerelayError
 from icerelay.relay.dialogs import DialogRef
 from icerelay.relay.options import RelayOptions
@@ -29,12 +30,33 @@ from icerelay.sdp import Direction
 __all__ = ["MediaproxyHandler", "stream_offers"]
 
 
-class MediaproxyHandler:
-    """Runs mediaproxy commands against a :class:`SessionEngine`; replies are the wire lines."""
+#: Streams one ``update`` may list; each holds up to four relay ports.
+DEFAULT_MAX_STREAMS = 32
 
-    def __init__(self, engine: SessionEngine) -> None:
+
+class MediaproxyHandler:
+    """Runs mediaproxy commands against a :class:`SessionEngine`; replies are the wire lines.
+
+    :param max_streams: entries one ``update``'s ``media`` may list (more: ``error``, nothing
+        allocated, counted as ``error.too_many_streams``).
+    :param counters: failures are counted there as ``error.<counter>`` (``malformed_command``,
+        ``too_many_streams``, ``relay``...) besides the total :attr:`errors`.
+    """
+
+    def __init__(
+        self,
+        engine: SessionEngine,
+        *,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        counters: Counters | None = None,
+    ) -> None:
         self.engine = engine
+        self.max_streams = max_streams
+        self.counters = counters if counters is not None else Counters()
         self.errors = 0
+        #: The last failure, for the shell to log (at a bounded rate): the module only reads
+        #: the word "error".
+        self.last_error: IcerelayError | None = None
 
     def handle(self, data: bytes, now: float) -> bytes:
         """Parse and run one command; the reply line (``\\r\\n`` included)."""
@@ -49,12 +71,21 @@ class MediaproxyHandler:
                 )
                 return REMOVED_REPLY
             return self._update(command, now)
-        except IcerelayError:
+        except IcerelayError as error:
             # The module reads only the word "error"; the reason is for our counters and log.
             self.errors += 1
+            default = "malformed_command" if isinstance(error, ControlError) else "relay"
+            self.counters.count(f"error.{error.counter or default}")
+            self.last_error = error
             return ERROR_REPLY
 
     def _update(self, command: MediaproxyUpdate, now: float) -> bytes:
+        if len(command.streams) > self.max_streams:
+            raise ControlError(
+                f"too many media streams: {len(command.streams)} (at most {self.max_streams})",
+                counter="too_many_streams",
+                remote=True,
+            )
         offers = stream_offers(command)
         metadata = tuple(
             (key, value)

@@ -26,8 +26,10 @@ Every failure, whether the request could not be parsed or the relay could not ca
 ``result: error`` with its message as ``error-reason``, and its ``counter`` is counted there.
 
 Counters (:class:`icerelay.counters.Counters`): events ``requests``, ``retransmissions``,
-``errors``, ``command.<name>`` per command (errors included) and ``error.<counter>`` per kind of
-failure; drops (nothing could be answered) by reason, ``no_cookie``.
+``errors``, ``command.<name>`` per command (errors included; only the commands of
+:data:`KNOWN_COMMANDS`, every other name counts as ``command.unknown`` so that a client cannot
+grow the table) and ``error.<counter>`` per kind of failure; drops (nothing could be answered) by
+reason, ``no_cookie``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from icerelay.counters import Counters
 from icerelay.errors import ControlError, IcerelayError
 
 __all__ = [
+    "KNOWN_COMMANDS",
     "NG_PORT",
     "Encoding",
     "NgDropped",
@@ -75,6 +78,34 @@ _COOKIE = re.compile(rb"[\x21-\x7e]{1,128}")
 
 # Counter names of the requests per command: "command.offer", ...
 _COMMAND = "command."
+
+#: The command names counted under their own name; rtpengine's other commands (``block dtmf``,
+#: ``play media``...) are refused as unknown but named here so that the counters say what
+#: proxies asked for. Anything else is counted as ``unknown``: names come from the network.
+KNOWN_COMMANDS = frozenset(
+    {
+        "ping",
+        "offer",
+        "answer",
+        "delete",
+        "query",
+        "list",
+        "statistics",
+        "start-recording",
+        "stop-recording",
+        "block-dtmf",
+        "unblock-dtmf",
+        "block-media",
+        "unblock-media",
+        "play-media",
+        "stop-media",
+        "play-dtmf",
+        "publish",
+        "subscribe-request",
+        "subscribe-answer",
+        "unsubscribe",
+    }
+)
 
 
 class Encoding(StrEnum):
@@ -185,10 +216,11 @@ class NgProtocol:
             name = command_name(message)
             command = parse_command(message)
         except ControlError as error:
-            counters.count(_COMMAND + name)
+            counters.count(_COMMAND + _counted(name))
             reason = str(error)
             reply = self._store(cookie, encoding, error_reply(error, counters), now)
             return NgImmediateReply(reply, retransmission=False, reason=reason)
+        name = _counted(name)
         counters.count(_COMMAND + name)
         return NgRequest(cookie, command, encoding, name)
 
@@ -196,12 +228,24 @@ class NgProtocol:
         """Encode the reply to ``request`` and keep it for retransmissions."""
         return self._store(request.cookie, request.encoding, result, now)
 
+    def encode(self, request: NgRequest, result: Mapping[str, ReplyValue]) -> bytes:
+        """The reply's bytes without keeping them: to check its size before committing to it
+        (then :meth:`keep` it, or answer an error through :meth:`reply` instead)."""
+        return request.cookie + b" " + _dump(result, request.encoding)
+
+    def keep(self, request: NgRequest, data: bytes, error: bool, now: float) -> bytes:
+        """Keep the reply :meth:`encode` made for retransmissions; ``error``: it is one."""
+        return self._remember(request.cookie, data, error, now)
+
     def _store(
         self, cookie: bytes, encoding: Encoding, result: Mapping[str, ReplyValue], now: float
     ) -> bytes:
-        if result.get("result") == "error":
-            self.counters.count("errors")
         data = cookie + b" " + _dump(result, encoding)
+        return self._remember(cookie, data, result.get("result") == "error", now)
+
+    def _remember(self, cookie: bytes, data: bytes, error: bool, now: float) -> bytes:
+        if error:
+            self.counters.count("errors")
         self._cache[cookie] = (now + self.cache_ttl, data)
         self._cache.move_to_end(cookie)
         while len(self._cache) > self.cache_size:
@@ -219,6 +263,10 @@ class NgProtocol:
     def cached_replies(self) -> int:
         """How many replies are currently kept."""
         return len(self._cache)
+
+
+def _counted(name: str) -> str:
+    return name if name in KNOWN_COMMANDS else "unknown"
 
 
 # -- encoding --------------------------------------------------------------------------------------
@@ -261,12 +309,23 @@ def _from_json(value: object, depth: int) -> bencode.BencodeValue:
     if isinstance(value, int):
         return value
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return _utf8(value)
     if isinstance(value, list):
         return [_from_json(item, depth + 1) for item in value]
     if isinstance(value, dict):
-        return {key.encode("utf-8"): _from_json(item, depth + 1) for key, item in value.items()}
+        return {_utf8(key): _from_json(item, depth + 1) for key, item in value.items()}
     raise malformed(f"unexpected JSON value {value!r}")  # pragma: no cover - json gives no more
+
+
+def _utf8(text: str) -> bytes:
+    # json.loads accepts "\\ud800" (a lone surrogate), which no UTF-8 string can hold.
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise malformed(
+            "invalid JSON: a string holds a lone surrogate (not Unicode text)",
+            NgFailure.UNDECODABLE,
+        ) from None
 
 
 def _dump(result: Mapping[str, ReplyValue], encoding: Encoding) -> bytes:
