@@ -122,6 +122,9 @@ class StunConfig(Section):
     """Seconds between two log lines about malformed input from the same source."""
     tcp_idle_timeout: float = Field(default=300.0, gt=0)
     max_tcp_connections: int = Field(default=1024, ge=1)
+    max_tcp_connections_per_source: int = Field(default=16, ge=1)
+    """Open TCP connections from one IP address: one source must not hold all
+    ``max_tcp_connections`` and lock everyone else out until they time out."""
 
     @model_validator(mode="after")
     def _check_alternate(self) -> StunConfig:
@@ -319,6 +322,7 @@ padding_limit = 1500
 log_interval = 60.0                   # seconds between log lines about one bad source
 tcp_idle_timeout = 300.0
 max_tcp_connections = 1024
+max_tcp_connections_per_source = 16
 
 [turn]                                # TURN server (RFC 8656); also answers Binding on its ports
 enabled = false
