@@ -345,6 +345,7 @@ workers = 1                           # processes on SO_REUSEPORT listeners
 
 [turn.quotas]
 allocations_per_user = 100
+allocations_per_source = 300         # allocations from one client IP address (486 beyond)
 total_allocations = 10000
 permissions_per_allocation = 64
 channels_per_allocation = 64
