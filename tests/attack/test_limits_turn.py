@@ -19,7 +19,8 @@ def test_one_source_with_many_users_is_capped(caplog: pytest.LogCaptureFixture) 
     engine, binder = make_engine(quotas={"allocations_per_source": 5, "allocations_per_user": 3})
     attacker = [rest_client(engine, f"user{n}", ("203.0.113.66", 1000 + n)) for n in range(40)]
     answers = [client.allocate() for client in attacker]
-    granted = [client for client, answer in zip(attacker, answers, strict=True) if not error_code(answer)]
+    pairs = zip(attacker, answers, strict=True)
+    granted = [client for client, answer in pairs if not error_code(answer)]
     assert len(granted) == 5
     assert {error_code(answer) for answer in answers[5:]} == {486}
     assert engine.counters["refused_source_quota"] == 35
