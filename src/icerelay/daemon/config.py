@@ -369,6 +369,16 @@ ice_priority = "low"                  # relay candidate: none | low | high
 strict_source = false
 sip_source = false                    # true: media to the SIP source address, not the SDP's
 accounting = "sqlite:///var/lib/icerelay/sessions.sqlite3"   # or postgresql://...; "" = log only
+# limits: what one control client can make the relay hold (README, "Resource limits")
+ng_tcp_max_connections = 64
+ng_tcp_idle_timeout = 600.0           # 0: never close a silent ng TCP connection
+ng_tcp_max_message = 262144
+ng_max_udp_reply = 65507              # larger replies: error-reason, use TCP
+max_streams_per_call = 32             # m-lines / MediaProxy streams per request
+mediaproxy_max_connections = 64
+mediaproxy_socket_mode = "0660"
+raise_fd_limit = true                 # raise RLIMIT_NOFILE to what the port range needs
+log_interval = 10.0                   # seconds between two log lines of one kind of refusal
 
 [log]
 level = "info"                        # debug | info | warning | error
