@@ -220,3 +220,19 @@ def test_udp_reply_limit_is_honoured_for_small_settings() -> None:
 
     run(main)
 
+
+
+def test_error_reasons_stay_short_whatever_the_request_quotes() -> None:
+    async def main() -> None:
+        async with relay() as service:
+            client = NgClient(service.ng_address)
+            reply = await client.request({"command": "x" * 60_000})
+            assert reply[b"result"] == b"error"
+            assert len(reply[b"error-reason"]) <= 300  # type: ignore[arg-type]
+            reply = await client.request(
+                {"command": "offer", "call-id": "c", "from-tag": "a", "sdp": b"v=0",
+                 "address family": "y" * 60_000}
+            )
+            assert len(reply[b"error-reason"]) <= 300  # type: ignore[arg-type]
+
+    run(main)

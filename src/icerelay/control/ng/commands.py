@@ -73,8 +73,15 @@ class NgFailure(StrEnum):
     UNKNOWN_COMMAND = "unknown_command"
 
 
+#: The longest ``error-reason``: messages quote the request, whose values can be as long as
+#: a datagram; an error reply must stay small (and fit in one datagram itself).
+MAX_REASON = 300
+
+
 def malformed(reason: str, failure: NgFailure = NgFailure.MALFORMED) -> ControlError:
     """The error for a request the proxy got wrong (its message is the ``error-reason``)."""
+    if len(reason) > MAX_REASON:
+        reason = reason[: MAX_REASON - 3] + "..."
     return ControlError(reason, counter=failure, remote=True)
 
 
