@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from icerelay.control.mediaproxy import parse_command
+from icerelay.control.mediaproxy import MediaproxyFramer, parse_command
 from icerelay.errors import ControlError
 
 HUGE = "9" * 5000
@@ -49,3 +49,32 @@ def test_any_bytes(data: bytes) -> None:
 def test_huge_port_is_a_control_error() -> None:
     with pytest.raises(ControlError, match="not a port number"):
         parse_command(update(f"audio:192.0.2.1:{HUGE}:sendrecv"))
+
+
+LINES = st.text(alphabet="abc: _1\r", min_size=1, max_size=12).filter(lambda t: t.strip())
+
+
+@given(
+    st.lists(st.lists(LINES, min_size=1, max_size=4), min_size=1, max_size=5),
+    st.booleans(),
+    st.integers(1, 30),
+)
+def test_framer_commands_come_out_whole_however_split(
+    commands: list[list[str]], crlf: bool, chunk: int
+) -> None:
+    newline = "\r\n" if crlf else "\n"
+    texts = [newline.join(line.strip("\r") or "x" for line in lines) for lines in commands]
+    stream = "".join(text + newline + newline for text in texts).encode()
+    framer = MediaproxyFramer()
+    got: list[bytes] = []
+    for index in range(0, len(stream), chunk):
+        got.extend(framer.feed(stream[index : index + chunk]))
+    assert [command.decode() for command in got] == [t for t in texts if t.strip()]
+
+
+@given(st.binary(max_size=400), st.integers(1, 50))
+def test_framer_takes_any_bytes(data: bytes, chunk: int) -> None:
+    framer = MediaproxyFramer()
+    for index in range(0, len(data), chunk):
+        for command in framer.feed(data[index : index + chunk]):
+            assert command.strip()
