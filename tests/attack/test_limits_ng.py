@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 
 import pytest
 
 from icerelay import bencode
+from icerelay.control.ng import NgProtocol, NgRequest
 from icerelay.control.ng import handler as ng_handler
 from tests.attack.limits_support import (
     NgClient,
@@ -236,3 +238,39 @@ def test_error_reasons_stay_short_whatever_the_request_quotes() -> None:
             assert len(reply[b"error-reason"]) <= 300  # type: ignore[arg-type]
 
     run(main)
+
+
+def test_udp_flood_is_dropped_not_queued_without_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        async with relay(ng_queue_max=16) as service:
+            original = service._request
+
+            async def slow(data: bytes, max_reply: int | None = None) -> bytes | None:
+                await asyncio.sleep(0.002)  # a worker busy with the data plane
+                return await original(data, max_reply)
+
+            monkeypatch.setattr(service, "_request", slow)
+            loop = asyncio.get_running_loop()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                for number in range(2000):
+                    message = b"%d_f d7:command4:pinge" % number
+                    await loop.sock_sendto(sock, message, service.ng_address_tuple())
+                    await asyncio.sleep(0)
+            await asyncio.sleep(0.5)
+            assert service.counters.dropped["ng_queue_full"] > 0
+            assert service._queue.qsize() == 0
+            reply = await NgClient(service.ng_address).request({"command": "ping"})
+            assert reply[b"result"] == b"pong"
+
+    run(main)
+
+
+def test_reply_cache_is_bounded_in_bytes() -> None:
+    protocol = NgProtocol(cache_bytes=100_000)
+    for number in range(100):
+        outcome = protocol.receive(b"%d_c d7:command4:pinge" % number, 0.0)
+        assert isinstance(outcome, NgRequest)
+        protocol.reply(outcome, {"result": "ok", "pad": "x" * 10_000}, 0.0)
+        assert protocol.cached_bytes <= 100_000
+    assert 5 <= protocol.cached_replies <= 10

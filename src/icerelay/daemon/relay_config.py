@@ -95,6 +95,11 @@ class RelayServiceConfig(BaseModel):
     #: Replies kept for retransmitted ng requests.
     ng_cache_size: int = Field(default=10_000, ge=1)
     ng_cache_ttl: float = Field(default=30.0, gt=0)
+    #: Bytes the kept replies may take together (big offers, ``list`` over TCP).
+    ng_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=65_536)
+    #: ng UDP requests waiting for the worker; beyond it a flood is dropped (and counted)
+    #: rather than queued without end: the proxy retransmits.
+    ng_queue_max: int = Field(default=4096, ge=16)
 
     # -- limits (issue 10): every resource a control client can make the relay hold ---------
     #: Open ng TCP connections (one per proxy process in practice); more are closed at once.

@@ -106,7 +106,9 @@ class RelayService:
             self.config.engine_config(), self.pool, rng=rng, counters=self.dataplane.counters
         )
         self.protocol = NgProtocol(
-            cache_size=self.config.ng_cache_size, cache_ttl=self.config.ng_cache_ttl
+            cache_size=self.config.ng_cache_size,
+            cache_ttl=self.config.ng_cache_ttl,
+            cache_bytes=self.config.ng_cache_bytes,
         )
         self.handler = NgHandler(
             self.engine,
@@ -306,6 +308,11 @@ class RelayService:
             if udp is not None and payload is not None:
                 udp.send(payload, source)
 
+        if self._queue.qsize() >= self.config.ng_queue_max:
+            # A flood faster than the worker: drop, not queue without end (the proxy
+            # retransmits what mattered). Counted and logged at a bounded rate.
+            self._refuse("ng_queue_full", source)
+            return
         self._queue.put_nowait(("ng", data, reply, self.config.ng_max_udp_reply))
 
     def _refuse(self, counter: str, peer: object, detail: str = "") -> None:
@@ -363,7 +370,14 @@ class RelayService:
                             # Not even a cookie: the stream is out of step, nothing to answer.
                             return
                         writer.write(NgStreamFramer.frame(payload, prefixed))
-                        await writer.drain()
+                        try:
+                            # A client that never reads its replies must not hold the
+                            # connection (and its slot) for ever.
+                            async with asyncio.timeout(self._idle_timeout()):
+                                await writer.drain()
+                        except TimeoutError:
+                            self._refuse("ng_tcp_idle_timeout", peer)
+                            return
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:

@@ -177,6 +177,8 @@ class NgProtocol:
     :param cache_ttl: seconds a reply is kept. Kamailio gives up on a request after a few
         seconds; 30 s covers every proxy's retransmission window with a wide margin.
     :param counters: where to count (see the module's docstring); a fresh one by default.
+    :param cache_bytes: the most bytes the kept replies may take together (replies of big
+        offers or of ``list`` over TCP can be large; the oldest go first).
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class NgProtocol:
         cache_size: int = 10_000,
         cache_ttl: float = 30.0,
         counters: Counters | None = None,
+        cache_bytes: int = 64 << 20,
     ) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
@@ -192,6 +195,8 @@ class NgProtocol:
             raise ValueError("cache_ttl must be positive")
         self.cache_size = cache_size
         self.cache_ttl = cache_ttl
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
         self.counters = counters if counters is not None else Counters()
         # cookie -> (expiry, reply bytes); insertion order is expiry order because the TTL is fixed.
         self._cache: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
@@ -246,10 +251,17 @@ class NgProtocol:
     def _remember(self, cookie: bytes, data: bytes, error: bool, now: float) -> bytes:
         if error:
             self.counters.count("errors")
+        previous = self._cache.get(cookie)
+        if previous is not None:
+            self._cached_bytes -= len(previous[1])
         self._cache[cookie] = (now + self.cache_ttl, data)
+        self._cached_bytes += len(data)
         self._cache.move_to_end(cookie)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        while len(self._cache) > 1 and (
+            len(self._cache) > self.cache_size or self._cached_bytes > self.cache_bytes
+        ):
+            _, (_, dropped) = self._cache.popitem(last=False)
+            self._cached_bytes -= len(dropped)
         return data
 
     def _expire(self, now: float) -> None:
@@ -257,12 +269,17 @@ class NgProtocol:
             cookie, (expiry, _) = next(iter(self._cache.items()))
             if expiry > now:
                 break
-            del self._cache[cookie]
+            self._cached_bytes -= len(self._cache.pop(cookie)[1])
 
     @property
     def cached_replies(self) -> int:
         """How many replies are currently kept."""
         return len(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        """How many bytes the kept replies take."""
+        return self._cached_bytes
 
 
 def _counted(name: str) -> str:
