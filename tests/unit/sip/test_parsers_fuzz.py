@@ -47,7 +47,7 @@ def test_contact_port(port: str) -> None:
 def test_via_rport_is_a_port_or_none(rport: str) -> None:
     via = Via.parse(f"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport={rport}")
     value = via.rport
-    assert value is None or (rport.isascii() and 0 < value < 65536)
+    assert value is None or (rport.strip().isascii() and 0 < value < 65536)
 
 
 @given(PORTS)
@@ -88,3 +88,42 @@ def test_sipconf_port_falls_back_to_5060(port: str) -> None:
     assert 0 < peer.port < 65536
     if not port.strip().isascii():
         assert peer.port == 5060
+
+
+FIELDS = st.sampled_from(
+    ["Via", "From", "To", "Contact", "CSeq", "Content-Length", "Call-ID", "Record-Route"]
+)
+VALUES = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "SIP/2.0/UDP 192.0.2.1:٣;rport=50³0",
+            f"<sip:a@192.0.2.1:{HUGE}>",
+            f"{HUGE} INVITE",
+            "SIP/2.0/UDP [2001:db8::1]:²;branch=z9hG4bK",
+            "<sip:a@[::1]:0>",
+        ]
+    ),
+)
+
+
+@given(st.lists(st.tuples(FIELDS, VALUES), max_size=8))
+@example([("Via", "SIP/2.0/UDP 192.0.2.1;rport=50³0"), ("Contact", f"<sip:a@h:{HUGE}>")])
+def test_message_headers_raise_only_sip_error(headers: list[tuple[str, str]]) -> None:
+    text = "INVITE sip:bob@192.0.2.2 SIP/2.0\r\n" + "".join(
+        f"{name}: {value.replace(chr(13), ' ').replace(chr(10), ' ')}\r\n"
+        for name, value in headers
+    )
+    try:
+        message = parse_message((text + "\r\n").encode())
+    except SipError:
+        return
+    for name in ("call_id", "cseq", "from_address", "to_address", "vias", "contact",
+                 "record_route", "request_uri"):
+        try:
+            value = getattr(message, name)
+        except SipError:
+            continue
+        if name == "vias":
+            for via in value:
+                assert via.rport is None or 0 < via.rport < 65536
