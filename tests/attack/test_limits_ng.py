@@ -191,6 +191,13 @@ def test_reply_too_big_for_udp_is_an_error_and_allocates_nothing() -> None:
             data = await asyncio.wait_for(reader.readexactly(length), 10)
             assert b"6:result2:ok" in data and length > 65_507
             writer.close()
+            # The same request retransmitted over UDP: its cached reply cannot go in a
+            # datagram, so the answer says so.
+            retransmitted = await client.raw(message)
+            assert retransmitted.startswith(b"t_1 ")
+            reply = bencode.decode(retransmitted[4:])
+            assert isinstance(reply, dict)
+            assert b"would not fit" in reply[b"error-reason"]  # type: ignore[operator]
 
     run(main)
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from icerelay import bencode
 from icerelay.aio.addresses import bound_socket
 from icerelay.aio.udp import UdpEndpoint
 from icerelay.control.mediaproxy import MediaproxyFramer, MediaproxyHandler
@@ -464,8 +465,11 @@ class RelayService:
                 # A misbehaving client may send these at any rate: counted, logged at debug.
                 logger.debug("relay.ng_rejected", extra={"reason": outcome.reason})
             if max_reply is not None and len(outcome.data) > max_reply:
-                # Only an error reply can be that long if it quotes the request: never here.
-                return None
+                # A reply cached for the same cookie sent over TCP, retransmitted over UDP:
+                # say so rather than send nothing.
+                cookie = outcome.data.partition(b" ")[0]
+                refusal = error_reply(reply_too_big(len(outcome.data), max_reply), self.counters)
+                return cookie + b" " + bencode.encode(refusal)
             return outcome.data
         self._release_quarantine(now)
         command = outcome.command
