@@ -4,10 +4,14 @@ IP address holds at most ``turn.quotas.allocations_per_source`` (486 Allocation 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from icerelay.daemon.turn_service import TurnService
 from icerelay.turn.credentials import rest_api_credentials
 from tests.unit.turn.server_helpers import Client, error_code, make_engine
+from tests.unit.turn.test_server_service import _allocate_blocking, _config, _error
 
 
 def rest_client(engine: object, user: str, address: tuple[str, int]) -> Client:
@@ -40,3 +44,28 @@ def test_source_quota_zero_means_unlimited() -> None:
     engine, _ = make_engine(quotas={"allocations_per_source": 0})
     clients = [rest_client(engine, f"u{n}", ("203.0.113.66", 2000 + n)) for n in range(20)]
     assert all(error_code(client.allocate()) is None for client in clients)
+
+
+def test_source_quota_on_a_real_turn_service() -> None:
+    """The same attack over UDP on loopback: the service passes the real source address."""
+
+    async def scenario() -> None:
+        service = TurnService(
+            _config(quotas={"allocations_per_source": 3, "allocations_per_user": 50})
+        )
+        await service.start()
+        sockets = []
+        try:
+            server = service.listen_udp[0]
+            codes = []
+            for _ in range(6):
+                sock, response, _ = await asyncio.to_thread(_allocate_blocking, server)
+                sockets.append(sock)
+                codes.append(_error(response))
+            assert codes == [None, None, None, 486, 486, 486]
+        finally:
+            for sock in sockets:
+                sock.close()
+            await service.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
