@@ -8,6 +8,8 @@ import resource
 import stat
 from pathlib import Path
 
+import pytest
+
 from tests.attack.limits_support import HOST, NgClient, port_range, relay, rss_mib, sdp_with_media
 from tests.unit.relay.test_service import run
 
@@ -81,7 +83,7 @@ def test_relay_raises_the_open_file_limit_and_survives_call_251() -> None:
     """Under ``ulimit -n 1024`` the relay failed at call 251 (four sockets a call)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 4096:
-        raise AssertionError(f"hard open-file limit {hard} too low for this test")
+        pytest.skip(f"the hard open-file limit ({hard}) leaves nothing to raise the soft one to")
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
 
     async def main() -> None:
