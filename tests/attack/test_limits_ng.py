@@ -87,7 +87,7 @@ def test_tcp_message_longer_than_the_limit_closes_the_connection() -> None:
     run(main)
 
 
-def test_command_names_do_not_grow_the_counters() -> None:
+def test_command_names_do_not_grow_the_counters(caplog: pytest.LogCaptureFixture) -> None:
     """50,000 invented command names grew memory by 58 MB and made ``statistics`` too big for
     UDP; now they are all counted under ``unknown``."""
 
@@ -105,7 +105,10 @@ def test_command_names_do_not_grow_the_counters() -> None:
             assert totals[b"commands"] == {b"unknown": 2000, b"statistics": 1}
             assert len(service.counters.events) < 20
 
-    run(main)
+    with caplog.at_level(logging.DEBUG, logger="icerelay.relay"):
+        run(main)
+    # 2000 refusals, one log line (the interval is 10 s).
+    assert len([r for r in caplog.records if r.getMessage() == "relay.ng_rejected"]) == 1
 
 
 def test_lone_surrogate_gets_an_error_reply_without_traceback(

@@ -322,13 +322,21 @@ class RelayService:
         self._log_limited("relay.refused", counter, reason=counter, peer=str(peer), detail=detail)
 
     def _log_limited(
-        self, event: str, kind: str, *, exc_info: bool = False, **extra: object
+        self,
+        event: str,
+        kind: str,
+        *,
+        exc_info: bool = False,
+        info: bool = False,
+        **extra: object,
     ) -> None:
+        """Log ``event`` unless one of the same ``kind`` was logged less than
+        ``log_interval`` ago (the line then says how many were suppressed in between)."""
         now = asyncio.get_running_loop().time()
         suppressed = self._log_limiter.allow(kind, now)
         if suppressed is None:
             return
-        log = logger.error if exc_info else logger.warning
+        log = logger.error if exc_info else logger.info if info else logger.warning
         log(event, exc_info=exc_info, extra={**extra, "suppressed": suppressed})
 
     def _idle_timeout(self) -> float | None:
@@ -462,8 +470,11 @@ class RelayService:
             return None
         if isinstance(outcome, NgImmediateReply):
             if outcome.reason is not None:
-                # A misbehaving client may send these at any rate: counted, logged at debug.
-                logger.debug("relay.ng_rejected", extra={"reason": outcome.reason})
+                # A misbehaving client may send these at any rate: counted (by the protocol),
+                # logged once per interval.
+                self._log_limited(
+                    "relay.ng_rejected", "ng_rejected", reason=outcome.reason[:200], info=True
+                )
             if max_reply is not None and len(outcome.data) > max_reply:
                 # A reply cached for the same cookie sent over TCP, retransmitted over UDP:
                 # say so rather than send nothing.
@@ -512,6 +523,16 @@ class RelayService:
                 if not fresh:
                     break
                 logger.info("relay.retry_ports", extra={"attempt": attempt + 1})
+        if result.get("result") == "error":
+            # Refusals (too many streams, unknown call...) are the proxy's business, but an
+            # operator wants to see them: one line per command per interval.
+            self._log_limited(
+                "relay.ng_error",
+                f"ng_error.{outcome.name}",
+                command=outcome.name,
+                reason=str(result.get("error-reason", ""))[:200],
+                info=True,
+            )
         payload = self.protocol.encode(outcome, result)
         if max_reply is None or len(payload) <= max_reply:
             return self.protocol.keep(outcome, payload, result.get("result") == "error", now)
