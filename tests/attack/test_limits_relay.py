@@ -107,3 +107,17 @@ def test_relay_raises_the_open_file_limit_and_survives_call_251() -> None:
         run(main)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_limits_can_be_reloaded_without_a_restart() -> None:
+    async def main() -> None:
+        async with relay(max_streams_per_call=32) as service:
+            client = NgClient(service.ng_address)
+            offer = {"command": "offer", "call-id": "r", "from-tag": "a"}
+            reply = await client.request({**offer, "sdp": sdp_with_media(4)})
+            assert reply[b"result"] == b"ok"
+            service.reload_limits(service.config.model_copy(update={"max_streams_per_call": 2}))
+            reply = await client.request({**offer, "call-id": "r2", "sdp": sdp_with_media(4)})
+            assert b"too many media streams" in reply[b"error-reason"]  # type: ignore[operator]
+
+    run(main)

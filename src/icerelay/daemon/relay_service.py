@@ -146,6 +146,29 @@ class RelayService:
         self._held: set[PortPair] = set()
         self.ports_quarantined = 0
 
+    def reload_limits(self, config: RelayServiceConfig) -> None:
+        """Apply the resource limits of ``config`` (for SIGHUP): they are read where they are
+        enforced, so new connections and requests follow them at once; connections over a
+        lowered cap are not cut. Listen addresses and the port range need a restart."""
+        self.config = self.config.model_copy(
+            update={
+                name: getattr(config, name)
+                for name in (
+                    "ng_tcp_max_connections",
+                    "ng_tcp_idle_timeout",
+                    "ng_tcp_max_message",
+                    "ng_max_udp_reply",
+                    "ng_queue_max",
+                    "max_streams_per_call",
+                    "mediaproxy_max_connections",
+                    "log_interval",
+                )
+            }
+        )
+        self.handler.max_streams = config.max_streams_per_call
+        self.mediaproxy.max_streams = config.max_streams_per_call
+        self._log_limiter.interval = config.log_interval
+
     def _statistics(self) -> dict[str, ReplyValue]:
         """The shell's counters, for the ng ``statistics`` reply."""
         accounting = self.accounting
