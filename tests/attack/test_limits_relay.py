@@ -4,6 +4,7 @@ open-file limit. Each attack replayed on a real relay on loopback."""
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import stat
 from pathlib import Path
@@ -60,7 +61,12 @@ def test_mediaproxy_socket_is_not_world_writable(tmp_path: Path) -> None:
         async with relay(mediaproxy_socket=str(path), mediaproxy_socket_mode="0600"):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
-    run(main)
+    # Under umask 0 too (the file is created with its mode, not chmod-ed after the fact).
+    previous = os.umask(0)
+    try:
+        run(main)
+    finally:
+        os.umask(previous)
 
 
 def test_mediaproxy_connections_are_capped(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import socket
 import time
@@ -274,10 +275,21 @@ class RelayService:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.is_socket():
                 _remove_stale_socket(path)
-            self._unix = await asyncio.start_unix_server(self._on_mediaproxy_client, path=path)
             # Local control: the proxy runs as its own user, which must share the relay's group
             # (0660 by default); any other local user must not create and delete calls.
-            path.chmod(self.config.socket_mode)
+            mode = self.config.socket_mode
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                # Linux creates the socket file with the socket inode's mode (less the umask):
+                # set before bind, the file never exists with wider permissions, not even for
+                # the moment before the chmod below (which other systems need).
+                os.fchmod(sock.fileno(), mode)
+                sock.bind(str(path))
+                path.chmod(mode)
+                self._unix = await asyncio.start_unix_server(self._on_mediaproxy_client, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
             self._unix_path = path
         except OSError as error:
             # Typically an ordinary user (make run) who may not create /run/mediaproxy: the ng
