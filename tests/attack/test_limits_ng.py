@@ -284,3 +284,28 @@ def test_reply_cache_is_bounded_in_bytes() -> None:
         protocol.reply(outcome, {"result": "ok", "pad": "x" * 10_000}, 0.0)
         assert protocol.cached_bytes <= 100_000
     assert 5 <= protocol.cached_replies <= 10
+
+
+def test_calls_without_ports_are_capped() -> None:
+    """Offers whose streams are all rejected (port 0) hold no port, so the port pool does not
+    bound them: 5,000 such calls were accepted and kept until their offer timeout."""
+    rejected = (
+        b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        b"m=audio 0 RTP/AVP 8\r\n"
+    )
+
+    async def main() -> None:
+        async with relay(max_calls=50) as service:
+            client = NgClient(service.ng_address)
+            results = []
+            for number in range(200):
+                reply = await client.request(offer(rejected, f"empty{number}"))
+                results.append(reply[b"result"])
+            assert results.count(b"ok") == 50
+            assert service.engine.call_count == 50
+            assert service.counters.events["error.too_many_calls"] == 150
+            # A call in progress may still re-offer.
+            reply = await client.request(offer(rejected, "empty0"))
+            assert reply[b"result"] == b"ok"
+
+    run(main)

@@ -127,3 +127,22 @@ def test_limits_can_be_reloaded_without_a_restart() -> None:
             assert b"too many media streams" in reply[b"error-reason"]  # type: ignore[operator]
 
     run(main)
+
+
+def test_mediaproxy_calls_are_capped(tmp_path: Path) -> None:
+    path = tmp_path / "dispatcher.sock"
+
+    async def main() -> None:
+        async with relay(mediaproxy_socket=str(path), max_calls=5) as service:
+            replies = [
+                await mediaproxy_command(
+                    path,
+                    f"update\ntype: request\ncall_id: c{n}\nfrom_tag: a\n"
+                    f"media: audio:{HOST}:0:inactive\n",
+                )
+                for n in range(8)
+            ]
+            assert replies.count(b"error\r\n") == 3
+            assert service.mediaproxy.counters.events["error.too_many_calls"] == 3
+
+    run(main)

@@ -377,6 +377,7 @@ ng_max_udp_reply = 65507              # larger replies: error-reason, use TCP
 ng_queue_max = 4096                   # UDP requests waiting; a flood beyond is dropped
 ng_cache_bytes = 67108864             # replies kept for retransmissions, in bytes
 max_streams_per_call = 32             # m-lines / MediaProxy streams per request
+max_calls = 10000                     # calls in progress; a new call beyond is refused
 mediaproxy_max_connections = 64
 mediaproxy_socket_mode = "0660"
 raise_fd_limit = true                 # raise RLIMIT_NOFILE to what the port range needs

@@ -117,9 +117,12 @@ class RelayService:
             self.protocol.counters,
             service_statistics=self._statistics,
             max_streams=self.config.max_streams_per_call,
+            max_calls=self.config.max_calls,
         )
         self.mediaproxy = MediaproxyHandler(
-            self.engine, max_streams=self.config.max_streams_per_call
+            self.engine,
+            max_streams=self.config.max_streams_per_call,
+            max_calls=self.config.max_calls,
         )
         #: Refusals and failures of the control listeners (``ng_tcp_too_many_connections``,
         #: ``ng_tcp_idle_timeout``, ``mediaproxy_too_many_connections``, ``internal_errors``...).
@@ -161,6 +164,7 @@ class RelayService:
                     "ng_max_udp_reply",
                     "ng_queue_max",
                     "max_streams_per_call",
+                    "max_calls",
                     "mediaproxy_max_connections",
                     "log_interval",
                 )
@@ -168,6 +172,7 @@ class RelayService:
         )
         self.handler.max_streams = config.max_streams_per_call
         self.mediaproxy.max_streams = config.max_streams_per_call
+        self.handler.max_calls = self.mediaproxy.max_calls = config.max_calls
         self._log_limiter.interval = config.log_interval
 
     def _statistics(self) -> dict[str, ReplyValue]:
