@@ -286,16 +286,17 @@ def test_reply_cache_is_bounded_in_bytes() -> None:
     assert 5 <= protocol.cached_replies <= 10
 
 
-def test_calls_without_ports_are_capped() -> None:
+def test_sessions_without_ports_are_capped() -> None:
     """Offers whose streams are all rejected (port 0) hold no port, so the port pool does not
-    bound them: 5,000 such calls were accepted and kept until their offer timeout."""
+    bound them: 5,000 such calls (or 3,000 legs of one call, by from-tag or via-branch) were
+    accepted and kept until their offer timeout."""
     rejected = (
         b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
         b"m=audio 0 RTP/AVP 8\r\n"
     )
 
     async def main() -> None:
-        async with relay(max_calls=50) as service:
+        async with relay(max_sessions=50) as service:
             client = NgClient(service.ng_address)
             results = []
             for number in range(200):
@@ -303,9 +304,12 @@ def test_calls_without_ports_are_capped() -> None:
                 results.append(reply[b"result"])
             assert results.count(b"ok") == 50
             assert service.engine.call_count == 50
-            assert service.counters.events["error.too_many_calls"] == 150
-            # A call in progress may still re-offer.
+            assert service.counters.events["error.too_many_sessions"] == 150
+            # A call in progress may still re-offer; it may not fork into new legs.
             reply = await client.request(offer(rejected, "empty0"))
             assert reply[b"result"] == b"ok"
+            forked = {**offer(rejected, "empty0"), "via-branch": "z9hG4bK-other"}
+            reply = await client.request(forked)
+            assert b"too many sessions" in reply[b"error-reason"]  # type: ignore[operator]
 
     run(main)

@@ -133,7 +133,7 @@ def test_mediaproxy_calls_are_capped(tmp_path: Path) -> None:
     path = tmp_path / "dispatcher.sock"
 
     async def main() -> None:
-        async with relay(mediaproxy_socket=str(path), max_calls=5) as service:
+        async with relay(mediaproxy_socket=str(path), max_sessions=5) as service:
             replies = [
                 await mediaproxy_command(
                     path,
@@ -143,6 +143,6 @@ def test_mediaproxy_calls_are_capped(tmp_path: Path) -> None:
                 for n in range(8)
             ]
             assert replies.count(b"error\r\n") == 3
-            assert service.mediaproxy.counters.events["error.too_many_calls"] == 3
+            assert service.mediaproxy.counters.events["error.too_many_sessions"] == 3
 
     run(main)

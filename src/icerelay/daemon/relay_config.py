@@ -116,9 +116,10 @@ class RelayServiceConfig(BaseModel):
     #: Media streams (m-lines, or MediaProxy ``media`` entries) one request may carry; each
     #: holds up to four relay ports.
     max_streams_per_call: int = Field(default=32, ge=1, le=1024)
-    #: Calls in progress at once; a new call beyond is refused. Ports bound the calls that
-    #: carry media, but a call whose streams are all rejected (port 0) holds only memory.
-    max_calls: int = Field(default=10_000, ge=1)
+    #: Sessions (call legs; a forked call has one per branch) in progress at once; an offer
+    #: opening one more is refused. Ports bound the sessions that carry media, but not those
+    #: whose streams are all rejected (port 0), nor the branches of one call.
+    max_sessions: int = Field(default=10_000, ge=1)
     #: Open MediaProxy dispatcher connections.
     mediaproxy_max_connections: int = Field(default=64, ge=1)
     #: Permissions of the MediaProxy socket file (octal text, e.g. "0660"): the proxy's user
@@ -204,4 +205,5 @@ class RelayServiceConfig(BaseModel):
             strict_source=self.strict_source,
             handover_after=self.handover_after or None,
             sip_source=self.sip_source,
+            max_sessions=self.max_sessions,
         )

@@ -117,12 +117,9 @@ class RelayService:
             self.protocol.counters,
             service_statistics=self._statistics,
             max_streams=self.config.max_streams_per_call,
-            max_calls=self.config.max_calls,
         )
         self.mediaproxy = MediaproxyHandler(
-            self.engine,
-            max_streams=self.config.max_streams_per_call,
-            max_calls=self.config.max_calls,
+            self.engine, max_streams=self.config.max_streams_per_call
         )
         #: Refusals and failures of the control listeners (``ng_tcp_too_many_connections``,
         #: ``ng_tcp_idle_timeout``, ``mediaproxy_too_many_connections``, ``internal_errors``...).
@@ -164,7 +161,7 @@ class RelayService:
                     "ng_max_udp_reply",
                     "ng_queue_max",
                     "max_streams_per_call",
-                    "max_calls",
+                    "max_sessions",
                     "mediaproxy_max_connections",
                     "log_interval",
                 )
@@ -172,7 +169,9 @@ class RelayService:
         )
         self.handler.max_streams = config.max_streams_per_call
         self.mediaproxy.max_streams = config.max_streams_per_call
-        self.handler.max_calls = self.mediaproxy.max_calls = config.max_calls
+        self.engine.config = dataclasses.replace(
+            self.engine.config, max_sessions=config.max_sessions
+        )
         self._log_limiter.interval = config.log_interval
 
     def _statistics(self) -> dict[str, ReplyValue]:

@@ -32,8 +32,6 @@ __all__ = ["MediaproxyHandler", "stream_offers"]
 
 #: Streams one ``update`` may list; each holds up to four relay ports.
 DEFAULT_MAX_STREAMS = 32
-#: Calls in progress at once (as ng's ``DEFAULT_MAX_CALLS``).
-DEFAULT_MAX_CALLS = 10_000
 
 
 class MediaproxyHandler:
@@ -42,8 +40,7 @@ class MediaproxyHandler:
     :param max_streams: entries one ``update``'s ``media`` may list (more: ``error``, nothing
         allocated, counted as ``error.too_many_streams``).
     :param counters: failures are counted there as ``error.<counter>`` (``malformed_command``,
-        ``too_many_streams``, ``too_many_calls``, ``relay``...) besides the total :attr:`errors`.
-    :param max_calls: calls in progress at once; an ``update`` of a new call beyond is refused.
+        ``too_many_streams``, ``too_many_sessions``, ``relay``...) besides the total :attr:`errors`.
     """
 
     def __init__(
@@ -52,11 +49,9 @@ class MediaproxyHandler:
         *,
         max_streams: int = DEFAULT_MAX_STREAMS,
         counters: Counters | None = None,
-        max_calls: int = DEFAULT_MAX_CALLS,
     ) -> None:
         self.engine = engine
         self.max_streams = max_streams
-        self.max_calls = max_calls
         self.counters = counters if counters is not None else Counters()
         self.errors = 0
         #: The last failure, for the shell to log (at a bounded rate): the module only reads
@@ -92,12 +87,6 @@ class MediaproxyHandler:
                 remote=True,
             )
         engine = self.engine
-        if engine.call_count >= self.max_calls and not engine.has_call(command.call_id):
-            raise ControlError(
-                f"too many calls in progress ({engine.call_count})",
-                counter="too_many_calls",
-                remote=True,
-            )
         offers = stream_offers(command)
         metadata = tuple(
             (key, value)

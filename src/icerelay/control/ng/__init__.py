@@ -25,13 +25,11 @@ from icerelay.control.ng.commands import (
 )
 from icerelay.control.ng.framing import NgStreamFramer
 from icerelay.control.ng.handler import (
-    DEFAULT_MAX_CALLS,
     DEFAULT_MAX_STREAMS,
     NgHandler,
     media_count,
     relay_options,
     reply_too_big,
-    too_many_calls,
 )
 from icerelay.control.ng.protocol import (
     KNOWN_COMMANDS,
@@ -46,7 +44,6 @@ from icerelay.control.ng.protocol import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_CALLS",
     "DEFAULT_MAX_STREAMS",
     "KNOWN_COMMANDS",
     "NG_PORT",
@@ -75,5 +72,4 @@ __all__ = [
     "parse_command",
     "relay_options",
     "reply_too_big",
-    "too_many_calls",
 ]

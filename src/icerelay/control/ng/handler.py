@@ -32,19 +32,7 @@ from icerelay.relay.sessions import (
     StreamRecord,
 )
 
-__all__ = [
-    "DEFAULT_MAX_CALLS",
-    "DEFAULT_MAX_STREAMS",
-    "NgHandler",
-    "media_count",
-    "relay_options",
-    "reply_too_big",
-    "too_many_calls",
-]
-
-#: Calls in progress at once. Ports bound the calls that have media, but an offer whose streams
-#: are all rejected (port 0) holds no port, only memory, until its offer timeout.
-DEFAULT_MAX_CALLS = 10_000
+__all__ = ["DEFAULT_MAX_STREAMS", "NgHandler", "media_count", "relay_options", "reply_too_big"]
 
 #: Media streams (m-lines) one offer or answer may carry: a video call has two or three, a
 #: telepresence room a dozen; without a bound one request holds four relay ports per m-line.
@@ -61,15 +49,6 @@ _REPLY_FIXED = 512
 def media_count(sdp: bytes) -> int:
     """How many m-lines ``sdp`` has (counted on the bytes, before any parsing)."""
     return sdp.count(b"\nm=") + sdp.startswith(b"m=")
-
-
-def too_many_calls(count: int) -> ControlError:
-    """The refusal of a new call when ``count`` calls, the limit, are in progress."""
-    return ControlError(
-        f"too many calls in progress ({count}): the relay takes no new call",
-        counter="too_many_calls",
-        remote=True,
-    )
 
 
 def reply_too_big(size: int, limit: int) -> ControlError:
@@ -112,8 +91,6 @@ class NgHandler:
         ``statistics``; failures are counted there too.
     :param max_streams: m-lines an offer or answer may carry (more: ``error-reason``, counted
         as ``error.too_many_streams``, nothing allocated).
-    :param max_calls: calls in progress at once; an offer of a new call beyond is refused
-        (``error.too_many_calls``).
     """
 
     def __init__(
@@ -124,12 +101,10 @@ class NgHandler:
         wall_offset: float = 0.0,
         service_statistics: Callable[[], Mapping[str, ReplyValue]] | None = None,
         max_streams: int = DEFAULT_MAX_STREAMS,
-        max_calls: int = DEFAULT_MAX_CALLS,
     ) -> None:
         self.engine = engine
         self.counters = counters
         self.max_streams = max_streams
-        self.max_calls = max_calls
         #: The shell's own counters (data plane, accounting, ...), reported by ``statistics``.
         self.service_statistics = service_statistics
         #: Added to the engine's (monotonic) times to give Unix times, which is what rtpengine
@@ -148,12 +123,6 @@ class NgHandler:
         try:
             if isinstance(command, Offer | Answer):
                 self._check_size(command.sdp, max_reply)
-            if (
-                isinstance(command, Offer)
-                and self.engine.call_count >= self.max_calls
-                and not self.engine.has_call(command.call_id)
-            ):
-                raise too_many_calls(self.engine.call_count)
             return self._dispatch(command, now)
         except IcerelayError as error:
             return error_reply(error, self.counters)
