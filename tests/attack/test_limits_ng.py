@@ -174,13 +174,13 @@ def test_too_many_streams_are_refused_before_allocating() -> None:
 
 
 def test_reply_too_big_for_udp_is_an_error_and_allocates_nothing() -> None:
-    """450 m-lines on 835a0e7: 1,816 ports held, no reply, no log line. (150 m-lines with
-    330 bytes of attributes each make a reply as big with fewer ports.)"""
+    """450 m-lines on 835a0e7: 1,816 ports held, no reply, no log line. (60 m-lines with
+    950 bytes of attributes each make a reply as big with fewer ports.)"""
 
     async def main() -> None:
-        async with relay(max_streams_per_call=1000, **port_range(800)) as service:
+        async with relay(max_streams_per_call=1000, **port_range(1200)) as service:
             client = NgClient(service.ng_address)
-            reply = await client.request(offer(sdp_with_media(150, pad=330)))
+            reply = await client.request(offer(sdp_with_media(60, pad=950)))
             assert reply[b"result"] == b"error"
             assert b"would not fit in one UDP datagram" in reply[b"error-reason"]  # type: ignore[operator]
             assert service.pool.in_use == 0
@@ -188,7 +188,7 @@ def test_reply_too_big_for_udp_is_an_error_and_allocates_nothing() -> None:
             assert service.counters.events["error.reply_too_big"] == 1
             # Over TCP the same offer is fine: a stream carries replies of any size.
             reader, writer = await asyncio.open_connection(*service.ng_address_tuple())
-            message = b"t_1 " + bencode.encode(offer(sdp_with_media(150, pad=330), "tcp"))
+            message = b"t_1 " + bencode.encode(offer(sdp_with_media(60, pad=950), "tcp"))
             writer.write(b"%d:%s" % (len(message), message))
             length = int((await asyncio.wait_for(reader.readuntil(b":"), 10))[:-1])
             data = await asyncio.wait_for(reader.readexactly(length), 10)
@@ -212,9 +212,9 @@ def test_reply_that_outgrows_the_estimate_is_rolled_back(monkeypatch: pytest.Mon
     monkeypatch.setattr(ng_handler, "_REPLY_FIXED", -(10**6))
 
     async def main() -> None:
-        async with relay(max_streams_per_call=1000, **port_range(800)) as service:
+        async with relay(max_streams_per_call=1000, **port_range(1200)) as service:
             client = NgClient(service.ng_address)
-            reply = await client.request(offer(sdp_with_media(150, pad=330)))
+            reply = await client.request(offer(sdp_with_media(60, pad=950)))
             assert reply[b"result"] == b"error"
             assert b"would not fit" in reply[b"error-reason"]  # type: ignore[operator]
             assert service.pool.in_use == 0
