@@ -27,7 +27,7 @@ from icerelay.relay.plans import Exchange, StreamOffer, is_unspecified
 from icerelay.relay.sessions import SessionEngine
 from icerelay.sdp import Direction
 
-__all__ = ["MediaproxyHandler", "stream_offers"]
+__all__ = ["DEFAULT_MAX_STREAMS", "MediaproxyHandler", "stream_offers"]
 
 
 #: Streams one ``update`` may list; each holds up to four relay ports.

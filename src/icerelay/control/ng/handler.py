@@ -39,7 +39,7 @@ __all__ = ["DEFAULT_MAX_STREAMS", "NgHandler", "media_count", "relay_options", "
 DEFAULT_MAX_STREAMS = 32
 
 # What a rewritten SDP may add per m-line (relay candidates, ICE credentials, a=rtcp) and once
-# (o=, c=, the reply's own keys): measured at 85-100 bytes per m-line. The margin makes the
+# (o=, c=, the reply's own keys): measured at 85-190 bytes per m-line. The margin makes the
 # estimate an upper bound in practice without refusing replies that would fit by much; a reply
 # that still outgrows it is rolled back by the shell.
 _REPLY_PER_STREAM = 256
