@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from icerelay.numbers import parse_port
+
 __all__ = ["Address", "Datagram", "split_host_port"]
 
 
@@ -78,6 +80,7 @@ def split_host_port(text: str, default_port: int | None = None) -> tuple[str, in
         if default_port is None:
             raise ValueError(f"missing port in {text!r}")
         return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise ValueError(f"invalid port {port_text!r} in {text!r}")
-    return host, int(port_text)
+    port = parse_port(port_text, allow_zero=True)
+    if port is None:
+        raise ValueError(f"invalid port {port_text[:20]!r} in {text[:200]!r}")
+    return host, port

@@ -39,6 +39,7 @@ from icerelay.ice.config import AgentConfig
 from icerelay.ice.events import ConnectionState, ConnectionStateChanged, Event
 from icerelay.ice.relay import TurnServer
 from icerelay.ice.signalling import default_candidate
+from icerelay.numbers import parse_uint
 from icerelay.sdp import Candidate as SdpCandidate
 from icerelay.sdp import SdpError
 
@@ -95,7 +96,7 @@ class Candidate:
             parsed.related_address,
             parsed.related_port,
             parsed.tcptype,
-            int(generation) if generation is not None and generation.isdigit() else None,
+            parse_uint(generation) if generation is not None else None,
         )
 
     @classmethod

@@ -7,8 +7,10 @@ stream into frames and hands each to a callback together with its :class:`Stream
 
 Hostile streams are bounded: a first byte that starts neither kind of frame closes the
 connection (a stream cannot be resynchronised); a connection idle for ``idle_timeout`` (including
-one that sent half a frame and stopped) is closed; at most ``max_connections`` are open; a peer
-that does not read its responses is cut off once ``max_write_buffer`` bytes are queued.
+one that sent half a frame and stopped) is closed; at most ``max_connections`` are open, and at
+most ``max_connections_per_source`` from one IP address (so one source cannot take them all and
+lock everyone else out); a peer that does not read its responses is cut off once
+``max_write_buffer`` bytes are queued.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import Counter
 from collections.abc import Callable
 from typing import cast
 
@@ -50,11 +53,18 @@ class StreamConnection(asyncio.Protocol):
         # uvloop's transports implement the interface without subclassing asyncio's classes.
         self._transport = cast(asyncio.Transport, transport)
         self.peer = from_sockaddr(self._transport.get_extra_info("peername"))
-        if len(self._server.connections) >= self._server.max_connections:
-            self._server.reject("too_many_connections", self.peer)
+        server = self._server
+        if len(server.connections) >= server.max_connections:
+            server.reject("too_many_connections", self.peer)
             self._transport.abort()
             return
-        self._server.connections.add(self)
+        per_source = server.max_connections_per_source
+        if per_source and server.per_source[self.peer.host] >= per_source:
+            server.reject("too_many_connections_per_source", self.peer)
+            self._transport.abort()
+            return
+        server.connections.add(self)
+        server.per_source[self.peer.host] += 1
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
         self._idle_handle = loop.call_later(self._server.idle_timeout, self._check_idle)
@@ -76,7 +86,13 @@ class StreamConnection(asyncio.Protocol):
             self._server.handler(frame, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
+        server = self._server
+        if self in server.connections:
+            server.connections.discard(self)
+            host = self.peer.host
+            server.per_source[host] -= 1
+            if server.per_source[host] <= 0:
+                del server.per_source[host]
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         self._transport = None
@@ -128,10 +144,15 @@ class StreamServer:
         max_connections: int = 1024,
         max_write_buffer: int = 256 * 1024,
         on_reject: RejectHandler | None = None,
+        max_connections_per_source: int = 0,
     ) -> None:
         self.handler = handler
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        #: 0: no limit per source IP address.
+        self.max_connections_per_source = max_connections_per_source
+        #: Open connections per source IP address.
+        self.per_source: Counter[str] = Counter()
         self.max_write_buffer = max_write_buffer
         self.connections: set[StreamConnection] = set()
         self.local_address = Address("0.0.0.0", 0)

@@ -122,6 +122,9 @@ class StunConfig(Section):
     """Seconds between two log lines about malformed input from the same source."""
     tcp_idle_timeout: float = Field(default=300.0, gt=0)
     max_tcp_connections: int = Field(default=1024, ge=1)
+    max_tcp_connections_per_source: int = Field(default=16, ge=1)
+    """Open TCP connections from one IP address: one source must not hold all
+    ``max_tcp_connections`` and lock everyone else out until they time out."""
 
     @model_validator(mode="after")
     def _check_alternate(self) -> StunConfig:
@@ -319,6 +322,7 @@ padding_limit = 1500
 log_interval = 60.0                   # seconds between log lines about one bad source
 tcp_idle_timeout = 300.0
 max_tcp_connections = 1024
+max_tcp_connections_per_source = 16
 
 [turn]                                # TURN server (RFC 8656); also answers Binding on its ports
 enabled = false
@@ -341,6 +345,7 @@ workers = 1                           # processes on SO_REUSEPORT listeners
 
 [turn.quotas]
 allocations_per_user = 100
+allocations_per_source = 300         # allocations from one client IP address (486 beyond)
 total_allocations = 10000
 permissions_per_allocation = 64
 channels_per_allocation = 64
@@ -365,6 +370,19 @@ strict_source = false                 # after latching, drop other sources (READ
 handover_after = 0.5                  # s the latched source is silent before a same-SSRC handover
 sip_source = false                    # true: media to the SIP source address, not the SDP's
 accounting = "sqlite:///var/lib/icerelay/sessions.sqlite3"   # or postgresql://...; "" = log only
+# limits: what one control client can make the relay hold (README, "Resource limits")
+ng_tcp_max_connections = 64
+ng_tcp_idle_timeout = 600.0           # 0: never close a silent ng TCP connection
+ng_tcp_max_message = 262144
+ng_max_udp_reply = 65507              # larger replies: error-reason, use TCP
+ng_queue_max = 4096                   # UDP requests waiting; a flood beyond is dropped
+ng_cache_bytes = 67108864             # replies kept for retransmissions, in bytes
+max_streams_per_call = 32             # m-lines / MediaProxy streams per request
+max_sessions = 10000                  # call legs in progress; a new one beyond is refused
+mediaproxy_max_connections = 64
+mediaproxy_socket_mode = "0660"
+raise_fd_limit = true                 # raise RLIMIT_NOFILE to what the port range needs
+log_interval = 10.0                   # seconds between two log lines of one kind of refusal
 
 [log]
 level = "info"                        # debug | info | warning | error

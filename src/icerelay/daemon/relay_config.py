@@ -98,11 +98,62 @@ class RelayServiceConfig(BaseModel):
     #: Replies kept for retransmitted ng requests.
     ng_cache_size: int = Field(default=10_000, ge=1)
     ng_cache_ttl: float = Field(default=30.0, gt=0)
+    #: Bytes the kept replies may take together (big offers, ``list`` over TCP).
+    ng_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=65_536)
+    #: ng UDP requests waiting for the worker; beyond it a flood is dropped (and counted)
+    #: rather than queued without end: the proxy retransmits.
+    ng_queue_max: int = Field(default=4096, ge=16)
+
+    # -- limits (issue 10): every resource a control client can make the relay hold ---------
+    #: Open ng TCP connections (one per proxy process in practice); more are closed at once.
+    ng_tcp_max_connections: int = Field(default=64, ge=1)
+    #: Seconds an ng TCP connection may stay silent (proxies that keep one open send a ping
+    #: now and then); 0 never closes them.
+    ng_tcp_idle_timeout: float = Field(default=600.0, ge=0)
+    #: Bytes one ng TCP message may take (and so what one connection may make the relay
+    #: buffer); UDP messages are bounded by the datagram.
+    ng_tcp_max_message: int = Field(default=256 * 1024, ge=4096, le=16 * 1024 * 1024)
+    #: The largest ng reply sent as one UDP datagram; a request whose reply would be larger is
+    #: refused (nothing allocated) with an error-reason that says to use TCP.
+    ng_max_udp_reply: int = Field(default=65_507, ge=1024, le=65_507)
+    #: Media streams (m-lines, or MediaProxy ``media`` entries) one request may carry; each
+    #: holds up to four relay ports.
+    max_streams_per_call: int = Field(default=32, ge=1, le=1024)
+    #: Sessions (call legs; a forked call has one per branch) in progress at once; an offer
+    #: opening one more is refused. Ports bound the sessions that carry media, but not those
+    #: whose streams are all rejected (port 0), nor the branches of one call.
+    max_sessions: int = Field(default=10_000, ge=1)
+    #: Open MediaProxy dispatcher connections.
+    mediaproxy_max_connections: int = Field(default=64, ge=1)
+    #: Permissions of the MediaProxy socket file (octal text, e.g. "0660"): the proxy's user
+    #: must share the relay's group; "0666" lets every local user drive the relay.
+    mediaproxy_socket_mode: str = "0660"
+    #: Raise the soft open-file limit (RLIMIT_NOFILE) at start to what the port range needs
+    #: (two sockets per pair, plus control connections); false keeps the inherited limit.
+    raise_fd_limit: bool = True
+    #: Seconds between two log lines of the same kind of refusal or internal error.
+    log_interval: float = Field(default=10.0, gt=0)
 
     @field_validator("ng_listen", mode="before")
     @classmethod
     def _parse_listen(cls, value: object) -> object:
         return _host_port(value)
+
+    @field_validator("mediaproxy_socket_mode")
+    @classmethod
+    def _check_mode(cls, value: str) -> str:
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise ValueError(f"mediaproxy_socket_mode {value!r} is not an octal mode") from None
+        if not 0 <= mode <= 0o777:
+            raise ValueError(f"mediaproxy_socket_mode {value!r} is not a permission mode")
+        return value
+
+    @property
+    def socket_mode(self) -> int:
+        """:attr:`mediaproxy_socket_mode` as a number."""
+        return int(self.mediaproxy_socket_mode, 8)
 
     @field_validator("accounting")
     @classmethod
@@ -157,4 +208,5 @@ class RelayServiceConfig(BaseModel):
             strict_source=self.strict_source,
             handover_after=self.handover_after or None,
             sip_source=self.sip_source,
+            max_sessions=self.max_sessions,
         )

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from icerelay import bencode
 from icerelay.aio.addresses import bound_socket
 from icerelay.aio.udp import UdpEndpoint
 from icerelay.control.mediaproxy import MediaproxyFramer, MediaproxyHandler
@@ -32,8 +34,10 @@ from icerelay.control.ng import (
     Offer,
     ReplyValue,
     error_reply,
+    reply_too_big,
 )
 from icerelay.daemon.accounting import AccountingStore, open_accounting
+from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.relay_config import (
     DEFAULT_ACCOUNTING,
     RelayServiceConfig,
@@ -54,6 +58,7 @@ from icerelay.relay.sessions import (
     TerminationReason,
 )
 from icerelay.stun import Address
+from icerelay.stun.ratelimit import LogLimiter
 
 __all__ = ["RecordSink", "RelayService"]
 
@@ -68,9 +73,14 @@ _BIND_ATTEMPTS = 3
 # Seconds a pair found held by another program stays out of circulation.
 _QUARANTINE = 300.0
 
-# A queued unit of work: the protocol ("ng" or "mediaproxy"), a control message and how to answer
-# it (None: nothing to answer), or a timer tick (None).
-_Work = tuple[str, bytes, Callable[[bytes | None], None]] | None
+# Descriptors beyond the relay ports and control connections (listeners, the accounting
+# database, logs, the event loop's own).
+_FD_MARGIN = 256
+
+# A queued unit of work: the protocol ("ng" or "mediaproxy"), a control message, how to answer
+# it (None: nothing to answer) and the largest reply the transport carries (None: any), or a
+# timer tick (None).
+_Work = tuple[str, bytes, Callable[[bytes | None], None], int | None] | None
 
 
 class RelayService:
@@ -98,12 +108,27 @@ class RelayService:
             self.config.engine_config(), self.pool, rng=rng, counters=self.dataplane.counters
         )
         self.protocol = NgProtocol(
-            cache_size=self.config.ng_cache_size, cache_ttl=self.config.ng_cache_ttl
+            cache_size=self.config.ng_cache_size,
+            cache_ttl=self.config.ng_cache_ttl,
+            cache_bytes=self.config.ng_cache_bytes,
         )
         self.handler = NgHandler(
-            self.engine, self.protocol.counters, service_statistics=self._statistics
+            self.engine,
+            self.protocol.counters,
+            service_statistics=self._statistics,
+            max_streams=self.config.max_streams_per_call,
         )
-        self.mediaproxy = MediaproxyHandler(self.engine)
+        self.mediaproxy = MediaproxyHandler(
+            self.engine, max_streams=self.config.max_streams_per_call
+        )
+        #: Refusals and failures of the control listeners (``ng_tcp_too_many_connections``,
+        #: ``ng_tcp_idle_timeout``, ``mediaproxy_too_many_connections``, ``internal_errors``...).
+        self.counters = self.protocol.counters
+        # One log line per kind of refusal or internal error per interval: a hostile client
+        # must not turn the log into a disk-filling attack.
+        self._log_limiter = LogLimiter(self.config.log_interval)
+        self._ng_clients = 0
+        self._mediaproxy_clients = 0
         self._records = records
         self.accounting: AccountingStore | None = None
         self._udp: UdpEndpoint | None = None
@@ -122,6 +147,33 @@ class RelayService:
         self._held: set[PortPair] = set()
         self.ports_quarantined = 0
 
+    def reload_limits(self, config: RelayServiceConfig) -> None:
+        """Apply the resource limits of ``config`` (for SIGHUP): they are read where they are
+        enforced, so new connections and requests follow them at once; connections over a
+        lowered cap are not cut. Listen addresses and the port range need a restart."""
+        self.config = self.config.model_copy(
+            update={
+                name: getattr(config, name)
+                for name in (
+                    "ng_tcp_max_connections",
+                    "ng_tcp_idle_timeout",
+                    "ng_tcp_max_message",
+                    "ng_max_udp_reply",
+                    "ng_queue_max",
+                    "max_streams_per_call",
+                    "max_sessions",
+                    "mediaproxy_max_connections",
+                    "log_interval",
+                )
+            }
+        )
+        self.handler.max_streams = config.max_streams_per_call
+        self.mediaproxy.max_streams = config.max_streams_per_call
+        self.engine.config = dataclasses.replace(
+            self.engine.config, max_sessions=config.max_sessions
+        )
+        self._log_limiter.interval = config.log_interval
+
     def _statistics(self) -> dict[str, ReplyValue]:
         """The shell's counters, for the ng ``statistics`` reply."""
         accounting = self.accounting
@@ -129,6 +181,7 @@ class RelayService:
             "forwardings_failed": self.install_failures,
             "ports_quarantined": len(self._quarantined),
             "mediaproxy_errors": self.mediaproxy.errors,
+            "ng_tcp_connections": self._ng_clients,
             "records_written": accounting.written if accounting is not None else 0,
             "records_failed": accounting.failed if accounting is not None else 0,
             "accounting": accounting.location if accounting is not None else "",
@@ -151,6 +204,18 @@ class RelayService:
         loop = asyncio.get_running_loop()
         self._wall_offset = time.time() - loop.time()
         self.handler.wall_offset = self._wall_offset
+        if self.config.raise_fd_limit:
+            # One socket per relay port (RTP and RTCP of every stream), plus the control
+            # connections: under the usual soft limit of 1024 the relay failed at call 251.
+            config = self.config
+            raise_fd_limit(
+                config.port_max - config.port_min + 1
+                + config.ng_tcp_max_connections
+                + config.mediaproxy_max_connections
+                + _FD_MARGIN,
+                logger,
+                "relay",
+            )
         # First, so that a store that cannot work at all (ConfigError) fails the start before
         # any socket is bound.
         self.accounting = await asyncio.to_thread(self._open_accounting)
@@ -214,10 +279,21 @@ class RelayService:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.is_socket():
                 _remove_stale_socket(path)
-            self._unix = await asyncio.start_unix_server(self._on_mediaproxy_client, path=path)
-            # Local control, like the ng port on 127.0.0.1: any local user may drive it (the
-            # proxy runs as its own user), nobody remote can.
-            path.chmod(0o666)
+            # Local control: the proxy runs as its own user, which must share the relay's group
+            # (0660 by default); any other local user must not create and delete calls.
+            mode = self.config.socket_mode
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                # Linux creates the socket file with the socket inode's mode (less the umask):
+                # set before bind, the file never exists with wider permissions, not even for
+                # the moment before the chmod below (which other systems need).
+                os.fchmod(sock.fileno(), mode)
+                sock.bind(str(path))
+                path.chmod(mode)
+                self._unix = await asyncio.start_unix_server(self._on_mediaproxy_client, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
             self._unix_path = path
         except OSError as error:
             # Typically an ordinary user (make run) who may not create /run/mediaproxy: the ng
@@ -272,56 +348,117 @@ class RelayService:
             if udp is not None and payload is not None:
                 udp.send(payload, source)
 
-        self._queue.put_nowait(("ng", data, reply))
+        if self._queue.qsize() >= self.config.ng_queue_max:
+            # A flood faster than the worker: drop, not queue without end (the proxy
+            # retransmits what mattered). Counted and logged at a bounded rate.
+            self._refuse("ng_queue_full", source)
+            return
+        self._queue.put_nowait(("ng", data, reply, self.config.ng_max_udp_reply))
+
+    def _refuse(self, counter: str, peer: object, detail: str = "") -> None:
+        """Count a refusal and log it at most once per interval per kind."""
+        self.counters.drop(counter)
+        self._log_limited("relay.refused", counter, reason=counter, peer=str(peer), detail=detail)
+
+    def _log_limited(
+        self,
+        event: str,
+        kind: str,
+        *,
+        exc_info: bool = False,
+        info: bool = False,
+        **extra: object,
+    ) -> None:
+        """Log ``event`` unless one of the same ``kind`` was logged less than
+        ``log_interval`` ago (the line then says how many were suppressed in between)."""
+        now = asyncio.get_running_loop().time()
+        suppressed = self._log_limiter.allow(kind, now)
+        if suppressed is None:
+            return
+        log = logger.error if exc_info else logger.info if info else logger.warning
+        log(event, exc_info=exc_info, extra={**extra, "suppressed": suppressed})
+
+    def _idle_timeout(self) -> float | None:
+        return self.config.ng_tcp_idle_timeout or None
 
     async def _on_tcp_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        framer = NgStreamFramer()
+        peer = writer.get_extra_info("peername")
+        if self._ng_clients >= self.config.ng_tcp_max_connections:
+            # Closed at once: a client that opens connections without end holds nothing.
+            writer.transport.abort()
+            self._refuse("ng_tcp_too_many_connections", peer)
+            return
+        self._ng_clients += 1
+        framer = NgStreamFramer(self.config.ng_tcp_max_message)
         loop = asyncio.get_running_loop()
-        async with self._stream_client(writer):
-            try:
-                while data := await reader.read(65536):
+        try:
+            async with self._stream_client(writer):
+                while True:
+                    try:
+                        async with asyncio.timeout(self._idle_timeout()):
+                            data = await reader.read(65536)
+                    except TimeoutError:
+                        self._refuse("ng_tcp_idle_timeout", peer)
+                        return
+                    if not data:
+                        return
                     try:
                         messages = framer.feed(data)
                     except ControlError as error:
-                        logger.warning("relay.ng_stream_error", extra={"reason": str(error)})
-                        break
+                        self._refuse("ng_tcp_unframable", peer, detail=str(error))
+                        return
                     for message, prefixed in messages:
                         done: asyncio.Future[bytes | None] = loop.create_future()
-                        self._queue.put_nowait(("ng", message, _resolver(done)))
+                        # A stream carries replies of any size.
+                        self._queue.put_nowait(("ng", message, _resolver(done), None))
                         payload = await done
                         if payload is None:
                             # Not even a cookie: the stream is out of step, nothing to answer.
                             return
                         writer.write(NgStreamFramer.frame(payload, prefixed))
-                        await writer.drain()
-            except (ConnectionError, asyncio.IncompleteReadError):
-                pass
+                        try:
+                            # A client that never reads its replies must not hold the
+                            # connection (and its slot) for ever.
+                            async with asyncio.timeout(self._idle_timeout()):
+                                await writer.drain()
+                        except TimeoutError:
+                            self._refuse("ng_tcp_idle_timeout", peer)
+                            return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._ng_clients -= 1
 
     async def _on_mediaproxy_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if self._mediaproxy_clients >= self.config.mediaproxy_max_connections:
+            writer.transport.abort()
+            self._refuse("mediaproxy_too_many_connections", "unix")
+            return
+        self._mediaproxy_clients += 1
         framer = MediaproxyFramer()
         loop = asyncio.get_running_loop()
-        async with self._stream_client(writer):
-            try:
+        try:
+            async with self._stream_client(writer):
                 while data := await reader.read(65536):
                     try:
                         commands = framer.feed(data)
                     except ControlError as error:
-                        logger.warning(
-                            "relay.mediaproxy_stream_error", extra={"reason": str(error)}
-                        )
+                        self._refuse("mediaproxy_unframable", "unix", detail=str(error))
                         break
                     for command in commands:
                         done: asyncio.Future[bytes | None] = loop.create_future()
-                        self._queue.put_nowait(("mediaproxy", command, _resolver(done)))
+                        self._queue.put_nowait(("mediaproxy", command, _resolver(done), None))
                         payload = await done
                         writer.write(payload if payload is not None else b"error\r\n")
                         await writer.drain()
-            except ConnectionError:
-                pass
+        except ConnectionError:
+            pass
+        finally:
+            self._mediaproxy_clients -= 1
 
     @contextlib.asynccontextmanager
     async def _stream_client(self, writer: asyncio.StreamWriter) -> AsyncIterator[None]:
@@ -349,19 +486,22 @@ class RelayService:
                     self.engine.handle_timer(asyncio.get_running_loop().time())
                     await self._apply_events()
                 else:
-                    protocol, data, reply = work
+                    protocol, data, reply, max_reply = work
                     if protocol == "ng":
-                        reply(await self._request(data))
+                        reply(await self._request(data, max_reply))
                     else:
                         reply(await self._mediaproxy_request(data))
             except Exception:
-                # A bug must not take the relay down with every call on it; it is logged loudly.
-                logger.exception("relay.worker_error")
+                # A bug must not take the relay down with every call on it; it is logged loudly,
+                # but at a bounded rate (a packet that triggers it may be sent in a loop).
+                self.counters.count("internal_errors")
+                self._log_limited("relay.worker_error", "worker_error", exc_info=True)
                 if work is not None:
                     work[2](None)
             self._wake.set()
 
-    async def _request(self, data: bytes) -> bytes | None:
+    async def _request(self, data: bytes, max_reply: int | None = None) -> bytes | None:
+        """Run one ng request; ``max_reply``: the most bytes the reply may take (UDP)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         outcome = self.protocol.receive(data, now)
@@ -369,18 +509,33 @@ class RelayService:
             return None
         if isinstance(outcome, NgImmediateReply):
             if outcome.reason is not None:
-                # A misbehaving client may send these at any rate: counted, logged at debug.
-                logger.debug("relay.ng_rejected", extra={"reason": outcome.reason})
+                # A misbehaving client may send these at any rate: counted (by the protocol),
+                # logged once per interval.
+                self._log_limited(
+                    "relay.ng_rejected", "ng_rejected", reason=outcome.reason[:200], info=True
+                )
+            if max_reply is not None and len(outcome.data) > max_reply:
+                # A reply cached for the same cookie sent over TCP, retransmitted over UDP:
+                # say so rather than send nothing.
+                cookie = outcome.data.partition(b" ")[0]
+                refusal = error_reply(reply_too_big(len(outcome.data), max_reply), self.counters)
+                return cookie + b" " + bencode.encode(refusal)
             return outcome.data
         self._release_quarantine(now)
         command = outcome.command
         fresh = isinstance(command, Offer) and not self.engine.has_call(command.call_id)
         for attempt in range(_BIND_ATTEMPTS):
             try:
-                result = self.handler.handle(command, now)
+                result = self.handler.handle(command, now, max_reply=max_reply)
             except Exception as error:
                 # A bug must cost one request, not the proxy's wait for an answer.
-                logger.exception("relay.ng_internal_error", extra={"command": outcome.name})
+                self.counters.count("internal_errors")
+                self._log_limited(
+                    "relay.ng_internal_error",
+                    f"ng_internal_error.{outcome.name}",
+                    exc_info=True,
+                    command=outcome.name,
+                )
                 result = error_reply(f"internal error: {type(error).__name__}")
             try:
                 await self._apply_events()
@@ -407,7 +562,36 @@ class RelayService:
                 if not fresh:
                     break
                 logger.info("relay.retry_ports", extra={"attempt": attempt + 1})
-        return self.protocol.reply(outcome, result, now)
+        if result.get("result") == "error":
+            # Refusals (too many streams, unknown call...) are the proxy's business, but an
+            # operator wants to see them: one line per command per interval.
+            self._log_limited(
+                "relay.ng_error",
+                f"ng_error.{outcome.name}",
+                command=outcome.name,
+                reason=str(result.get("error-reason", ""))[:200],
+                info=True,
+            )
+        payload = self.protocol.encode(outcome, result)
+        if max_reply is None or len(payload) <= max_reply:
+            return self.protocol.keep(outcome, payload, result.get("result") == "error", now)
+        # The estimate before allocating let it through, yet the reply does not fit: take back
+        # what a new call allocated and say why, instead of a reply the socket cannot send.
+        if fresh and isinstance(command, Offer):
+            with contextlib.suppress(RelayError):
+                self.engine.delete(
+                    command.call_id,
+                    now,
+                    from_tag=command.from_tag,
+                    delay=0,
+                    reason=TerminationReason.RELAY_FAILURE,
+                )
+            await self._apply_events(ignore_errors=True)
+        self._log_limited(
+            "relay.refused", "reply_too_big", reason="reply_too_big", size=len(payload)
+        )
+        refusal = error_reply(reply_too_big(len(payload), max_reply), self.counters)
+        return self.protocol.reply(outcome, refusal, now)
 
     def _quarantine(self, port: int, now: float) -> None:
         """Keep a pair another program holds out of circulation for a while."""
@@ -433,8 +617,19 @@ class RelayService:
         try:
             reply = self.mediaproxy.handle(data, now)
         except Exception:
-            logger.exception("relay.mediaproxy_internal_error")
+            self.counters.count("internal_errors")
+            self._log_limited(
+                "relay.mediaproxy_internal_error", "mediaproxy_internal_error", exc_info=True
+            )
             reply = b"error\r\n"
+        error = self.mediaproxy.last_error
+        if error is not None:
+            self.mediaproxy.last_error = None
+            self._log_limited(
+                "relay.mediaproxy_error",
+                f"mediaproxy.{error.counter or 'relay'}",
+                reason=str(error)[:200],
+            )
         try:
             await self._apply_events()
         except RelayError:

@@ -102,6 +102,7 @@ class StunService:
                 self._on_frame,
                 idle_timeout=self.config.tcp_idle_timeout,
                 max_connections=self.config.max_tcp_connections,
+                max_connections_per_source=self.config.max_tcp_connections_per_source,
                 on_reject=self._on_reject,
             )
             self._tcp.append(server)

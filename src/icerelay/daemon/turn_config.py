@@ -20,6 +20,7 @@ Example (TOML)::
     allow_peers = []                     # networks opened despite the default deny list
     [turn.quotas]
     allocations_per_user = 100
+    allocations_per_source = 300
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ class TurnQuotasConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     allocations_per_user: int = Field(default=100, ge=1)
+    #: Allocations from one client IP address (486 beyond); 0: unlimited.
+    allocations_per_source: int = Field(default=300, ge=0)
     total_allocations: int = Field(default=10000, ge=1)
     permissions_per_allocation: int = Field(default=64, ge=1)
     channels_per_allocation: int = Field(default=64, ge=1)
@@ -261,6 +264,11 @@ class TurnServerConfig(BaseModel):
         quotas = self.quotas.model_copy(
             update={
                 "allocations_per_user": share(self.quotas.allocations_per_user),
+                "allocations_per_source": (
+                    share(self.quotas.allocations_per_source)
+                    if self.quotas.allocations_per_source
+                    else 0
+                ),
                 "total_allocations": share(self.quotas.total_allocations),
             }
         )

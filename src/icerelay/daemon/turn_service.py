@@ -43,6 +43,7 @@ import time
 from typing import Any, cast
 
 from icerelay.aio.batch import BatchReader, Received
+from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.errors import ConfigError, TurnError
 from icerelay.turn.server.allocation import HostPort
@@ -99,29 +100,6 @@ _RECVERR_CMSGS = {(socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_
 _EXTENDED_ERR = struct.Struct("=IBBBBII")
 _SO_EE_ORIGIN_ICMP = 2
 _SO_EE_ORIGIN_ICMP6 = 3
-
-
-def _raise_fd_limit(needed: int) -> None:
-    """Raise the soft RLIMIT_NOFILE towards *needed*: one descriptor per relayed address (two
-    for a dual allocation) and per TCP client. With the usual soft limit of 1024, allocations
-    would otherwise fail with EMFILE (508) long before the configured quota."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        infinity = resource.RLIM_INFINITY
-        target = needed if hard == infinity else min(needed, hard)
-        if soft != infinity and soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-    except (ImportError, ValueError, OSError):
-        return
-    if soft != infinity and soft < needed:
-        logger.warning(
-            "turn open-file limit %d is below the %d the quotas may need; raise `ulimit -n`",
-            soft,
-            needed,
-        )
 
 
 def _tcp_listener(address: HostPort, reuse_port: bool) -> socket.socket:
@@ -309,7 +287,9 @@ class TurnService:
             )
         if not config.users and not config.auth_secrets:
             raise ConfigError("turn: no credentials: set users or auth_secrets")
-        _raise_fd_limit(config.quotas.total_allocations + config.max_tcp_connections + 256)
+        raise_fd_limit(
+            config.quotas.total_allocations + config.max_tcp_connections + 256, logger, "turn"
+        )
         multi = config.workers > 1
         if multi and any(port == 0 for _host, port in config.listen + config.tls_endpoints()):
             raise ConfigError("turn: workers > 1 needs fixed listening ports (not 0)")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from icerelay.endpoint.errors import RtpError
 from icerelay.endpoint.session import CODECS, Codec
 from icerelay.errors import SdpError
+from icerelay.numbers import parse_uint
 from icerelay.sdp import Candidate as SdpCandidate
 from icerelay.sdp import SessionDescription
 
@@ -229,10 +230,11 @@ def parse_remote(body: bytes, *, supported: tuple[Codec, ...] = (CODECS["PCMU"],
     codec: Codec | None = None
     telephone_event = None
     for fmt in audio.formats:
-        if not fmt.isdigit():
+        parsed = parse_uint(fmt, max_digits=3, maximum=127)
+        if parsed is None:
             continue
         name = audio.codec_name(fmt)
-        pt = int(fmt)
+        pt = parsed
         if name is not None and name.lower() == "telephone-event":
             telephone_event = telephone_event if telephone_event is not None else pt
             continue
@@ -254,8 +256,8 @@ def parse_remote(body: bytes, *, supported: tuple[Codec, ...] = (CODECS["PCMU"],
     credentials = audio.ice_credentials(sdp)
     ptime_attr = audio.get_attribute("ptime")
     ptime = None
-    if ptime_attr is not None and ptime_attr.value and ptime_attr.value.strip().isdigit():
-        ptime = int(ptime_attr.value.strip())
+    if ptime_attr is not None and ptime_attr.value:
+        ptime = parse_uint(ptime_attr.value.strip(), max_digits=5)
     remote_candidates = tuple((r.component, r.address, r.port)
                               for r in audio.remote_candidates)
     return RemoteMedia(

@@ -60,6 +60,7 @@ from pathlib import Path
 from icerelay.errors import ConfigError
 from icerelay.ice.config import AgentConfig
 from icerelay.ice.relay import TurnServer
+from icerelay.numbers import leading_int, parse_port
 
 STUN_PORT = 3478
 TURN_PORT = 3478
@@ -437,8 +438,8 @@ def _is_true(value: str) -> bool:
 
 def _atoi(value: str) -> int:
     """C ``atoi``: the leading (signed) digits, 0 when there are none."""
-    match = re.match(r"\s*([+-]?\d+)", value)
-    return int(match.group(1)) if match else 0
+    # ASCII digits only and bounded: a 5,000-digit value is no number (int() would raise).
+    return leading_int(value) or 0
 
 
 def _split_host_port(value: str) -> tuple[str, str | None]:
@@ -454,10 +455,7 @@ def _split_host_port(value: str) -> tuple[str, str | None]:
 
 
 def _parse_port(text: str | None) -> int | None:
-    if text is None or not text.strip().isdigit():
-        return None
-    port = int(text)
-    return port if 1 <= port <= 65535 else None
+    return None if text is None else parse_port(text.strip())
 
 
 def _read_stunaddr(value: str, warnings: list[str]) -> ServerAddress | None:

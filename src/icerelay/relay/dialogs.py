@@ -107,8 +107,11 @@ class Dialogs:
             if session.matches(from_tag, to_tag, via_branch)
         ]
 
-    def for_offer(self, ref: DialogRef, now: float, *, strict_source: bool) -> tuple[Session, int]:
-        """The session and side an offer belongs to; a new session if none fits."""
+    def for_offer(
+        self, ref: DialogRef, now: float, *, strict_source: bool, max_sessions: int | None = None
+    ) -> tuple[Session, int]:
+        """The session and side an offer belongs to; a new session if none fits (RelayError
+        when ``max_sessions`` are already open)."""
         sessions = self.calls.get(ref.call_id, [])
         tag, other = ref.from_tag, ref.to_tag
         if other is not None:
@@ -129,6 +132,12 @@ class Dialogs:
         for session in sessions:
             if session.tags[B] == tag and other is None and session.answered is not None:
                 return session, B
+        if max_sessions is not None and len(self.by_id) >= max_sessions:
+            raise RelayError(
+                f"too many sessions in progress ({len(self.by_id)}): no new one is opened",
+                counter="too_many_sessions",
+                remote=True,
+            )
         session = Session(
             id=self._next_id,
             call_id=ref.call_id,

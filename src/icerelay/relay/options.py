@@ -34,6 +34,11 @@ class RelayConfig:
     #: Default for requests that say neither trust-address nor SIP-source-address (rtpengine's
     #: ``--sip-source``): send media to where the signalling came from.
     sip_source: bool = False
+    #: Sessions (call legs: a forked call has one per branch) in progress at once; an offer
+    #: that would open one more is refused (RelayError, counter ``too_many_sessions``). Ports
+    #: bound the sessions that carry media, not those whose streams are all rejected (port 0),
+    #: nor the branches of one call. None: no limit.
+    max_sessions: int | None = None
 
     def advertised_address(self, family: int) -> str:
         """The address the SDP names for ``family``; RelayError if the relay has none."""

@@ -336,7 +336,10 @@ class SessionEngine:
         its failure undoes the request like the engine's own."""
         if exchange is Exchange.OFFER:
             session, side = self._dialogs.for_offer(
-                dialog, now, strict_source=self.config.strict_source
+                dialog,
+                now,
+                strict_source=self.config.strict_source,
+                max_sessions=self.config.max_sessions,
             )
             fresh = not session.streams
         else:

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from icerelay.errors import SdpError
+from icerelay.numbers import parse_uint
 from icerelay.sdp.attributes import STATIC_PAYLOAD_TYPES, Direction, Rtcp, RtpMap
 from icerelay.sdp.candidate import Candidate
 from icerelay.sdp.fields import Connection, MediaLine
@@ -128,9 +129,8 @@ class MediaDescription(Section):
                 return parse_at(line, RtpMap.parse, line.attribute_value or "")
         # Payload types are 0..127; the length bound also keeps int() away from a hostile
         # 5000-digit "format" (Python refuses to convert those with ValueError).
-        if len(wanted) <= 3 and wanted.isdigit() and wanted.isascii():
-            return STATIC_PAYLOAD_TYPES.get(int(wanted))
-        return None
+        number = parse_uint(wanted, max_digits=3)
+        return None if number is None else STATIC_PAYLOAD_TYPES.get(number)
 
     def codec_name(self, payload_type: int | str) -> str | None:
         """The encoding name for ``payload_type`` (``"PCMU"`` for 0 even without an rtpmap)."""

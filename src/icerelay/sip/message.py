@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from icerelay.numbers import parse_port, parse_uint
 from icerelay.sip.errors import SipError
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ class Headers:
 
 _URI = re.compile(
     r"^(?P<scheme>sips?|tel):(?:(?P<user>[^@;?:]*)(?::(?P<password>[^@;?]*))?@)?"
-    r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:;?]*)(?::(?P<port>\d+))?(?P<params>(?:;[^?]*)?)"
+    r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:;?]*)(?::(?P<port>[0-9]+))?(?P<params>(?:;[^?]*)?)"
     r"(?:\?(?P<headers>.*))?$"
 )
 
@@ -224,9 +225,11 @@ class SipUri:
         match = _URI.match(text.strip())
         if match is None or not match["host"]:
             raise SipError(f"not a SIP URI: {text!r}")
-        port = int(match["port"]) if match["port"] else None
-        if port is not None and not 0 < port < 65536:
-            raise SipError(f"bad port in SIP URI: {text!r}")
+        port = None
+        if match["port"]:
+            port = parse_port(match["port"])
+            if port is None:
+                raise SipError(f"bad port in SIP URI: {text[:200]!r}")
         host = match["host"]
         if host.startswith("["):
             host = host[1:-1]
@@ -354,9 +357,7 @@ class Via:
         """The ``rport`` value filled in by the server (RFC 3581); None if absent, empty or
         not a port number (a peer's garbage must not become our destination)."""
         value = self.param("rport")
-        if value and value.isdigit() and 0 < int(value) < 65536:
-            return int(value)
-        return None
+        return parse_port(value) if value else None
 
     def response_address(self, source: tuple[str, int] | None = None) -> tuple[str, int]:
         """Where a UDP response goes (RFC 3261 section 18.2.2, RFC 3581 section 4)."""
@@ -373,12 +374,10 @@ class Via:
 
 
 def _int(text: str, context: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise SipError(f"bad number {text!r} in {context!r}") from None
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise SipError(f"number out of range in {context!r}")
+    # ASCII digits only (int() would take '٣', '1_0' or '+1') and at most 10 of them.
+    value = parse_uint(text.strip(), max_digits=10, maximum=0xFFFFFFFF)
+    if value is None:
+        raise SipError(f"bad number {text[:40]!r} in {context[:200]!r}")
     return value
 
 

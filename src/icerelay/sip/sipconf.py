@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from icerelay.errors import ConfigError
+from icerelay.numbers import parse_port
 
 _SECTION = re.compile(r"^\[([^\]]+)\](?:\(([^)]*)\))?\s*$")
 _TRUE = frozenset({"yes", "true", "y", "t", "1", "on"})
@@ -63,7 +64,7 @@ class SipPeer:
     @property
     def port(self) -> int:
         text = self.get("port") or ""
-        return int(text) if text.isdigit() and 0 < int(text) < 65536 else 5060
+        return parse_port(text.strip()) or 5060
 
     @property
     def secret(self) -> str | None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
+from icerelay.numbers import is_ascii_digits
+
 _EIGHT_GROUPS = struct.Struct("!8H")
 _HEX = frozenset("0123456789abcdefABCDEF")
 #: Enough for every peer of a busy server; an attacker cycling addresses only evicts entries.
@@ -29,7 +31,7 @@ def _pack_ipv4(text: str) -> bytes:
         raise ValueError(f"not an IPv4 address: {text!r}")
     for part in parts:
         # inet_pton takes 1 to 3 ASCII digits, no leading zero, value at most 255.
-        if not (part.isascii() and part.isdigit()) or len(part) > 3 or part[0] == "0" != part:
+        if not is_ascii_digits(part, max_digits=3) or part[0] == "0" != part:
             raise ValueError(f"not an IPv4 address: {text!r}")
     return bytes(map(int, parts))  # raises ValueError above 255
 

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 
 from icerelay.errors import TurnError
+from icerelay.numbers import parse_uint
 
 #: coturn and the draft separate the timestamp from the user id with this character.
 SEPARATOR = ":"
@@ -55,9 +56,11 @@ def rest_api_expiry(username: str) -> int:
     head = username.split(SEPARATOR, 1)[0]
     # isdecimal() alone would accept non-ASCII digits, which int() then parses: refuse them,
     # since coturn reads only ASCII digits and both sides must agree on the expiry.
-    if not head or not head.isascii() or not head.isdecimal():
-        raise TurnError(f"REST API username has no timestamp: {username!r}")
-    return int(head)
+    # Bounded too: int() of thousands of digits raises ValueError, not TurnError.
+    expiry = parse_uint(head)
+    if expiry is None:
+        raise TurnError(f"REST API username has no timestamp: {username[:80]!r}")
+    return expiry
 
 
 def rest_api_username_expired(username: str, now: float) -> bool:

@@ -24,7 +24,7 @@ PACKAGE = SOURCE / "icerelay"
 
 #: Top-level packages (and modules) of icerelay by layer, bottom first.
 LAYERS: list[tuple[str, frozenset[str]]] = [
-    ("wire formats", frozenset({"errors", "net", "counters", "stun", "sdp", "bencode"})),
+    ("wire formats", frozenset({"errors", "net", "counters", "numbers", "stun", "sdp", "bencode"})),
     ("engines", frozenset({"ice", "turn", "relay", "control", "sip", "endpoint", "probe"})),
     # The simulator is a virtual world built from the engines; only commands and tests use it.
     ("simulator", frozenset({"netsim"})),

@@ -144,4 +144,4 @@ def test_statistics_report_the_protocol_counters() -> None:
     totals = statistics["totalstatistics"]
     assert isinstance(totals, dict)
     assert (totals["requests"], totals["retransmissions"], totals["errors"]) == (3, 1, 2)
-    assert totals["commands"] == {"ping": 1, "jump": 1, "delete": 1}
+    assert totals["commands"] == {"ping": 1, "unknown": 1, "delete": 1}

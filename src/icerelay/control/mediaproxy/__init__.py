@@ -17,9 +17,14 @@ from icerelay.control.mediaproxy.commands import (
     parse_command,
 )
 from icerelay.control.mediaproxy.framing import MAX_COMMAND, MediaproxyFramer
-from icerelay.control.mediaproxy.handler import MediaproxyHandler, stream_offers
+from icerelay.control.mediaproxy.handler import (
+    DEFAULT_MAX_STREAMS,
+    MediaproxyHandler,
+    stream_offers,
+)
 
 __all__ = [
+    "DEFAULT_MAX_STREAMS",
     "ERROR_REPLY",
     "MAX_COMMAND",
     "REMOVED_REPLY",

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from icerelay.errors import ControlError
+from icerelay.numbers import parse_port
 
 __all__ = [
     "ERROR_REPLY",
@@ -184,13 +185,18 @@ def _streams(text: str) -> tuple[MediaproxyStream, ...]:
             )
         port_text = fields.pop()
         address = ":".join(fields)
-        if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
-            raise ControlError(f"media stream {index}: port {port_text!r} is not a port number")
+        port = parse_port(port_text, allow_zero=True)
+        if port is None:
+            raise ControlError(
+                f"media stream {index}: port {port_text[:20]!r} is not a port number",
+                counter="malformed_command",
+                remote=True,
+            )
         try:
             address = str(ipaddress.ip_address(address))
         except ValueError:
             raise ControlError(f"media stream {index}: {address!r} is not an IP address") from None
-        streams.append(MediaproxyStream(media, address, int(port_text), direction, ice))
+        streams.append(MediaproxyStream(media, address, port, direction, ice))
     return tuple(streams)
 
 

@@ -11,27 +11,51 @@ MAX_COMMAND = 64 * 1024
 
 
 class MediaproxyFramer:
-    """Splits the byte stream of one connection into commands (each ends with an empty line)."""
+    """Splits the byte stream of one connection into commands (each ends with an empty line).
+
+    Linear in the bytes received however they are split: a search resumes where the last one
+    stopped (less the three bytes an end marker can straddle), and consumed commands are cut
+    off once per :meth:`feed`.
+    """
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        # Where the search for the end of the current command resumes.
+        self._scanned = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return the complete commands. ControlError: close the connection."""
-        self._buffer += data
+        buffer = self._buffer
+        buffer += data
         commands = []
+        start = 0
         while True:
-            # Both CRLF (what the module sends) and bare LF (people typing into socat) end lines.
-            ends = [
-                i for i in (self._buffer.find(b"\r\n\r\n"), self._buffer.find(b"\n\n")) if i >= 0
-            ]
-            if not ends:
+            # Both CRLF (what the module sends) and bare LF (people typing into socat) end
+            # lines; the earliest "\n\n" or "\n\r\n" is the empty line.
+            end = buffer.find(b"\n", max(start, self._scanned))
+            found = -1
+            while end >= 0:
+                if buffer.startswith(b"\n", end + 1):
+                    found, size = end, 2
+                    break
+                if buffer.startswith(b"\r\n", end + 1):
+                    found, size = end, 3
+                    break
+                if end + 2 >= len(buffer):
+                    break  # the marker may complete with the next bytes
+                end = buffer.find(b"\n", end + 1)
+            if found < 0:
+                # Resume at the last newline that could still start a marker.
+                self._scanned = end if end >= 0 else len(buffer)
                 break
-            end = min(ends)
-            size = 4 if self._buffer.startswith(b"\r\n\r\n", end) else 2
-            command, self._buffer = self._buffer[:end], self._buffer[end + size :]
+            command = bytes(buffer[start:found]).rstrip(b"\r")
+            start = found + size
+            self._scanned = start
             if command.strip():
                 commands.append(command)
-        if len(self._buffer) > MAX_COMMAND:
+        if start:
+            del buffer[:start]
+            self._scanned -= start
+        if len(buffer) > MAX_COMMAND:
             raise ControlError(f"command longer than {MAX_COMMAND} bytes without an empty line")
         return commands

@@ -19,6 +19,7 @@ from icerelay.control.mediaproxy.commands import (
     format_update_reply,
     parse_command,
 )
+from icerelay.counters import Counters
 from icerelay.errors import ControlError, IcerelayError
 from icerelay.relay.dialogs import DialogRef
 from icerelay.relay.options import RelayOptions
@@ -26,15 +27,36 @@ from icerelay.relay.plans import Exchange, StreamOffer, is_unspecified
 from icerelay.relay.sessions import SessionEngine
 from icerelay.sdp import Direction
 
-__all__ = ["MediaproxyHandler", "stream_offers"]
+__all__ = ["DEFAULT_MAX_STREAMS", "MediaproxyHandler", "stream_offers"]
+
+
+#: Streams one ``update`` may list; each holds up to four relay ports.
+DEFAULT_MAX_STREAMS = 32
 
 
 class MediaproxyHandler:
-    """Runs mediaproxy commands against a :class:`SessionEngine`; replies are the wire lines."""
+    """Runs mediaproxy commands against a :class:`SessionEngine`; replies are the wire lines.
 
-    def __init__(self, engine: SessionEngine) -> None:
+    :param max_streams: entries one ``update``'s ``media`` may list (more: ``error``, nothing
+        allocated, counted as ``error.too_many_streams``).
+    :param counters: failures are counted there as ``error.<counter>`` (``malformed_command``,
+        ``too_many_streams``, ``too_many_sessions``, ``relay``...) besides the total :attr:`errors`.
+    """
+
+    def __init__(
+        self,
+        engine: SessionEngine,
+        *,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        counters: Counters | None = None,
+    ) -> None:
         self.engine = engine
+        self.max_streams = max_streams
+        self.counters = counters if counters is not None else Counters()
         self.errors = 0
+        #: The last failure, for the shell to log (at a bounded rate): the module only reads
+        #: the word "error".
+        self.last_error: IcerelayError | None = None
 
     def handle(self, data: bytes, now: float) -> bytes:
         """Parse and run one command; the reply line (``\\r\\n`` included)."""
@@ -49,12 +71,22 @@ class MediaproxyHandler:
                 )
                 return REMOVED_REPLY
             return self._update(command, now)
-        except IcerelayError:
+        except IcerelayError as error:
             # The module reads only the word "error"; the reason is for our counters and log.
             self.errors += 1
+            default = "malformed_command" if isinstance(error, ControlError) else "relay"
+            self.counters.count(f"error.{error.counter or default}")
+            self.last_error = error
             return ERROR_REPLY
 
     def _update(self, command: MediaproxyUpdate, now: float) -> bytes:
+        if len(command.streams) > self.max_streams:
+            raise ControlError(
+                f"too many media streams: {len(command.streams)} (at most {self.max_streams})",
+                counter="too_many_streams",
+                remote=True,
+            )
+        engine = self.engine
         offers = stream_offers(command)
         metadata = tuple(
             (key, value)
@@ -65,7 +97,6 @@ class MediaproxyHandler:
             )
             if value
         )
-        engine = self.engine
         # Which party sent this SDP, and is it an offer or an answer? "request" comes from the
         # From party, "reply" from the To party; it answers when that party has an offer to
         # answer (a late offer puts the offer in the 200 OK and the answer in the ACK).

@@ -24,8 +24,15 @@ from icerelay.control.ng.commands import (
     parse_command,
 )
 from icerelay.control.ng.framing import NgStreamFramer
-from icerelay.control.ng.handler import NgHandler, relay_options
+from icerelay.control.ng.handler import (
+    DEFAULT_MAX_STREAMS,
+    NgHandler,
+    media_count,
+    relay_options,
+    reply_too_big,
+)
 from icerelay.control.ng.protocol import (
+    KNOWN_COMMANDS,
     NG_PORT,
     Encoding,
     NgDropped,
@@ -37,6 +44,8 @@ from icerelay.control.ng.protocol import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_STREAMS",
+    "KNOWN_COMMANDS",
     "NG_PORT",
     "Answer",
     "Command",
@@ -59,6 +68,8 @@ __all__ = [
     "Statistics",
     "command_counts",
     "error_reply",
+    "media_count",
     "parse_command",
     "relay_options",
+    "reply_too_big",
 ]

@@ -20,6 +20,7 @@ from typing import TypeAlias
 
 from icerelay import bencode
 from icerelay.errors import ControlError
+from icerelay.numbers import parse_uint
 from icerelay.relay.policy import IceMode, IcePriority
 
 __all__ = [
@@ -72,8 +73,15 @@ class NgFailure(StrEnum):
     UNKNOWN_COMMAND = "unknown_command"
 
 
+#: The longest ``error-reason``: messages quote the request, whose values can be as long as
+#: a datagram; an error reply must stay small (and fit in one datagram itself).
+MAX_REASON = 300
+
+
 def malformed(reason: str, failure: NgFailure = NgFailure.MALFORMED) -> ControlError:
     """The error for a request the proxy got wrong (its message is the ``error-reason``)."""
+    if len(reason) > MAX_REASON:
+        reason = reason[: MAX_REASON - 3] + "..."
     return ControlError(reason, counter=failure, remote=True)
 
 
@@ -256,9 +264,10 @@ def _integer(message: Message, key: str, minimum: int, maximum: int) -> int | No
     if isinstance(value, bytes):
         # Kamailio passes generic key=value flags through as strings ("delete-delay=5").
         text = decode_text(value, f"'{key}'")
-        if not text.isascii() or not text.isdigit():
+        parsed = parse_uint(text)
+        if parsed is None:
             raise malformed(f"'{key}' must be an integer, got {text[:40]!r}")
-        number = int(text[:20])
+        number = parsed
     elif isinstance(value, int):
         number = value
     else:

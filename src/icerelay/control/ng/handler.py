@@ -23,7 +23,7 @@ from icerelay.control.ng.commands import (
 )
 from icerelay.control.ng.protocol import command_counts, error_reply
 from icerelay.counters import Counters
-from icerelay.errors import IcerelayError, RelayError
+from icerelay.errors import ControlError, IcerelayError, RelayError
 from icerelay.relay.sessions import (
     MediaRequest,
     RelayOptions,
@@ -32,7 +32,33 @@ from icerelay.relay.sessions import (
     StreamRecord,
 )
 
-__all__ = ["NgHandler", "relay_options"]
+__all__ = ["DEFAULT_MAX_STREAMS", "NgHandler", "media_count", "relay_options", "reply_too_big"]
+
+#: Media streams (m-lines) one offer or answer may carry: a video call has two or three, a
+#: telepresence room a dozen; without a bound one request holds four relay ports per m-line.
+DEFAULT_MAX_STREAMS = 32
+
+# What a rewritten SDP may add per m-line (relay candidates, ICE credentials, a=rtcp) and once
+# (o=, c=, the reply's own keys): measured at 85-190 bytes per m-line. The margin makes the
+# estimate an upper bound in practice without refusing replies that would fit by much; a reply
+# that still outgrows it is rolled back by the shell.
+_REPLY_PER_STREAM = 256
+_REPLY_FIXED = 512
+
+
+def media_count(sdp: bytes) -> int:
+    """How many m-lines ``sdp`` has (counted on the bytes, before any parsing)."""
+    return sdp.count(b"\nm=") + sdp.startswith(b"m=")
+
+
+def reply_too_big(size: int, limit: int) -> ControlError:
+    """The refusal of a request whose reply would not fit in one datagram."""
+    return ControlError(
+        f"the reply ({size} bytes) would not fit in one UDP datagram of at most {limit} bytes:"
+        " use ng over TCP, or fewer media streams",
+        counter="reply_too_big",
+        remote=True,
+    )
 
 
 def relay_options(options: MediaOptions) -> RelayOptions:
@@ -63,6 +89,8 @@ class NgHandler:
 
     :param counters: the protocol's counters (:attr:`NgProtocol.counters`), reported by
         ``statistics``; failures are counted there too.
+    :param max_streams: m-lines an offer or answer may carry (more: ``error-reason``, counted
+        as ``error.too_many_streams``, nothing allocated).
     """
 
     def __init__(
@@ -72,9 +100,11 @@ class NgHandler:
         *,
         wall_offset: float = 0.0,
         service_statistics: Callable[[], Mapping[str, ReplyValue]] | None = None,
+        max_streams: int = DEFAULT_MAX_STREAMS,
     ) -> None:
         self.engine = engine
         self.counters = counters
+        self.max_streams = max_streams
         #: The shell's own counters (data plane, accounting, ...), reported by ``statistics``.
         self.service_statistics = service_statistics
         #: Added to the engine's (monotonic) times to give Unix times, which is what rtpengine
@@ -82,14 +112,33 @@ class NgHandler:
         self.wall_offset = wall_offset
         self._started: float | None = None
 
-    def handle(self, command: Command, now: float) -> Reply:
-        """The reply dictionary for ``command``; engine errors become ``error-reason``."""
+    def handle(self, command: Command, now: float, *, max_reply: int | None = None) -> Reply:
+        """The reply dictionary for ``command``; engine errors become ``error-reason``.
+
+        ``max_reply``: the most bytes the reply may take (one UDP datagram); an offer or answer
+        whose rewritten SDP could be larger is refused before anything is allocated.
+        """
         if self._started is None:
             self._started = now
         try:
+            if isinstance(command, Offer | Answer):
+                self._check_size(command.sdp, max_reply)
             return self._dispatch(command, now)
         except IcerelayError as error:
             return error_reply(error, self.counters)
+
+    def _check_size(self, sdp: bytes, max_reply: int | None) -> None:
+        streams = media_count(sdp)
+        if streams > self.max_streams:
+            raise ControlError(
+                f"too many media streams: {streams} (at most {self.max_streams} per call)",
+                counter="too_many_streams",
+                remote=True,
+            )
+        if max_reply is not None:
+            estimate = len(sdp) + _REPLY_FIXED + _REPLY_PER_STREAM * streams
+            if estimate > max_reply:
+                raise reply_too_big(estimate, max_reply)
 
     def _dispatch(self, command: Command, now: float) -> Reply:
         engine = self.engine

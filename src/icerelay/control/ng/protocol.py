@@ -26,8 +26,10 @@ Every failure, whether the request could not be parsed or the relay could not ca
 ``result: error`` with its message as ``error-reason``, and its ``counter`` is counted there.
 
 Counters (:class:`icerelay.counters.Counters`): events ``requests``, ``retransmissions``,
-``errors``, ``command.<name>`` per command (errors included) and ``error.<counter>`` per kind of
-failure; drops (nothing could be answered) by reason, ``no_cookie``.
+``errors``, ``command.<name>`` per command (errors included; only the commands of
+:data:`KNOWN_COMMANDS`, every other name counts as ``command.unknown`` so that a client cannot
+grow the table) and ``error.<counter>`` per kind of failure; drops (nothing could be answered) by
+reason, ``no_cookie``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from icerelay.counters import Counters
 from icerelay.errors import ControlError, IcerelayError
 
 __all__ = [
+    "KNOWN_COMMANDS",
     "NG_PORT",
     "Encoding",
     "NgDropped",
@@ -75,6 +78,34 @@ _COOKIE = re.compile(rb"[\x21-\x7e]{1,128}")
 
 # Counter names of the requests per command: "command.offer", ...
 _COMMAND = "command."
+
+#: The command names counted under their own name; rtpengine's other commands (``block dtmf``,
+#: ``play media``...) are refused as unknown but named here so that the counters say what
+#: proxies asked for. Anything else is counted as ``unknown``: names come from the network.
+KNOWN_COMMANDS = frozenset(
+    {
+        "ping",
+        "offer",
+        "answer",
+        "delete",
+        "query",
+        "list",
+        "statistics",
+        "start-recording",
+        "stop-recording",
+        "block-dtmf",
+        "unblock-dtmf",
+        "block-media",
+        "unblock-media",
+        "play-media",
+        "stop-media",
+        "play-dtmf",
+        "publish",
+        "subscribe-request",
+        "subscribe-answer",
+        "unsubscribe",
+    }
+)
 
 
 class Encoding(StrEnum):
@@ -146,6 +177,8 @@ class NgProtocol:
     :param cache_ttl: seconds a reply is kept. Kamailio gives up on a request after a few
         seconds; 30 s covers every proxy's retransmission window with a wide margin.
     :param counters: where to count (see the module's docstring); a fresh one by default.
+    :param cache_bytes: the most bytes the kept replies may take together (replies of big
+        offers or of ``list`` over TCP can be large; the oldest go first).
     """
 
     def __init__(
@@ -154,6 +187,7 @@ class NgProtocol:
         cache_size: int = 10_000,
         cache_ttl: float = 30.0,
         counters: Counters | None = None,
+        cache_bytes: int = 64 << 20,
     ) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
@@ -161,6 +195,8 @@ class NgProtocol:
             raise ValueError("cache_ttl must be positive")
         self.cache_size = cache_size
         self.cache_ttl = cache_ttl
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
         self.counters = counters if counters is not None else Counters()
         # cookie -> (expiry, reply bytes); insertion order is expiry order because the TTL is fixed.
         self._cache: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
@@ -185,10 +221,11 @@ class NgProtocol:
             name = command_name(message)
             command = parse_command(message)
         except ControlError as error:
-            counters.count(_COMMAND + name)
+            counters.count(_COMMAND + _counted(name))
             reason = str(error)
             reply = self._store(cookie, encoding, error_reply(error, counters), now)
             return NgImmediateReply(reply, retransmission=False, reason=reason)
+        name = _counted(name)
         counters.count(_COMMAND + name)
         return NgRequest(cookie, command, encoding, name)
 
@@ -196,16 +233,35 @@ class NgProtocol:
         """Encode the reply to ``request`` and keep it for retransmissions."""
         return self._store(request.cookie, request.encoding, result, now)
 
+    def encode(self, request: NgRequest, result: Mapping[str, ReplyValue]) -> bytes:
+        """The reply's bytes without keeping them: to check its size before committing to it
+        (then :meth:`keep` it, or answer an error through :meth:`reply` instead)."""
+        return request.cookie + b" " + _dump(result, request.encoding)
+
+    def keep(self, request: NgRequest, data: bytes, error: bool, now: float) -> bytes:
+        """Keep the reply :meth:`encode` made for retransmissions; ``error``: it is one."""
+        return self._remember(request.cookie, data, error, now)
+
     def _store(
         self, cookie: bytes, encoding: Encoding, result: Mapping[str, ReplyValue], now: float
     ) -> bytes:
-        if result.get("result") == "error":
-            self.counters.count("errors")
         data = cookie + b" " + _dump(result, encoding)
+        return self._remember(cookie, data, result.get("result") == "error", now)
+
+    def _remember(self, cookie: bytes, data: bytes, error: bool, now: float) -> bytes:
+        if error:
+            self.counters.count("errors")
+        previous = self._cache.get(cookie)
+        if previous is not None:
+            self._cached_bytes -= len(previous[1])
         self._cache[cookie] = (now + self.cache_ttl, data)
+        self._cached_bytes += len(data)
         self._cache.move_to_end(cookie)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        while len(self._cache) > 1 and (
+            len(self._cache) > self.cache_size or self._cached_bytes > self.cache_bytes
+        ):
+            _, (_, dropped) = self._cache.popitem(last=False)
+            self._cached_bytes -= len(dropped)
         return data
 
     def _expire(self, now: float) -> None:
@@ -213,12 +269,21 @@ class NgProtocol:
             cookie, (expiry, _) = next(iter(self._cache.items()))
             if expiry > now:
                 break
-            del self._cache[cookie]
+            self._cached_bytes -= len(self._cache.pop(cookie)[1])
 
     @property
     def cached_replies(self) -> int:
         """How many replies are currently kept."""
         return len(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        """How many bytes the kept replies take."""
+        return self._cached_bytes
+
+
+def _counted(name: str) -> str:
+    return name if name in KNOWN_COMMANDS else "unknown"
 
 
 # -- encoding --------------------------------------------------------------------------------------
@@ -261,12 +326,23 @@ def _from_json(value: object, depth: int) -> bencode.BencodeValue:
     if isinstance(value, int):
         return value
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return _utf8(value)
     if isinstance(value, list):
         return [_from_json(item, depth + 1) for item in value]
     if isinstance(value, dict):
-        return {key.encode("utf-8"): _from_json(item, depth + 1) for key, item in value.items()}
+        return {_utf8(key): _from_json(item, depth + 1) for key, item in value.items()}
     raise malformed(f"unexpected JSON value {value!r}")  # pragma: no cover - json gives no more
+
+
+def _utf8(text: str) -> bytes:
+    # json.loads accepts "\\ud800" (a lone surrogate), which no UTF-8 string can hold.
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise malformed(
+            "invalid JSON: a string holds a lone surrogate (not Unicode text)",
+            NgFailure.UNDECODABLE,
+        ) from None
 
 
 def _dump(result: Mapping[str, ReplyValue], encoding: Encoding) -> bytes:

@@ -20,6 +20,10 @@ class TurnQuotas:
     #: Reached beyond). For REST API credentials the user is the part after the timestamp, so a
     #: user cannot multiply the quota with fresh credentials.
     allocations_per_user: int = 100
+    #: Concurrent allocations from one client IP address, whatever the users (486 Allocation
+    #: Quota Reached beyond; 0: unlimited). Bounds what one host can take with many
+    #: credentials; the default leaves room for an office NAT full of WebRTC clients.
+    allocations_per_source: int = 300
     #: Concurrent allocations of the whole server (508 Insufficient Capacity beyond).
     total_allocations: int = 10000
     #: Peer IP addresses with a permission on one allocation (508 beyond).

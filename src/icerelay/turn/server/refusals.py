@@ -99,6 +99,12 @@ class AllocationQuotaReached(RequestRefused):
     COUNTER = "refused_user_quota"
 
 
+class SourceQuotaReached(AllocationQuotaReached):
+    """486: the client's IP address holds as many allocations as its quota allows."""
+
+    COUNTER = "refused_source_quota"
+
+
 class InsufficientCapacity(RequestRefused):
     """508: the server (or the allocation's permission/channel quota) is full."""
 

@@ -53,6 +53,7 @@ from icerelay.turn.server.refusals import (
     PeerAddressFamilyMismatch,
     PeerIsServer,
     RequestRefused,
+    SourceQuotaReached,
     UnauthenticatedBadRequest,
     UnknownAttributes,
     UnsupportedTransport,
@@ -319,6 +320,20 @@ class RequestHandler:
             if reservation is not None:
                 state.release_relay((reservation.relay_host, reservation.port))
             raise AllocationQuotaReached()
+        source = five_tuple[1][0]
+        per_source = quotas.allocations_per_source
+        if per_source and state.source_count(source) >= per_source:
+            if reservation is not None:
+                state.release_relay((reservation.relay_host, reservation.port))
+            suppressed = self._log_limiter.allow(("source_quota", source), now)
+            if suppressed is not None:
+                logger.warning(
+                    "turn.source_quota source=%s allocations=%d suppressed=%d",
+                    source,
+                    per_source,
+                    suppressed,
+                )
+            raise SourceQuotaReached()
 
         family = 4
         if reservation is not None:

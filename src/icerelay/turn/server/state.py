@@ -62,6 +62,7 @@ COUNTERS = (
     "refused_transport",
     "refused_address_family",
     "refused_user_quota",
+    "refused_source_quota",
     "refused_capacity",
     "refused_draining",
     "refused_reservation",
@@ -127,6 +128,8 @@ class ServerState:
         self.by_tuple: dict[FiveTuple, Allocation] = {}
         self.by_relay: dict[HostPort, Allocation] = {}
         self.per_user: dict[str, int] = {}
+        #: Allocations per client IP address (canonical text).
+        self.per_source: dict[str, int] = {}
         self.reservations: dict[bytes, Reservation] = {}
         self.expiry = ExpiryQueue()
         #: Datagrams for the wire; the facade hands the list out and starts a new one.
@@ -152,6 +155,18 @@ class ServerState:
             self.per_user[user] = count
         else:
             self.per_user.pop(user, None)
+
+    def source_count(self, host: str) -> int:
+        """Allocations the client IP address *host* holds."""
+        return self.per_source.get(canonical(host), 0)
+
+    def _add_source(self, host: str, delta: int) -> None:
+        host = canonical(host)
+        count = self.per_source.get(host, 0) + delta
+        if count > 0:
+            self.per_source[host] = count
+        else:
+            self.per_source.pop(host, None)
 
     # --- relayed addresses and reservations ---------------------------------------------
 
@@ -212,6 +227,7 @@ class ServerState:
         for relay in allocation.relays.values():
             self.by_relay[relay] = allocation
         self.add_user(allocation.quota_user, 1)
+        self._add_source(allocation.five_tuple[1][0], 1)
         self.schedule(allocation)
         self.counters["allocations_created"] += 1
 
@@ -230,6 +246,7 @@ class ServerState:
             self.by_relay.pop(relay, None)
             self.release_relay(relay)
         self.add_user(allocation.quota_user, -1)
+        self._add_source(allocation.five_tuple[1][0], -1)
         # Break references so that stale expiry entries do not keep much alive.
         allocation.permissions.clear()
         allocation.channels.clear()
