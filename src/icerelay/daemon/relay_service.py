@@ -375,6 +375,7 @@ class RelayService:
         self._release_quarantine(now)
         command = outcome.command
         fresh = isinstance(command, Offer) and not self.engine.has_call(command.call_id)
+        held: list[SessionRecord] = []
         for attempt in range(_BIND_ATTEMPTS):
             try:
                 result = self.handler.handle(command, now)
@@ -391,14 +392,18 @@ class RelayService:
                 if not isinstance(command, Offer | Answer):
                     break
                 # Media for this call cannot flow: end it instead of handing out dead ports.
-                with contextlib.suppress(RelayError):
-                    self.engine.delete(
-                        command.call_id,
-                        now,
-                        from_tag=command.from_tag,
-                        delay=0,
-                        reason=TerminationReason.RELAY_FAILURE,
-                    )
+                # A new call is tried again on other ports, so its record waits for the last
+                # attempt (one call, one record).
+                held = self.engine.discard(
+                    command.call_id,
+                    now,
+                    TerminationReason.RELAY_FAILURE,
+                    from_tag=command.from_tag,
+                )
+                if not fresh:
+                    for record in held:
+                        self.engine.account(record)
+                    held = []
                 await self._apply_events(ignore_errors=True)
                 self._release_quarantine(now)
                 result = error_reply(str(error))
@@ -407,6 +412,10 @@ class RelayService:
                 if not fresh:
                     break
                 logger.info("relay.retry_ports", extra={"attempt": attempt + 1})
+        if held and isinstance(command, Offer) and not self.engine.has_call(command.call_id):
+            # Every attempt failed: the call's one record is its last failure.
+            self.engine.account(held[-1])
+            await self._apply_events(ignore_errors=True)
         return self.protocol.reply(outcome, result, now)
 
     def _quarantine(self, port: int, now: float) -> None:

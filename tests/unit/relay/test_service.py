@@ -214,7 +214,9 @@ def test_media_timeout_ends_the_call() -> None:
                 await asyncio.sleep(0.05)
             (record,) = records
             assert record.reason is TerminationReason.NO_MEDIA
-            assert 0.25 <= record.duration <= 1.5
+            # No media at all: the call ended with its answer (the timeout is not talk time).
+            assert record.duration == 0.0
+            assert record.ended == record.answered
             assert service.pool.in_use == 0
         finally:
             await service.stop()
@@ -494,3 +496,35 @@ def test_unsupported_accounting_url_is_a_configuration_error() -> None:
 
     with pytest.raises(ValidationError, match="'mysql' is not supported"):
         RelayServiceConfig(accounting="mysql://localhost/x")
+
+
+def test_a_failed_offer_writes_one_relay_failure_record() -> None:
+    records: list[SessionRecord] = []
+
+    async def main() -> None:
+        settings = config()
+        # Four pairs, three with a port another program holds: a call takes two pairs, so each
+        # of the three attempts (the quarantine takes one bad pair out each time) fails.
+        small = settings.model_copy(update={"port_max": settings.port_min + 7})
+        blockers = []
+        for port in (small.port_min + 1, small.port_min + 3, small.port_min + 5):
+            blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            blocker.bind((HOST, port))
+            blockers.append(blocker)
+        service = RelayService(small, records=records.append)
+        await service.start()
+        client = NgClient(service.ng_address)
+        try:
+            reply = await client.request(
+                {"command": "offer", "call-id": "f", "from-tag": "a", "sdp": sdp_for(4000)}
+            )
+            assert reply[b"result"] == b"error", reply
+        finally:
+            client.sock.close()
+            await service.stop()
+            for blocker in blockers:
+                blocker.close()
+        assert service.engine.ended_by_reason[TerminationReason.RELAY_FAILURE] == 1
+
+    run(main)
+    assert [(r.call_id, r.reason) for r in records] == [("f", TerminationReason.RELAY_FAILURE)]
