@@ -16,7 +16,9 @@ import logging
 import random
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from icerelay.aio.addresses import bound_socket
@@ -33,7 +35,8 @@ from icerelay.control.ng import (
     ReplyValue,
     error_reply,
 )
-from icerelay.daemon.accounting import AccountingStore, open_accounting
+from icerelay.daemon.accounting import Accounting, PostgresTarget, SqliteTarget, open_target
+from icerelay.daemon.journal import Journal
 from icerelay.daemon.relay_config import (
     DEFAULT_ACCOUNTING,
     RelayServiceConfig,
@@ -42,11 +45,12 @@ from icerelay.daemon.relay_config import (
 from icerelay.dataplane import DataPlane
 from icerelay.dataplane.interface import PortUnavailable
 from icerelay.dataplane.userspace import UserspaceDataPlane
-from icerelay.errors import ControlError, RelayError
+from icerelay.errors import ConfigError, ControlError, RelayError
 from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.sessions import (
     ForwardingInstalled,
     ForwardingRemoved,
+    SessionDeleting,
     SessionEnded,
     SessionEngine,
     SessionRecord,
@@ -67,6 +71,28 @@ _BIND_ATTEMPTS = 3
 
 # Seconds a pair found held by another program stays out of circulation.
 _QUARANTINE = 300.0
+
+# What ``drain`` answers a new call with (ng ``error-reason``; mediaproxy says "error").
+DRAINING_REASON = "draining: this relay takes no new calls, try another"
+
+# Settings a reload (SIGHUP) cannot change on a running relay: sockets, port ranges, files.
+_RESTART_SETTINGS = frozenset(
+    {
+        "enabled",
+        "ng_listen",
+        "ng_tcp",
+        "address_ipv4",
+        "address_ipv6",
+        "advertised_ipv4",
+        "advertised_ipv6",
+        "port_min",
+        "port_max",
+        "mediaproxy_socket",
+        "state_dir",
+        "ng_cache_size",
+        "ng_cache_ttl",
+    }
+)
 
 # A queued unit of work: the protocol ("ng" or "mediaproxy"), a control message and how to answer
 # it (None: nothing to answer), or a timer tick (None).
@@ -95,7 +121,12 @@ class RelayService:
         rng = random.SystemRandom()
         self.pool = PortPool(self.config.port_min, self.config.port_max, rng=rng)
         self.engine = SessionEngine(
-            self.config.engine_config(), self.pool, rng=rng, counters=self.dataplane.counters
+            self.config.engine_config(),
+            self.pool,
+            rng=rng,
+            counters=self.dataplane.counters,
+            # Unique per process start: a record's id never repeats across restarts.
+            record_prefix=uuid.uuid4().hex[:16] + "-",
         )
         self.protocol = NgProtocol(
             cache_size=self.config.ng_cache_size, cache_ttl=self.config.ng_cache_ttl
@@ -105,7 +136,21 @@ class RelayService:
         )
         self.mediaproxy = MediaproxyHandler(self.engine)
         self._records = records
-        self.accounting: AccountingStore | None = None
+        #: The journal and its replayer (None when ``accounting`` is empty: log only).
+        self.accounting: Accounting | None = None
+        # Records (wall-clock times) not yet committed to the journal: ended sessions, and
+        # the record-to-be of sessions deleted with a grace period.
+        self._ended: list[SessionRecord] = []
+        self._deleting: list[SessionRecord] = []
+        # One thread for every journal write, so that they happen in the order they were made.
+        self._journal_executor: ThreadPoolExecutor | None = None
+        #: Journal commits that failed (the records are kept and committed with the next).
+        self.journal_errors = 0
+        #: SIGUSR1: no new calls; :meth:`wait_drained` returns when the last one has ended.
+        self.draining = False
+        self._drained = asyncio.Event()
+        #: New calls refused while draining.
+        self.refused_draining = 0
         self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.Server | None = None
         self._unix: asyncio.Server | None = None
@@ -129,9 +174,14 @@ class RelayService:
             "forwardings_failed": self.install_failures,
             "ports_quarantined": len(self._quarantined),
             "mediaproxy_errors": self.mediaproxy.errors,
-            "records_written": accounting.written if accounting is not None else 0,
-            "records_failed": accounting.failed if accounting is not None else 0,
+            "records_written": accounting.delivered if accounting is not None else 0,
+            "records_failed": accounting.failures if accounting is not None else 0,
+            "records_recovered": accounting.recovered if accounting is not None else 0,
+            "journal_errors": self.journal_errors,
             "accounting": accounting.location if accounting is not None else "",
+            "accounting_error": accounting.last_error if accounting is not None else "",
+            "draining": int(self.draining),
+            "refused_draining": self.refused_draining,
         }
 
     @property
@@ -154,6 +204,8 @@ class RelayService:
         # First, so that a store that cannot work at all (ConfigError) fails the start before
         # any socket is bound.
         self.accounting = await asyncio.to_thread(self._open_accounting)
+        if self.accounting is not None:
+            self._journal_executor = ThreadPoolExecutor(1, thread_name_prefix="relay-journal")
         listen = Address(*self.config.ng_listen)
         try:
             self._udp = await UdpEndpoint.open(listen, self._on_datagram)
@@ -166,9 +218,7 @@ class RelayService:
             if self._udp is not None:
                 self._udp.close()
                 self._udp = None
-            if self.accounting is not None:
-                await asyncio.to_thread(self.accounting.close)
-                self.accounting = None
+            await self._close_accounting()
             raise
         if self.config.mediaproxy_socket:
             await self._open_mediaproxy(Path(self.config.mediaproxy_socket))
@@ -176,6 +226,8 @@ class RelayService:
             asyncio.create_task(self._worker(), name="relay-worker"),
             asyncio.create_task(self._timer(), name="relay-timer"),
         ]
+        if self.accounting is not None:
+            self._tasks.append(asyncio.create_task(self._checkpointer(), name="relay-checkpoint"))
         logger.info(
             "relay.started",
             extra={
@@ -186,27 +238,59 @@ class RelayService:
             },
         )
 
-    def _open_accounting(self) -> AccountingStore | None:
-        """The configured store; as an ordinary user, the default falls back to the user's
-        state directory. Never fatal: without a store, records go to the log only."""
+    def _open_accounting(self) -> Accounting | None:
+        """The journal and the configured target (blocking). A target that cannot be reached
+        now is retried by the replayer (records wait in the journal); as an ordinary user, the
+        default SQLite path falls back to the user's state directory. A journal that cannot be
+        opened fails the start (ConfigError): records must not be silently dropped."""
         url = self.config.accounting
-        try:
-            return open_accounting(url)
-        except RelayError as error:
-            if url != DEFAULT_ACCOUNTING:
-                logger.warning("relay.accounting_disabled", extra={"reason": str(error)})
-                return None
+        target = open_target(url)
+        if target is None:
+            return None
+        problem = _connect(target)
+        if problem and url == DEFAULT_ACCOUNTING and not self.config.state_dir:
             fallback = user_state_accounting()
-            try:
-                store = open_accounting(fallback)
-            except RelayError as second:
-                logger.warning("relay.accounting_disabled", extra={"reason": str(second)})
-                return None
-            logger.info(
-                "relay.accounting_fallback",
-                extra={"wanted": url, "using": fallback, "reason": str(error)},
+            fallback_target = open_target(fallback)
+            assert fallback_target is not None
+            second = _connect(fallback_target)
+            if not second:
+                logger.info(
+                    "relay.accounting_fallback",
+                    extra={"wanted": url, "using": fallback, "reason": problem},
+                )
+                url, target, problem = fallback, fallback_target, ""
+            else:
+                problem = second
+        if problem:
+            logger.warning(
+                "relay.accounting_unreachable",
+                extra={
+                    "target": target.location,
+                    "reason": problem,
+                    "records": "kept in the journal and delivered when it is reachable",
+                },
             )
-            return store
+        journal = Journal(self.config.state_directory(url))
+        try:
+            accounting = Accounting(journal, target)
+        except Exception:
+            journal.close()
+            raise
+        if accounting.recovered:
+            logger.warning(
+                "relay.calls_recovered",
+                extra={"count": accounting.recovered, "journal": str(journal.path)},
+            )
+        return accounting
+
+    async def _close_accounting(self) -> None:
+        """Finish the journal writes, one last delivery attempt, close."""
+        executor, self._journal_executor = self._journal_executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, True)
+        accounting, self.accounting = self.accounting, None
+        if accounting is not None:
+            await asyncio.to_thread(accounting.close)
 
     async def _open_mediaproxy(self, path: Path) -> None:
         """Listen on MediaProxy's dispatcher socket; without the rights to, go on without it."""
@@ -256,12 +340,12 @@ class RelayService:
         loop = asyncio.get_running_loop()
         self.engine.shutdown(loop.time())
         await self._apply_events(ignore_errors=True)
+        await self._commit_journal()
         self._release_quarantine(loop.time(), everything=True)
         await self.dataplane.close()
-        if self.accounting is not None:
-            # Waits for the queued records: a graceful stop loses none.
-            await asyncio.to_thread(self.accounting.close)
-            self.accounting = None
+        # Every record is in the journal by now: a graceful stop loses none, and what the
+        # database does not take in time is delivered by the next start.
+        await self._close_accounting()
 
     # -- control input ------------------------------------------------------------------------
 
@@ -348,12 +432,17 @@ class RelayService:
                 if work is None:
                     self.engine.handle_timer(asyncio.get_running_loop().time())
                     await self._apply_events()
+                    await self._commit_journal()
                 else:
                     protocol, data, reply = work
                     if protocol == "ng":
-                        reply(await self._request(data))
+                        payload = await self._request(data)
                     else:
-                        reply(await self._mediaproxy_request(data))
+                        payload = await self._mediaproxy_request(data)
+                    # The records this request made are durable before the proxy hears back.
+                    await self._commit_journal()
+                    reply(payload)
+                self._check_drained()
             except Exception:
                 # A bug must not take the relay down with every call on it; it is logged loudly.
                 logger.exception("relay.worker_error")
@@ -375,6 +464,9 @@ class RelayService:
         self._release_quarantine(now)
         command = outcome.command
         fresh = isinstance(command, Offer) and not self.engine.has_call(command.call_id)
+        if fresh and self.draining:
+            self.refused_draining += 1
+            return self.protocol.reply(outcome, error_reply(DRAINING_REASON), now)
         held: list[SessionRecord] = []
         for attempt in range(_BIND_ATTEMPTS):
             try:
@@ -439,8 +531,15 @@ class RelayService:
 
     async def _mediaproxy_request(self, data: bytes) -> bytes:
         now = asyncio.get_running_loop().time()
+        before = set(self.engine.call_ids()) if self.draining else None
         try:
             reply = self.mediaproxy.handle(data, now)
+            if before is not None:
+                # MediaProxy's "update" does not say whether the call is new: undo a new one.
+                for call_id in set(self.engine.call_ids()) - before:
+                    self.engine.discard(call_id, now, TerminationReason.RELAY_FAILURE)
+                    self.refused_draining += 1
+                    reply = b"error\r\n"
         except Exception:
             logger.exception("relay.mediaproxy_internal_error")
             reply = b"error\r\n"
@@ -478,18 +577,23 @@ class RelayService:
                 )
             elif isinstance(event, SessionEnded):
                 self._session_ended(event.record)
+            elif isinstance(event, SessionDeleting):
+                self._deleting.append(self._wall(event.record))
         if failure is not None and not ignore_errors:
             raise failure
 
-    def _session_ended(self, record: SessionRecord) -> None:
+    def _wall(self, record: SessionRecord) -> SessionRecord:
+        """``record`` with wall-clock times (the engine runs on the loop's monotonic clock)."""
         offset = self._wall_offset
-        # The engine runs on the loop's monotonic clock; records carry wall-clock times.
-        record = dataclasses.replace(
+        return dataclasses.replace(
             record,
             created=record.created + offset,
             answered=None if record.answered is None else record.answered + offset,
             ended=record.ended + offset,
         )
+
+    def _session_ended(self, record: SessionRecord) -> None:
+        record = self._wall(record)
         logger.info(
             "relay.session_ended",
             extra={
@@ -504,12 +608,110 @@ class RelayService:
             },
         )
         if self.accounting is not None:
-            self.accounting.write(record)
+            self._ended.append(record)
         if self._records is not None:
             try:
                 self._records(record)
             except Exception:
                 logger.exception("relay.record_sink_failed")
+
+    # -- the journal --------------------------------------------------------------------------
+
+    async def _commit_journal(self) -> None:
+        """Commit the records made since the last commit (durably; the loop keeps running)."""
+        accounting, executor = self.accounting, self._journal_executor
+        if not (self._ended or self._deleting) or accounting is None or executor is None:
+            self._ended.clear()
+            self._deleting.clear()
+            return
+        ended, deleting = self._ended, self._deleting
+        self._ended, self._deleting = [], []
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor, accounting.journal.commit, ended, deleting)
+        except Exception:
+            # A full disk, say: keep them for the next commit (and the checkpoint has them).
+            self.journal_errors += 1
+            logger.exception("relay.journal_failed", extra={"records": len(ended)})
+            self._ended[:0] = ended
+            self._deleting[:0] = deleting
+            return
+        accounting.wake()
+
+    async def _checkpointer(self) -> None:
+        """Every ``checkpoint_interval``, write down each live call's record-if-we-died."""
+        loop = asyncio.get_running_loop()
+        last = 0
+        while True:
+            await asyncio.sleep(self.config.checkpoint_interval)
+            accounting, executor = self.accounting, self._journal_executor
+            if accounting is None or executor is None:
+                return
+            live = [self._wall(record) for record in self.engine.snapshot(loop.time())]
+            # Records made but not yet committed go in too, so that no moment exists when a
+            # call is in neither table.
+            live += self._ended + self._deleting
+            if not live and not last:
+                continue
+            try:
+                last = await loop.run_in_executor(executor, accounting.journal.checkpoint, live)
+            except Exception:
+                self.journal_errors += 1
+                logger.exception("relay.checkpoint_failed")
+
+    # -- reload and drain -----------------------------------------------------------------------
+
+    def reload(self, config: RelayServiceConfig) -> list[str]:
+        """Apply what can change on a running relay (timeouts, ICE policy, latching settings,
+        the accounting target...); live calls keep going. Returns one line per change, and one
+        per setting that needs a restart (left as it was)."""
+        old = self.config
+        changed = [
+            name
+            for name in type(config).model_fields
+            if getattr(old, name) != getattr(config, name)
+        ]
+        report = [f"relay.{name}: restart needed" for name in changed if name in _RESTART_SETTINGS]
+        kept = {name: getattr(old, name) for name in _RESTART_SETTINGS}
+        new = config.model_copy(update=kept)
+        if new.accounting != old.accounting:
+            if self.accounting is None or not new.accounting:
+                report.append("relay.accounting: restart needed (the journal opens at start)")
+                new = new.model_copy(update={"accounting": old.accounting})
+            else:
+                try:
+                    target = open_target(new.accounting)
+                except ConfigError as error:
+                    report.append(f"relay.accounting: kept ({error})")
+                    new = new.model_copy(update={"accounting": old.accounting})
+                else:
+                    self.accounting.set_target(target)
+        self.config = new
+        self.engine.config = new.engine_config()
+        report += [
+            f"relay.{name}: {getattr(old, name)!r} -> {getattr(new, name)!r}"
+            for name in changed
+            if name not in _RESTART_SETTINGS and getattr(old, name) != getattr(new, name)
+        ]
+        self._wake.set()  # timeouts may have moved
+        return report
+
+    def drain(self) -> None:
+        """Take no new calls (ng offers get :data:`DRAINING_REASON`); existing calls go on.
+        :meth:`wait_drained` returns when the last has ended."""
+        if not self.draining:
+            self.draining = True
+            logger.info("relay.draining", extra={"calls": self.engine.call_count})
+        self._check_drained()
+
+    async def wait_drained(self) -> None:
+        """Return once draining and no call is left."""
+        await self._drained.wait()
+
+    def _check_drained(self) -> None:
+        if self.draining and self.engine.session_count == 0 and not self._drained.is_set():
+            logger.info("relay.drained")
+            self._drained.set()
 
     # -- timers -------------------------------------------------------------------------------
 
@@ -528,6 +730,15 @@ class RelayService:
             self._queue.put_nowait(None)
             # Let the worker run the tick before computing the next deadline.
             await self._wake.wait()
+
+
+def _connect(target: SqliteTarget | PostgresTarget) -> str:
+    """Connect ``target`` now; "" or why it cannot be reached."""
+    try:
+        target.connect()
+    except RelayError as error:
+        return str(error)
+    return ""
 
 
 def _remove_stale_socket(path: Path) -> None:
