@@ -217,6 +217,32 @@ def test_1000_calls_while_postgresql_restarts(
     assert cluster.query("SELECT count(*) FROM sessions")[0] == (calls,)
 
 
+def test_postgresql_down_at_start_is_not_accounting_off(
+    cluster: Cluster, relays: list[Relay], tmp_path: Path
+) -> None:
+    cluster.stop()
+    relay = make_relay(relays, tmp_path / "relay", cluster.url)
+    relay.start()
+    with relay.client() as client:
+        for index in range(20):
+            call(client, f"early-{index}")
+            delete(client, f"early-{index}")
+    assert "relay.accounting_unreachable" in relay.log()
+    cluster.start()
+    import psycopg
+
+    deadline = time.monotonic() + 45
+    while True:
+        try:
+            if cluster.query("SELECT count(*) FROM sessions")[0] == (20,):
+                break
+        except psycopg.errors.UndefinedTable:
+            pass  # the relay has not reconnected (and created its tables) yet
+        assert time.monotonic() < deadline, relay.log()[-2000:]
+        time.sleep(0.1)
+    assert relay.stop() == 0
+
+
 # -- kill -9 ------------------------------------------------------------------------------------
 
 
