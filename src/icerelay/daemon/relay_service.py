@@ -94,6 +94,9 @@ _RESTART_SETTINGS = frozenset(
     }
 )
 
+# Calls snapshotted per turn of the event loop at a checkpoint (about 5 ms of work).
+_CHECKPOINT_SLICE = 200
+
 # A queued unit of work: the protocol ("ng" or "mediaproxy"), a control message and how to answer
 # it (None: nothing to answer), or a timer tick (None).
 _Work = tuple[str, bytes, Callable[[bytes | None], None]] | None
@@ -142,6 +145,16 @@ class RelayService:
         # the record-to-be of sessions deleted with a grace period.
         self._ended: list[SessionRecord] = []
         self._deleting: list[SessionRecord] = []
+        # Replies held until the records of their request are committed, and the records of
+        # the commit under way: one commit carries whatever accumulated meanwhile (group
+        # commit), so one fsync serves many deletes while the worker goes on.
+        self._replies: list[tuple[Callable[[bytes | None], None], bytes | None]] = []
+        self._committing: list[SessionRecord] = []
+        self._commit_wake = asyncio.Event()
+        # While a checkpoint is being collected (over several turns of the loop): what
+        # happened to sessions meanwhile, by record_id (their deleting record, or None once
+        # ended), so that the checkpoint never writes back a stale state.
+        self._checkpoint_touched: dict[str, SessionRecord | None] | None = None
         # One thread for every journal write, so that they happen in the order they were made.
         self._journal_executor: ThreadPoolExecutor | None = None
         #: Journal commits that failed (the records are kept and committed with the next).
@@ -228,6 +241,7 @@ class RelayService:
         ]
         if self.accounting is not None:
             self._tasks.append(asyncio.create_task(self._checkpointer(), name="relay-checkpoint"))
+            self._tasks.append(asyncio.create_task(self._committer(), name="relay-journal"))
         logger.info(
             "relay.started",
             extra={
@@ -432,16 +446,14 @@ class RelayService:
                 if work is None:
                     self.engine.handle_timer(asyncio.get_running_loop().time())
                     await self._apply_events()
-                    await self._commit_journal()
+                    self._hand_over(None, None)
                 else:
                     protocol, data, reply = work
                     if protocol == "ng":
                         payload = await self._request(data)
                     else:
                         payload = await self._mediaproxy_request(data)
-                    # The records this request made are durable before the proxy hears back.
-                    await self._commit_journal()
-                    reply(payload)
+                    self._hand_over(reply, payload)
                 self._check_drained()
             except Exception:
                 # A bug must not take the relay down with every call on it; it is logged loudly.
@@ -577,8 +589,13 @@ class RelayService:
                 )
             elif isinstance(event, SessionEnded):
                 self._session_ended(event.record)
+                if self._checkpoint_touched is not None:
+                    self._checkpoint_touched[event.record.record_id] = None
             elif isinstance(event, SessionDeleting):
-                self._deleting.append(self._wall(event.record))
+                deleting = self._wall(event.record)
+                self._deleting.append(deleting)
+                if self._checkpoint_touched is not None:
+                    self._checkpoint_touched[deleting.record_id] = deleting
         if failure is not None and not ignore_errors:
             raise failure
 
@@ -617,26 +634,56 @@ class RelayService:
 
     # -- the journal --------------------------------------------------------------------------
 
-    async def _commit_journal(self) -> None:
-        """Commit the records made since the last commit (durably; the loop keeps running)."""
-        accounting, executor = self.accounting, self._journal_executor
-        if not (self._ended or self._deleting) or accounting is None or executor is None:
+    def _hand_over(
+        self, reply: Callable[[bytes | None], None] | None, payload: bytes | None
+    ) -> None:
+        """Send ``payload`` now, or, when the request made records, once they are committed:
+        the records of a ``delete`` are durable before the proxy hears back."""
+        if self.accounting is None or self._journal_executor is None:
             self._ended.clear()
             self._deleting.clear()
+        elif self._ended or self._deleting:
+            if reply is not None:
+                self._replies.append((reply, payload))
+            self._commit_wake.set()
             return
-        ended, deleting = self._ended, self._deleting
-        self._ended, self._deleting = [], []
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(executor, accounting.journal.commit, ended, deleting)
-        except Exception:
-            # A full disk, say: keep them for the next commit (and the checkpoint has them).
-            self.journal_errors += 1
-            logger.exception("relay.journal_failed", extra={"records": len(ended)})
-            self._ended[:0] = ended
-            self._deleting[:0] = deleting
-            return
-        accounting.wake()
+        if reply is not None:
+            reply(payload)
+
+    async def _committer(self) -> None:
+        while True:
+            await self._commit_wake.wait()
+            self._commit_wake.clear()
+            await self._commit_journal()
+            self._check_drained()
+
+    async def _commit_journal(self) -> None:
+        """Commit the records made since the last commit (durably; the loop keeps running),
+        then send the replies that waited for them."""
+        accounting, executor = self.accounting, self._journal_executor
+        replies, self._replies = self._replies, []
+        if accounting is None or executor is None:
+            self._ended.clear()
+            self._deleting.clear()
+        elif self._ended or self._deleting:
+            ended, deleting = self._ended, self._deleting
+            self._ended, self._deleting = [], []
+            self._committing = ended + deleting
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(executor, accounting.journal.commit, ended, deleting)
+            except Exception:
+                # A full disk, say: keep them for the next commit (the checkpoint has them).
+                self.journal_errors += 1
+                logger.exception("relay.journal_failed", extra={"records": len(ended)})
+                self._ended[:0] = ended
+                self._deleting[:0] = deleting
+            else:
+                accounting.wake()
+            finally:
+                self._committing = []
+        for reply, payload in replies:
+            reply(payload)
 
     async def _checkpointer(self) -> None:
         """Every ``checkpoint_interval``, write down each live call's record-if-we-died."""
@@ -647,10 +694,31 @@ class RelayService:
             accounting, executor = self.accounting, self._journal_executor
             if accounting is None or executor is None:
                 return
-            live = [self._wall(record) for record in self.engine.snapshot(loop.time())]
+            # A slice of calls at a time, letting the loop relay packets in between: a
+            # snapshot costs tens of microseconds per call. Calls that end meanwhile are
+            # harmless: their live row is replaced by the next checkpoint, and a record is
+            # stored once whatever happens (record_id).
+            live: list[SessionRecord] = []
+            call_ids = self.engine.call_ids()
+            touched: dict[str, SessionRecord | None] = {}
+            self._checkpoint_touched = touched
+            try:
+                for start in range(0, len(call_ids), _CHECKPOINT_SLICE):
+                    if start:
+                        await asyncio.sleep(0)
+                    chunk = call_ids[start : start + _CHECKPOINT_SLICE]
+                    live += map(self._wall, self.engine.snapshot(loop.time(), chunk))
+            finally:
+                self._checkpoint_touched = None
+            if touched:
+                live = [
+                    record
+                    for record in (touched.get(r.record_id, r) for r in live)
+                    if record is not None
+                ]
             # Records made but not yet committed go in too, so that no moment exists when a
             # call is in neither table.
-            live += self._ended + self._deleting
+            live += self._committing + self._ended + self._deleting
             if not live and not last:
                 continue
             try:
@@ -709,7 +777,14 @@ class RelayService:
         await self._drained.wait()
 
     def _check_drained(self) -> None:
-        if self.draining and self.engine.session_count == 0 and not self._drained.is_set():
+        # Not before the last records are committed and their replies sent.
+        waiting = self._ended or self._deleting or self._replies or self._committing
+        if (
+            self.draining
+            and self.engine.session_count == 0
+            and not waiting
+            and not self._drained.is_set()
+        ):
             logger.info("relay.drained")
             self._drained.set()
 

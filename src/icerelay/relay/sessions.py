@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -295,13 +295,19 @@ class SessionEngine:
         for session in self._dialogs:
             self._end(session, TerminationReason.SHUTDOWN, now)
 
-    def snapshot(self, now: float) -> list[SessionRecord]:
-        """The record each live session would get if the relay died now: reason
-        ``interrupted`` (``deleted`` once deleted), with the counters as they are. A driver
-        checkpoints these so that a crash loses no call."""
-        return [
-            self._record(session, TerminationReason.INTERRUPTED, now) for session in self._dialogs
-        ]
+    def snapshot(
+        self, now: float, call_ids: Iterable[str] | None = None
+    ) -> list[SessionRecord]:
+        """The record each live session (of ``call_ids``, default all) would get if the relay
+        died now: reason ``interrupted`` (``deleted`` once deleted), with the counters as they
+        are. A driver checkpoints these so that a crash loses no call; with many calls it asks
+        for a slice at a time (unknown Call-IDs, calls ended meanwhile, are skipped)."""
+        if call_ids is None:
+            sessions: Iterable[Session] = self._dialogs
+        else:
+            calls = self._dialogs.calls
+            sessions = [s for call_id in call_ids for s in calls.get(call_id, ())]
+        return [self._record(session, TerminationReason.INTERRUPTED, now) for session in sessions]
 
     @property
     def session_count(self) -> int:
