@@ -528,3 +528,45 @@ def test_a_failed_offer_writes_one_relay_failure_record() -> None:
 
     run(main)
     assert [(r.call_id, r.reason) for r in records] == [("f", TerminationReason.RELAY_FAILURE)]
+
+
+def test_draining_refuses_new_mediaproxy_calls(tmp_path: Path) -> None:
+    records: list[SessionRecord] = []
+
+    async def main() -> None:
+        path = tmp_path / "dispatcher.sock"
+        # No grace period after "remove": draining waits for it (media still flows then).
+        settings = config(mediaproxy_socket=str(path), delete_delay=0)
+        service = RelayService(settings, records=records.append)
+        await service.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+
+            async def command(text: str) -> bytes:
+                writer.write(text.replace("\n", "\r\n").encode() + b"\r\n")
+                await writer.drain()
+                return await asyncio.wait_for(reader.readuntil(b"\r\n"), 2.0)
+
+            def update(call_id: str) -> str:
+                return (
+                    f"update\ntype: request\ncall_id: {call_id}\nfrom_tag: a\nto_tag: \n"
+                    f"media: audio:{HOST}:4000:sendrecv:ice=no\nsignaling_ip: {HOST}\n"
+                )
+
+            assert (await command(update("old"))).startswith(HOST.encode())
+            service.drain()
+            assert await command(update("new")) == b"error\r\n"
+            assert service.engine.call_ids() == ["old"]
+            assert service.refused_draining == 1
+            # The existing call goes on (a re-INVITE is answered) until it is removed.
+            assert (await command(update("old"))).startswith(HOST.encode())
+            assert not service._drained.is_set()
+            assert await command("remove\ncall_id: old\nfrom_tag: a\n") == b"removed\r\n"
+            await asyncio.wait_for(service.wait_drained(), 2)
+            writer.close()
+        finally:
+            await service.stop()
+
+    run(main)
+    # The refused call leaves no record; the drained one has its own.
+    assert [(r.call_id, r.reason) for r in records] == [("old", TerminationReason.DELETED)]
