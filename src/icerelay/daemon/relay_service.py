@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from icerelay.aio.addresses import bound_socket
@@ -35,13 +33,9 @@ from icerelay.control.ng import (
     ReplyValue,
     error_reply,
 )
-from icerelay.daemon.accounting import Accounting, PostgresTarget, SqliteTarget, open_target
-from icerelay.daemon.journal import Journal
-from icerelay.daemon.relay_config import (
-    DEFAULT_ACCOUNTING,
-    RelayServiceConfig,
-    user_state_accounting,
-)
+from icerelay.daemon.accounting import Accounting, open_target
+from icerelay.daemon.relay_config import RelayServiceConfig
+from icerelay.daemon.relay_records import RecordSink, RelayRecords
 from icerelay.dataplane import DataPlane
 from icerelay.dataplane.interface import PortUnavailable
 from icerelay.dataplane.userspace import UserspaceDataPlane
@@ -63,8 +57,6 @@ __all__ = ["RecordSink", "RelayService"]
 
 logger = logging.getLogger("icerelay.relay")
 
-#: Receives each session's accounting record when it ends (with wall-clock times).
-RecordSink = Callable[[SessionRecord], None]
 
 # Offers of new calls whose ports turn out to be taken by another program are retried this often.
 _BIND_ATTEMPTS = 3
@@ -93,9 +85,6 @@ _RESTART_SETTINGS = frozenset(
         "ng_cache_ttl",
     }
 )
-
-# Calls snapshotted per turn of the event loop at a checkpoint (about 5 ms of work).
-_CHECKPOINT_SLICE = 200
 
 # A queued unit of work: the protocol ("ng" or "mediaproxy"), a control message and how to answer
 # it (None: nothing to answer), or a timer tick (None).
@@ -138,27 +127,7 @@ class RelayService:
             self.engine, self.protocol.counters, service_statistics=self._statistics
         )
         self.mediaproxy = MediaproxyHandler(self.engine)
-        self._records = records
-        #: The journal and its replayer (None when ``accounting`` is empty: log only).
-        self.accounting: Accounting | None = None
-        # Records (wall-clock times) not yet committed to the journal: ended sessions, and
-        # the record-to-be of sessions deleted with a grace period.
-        self._ended: list[SessionRecord] = []
-        self._deleting: list[SessionRecord] = []
-        # Replies held until the records of their request are committed, and the records of
-        # the commit under way: one commit carries whatever accumulated meanwhile (group
-        # commit), so one fsync serves many deletes while the worker goes on.
-        self._replies: list[tuple[Callable[[bytes | None], None], bytes | None]] = []
-        self._committing: list[SessionRecord] = []
-        self._commit_wake = asyncio.Event()
-        # While a checkpoint is being collected (over several turns of the loop): what
-        # happened to sessions meanwhile, by record_id (their deleting record, or None once
-        # ended), so that the checkpoint never writes back a stale state.
-        self._checkpoint_touched: dict[str, SessionRecord | None] | None = None
-        # One thread for every journal write, so that they happen in the order they were made.
-        self._journal_executor: ThreadPoolExecutor | None = None
-        #: Journal commits that failed (the records are kept and committed with the next).
-        self.journal_errors = 0
+        self.records = RelayRecords(records)
         #: SIGUSR1: no new calls; :meth:`wait_drained` returns when the last one has ended.
         self.draining = False
         self._drained = asyncio.Event()
@@ -184,13 +153,13 @@ class RelayService:
         """The shell's counters, for the ng ``statistics`` reply."""
         accounting = self.accounting
         return {
+            "journal_errors": self.records.journal_errors,
             "forwardings_failed": self.install_failures,
             "ports_quarantined": len(self._quarantined),
             "mediaproxy_errors": self.mediaproxy.errors,
             "records_written": accounting.delivered if accounting is not None else 0,
             "records_failed": accounting.failures if accounting is not None else 0,
             "records_recovered": accounting.recovered if accounting is not None else 0,
-            "journal_errors": self.journal_errors,
             "accounting": accounting.location if accounting is not None else "",
             "accounting_error": accounting.last_error if accounting is not None else "",
             "draining": int(self.draining),
@@ -214,11 +183,10 @@ class RelayService:
         loop = asyncio.get_running_loop()
         self._wall_offset = time.time() - loop.time()
         self.handler.wall_offset = self._wall_offset
+        self.records.wall_offset = self._wall_offset
         # First, so that a store that cannot work at all (ConfigError) fails the start before
         # any socket is bound.
-        self.accounting = await asyncio.to_thread(self._open_accounting)
-        if self.accounting is not None:
-            self._journal_executor = ThreadPoolExecutor(1, thread_name_prefix="relay-journal")
+        await self.records.open(self.config)
         listen = Address(*self.config.ng_listen)
         try:
             self._udp = await UdpEndpoint.open(listen, self._on_datagram)
@@ -231,7 +199,7 @@ class RelayService:
             if self._udp is not None:
                 self._udp.close()
                 self._udp = None
-            await self._close_accounting()
+            await self.records.close()
             raise
         if self.config.mediaproxy_socket:
             await self._open_mediaproxy(Path(self.config.mediaproxy_socket))
@@ -239,9 +207,16 @@ class RelayService:
             asyncio.create_task(self._worker(), name="relay-worker"),
             asyncio.create_task(self._timer(), name="relay-timer"),
         ]
-        if self.accounting is not None:
-            self._tasks.append(asyncio.create_task(self._checkpointer(), name="relay-checkpoint"))
-            self._tasks.append(asyncio.create_task(self._committer(), name="relay-journal"))
+        if self.records.journaled:
+            interval = lambda: self.config.checkpoint_interval  # noqa: E731 - reloadable
+            self._tasks += [
+                asyncio.create_task(
+                    self.records.run_checkpointer(self.engine, interval), name="relay-checkpoint"
+                ),
+                asyncio.create_task(
+                    self.records.run_committer(self._check_drained), name="relay-journal"
+                ),
+            ]
         logger.info(
             "relay.started",
             extra={
@@ -252,59 +227,10 @@ class RelayService:
             },
         )
 
-    def _open_accounting(self) -> Accounting | None:
-        """The journal and the configured target (blocking). A target that cannot be reached
-        now is retried by the replayer (records wait in the journal); as an ordinary user, the
-        default SQLite path falls back to the user's state directory. A journal that cannot be
-        opened fails the start (ConfigError): records must not be silently dropped."""
-        url = self.config.accounting
-        target = open_target(url)
-        if target is None:
-            return None
-        problem = _connect(target)
-        if problem and url == DEFAULT_ACCOUNTING and not self.config.state_dir:
-            fallback = user_state_accounting()
-            fallback_target = open_target(fallback)
-            assert fallback_target is not None
-            second = _connect(fallback_target)
-            if not second:
-                logger.info(
-                    "relay.accounting_fallback",
-                    extra={"wanted": url, "using": fallback, "reason": problem},
-                )
-                url, target, problem = fallback, fallback_target, ""
-            else:
-                problem = second
-        if problem:
-            logger.warning(
-                "relay.accounting_unreachable",
-                extra={
-                    "target": target.location,
-                    "reason": problem,
-                    "records": "kept in the journal and delivered when it is reachable",
-                },
-            )
-        journal = Journal(self.config.state_directory(url))
-        try:
-            accounting = Accounting(journal, target)
-        except Exception:
-            journal.close()
-            raise
-        if accounting.recovered:
-            logger.warning(
-                "relay.calls_recovered",
-                extra={"count": accounting.recovered, "journal": str(journal.path)},
-            )
-        return accounting
-
-    async def _close_accounting(self) -> None:
-        """Finish the journal writes, one last delivery attempt, close."""
-        executor, self._journal_executor = self._journal_executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown, True)
-        accounting, self.accounting = self.accounting, None
-        if accounting is not None:
-            await asyncio.to_thread(accounting.close)
+    @property
+    def accounting(self) -> Accounting | None:
+        """The journal and its replayer (None when ``accounting`` is empty: log only)."""
+        return self.records.accounting
 
     async def _open_mediaproxy(self, path: Path) -> None:
         """Listen on MediaProxy's dispatcher socket; without the rights to, go on without it."""
@@ -354,12 +280,12 @@ class RelayService:
         loop = asyncio.get_running_loop()
         self.engine.shutdown(loop.time())
         await self._apply_events(ignore_errors=True)
-        await self._commit_journal()
+        await self.records.commit()
         self._release_quarantine(loop.time(), everything=True)
         await self.dataplane.close()
         # Every record is in the journal by now: a graceful stop loses none, and what the
         # database does not take in time is delivered by the next start.
-        await self._close_accounting()
+        await self.records.close()
 
     # -- control input ------------------------------------------------------------------------
 
@@ -446,14 +372,14 @@ class RelayService:
                 if work is None:
                     self.engine.handle_timer(asyncio.get_running_loop().time())
                     await self._apply_events()
-                    self._hand_over(None, None)
+                    self.records.hand_over(None, None)
                 else:
                     protocol, data, reply = work
                     if protocol == "ng":
                         payload = await self._request(data)
                     else:
                         payload = await self._mediaproxy_request(data)
-                    self._hand_over(reply, payload)
+                    self.records.hand_over(reply, payload)
                 self._check_drained()
             except Exception:
                 # A bug must not take the relay down with every call on it; it is logged loudly.
@@ -588,144 +514,11 @@ class RelayService:
                     },
                 )
             elif isinstance(event, SessionEnded):
-                self._session_ended(event.record)
-                if self._checkpoint_touched is not None:
-                    self._checkpoint_touched[event.record.record_id] = None
+                self.records.ended(event.record)
             elif isinstance(event, SessionDeleting):
-                deleting = self._wall(event.record)
-                self._deleting.append(deleting)
-                if self._checkpoint_touched is not None:
-                    self._checkpoint_touched[deleting.record_id] = deleting
+                self.records.deleting(event.record)
         if failure is not None and not ignore_errors:
             raise failure
-
-    def _wall(self, record: SessionRecord) -> SessionRecord:
-        """``record`` with wall-clock times (the engine runs on the loop's monotonic clock)."""
-        offset = self._wall_offset
-        return dataclasses.replace(
-            record,
-            created=record.created + offset,
-            answered=None if record.answered is None else record.answered + offset,
-            ended=record.ended + offset,
-        )
-
-    def _session_ended(self, record: SessionRecord) -> None:
-        record = self._wall(record)
-        logger.info(
-            "relay.session_ended",
-            extra={
-                "call_id": record.call_id,
-                "from_tag": record.from_tag,
-                "to_tag": record.to_tag or "",
-                "reason": str(record.reason),
-                "duration": round(record.duration, 3),
-                "packets": sum(
-                    s.packets_from_caller + s.packets_from_callee for s in record.streams
-                ),
-            },
-        )
-        if self.accounting is not None:
-            self._ended.append(record)
-        if self._records is not None:
-            try:
-                self._records(record)
-            except Exception:
-                logger.exception("relay.record_sink_failed")
-
-    # -- the journal --------------------------------------------------------------------------
-
-    def _hand_over(
-        self, reply: Callable[[bytes | None], None] | None, payload: bytes | None
-    ) -> None:
-        """Send ``payload`` now, or, when the request made records, once they are committed:
-        the records of a ``delete`` are durable before the proxy hears back."""
-        if self.accounting is None or self._journal_executor is None:
-            self._ended.clear()
-            self._deleting.clear()
-        elif self._ended or self._deleting:
-            if reply is not None:
-                self._replies.append((reply, payload))
-            self._commit_wake.set()
-            return
-        if reply is not None:
-            reply(payload)
-
-    async def _committer(self) -> None:
-        while True:
-            await self._commit_wake.wait()
-            self._commit_wake.clear()
-            await self._commit_journal()
-            self._check_drained()
-
-    async def _commit_journal(self) -> None:
-        """Commit the records made since the last commit (durably; the loop keeps running),
-        then send the replies that waited for them."""
-        accounting, executor = self.accounting, self._journal_executor
-        replies, self._replies = self._replies, []
-        if accounting is None or executor is None:
-            self._ended.clear()
-            self._deleting.clear()
-        elif self._ended or self._deleting:
-            ended, deleting = self._ended, self._deleting
-            self._ended, self._deleting = [], []
-            self._committing = ended + deleting
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(executor, accounting.journal.commit, ended, deleting)
-            except Exception:
-                # A full disk, say: keep them for the next commit (the checkpoint has them).
-                self.journal_errors += 1
-                logger.exception("relay.journal_failed", extra={"records": len(ended)})
-                self._ended[:0] = ended
-                self._deleting[:0] = deleting
-            else:
-                accounting.wake()
-            finally:
-                self._committing = []
-        for reply, payload in replies:
-            reply(payload)
-
-    async def _checkpointer(self) -> None:
-        """Every ``checkpoint_interval``, write down each live call's record-if-we-died."""
-        loop = asyncio.get_running_loop()
-        last = 0
-        while True:
-            await asyncio.sleep(self.config.checkpoint_interval)
-            accounting, executor = self.accounting, self._journal_executor
-            if accounting is None or executor is None:
-                return
-            # A slice of calls at a time, letting the loop relay packets in between: a
-            # snapshot costs tens of microseconds per call. Calls that end meanwhile are
-            # harmless: their live row is replaced by the next checkpoint, and a record is
-            # stored once whatever happens (record_id).
-            live: list[SessionRecord] = []
-            call_ids = self.engine.call_ids()
-            touched: dict[str, SessionRecord | None] = {}
-            self._checkpoint_touched = touched
-            try:
-                for start in range(0, len(call_ids), _CHECKPOINT_SLICE):
-                    if start:
-                        await asyncio.sleep(0)
-                    chunk = call_ids[start : start + _CHECKPOINT_SLICE]
-                    live += map(self._wall, self.engine.snapshot(loop.time(), chunk))
-            finally:
-                self._checkpoint_touched = None
-            if touched:
-                live = [
-                    record
-                    for record in (touched.get(r.record_id, r) for r in live)
-                    if record is not None
-                ]
-            # Records made but not yet committed go in too, so that no moment exists when a
-            # call is in neither table.
-            live += self._committing + self._ended + self._deleting
-            if not live and not last:
-                continue
-            try:
-                last = await loop.run_in_executor(executor, accounting.journal.checkpoint, live)
-            except Exception:
-                self.journal_errors += 1
-                logger.exception("relay.checkpoint_failed")
 
     # -- reload and drain -----------------------------------------------------------------------
 
@@ -743,7 +536,8 @@ class RelayService:
         kept = {name: getattr(old, name) for name in _RESTART_SETTINGS}
         new = config.model_copy(update=kept)
         if new.accounting != old.accounting:
-            if self.accounting is None or not new.accounting:
+            accounting = self.accounting
+            if accounting is None or not new.accounting:
                 report.append("relay.accounting: restart needed (the journal opens at start)")
                 new = new.model_copy(update={"accounting": old.accounting})
             else:
@@ -753,7 +547,7 @@ class RelayService:
                     report.append(f"relay.accounting: kept ({error})")
                     new = new.model_copy(update={"accounting": old.accounting})
                 else:
-                    self.accounting.set_target(target)
+                    accounting.set_target(target)
         self.config = new
         self.engine.config = new.engine_config()
         report += [
@@ -778,11 +572,10 @@ class RelayService:
 
     def _check_drained(self) -> None:
         # Not before the last records are committed and their replies sent.
-        waiting = self._ended or self._deleting or self._replies or self._committing
         if (
             self.draining
             and self.engine.session_count == 0
-            and not waiting
+            and not self.records.waiting
             and not self._drained.is_set()
         ):
             logger.info("relay.drained")
@@ -805,15 +598,6 @@ class RelayService:
             self._queue.put_nowait(None)
             # Let the worker run the tick before computing the next deadline.
             await self._wake.wait()
-
-
-def _connect(target: SqliteTarget | PostgresTarget) -> str:
-    """Connect ``target`` now; "" or why it cannot be reached."""
-    try:
-        target.connect()
-    except RelayError as error:
-        return str(error)
-    return ""
 
 
 def _remove_stale_socket(path: Path) -> None:

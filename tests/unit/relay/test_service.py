@@ -468,7 +468,7 @@ def test_start_failure_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_default_accounting_falls_back_to_the_user_state_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from icerelay.daemon import relay_service as service_module
+    from icerelay.daemon import relay_records as service_module
 
     # A default the user may not write (as /var/lib/icerelay is for anyone but root).
     blocker = tmp_path / "not-a-directory"
