@@ -263,7 +263,18 @@ class PostgresTarget:
             return
         psycopg = self._psycopg
         try:
-            connection = psycopg.connect(self.url, connect_timeout=_CONNECT_TIMEOUT)
+            # Keepalives and a TCP user timeout: a server that vanishes without a FIN (a
+            # host down, a partition) must fail the replayer's insert within a minute instead
+            # of leaving it waiting forever while records pile up in the journal.
+            connection = psycopg.connect(
+                self.url,
+                connect_timeout=_CONNECT_TIMEOUT,
+                keepalives=1,
+                keepalives_idle=15,
+                keepalives_interval=5,
+                keepalives_count=3,
+                tcp_user_timeout=30_000,
+            )
             with connection.transaction():
                 connection.execute(_POSTGRES_SCHEMA)
         except psycopg.Error as error:
