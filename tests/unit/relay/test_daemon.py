@@ -138,3 +138,37 @@ def test_default_config_builds_a_daemon() -> None:
     daemon = Daemon(Config())
     assert not daemon.draining
     assert [service.name for service in daemon.services] == ["stun", "relay"]
+
+
+def test_reload_switches_the_accounting_target(tmp_path: Path) -> None:
+    path = tmp_path / "icerelay.toml"
+    settings = relay_settings(tmp_path) | {"state_dir": str(tmp_path / "state")}
+    write_config(path, settings)
+    second = tmp_path / "second.sqlite3"
+
+    async def main() -> None:
+        daemon = Daemon(load_config(path=path), loader=lambda: load_config(path=path))
+        runner = asyncio.create_task(daemon.run())
+        while daemon.relay is None or daemon.relay._udp is None:
+            await asyncio.sleep(0.01)
+        client = NgClient(daemon.relay.ng_address)
+        try:
+            await call(client, "first")
+            await client.request({"command": "delete", "call-id": "first", "delete delay": 0})
+            write_config(path, settings | {"accounting": f"sqlite:{second}"})
+            assert "relay.accounting" in await daemon.reload()
+            await call(client, "second")
+            await client.request({"command": "delete", "call-id": "second", "delete delay": 0})
+        finally:
+            client.sock.close()
+            daemon.stop()
+            await runner
+
+    run(main)
+    rows = {
+        name: sqlite3.connect(db).execute("SELECT call_id FROM sessions").fetchall()
+        for name, db in (("first", tmp_path / "sessions.sqlite3"), ("second", second))
+    }
+    # Every record is in exactly one of them, and the one made after the reload in the new one.
+    assert sorted(rows["first"] + rows["second"]) == [("first",), ("second",)]
+    assert ("second",) in rows["second"]
