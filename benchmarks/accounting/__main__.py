@@ -87,7 +87,7 @@ async def checkpoint_cost(live: int, directory: Path) -> tuple[float, float]:
         await drive(service, live, delete=False)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        records = [service._wall(r) for r in service.engine.snapshot(loop.time())]
+        records = [service.records.wall(r) for r in service.engine.snapshot(loop.time())]
         snapshot = time.perf_counter() - started
         journal = Journal(directory / "checkpoint")
         started = time.perf_counter()
