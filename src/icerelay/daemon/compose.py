@@ -229,13 +229,26 @@ class Daemon:
                 applied["relay"] = relay.config
             else:
                 changes.append("relay: restart needed (enabled changed)")
-        for section in ("stun", "turn"):
-            if getattr(new, section) != getattr(old, section):
-                changes.append(f"{section}: restart needed")
+        if new.turn != old.turn:
+            changes.append(self._reload_turn(old, new, applied))
+        if new.stun != old.stun:
+            changes.append("stun: restart needed")
         self.config = old.model_copy(update=applied)
         summary = "; ".join(changes) or "no change"
         logger.info("serve.reloaded", extra={"changes": summary})
         return summary
+
+    def _reload_turn(self, old: Config, new: Config, applied: dict[str, object]) -> str:
+        """TURN quotas apply to new allocations at once (existing ones keep theirs); the other
+        TURN settings, and quotas spread over worker processes, need a restart."""
+        turn = self.turn
+        only_quotas = new.turn.model_copy(update={"quotas": old.turn.quotas}) == old.turn
+        if turn is None or not only_quotas or old.turn.workers != 1:
+            return "turn: restart needed"
+        turn.engine.state.quotas = new.turn.worker_share(0).settings().quotas
+        turn.config = new.turn
+        applied["turn"] = new.turn
+        return "turn.quotas: applied to new allocations"
 
     async def drain(self) -> None:
         """Put every service in drain mode (returns at once): new ng offers are refused with

@@ -172,3 +172,34 @@ def test_reload_switches_the_accounting_target(tmp_path: Path) -> None:
     # Every record is in exactly one of them, and the one made after the reload in the new one.
     assert sorted(rows["first"] + rows["second"]) == [("first",), ("second",)]
     assert ("second",) in rows["second"]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_reload_applies_turn_quotas(tmp_path: Path) -> None:
+    from tests.support.ports import free_port
+
+    path = tmp_path / "icerelay.toml"
+    base = (
+        "[stun]\nenabled = false\n\n[relay]\nenabled = false\n\n"
+        f'[turn]\nenabled = true\nlisten = ["127.0.0.1:{free_port()}"]\n'
+        'realm = "test"\nusers = {alice = "secret"}\n'
+        "relay_port_min = 27000\nrelay_port_max = 27099\n"
+    )
+    path.write_text(base)
+
+    async def main() -> None:
+        daemon = Daemon(load_config(path=path), loader=lambda: load_config(path=path))
+        runner = asyncio.create_task(daemon.run())
+        while daemon.turn is None or daemon.turn._engine is None:
+            await asyncio.sleep(0.01)
+        try:
+            path.write_text(base + "\n[turn.quotas]\ntotal_allocations = 7\n")
+            assert "turn.quotas: applied" in await daemon.reload()
+            assert daemon.turn.engine.state.quotas.total_allocations == 7
+            path.write_text(base.replace('realm = "test"', 'realm = "other"'))
+            assert "turn: restart needed" in await daemon.reload()
+        finally:
+            daemon.stop()
+            await runner
+
+    run(main)
