@@ -205,10 +205,16 @@ class RelayRecords:
 
     # -- commits ------------------------------------------------------------------------------
 
-    def hand_over(self, reply: Reply | None, payload: bytes | None) -> None:
+    def hand_over(
+        self, reply: Reply | None, payload: bytes | None, *, after_commits: bool = False
+    ) -> None:
         """Send ``payload`` now, or, when the request made records, once they are committed:
-        the records of a ``delete`` are durable before the proxy hears back."""
-        if self._ended or self._deleting:
+        the records of a ``delete`` are durable before the proxy hears back. ``after_commits``
+        (a retransmission answered from a cache) waits for any commit under way too."""
+        if after_commits and self.waiting and reply is not None:
+            self._replies.append((reply, payload))
+            self._commit_wake.set()
+        elif self._ended or self._deleting:
             if reply is not None:
                 self._replies.append((reply, payload))
             self._commit_wake.set()

@@ -133,6 +133,8 @@ class RelayService:
         self._drained = asyncio.Event()
         #: New calls refused while draining.
         self.refused_draining = 0
+        # The request the worker is on was answered from the ng reply cache.
+        self._retransmission = False
         self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.Server | None = None
         self._unix: asyncio.Server | None = None
@@ -375,11 +377,14 @@ class RelayService:
                     self.records.hand_over(None, None)
                 else:
                     protocol, data, reply = work
+                    self._retransmission = False
                     if protocol == "ng":
                         payload = await self._request(data)
                     else:
                         payload = await self._mediaproxy_request(data)
-                    self.records.hand_over(reply, payload)
+                    # A retransmitted delete answered from the cache must not overtake the
+                    # commit of its original's records.
+                    self.records.hand_over(reply, payload, after_commits=self._retransmission)
                 self._check_drained()
             except Exception:
                 # A bug must not take the relay down with every call on it; it is logged loudly.
@@ -395,6 +400,7 @@ class RelayService:
         if isinstance(outcome, NgDropped):
             return None
         if isinstance(outcome, NgImmediateReply):
+            self._retransmission = outcome.retransmission
             if outcome.reason is not None:
                 # A misbehaving client may send these at any rate: counted, logged at debug.
                 logger.debug("relay.ng_rejected", extra={"reason": outcome.reason})
