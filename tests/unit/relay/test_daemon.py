@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,11 +180,12 @@ def test_reload_applies_turn_quotas(tmp_path: Path) -> None:
     from tests.support.ports import free_port
 
     path = tmp_path / "icerelay.toml"
+    low = random.randrange(20000, 29000, 2)  # no relay port is bound: no allocation is made
     base = (
         "[stun]\nenabled = false\n\n[relay]\nenabled = false\n\n"
         f'[turn]\nenabled = true\nlisten = ["127.0.0.1:{free_port()}"]\n'
         'realm = "test"\nusers = {alice = "secret"}\n'
-        "relay_port_min = 27000\nrelay_port_max = 27099\n"
+        f"relay_port_min = {low}\nrelay_port_max = {low + 99}\n"
     )
     path.write_text(base)
 
