@@ -6,20 +6,14 @@ is kept and written once it is back), and that the relay service writes to it by
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from icerelay.daemon.accounting import PostgresAccounting, open_accounting
+from icerelay.daemon.accounting import Accounting, PostgresTarget, open_target
+from icerelay.daemon.journal import Journal
 from icerelay.relay.sessions import (
     SessionRecord,
     StreamEndReason,
@@ -28,99 +22,21 @@ from icerelay.relay.sessions import (
 )
 from icerelay.stun import Address
 from tests.support.ports import free_ports
+from tests.support.postgres import Cluster, postgres_cluster
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (the 'postgres' extra)")
 
 pytestmark = pytest.mark.interop
 
-BINDIR = Path("/usr/lib/postgresql/15/bin")
-
-
-def _binary(name: str) -> str | None:
-    candidate = BINDIR / name
-    return str(candidate) if candidate.exists() else shutil.which(name)
-
-
-@dataclass
-class Cluster:
-    """A running throwaway PostgreSQL server on a UNIX socket."""
-
-    directory: Path
-    port: int
-    argv: list[str]
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"postgresql:///postgres?host={self.directory}&port={self.port}&user=postgres"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.argv,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.directory / "server.log").open("ab"),
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with psycopg.connect(self.url, connect_timeout=1):
-                    return
-            except psycopg.OperationalError:
-                assert self.process.poll() is None, (self.directory / "server.log").read_text()
-                assert time.monotonic() < deadline, "PostgreSQL did not start"
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            # SIGINT: PostgreSQL's "fast" shutdown (clients are disconnected at once).
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        self.process = None
-
-
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    initdb, postgres = _binary("initdb"), _binary("postgres")
-    if initdb is None or postgres is None:
-        pytest.skip("PostgreSQL server binaries are not installed (Debian package 'postgresql')")
-    as_user: list[str] = []
-    owner: pwd.struct_passwd | None = None
-    if os.geteuid() == 0:
-        # initdb refuses to run as root: the cluster belongs to the postgres user.
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to own the cluster")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    directory = Path(tempfile.mkdtemp(prefix="icerelay-pg-"))
-    try:
-        if owner is not None:
-            os.chown(directory, owner.pw_uid, owner.pw_gid)
-        subprocess.run(
-            [*as_user, initdb, "-D", str(directory / "data"), "-A", "trust", "-U", "postgres",
-             "--no-sync", "--no-instructions"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        port = free_ports(1, kinds=("tcp",))[0]
-        argv = [*as_user, postgres, "-D", str(directory / "data"), "-k", str(directory),
-                "-p", str(port), "-c", "listen_addresses=", "-c", "fsync=off"]  # fmt: skip
-        server = Cluster(directory, port, argv)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with postgres_cluster() as server:
+        yield server
 
 
 def record(call_id: str) -> SessionRecord:
     return SessionRecord(
+        record_id=f"boot-{call_id}",
         call_id=call_id,
         from_tag="a",
         to_tag="b",
@@ -153,16 +69,16 @@ def record(call_id: str) -> SessionRecord:
 
 
 def test_records_in_postgres(cluster: Cluster) -> None:
-    store = open_accounting(cluster.url)
-    assert isinstance(store, PostgresAccounting)
+    store = open_target(cluster.url)
+    assert isinstance(store, PostgresTarget)
+    assert store.insert([record(f"pg{index}") for index in range(20)]) == 20
     assert store.location.startswith("postgresql://postgres@")
-    for index in range(20):
-        store.write(record(f"pg{index}"))
-    store.close()
-    assert (store.written, store.failed) == (20, 0)
+    # Delivered again (a crash between the two commits): stored once.
+    assert store.insert([record("pg3"), record("pg20")]) == 1
+    store.disconnect()
     with psycopg.connect(cluster.url) as connection:
         (count,) = connection.execute("SELECT count(*) FROM sessions").fetchone()
-        assert count == 20
+        assert count == 21
         row = connection.execute(
             "SELECT from_uri, caller_user_agent, callee_user_agent, created, duration, reason,"
             " metadata FROM sessions WHERE call_id = 'pg3'"
@@ -178,25 +94,35 @@ def test_records_in_postgres(cluster: Cluster) -> None:
                           1499, 258000, 30002, "ice-direct-path")  # fmt: skip
 
 
-def test_records_survive_the_server_going_away(cluster: Cluster) -> None:
-    store = PostgresAccounting(cluster.url)
-    store.write(record("before"))
+def test_records_survive_the_server_going_away(cluster: Cluster, tmp_path: Path) -> None:
+    accounting = Accounting(Journal(tmp_path), PostgresTarget(cluster.url))
+
+    def commit(call_id: str) -> None:
+        accounting.journal.commit([record(call_id)])
+        accounting.wake()
+
+    commit("before")
     deadline = time.monotonic() + 5
-    while store.written < 1 and time.monotonic() < deadline:
+    while accounting.delivered < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     cluster.stop()
-    store.write(record("during"))  # the server is down: kept, not lost
-    time.sleep(0.3)
+    commit("during")  # the server is down: kept in the journal, not lost
+    deadline = time.monotonic() + 5
+    while accounting.failures < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
     cluster.start()
-    store.write(record("after"))
-    store.close()
+    commit("after")
+    deadline = time.monotonic() + 40
+    while accounting.delivered < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    accounting.close()
     with psycopg.connect(cluster.url) as connection:
         rows = connection.execute("SELECT call_id FROM sessions ORDER BY id").fetchall()
     assert [row[0] for row in rows] == ["before", "during", "after"]
-    assert store.failed == 0
+    assert accounting.failures >= 1
 
 
-def test_the_relay_service_writes_by_url(cluster: Cluster) -> None:
+def test_the_relay_service_writes_by_url(cluster: Cluster, tmp_path: Path) -> None:
     import asyncio
     import socket
 
@@ -218,6 +144,7 @@ def test_the_relay_service_writes_by_url(cluster: Cluster) -> None:
             port_max=first + 19,
             mediaproxy_socket="",
             accounting=cluster.url,
+            state_dir=str(tmp_path / "state"),
         )
         service = RelayService(config)
         await service.start()

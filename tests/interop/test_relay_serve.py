@@ -24,10 +24,10 @@ SDP = (
 
 
 def ng(
-    port: int, cookie: bytes, body: dict[str, bencode.Encodable]
+    port: int, cookie: bytes, body: dict[str, bencode.Encodable], timeout: float = 3.0
 ) -> dict[bytes, bencode.BencodeValue]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(3)
+        sock.settimeout(timeout)
         sock.sendto(cookie + b" " + bencode.encode(body), (HOST, port))
         data = sock.recv(65536)
     reply = bencode.decode(data.partition(b" ")[2])
@@ -55,7 +55,13 @@ def test_serve_runs_the_relay_and_stops_gracefully(
             "ICERELAY_RELAY__ACCOUNTING": f"sqlite://{database}",
         },
     )
-    assert ng(ng_port, b"1", {"command": "ping"}) == {b"result": b"pong"}
+    # STUN answering does not mean the relay (started after it, journal first) listens yet.
+    for attempt in range(20):
+        try:
+            assert ng(ng_port, b"1", {"command": "ping"}, 0.5) == {b"result": b"pong"}
+            break
+        except TimeoutError:
+            assert attempt < 19
     offer = ng(ng_port, b"2", {"command": "offer", "call-id": "up", "from-tag": "a", "sdp": SDP})
     assert offer[b"result"] == b"ok", offer
     answer = ng(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -123,9 +123,15 @@ def serve(config_path: str | None, print_config: bool, **options: Any) -> None:
         click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
         return
     configure_logging(config.log.level, config.log.format)
+    overrides = _flag_overrides(options)
+
+    def reload_config() -> Config:
+        # SIGHUP: the same file (or $ICERELAY_CONFIG), environment and flags as at start.
+        return load_config(path=config_path, overrides=overrides)
+
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(_serve(config))
+            runner.run(_serve(config, reload_config))
     except ConfigError as exc:
         # Some settings can only be checked when a service starts (e.g. TURN relay ranges).
         _fail(str(exc), EXIT_USAGE)
@@ -133,14 +139,14 @@ def serve(config_path: str | None, print_config: bool, **options: Any) -> None:
         _fail(f"cannot start: {exc}")
 
 
-async def _serve(config: Config) -> None:
-    from icerelay.daemon.compose import build_services, run_services
+async def _serve(config: Config, loader: Callable[[], Config] | None = None) -> None:
+    from icerelay.daemon.compose import Daemon
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await run_services(build_services(config), stop)
+    daemon = Daemon(config, loader=loader)
+    # Before the services start: a SIGHUP or SIGUSR1 during start-up must not kill the process
+    # (their default action) with calls about to be taken.
+    daemon.add_signal_handlers(asyncio.get_running_loop())
+    await daemon.run()
     logger.info("serve.stopped")
 
 

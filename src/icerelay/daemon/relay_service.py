@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -36,21 +37,19 @@ from icerelay.control.ng import (
     error_reply,
     reply_too_big,
 )
-from icerelay.daemon.accounting import AccountingStore, open_accounting
+from icerelay.daemon.accounting import Accounting, open_target
 from icerelay.daemon.fdlimit import raise_fd_limit
-from icerelay.daemon.relay_config import (
-    DEFAULT_ACCOUNTING,
-    RelayServiceConfig,
-    user_state_accounting,
-)
+from icerelay.daemon.relay_config import RelayServiceConfig
+from icerelay.daemon.relay_records import RecordSink, RelayRecords
 from icerelay.dataplane import DataPlane
 from icerelay.dataplane.interface import PortUnavailable
 from icerelay.dataplane.userspace import UserspaceDataPlane
-from icerelay.errors import ControlError, RelayError
+from icerelay.errors import ConfigError, ControlError, RelayError
 from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.sessions import (
     ForwardingInstalled,
     ForwardingRemoved,
+    SessionDeleting,
     SessionEnded,
     SessionEngine,
     SessionRecord,
@@ -64,14 +63,37 @@ __all__ = ["RecordSink", "RelayService"]
 
 logger = logging.getLogger("icerelay.relay")
 
-#: Receives each session's accounting record when it ends (with wall-clock times).
-RecordSink = Callable[[SessionRecord], None]
 
 # Offers of new calls whose ports turn out to be taken by another program are retried this often.
 _BIND_ATTEMPTS = 3
 
 # Seconds a pair found held by another program stays out of circulation.
 _QUARANTINE = 300.0
+
+# What ``drain`` answers a new call with (ng ``error-reason``; mediaproxy says "error").
+DRAINING_REASON = "draining: this relay takes no new calls, try another"
+
+# Settings a reload (SIGHUP) cannot change on a running relay: sockets, port ranges, files.
+_RESTART_SETTINGS = frozenset(
+    {
+        "enabled",
+        "ng_listen",
+        "ng_tcp",
+        "address_ipv4",
+        "address_ipv6",
+        "advertised_ipv4",
+        "advertised_ipv6",
+        "port_min",
+        "port_max",
+        "mediaproxy_socket",
+        "state_dir",
+        "ng_cache_size",
+        "ng_cache_ttl",
+        "ng_cache_bytes",
+        "mediaproxy_socket_mode",
+        "raise_fd_limit",
+    }
+)
 
 # Descriptors beyond the relay ports and control connections (listeners, the accounting
 # database, logs, the event loop's own).
@@ -105,7 +127,12 @@ class RelayService:
         rng = random.SystemRandom()
         self.pool = PortPool(self.config.port_min, self.config.port_max, rng=rng)
         self.engine = SessionEngine(
-            self.config.engine_config(), self.pool, rng=rng, counters=self.dataplane.counters
+            self.config.engine_config(),
+            self.pool,
+            rng=rng,
+            counters=self.dataplane.counters,
+            # Unique per process start: a record's id never repeats across restarts.
+            record_prefix=uuid.uuid4().hex[:16] + "-",
         )
         self.protocol = NgProtocol(
             cache_size=self.config.ng_cache_size,
@@ -129,8 +156,14 @@ class RelayService:
         self._log_limiter = LogLimiter(self.config.log_interval)
         self._ng_clients = 0
         self._mediaproxy_clients = 0
-        self._records = records
-        self.accounting: AccountingStore | None = None
+        self.records = RelayRecords(records)
+        #: SIGUSR1: no new calls; :meth:`wait_drained` returns when the last one has ended.
+        self.draining = False
+        self._drained = asyncio.Event()
+        #: New calls refused while draining.
+        self.refused_draining = 0
+        # The request the worker is on was answered from the ng reply cache.
+        self._retransmission = False
         self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.Server | None = None
         self._unix: asyncio.Server | None = None
@@ -178,13 +211,18 @@ class RelayService:
         """The shell's counters, for the ng ``statistics`` reply."""
         accounting = self.accounting
         return {
+            "journal_errors": self.records.journal_errors,
             "forwardings_failed": self.install_failures,
             "ports_quarantined": len(self._quarantined),
             "mediaproxy_errors": self.mediaproxy.errors,
             "ng_tcp_connections": self._ng_clients,
-            "records_written": accounting.written if accounting is not None else 0,
-            "records_failed": accounting.failed if accounting is not None else 0,
+            "records_written": accounting.delivered if accounting is not None else 0,
+            "records_failed": accounting.failures if accounting is not None else 0,
+            "records_recovered": accounting.recovered if accounting is not None else 0,
             "accounting": accounting.location if accounting is not None else "",
+            "accounting_error": accounting.last_error if accounting is not None else "",
+            "draining": int(self.draining),
+            "refused_draining": self.refused_draining,
         }
 
     @property
@@ -216,9 +254,10 @@ class RelayService:
                 logger,
                 "relay",
             )
+        self.records.wall_offset = self._wall_offset
         # First, so that a store that cannot work at all (ConfigError) fails the start before
         # any socket is bound.
-        self.accounting = await asyncio.to_thread(self._open_accounting)
+        await self.records.open(self.config)
         listen = Address(*self.config.ng_listen)
         try:
             self._udp = await UdpEndpoint.open(listen, self._on_datagram)
@@ -231,9 +270,7 @@ class RelayService:
             if self._udp is not None:
                 self._udp.close()
                 self._udp = None
-            if self.accounting is not None:
-                await asyncio.to_thread(self.accounting.close)
-                self.accounting = None
+            await self.records.close()
             raise
         if self.config.mediaproxy_socket:
             await self._open_mediaproxy(Path(self.config.mediaproxy_socket))
@@ -241,6 +278,16 @@ class RelayService:
             asyncio.create_task(self._worker(), name="relay-worker"),
             asyncio.create_task(self._timer(), name="relay-timer"),
         ]
+        if self.records.journaled:
+            interval = lambda: self.config.checkpoint_interval  # noqa: E731 - reloadable
+            self._tasks += [
+                asyncio.create_task(
+                    self.records.run_checkpointer(self.engine, interval), name="relay-checkpoint"
+                ),
+                asyncio.create_task(
+                    self.records.run_committer(self._check_drained), name="relay-journal"
+                ),
+            ]
         logger.info(
             "relay.started",
             extra={
@@ -251,27 +298,10 @@ class RelayService:
             },
         )
 
-    def _open_accounting(self) -> AccountingStore | None:
-        """The configured store; as an ordinary user, the default falls back to the user's
-        state directory. Never fatal: without a store, records go to the log only."""
-        url = self.config.accounting
-        try:
-            return open_accounting(url)
-        except RelayError as error:
-            if url != DEFAULT_ACCOUNTING:
-                logger.warning("relay.accounting_disabled", extra={"reason": str(error)})
-                return None
-            fallback = user_state_accounting()
-            try:
-                store = open_accounting(fallback)
-            except RelayError as second:
-                logger.warning("relay.accounting_disabled", extra={"reason": str(second)})
-                return None
-            logger.info(
-                "relay.accounting_fallback",
-                extra={"wanted": url, "using": fallback, "reason": str(error)},
-            )
-            return store
+    @property
+    def accounting(self) -> Accounting | None:
+        """The journal and its replayer (None when ``accounting`` is empty: log only)."""
+        return self.records.accounting
 
     async def _open_mediaproxy(self, path: Path) -> None:
         """Listen on MediaProxy's dispatcher socket; without the rights to, go on without it."""
@@ -332,12 +362,12 @@ class RelayService:
         loop = asyncio.get_running_loop()
         self.engine.shutdown(loop.time())
         await self._apply_events(ignore_errors=True)
+        await self.records.commit()
         self._release_quarantine(loop.time(), everything=True)
         await self.dataplane.close()
-        if self.accounting is not None:
-            # Waits for the queued records: a graceful stop loses none.
-            await asyncio.to_thread(self.accounting.close)
-            self.accounting = None
+        # Every record is in the journal by now: a graceful stop loses none, and what the
+        # database does not take in time is delivered by the next start.
+        await self.records.close()
 
     # -- control input ------------------------------------------------------------------------
 
@@ -485,12 +515,18 @@ class RelayService:
                 if work is None:
                     self.engine.handle_timer(asyncio.get_running_loop().time())
                     await self._apply_events()
+                    self.records.hand_over(None, None)
                 else:
                     protocol, data, reply, max_reply = work
+                    self._retransmission = False
                     if protocol == "ng":
-                        reply(await self._request(data, max_reply))
+                        payload = await self._request(data, max_reply)
                     else:
-                        reply(await self._mediaproxy_request(data))
+                        payload = await self._mediaproxy_request(data)
+                    # A retransmitted delete answered from the cache must not overtake the
+                    # commit of its original's records.
+                    self.records.hand_over(reply, payload, after_commits=self._retransmission)
+                self._check_drained()
             except Exception:
                 # A bug must not take the relay down with every call on it; it is logged loudly,
                 # but at a bounded rate (a packet that triggers it may be sent in a loop).
@@ -508,6 +544,7 @@ class RelayService:
         if isinstance(outcome, NgDropped):
             return None
         if isinstance(outcome, NgImmediateReply):
+            self._retransmission = outcome.retransmission
             if outcome.reason is not None:
                 # A misbehaving client may send these at any rate: counted (by the protocol),
                 # logged once per interval.
@@ -524,6 +561,10 @@ class RelayService:
         self._release_quarantine(now)
         command = outcome.command
         fresh = isinstance(command, Offer) and not self.engine.has_call(command.call_id)
+        if fresh and self.draining:
+            self.refused_draining += 1
+            return self.protocol.reply(outcome, error_reply(DRAINING_REASON), now)
+        held: list[SessionRecord] = []
         for attempt in range(_BIND_ATTEMPTS):
             try:
                 result = self.handler.handle(command, now, max_reply=max_reply)
@@ -546,14 +587,18 @@ class RelayService:
                 if not isinstance(command, Offer | Answer):
                     break
                 # Media for this call cannot flow: end it instead of handing out dead ports.
-                with contextlib.suppress(RelayError):
-                    self.engine.delete(
-                        command.call_id,
-                        now,
-                        from_tag=command.from_tag,
-                        delay=0,
-                        reason=TerminationReason.RELAY_FAILURE,
-                    )
+                # A new call is tried again on other ports, so its record waits for the last
+                # attempt (one call, one record).
+                held = self.engine.discard(
+                    command.call_id,
+                    now,
+                    TerminationReason.RELAY_FAILURE,
+                    from_tag=command.from_tag,
+                )
+                if not fresh:
+                    for record in held:
+                        self.engine.account(record)
+                    held = []
                 await self._apply_events(ignore_errors=True)
                 self._release_quarantine(now)
                 result = error_reply(str(error))
@@ -562,6 +607,10 @@ class RelayService:
                 if not fresh:
                     break
                 logger.info("relay.retry_ports", extra={"attempt": attempt + 1})
+        if held and isinstance(command, Offer) and not self.engine.has_call(command.call_id):
+            # Every attempt failed: the call's one record is its last failure.
+            self.engine.account(held[-1])
+            await self._apply_events(ignore_errors=True)
         if result.get("result") == "error":
             # Refusals (too many streams, unknown call...) are the proxy's business, but an
             # operator wants to see them: one line per command per interval.
@@ -614,8 +663,15 @@ class RelayService:
 
     async def _mediaproxy_request(self, data: bytes) -> bytes:
         now = asyncio.get_running_loop().time()
+        before = set(self.engine.call_ids()) if self.draining else None
         try:
             reply = self.mediaproxy.handle(data, now)
+            if before is not None:
+                # MediaProxy's "update" does not say whether the call is new: undo a new one.
+                for call_id in set(self.engine.call_ids()) - before:
+                    self.engine.discard(call_id, now, TerminationReason.RELAY_FAILURE)
+                    self.refused_draining += 1
+                    reply = b"error\r\n"
         except Exception:
             self.counters.count("internal_errors")
             self._log_limited(
@@ -664,7 +720,9 @@ class RelayService:
                     },
                 )
             elif isinstance(event, SessionEnded):
-                self._session_ended(event.record)
+                self.records.ended(event.record)
+            elif isinstance(event, SessionDeleting):
+                self.records.deleting(event.record)
         if failure is not None and not ignore_errors:
             raise failure
 
@@ -683,35 +741,68 @@ class RelayService:
             },
         )
 
-    def _session_ended(self, record: SessionRecord) -> None:
-        offset = self._wall_offset
-        # The engine runs on the loop's monotonic clock; records carry wall-clock times.
-        record = dataclasses.replace(
-            record,
-            created=record.created + offset,
-            answered=None if record.answered is None else record.answered + offset,
-            ended=record.ended + offset,
-        )
-        logger.info(
-            "relay.session_ended",
-            extra={
-                "call_id": record.call_id,
-                "from_tag": record.from_tag,
-                "to_tag": record.to_tag or "",
-                "reason": str(record.reason),
-                "duration": round(record.duration, 3),
-                "packets": sum(
-                    s.packets_from_caller + s.packets_from_callee for s in record.streams
-                ),
-            },
-        )
-        if self.accounting is not None:
-            self.accounting.write(record)
-        if self._records is not None:
-            try:
-                self._records(record)
-            except Exception:
-                logger.exception("relay.record_sink_failed")
+    # -- reload and drain -----------------------------------------------------------------------
+
+    def reload(self, config: RelayServiceConfig) -> list[str]:
+        """Apply what can change on a running relay (timeouts, ICE policy, latching settings,
+        the accounting target...); live calls keep going. Returns one line per change, and one
+        per setting that needs a restart (left as it was)."""
+        old = self.config
+        changed = [
+            name
+            for name in type(config).model_fields
+            if getattr(old, name) != getattr(config, name)
+        ]
+        report = [f"relay.{name}: restart needed" for name in changed if name in _RESTART_SETTINGS]
+        kept = {name: getattr(old, name) for name in _RESTART_SETTINGS}
+        new = config.model_copy(update=kept)
+        if new.accounting != old.accounting:
+            accounting = self.accounting
+            if accounting is None or not new.accounting:
+                report.append("relay.accounting: restart needed (the journal opens at start)")
+                new = new.model_copy(update={"accounting": old.accounting})
+            else:
+                try:
+                    target = open_target(new.accounting)
+                except ConfigError as error:
+                    report.append(f"relay.accounting: kept ({error})")
+                    new = new.model_copy(update={"accounting": old.accounting})
+                else:
+                    accounting.set_target(target)
+        self.config = new
+        self.engine.config = new.engine_config()
+        # The limits are also held where they are enforced (handlers, the log limiter).
+        self.reload_limits(new)
+        report += [
+            f"relay.{name}: {getattr(old, name)!r} -> {getattr(new, name)!r}"
+            for name in changed
+            if name not in _RESTART_SETTINGS and getattr(old, name) != getattr(new, name)
+        ]
+        self._wake.set()  # timeouts may have moved
+        return report
+
+    def drain(self) -> None:
+        """Take no new calls (ng offers get :data:`DRAINING_REASON`); existing calls go on.
+        :meth:`wait_drained` returns when the last has ended."""
+        if not self.draining:
+            self.draining = True
+            logger.info("relay.draining", extra={"calls": self.engine.call_count})
+        self._check_drained()
+
+    async def wait_drained(self) -> None:
+        """Return once draining and no call is left."""
+        await self._drained.wait()
+
+    def _check_drained(self) -> None:
+        # Not before the last records are committed and their replies sent.
+        if (
+            self.draining
+            and self.engine.session_count == 0
+            and not self.records.waiting
+            and not self._drained.is_set()
+        ):
+            logger.info("relay.drained")
+            self._drained.set()
 
     # -- timers -------------------------------------------------------------------------------
 

@@ -49,6 +49,8 @@ class Session:
     strict_source: bool = False
     ice_priority: IcePriority | None = None
     delete_at: float | None = None
+    #: When the first ``delete`` arrived: the call's end for its record.
+    deleted_at: float | None = None
     scheduled: float | None = None
     ended: bool = False
     user_agents: list[str | None] = field(default_factory=lambda: [None, None])

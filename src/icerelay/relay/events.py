@@ -8,7 +8,14 @@ from typing import TypeAlias
 from icerelay.relay.forwarding import Forwarding
 from icerelay.relay.records import SessionRecord, StreamEndReason
 
-__all__ = ["Event", "ForwardingInstalled", "ForwardingRemoved", "SessionEnded", "StreamEnded"]
+__all__ = [
+    "Event",
+    "ForwardingInstalled",
+    "ForwardingRemoved",
+    "SessionDeleting",
+    "SessionEnded",
+    "StreamEnded",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,4 +50,16 @@ class SessionEnded:
     record: SessionRecord
 
 
-Event: TypeAlias = ForwardingInstalled | ForwardingRemoved | StreamEnded | SessionEnded
+@dataclass(frozen=True, slots=True)
+class SessionDeleting:
+    """A session was deleted with a grace period: :attr:`record` is what it will be recorded
+    as (reason ``deleted``, ended at the delete). A driver with a journal writes it down before
+    it acknowledges the delete, so that a crash during the grace period still records the call
+    as deleted."""
+
+    record: SessionRecord
+
+
+Event: TypeAlias = (
+    ForwardingInstalled | ForwardingRemoved | StreamEnded | SessionDeleting | SessionEnded
+)

@@ -27,6 +27,9 @@ class TerminationReason(StrEnum):
     SHUTDOWN = "shutdown"
     #: The relay could not open the ports it had allocated (the data plane refused them).
     RELAY_FAILURE = "relay-failure"
+    #: The relay process died (kill -9, power cut) while the call was up; written on the next
+    #: start from the call's last checkpoint, with its last counters.
+    INTERRUPTED = "interrupted"
 
 
 class StreamEndReason(StrEnum):
@@ -62,7 +65,14 @@ class StreamRecord:
 
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
-    """Accounting of one session, produced when it ends."""
+    """Accounting of one session, produced when it ends.
+
+    ``ended`` is when the call ended for the parties: the ``delete`` (not the end of the grace
+    period that follows it), the last media for a media or hold timeout, otherwise the moment
+    the relay ended it. ``record_id`` names the session uniquely across restarts, so that a
+    record delivered twice (a crash between the database's commit and the journal's) is
+    stored once.
+    """
 
     call_id: str
     from_tag: str
@@ -76,11 +86,12 @@ class SessionRecord:
     caller_user_agent: str | None = None
     callee_user_agent: str | None = None
     metadata: tuple[tuple[str, str], ...] = ()
+    record_id: str = ""
 
     @property
     def duration(self) -> float:
         """Seconds from the answer to the end (0 for a call never answered)."""
-        return 0.0 if self.answered is None else self.ended - self.answered
+        return 0.0 if self.answered is None else max(0.0, self.ended - self.answered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +105,5 @@ class SessionSummary:
     last_signal: float
     answered: float | None
     streams: tuple[StreamRecord, ...]
+    #: A ``delete`` was received; media still flows until its grace period is over.
+    deleting: bool = False

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -34,6 +34,7 @@ from icerelay.relay.events import (
     Event,
     ForwardingInstalled,
     ForwardingRemoved,
+    SessionDeleting,
     SessionEnded,
     StreamEnded,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "MediaRequest",
     "RelayConfig",
     "RelayOptions",
+    "SessionDeleting",
     "SessionEnded",
     "SessionEngine",
     "SessionPlan",
@@ -113,6 +115,8 @@ class SessionEngine:
         and for the final numbers of accounting records. Without it the engine sees no media.
     :param rng: source of the relay's ICE credentials (``ICE=force``); a
         :class:`random.SystemRandom` in production, a seeded :class:`random.Random` in tests.
+    :param record_prefix: put before each session's number to make its record's
+        ``record_id``; the driver makes it unique per process start.
     """
 
     def __init__(
@@ -122,8 +126,10 @@ class SessionEngine:
         *,
         rng: Random,
         counters: CounterSource | None = None,
+        record_prefix: str = "",
     ) -> None:
         self.config = config
+        self.record_prefix = record_prefix
         self.pool = pool
         self._rng = rng
         self._counters: CounterSource = counters if counters is not None else (lambda key: None)
@@ -212,22 +218,48 @@ class SessionEngine:
         Without tags every session of the call matches. Returns a summary of each matched
         session as it is now; RelayError if nothing matches. ``reason`` is what the record
         says when the session ends right away (``delay`` 0).
+
+        The call ends for its record now: the grace period is not part of its duration, and
+        whatever ends the session during it (shutdown, a timeout) leaves it ``deleted``. A
+        :class:`SessionDeleting` event carries the record-to-be of a session kept for a grace
+        period.
         """
         matched = self._dialogs.matching(call_id, from_tag, to_tag, via_branch)
         if not matched:
             raise RelayError(f"unknown call {describe_call(call_id, from_tag, to_tag)}")
         wait = self.config.delete_delay if delay is None else delay
-        summaries = [self._summary(session) for session in matched]
         for session in matched:
             session.last_signal = now
-            if wait <= 0:
-                self._end(session, reason, now)
-            else:
+            if reason is TerminationReason.DELETED and session.deleted_at is None:
+                session.deleted_at = now
+            if wait > 0:
                 deadline = now + wait
                 if session.delete_at is None or deadline < session.delete_at:
                     session.delete_at = deadline
+        summaries = [self._summary(session) for session in matched]
+        for session in matched:
+            if wait <= 0:
+                self._end(session, reason, now)
+            else:
                 self._schedule(session, now)
+                self._events.append(SessionDeleting(self._record(session, reason, now)))
         return summaries
+
+    def discard(
+        self, call_id: str, now: float, reason: TerminationReason, *, from_tag: str | None = None
+    ) -> list[SessionRecord]:
+        """End the matching sessions at once without recording them; return their records.
+
+        For a driver that retries a failed request: only the outcome of its last attempt is
+        handed to :meth:`account` (one call, one record).
+        """
+        matched = self._dialogs.matching(call_id, from_tag, None, None)
+        return [self._end(session, reason, now, record=False) for session in matched]
+
+    def account(self, record: SessionRecord) -> None:
+        """Record ``record`` (from :meth:`discard`) as if its session had just ended."""
+        self.ended_by_reason[record.reason] += 1
+        self._events.append(SessionEnded(record))
 
     def query(
         self, call_id: str, *, from_tag: str | None = None, to_tag: str | None = None
@@ -258,9 +290,24 @@ class SessionEngine:
         return ids if limit is None else ids[:limit]
 
     def shutdown(self, now: float) -> None:
-        """End every session (reason ``shutdown``), so that records are written and ports freed."""
+        """End every session (reason ``shutdown``, ``deleted`` for those already deleted), so
+        that records are written and ports freed."""
         for session in self._dialogs:
             self._end(session, TerminationReason.SHUTDOWN, now)
+
+    def snapshot(
+        self, now: float, call_ids: Iterable[str] | None = None
+    ) -> list[SessionRecord]:
+        """The record each live session (of ``call_ids``, default all) would get if the relay
+        died now: reason ``interrupted`` (``deleted`` once deleted), with the counters as they
+        are. A driver checkpoints these so that a crash loses no call; with many calls it asks
+        for a slice at a time (unknown Call-IDs, calls ended meanwhile, are skipped)."""
+        if call_ids is None:
+            sessions: Iterable[Session] = self._dialogs
+        else:
+            calls = self._dialogs.calls
+            sessions = [s for call_id in call_ids for s in calls.get(call_id, ())]
+        return [self._record(session, TerminationReason.INTERRUPTED, now) for session in sessions]
 
     @property
     def session_count(self) -> int:
@@ -583,29 +630,54 @@ class SessionEngine:
         session.scheduled = deadline
         heapq.heappush(self._timers, (deadline, session.id))
 
-    def _end(self, session: Session, reason: TerminationReason, now: float) -> None:
+    def _end(
+        self, session: Session, reason: TerminationReason, now: float, *, record: bool = True
+    ) -> SessionRecord:
         if session.ended:
-            return
+            return self._record(session, reason, now)
         for stream in session.streams:
             self._release(stream)
-        record = SessionRecord(
+        ended = self._record(session, reason, now)
+        session.ended = True
+        self._dialogs.forget(session)
+        if record:
+            self.account(ended)
+        return ended
+
+    def _record(self, session: Session, reason: TerminationReason, now: float) -> SessionRecord:
+        """The accounting record of ``session`` ending now for ``reason``."""
+        ended = now
+        if session.deleted_at is not None and reason is not TerminationReason.RELAY_FAILURE:
+            # Deleted, then ended by the grace period or by anything else during it: the
+            # call ended at the delete.
+            reason, ended = TerminationReason.DELETED, session.deleted_at
+        elif reason in (TerminationReason.NO_MEDIA, TerminationReason.HOLD_TIMEOUT):
+            # The call ended with its last media (or signal), not a timeout later.
+            ended = min(now, self._last_activity(session))
+        return SessionRecord(
             call_id=session.call_id,
             from_tag=session.from_tag,
             to_tag=session.tags[B],
             via_branch=session.via_branch,
             created=session.created,
             answered=session.answered,
-            ended=now,
+            ended=ended,
             reason=reason,
             streams=tuple(self._stream_records(session)),
             caller_user_agent=session.user_agents[A],
             callee_user_agent=session.user_agents[B],
             metadata=tuple(sorted(session.metadata.items())),
+            record_id=f"{self.record_prefix}{session.id}",
         )
-        session.ended = True
-        self._dialogs.forget(session)
-        self.ended_by_reason[reason] += 1
-        self._events.append(SessionEnded(record))
+
+    def _last_activity(self, session: Session) -> float:
+        """The last media packet or signal of ``session`` (its answer at the earliest)."""
+        last = max(session.answered or session.created, session.last_signal)
+        for stream in session.streams:
+            counters = self._counters(stream.key) if stream.installed else stream.final
+            if counters is not None and counters.last_packet is not None:
+                last = max(last, counters.last_packet)
+        return last
 
     def _summary(self, session: Session) -> SessionSummary:
         return SessionSummary(
@@ -616,6 +688,7 @@ class SessionEngine:
             last_signal=session.last_signal,
             answered=session.answered,
             streams=tuple(self._stream_records(session)),
+            deleting=session.deleted_at is not None,
         )
 
     def _stream_records(self, session: Session) -> Iterator[StreamRecord]:

@@ -214,7 +214,9 @@ def test_media_timeout_ends_the_call() -> None:
                 await asyncio.sleep(0.05)
             (record,) = records
             assert record.reason is TerminationReason.NO_MEDIA
-            assert 0.25 <= record.duration <= 1.5
+            # No media at all: the call ended with its answer (the timeout is not talk time).
+            assert record.duration == 0.0
+            assert record.ended == record.answered
             assert service.pool.in_use == 0
         finally:
             await service.stop()
@@ -466,7 +468,7 @@ def test_start_failure_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_default_accounting_falls_back_to_the_user_state_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from icerelay.daemon import relay_service as service_module
+    from icerelay.daemon import relay_records as service_module
 
     # A default the user may not write (as /var/lib/icerelay is for anyone but root).
     blocker = tmp_path / "not-a-directory"
@@ -494,3 +496,77 @@ def test_unsupported_accounting_url_is_a_configuration_error() -> None:
 
     with pytest.raises(ValidationError, match="'mysql' is not supported"):
         RelayServiceConfig(accounting="mysql://localhost/x")
+
+
+def test_a_failed_offer_writes_one_relay_failure_record() -> None:
+    records: list[SessionRecord] = []
+
+    async def main() -> None:
+        settings = config()
+        # Four pairs, three with a port another program holds: a call takes two pairs, so each
+        # of the three attempts (the quarantine takes one bad pair out each time) fails.
+        small = settings.model_copy(update={"port_max": settings.port_min + 7})
+        blockers = []
+        for port in (small.port_min + 1, small.port_min + 3, small.port_min + 5):
+            blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            blocker.bind((HOST, port))
+            blockers.append(blocker)
+        service = RelayService(small, records=records.append)
+        await service.start()
+        client = NgClient(service.ng_address)
+        try:
+            reply = await client.request(
+                {"command": "offer", "call-id": "f", "from-tag": "a", "sdp": sdp_for(4000)}
+            )
+            assert reply[b"result"] == b"error", reply
+        finally:
+            client.sock.close()
+            await service.stop()
+            for blocker in blockers:
+                blocker.close()
+        assert service.engine.ended_by_reason[TerminationReason.RELAY_FAILURE] == 1
+
+    run(main)
+    assert [(r.call_id, r.reason) for r in records] == [("f", TerminationReason.RELAY_FAILURE)]
+
+
+def test_draining_refuses_new_mediaproxy_calls(tmp_path: Path) -> None:
+    records: list[SessionRecord] = []
+
+    async def main() -> None:
+        path = tmp_path / "dispatcher.sock"
+        # No grace period after "remove": draining waits for it (media still flows then).
+        settings = config(mediaproxy_socket=str(path), delete_delay=0)
+        service = RelayService(settings, records=records.append)
+        await service.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+
+            async def command(text: str) -> bytes:
+                writer.write(text.replace("\n", "\r\n").encode() + b"\r\n")
+                await writer.drain()
+                return await asyncio.wait_for(reader.readuntil(b"\r\n"), 2.0)
+
+            def update(call_id: str) -> str:
+                return (
+                    f"update\ntype: request\ncall_id: {call_id}\nfrom_tag: a\nto_tag: \n"
+                    f"media: audio:{HOST}:4000:sendrecv:ice=no\nsignaling_ip: {HOST}\n"
+                )
+
+            assert (await command(update("old"))).startswith(HOST.encode())
+            service.drain()
+            assert await command(update("new")) == b"error\r\n"
+            assert service.engine.call_ids() == ["old"]
+            assert service.refused_draining == 1
+            # The existing call goes on (a re-INVITE is answered) until it is removed.
+            assert (await command(update("old"))).startswith(HOST.encode())
+            assert not service._drained.is_set()
+            assert await command("remove\ncall_id: old\nfrom_tag: a\n") == b"removed\r\n"
+            await asyncio.wait_for(service.wait_drained(), 2)
+            writer.close()
+        finally:
+            await service.stop()
+
+    run(main)
+    # The refused call leaves no record; the drained one has its own.
+    assert [(r.call_id, r.reason) for r in records] == [("old", TerminationReason.DELETED)]

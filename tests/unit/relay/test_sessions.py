@@ -62,7 +62,10 @@ def make_engine(
 ) -> SessionEngine:
     pool = PortPool(30000, 30000 + 2 * pool_size - 1, rng=random.Random(3))
     return SessionEngine(
-        RelayConfig(**config), pool, rng=random.Random(4), counters=counters  # type: ignore[arg-type]
+        RelayConfig(**config),
+        pool,
+        rng=random.Random(4),
+        counters=counters,  # type: ignore[arg-type]
     )
 
 
@@ -173,6 +176,7 @@ def test_delete_delay_keeps_relaying_until_it_expires() -> None:
     answer(engine, SIPP_ANSWER)
     drain(engine)
     engine.delete("call-1", 10.0)
+    assert [type(e).__name__ for e in drain(engine)] == ["SessionDeleting"]
     assert engine.next_timer() == 40.0
     engine.handle_timer(39.9)
     assert engine.session_count == 1 and not drain(engine)

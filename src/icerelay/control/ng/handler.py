@@ -237,7 +237,10 @@ def _call_report(summaries: Iterable[SessionSummary], wall_offset: float) -> Rep
         for side, tag in (("caller", summary.from_tag), ("callee", summary.to_tag)):
             if tag is None:
                 continue
-            tags[tag] = {"tag": tag, "medias": [_media(stream, side) for stream in summary.streams]}
+            tags[tag] = {
+                "tag": tag,
+                "medias": [_media(stream, side, summary.deleting) for stream in summary.streams],
+            }
         for stream in summary.streams:
             packets += stream.packets_from_caller + stream.packets_from_callee
             bytes_ += stream.bytes_from_caller + stream.bytes_from_callee
@@ -256,7 +259,7 @@ def _call_report(summaries: Iterable[SessionSummary], wall_offset: float) -> Rep
     }
 
 
-def _media(stream: StreamRecord, side: str) -> Mapping[str, ReplyValue]:
+def _media(stream: StreamRecord, side: str, deleting: bool) -> Mapping[str, ReplyValue]:
     caller = side == "caller"
     address = stream.caller if caller else stream.callee
     latched = stream.caller_latched if caller else stream.callee_latched
@@ -270,5 +273,8 @@ def _media(stream: StreamRecord, side: str) -> Mapping[str, ReplyValue]:
         "endpoint": str(latched) if latched else "",
         "packets": stream.packets_from_caller if caller else stream.packets_from_callee,
         "bytes": stream.bytes_from_caller if caller else stream.bytes_from_callee,
-        "state": str(stream.end_reason) if stream.end_reason else "relaying",
+        # A deleted call still relays during its grace period, but it is over for its parties.
+        "state": (
+            str(stream.end_reason) if stream.end_reason else "deleting" if deleting else "relaying"
+        ),
     }
