@@ -95,6 +95,13 @@ class RelayServiceConfig(BaseModel):
     #: Replies kept for retransmitted ng requests.
     ng_cache_size: int = Field(default=10_000, ge=1)
     ng_cache_ttl: float = Field(default=30.0, gt=0)
+    # -- step-aside (issue 11) --
+    #: Seconds without media or checks on the relay pair, after authenticated ICE checks crossed
+    #: the relay, before the relay steps aside (frees the stream's ports).
+    ice_settle: float = Field(default=3.0, gt=0)
+    #: Seconds the ports of a stepped-aside stream stay out of the pool (late packets of that
+    #: call must reach no other call).
+    port_quarantine: float = Field(default=60.0, ge=0)
 
     @field_validator("ng_listen", mode="before")
     @classmethod
@@ -154,4 +161,6 @@ class RelayServiceConfig(BaseModel):
             strict_source=self.strict_source,
             handover_after=self.handover_after or None,
             sip_source=self.sip_source,
+            ice_settle=self.ice_settle,
+            port_quarantine=self.port_quarantine,
         )

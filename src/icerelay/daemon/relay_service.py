@@ -128,6 +128,10 @@ class RelayService:
         return {
             "forwardings_failed": self.install_failures,
             "ports_quarantined": len(self._quarantined),
+            # Step-aside (issue 11): streams the relay left because ICE went around it, and
+            # their pairs still held out of the pool against late packets.
+            "streams_stepped_aside": self.engine.stepped_aside,
+            "ports_after_step_aside": self.pool.quarantined,
             "mediaproxy_errors": self.mediaproxy.errors,
             "records_written": accounting.written if accounting is not None else 0,
             "records_failed": accounting.failed if accounting is not None else 0,

@@ -163,6 +163,12 @@ class LegState:
     stun_requests: int = 0
     stun_nominations: int = 0
     last_packet: float | None = None
+    # Interim (stepaside branch), until relay/checks.py verifies checks against the SDPs'
+    # credentials (latching branch): what the step-aside decision reads.
+    checks_authenticated: int = 0
+    last_check: float | None = None
+    last_nomination: float | None = None
+    last_media: float | None = None
 
     def destination(self, component: int) -> Sockaddr | None:
         """Where a packet of ``component`` for this party goes: the latched source, else the
@@ -188,6 +194,10 @@ class LegState:
             stun_requests=self.stun_requests,
             stun_nominations=self.stun_nominations,
             last_packet=self.last_packet,
+            checks_authenticated=self.checks_authenticated,
+            last_check=self.last_check,
+            last_nomination=self.last_nomination,
+            last_media=self.last_media,
             latched_rtp=Address(rtp[0], rtp[1]) if rtp else None,
             latched_rtcp=Address(rtcp[0], rtcp[1]) if rtcp else None,
         )
@@ -276,7 +286,7 @@ def decide(state: LegState, component: int, data: bytes, source: Sockaddr, now: 
         elif state.strict_source:
             state.dropped += 1
             return _DROP_FOREIGN
-    state.last_packet = now
+    state.last_packet = state.last_media = now
     if component == RTCP:
         state.rtcp_packets += 1
     else:
@@ -313,6 +323,7 @@ def _stun(state: LegState, component: int, data: bytes, source: Sockaddr, now: f
     if credentials is None:
         # ICE runs end to end through the relay: pass the check (or its answer) along; a check
         # latches provisionally (the first, then a nominating one) until media arrives.
+        _note_check(state, message, nominating, now)
         moved = False
         if (
             kind is not _STUN_OTHER
@@ -338,6 +349,20 @@ def _stun(state: LegState, component: int, data: bytes, source: Sockaddr, now: f
     response.add(AttributeType.XOR_MAPPED_ADDRESS, Address(source[0], source[1]))
     reply = response.encode(integrity_key=key, fingerprint=True)
     return Answer(reply, source, RTP if state.leg.rtcp_mux else component, moved)
+
+
+def _note_check(state: LegState, message: Message, nominating: bool, now: float) -> None:
+    """Interim (stepaside branch): a Binding request or response with MESSAGE-INTEGRITY counts
+    as a check for step-aside; relay/checks.py (latching branch) verifies the integrity."""
+    if (
+        message.method == Method.BINDING
+        and message.message_class != MessageClass.INDICATION
+        and message.has(AttributeType.MESSAGE_INTEGRITY)
+    ):
+        state.checks_authenticated += 1
+        state.last_check = now
+        if nominating:
+            state.last_nomination = now
 
 
 def _latch(state: LegState, component: int, source: Sockaddr, now: float) -> None:

@@ -32,6 +32,12 @@ class RelayConfig:
     #: Default for requests that say neither trust-address nor SIP-source-address (rtpengine's
     #: ``--sip-source``): send media to where the signalling came from.
     sip_source: bool = False
+    # Step-aside (:mod:`.stepaside`): seconds the relay pair must stay unused after ICE checks
+    # crossed the relay before the relay frees the stream; and how long freed ports of such a
+    # stream stay out of the pool (late checks and packets of that call reach no other call;
+    # STUN retransmissions last up to 39.5 s, RFC 8489 §6.2.1).
+    ice_settle: float = 3.0
+    port_quarantine: float = 60.0
 
     def advertised_address(self, family: int) -> str:
         """The address the SDP names for ``family``; RelayError if the relay has none."""

@@ -103,7 +103,7 @@ def test_the_first_packet_latches_and_goes_to_the_other_partys_sdp_address() -> 
     assert state.a.latched == [ALICE, None] and state.a.media_latched == [True, False]
     assert state.a.latched_seen[RTP] == 10.0 and state.a.ssrc == [0xABCD, None]
     assert state.a.counters() == LegCounters(
-        packets=1, bytes=172, last_packet=10.0, latched_rtp=Address(*ALICE)
+        packets=1, bytes=172, last_packet=10.0, last_media=10.0, latched_rtp=Address(*ALICE)
     )
     # Later packets from the latched source: forwarded, nothing moves, nothing allocated.
     second = decide(state.a, RTP, rtp(2), ALICE, now=10.02)

@@ -222,4 +222,7 @@ def _media(stream: StreamRecord, side: str) -> Mapping[str, ReplyValue]:
         "packets": stream.packets_from_caller if caller else stream.packets_from_callee,
         "bytes": stream.bytes_from_caller if caller else stream.bytes_from_callee,
         "state": str(stream.end_reason) if stream.end_reason else "relaying",
+        # What the relay carried of this party's media: relayed, direct (ICE went around the
+        # relay for it) or none; a call relayed one way and direct the other says so here.
+        "path": stream.path_from_caller if caller else stream.path_from_callee,
     }

@@ -1,0 +1,151 @@
+"""Step-aside: when the relay leaves an ICE call, decided from what the relay itself saw.
+
+When both parties of a stream do ICE, the relay is only one of their candidates (the one its
+``c=``/``m=`` rewrite and its ``typ relay`` candidate stand for). ICE may select a pair that
+avoids it; then the relay's ports carry nothing and should go back to the pool. Signalling says
+so only sometimes: RFC 8839 §4.2.5's re-offer with ``a=remote-candidates`` is optional in
+practice (baresip re-offers only when its default candidate changed, and then lists every remote
+candidate). So the relay watches its own ports, through the data plane's
+:class:`~icerelay.relay.forwarding.LegCounters`:
+
+1. **Checks crossed**: authenticated connectivity checks (their MESSAGE-INTEGRITY verified with
+   the credentials of the two SDPs, so a stranger's packets move nothing) went through the relay.
+   Both parties run ICE end to end through it, and the relay pair is being tried.
+2. **Then silence on the relay pair**: for ``settle`` seconds neither media nor a check (consent
+   freshness, RFC 7675, runs on the selected pair only) used the relay. An agent that selected the
+   relay pair sends media on it every few tens of milliseconds and consent checks every 4-6 s; one
+   that selected another pair stops using the relay as soon as ICE completes (RFC 8445 §8.3:
+   the other pairs' checks stop). So ``settle`` (3 s) after the last use, ICE went around.
+
+While every stream is on hold (``a=inactive`` both ways is possible) a selected relay pair may
+carry only consent checks, up to 6 s apart: the window is then stretched to cover them.
+
+These are pure functions of counters and times; :mod:`.sessions` runs them from its timer and
+from re-offers, and keeps the books (ports, records).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from icerelay.relay.forwarding import ForwardingCounters, LegCounters
+
+__all__ = [
+    "CONSENT_INTERVAL",
+    "DEFAULT_SETTLE",
+    "Path",
+    "checks_crossed",
+    "last_relay_use",
+    "next_check",
+    "paths",
+    "relay_in_use",
+    "should_step_aside",
+    "window",
+]
+
+#: Seconds without use of the relay pair after which ICE is taken to have gone around it.
+DEFAULT_SETTLE = 3.0
+
+#: RFC 7675 §5.1: consent checks every 5 s, randomised to 4-6 s; the longest gap between two.
+CONSENT_INTERVAL = 6.0
+
+
+class Path(StrEnum):
+    """What the relay carried of one direction of a stream (media *from* one party)."""
+
+    #: The relay carried this party's media up to the stream's last activity.
+    RELAYED = "relayed"
+    #: This party's ICE checks crossed the relay but its media took another path (or the relay
+    #: stepped aside).
+    DIRECT = "direct"
+    #: The relay saw neither media nor ICE checks from this party.
+    NONE = "none"
+
+
+def checks_crossed(counters: ForwardingCounters | None) -> bool:
+    """True if authenticated ICE checks from either party went through the relay."""
+    if counters is None:
+        return False
+    return counters.a.checks_authenticated > 0 or counters.b.checks_authenticated > 0
+
+
+def _leg_use(leg: LegCounters) -> float | None:
+    times = [t for t in (leg.last_check, leg.last_media) if t is not None]
+    return max(times) if times else None
+
+
+def last_relay_use(counters: ForwardingCounters) -> float | None:
+    """The last time the relay pair was used: an authenticated check or media, either way."""
+    times = [t for t in (_leg_use(counters.a), _leg_use(counters.b)) if t is not None]
+    return max(times) if times else None
+
+
+def window(settle: float, *, held: bool) -> float:
+    """How long the relay pair must stay unused before the relay steps aside."""
+    return max(settle, CONSENT_INTERVAL) if held else settle
+
+
+def should_step_aside(
+    counters: ForwardingCounters | None, now: float, settle: float, *, held: bool = False
+) -> bool:
+    """Checks crossed the relay, and for the window since then the relay pair was not used."""
+    if counters is None or not checks_crossed(counters):
+        return False
+    last = last_relay_use(counters)
+    # The same sum as next_check's deadline, so that the timer it sets finds the window over.
+    return last is not None and now >= last + window(settle, held=held)
+
+
+def next_check(
+    counters: ForwardingCounters | None, now: float, settle: float, *, held: bool = False
+) -> float:
+    """When to look at a stream again (after ``now``): at the end of the current window, or
+    ``settle`` from now while no check has crossed yet (the relay candidate may be tried late)."""
+    wait = window(settle, held=held)
+    if counters is None or not checks_crossed(counters):
+        return now + wait
+    last = last_relay_use(counters)
+    due = (last if last is not None else now) + wait
+    # Never in the past: a stream that is not to step aside now is looked at again later.
+    return due if due > now else now + wait
+
+
+def relay_in_use(counters: ForwardingCounters | None, now: float, settle: float) -> bool | None:
+    """Whether the relay's observations say the relay pair is the one in use.
+
+    None: the relay saw no authenticated checks, so it cannot tell (signalling decides alone).
+    True: a nomination (USE-CANDIDATE) crossed the relay and the relay pair carried media or
+    checks within ``settle`` of ``now``. False otherwise: ICE selected another pair.
+    """
+    if counters is None or not checks_crossed(counters):
+        return None
+    if counters.a.last_nomination is None and counters.b.last_nomination is None:
+        return False
+    last = last_relay_use(counters)
+    return last is not None and now - last < settle
+
+
+def paths(
+    counters: ForwardingCounters, settle: float, *, stepped_aside: bool
+) -> tuple[Path, Path]:
+    """Per direction (from the caller, from the callee), what the relay carried.
+
+    A direction is relayed when its media reached the relay within ``settle`` of the stream's
+    last activity through the relay; direct when its checks crossed the relay but its media did
+    not follow (ICE chose another path for it), or when the relay stepped aside.
+    """
+    if stepped_aside:
+        return Path.DIRECT, Path.DIRECT
+    last = last_relay_use(counters)
+    result = []
+    for leg in (counters.a, counters.b):
+        if leg.last_media is not None and last is not None and last - leg.last_media < settle:
+            result.append(Path.RELAYED)
+        elif leg.checks_authenticated > 0:
+            result.append(Path.DIRECT)
+        elif leg.packets > 0:
+            # Media without ICE (or counters without times): the relay did carry it.
+            result.append(Path.RELAYED)
+        else:
+            result.append(Path.NONE)
+    return result[0], result[1]
