@@ -151,6 +151,8 @@ def test_ice_call_through_a_nat_uses_the_server_reflexive_candidate() -> None:
     assert_media_both_ways(caller, answerer)
     result = caller.controller.result
     assert result.ice_state == "completed"
+    # The controlled answerer completes on the caller's nomination; its result says so too.
+    assert answerer.controller.result.ice_state == "completed"
     assert result.ice_pair is not None and result.ice_pair.startswith(f"srflx {NAT_IP}:")
     assert result.ice_pair.endswith(f"host {ANSWERER_IP}:20000")
     # The controlling caller sent the updated offer once ICE completed (RFC 8445 8.1.2).

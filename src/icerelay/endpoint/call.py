@@ -691,6 +691,17 @@ class CallController:
             )
             self._local_media_ready(now)
             return
+        if (
+            isinstance(event, ConnectionStateChanged)
+            and self._ice_remote is not None
+            and self._ice_connect_by is None
+            and self.result.ice_state != "failed"
+            and event.state not in (ConnectionState.CLOSED, ConnectionState.FAILED)
+        ):
+            # The result says where ICE got to (a controlled phone completes on the peer's
+            # nomination, after media started on the first valid pair); closing at hangup is
+            # not news.
+            self._note_pair()
         if not self.options.debug:
             return
         if isinstance(event, CandidatePairStateChanged):

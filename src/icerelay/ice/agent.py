@@ -136,6 +136,8 @@ class Agent:
         self._outbox: list[Datagram] = []
         self._events: deque[Event] = deque()
         self._state = ConnectionState.NEW
+        # The generation whose pairs were all nominated (see update_state).
+        self._completed_generation: Generation | None = None
         self._coordinator: Coordinator | None = None
         self._pacer: Pacer = Pacer(self.config.ta, [self])
         self.selector = Selector(self)
@@ -499,6 +501,11 @@ class Agent:
         components_with_path = {pair.component for _, pair in paths}
         if len(components_with_path) == len(self.components):
             if all(pair.nominated for _, pair in paths):
+                state = ConnectionState.COMPLETED
+                self._completed_generation = generation
+            elif self._completed_generation is generation:
+                # Completed stays completed until an ICE restart: a transient selection (a
+                # better valid pair before its nomination arrives) must not read "connected".
                 state = ConnectionState.COMPLETED
             else:
                 state = ConnectionState.CONNECTED
