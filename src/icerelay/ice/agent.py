@@ -178,7 +178,8 @@ class Agent:
     @property
     def local_candidates(self) -> list[Candidate]:
         """The gathered candidates to signal (host, server-reflexive, relayed)."""
-        return list(self.gatherer.candidates)
+        components = self.components
+        return [c for c in self.gatherer.candidates if c.component in components]
 
     @property
     def remote_candidates(self) -> list[Candidate]:
@@ -224,6 +225,16 @@ class Agent:
             # Section 6.1.1: facing a lite peer, the full agent is controlling.
             self._set_role(True, announce=True)
         self._start_checks(now)
+
+    def use_rtcp_mux(self) -> None:
+        """The answer accepted rtcp-mux (RFC 5761 §5.1.3): RTCP shares component 1, so
+        component 2, gathered as the fallback, is neither signalled nor checked any more.
+        IceError once the checks started (the components are settled by then)."""
+        if self.components == (1,):
+            return
+        if self.generation.started:
+            raise IceError("rtcp-mux must be settled before the connectivity checks start")
+        self.components = (1,)
 
     def add_remote_candidate(self, candidate: Candidate | None, now: float) -> None:
         """A remote candidate from signalling (trickle, any time); ``None`` = end-of-candidates."""
