@@ -469,6 +469,8 @@ class RelayService:
                         "call_id": event.call_id,
                         "index": event.index,
                         "reason": str(event.reason),
+                        # Step-aside: seconds the relay pair was unused before the ports went.
+                        "relay_idle": "" if event.idle is None else round(event.idle, 3),
                     },
                 )
             elif isinstance(event, SessionEnded):

@@ -530,6 +530,11 @@ class SessionEngine:
         self._events.append(ForwardingInstalled(forwarding))
 
     def _end_stream(self, session: Session, stream: Stream, reason: StreamEndReason) -> None:
+        idle: float | None = None
+        if reason is StreamEndReason.ICE_DIRECT and stream.installed:
+            counters = self._counters(stream.key)
+            last = stepaside.last_relay_use(counters) if counters is not None else None
+            idle = None if last is None else self._now - last
         if reason is StreamEndReason.ICE_DIRECT:
             # The parties still know the relay's candidate: late checks or packets may come.
             stream.stepped_aside = self._now
@@ -539,7 +544,9 @@ class SessionEngine:
             self._release(stream)
         stream.ended = reason
         self._events.append(
-            StreamEnded(session.call_id, session.from_tag, session.tags[B], stream.index, reason)
+            StreamEnded(
+                session.call_id, session.from_tag, session.tags[B], stream.index, reason, idle
+            )
         )
 
     def _release(self, stream: Stream, *, quarantine: float = 0.0) -> None:
