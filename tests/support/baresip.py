@@ -26,6 +26,11 @@ audio_player		aubridge,nil
 audio_source		ausine,{tone}
 audio_alert		aubridge,nil
 audio_level		no
+# ausine makes 48 kHz stereo only; baresip resamples to and from the codec's 8 kHz mono.
+ausrc_srate		48000
+auplay_srate		48000
+ausrc_channels		2
+auplay_channels		2
 audio_buffer		20-160
 rtp_tos			0
 rtcp_mux		{rtcp_mux}
