@@ -99,6 +99,9 @@ class RelayServiceConfig(BaseModel):
     #: Seconds without media or checks on the relay pair, after authenticated ICE checks crossed
     #: the relay, before the relay steps aside (frees the stream's ports).
     ice_settle: float = Field(default=3.0, gt=0)
+    #: The same while only one of a two-component stream's relay ports saw traffic (ICE may
+    #: still be checking the other component: baresip checks one pair at a time).
+    ice_checking_wait: float = Field(default=10.0, gt=0)
     #: Seconds the ports of a stepped-aside stream stay out of the pool (late packets of that
     #: call must reach no other call).
     port_quarantine: float = Field(default=60.0, ge=0)
@@ -162,5 +165,6 @@ class RelayServiceConfig(BaseModel):
             handover_after=self.handover_after or None,
             sip_source=self.sip_source,
             ice_settle=self.ice_settle,
+            ice_checking_wait=self.ice_checking_wait,
             port_quarantine=self.port_quarantine,
         )

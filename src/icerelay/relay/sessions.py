@@ -582,17 +582,29 @@ class SessionEngine:
 
     def _step_aside(self, session: Session, now: float) -> None:
         """Free every watched stream whose relay pair ICE stopped using."""
+        config = self.config
         for stream in session.streams:
             if self._watched(stream) and stepaside.should_step_aside(
-                self._counters(stream.key), now, self.config.ice_settle, held=stream.held()
+                self._counters(stream.key),
+                now,
+                config.ice_settle,
+                held=stream.held(),
+                components=_ice_components(stream),
+                checking_wait=config.ice_checking_wait,
             ):
                 self._end_stream(session, stream, StreamEndReason.ICE_DIRECT)
 
     def _step_aside_deadline(self, session: Session, now: float) -> float | None:
         """When a watched stream of ``session`` must be looked at next, or None."""
+        config = self.config
         times = [
             stepaside.next_check(
-                self._counters(stream.key), now, self.config.ice_settle, held=stream.held()
+                self._counters(stream.key),
+                now,
+                config.ice_settle,
+                held=stream.held(),
+                components=_ice_components(stream),
+                checking_wait=config.ice_checking_wait,
             )
             for stream in session.streams
             if self._watched(stream)
@@ -732,6 +744,17 @@ def _parse(body: bytes) -> SessionDescription:
         return SessionDescription.parse(body)
     except SdpError as error:
         raise RelayError(f"cannot parse the SDP: {error}") from None
+
+
+def _ice_components(stream: Stream) -> int:
+    """ICE components of a stream: 1 when both parties multiplex RTCP or neither has RTCP
+    candidates, else 2 (RFC 5761, RFC 8445 §5.1.1)."""
+    offered, answered = stream.offers
+    if offered is None or answered is None:
+        return 1
+    if offered.rtcp_mux and answered.rtcp_mux:
+        return 1
+    return 2 if offered.component_2 and answered.component_2 else 1
 
 
 def _codec(offer: StreamOffer | None) -> str | None:

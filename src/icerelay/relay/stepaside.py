@@ -20,6 +20,13 @@ candidate). So the relay watches its own ports, through the data plane's
 While every stream is on hold (``a=inactive`` both ways is possible) a selected relay pair may
 carry only consent checks, up to 6 s apart: the window is then stretched to cover them.
 
+Silence can also mean that ICE is still running elsewhere in the checklist: baresip 1.0 (libre)
+checks one pair at a time, each failing pair taking about 2.2 s of retransmissions, component
+1's pairs first, then component 2's. Its checks on the relay pair of component 1 can be 4-5 s
+apart from those of component 2, and stepping aside in that gap breaks a call that ends up
+needing the relay. So while a stream has two components and the relay saw traffic on only one
+of its two ports, the window is ``checking_wait`` (10 s) instead: longer, but never premature.
+
 These are pure functions of counters and times; :mod:`.sessions` runs them from its timer and
 from re-offers, and keeps the books (ports, records).
 """
@@ -80,28 +87,72 @@ def last_relay_use(counters: ForwardingCounters) -> float | None:
     return max(times) if times else None
 
 
-def window(settle: float, *, held: bool) -> float:
-    """How long the relay pair must stay unused before the relay steps aside."""
-    return max(settle, CONSENT_INTERVAL) if held else settle
+#: Seconds of silence needed while a two-component stream was seen on one relay port only.
+CHECKING_WAIT = 10.0
+
+
+def one_component_seen(counters: ForwardingCounters) -> bool:
+    """True if traffic (checks or media) reached only one of the relay's two ports (RTP, RTCP)
+    of this stream, from either party: the latched addresses say which ports heard anything."""
+    rtp = counters.a.latched_rtp is not None or counters.b.latched_rtp is not None
+    rtcp = counters.a.latched_rtcp is not None or counters.b.latched_rtcp is not None
+    return rtp != rtcp
+
+
+def window(
+    settle: float,
+    *,
+    held: bool,
+    checking: bool = False,
+    checking_wait: float = CHECKING_WAIT,
+) -> float:
+    """How long the relay pair must stay unused before the relay steps aside; ``checking``: ICE
+    may still be working through the other component's pairs (see the module docstring)."""
+    base = max(settle, CONSENT_INTERVAL) if held else settle
+    return max(base, checking_wait) if checking else base
+
+
+def _window(
+    counters: ForwardingCounters, settle: float, held: bool, components: int, checking_wait: float
+) -> float:
+    checking = components == 2 and one_component_seen(counters)
+    return window(settle, held=held, checking=checking, checking_wait=checking_wait)
 
 
 def should_step_aside(
-    counters: ForwardingCounters | None, now: float, settle: float, *, held: bool = False
+    counters: ForwardingCounters | None,
+    now: float,
+    settle: float,
+    *,
+    held: bool = False,
+    components: int = 1,
+    checking_wait: float = CHECKING_WAIT,
 ) -> bool:
-    """Checks crossed the relay, and for the window since then the relay pair was not used."""
+    """Checks crossed the relay, and for the window since then the relay pair was not used.
+
+    ``components``: ICE components of the stream (2 unless both parties multiplex RTCP)."""
     if counters is None or not checks_crossed(counters):
         return False
     last = last_relay_use(counters)
+    wait = _window(counters, settle, held, components, checking_wait)
     # The same sum as next_check's deadline, so that the timer it sets finds the window over.
-    return last is not None and now >= last + window(settle, held=held)
+    return last is not None and now >= last + wait
 
 
 def next_check(
-    counters: ForwardingCounters | None, now: float, settle: float, *, held: bool = False
+    counters: ForwardingCounters | None,
+    now: float,
+    settle: float,
+    *,
+    held: bool = False,
+    components: int = 1,
+    checking_wait: float = CHECKING_WAIT,
 ) -> float:
     """When to look at a stream again (after ``now``): at the end of the current window, or
     ``settle`` from now while no check has crossed yet (the relay candidate may be tried late)."""
     wait = window(settle, held=held)
+    if counters is not None:
+        wait = _window(counters, settle, held, components, checking_wait)
     if counters is None or not checks_crossed(counters):
         return now + wait
     last = last_relay_use(counters)

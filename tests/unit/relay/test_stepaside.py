@@ -26,6 +26,7 @@ from icerelay.relay.sessions import (
 )
 from icerelay.relay.stepaside import Path
 from icerelay.sdp import SessionDescription
+from icerelay.stun import Address
 
 from .samples import ASTERISK, SIPP_ANSWER
 from .test_sessions import CALLEE_ICE, RELAY, answer, drain, ice_reoffer, installed, offer
@@ -85,6 +86,20 @@ def test_consent_checks_alone_keep_a_held_stream() -> None:
     assert stepaside.should_step_aside(consent, 24.5, 3.0)  # not held: 4.5 s of silence
     assert not stepaside.should_step_aside(consent, 24.5, 3.0, held=True)
     assert stepaside.should_step_aside(consent, 26.0, 3.0, held=True)
+
+
+def test_a_two_component_stream_heard_on_one_port_waits_longer() -> None:
+    """baresip checks component 1's pairs, then component 2's, one at a time: its checks on the
+    relay's RTP port can be 4-5 s before those on the RTCP port (seen in the interop test)."""
+    rtp_only = ForwardingCounters(leg(2, check=5.0), leg(2, check=5.0))
+    rtp_only.a.latched_rtp = Address("198.51.100.1", 2450)
+    assert stepaside.should_step_aside(rtp_only, 8.0, 3.0, components=1)
+    assert not stepaside.should_step_aside(rtp_only, 9.5, 3.0, components=2)
+    assert stepaside.next_check(rtp_only, 9.5, 3.0, components=2) == 15.0
+    assert stepaside.should_step_aside(rtp_only, 15.0, 3.0, components=2)
+    both = ForwardingCounters(leg(2, check=9.5), leg(2, check=9.5))
+    both.a.latched_rtp, both.b.latched_rtcp = Address("198.51.100.1", 2450), Address("x", 1)
+    assert stepaside.should_step_aside(both, 12.5, 3.0, components=2)
 
 
 def test_relay_in_use_needs_a_nomination_and_recent_use() -> None:
