@@ -287,7 +287,7 @@ def check(
         assert end_reason is None and not ended, logs
         assert from_caller >= 0.9 * media["caller"][0], (rows, media, logs)
         assert from_callee >= 0.9 * media["callee"][0], (rows, media, logs)
-        print(f"\n{name}: relayed both ways ({from_caller}/{from_callee} packets), {media}")
+        note(f"{name}: relayed both ways ({from_caller}/{from_callee} packets), phones {media}")
         return
     assert end_reason == "ice-direct-path", (rows, logs)
     # What crossed the relay before ICE completed is a small part of the call.
@@ -298,4 +298,14 @@ def check(
     # as caller), else within the settle time (3 s) plus a poll of it after the last use of
     # its pair: ICE completed (on another pair) no later than that last use.
     assert 0.0 <= idle <= SETTLE + 1.0, (event, logs)
-    print(f"\n{name}: ports freed {idle:.3f} s after the relay pair's last use, {media}")
+    note(f"{name}: ports freed {idle:.3f} s after the relay pair's last use, phones {media}")
+
+
+def note(line: str) -> None:
+    """Print a measurement (``-s``), and append it to $STEPASIDE_REPORT when set (xdist hides
+    the workers' output)."""
+    print("\n" + line)
+    report = os.environ.get("STEPASIDE_REPORT")
+    if report:
+        with open(report, "a") as file:
+            file.write(line + "\n")
