@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 from typing import Any
 from unittest.mock import ANY
@@ -11,6 +13,7 @@ import pytest
 from icerelay.control.mediaproxy import MediaproxyHandler
 from icerelay.control.ng.commands import Query
 from icerelay.control.ng.handler import NgHandler
+from icerelay.daemon.relay_service import RelayService
 from icerelay.relay import stepaside
 from icerelay.relay.forwarding import ForwardingCounters, LegCounters
 from icerelay.relay.ports import PortPair, PortPool
@@ -26,9 +29,12 @@ from icerelay.relay.sessions import (
 )
 from icerelay.relay.stepaside import Path
 from icerelay.sdp import SessionDescription
-from icerelay.stun import Address
+from icerelay.stun import Address, AttributeType, MessageClass, Method
+from icerelay.stun.credentials import short_term_key
+from icerelay.stun.message import Message, decode_message
 
 from .samples import ASTERISK, SIPP_ANSWER
+from .test_service import NgClient, Phone, config
 from .test_sessions import CALLEE_ICE, RELAY, answer, drain, ice_reoffer, installed, offer
 
 
@@ -378,3 +384,78 @@ def test_request_body_is_valid_sdp() -> None:
     # The helper bodies of this module parse (a guard for the tests above).
     assert SessionDescription.parse(ice_reoffer("127.0.0.1 30000")).media[0].remote_candidates
     assert MediaRequest("c", "t", ASTERISK).dialog.call_id == "c"
+
+
+# -- the daemon: counters from the real (userspace) data plane, the engine's timer ------------
+
+
+def ice_sdp(port: int, ufrag: str, pwd: str) -> bytes:
+    return (
+        f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n"
+        f"a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n"
+        f"a=candidate:1 1 UDP 2130706431 127.0.0.1 {port} typ host\r\n"
+    ).encode()
+
+
+def test_the_daemon_steps_aside_after_checks_and_silence() -> None:
+    """Checks that authenticate with the two SDPs' credentials cross the relay (as ICE tries the
+    relay pair), then nothing: the daemon frees the ports after the settle time, ng query says
+    ice-direct-path and statistics count it."""
+    alice_ice = ("alicefrag", "alicepassword0123456789x")
+    bob_ice = ("bobfrag1", "bobpassword0123456789xyz")
+
+    async def main() -> None:
+        service = RelayService(config(ice_settle=0.3, port_quarantine=30.0))
+        await service.start()
+        alice, bob = Phone(), Phone()
+        client = NgClient(service.ng_address)
+        loop = asyncio.get_running_loop()
+        try:
+            offered = await client.request({
+                "command": "offer", "call-id": "ice@test", "from-tag": "alice",
+                "sdp": ice_sdp(alice.port, *alice_ice),
+            })  # fmt: skip
+            to_bob = SessionDescription.parse(offered[b"sdp"])  # type: ignore[arg-type]
+            answered = await client.request({
+                "command": "answer", "call-id": "ice@test", "from-tag": "alice",
+                "to-tag": "bob", "sdp": ice_sdp(bob.port, *bob_ice),
+            })  # fmt: skip
+            to_alice = SessionDescription.parse(answered[b"sdp"])  # type: ignore[arg-type]
+            assert service.pool.in_use == 2
+            # Alice checks the relay pair towards Bob: USERNAME bob:alice, Bob's password.
+            request = Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12))
+            request.add(AttributeType.USERNAME, f"{bob_ice[0]}:{alice_ice[0]}")
+            request.add(AttributeType.PRIORITY, 1853824767)
+            request.add(AttributeType.ICE_CONTROLLING, 7)
+            key = short_term_key(bob_ice[1])
+            await loop.sock_sendto(
+                alice.sock, request.encode(integrity_key=key, fingerprint=True),
+                ("127.0.0.1", to_alice.media[0].port),
+            )  # fmt: skip
+            data, _ = await bob.receive()
+            response = decode_message(data).response()
+            response.add(AttributeType.XOR_MAPPED_ADDRESS, Address("127.0.0.1", alice.port))
+            await loop.sock_sendto(
+                bob.sock, response.encode(integrity_key=key, fingerprint=True),
+                ("127.0.0.1", to_bob.media[0].port),
+            )  # fmt: skip
+            await alice.receive()
+            for _ in range(60):  # the settle time is 0.3 s
+                if service.pool.in_use == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert service.pool.in_use == 0 and service.pool.quarantined == 2
+            query: Any = await client.request({"command": "query", "call-id": "ice@test"})
+            medias = [tag[b"medias"][0] for tag in query[b"tags"].values()]
+            assert {m[b"state"] for m in medias} == {b"ice-direct-path"}
+            assert {m[b"path"] for m in medias} == {b"direct"}
+            stats: Any = await client.request({"command": "statistics"})
+            assert stats[b"statistics"][b"service"][b"streams_stepped_aside"] == 1
+        finally:
+            await service.stop()
+            alice.sock.close()
+            bob.sock.close()
+            client.sock.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
