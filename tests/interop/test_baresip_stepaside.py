@@ -182,6 +182,10 @@ def start_phone(
         )
     else:
         argv = icerelay_phone(side, user=user, target=target, seconds=CALL, stun=server)
+        if kind == "icerelay-mux":
+            # RFC 5761 §5.1.3: the offer keeps RTCP candidates; baresip (rtcp_mux no) answers
+            # without mux, and both components are used.
+            argv.append("--rtcp-mux")
     return side.ns.popen(*argv, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -193,7 +197,7 @@ COMBINATIONS = [
         ("baresip", "icerelay"),
         ("icerelay", "baresip"),
     )
-]
+] + [("icerelay-mux", "baresip", "flat")]
 
 
 @pytest.mark.skipif(baresip_support.BINARY is None, reason="baresip is not installed (Debian)")
