@@ -176,9 +176,7 @@ def relay_in_use(counters: ForwardingCounters | None, now: float, settle: float)
     return last is not None and now - last < settle
 
 
-def paths(
-    counters: ForwardingCounters, settle: float, *, stepped_aside: bool
-) -> tuple[Path, Path]:
+def paths(counters: ForwardingCounters, settle: float, *, stepped_aside: bool) -> tuple[Path, Path]:
     """Per direction (from the caller, from the callee), what the relay carried.
 
     A direction is relayed when its media reached the relay within ``settle`` of the stream's

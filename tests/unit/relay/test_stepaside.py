@@ -346,13 +346,17 @@ def test_mediaproxy_ice_yes_steps_aside_the_same_way() -> None:
         "media_relay: \r\n"
     )
     handler.handle(
-        ("update\r\n" + common.format(kind="request", to="", media="audio:10.0.0.5:5000:"
-                                      "sendrecv:ice=yes")).encode(),
+        (
+            "update\r\n"
+            + common.format(kind="request", to="", media="audio:10.0.0.5:5000:sendrecv:ice=yes")
+        ).encode(),
         0.0,
     )
     handler.handle(
-        ("update\r\n" + common.format(kind="reply", to="bt", media="audio:198.51.100.9:7000:"
-                                      "sendrecv:ice=yes")).encode(),
+        (
+            "update\r\n"
+            + common.format(kind="reply", to="bt", media="audio:198.51.100.9:7000:sendrecv:ice=yes")
+        ).encode(),
         0.5,
     )
     (key,) = {e.forwarding.key for e in drain(engine) if isinstance(e, ForwardingInstalled)}
