@@ -213,7 +213,14 @@ COMBINATIONS = [
         ("baresip", "icerelay"),
         ("icerelay", "baresip"),
     )
-] + [("icerelay-mux", "baresip", "flat"), ("baresip", "baresip", "cone2")]
+] + [("baresip", "baresip", "cone2")]
+# On the flat network the icerelay phone offers --rtcp-mux to baresip, which does not multiplex:
+# the RTCP fallback of the offer (RFC 5761 §5.1.3) is what the call uses.
+COMBINATIONS[COMBINATIONS.index(("icerelay", "baresip", "flat"))] = (
+    "icerelay-mux",
+    "baresip",
+    "flat",
+)
 
 
 @pytest.mark.skipif(baresip_support.BINARY is None, reason="baresip is not installed (Debian)")
