@@ -25,7 +25,14 @@ checks one pair at a time, each failing pair taking about 2.2 s of retransmissio
 1's pairs first, then component 2's. Its checks on the relay pair of component 1 can be 4-5 s
 apart from those of component 2, and stepping aside in that gap breaks a call that ends up
 needing the relay. So while a stream has two components and the relay saw traffic on only one
-of its two ports, the window is ``checking_wait`` (10 s) instead: longer, but never premature.
+of its two ports, the window is ``checking_wait`` (10 s) instead: longer, and not premature for
+the agents measured (baresip 1.0, icerelay's own).
+
+Once the relay pair is known to be the selected one -- a nomination (USE-CANDIDATE) crossed the
+relay and media kept crossing it for ``settle`` seconds after that -- silence no longer means
+that ICE went elsewhere (ICE changes a selected pair only by an ICE restart, which comes with
+an offer): it is a muted phone or silence suppression, and the media timeout deals with a dead
+call. The timer then stops looking at the stream.
 
 These are pure functions of counters and times; :mod:`.sessions` runs them from its timer and
 from re-offers, and keeps the books (ports, records).
@@ -38,14 +45,17 @@ from enum import StrEnum
 from icerelay.relay.forwarding import ForwardingCounters, LegCounters
 
 __all__ = [
+    "CHECKING_WAIT",
     "CONSENT_INTERVAL",
     "DEFAULT_SETTLE",
     "Path",
     "checks_crossed",
     "last_relay_use",
     "next_check",
+    "one_component_seen",
     "paths",
     "relay_in_use",
+    "relay_selected",
     "should_step_aside",
     "window",
 ]
@@ -91,6 +101,21 @@ def last_relay_use(counters: ForwardingCounters) -> float | None:
 CHECKING_WAIT = 10.0
 
 
+#: How often a stream whose relay pair is selected is looked at again (cheap, and a later
+#: request re-arms the timer anyway).
+SELECTED_RECHECK = 30.0
+
+
+def relay_selected(counters: ForwardingCounters, settle: float) -> bool:
+    """True if the relay pair is the selected one: a nomination crossed the relay and media
+    went on crossing it for ``settle`` seconds after the last nomination."""
+    nominations = [
+        t for t in (counters.a.last_nomination, counters.b.last_nomination) if t is not None
+    ]
+    media = [t for t in (counters.a.last_media, counters.b.last_media) if t is not None]
+    return bool(nominations and media) and max(media) >= max(nominations) + settle
+
+
 def one_component_seen(counters: ForwardingCounters) -> bool:
     """True if traffic (checks or media) reached only one of the relay's two ports (RTP, RTCP)
     of this stream, from either party: the latched addresses say which ports heard anything."""
@@ -131,7 +156,7 @@ def should_step_aside(
     """Checks crossed the relay, and for the window since then the relay pair was not used.
 
     ``components``: ICE components of the stream (2 unless both parties multiplex RTCP)."""
-    if counters is None or not checks_crossed(counters):
+    if counters is None or not checks_crossed(counters) or relay_selected(counters, settle):
         return False
     last = last_relay_use(counters)
     wait = _window(counters, settle, held, components, checking_wait)
@@ -155,6 +180,8 @@ def next_check(
         wait = _window(counters, settle, held, components, checking_wait)
     if counters is None or not checks_crossed(counters):
         return now + wait
+    if relay_selected(counters, settle):
+        return now + SELECTED_RECHECK
     last = last_relay_use(counters)
     due = (last if last is not None else now) + wait
     # Never in the past: a stream that is not to step aside now is looked at again later.

@@ -83,7 +83,8 @@ def test_media_through_the_relay_keeps_it() -> None:
     # Media on the relay pair goes on: the relay is in use.
     flowing = ForwardingCounters(leg(4, check=10.0, nomination=10.0, media=30.0), leg(3))
     assert not stepaside.should_step_aside(flowing, 31.0, 3.0)
-    assert stepaside.next_check(flowing, 31.0, 3.0) == 33.0
+    # Selected (nominated, media for seconds since): looked at again only now and then.
+    assert stepaside.next_check(flowing, 31.0, 3.0) == 61.0
 
 
 def test_consent_checks_alone_keep_a_held_stream() -> None:
@@ -106,6 +107,21 @@ def test_a_two_component_stream_heard_on_one_port_waits_longer() -> None:
     both = ForwardingCounters(leg(2, check=9.5), leg(2, check=9.5))
     both.a.latched_rtp, both.b.latched_rtcp = Address("198.51.100.1", 2450), Address("x", 1)
     assert stepaside.should_step_aside(both, 12.5, 3.0, components=2)
+
+
+def test_silence_on_the_selected_relay_pair_is_not_a_direct_path() -> None:
+    """Nominated through the relay, then media through it for seconds: the relay pair is the
+    selected one. A muted phone (silence suppression) must not make the relay step aside."""
+    selected = ForwardingCounters(
+        leg(4, check=1.0, nomination=1.2, media=20.0), leg(4, check=1.1, media=20.0)
+    )
+    assert stepaside.relay_selected(selected, 3.0)
+    assert not stepaside.should_step_aside(selected, 40.0, 3.0)
+    assert stepaside.next_check(selected, 40.0, 3.0) == 70.0
+    # Media only until just after the nomination (early media, then ICE went elsewhere).
+    early = ForwardingCounters(leg(4, check=1.0, nomination=1.2, media=1.5), leg(4, check=1.1))
+    assert not stepaside.relay_selected(early, 3.0)
+    assert stepaside.should_step_aside(early, 4.5, 3.0)
 
 
 def test_relay_in_use_needs_a_nomination_and_recent_use() -> None:
