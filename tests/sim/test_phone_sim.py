@@ -59,7 +59,7 @@ class Side:
 
 def build(
     *, ice: bool, nat: NatConfig = PORT_RESTRICTED_CONE, relay_only: bool = False,
-    seed: int = 1, duration: float = 2.0, loss: float = 0.0,
+    seed: int = 1, duration: float = 2.0, loss: float = 0.0, rtcp_mux: bool = False,
 ) -> tuple[Network, Side, Side]:
     network = Network(seed)
     network.add_host("stun", STUN[0]).attach(StunServer())
@@ -80,6 +80,7 @@ def build(
             rtcp_interval=0.5,
             ice=ice,
             relay_only=relay_only and caller,
+            rtcp_mux=rtcp_mux and caller,
         )
         setup = IceSetup(
             AgentConfig(stun_servers=(STUN,), relay_only=options.relay_only),
@@ -151,6 +152,8 @@ def test_ice_call_through_a_nat_uses_the_server_reflexive_candidate() -> None:
     assert_media_both_ways(caller, answerer)
     result = caller.controller.result
     assert result.ice_state == "completed"
+    # The controlled answerer completes on the caller's nomination; its result says so too.
+    assert answerer.controller.result.ice_state == "completed"
     assert result.ice_pair is not None and result.ice_pair.startswith(f"srflx {NAT_IP}:")
     assert result.ice_pair.endswith(f"host {ANSWERER_IP}:20000")
     # The controlling caller sent the updated offer once ICE completed (RFC 8445 8.1.2).
@@ -160,6 +163,21 @@ def test_ice_call_through_a_nat_uses_the_server_reflexive_candidate() -> None:
     assert [e.ice_pair for _, e in caller.events if isinstance(e, MediaStarted)] == [
         result.ice_pair
     ]
+
+
+def test_an_rtcp_mux_ice_offer_keeps_an_rtcp_fallback_and_the_answer_settles_it() -> None:
+    network, caller, answerer = build(ice=True, rtcp_mux=True)
+    run_call(network, caller, answerer)
+    assert_media_both_ways(caller, answerer)
+    # RFC 5761 §5.1.3: the offer has RTCP candidates (component 2) besides a=rtcp-mux; the
+    # answerer multiplexes, so it gathers one component and the caller drops the second.
+    wanted = {
+        side: [e.components for _, e in s.events if isinstance(e, PortsWanted)]
+        for side, s in (("caller", caller), ("answerer", answerer))
+    }
+    assert wanted == {"caller": [2], "answerer": [1]}
+    stats = caller.controller.result.statistics
+    assert stats is not None and stats.packets_lost == 0
 
 
 def test_ice_call_through_the_turn_relay() -> None:

@@ -337,17 +337,41 @@ class Connection:
         self.agent.add_remote_candidate(candidate, self._now())
         self._service()
 
-    async def connect(self, timeout: float | None = None) -> None:
-        """Wait until every component has a selected pair; IceError if ICE fails."""
+    async def connect(self, timeout: float | None = None, *, nominated: bool | None = None) -> None:
+        """Wait until every component has a selected pair; IceError if ICE fails.
+
+        With ``nominated`` (the default for a controlled agent) wait until the pairs are
+        nominated (``completed``): a valid pair alone only says that our checks got answers,
+        not that the controlling agent will use it (RFC 8445 §8.1.1). IceError when no
+        nomination comes within ``AgentConfig.nomination_timeout`` of the first valid pair.
+        """
+        loop = asyncio.get_running_loop()
+        wait_nomination = (not self.agent.controlling) if nominated is None else nominated
+        patience = self.agent.config.nomination_timeout
+        connected_at: float | None = None
         async with asyncio.timeout(timeout):
             while True:
                 state = self.agent.state
-                if state in (ConnectionState.CONNECTED, ConnectionState.COMPLETED):
+                remaining: float | None = None
+                if state is ConnectionState.COMPLETED:
                     return
+                if state is ConnectionState.CONNECTED:
+                    if not wait_nomination:
+                        return
+                    if connected_at is None:
+                        connected_at = loop.time()
+                    remaining = connected_at + patience - loop.time()
+                    if remaining <= 0:
+                        raise IceError(
+                            f"ICE connected but the controlling agent nominated no pair "
+                            f"within {patience:g} s"
+                        )
                 if state in (ConnectionState.FAILED, ConnectionState.CLOSED):
                     raise IceError(f"ICE {state.value}")
                 self._state_changed.clear()
-                await self._state_changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._state_changed.wait()
 
     async def wait_for(self, *states: ConnectionState, timeout: float | None = None) -> None:
         """Wait until the agent is in one of ``states``."""

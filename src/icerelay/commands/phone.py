@@ -131,6 +131,11 @@ def _address(text: str, default_port: int) -> Address:
 )
 @click.option("--rtp-address", help="Local IP for media (default: the SIP address).")
 @click.option("--rtcp-mux", is_flag=True, help="Offer RTCP multiplexed on the RTP port.")
+@click.option(
+    "--rtcp-mux-only",
+    is_flag=True,
+    help="Offer rtcp-mux without an RTCP port to fall back to (RFC 8858).",
+)
 @click.option("--rtcp-interval", type=click.FloatRange(min=0.5), default=5.0, show_default=True)
 @click.option("--dtmf", metavar="DIGITS", help="Send these DTMF digits (RFC 4733) at the start.")
 @click.option(
@@ -191,6 +196,7 @@ def phone(
     codec: str,
     rtp_address: str | None,
     rtcp_mux: bool,
+    rtcp_mux_only: bool,
     rtcp_interval: float,
     dtmf: str | None,
     ice: bool | None,
@@ -246,7 +252,8 @@ def phone(
             wait=wait,
             codec=codec.upper(),
             rtp_address=rtp_address,
-            rtcp_mux=rtcp_mux,
+            rtcp_mux=rtcp_mux or rtcp_mux_only,
+            rtcp_mux_only=rtcp_mux_only,
             rtcp_interval=rtcp_interval,
             dtmf=dtmf,
             ice=ice,

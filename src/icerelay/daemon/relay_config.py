@@ -158,6 +158,17 @@ class RelayServiceConfig(BaseModel):
     #: Seconds between two log lines of the same kind of refusal or internal error.
     log_interval: float = Field(default=10.0, gt=0)
 
+    # -- step-aside (issue 11) --
+    #: Seconds without media or checks on the relay pair, after authenticated ICE checks crossed
+    #: the relay, before the relay steps aside (frees the stream's ports).
+    ice_settle: float = Field(default=3.0, gt=0)
+    #: The same while only one of a two-component stream's relay ports saw traffic (ICE may
+    #: still be checking the other component: baresip checks one pair at a time).
+    ice_checking_wait: float = Field(default=10.0, gt=0)
+    #: Seconds the ports of a stepped-aside stream stay out of the pool (late packets of that
+    #: call must reach no other call).
+    port_quarantine: float = Field(default=60.0, ge=0)
+
     @field_validator("ng_listen", mode="before")
     @classmethod
     def _parse_listen(cls, value: object) -> object:
@@ -246,4 +257,7 @@ class RelayServiceConfig(BaseModel):
             handover_after=self.handover_after or None,
             sip_source=self.sip_source,
             max_sessions=self.max_sessions,
+            ice_settle=self.ice_settle,
+            ice_checking_wait=self.ice_checking_wait,
+            port_quarantine=self.port_quarantine,
         )

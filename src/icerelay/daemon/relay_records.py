@@ -166,6 +166,12 @@ class RelayRecords:
             created=record.created + offset,
             answered=None if record.answered is None else record.answered + offset,
             ended=record.ended + offset,
+            streams=tuple(
+                stream
+                if stream.stepped_aside is None
+                else dataclasses.replace(stream, stepped_aside=stream.stepped_aside + offset)
+                for stream in record.streams
+            ),
         )
 
     def ended(self, record: SessionRecord) -> None:

@@ -214,6 +214,10 @@ class RelayService:
             "journal_errors": self.records.journal_errors,
             "forwardings_failed": self.install_failures,
             "ports_quarantined": len(self._quarantined),
+            # Step-aside (issue 11): streams the relay left because ICE went around it, and
+            # their pairs still held out of the pool against late packets.
+            "streams_stepped_aside": self.engine.stepped_aside,
+            "ports_after_step_aside": self.pool.quarantined,
             "mediaproxy_errors": self.mediaproxy.errors,
             "ng_tcp_connections": self._ng_clients,
             "records_written": accounting.delivered if accounting is not None else 0,
@@ -717,6 +721,8 @@ class RelayService:
                         "call_id": event.call_id,
                         "index": event.index,
                         "reason": str(event.reason),
+                        # Step-aside: seconds the relay pair was unused before the ports went.
+                        "relay_idle": "" if event.idle is None else round(event.idle, 3),
                     },
                 )
             elif isinstance(event, SessionEnded):

@@ -479,7 +479,12 @@ class CallController:
             return
         self._remote = remote
         self._rtcp_mux = self._rtcp_mux and remote.rtcp_mux
-        if self.ice is not None and remote.has_ice:
+        if self.ice is not None and remote.ice_mismatch_signalled:
+            self._say("the answer says a=ice-mismatch: plain RTP to its c=/m=")
+            self._fall_back_to_plain(remote, now)
+        elif self.ice is not None and remote.has_ice:
+            if self._rtcp_mux:
+                self.ice.agents[0].use_rtcp_mux()
             # A lite agent never controls (RFC 8445 section 6.1.1); a full one facing us does.
             self._start_ice(remote, controlling=not self.options.ice_lite, now=now)
         elif self.ice is not None:
@@ -529,10 +534,15 @@ class CallController:
         if use_ice:
             lite_peer = remote is not None and remote.ice_lite
             controlling = (step == "offer" or lite_peer) and not self.options.ice_lite
-            components = 1 if (self.options.rtcp_mux and (remote is None or remote.rtcp_mux)) else 2
-            if remote is not None and remote.rtcp_mux:
-                components = 1
-            self._rtcp_mux = components == 1
+            if remote is not None:
+                # Answering: multiplex exactly when the offer did (RFC 5761 §5.1.1).
+                components = 1 if remote.rtcp_mux else 2
+                self._rtcp_mux = remote.rtcp_mux
+            else:
+                # Offering rtcp-mux still offers RTCP candidates as the fallback (RFC 5761
+                # §5.1.3), unless mux-only (RFC 8858); the answer settles it.
+                components = 1 if self.options.rtcp_mux_only else 2
+                self._rtcp_mux = self.options.rtcp_mux or self.options.rtcp_mux_only
             self._pending_ice = (controlling, components)
             setup = self._ice_setup or IceSetup(AgentConfig())
             self._events.append(PortsWanted(True, components, setup.addresses, setup.port_range))
@@ -595,7 +605,8 @@ class CallController:
         media = ice_media(
             self.ice.agents[0],
             LocalMedia("", 0, codecs=codecs, telephone_event=telephone_event,
-                       rtcp_mux=self._rtcp_mux, direction=direction),
+                       rtcp_mux=self._rtcp_mux, direction=direction,
+                       rtcp_mux_only=self._rtcp_mux and self.options.rtcp_mux_only),
             lite=self.options.ice_lite,
         )
         return build_sdp(media, self.origin)
@@ -691,6 +702,17 @@ class CallController:
             )
             self._local_media_ready(now)
             return
+        if (
+            isinstance(event, ConnectionStateChanged)
+            and self._ice_remote is not None
+            and self._ice_connect_by is None
+            and self.result.ice_state != "failed"
+            and event.state not in (ConnectionState.CLOSED, ConnectionState.FAILED)
+        ):
+            # The result says where ICE got to (a controlled phone completes on the peer's
+            # nomination, after media started on the first valid pair); closing at hangup is
+            # not news.
+            self._note_pair()
         if not self.options.debug:
             return
         if isinstance(event, CandidatePairStateChanged):

@@ -52,6 +52,8 @@ class LocalMedia:
     telephone_event: int | None = 101
     ptime: int = 20
     rtcp_mux: bool = False
+    rtcp_mux_only: bool = False
+    """With :attr:`rtcp_mux`: ``a=rtcp-mux-only`` (RFC 8858), no RTCP fallback."""
     ice: IceDescription | None = None
     direction: str = "sendrecv"
     ice_mismatch: bool = False
@@ -108,6 +110,12 @@ def build_sdp(media: LocalMedia, origin: SdpOrigin, *, name: str = "icerelay") -
     lines.append(f"a=ptime:{media.ptime}")
     if media.rtcp_mux:
         lines.append("a=rtcp-mux")
+        if media.rtcp_mux_only:
+            lines.append("a=rtcp-mux-only")
+        elif media.ice is not None and media.rtcp_port is not None:
+            # RFC 5761 §5.1.3: where RTCP goes if the answerer does not multiplex (its ICE
+            # candidates are the component 2 ones).
+            lines.append(f"a=rtcp:{media.rtcp_port}")
     elif media.rtcp_port is not None and media.rtcp_port != media.port + 1:
         lines.append(f"a=rtcp:{media.rtcp_port}")
     if media.ice is not None:
@@ -191,6 +199,9 @@ class RemoteMedia:
     remote_candidates: tuple[tuple[int, str, int], ...] = ()
     direction: str = "sendrecv"
     ptime: int | None = None
+    ice_mismatch_signalled: bool = False
+    """The SDP carries ``a=ice-mismatch``: the answerer saw our offer rewritten by a middlebox
+    and does not do ICE for this stream (RFC 8839 §5.4)."""
 
     @property
     def has_ice(self) -> bool:
@@ -273,4 +284,5 @@ def parse_remote(body: bytes, *, supported: tuple[Codec, ...] = (CODECS["PCMU"],
         remote_candidates=remote_candidates,
         direction=audio.direction(sdp).value,
         ptime=ptime,
+        ice_mismatch_signalled=audio.get_attribute("ice-mismatch") is not None,
     )

@@ -43,6 +43,9 @@ class PhoneOptions:
     codec: str = "PCMU"
     rtp_address: str | None = None
     rtcp_mux: bool = False
+    rtcp_mux_only: bool = False
+    """Offer rtcp-mux without a fallback (RFC 8858 ``a=rtcp-mux-only``, one ICE component);
+    otherwise an rtcp-mux offer also offers RTCP on its own port (RFC 5761 §5.1.3)."""
     rtcp_interval: float = 5.0
     dtmf: str | None = None
     ice: bool | None = None

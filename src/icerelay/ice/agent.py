@@ -136,6 +136,8 @@ class Agent:
         self._outbox: list[Datagram] = []
         self._events: deque[Event] = deque()
         self._state = ConnectionState.NEW
+        # The generation whose pairs were all nominated (see update_state).
+        self._completed_generation: Generation | None = None
         self._coordinator: Coordinator | None = None
         self._pacer: Pacer = Pacer(self.config.ta, [self])
         self.selector = Selector(self)
@@ -176,7 +178,8 @@ class Agent:
     @property
     def local_candidates(self) -> list[Candidate]:
         """The gathered candidates to signal (host, server-reflexive, relayed)."""
-        return list(self.gatherer.candidates)
+        components = self.components
+        return [c for c in self.gatherer.candidates if c.component in components]
 
     @property
     def remote_candidates(self) -> list[Candidate]:
@@ -222,6 +225,16 @@ class Agent:
             # Section 6.1.1: facing a lite peer, the full agent is controlling.
             self._set_role(True, announce=True)
         self._start_checks(now)
+
+    def use_rtcp_mux(self) -> None:
+        """The answer accepted rtcp-mux (RFC 5761 §5.1.3): RTCP shares component 1, so
+        component 2, gathered as the fallback, is neither signalled nor checked any more.
+        IceError once the checks started (the components are settled by then)."""
+        if self.components == (1,):
+            return
+        if self.generation.started:
+            raise IceError("rtcp-mux must be settled before the connectivity checks start")
+        self.components = (1,)
 
     def add_remote_candidate(self, candidate: Candidate | None, now: float) -> None:
         """A remote candidate from signalling (trickle, any time); ``None`` = end-of-candidates."""
@@ -499,6 +512,11 @@ class Agent:
         components_with_path = {pair.component for _, pair in paths}
         if len(components_with_path) == len(self.components):
             if all(pair.nominated for _, pair in paths):
+                state = ConnectionState.COMPLETED
+                self._completed_generation = generation
+            elif self._completed_generation is generation:
+                # Completed stays completed until an ICE restart: a transient selection (a
+                # better valid pair before its nomination arrives) must not read "connected".
                 state = ConnectionState.COMPLETED
             else:
                 state = ConnectionState.CONNECTED

@@ -75,6 +75,11 @@ class AgentConfig:
     consent_freshness: bool = True
     """Send RFC 7675 consent requests on the pairs in use (full agents)."""
 
+    nomination_timeout: float = 10.0
+    """A controlled agent's ``connect()`` fails when the controlling agent has not nominated a
+    pair this long after the first valid pair (a peer that never nominates, e.g. because our
+    checks to it do not authenticate, must not look connected)."""
+
     relay_only: bool = False
     """Use relayed candidates only (WebRTC's ``iceTransportPolicy: "relay"``): the local
     addresses are used only to reach the TURN servers, never announced or checked from, so the

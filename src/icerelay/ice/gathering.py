@@ -328,6 +328,12 @@ class Gatherer:
                     server=job.server.address[0],
                     related=event.mapped,
                 )
+                if self.config.relay_only:
+                    # raddr would name our address as the TURN server saw it (the local one
+                    # when not behind a NAT): hidden, as Chromium hides it (raddr 0.0.0.0
+                    # rport 0), since relay-only is asked for to keep the address private.
+                    hidden = "::" if ":" in relayed.host else "0.0.0.0"
+                    relayed = replace(relayed, related_address=hidden, related_port=0)
                 job.relayed = relayed
                 job.done = True
                 if event.mapped is not None and not self.config.relay_only:

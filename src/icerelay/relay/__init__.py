@@ -25,6 +25,9 @@ Modules, from the bottom up:
 - :mod:`.packets` — what a datagram on a relay port is (RTP, RTCP, ICE check, nomination, ...).
 - :mod:`.latching` — the latching policy every data plane consults per packet:
   ``decide(leg, component, data, source, now)`` -> Forward | Drop | Answer.
+- :mod:`.stepaside` — when ICE went around the relay, from what the relay itself saw
+  (authenticated checks crossed, then its pair fell silent): pure functions the engine's timer
+  runs.
 - :mod:`.sessions` — the sans-I/O engine: ``update(dialog, exchange, streams, now) -> plan``,
   with ``offer``/``answer`` for SDP bodies; re-INVITEs, hold, forks, ICE success detection,
   timeouts with named reasons, accounting records.
@@ -35,7 +38,7 @@ The daemon that runs it (control listeners, worker, timers, data plane, accounti
 ICE, in short: when an SDP carries ICE, the relay adds itself as a ``typ relay`` candidate, so
 its ``c=``/``m=`` rewrite is one of the candidates and ICE keeps working. If ICE then finds a direct
 path (the controlling agent's re-INVITE names it in ``a=remote-candidates``, or the checks crossed
-the relay and no media followed), the relay frees that stream at once and records
-``ice-direct-path`` instead of treating the silence as a dead call. ``ICE=force`` makes the relay
-an ICE-lite agent and the only candidate; ``ICE=remove`` strips ICE.
+the relay and then its pair fell silent for ``ice_settle`` seconds), the relay frees that stream
+and records ``ice-direct-path`` instead of treating the silence as a dead call. ``ICE=force``
+makes the relay an ICE-lite agent and the only candidate; ``ICE=remove`` strips ICE.
 """

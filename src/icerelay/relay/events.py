@@ -41,6 +41,9 @@ class StreamEnded:
     to_tag: str | None
     index: int
     reason: StreamEndReason
+    #: Step-aside: seconds between the relay pair's last use (check or media through the relay,
+    #: an upper bound of when ICE completed elsewhere) and the relay freeing the ports.
+    idle: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,16 @@ class RelayConfig:
     #: nor the branches of one call. None: no limit.
     max_sessions: int | None = None
 
+    # Step-aside (:mod:`.stepaside`): seconds the relay pair must stay unused after ICE checks
+    # crossed the relay before the relay frees the stream; and how long freed ports of such a
+    # stream stay out of the pool (late checks and packets of that call reach no other call;
+    # STUN retransmissions last up to 39.5 s, RFC 8489 §6.2.1).
+    ice_settle: float = 3.0
+    #: The window instead while only one of a two-component stream's relay ports heard
+    #: anything (ICE may still be checking the other component, :mod:`.stepaside`).
+    ice_checking_wait: float = 10.0
+    port_quarantine: float = 60.0
+
     def advertised_address(self, family: int) -> str:
         """The address the SDP names for ``family``; RelayError if the relay has none."""
         if family not in self.addresses:

@@ -61,6 +61,11 @@ class StreamRecord:
     end_reason: StreamEndReason | None
     rtcp_packets_from_caller: int = 0
     rtcp_packets_from_callee: int = 0
+    # Step-aside (issue 11): per direction, what the relay carried (``relayed``, ``direct``:
+    # ICE took another path, ``none``), and when the relay stepped aside (ICE went direct).
+    path_from_caller: str = "none"
+    path_from_callee: str = "none"
+    stepped_aside: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeAlias
 
 from icerelay.errors import RelayError, SdpError
+from icerelay.relay import stepaside
 from icerelay.relay import streams as planning
 from icerelay.relay.candidates import candidates_to_add
 from icerelay.relay.dialogs import DialogRef, Dialogs, Session, describe_call
@@ -140,6 +141,10 @@ class SessionEngine:
         self.ended_by_reason: dict[TerminationReason, int] = dict.fromkeys(TerminationReason, 0)
         self.offers = 0
         self.answers = 0
+        # The time of the request or timer being handled (step-aside needs it deep in _plan).
+        self._now = 0.0
+        #: Streams the relay left because ICE went around it (:mod:`.stepaside`).
+        self.stepped_aside = 0
 
     # -- the structured core ------------------------------------------------------------------
 
@@ -336,13 +341,17 @@ class SessionEngine:
         return None
 
     def handle_timer(self, now: float) -> None:
-        """End every session whose deadline has passed (media activity is read afresh)."""
+        """End every session whose deadline has passed (media activity is read afresh), and
+        step aside from streams whose ICE went around the relay."""
+        self._now = now
+        self.pool.expire(now)
         while self._timers and self._timers[0][0] <= now:
             deadline, session_id = heapq.heappop(self._timers)
             session = self._dialogs.by_id.get(session_id)
             if session is None or session.scheduled != deadline:
                 continue
             session.scheduled = None
+            self._step_aside(session, now)
             due, reason = self._deadline(session)
             if due is not None and due <= now and reason is TerminationReason.NO_MEDIA:
                 # Silence on a stream whose ICE checks crossed the relay means ICE picked a
@@ -381,6 +390,9 @@ class SessionEngine:
     ) -> SessionPlan:
         """:meth:`update`; ``finish`` (the SDP rewrite) runs before anything is installed, and
         its failure undoes the request like the engine's own."""
+        self._now = now
+        # Quarantined ports whose time is up may serve this request.
+        self.pool.expire(now)
         if exchange is Exchange.OFFER:
             session, side = self._dialogs.for_offer(
                 dialog,
@@ -502,7 +514,7 @@ class SessionEngine:
             is_offer
             and stream is not None
             and stream.ended is None
-            and planning.ice_went_direct(self.config, stream, side, offer)
+            and self._reoffer_went_direct(stream, side, offer)
         ):
             stream.offers[side] = offer
             self._end_stream(session, stream, StreamEndReason.ICE_DIRECT)
@@ -568,13 +580,27 @@ class SessionEngine:
         self._events.append(ForwardingInstalled(forwarding))
 
     def _end_stream(self, session: Session, stream: Stream, reason: StreamEndReason) -> None:
-        self._release(stream)
+        idle: float | None = None
+        if reason is StreamEndReason.ICE_DIRECT and stream.installed:
+            counters = self._counters(stream.key)
+            last = stepaside.last_relay_use(counters) if counters is not None else None
+            idle = None if last is None else self._now - last
+        if reason is StreamEndReason.ICE_DIRECT:
+            # The parties still know the relay's candidate: late checks or packets may come.
+            stream.stepped_aside = self._now
+            self.stepped_aside += 1
+            self._release(stream, quarantine=self.config.port_quarantine)
+        else:
+            self._release(stream)
         stream.ended = reason
         self._events.append(
-            StreamEnded(session.call_id, session.from_tag, session.tags[B], stream.index, reason)
+            StreamEnded(
+                session.call_id, session.from_tag, session.tags[B], stream.index, reason, idle
+            )
         )
 
-    def _release(self, stream: Stream) -> None:
+    def _release(self, stream: Stream, *, quarantine: float = 0.0) -> None:
+        until = self._now + quarantine if quarantine > 0 else None
         if stream.installed:
             stream.final = self._counters(stream.key) or stream.final
             self._events.append(ForwardingRemoved(stream.key))
@@ -584,8 +610,70 @@ class SessionEngine:
         for side in (A, B):
             ports = stream.ports[side]
             if ports is not None:
-                self.pool.release(ports)
+                self.pool.release(ports, until=until)
                 stream.ports[side] = None
+
+    # -- internals: step-aside (issue 11, :mod:`.stepaside`) -----------------------------------
+
+    def _watched(self, stream: Stream) -> bool:
+        """True if the relay looks for ICE going around it on ``stream``: relayed, both parties
+        run ICE end to end (not ICE=force, where the relay is the parties' only candidate)."""
+        offered, answered = stream.offers
+        return (
+            stream.ended is None
+            and stream.installed
+            and offered is not None
+            and answered is not None
+            and offered.ice
+            and answered.ice
+            and stream.ice_credentials[A] is None
+            and stream.ice_credentials[B] is None
+        )
+
+    def _step_aside(self, session: Session, now: float) -> None:
+        """Free every watched stream whose relay pair ICE stopped using."""
+        config = self.config
+        for stream in session.streams:
+            if self._watched(stream) and stepaside.should_step_aside(
+                self._counters(stream.key),
+                now,
+                config.ice_settle,
+                held=stream.held(),
+                components=_ice_components(stream),
+                checking_wait=config.ice_checking_wait,
+            ):
+                self._end_stream(session, stream, StreamEndReason.ICE_DIRECT)
+
+    def _step_aside_deadline(self, session: Session, now: float) -> float | None:
+        """When a watched stream of ``session`` must be looked at next, or None."""
+        config = self.config
+        times = [
+            stepaside.next_check(
+                self._counters(stream.key),
+                now,
+                config.ice_settle,
+                held=stream.held(),
+                components=_ice_components(stream),
+                checking_wait=config.ice_checking_wait,
+            )
+            for stream in session.streams
+            if self._watched(stream)
+        ]
+        return min(times) if times else None
+
+    def _reoffer_went_direct(self, stream: Stream, side: int, offer: StreamOffer) -> bool:
+        """A re-offer after ICE: the relay pair is selected only if the relay's candidate is in
+        ``a=remote-candidates`` and, when several candidates are listed (baresip lists every
+        one), what the relay saw says the relay pair is in use."""
+        if planning.ice_went_direct(self.config, stream, side, offer):
+            return True
+        listed = sum(1 for component, _, _ in offer.remote_candidates if component == 1)
+        if listed <= 1 or not self._watched(stream):
+            return False
+        in_use = stepaside.relay_in_use(
+            self._counters(stream.key), self._now, self.config.ice_settle
+        )
+        return in_use is False
 
     # -- internals: ending --------------------------------------------------------------------
 
@@ -622,6 +710,9 @@ class SessionEngine:
         if session.ended:
             return
         deadline, _ = self._deadline(session)
+        watch = self._step_aside_deadline(session, now)
+        if watch is not None and (deadline is None or watch < deadline):
+            deadline = watch
         if deadline is None:
             session.scheduled = None
             return
@@ -697,6 +788,11 @@ class SessionEngine:
                 self._counters(stream.key) if stream.installed else stream.final
             ) or ForwardingCounters()
             caller, callee = stream.offers[A], stream.offers[B]
+            from_caller, from_callee = stepaside.paths(
+                counters,
+                self.config.ice_settle,
+                stepped_aside=stream.ended is StreamEndReason.ICE_DIRECT,
+            )
             yield StreamRecord(
                 index=stream.index,
                 media=stream.media,
@@ -713,6 +809,9 @@ class SessionEngine:
                 end_reason=stream.ended,
                 rtcp_packets_from_caller=counters.a.rtcp_packets,
                 rtcp_packets_from_callee=counters.b.rtcp_packets,
+                path_from_caller=str(from_caller),
+                path_from_callee=str(from_callee),
+                stepped_aside=stream.stepped_aside,
             )
 
 
@@ -721,6 +820,17 @@ def _parse(body: bytes) -> SessionDescription:
         return SessionDescription.parse(body)
     except SdpError as error:
         raise RelayError(f"cannot parse the SDP: {error}") from None
+
+
+def _ice_components(stream: Stream) -> int:
+    """ICE components of a stream: 1 when both parties multiplex RTCP or neither has RTCP
+    candidates, else 2 (RFC 5761, RFC 8445 §5.1.1)."""
+    offered, answered = stream.offers
+    if offered is None or answered is None:
+        return 1
+    if offered.rtcp_mux and answered.rtcp_mux:
+        return 1
+    return 2 if offered.component_2 and answered.component_2 else 1
 
 
 def _codec(offer: StreamOffer | None) -> str | None:

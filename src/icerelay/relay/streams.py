@@ -70,6 +70,8 @@ class Stream:
     # Whether what the relay last sent to each side had rtcp-mux (None: nothing sent yet, or an
     # offer from that side is waiting for its answer).
     mux_sent: list[bool | None] = field(default_factory=lambda: [None, None])
+    #: When the relay stepped aside (ICE went around it, :mod:`.stepaside`), or None.
+    stepped_aside: float | None = None
 
     def held(self) -> bool:
         """True if either party put the stream on hold."""

@@ -102,3 +102,51 @@ def test_interface_addresses_are_usable_unicast() -> None:
     assert all(
         ipaddress.ip_address(a).version == 6 for a in default_local_addresses(ipv4=False, ipv6=True)
     )
+
+
+async def never_nominated() -> None:
+    """The controlling agent has a wrong password for us: our checks to it succeed (we are
+    CONNECTED), its checks to us never authenticate, so it never nominates (issue 11)."""
+    from icerelay.ice import AgentConfig
+
+    controlling = Connection(controlling=True, local_addresses=["127.0.0.1"])
+    controlled = Connection(
+        controlling=False,
+        local_addresses=["127.0.0.1"],
+        config=AgentConfig(nomination_timeout=0.5),
+    )
+    await controlling.gather()
+    await controlled.gather()
+    controlled.set_remote_credentials(controlling.local_username, controlling.local_password)
+    controlling.set_remote_credentials(controlled.local_username, "a-wrong-password-0123456789")
+    for candidate in controlling.local_candidates:
+        controlled.add_remote_candidate(candidate)
+    for candidate in controlled.local_candidates:
+        controlling.add_remote_candidate(candidate)
+    controlled.add_remote_candidate(None)
+    controlling.add_remote_candidate(None)
+    try:
+        with pytest.raises(IceError, match="nominated no pair"):
+            await controlled.connect(5)
+        assert controlled.state is ConnectionState.CONNECTED
+        # Asked explicitly not to wait for the nomination, connected is enough.
+        await controlled.connect(5, nominated=False)
+    finally:
+        await controlling.close()
+        await controlled.close()
+
+
+def test_a_controlled_connect_waits_for_the_nomination() -> None:
+    asyncio.run(never_nominated())
+
+
+def test_a_controlled_connect_returns_completed() -> None:
+    async def run() -> None:
+        offerer, answerer = await pair()
+        try:
+            assert answerer.state is ConnectionState.COMPLETED
+        finally:
+            await offerer.close()
+            await answerer.close()
+
+    asyncio.run(run())

@@ -62,6 +62,9 @@ async def relayed_over_stream(transport: str, certificate: tuple[Path, Path] | N
         await peer.gather()
         relay = [c for c in relayed.local_candidates if c.type is CandidateType.RELAYED]
         assert relay == relayed.local_candidates and relay[0].host == "127.0.0.1"
+        # The local address stays private: raddr hidden as Chromium does (issue 11).
+        assert (relay[0].related_address, relay[0].related_port) == ("0.0.0.0", 0)
+        assert "raddr 0.0.0.0 rport 0" in relay[0].to_attribute()
         assert len(service.streams) == 1  # the allocation lives on one stream connection
         relayed.set_remote_credentials(peer.local_username, peer.local_password)
         peer.set_remote_credentials(relayed.local_username, relayed.local_password)

@@ -105,3 +105,22 @@ def test_ice_mismatch_when_a_middlebox_rewrote_the_default() -> None:
     assert not parse_remote(ASTERISK_OFFER).ice_mismatch  # 10.0.1.40:17234 is a candidate
     body = build_sdp(LocalMedia("192.0.2.1", 4000, ice_mismatch=True), SdpOrigin(session_id=7))
     assert b"a=ice-mismatch" in body and b"a=ice-ufrag" not in body
+
+
+def test_an_rtcp_mux_ice_offer_names_its_rtcp_fallback() -> None:
+    """RFC 5761 §5.1.3: offering rtcp-mux with ICE still offers RTCP (component 2 and a=rtcp),
+    unless mux-only (RFC 8858)."""
+    ice = IceDescription("abcd", "0123456789abcdefghijkl",
+                         ("x 1 UDP 2 192.0.2.1 4000 typ host", "x 2 UDP 1 192.0.2.1 4001 typ host"))
+    body = build_sdp(LocalMedia("192.0.2.1", 4000, rtcp_port=4001, rtcp_mux=True, ice=ice),
+                     SdpOrigin(session_id=7))
+    assert b"a=rtcp-mux\r\na=rtcp:4001\r\n" in body and b"rtcp-mux-only" not in body
+    only = build_sdp(LocalMedia("192.0.2.1", 4000, rtcp_mux=True, rtcp_mux_only=True, ice=ice),
+                     SdpOrigin(session_id=7))
+    assert b"a=rtcp-mux\r\na=rtcp-mux-only\r\n" in only and b"a=rtcp:" not in only
+
+
+def test_an_answer_with_ice_mismatch_is_read() -> None:
+    answer = ASTERISK_OFFER.replace(b"a=ptime:20\n", b"a=ptime:20\na=ice-mismatch\n")
+    assert parse_remote(answer).ice_mismatch_signalled
+    assert not parse_remote(ASTERISK_OFFER).ice_mismatch_signalled

@@ -508,3 +508,19 @@ def test_becoming_controlling_late_nominates_what_is_already_valid() -> None:
                 nomination = message
     # ...and so nominate the valid pair we already have.
     assert nomination is not None and AttributeType.ICE_CONTROLLING in nomination
+
+
+def test_use_rtcp_mux_drops_the_rtcp_component_before_the_checks() -> None:
+    agent = Agent(controlling=True, components=2, rng=random.Random(1))
+    agent.gather({1: [LOCAL], 2: [("192.0.2.1", 5001)]}, 0.0)
+    assert {c.component for c in agent.local_candidates} == {1, 2}
+    agent.use_rtcp_mux()  # the answer accepted rtcp-mux (RFC 5761 section 5.1.3)
+    assert agent.components == (1,) and {c.component for c in agent.local_candidates} == {1}
+    agent.set_remote_credentials(PEER_UFRAG, PEER_PWD, 0.0)
+    agent.add_remote_candidate(remote(("192.0.2.2", 6001), component=2), 0.0)
+    assert agent.remote_candidates == []
+    two = Agent(controlling=True, components=2, rng=random.Random(1))
+    two.gather({1: [LOCAL], 2: [("192.0.2.1", 5001)]}, 0.0)
+    two.set_remote_credentials(PEER_UFRAG, PEER_PWD, 0.0)
+    with pytest.raises(IceError):
+        two.use_rtcp_mux()

@@ -277,4 +277,7 @@ def _media(stream: StreamRecord, side: str, deleting: bool) -> Mapping[str, Repl
         "state": (
             str(stream.end_reason) if stream.end_reason else "deleting" if deleting else "relaying"
         ),
+        # What the relay carried of this party's media: relayed, direct (ICE went around the
+        # relay for it) or none; a call relayed one way and direct the other says so here.
+        "path": stream.path_from_caller if caller else stream.path_from_callee,
     }
