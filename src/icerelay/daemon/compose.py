@@ -71,17 +71,33 @@ def _relay(config: Config) -> Service | None:
     return RelayService(config.relay) if config.relay.enabled else None
 
 
+def _http(config: Config) -> Service | None:
+    # Last: it shows the others (build_services attaches them), starts after and stops before.
+    from icerelay.daemon.http import HttpService
+
+    return HttpService(config.http) if config.http.listen is not None else None
+
+
 ServiceFactory = Callable[[Config], Service | None]
 
 #: One factory per configuration section, in start order.
-SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_stun, _turn, _relay)
+SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_stun, _turn, _relay, _http)
 
 
 def build_services(
     config: Config, factories: Sequence[ServiceFactory] = SERVICE_FACTORIES
 ) -> list[Service]:
-    """The enabled services for ``config``, in start order."""
-    return [s for s in (factory(config) for factory in factories) if s is not None]
+    """The enabled services for ``config``, in start order.
+
+    A service with an ``attach(services)`` method (HTTP: metrics and views of the others) is
+    handed the whole list once it is built.
+    """
+    services = [s for s in (factory(config) for factory in factories) if s is not None]
+    for service in services:
+        attach = getattr(service, "attach", None)
+        if callable(attach):
+            attach(services)
+    return services
 
 
 async def start_services(services: Sequence[Service]) -> None:

@@ -170,12 +170,41 @@ class LogConfig(Section):
         return data
 
 
+# --- [http] (ops, issue 14): metrics, the live page and the control API ----------------------
+
+HTTP_PORT = 9470
+
+
+def _optional_endpoint(value: object) -> object:
+    # `--set http.listen=` (an empty value) turns the listener off.
+    if value is None or value == "":
+        return None
+    return parse_endpoint(value, HTTP_PORT)
+
+
+class HttpConfig(Section):
+    """``[http]``: Prometheus ``/metrics``, the live page ``/`` and the JSON API ``/api/...``.
+
+    On by default on loopback only: the API can delete calls and drain the daemon, so it must
+    not face other hosts unless a firewall or a reverse proxy guards it.
+    """
+
+    listen: Annotated[
+        HostPort | None,
+        BeforeValidator(_optional_endpoint),
+        PlainSerializer(lambda value: None if value is None else str(value)),
+    ] = Field(default_factory=lambda: HostPort("127.0.0.1", HTTP_PORT))
+    #: Seconds between two server-sent-event updates of the live page.
+    update_interval: float = Field(default=1.0, gt=0, le=60)
+
+
 class Config(Section):
     """The whole configuration. One field per section."""
 
     stun: StunConfig = Field(default_factory=StunConfig)
     turn: TurnServerConfig = Field(default_factory=TurnServerConfig)
     relay: RelayServiceConfig = Field(default_factory=RelayServiceConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 
@@ -364,6 +393,10 @@ ice_priority = "low"                  # relay candidate: none | low | high
 strict_source = false
 sip_source = false                    # true: media to the SIP source address, not the SDP's
 accounting = "sqlite:///var/lib/icerelay/sessions.sqlite3"   # or postgresql://...; "" = log only
+
+[http]                                # /metrics, the live page /, the JSON API /api/...
+listen = "127.0.0.1:9470"            # "" turns it off; keep it on loopback or behind a firewall
+update_interval = 1.0                 # seconds between live page updates
 
 [log]
 level = "info"                        # debug | info | warning | error

@@ -1,0 +1,281 @@
+"""The HTTP listener in-process: /metrics, /api/..., the event stream, the CSRF/rebinding guard,
+and the relay's command and latch logs, with a real relay, a real TURN server and real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from tests.unit.relay.test_service import HOST, NgClient, Phone, config, rtp, sdp_for
+
+from icerelay.aio.turn_client import TurnClient
+from icerelay.daemon.compose import build_services
+from icerelay.daemon.config import HttpConfig, load_config
+from icerelay.daemon.http import REQUEST_HEADER, HttpService
+from icerelay.daemon.relay_service import RelayService
+from icerelay.daemon.turn_config import TurnServerConfig
+from icerelay.daemon.turn_service import TurnService
+from icerelay.sdp import SessionDescription
+from icerelay.stun import Address
+
+WRITE = {REQUEST_HEADER: "1"}
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 30))
+
+
+@asynccontextmanager
+async def daemon(*services: Any) -> AsyncIterator[tuple[HttpService, aiohttp.ClientSession]]:
+    http = HttpService(HttpConfig(listen=(HOST, 0), update_interval=0.1))  # type: ignore[arg-type]
+    http.attach([*services, http])
+    for service in services:
+        await service.start()
+    await http.start()
+    try:
+        async with aiohttp.ClientSession(http.url) as client:
+            yield http, client
+    finally:
+        await http.stop()
+        for service in reversed(services):
+            await service.stop()
+
+
+async def offer_answer(service: RelayService, call_id: str) -> tuple[Phone, Phone, int, int]:
+    """A call alice -> bob through the relay; returns the phones and the relay ports."""
+    alice, bob = Phone(), Phone()
+    client = NgClient(service.ng_address)
+    reply = await client.request(
+        {"command": "offer", "call-id": call_id, "from-tag": "alice", "sdp": sdp_for(alice.port)}
+    )
+    assert reply[b"result"] == b"ok", reply
+    bob_sends_to = SessionDescription.parse(reply[b"sdp"]).media[0].port  # type: ignore[arg-type]
+    reply = await client.request(
+        {
+            "command": "answer", "call-id": call_id, "from-tag": "alice", "to-tag": "bob",
+            "sdp": sdp_for(bob.port),
+        }
+    )  # fmt: skip
+    assert reply[b"result"] == b"ok", reply
+    alice_sends_to = SessionDescription.parse(reply[b"sdp"]).media[0].port  # type: ignore[arg-type]
+    return alice, bob, alice_sends_to, bob_sends_to
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics:\n{text}")
+
+
+def test_config_http_listen_default_and_off() -> None:
+    assert str(load_config(environ={}).http.listen) == "127.0.0.1:9470"
+    assert load_config(environ={}, overrides={"http": {"listen": ""}}).http.listen is None
+    env = load_config(environ={"ICERELAY_HTTP__LISTEN": "[::1]:9999"}).http.listen
+    assert env is not None and (env.host, env.port) == ("::1", 9999)
+    assert load_config(environ={}, overrides={"http": {"listen": "127.0.0.1"}}).http.listen == (
+        "127.0.0.1", 9470
+    )  # fmt: skip
+    services = build_services(
+        load_config(environ={}, overrides={"http": {"listen": ""}, "stun": {"enabled": False}})
+    )
+    assert [s.name for s in services] == ["relay"]
+    services = build_services(load_config(environ={}, overrides={"stun": {"enabled": False}}))
+    assert [s.name for s in services] == ["relay", "http"]
+    http = services[-1]
+    assert isinstance(http, HttpService) and http.services == [services[0]]
+
+
+def test_sessions_metrics_and_delete_through_http(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="icerelay")
+
+    async def main() -> None:
+        relay = RelayService(config())
+        async with daemon(relay) as (_http, client):
+            alice, bob, alice_to, bob_to = await offer_answer(relay, "web-1@test")
+            for seq in range(5):
+                alice.sock.sendto(rtp(seq), (HOST, alice_to))
+                await bob.receive()
+            bob.sock.sendto(rtp(1), (HOST, bob_to))
+            await alice.receive()
+            relay.watch_latches()
+
+            async with client.get("/api/sessions") as response:
+                assert response.status == 200
+                sessions = (await response.json())["sessions"]
+            assert [s["call_id"] for s in sessions] == ["web-1@test"]
+            stream = sessions[0]["streams"][0]
+            assert sessions[0]["state"] == "answered" and sessions[0]["to_tag"] == "bob"
+            assert stream["caller"]["packets"] == 5 and stream["callee"]["packets"] == 1
+            assert stream["caller"]["latched_rtp"] == f"{HOST}:{alice.port}"
+            assert stream["ice"]["state"] == "none" and stream["ice"]["step_aside"] is False
+
+            async with client.get("/api/sessions/web-1@test") as response:
+                assert response.status == 200
+                assert (await response.json())["sessions"][0]["from_tag"] == "alice"
+            async with client.get("/api/sessions/nope") as response:
+                assert response.status == 404
+
+            # A made-up command name is counted as "other", never as a label of its own.
+            await NgClient(relay.ng_address).raw(b"evil1 d7:command12:x-evil-labele")
+            async with client.get("/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+            assert metric(text, "icerelay_relay_sessions") == 1
+            assert metric(text, "icerelay_relay_packets_total") == 6
+            assert 'icerelay_ng_commands_total{command="offer"} 1.0' in text
+            assert 'icerelay_ng_commands_total{command="other"} 1.0' in text
+            assert "x-evil-label" not in text
+            assert 'icerelay_relay_streams{state="relaying"} 1.0' in text
+            assert 'icerelay_relay_ice_decisions_total{decision="stepped_aside"} 0.0' in text
+            assert "icerelay_accounting_journal_depth 0.0" in text
+            assert "icerelay_process_resident_memory_bytes" in text
+
+            async with client.get("/api/statistics") as response:
+                statistics = await response.json()
+            assert statistics["relay"]["sessions"] == 1
+            assert statistics["relay"]["relayed"]["packets"] == 6
+
+            # Deleting needs the request header (a cross-site form cannot add it).
+            async with client.delete("/api/sessions/web-1@test") as response:
+                assert response.status == 403
+            async with client.delete("/api/sessions/web-1@test", headers=WRITE) as response:
+                assert response.status == 200
+                assert (await response.json())["deleted"] == 1
+            async with client.delete("/api/sessions/web-1@test", headers=WRITE) as response:
+                assert response.status == 404
+            async with client.get("/api/sessions") as response:
+                assert (await response.json())["sessions"] == []
+            async with client.get("/metrics") as response:
+                text = await response.text()
+            # Totals survive the forwarding's removal.
+            assert metric(text, "icerelay_relay_packets_total") == 6
+            assert 'icerelay_relay_sessions_ended_total{reason="deleted"} 1.0' in text
+
+    run(main)
+    events = [(r.getMessage(), getattr(r, "command", None)) for r in caplog.records]
+    assert ("relay.command", "offer") in events and ("relay.command", "answer") in events
+    command = next(r for r in caplog.records if r.getMessage() == "relay.command")
+    assert command.call_id == "web-1@test" and command.outcome == "ok"  # type: ignore[attr-defined]
+    assert command.ms >= 0  # type: ignore[attr-defined]
+    latched = [r for r in caplog.records if r.getMessage() == "relay.latched"]
+    assert {r.side for r in latched} == {"caller", "callee"}  # type: ignore[attr-defined]
+    assert any(r.getMessage() == "relay.call_deleted" for r in caplog.records)
+
+
+def test_debug_logs_carry_the_sdps(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="icerelay")
+
+    async def main() -> None:
+        relay = RelayService(config())
+        await relay.start()
+        try:
+            await offer_answer(relay, "sdp-log@test")
+        finally:
+            await relay.stop()
+
+    run(main)
+    sdps = [r for r in caplog.records if r.getMessage() == "relay.command_sdp"]
+    assert sdps and "m=audio" in sdps[0].sdp_in and "m=audio" in sdps[0].sdp_out  # type: ignore[attr-defined]
+
+
+def test_guard_refuses_foreign_host_and_unmarked_writes() -> None:
+    """DNS rebinding (a hostile name resolving to 127.0.0.1) and cross-site POSTs are refused."""
+
+    async def main() -> None:
+        relay = RelayService(config())
+        async with daemon(relay) as (http, client):
+            async with client.get("/api/sessions", headers={"Host": "evil.example:9470"}) as r:
+                assert r.status == 421
+            async with client.get("/api/sessions", headers={"Host": "localhost:1"}) as r:
+                assert r.status == 200
+            async with client.post("/api/drain", data="x", headers={"Origin": "http://evil"}) as r:
+                assert r.status == 403
+            assert http.control is not None and not http.control.draining
+            async with client.post("/api/reload", headers=WRITE) as r:
+                # The fallback control has no reload: the composed daemon provides it.
+                assert r.status == 501
+            async with client.post("/api/drain", headers=WRITE) as r:
+                assert r.status == 200
+            assert http.control.draining
+
+    run(main)
+
+
+def test_event_stream_and_static_page() -> None:
+    async def main() -> None:
+        relay = RelayService(config())
+        async with daemon(relay) as (_http, client):
+            await offer_answer(relay, "sse@test")
+            async with client.get("/") as response:
+                page = await response.text()
+                assert response.status == 200 and "/static/app.js" in page
+                # Nothing fetched from outside: no absolute URL in the page or its files.
+                assert "//" not in page.replace("<!doctype", "")
+            for name in ("app.js", "app.css"):
+                async with client.get(f"/static/{name}") as response:
+                    assert response.status == 200
+                    assert "http:" not in await response.text()
+            async with client.get("/static/../http.py") as response:
+                assert response.status == 404
+            async with client.get("/api/events") as response:
+                assert response.headers["Content-Type"].startswith("text/event-stream")
+                data = None
+                async for line in response.content:
+                    if line.startswith(b"data: "):
+                        data = json.loads(line[6:])
+                        break
+            assert data is not None
+            assert [s["call_id"] for s in data["sessions"]] == ["sse@test"]
+
+    run(main)
+
+
+def test_turn_allocations_view_and_metrics() -> None:
+    async def main() -> None:
+        turn = TurnService(
+            TurnServerConfig(
+                enabled=True, listen=[(HOST, 0)], transports=["udp"],  # type: ignore[list-item]
+                users={"alice": "wonderland"}, allow_peers=["127.0.0.0/8"],
+            )
+        )
+        async with daemon(turn) as (_http, client):
+            server = Address(*turn.listen_udp[0])
+            async with await TurnClient.connect(server, "alice", "wonderland") as allocation:
+                await allocation.create_permission([Address(HOST, 9)])
+                async with client.get("/api/turn/allocations") as response:
+                    allocations = (await response.json())["allocations"]
+                assert len(allocations) == 1
+                assert allocations[0]["username"] == "alice"
+                assert allocations[0]["permissions"] == [HOST]
+                assert allocations[0]["relayed"] == [str(allocation.relayed_address)]
+                async with client.get("/metrics") as response:
+                    text = await response.text()
+                assert metric(text, "icerelay_turn_allocations") == 1
+                assert metric(text, "icerelay_turn_permissions") == 1
+                assert metric(text, "icerelay_turn_offloaded_packets_total") == 0
+                assert 'icerelay_turn_events_total{event="allocations_created"} 1.0' in text
+            async with client.get("/api/statistics") as response:
+                assert (await response.json())["turn"]["allocations_created"] == 1
+
+    run(main)
+
+
+def test_http_port_clash_names_the_socket() -> None:
+    async def main() -> None:
+        first = HttpService(HttpConfig(listen=(HOST, 0)))  # type: ignore[arg-type]
+        await first.start()
+        try:
+            second = HttpService(HttpConfig(listen=(HOST, first.address.port)))  # type: ignore[arg-type]
+            with pytest.raises(OSError, match=f"HTTP tcp on {HOST}:{first.address.port}"):
+                await second.start()
+        finally:
+            await first.stop()
+
+    run(main)
