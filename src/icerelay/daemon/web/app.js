@@ -58,12 +58,14 @@ function chart(points) {
   const canvas = el("canvas", { class: "chart", width: "180", height: "40" });
   const ctx = canvas.getContext("2d");
   const max = Math.max(1, ...points.flat());
+  // Spread over what is there (at least 10 points), so a new call draws a readable line.
+  const span = Math.max(10, points.length) - 1;
   const style = getComputedStyle(document.documentElement);
   [0, 1].forEach((side) => {
     ctx.strokeStyle = style.getPropertyValue(side ? "--callee" : "--caller").trim() || "#000";
     ctx.beginPath();
     points.forEach((point, i) => {
-      const x = (i / (HISTORY - 1)) * 180;
+      const x = (i / span) * 180;
       const y = 38 - (point[side] / max) * 36;
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
