@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -237,7 +238,9 @@ def test_event_stream_and_static_page() -> None:
     run(main)
 
 
-def test_turn_allocations_view_and_metrics() -> None:
+def test_turn_allocations_view_and_metrics(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="icerelay")
+
     async def main() -> None:
         turn = TurnService(
             TurnServerConfig(
@@ -265,6 +268,17 @@ def test_turn_allocations_view_and_metrics() -> None:
                 assert (await response.json())["turn"]["allocations_created"] == 1
 
     run(main)
+    # TURN logs like everything else: an event name and fields, no prose, no Python None.
+    from icerelay.daemon.logs import KeyValueFormatter, record_fields
+
+    turn = [r for r in caplog.records if r.name.startswith("icerelay.turn")]
+    assert {r.getMessage() for r in turn} >= {
+        "turn.started", "turn.allocation_created", "turn.allocation_deleted", "turn.stopping"
+    }  # fmt: skip
+    for record in turn:
+        assert re.fullmatch(r"turn\.[a-z_]+", record.getMessage()), record.getMessage()
+        assert None not in record_fields(record).values(), record_fields(record)
+        assert "None" not in KeyValueFormatter().format(record)
 
 
 def test_http_port_clash_names_the_socket() -> None:
@@ -279,3 +293,94 @@ def test_http_port_clash_names_the_socket() -> None:
             await first.stop()
 
     run(main)
+
+
+def ice_sdp(port: int, ufrag: str, pwd: str) -> bytes:
+    return (
+        f"v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
+        f"a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n"
+        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        f"a=candidate:1 1 UDP 2130706431 {HOST} {port} typ host\r\n"
+    ).encode()
+
+
+def test_step_aside_is_logged_counted_and_shown(caplog: pytest.LogCaptureFixture) -> None:
+    """ICE checks cross the relay, then silence: the relay steps aside, says so once in the log,
+    counts it for /metrics and shows the time on the stream."""
+    from icerelay.stun import AttributeType, Message, MessageClass, Method
+
+    caplog.set_level(logging.INFO, logger="icerelay")
+
+    async def main() -> None:
+        relay = RelayService(config(media_timeout=0.3))
+        async with daemon(relay) as (http, client):
+            alice, bob = Phone(), Phone()
+            ng = NgClient(relay.ng_address)
+            reply = await ng.request(
+                {
+                    "command": "offer", "call-id": "aside@test", "from-tag": "alice",
+                    "sdp": ice_sdp(alice.port, "aliceufrag", "alicepassword0123456789"),
+                }
+            )  # fmt: skip
+            assert reply[b"result"] == b"ok", reply
+            reply = await ng.request(
+                {
+                    "command": "answer", "call-id": "aside@test", "from-tag": "alice",
+                    "to-tag": "bob",
+                    "sdp": ice_sdp(bob.port, "bobufrag", "bobpassword0123456789xx"),
+                }
+            )  # fmt: skip
+            assert reply[b"result"] == b"ok", reply
+            alice_to = SessionDescription.parse(reply[b"sdp"]).media[0].port  # type: ignore[arg-type]
+            # A real connectivity check from alice to bob through the relay (RFC 8445 §7.1.2).
+            check = Message(Method.BINDING, MessageClass.REQUEST, b"\x01" * 12)
+            check.add(AttributeType.USERNAME, "bobufrag:aliceufrag")
+            check.add(AttributeType.PRIORITY, 1853817087)
+            check.add(AttributeType.ICE_CONTROLLING, 1)
+            data = check.encode(integrity_key=b"bobpassword0123456789xx", fingerprint=True)
+            alice.sock.sendto(data, (HOST, alice_to))
+            await bob.receive()
+            for _ in range(40):
+                await asyncio.sleep(0.1)
+                if relay.ice_decisions["stepped_aside"]:
+                    break
+            assert relay.ice_decisions["stepped_aside"] == 1
+            async with client.get("/metrics") as response:
+                text = await response.text()
+            assert 'icerelay_relay_ice_decisions_total{decision="stepped_aside"} 1.0' in text
+            sessions = http.sessions()
+            if sessions:  # the session may stay (other streams) or end with its last stream
+                ice = sessions[0]["streams"][0]["ice"]
+                assert ice["step_aside"] and ice["step_aside_time"] is not None
+
+    run(main)
+    asides = [r for r in caplog.records if r.getMessage() == "relay.stepped_aside"]
+    assert len(asides) == 1 and asides[0].call_id == "aside@test"  # type: ignore[attr-defined]
+
+
+def test_mediaproxy_commands_are_logged(
+    caplog: pytest.LogCaptureFixture, tmp_path: pytest.TempPathFactory
+) -> None:
+    from tests.unit.control.test_mediaproxy import update
+
+    caplog.set_level(logging.INFO, logger="icerelay")
+    path = f"{tmp_path}/dispatcher.sock"
+
+    async def main() -> None:
+        relay = RelayService(config(mediaproxy_socket=path))
+        await relay.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(update(media=f"audio:{HOST}:5000:sendrecv:ice=no", signaling_ip=HOST))
+            writer.write(b"\r\n")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readline(), 5)
+            writer.close()
+        finally:
+            await relay.stop()
+
+    run(main)
+    lines = [r for r in caplog.records if r.getMessage() == "relay.command"]
+    assert [(r.protocol, r.command, r.call_id, r.outcome) for r in lines] == [  # type: ignore[attr-defined]
+        ("mediaproxy", "update", "9f3b@192.0.2.10", "ok")
+    ]
