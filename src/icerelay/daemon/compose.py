@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from icerelay.daemon.config import Config, HostPort
+from icerelay.daemon.preflight import check_relay, check_turn, log_exposure_warnings
 from icerelay.daemon.relay_service import RelayService
 from icerelay.daemon.stun_service import StunService
 from icerelay.daemon.turn_service import TurnService
@@ -64,11 +65,17 @@ def _shared_with_turn(address: HostPort, config: Config) -> bool:
 
 def _turn(config: Config) -> Service | None:
     # daemon=True: SIGUSR1 drains it, and once drained it stops the whole daemon (SIGTERM).
-    return TurnService(config.turn, daemon=True) if config.turn.enabled else None
+    if not config.turn.enabled:
+        return None
+    # Refuses relay addresses this host lacks; IPv6-loopback-only gets an IPv4 relay default.
+    return TurnService(check_turn(config.turn), daemon=True)
 
 
 def _relay(config: Config) -> Service | None:
-    return RelayService(config.relay) if config.relay.enabled else None
+    if not config.relay.enabled:
+        return None
+    check_relay(config.relay)
+    return RelayService(config.relay)
 
 
 def _http(config: Config) -> Service | None:
@@ -92,6 +99,7 @@ def build_services(
     A service with an ``attach(services)`` method (HTTP: metrics and views of the others) is
     handed the whole list once it is built.
     """
+    log_exposure_warnings(config)
     services = [s for s in (factory(config) for factory in factories) if s is not None]
     for service in services:
         attach = getattr(service, "attach", None)

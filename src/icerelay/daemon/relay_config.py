@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from icerelay.net import split_host_port
+from icerelay.net import require_brackets, split_host_port
 from icerelay.relay.policy import IcePriority
 from icerelay.relay.sessions import RelayConfig
 
@@ -48,6 +48,7 @@ def user_state_accounting() -> str:
 
 def _host_port(value: object) -> object:
     if isinstance(value, str):
+        require_brackets(value)  # ops: "::1:2223" is a config error, not a bind error
         host, port = split_host_port(value, NG_DEFAULT[1])
         return (ipaddress.ip_address(host).compressed, port)
     return value

@@ -253,11 +253,20 @@ class RelayService:
         self.accounting = await asyncio.to_thread(self._open_accounting)
         listen = Address(*self.config.ng_listen)
         try:
-            self._udp = await UdpEndpoint.open(listen, self._on_datagram)
+            try:
+                self._udp = await UdpEndpoint.open(listen, self._on_datagram)
+            except OSError as exc:
+                # Name the socket: "address in use" alone does not say which of the daemon's.
+                raise OSError(exc.errno, f"relay ng udp on {listen}: {exc.strerror}") from None
             if self.config.ng_tcp:
                 # The same port as UDP, as rtpengine's ng listeners share one.
                 tcp_address = Address(listen.host, self._udp.local_address.port)
-                sock = bound_socket(tcp_address, socket.SOCK_STREAM)
+                try:
+                    sock = bound_socket(tcp_address, socket.SOCK_STREAM)
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno, f"relay ng tcp on {tcp_address}: {exc.strerror}"
+                    ) from None
                 self._tcp = await asyncio.start_server(self._on_tcp_client, sock=sock)
         except BaseException:
             if self._udp is not None:
