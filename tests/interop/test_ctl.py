@@ -132,3 +132,25 @@ def test_ng_without_answer_fails(tmp_path: Path) -> None:
         "ng", "--timeout", "0.2", "-a", f"{HOST}:{port}", "-", stdin=b"d7:command4:pinge"
     )
     assert result.returncode == 1 and "no answer" in result.stderr
+
+
+def test_sighup_for_log_rotation_does_not_kill_the_daemon(tmp_path: Path) -> None:
+    """A logrotate postrotate or `systemctl reload` sends SIGHUP: the daemon reloads and
+    keeps serving (its default action would end the process)."""
+    import signal
+    import time
+
+    from icerelay.daemon import compose
+
+    if not hasattr(compose, "Daemon"):
+        pytest.skip("SIGHUP handling comes with compose.Daemon (records helper, issue 10)")
+    running = start_daemon(tmp_path / "hup")
+    try:
+        offer(running, "hup@test")
+        running.process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert running.process.poll() is None, running.output()
+        listed = ctl(running, "list")
+        assert listed.returncode == 0 and "hup@test" in listed.stdout
+    finally:
+        assert running.stop() == 0, running.output()

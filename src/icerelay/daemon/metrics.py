@@ -93,6 +93,14 @@ def _relay(service: RelayService) -> Iterator[Metric]:
     # nowhere to send yet); the label leaves room for finer reasons without renaming.
     drops.add_metric(["dataplane"], totals["dropped"])
     yield drops
+    refusals_by_reason = CounterMetricFamily(
+        "icerelay_relay_refusals",
+        "Packets the latching policy refused, by reason (strangers, forged checks, ...).",
+        labels=["reason"],
+    )
+    for why, count in sorted(service.refusal_totals().items()):
+        refusals_by_reason.add_metric([why], count)
+    yield refusals_by_reason
     ended = CounterMetricFamily(
         "icerelay_relay_sessions_ended", "Sessions ended, by reason.", labels=["reason"]
     )

@@ -79,6 +79,10 @@ _QUARANTINE = 300.0
 # data plane latches without telling the engine; one scan a second costs nothing per packet).
 _WATCH_INTERVAL = 1.0
 
+# Prefix of per-reason refusal totals, and the reason latching counts a refused handover under.
+_REFUSED = "refused:"
+_HANDOVER_REFUSED = "handover-refused"
+
 # Step-aside times kept for the live page, by stream key (oldest forgotten first).
 _STEP_ASIDES_KEPT = 4096
 
@@ -185,14 +189,27 @@ class RelayService:
             if session.call_id == call_id
         ]
 
-    def traffic_totals(self) -> dict[str, int]:
-        """Packets, bytes, RTCP packets and drops relayed so far, live forwardings included."""
+    def _all_totals(self) -> Counter[str]:
         totals = Counter(self.relayed_totals)
         for session in self.engine.live_sessions():
             for stream in session.streams:
                 if stream.installed:
                     _add_counters(totals, self.dataplane.counters(stream.key))
+        return totals
+
+    def traffic_totals(self) -> dict[str, int]:
+        """Packets, bytes, RTCP packets and drops relayed so far, live forwardings included."""
+        totals = self._all_totals()
         return {key: totals[key] for key in ("packets", "bytes", "rtcp_packets", "dropped")}
+
+    def refusal_totals(self) -> dict[str, int]:
+        """Packets the latching policy refused so far, by reason (when the data plane counts
+        them per reason: ``LegCounters.refusals``)."""
+        return {
+            key.removeprefix(_REFUSED): count
+            for key, count in self._all_totals().items()
+            if key.startswith(_REFUSED)
+        }
 
     def statistics_view(self) -> dict[str, Any]:
         """The relay's figures for /api/statistics and ``icerelay ctl statistics``."""
@@ -647,7 +664,7 @@ class RelayService:
                 if counters is None:
                     continue
                 for side, leg in (("caller", counters.a), ("callee", counters.b)):
-                    refused = int(getattr(leg, "handovers_refused", 0))
+                    refused = int(getattr(leg, "refusals", {}).get(_HANDOVER_REFUSED, 0))
                     seen = (leg.latched_rtp, leg.latched_rtcp, refused)
                     before = self._seen_latches.get((stream.key, side))
                     if before == seen:
@@ -806,6 +823,9 @@ def _add_counters(totals: Counter[str], counters: ForwardingCounters | None) -> 
         totals["bytes"] += leg.bytes
         totals["rtcp_packets"] += leg.rtcp_packets
         totals["dropped"] += leg.dropped
+        # Per-reason refusals, where the data plane keeps them (latching's LegCounters.refusals).
+        for reason, count in getattr(leg, "refusals", {}).items():
+            totals[_REFUSED + str(reason)] += count
 
 
 def _resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], None]:

@@ -384,3 +384,49 @@ def test_mediaproxy_commands_are_logged(
     assert [(r.protocol, r.command, r.call_id, r.outcome) for r in lines] == [  # type: ignore[attr-defined]
         ("mediaproxy", "update", "9f3b@192.0.2.10", "ok")
     ]
+
+
+def test_refusals_and_refused_handovers_are_exported_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Per-reason refusals (latching's ``LegCounters.refusals``) reach /metrics, and a refused
+    handover is logged once per increase and counted as an ICE decision."""
+    import dataclasses
+
+    from icerelay.dataplane.userspace import UserspaceDataPlane
+    from icerelay.relay.forwarding import ForwardingCounters, LegCounters
+
+    @dataclasses.dataclass(slots=True)
+    class CountedLeg(LegCounters):
+        refusals: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    refusals = {"handover-refused": 0, "not-media": 3}
+
+    class Plane(UserspaceDataPlane):
+        def counters(self, key: str) -> ForwardingCounters | None:
+            real = super().counters(key)
+            if real is None:
+                return None
+            fields = {f.name: getattr(real.a, f.name) for f in dataclasses.fields(LegCounters)}
+            return ForwardingCounters(CountedLeg(**fields, refusals=dict(refusals)), real.b)
+
+    caplog.set_level(logging.INFO, logger="icerelay")
+
+    async def main() -> None:
+        relay = RelayService(config(), dataplane=Plane())
+        async with daemon(relay) as (_http, client):
+            await offer_answer(relay, "refused@test")
+            relay.watch_latches()
+            refusals["handover-refused"] = 2
+            relay.watch_latches()
+            relay.watch_latches()
+            assert relay.ice_decisions["handover_refused"] == 2
+            async with client.get("/metrics") as response:
+                text = await response.text()
+            assert 'icerelay_relay_refusals_total{reason="not-media"} 3.0' in text
+            assert 'icerelay_relay_refusals_total{reason="handover-refused"} 2.0' in text
+            assert 'icerelay_relay_ice_decisions_total{decision="handover_refused"} 2.0' in text
+
+    run(main)
+    refused = [r for r in caplog.records if r.getMessage() == "relay.handover_refused"]
+    assert len(refused) == 1 and refused[0].refused == 2  # type: ignore[attr-defined]
