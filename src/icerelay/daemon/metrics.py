@@ -148,17 +148,18 @@ def _relay(service: RelayService) -> Iterator[Metric]:
         "icerelay_relay_ports_quarantined", "Port pairs held by other programs, set aside.",
         service.quarantined_pairs,
     )  # fmt: skip
-    accounting = service.accounting
-    written = accounting.written if accounting is not None else 0
-    failed = accounting.failed if accounting is not None else 0
-    yield _counter("icerelay_accounting_records_written", "Session records stored.", written)
-    yield _counter("icerelay_accounting_records_failed", "Session records lost.", failed)
-    # TODO(lead): the records helper's durable journal (daemon/journal.py) should expose its
-    # depth as ``journal_depth``; until it does this gauge reads 0.
-    depth = getattr(accounting, "journal_depth", 0) if accounting is not None else 0
+    accounting = service.accounting_figures()
+    yield _counter(
+        "icerelay_accounting_records_written", "Session records stored.", accounting["written"]
+    )
+    yield _counter(
+        "icerelay_accounting_records_failed", "Session records lost.", accounting["failed"]
+    )
+    # Read from the durable journal once the records helper's daemon/journal.py is merged
+    # (accounting.journal.position().pending); 0 until then.
     yield _gauge(
         "icerelay_accounting_journal_depth", "Records waiting in the accounting journal.",
-        float(depth() if callable(depth) else depth),
+        accounting["journal_depth"],
     )  # fmt: skip
 
 

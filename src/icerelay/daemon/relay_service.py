@@ -211,6 +211,21 @@ class RelayService:
             if key.startswith(_REFUSED)
         }
 
+    def accounting_figures(self) -> dict[str, int]:
+        """Records written and lost, and records waiting in the accounting journal (read from
+        the durable journal when the accounting writer has one: ``accounting.journal``)."""
+        figures = self._statistics()
+        depth = 0
+        journal = getattr(self.accounting, "journal", None)
+        position = getattr(journal, "position", None)
+        if callable(position):
+            depth = int(getattr(position(), "pending", 0))
+        return {
+            "written": _as_int(figures.get("records_written")),
+            "failed": _as_int(figures.get("records_failed")),
+            "journal_depth": depth,
+        }
+
     def statistics_view(self) -> dict[str, Any]:
         """The relay's figures for /api/statistics and ``icerelay ctl statistics``."""
         return {
@@ -813,6 +828,10 @@ def _text(body: object) -> str:
     if isinstance(body, bytes):
         return body.decode("utf-8", "replace")
     return "" if body is None else str(body)
+
+
+def _as_int(value: object) -> int:
+    return value if isinstance(value, int) else 0
 
 
 def _add_counters(totals: Counter[str], counters: ForwardingCounters | None) -> None:

@@ -430,3 +430,23 @@ def test_refusals_and_refused_handovers_are_exported_and_logged(
     run(main)
     refused = [r for r in caplog.records if r.getMessage() == "relay.handover_refused"]
     assert len(refused) == 1 and refused[0].refused == 2  # type: ignore[attr-defined]
+
+
+def test_accounting_journal_depth_is_read_from_the_journal() -> None:
+    """The gauge reads ``accounting.journal.position().pending`` (the records helper's durable
+    journal) at scrape time."""
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+
+    from icerelay.daemon.metrics import new_registry
+
+    relay = RelayService(config())
+    journal = SimpleNamespace(position=lambda: SimpleNamespace(pending=4))
+    relay.accounting = SimpleNamespace(  # type: ignore[assignment]
+        written=2, failed=1, location="sqlite:x", journal=journal
+    )
+    text = generate_latest(new_registry(lambda: [relay])).decode()
+    assert metric(text, "icerelay_accounting_journal_depth") == 4
+    assert metric(text, "icerelay_accounting_records_written_total") == 2
+    assert metric(text, "icerelay_accounting_records_failed_total") == 1
