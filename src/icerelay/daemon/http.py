@@ -248,7 +248,7 @@ class HttpService:
         }
         relay = self._relay()
         if relay is not None:
-            data["relay"] = relay.statistics_view()
+            data["relay"] = relay.ops.statistics_view()
         turn = self._turn()
         if turn is not None and turn.running_engine is not None:
             data["turn"] = turn.status()
@@ -307,7 +307,7 @@ class HttpService:
             "draining": bool(self.control is not None and self.control.draining),
             "sessions": self.sessions(),
             "allocations": self.allocations(),
-            "relayed": relay.traffic_totals() if relay is not None else None,
+            "relayed": relay.ops.traffic_totals() if relay is not None else None,
         }
 
     async def _events(self, request: web.Request) -> web.StreamResponse:

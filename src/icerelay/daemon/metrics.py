@@ -82,7 +82,7 @@ def _relay(service: RelayService) -> Iterator[Metric]:
     for state, count in sorted(states.items()):
         streams.add_metric([state], count)
     yield streams
-    totals = service.traffic_totals()
+    totals = service.ops.traffic_totals()
     yield _counter("icerelay_relay_packets", "Packets relayed.", totals["packets"])
     yield _counter("icerelay_relay_bytes", "Bytes relayed.", totals["bytes"])
     yield _counter("icerelay_relay_rtcp_packets", "RTCP packets relayed.", totals["rtcp_packets"])
@@ -98,7 +98,7 @@ def _relay(service: RelayService) -> Iterator[Metric]:
         "Packets the latching policy refused, by reason (strangers, forged checks, ...).",
         labels=["reason"],
     )
-    for why, count in sorted(service.refusal_totals().items()):
+    for why, count in sorted(service.ops.refusal_totals().items()):
         refusals_by_reason.add_metric([why], count)
     yield refusals_by_reason
     ended = CounterMetricFamily(
@@ -111,7 +111,7 @@ def _relay(service: RelayService) -> Iterator[Metric]:
         "icerelay_relay_ice_decisions", "ICE decisions seen by the relay.", labels=["decision"]
     )
     for decision in ICE_DECISIONS:
-        decisions.add_metric([decision], service.ice_decisions[decision])
+        decisions.add_metric([decision], service.ops.ice_decisions[decision])
     yield decisions
     counters = service.protocol.counters
     commands = CounterMetricFamily(
@@ -148,7 +148,7 @@ def _relay(service: RelayService) -> Iterator[Metric]:
         "icerelay_relay_ports_quarantined", "Port pairs held by other programs, set aside.",
         service.quarantined_pairs,
     )  # fmt: skip
-    accounting = service.accounting_figures()
+    accounting = service.ops.accounting_figures()
     yield _counter(
         "icerelay_accounting_records_written", "Session records stored.", accounting["written"]
     )

@@ -16,7 +16,6 @@ import logging
 import random
 import socket
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,6 @@ from typing import Any
 from icerelay.aio.addresses import bound_socket
 from icerelay.aio.udp import UdpEndpoint
 from icerelay.control.mediaproxy import MediaproxyFramer, MediaproxyHandler
-from icerelay.control.mediaproxy.commands import MediaproxyRemove
-from icerelay.control.mediaproxy.commands import parse_command as parse_mediaproxy
 from icerelay.control.ng import (
     Answer,
     NgDropped,
@@ -43,12 +40,11 @@ from icerelay.daemon.relay_config import (
     RelayServiceConfig,
     user_state_accounting,
 )
-from icerelay.daemon.views import session_view
+from icerelay.daemon.relay_ops import RelayOperations, log_command, log_mediaproxy
 from icerelay.dataplane import DataPlane
 from icerelay.dataplane.interface import PortUnavailable
 from icerelay.dataplane.userspace import UserspaceDataPlane
 from icerelay.errors import ControlError, RelayError
-from icerelay.relay.forwarding import ForwardingCounters
 from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.sessions import (
     ForwardingInstalled,
@@ -74,17 +70,6 @@ _BIND_ATTEMPTS = 3
 
 # Seconds a pair found held by another program stays out of circulation.
 _QUARANTINE = 300.0
-
-# Seconds between two looks at the live forwardings for new latches and refused handovers (the
-# data plane latches without telling the engine; one scan a second costs nothing per packet).
-_WATCH_INTERVAL = 1.0
-
-# Prefix of per-reason refusal totals, and the reason latching counts a refused handover under.
-_REFUSED = "refused:"
-_HANDOVER_REFUSED = "handover-refused"
-
-# Step-aside times kept for the live page, by stream key (oldest forgotten first).
-_STEP_ASIDES_KEPT = 4096
 
 # A queued unit of work: the protocol ("ng" or "mediaproxy"), a control message and how to answer
 # it (None: nothing to answer), a job from the HTTP API (a coroutine function), or a timer tick
@@ -140,18 +125,8 @@ class RelayService:
         self._quarantined: dict[PortPair, float] = {}
         self._held: set[PortPair] = set()
         self.ports_quarantined = 0
-        # -- operations (issue 14): totals for /metrics, step-aside times, latch watching --
-        #: Packets, bytes and drops of forwardings already removed (live ones are read from
-        #: the data plane at scrape time): ``packets``, ``bytes``, ``rtcp_packets``, ``dropped``.
-        self.relayed_totals: Counter[str] = Counter()
-        #: ICE decisions: ``stepped_aside``, ``relay_selected``, ``handover_refused``.
-        self.ice_decisions: Counter[str] = Counter()
-        #: Sessions ended, by reason (a counter for /metrics; the engine keeps its own too).
-        #: Wall-clock time of each step-aside, by stream key (live page, /api/sessions).
-        self.step_asides: dict[str, float] = {}
-        # What the latch watcher last saw per forwarding key and side: (rtp, rtcp, refused).
-        self._seen_latches: dict[tuple[str, str], tuple[object, object, int]] = {}
-        self._relay_selected: set[str] = set()
+        #: Views, totals and ICE decisions for operators (HTTP, metrics, ctl; issue 14).
+        self.ops = RelayOperations(self)
 
     def _statistics(self) -> dict[str, ReplyValue]:
         """The shell's counters, for the ng ``statistics`` reply."""
@@ -167,91 +142,29 @@ class RelayService:
 
     # -- read-only views (HTTP, ctl) -----------------------------------------------------------
 
+    def sessions_view(self) -> list[dict[str, Any]]:
+        """Every live session with its streams, as JSON-ready dicts (oldest first)."""
+        return self.ops.sessions_view()
+
+    def session_view(self, call_id: str) -> list[dict[str, Any]]:
+        """The live sessions of one call (empty if the call is unknown)."""
+        return self.ops.sessions_view(call_id)
+
     @property
     def quarantined_pairs(self) -> int:
         """Port pairs currently held out of the pool (another program had them)."""
         return len(self._quarantined)
-
-    def sessions_view(self) -> list[dict[str, Any]]:
-        """Every live session with its streams, as JSON-ready dicts (oldest first)."""
-        counters = self.dataplane.counters
-        return [
-            session_view(session, counters, self._wall_offset, self.step_asides)
-            for session in self.engine.live_sessions()
-        ]
-
-    def session_view(self, call_id: str) -> list[dict[str, Any]]:
-        """The live sessions of one call (empty if the call is unknown)."""
-        counters = self.dataplane.counters
-        return [
-            session_view(session, counters, self._wall_offset, self.step_asides)
-            for session in self.engine.live_sessions()
-            if session.call_id == call_id
-        ]
-
-    def _all_totals(self) -> Counter[str]:
-        totals = Counter(self.relayed_totals)
-        for session in self.engine.live_sessions():
-            for stream in session.streams:
-                if stream.installed:
-                    _add_counters(totals, self.dataplane.counters(stream.key))
-        return totals
-
-    def traffic_totals(self) -> dict[str, int]:
-        """Packets, bytes, RTCP packets and drops relayed so far, live forwardings included."""
-        totals = self._all_totals()
-        return {key: totals[key] for key in ("packets", "bytes", "rtcp_packets", "dropped")}
-
-    def refusal_totals(self) -> dict[str, int]:
-        """Packets the latching policy refused so far, by reason (when the data plane counts
-        them per reason: ``LegCounters.refusals``)."""
-        return {
-            key.removeprefix(_REFUSED): count
-            for key, count in self._all_totals().items()
-            if key.startswith(_REFUSED)
-        }
-
-    def accounting_figures(self) -> dict[str, int]:
-        """Records written and lost, and records waiting in the accounting journal (read from
-        the durable journal when the accounting writer has one: ``accounting.journal``)."""
-        figures = self._statistics()
-        depth = 0
-        journal = getattr(self.accounting, "journal", None)
-        position = getattr(journal, "position", None)
-        if callable(position):
-            depth = int(getattr(position(), "pending", 0))
-        return {
-            "written": _as_int(figures.get("records_written")),
-            "failed": _as_int(figures.get("records_failed")),
-            "journal_depth": depth,
-        }
-
-    def statistics_view(self) -> dict[str, Any]:
-        """The relay's figures for /api/statistics and ``icerelay ctl statistics``."""
-        return {
-            "sessions": self.engine.session_count,
-            "calls": self.engine.call_count,
-            "streams": self.engine.stream_count(),
-            "offers": self.engine.offers,
-            "answers": self.engine.answers,
-            "ended": {str(k): v for k, v in self.engine.ended_by_reason.items()},
-            "relayed": self.traffic_totals(),
-            "ice_decisions": dict(self.ice_decisions),
-            "ng": self.protocol.counters.snapshot(),
-            **self._statistics(),
-        }
 
     async def delete_call(self, call_id: str) -> int:
         """End every session of ``call_id`` now (HTTP/ctl ``delete``); how many ended."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         async def run() -> None:
-            now = asyncio.get_running_loop().time()
+            ended = 0
             try:
-                ended = len(self.engine.delete(call_id, now, delay=0))
-            except RelayError:
-                ended = 0
-            try:
+                with contextlib.suppress(RelayError):
+                    now = asyncio.get_running_loop().time()
+                    ended = len(self.engine.delete(call_id, now, delay=0))
                 await self._apply_events(ignore_errors=True)
             finally:
                 if not done.done():
@@ -313,7 +226,7 @@ class RelayService:
         self._tasks = [
             asyncio.create_task(self._worker(), name="relay-worker"),
             asyncio.create_task(self._timer(), name="relay-timer"),
-            asyncio.create_task(self._watch(), name="relay-watch"),
+            asyncio.create_task(self.ops.watch(), name="relay-watch"),
         ]
         logger.info(
             "relay.started",
@@ -549,14 +462,8 @@ class RelayService:
                 if not fresh:
                     break
                 logger.info("relay.retry_ports", extra={"attempt": attempt + 1})
-        _log_command(
-            "ng",
-            outcome.name,
-            getattr(command, "call_id", None),
-            result,
-            time.perf_counter() - started,
-            getattr(command, "sdp", None),
-        )
+        call_id, sdp = getattr(command, "call_id", None), getattr(command, "sdp", None)
+        log_command("ng", outcome.name, call_id, result, time.perf_counter() - started, sdp)
         return self.protocol.reply(outcome, result, now)
 
     def _quarantine(self, port: int, now: float) -> None:
@@ -581,19 +488,7 @@ class RelayService:
     async def _mediaproxy_request(self, data: bytes) -> bytes:
         started = time.perf_counter()
         reply = await self._mediaproxy_run(data)
-        try:
-            command = parse_mediaproxy(data)
-            name = "remove" if isinstance(command, MediaproxyRemove) else "update"
-            call_id: str | None = command.call_id
-        except ControlError:
-            name, call_id = "unknown", None
-        text = reply.decode("utf-8", "replace").strip()
-        outcome: dict[str, ReplyValue] = (
-            {"result": "error", "error-reason": text}
-            if text.startswith("error")
-            else {"result": "ok"}
-        )
-        _log_command("mediaproxy", name, call_id, outcome, time.perf_counter() - started, data)
+        log_mediaproxy(data, reply, time.perf_counter() - started)
         return reply
 
     async def _mediaproxy_run(self, data: bytes) -> bytes:
@@ -626,7 +521,7 @@ class RelayService:
                     failure = failure or error
             elif isinstance(event, ForwardingRemoved):
                 # Its counters go into the totals before the data plane forgets them.
-                self._forwarding_gone(event.key, self.dataplane.counters(event.key))
+                self.ops.forwarding_gone(event.key, self.dataplane.counters(event.key))
                 await self.dataplane.remove(event.key)
             elif isinstance(event, StreamEnded):
                 logger.info(
@@ -638,95 +533,11 @@ class RelayService:
                     },
                 )
                 if event.reason is StreamEndReason.ICE_DIRECT:
-                    self._stepped_aside(event.call_id, event.index)
+                    self.ops.stepped_aside(event.call_id, event.index)
             elif isinstance(event, SessionEnded):
                 self._session_ended(event.record)
         if failure is not None and not ignore_errors:
             raise failure
-
-    # -- operations: totals, ICE decisions, latch logs ----------------------------------------
-
-    def _forwarding_gone(self, key: str, counters: ForwardingCounters | None) -> None:
-        _add_counters(self.relayed_totals, counters)
-        self._relay_selected.discard(key)
-        for side in ("caller", "callee"):
-            self._seen_latches.pop((key, side), None)
-
-    def _stepped_aside(self, call_id: str, index: int) -> None:
-        self.ice_decisions["stepped_aside"] += 1
-        now = time.time()
-        for session in self.engine.live_sessions():
-            if session.call_id != call_id:
-                continue
-            for stream in session.streams:
-                if stream.index == index and stream.ended is StreamEndReason.ICE_DIRECT:
-                    self.step_asides.setdefault(stream.key, now)
-        while len(self.step_asides) > _STEP_ASIDES_KEPT:
-            del self.step_asides[next(iter(self.step_asides))]
-        logger.info("relay.stepped_aside", extra={"call_id": call_id, "index": index})
-
-    def watch_latches(self) -> None:
-        """Log each new latch and refused handover; count ICE pairs selected through the relay.
-
-        The data plane latches on its own (per packet, without telling the engine), so the
-        service looks at every live forwarding's counters once a second instead.
-        """
-        for session in self.engine.live_sessions():
-            for stream in session.streams:
-                if not stream.installed:
-                    continue
-                counters = self.dataplane.counters(stream.key)
-                if counters is None:
-                    continue
-                for side, leg in (("caller", counters.a), ("callee", counters.b)):
-                    refused = int(getattr(leg, "refusals", {}).get(_HANDOVER_REFUSED, 0))
-                    seen = (leg.latched_rtp, leg.latched_rtcp, refused)
-                    before = self._seen_latches.get((stream.key, side))
-                    if before == seen:
-                        continue
-                    self._seen_latches[(stream.key, side)] = seen
-                    old_rtp = before[0] if before is not None else None
-                    old_refused = before[2] if before is not None else 0
-                    if leg.latched_rtp is not None and leg.latched_rtp != old_rtp:
-                        logger.info(
-                            "relay.latched",
-                            extra={
-                                "call_id": session.call_id,
-                                "index": stream.index,
-                                "side": side,
-                                "source": str(leg.latched_rtp),
-                                "previous": str(old_rtp) if old_rtp is not None else "-",
-                            },
-                        )
-                    if refused > old_refused:
-                        self.ice_decisions["handover_refused"] += refused - old_refused
-                        logger.info(
-                            "relay.handover_refused",
-                            extra={
-                                "call_id": session.call_id,
-                                "index": stream.index,
-                                "side": side,
-                                "latched": str(leg.latched_rtp),
-                                "refused": refused - old_refused,
-                            },
-                        )
-                nominated = counters.a.last_nomination or counters.b.last_nomination
-                if nominated is not None and stream.key not in self._relay_selected:
-                    # An authenticated USE-CANDIDATE through the relay: ICE chose the relay pair.
-                    self._relay_selected.add(stream.key)
-                    self.ice_decisions["relay_selected"] += 1
-                    logger.info(
-                        "relay.ice_relay_selected",
-                        extra={"call_id": session.call_id, "index": stream.index},
-                    )
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(_WATCH_INTERVAL)
-            try:
-                self.watch_latches()
-            except Exception:
-                logger.exception("relay.watch_error")
 
     def _session_ended(self, record: SessionRecord) -> None:
         offset = self._wall_offset
@@ -788,63 +599,6 @@ def _remove_stale_socket(path: Path) -> None:
     finally:
         probe.close()
     raise OSError(f"{path} is served by another process")
-
-
-def _log_command(
-    protocol: str,
-    name: str,
-    call_id: object,
-    result: dict[str, ReplyValue],
-    seconds: float,
-    request_body: object,
-) -> None:
-    """One info line per control command: command, call-id, outcome, time taken; at debug
-    level, a second line with the SDP (or MediaProxy request) in and the SDP out."""
-    outcome = str(result.get("result", "ok"))
-    fields: dict[str, object] = {
-        "protocol": protocol,
-        "command": name,
-        "call_id": call_id if isinstance(call_id, str) else "-",
-        "outcome": outcome,
-        "ms": round(seconds * 1000, 2),
-    }
-    if outcome == "error":
-        fields["reason"] = str(result.get("error-reason", ""))
-    logger.info("relay.command", extra=fields)
-    if logger.isEnabledFor(logging.DEBUG):
-        reply_sdp = result.get("sdp")
-        logger.debug(
-            "relay.command_sdp",
-            extra={
-                "command": name,
-                "call_id": fields["call_id"],
-                "sdp_in": _text(request_body),
-                "sdp_out": _text(reply_sdp),
-            },
-        )
-
-
-def _text(body: object) -> str:
-    if isinstance(body, bytes):
-        return body.decode("utf-8", "replace")
-    return "" if body is None else str(body)
-
-
-def _as_int(value: object) -> int:
-    return value if isinstance(value, int) else 0
-
-
-def _add_counters(totals: Counter[str], counters: ForwardingCounters | None) -> None:
-    if counters is None:
-        return
-    for leg in (counters.a, counters.b):
-        totals["packets"] += leg.packets
-        totals["bytes"] += leg.bytes
-        totals["rtcp_packets"] += leg.rtcp_packets
-        totals["dropped"] += leg.dropped
-        # Per-reason refusals, where the data plane keeps them (latching's LegCounters.refusals).
-        for reason, count in getattr(leg, "refusals", {}).items():
-            totals[_REFUSED + str(reason)] += count
 
 
 def _resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], None]:

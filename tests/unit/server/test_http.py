@@ -105,7 +105,7 @@ def test_sessions_metrics_and_delete_through_http(caplog: pytest.LogCaptureFixtu
                 await bob.receive()
             bob.sock.sendto(rtp(1), (HOST, bob_to))
             await alice.receive()
-            relay.watch_latches()
+            relay.ops.watch_latches()
 
             async with client.get("/api/sessions") as response:
                 assert response.status == 200
@@ -342,9 +342,9 @@ def test_step_aside_is_logged_counted_and_shown(caplog: pytest.LogCaptureFixture
             await bob.receive()
             for _ in range(40):
                 await asyncio.sleep(0.1)
-                if relay.ice_decisions["stepped_aside"]:
+                if relay.ops.ice_decisions["stepped_aside"]:
                     break
-            assert relay.ice_decisions["stepped_aside"] == 1
+            assert relay.ops.ice_decisions["stepped_aside"] == 1
             async with client.get("/metrics") as response:
                 text = await response.text()
             assert 'icerelay_relay_ice_decisions_total{decision="stepped_aside"} 1.0' in text
@@ -416,11 +416,11 @@ def test_refusals_and_refused_handovers_are_exported_and_logged(
         relay = RelayService(config(), dataplane=Plane())
         async with daemon(relay) as (_http, client):
             await offer_answer(relay, "refused@test")
-            relay.watch_latches()
+            relay.ops.watch_latches()
             refusals["handover-refused"] = 2
-            relay.watch_latches()
-            relay.watch_latches()
-            assert relay.ice_decisions["handover_refused"] == 2
+            relay.ops.watch_latches()
+            relay.ops.watch_latches()
+            assert relay.ops.ice_decisions["handover_refused"] == 2
             async with client.get("/metrics") as response:
                 text = await response.text()
             assert 'icerelay_relay_refusals_total{reason="not-media"} 3.0' in text
