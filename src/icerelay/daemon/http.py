@@ -57,6 +57,10 @@ logger = logging.getLogger("icerelay.http")
 #: The header a state-changing request must carry (see the module docstring).
 REQUEST_HEADER = "X-Icerelay-Request"
 
+#: Live pages (event streams) served at once; more get 503. Each costs a snapshot per update
+#: interval, so a client opening streams in a loop must not be able to multiply that without end.
+MAX_EVENT_STREAMS = 32
+
 #: The page's files, shipped inside the package (no build step, nothing fetched from outside).
 _STATIC = {"app.js": "application/javascript", "app.css": "text/css"}
 
@@ -110,6 +114,8 @@ class HttpService:
         self._runner: web.AppRunner | None = None
         self._address: Address | None = None
         self._closing = asyncio.Event()
+        self._event_streams = 0
+        self.max_event_streams = MAX_EVENT_STREAMS
         self.app = self._make_app()
 
     def attach(self, services: Sequence[object]) -> None:
@@ -311,6 +317,15 @@ class HttpService:
         }
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        if self._event_streams >= self.max_event_streams:
+            return _error(503, f"too many live pages open (at most {self.max_event_streams})")
+        self._event_streams += 1
+        try:
+            return await self._stream_events(request)
+        finally:
+            self._event_streams -= 1
+
+    async def _stream_events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )

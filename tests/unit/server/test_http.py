@@ -212,7 +212,7 @@ def test_guard_refuses_foreign_host_and_unmarked_writes() -> None:
 def test_event_stream_and_static_page() -> None:
     async def main() -> None:
         relay = RelayService(config())
-        async with daemon(relay) as (_http, client):
+        async with daemon(relay) as (http, client):
             await offer_answer(relay, "sse@test")
             async with client.get("/") as response:
                 page = await response.text()
@@ -234,6 +234,19 @@ def test_event_stream_and_static_page() -> None:
                         break
             assert data is not None
             assert [s["call_id"] for s in data["sessions"]] == ["sse@test"]
+            # Event streams are capped: a client opening them in a loop gets 503 past the cap.
+            http.max_event_streams = 1
+            async with client.get("/api/events") as first:
+                await first.content.readline()
+                async with client.get("/api/events") as second:
+                    assert second.status == 503
+            # A closed page frees its place once the server's next write finds it gone.
+            for _ in range(50):
+                async with client.get("/api/events") as again:
+                    if again.status == 200:
+                        break
+                await asyncio.sleep(0.05)
+            assert again.status == 200
 
     run(main)
 
