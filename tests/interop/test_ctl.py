@@ -77,6 +77,9 @@ def test_ctl_list_show_statistics_delete(daemon: Daemon) -> None:
     again = ctl(daemon, "delete", "ctl-1@test")
     assert again.returncode == 1 and "404" in again.stderr
     assert "0 session(s)" in ctl(daemon, "list").stdout
+    # The daemon's own configuration file says where its API is.
+    by_config = icerelay("ctl", "--config", str(daemon.config), "list")
+    assert by_config.returncode == 0 and "0 session(s)" in by_config.stdout, by_config.stderr
     assert ctl(daemon, "allocations").returncode == 0
 
 

@@ -36,6 +36,7 @@ class Daemon:
     url: str
     ng_port: int
     log: Path
+    config: Path
 
     def ng(self, body: dict[str, bencode.Encodable], cookie: bytes = b"") -> dict[bytes, object]:
         """One ng request over UDP; the decoded reply."""
@@ -93,7 +94,7 @@ def start_daemon(workdir: Path, *, extra: str = "", ready_timeout: float = 15.0)
             text=True,
             env=env,
         )
-    daemon = Daemon(process, f"http://{HOST}:{http_port}", ng_port, log)
+    daemon = Daemon(process, f"http://{HOST}:{http_port}", ng_port, log, config)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -3,7 +3,7 @@
 ``list``, ``show CALL-ID``, ``delete CALL-ID``, ``statistics``, ``allocations``, ``drain`` and
 ``reload``, printed as plain-text tables (``--json`` prints the API's JSON instead). The daemon
 is found at ``--url`` (default ``$ICERELAY_URL`` or ``http://127.0.0.1:9470``, the default
-``[http] listen``).
+``[http] listen``), or from the daemon's own configuration with ``--config FILE``.
 
 Tables are formatted here in a few lines rather than with a table library: the columns are
 few and plain, and a dependency for them would be one more thing to install and keep in step
@@ -13,6 +13,7 @@ reached, 2 bad usage.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 import time
@@ -20,7 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -86,7 +87,7 @@ class _Api:
             _fail(f"cannot reach the daemon at {self.url}: {reason} (is [http] listen set?)")
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"icerelay ctl: {message}", err=True)
     sys.exit(code)
 
@@ -106,19 +107,47 @@ def _clock(ts: float | None) -> str | None:
     return None if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
 
 
+def _url_from_config(path: str) -> str:
+    """The API's URL from a daemon configuration file's ``[http] listen``."""
+    from icerelay.daemon.config import load_config
+    from icerelay.errors import ConfigError
+
+    try:
+        listen = load_config(path=path, environ={}).http.listen
+    except ConfigError as error:
+        _fail(str(error), 2)
+    if listen is None:
+        _fail(f"{path}: [http] listen is off; the daemon has no API to talk to", 2)
+    host = listen.host
+    if ipaddress.ip_address(host).is_unspecified:
+        # A wildcard listener is reached on loopback from this host.
+        host = "::1" if ":" in host else "127.0.0.1"
+    return f"http://[{host}]:{listen.port}" if ":" in host else f"http://{host}:{listen.port}"
+
+
 @click.group()
 @click.option(
     "--url",
     envvar="ICERELAY_URL",
-    default=DEFAULT_URL,
-    show_default=True,
-    help="The daemon's HTTP API ([http] listen).",
+    default=None,
+    help=f"The daemon's HTTP API ([http] listen; default {DEFAULT_URL}).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Find the API from the daemon's configuration file instead.",
 )
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON, not tables.")
 @click.pass_context
-def ctl(ctx: click.Context, url: str, timeout: float, as_json: bool) -> None:
+def ctl(
+    ctx: click.Context, url: str | None, config_path: str | None, timeout: float, as_json: bool
+) -> None:
     """Control a running icerelay daemon through its HTTP API."""
+    if url is None:
+        url = _url_from_config(config_path) if config_path is not None else DEFAULT_URL
     ctx.obj = (_Api(url, timeout), as_json)
 
 
