@@ -110,3 +110,75 @@ def test_live_page_shows_a_call_and_its_end(daemon: Daemon, tmp_path: Path) -> N
             browser.close()
             alice.close()
             bob.close()
+
+
+def test_live_page_shows_turn_allocations(tmp_path: Path) -> None:
+    """A TURN allocation held by a client shows on the page (user, permission), and goes
+    away when the client deallocates."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    import asyncio
+    import threading
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from icerelay.aio.turn_client import TurnClient
+    from icerelay.stun import Address
+    from tests.support.ports import free_ports
+
+    (turn_port,) = free_ports(1, kinds=("udp",))
+    daemon = start_daemon(
+        tmp_path / "serve",
+        extra=(
+            f'\n[turn]\nenabled = true\nlisten = ["{HOST}:{turn_port}"]\ntransports = ["udp"]\n'
+            'users = { alice = "wonderland" }\nallow_peers = ["127.0.0.0/8"]\n'
+        ),
+    )
+    ready, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def hold_allocation() -> None:
+        async def main() -> None:
+            server = Address(HOST, turn_port)
+            async with await TurnClient.connect(server, "alice", "wonderland") as allocation:
+                await allocation.create_permission([Address(HOST, 9)])
+                ready.set()
+                while not release.is_set():
+                    await asyncio.sleep(0.05)
+
+        try:
+            asyncio.run(main())
+        except BaseException as error:
+            failures.append(error)
+            ready.set()
+
+    holder = threading.Thread(target=hold_allocation)
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=args
+            )
+            try:
+                page = browser.new_page()
+                page.goto(daemon.url + "/")
+                expect(page.locator("#no-allocations")).to_be_visible(timeout=10_000)
+                holder.start()
+                assert ready.wait(10) and not failures, failures
+                row = page.locator("#allocations tbody tr")
+                expect(row).to_have_count(1, timeout=10_000)
+                expect(row).to_contain_text("alice")
+                expect(row).to_contain_text(HOST)
+                page.screenshot(path=str(tmp_path / "live-page-turn.png"), full_page=True)
+                release.set()
+                holder.join(10)
+                assert not failures, failures
+                expect(row).to_have_count(0, timeout=10_000)
+                expect(page.locator("#no-allocations")).to_be_visible()
+            finally:
+                browser.close()
+    finally:
+        release.set()
+        if holder.is_alive() or holder.ident is not None:
+            holder.join(10)
+        assert daemon.stop() == 0, daemon.output()
