@@ -115,6 +115,9 @@ class HttpService:
         self._address: Address | None = None
         self._closing = asyncio.Event()
         self._event_streams = 0
+        # One encoded snapshot per update interval, shared by every open page: the cost of the
+        # live page does not grow with the number of pages watching it.
+        self._snapshot_cache: tuple[float, bytes] | None = None
         self.max_event_streams = MAX_EVENT_STREAMS
         self.app = self._make_app()
 
@@ -335,14 +338,24 @@ class HttpService:
             # retry: how long the browser waits before reconnecting after the daemon restarts.
             await response.write(b"retry: 2000\n\n")
             while not self._closing.is_set():
-                data = json.dumps(self.snapshot(), separators=(",", ":"))
-                await response.write(f"event: snapshot\ndata: {data}\n\n".encode())
+                await response.write(self._encoded_snapshot(interval))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(interval):
                         await self._closing.wait()
         except ConnectionError:
             pass  # the page was closed
         return response
+
+
+    def _encoded_snapshot(self, interval: float) -> bytes:
+        now = time.monotonic()
+        cached = self._snapshot_cache
+        if cached is not None and now - cached[0] < interval / 2:
+            return cached[1]
+        data = json.dumps(self.snapshot(), separators=(",", ":"))
+        encoded = f"event: snapshot\ndata: {data}\n\n".encode()
+        self._snapshot_cache = (now, encoded)
+        return encoded
 
 
 def _asset(name: str) -> str:

@@ -463,3 +463,37 @@ def test_accounting_journal_depth_is_read_from_the_journal() -> None:
     assert metric(text, "icerelay_accounting_journal_depth") == 4
     assert metric(text, "icerelay_accounting_records_written_total") == 2
     assert metric(text, "icerelay_accounting_records_failed_total") == 1
+
+
+def test_open_pages_share_one_snapshot_per_interval() -> None:
+    """Ten pages open at once cost one snapshot, not ten (the snapshot walks every session)."""
+
+    async def main() -> None:
+        http = HttpService(HttpConfig(listen=(HOST, 0), update_interval=2.0))  # type: ignore[arg-type]
+        relay = RelayService(config())
+        http.attach([relay, http])
+        await relay.start()
+        await http.start()
+        calls = 0
+        snapshot = http.snapshot
+
+        def counted() -> dict[str, Any]:
+            nonlocal calls
+            calls += 1
+            return snapshot()
+
+        http.snapshot = counted  # type: ignore[method-assign]
+        try:
+            async with aiohttp.ClientSession(http.url) as client:
+                responses = [await client.get("/api/events") for _ in range(10)]
+                for response in responses:
+                    async for line in response.content:
+                        if line.startswith(b"data: "):
+                            break
+                    response.close()
+            assert calls == 1
+        finally:
+            await http.stop()
+            await relay.stop()
+
+    run(main)
