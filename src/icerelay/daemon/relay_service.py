@@ -14,12 +14,14 @@ import contextlib
 import dataclasses
 import logging
 import random
+import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from icerelay import bencode
 from icerelay.aio.addresses import bound_socket
 from icerelay.aio.udp import UdpEndpoint
 from icerelay.control.mediaproxy import MediaproxyFramer, MediaproxyHandler
@@ -72,9 +74,8 @@ _BIND_ATTEMPTS = 3
 _QUARANTINE = 300.0
 
 # A queued unit of work: the protocol ("ng" or "mediaproxy"), a control message and how to answer
-# it (None: nothing to answer), a job from the HTTP API (a coroutine function), or a timer tick
-# (None).
-_Work = tuple[str, bytes, Callable[[bytes | None], None]] | Callable[[], Awaitable[None]] | None
+# it (None: nothing to answer), or a timer tick (None).
+_Work = tuple[str, bytes, Callable[[bytes | None], None]] | None
 
 
 class RelayService:
@@ -156,25 +157,29 @@ class RelayService:
         return len(self._quarantined)
 
     async def delete_call(self, call_id: str) -> int:
-        """End every session of ``call_id`` now (HTTP/ctl ``delete``); how many ended."""
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        """End every session of ``call_id`` now (HTTP/ctl ``delete``); how many ended.
 
-        async def run() -> None:
-            ended = 0
-            try:
-                with contextlib.suppress(RelayError):
-                    now = asyncio.get_running_loop().time()
-                    ended = len(self.engine.delete(call_id, now, delay=0))
-                await self._apply_events(ignore_errors=True)
-            finally:
-                if not done.done():
-                    done.set_result(ended)
-
-        # Through the worker, like ng commands: the engine is entered by one caller at a time.
-        self._queue.put_nowait(run)
-        ended = await done
-        logger.info("relay.call_deleted", extra={"call_id": call_id, "sessions": ended})
-        return ended
+        It goes through the worker as an ng ``delete`` (with ``delete-delay`` 0), so it gets
+        exactly what a proxy's delete gets: one caller in the engine at a time, the records
+        written before the answer, the command counted and logged.
+        """
+        sessions = len(self.session_view(call_id))
+        if not sessions:
+            return 0
+        body: dict[str, bencode.Encodable] = {
+            "command": "delete", "call-id": call_id, "delete-delay": 0
+        }
+        message = b"http-" + secrets.token_hex(8).encode() + b" " + bencode.encode(body)
+        done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(("ng", message, _resolver(done)))
+        payload = await done
+        reply = bencode.decode(payload.partition(b" ")[2]) if payload else None
+        ok = isinstance(reply, dict) and reply.get(b"result") == b"ok"
+        logger.info(
+            "relay.call_deleted",
+            extra={"call_id": call_id, "sessions": sessions if ok else 0, "via": "http"},
+        )
+        return sessions if ok else 0
 
     @property
     def ng_address(self) -> Address:
@@ -400,8 +405,6 @@ class RelayService:
                 if work is None:
                     self.engine.handle_timer(asyncio.get_running_loop().time())
                     await self._apply_events()
-                elif callable(work):
-                    await work()
                 else:
                     protocol, data, reply = work
                     if protocol == "ng":
@@ -411,7 +414,7 @@ class RelayService:
             except Exception:
                 # A bug must not take the relay down with every call on it; it is logged loudly.
                 logger.exception("relay.worker_error")
-                if isinstance(work, tuple):
+                if work is not None:
                     work[2](None)
             self._wake.set()
 
