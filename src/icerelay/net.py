@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from icerelay.numbers import parse_port
 
-__all__ = ["Address", "Datagram", "split_host_port"]
+__all__ = ["Address", "Datagram", "require_brackets", "split_host_port"]
 
 
 class Address(NamedTuple):
@@ -84,3 +84,18 @@ def split_host_port(text: str, default_port: int | None = None) -> tuple[str, in
     if port is None:
         raise ValueError(f"invalid port {port_text[:20]!r} in {text[:200]!r}")
     return host, port
+
+
+def require_brackets(text: str) -> None:
+    """Refuse an IPv6 listen address written without brackets (ValueError).
+
+    ``::1:3478`` is a valid IPv6 address on its own, so without brackets nobody can tell
+    whether a port was meant; a server would bind the wrong address and fail with a bind error
+    far from the setting. Configuration insists on ``[::1]:3478`` (or ``[::1]``).
+    """
+    text = text.strip()
+    if text.count(":") > 1 and not text.startswith("["):
+        raise ValueError(
+            f"{text!r}: write an IPv6 address in brackets, with the port after them "
+            "(e.g. [::1]:3478, or [::1] for the default port)"
+        )

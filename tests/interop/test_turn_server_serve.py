@@ -83,7 +83,7 @@ def test_serve_relays_uclient_traffic_and_drains_on_sigusr1(tmp_path: Path, work
     with pytest.raises(subprocess.TimeoutExpired):
         serve.process.wait(timeout=1.0)
     assert serve.stop() == 0
-    assert "turn server draining" in serve.output()
+    assert "event=turn.draining" in serve.output()
 
 
 def test_serve_exits_after_drain_when_nothing_is_allocated(tmp_path: Path) -> None:
@@ -92,4 +92,4 @@ def test_serve_exits_after_drain_when_nothing_is_allocated(tmp_path: Path) -> No
     os.killpg(serve.process.pid, signal.SIGUSR1)
     assert serve.process.wait(timeout=10) == 0
     serve.stop()
-    assert "turn server drained" in serve.output()
+    assert "event=turn.drained" in serve.output()

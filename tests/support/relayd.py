@@ -113,6 +113,9 @@ def start_relay(
             for section in ("stun", "turn")
             if section in Config.model_fields
         )
+        if "http" in Config.model_fields:
+            # The HTTP listener's fixed default port would clash between parallel tests.
+            others += '[http]\nlisten = ""\n\n'
         config.write_text(
             others + "[log]\n"
             f'level = "{log_level}"\n'

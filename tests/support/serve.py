@@ -71,6 +71,8 @@ def start_serve(
     # The media relay is on by default in serve; tests that want it say so (ICERELAY_RELAY__...),
     # the others must not all bind 127.0.0.1:2223 or, as root, create /run and /var/lib paths.
     full_env.setdefault("ICERELAY_RELAY__ENABLED", "0")
+    # Likewise the HTTP listener (127.0.0.1:9470 by default): tests that want it set a port.
+    full_env.setdefault("ICERELAY_HTTP__LISTEN", "")
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

@@ -17,7 +17,9 @@ from typing import Any
 import click
 
 from icerelay.aio.loop import loop_factory
+from icerelay.commands.ctl import ctl
 from icerelay.commands.nat_matrix import nat_matrix
+from icerelay.commands.ng import ng
 from icerelay.commands.phone import phone
 from icerelay.daemon.config import (
     STUN_PORT,
@@ -222,5 +224,7 @@ def stun_probe(
     click.echo(json.dumps(result.to_dict()) if as_json else result.to_text())
 
 
+main.add_command(ctl)
 main.add_command(nat_matrix)
+main.add_command(ng)
 main.add_command(phone)

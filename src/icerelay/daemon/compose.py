@@ -26,6 +26,7 @@ from typing import Protocol
 
 from icerelay.daemon.config import Config, HostPort
 from icerelay.daemon.logs import configure_logging
+from icerelay.daemon.preflight import check_relay, check_turn, log_exposure_warnings
 from icerelay.daemon.relay_service import RelayService
 from icerelay.daemon.stun_service import StunService
 from icerelay.daemon.turn_service import TurnService
@@ -75,24 +76,47 @@ def _shared_with_turn(address: HostPort, config: Config) -> bool:
 def _turn(config: Config) -> Service | None:
     # Not daemon=True: the Daemon owns the signals and drains TURN with the relay, so that a
     # drained TURN server does not stop the daemon while relay calls are still up.
-    return TurnService(config.turn) if config.turn.enabled else None
+    if not config.turn.enabled:
+        return None
+    # Refuses relay addresses this host lacks; IPv6-loopback-only gets an IPv4 relay default.
+    return TurnService(check_turn(config.turn))
 
 
 def _relay(config: Config) -> Service | None:
-    return RelayService(config.relay) if config.relay.enabled else None
+    if not config.relay.enabled:
+        return None
+    check_relay(config.relay)
+    return RelayService(config.relay)
+
+
+def _http(config: Config) -> Service | None:
+    # Last: it shows the others (build_services attaches them), starts after and stops before.
+    from icerelay.daemon.http import HttpService
+
+    return HttpService(config.http) if config.http.listen is not None else None
 
 
 ServiceFactory = Callable[[Config], Service | None]
 
 #: One factory per configuration section, in start order.
-SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_stun, _turn, _relay)
+SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_stun, _turn, _relay, _http)
 
 
 def build_services(
     config: Config, factories: Sequence[ServiceFactory] = SERVICE_FACTORIES
 ) -> list[Service]:
-    """The enabled services for ``config``, in start order."""
-    return [s for s in (factory(config) for factory in factories) if s is not None]
+    """The enabled services for ``config``, in start order.
+
+    A service with an ``attach(services)`` method (HTTP: metrics and views of the others) is
+    handed the whole list once it is built.
+    """
+    log_exposure_warnings(config)
+    services = [s for s in (factory(config) for factory in factories) if s is not None]
+    for service in services:
+        attach = getattr(service, "attach", None)
+        if callable(attach):
+            attach(services)
+    return services
 
 
 async def start_services(services: Sequence[Service]) -> None:
@@ -146,6 +170,10 @@ class Daemon:
         self.config = config
         self._loader = loader
         self.services: list[Service] = build_services(config, factories)
+        for service in self.services:
+            # The HTTP API's drain and reload are the daemon's, over every service.
+            if isinstance(service, HttpService):
+                service.control = self
         #: SIGUSR1 was received: no new calls or allocations; the daemon exits after the last.
         self.draining = False
         self._stop = asyncio.Event()

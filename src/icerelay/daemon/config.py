@@ -34,7 +34,7 @@ from pydantic import (
 from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.errors import ConfigError
-from icerelay.net import Address, split_host_port
+from icerelay.net import Address, require_brackets, split_host_port
 
 ENV_PREFIX = "ICERELAY_"
 ENV_CONFIG_FILE = "ICERELAY_CONFIG"
@@ -53,6 +53,7 @@ def parse_endpoint(value: object, default_port: int = STUN_PORT) -> HostPort:
     if isinstance(value, tuple | list) and len(value) == 2:
         host, port = str(value[0]), int(value[1])
     elif isinstance(value, str):
+        require_brackets(value)
         host, port = split_host_port(value, default_port)
     else:
         raise ValueError(f"expected 'ip:port' as a string, got {value!r}")
@@ -173,12 +174,41 @@ class LogConfig(Section):
         return data
 
 
+# --- [http] (ops, issue 14): metrics, the live page and the control API ----------------------
+
+HTTP_PORT = 9470
+
+
+def _optional_endpoint(value: object) -> object:
+    # `--set http.listen=` (an empty value) turns the listener off.
+    if value is None or value == "":
+        return None
+    return parse_endpoint(value, HTTP_PORT)
+
+
+class HttpConfig(Section):
+    """``[http]``: Prometheus ``/metrics``, the live page ``/`` and the JSON API ``/api/...``.
+
+    On by default on loopback only: the API can delete calls and drain the daemon, so it must
+    not face other hosts unless a firewall or a reverse proxy guards it.
+    """
+
+    listen: Annotated[
+        HostPort | None,
+        BeforeValidator(_optional_endpoint),
+        PlainSerializer(lambda value: None if value is None else str(value)),
+    ] = Field(default_factory=lambda: HostPort("127.0.0.1", HTTP_PORT))
+    #: Seconds between two server-sent-event updates of the live page.
+    update_interval: float = Field(default=1.0, gt=0, le=60)
+
+
 class Config(Section):
     """The whole configuration. One field per section."""
 
     stun: StunConfig = Field(default_factory=StunConfig)
     turn: TurnServerConfig = Field(default_factory=TurnServerConfig)
     relay: RelayServiceConfig = Field(default_factory=RelayServiceConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 
@@ -227,6 +257,28 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # TOML files are UTF-8 (TOML 1.0 §"Spec"); a Latin-1 comment is the usual culprit.
+        raise ConfigError(
+            f"config file {os.fspath(path)!r} is not UTF-8 (TOML must be): byte "
+            f"0x{exc.object[exc.start]:02x} at offset {exc.start}"
+        ) from None
+
+
+def toml_value(text: str) -> Any:
+    """A value from ``--set`` or the environment: a TOML inline table, array or quoted string
+    when it is written as one (``{alice="wonderland"}``, ``["a", "b"]``, ``"x"``), else the
+    text itself (the model converts numbers, booleans and comma lists; ``[::1]:3478`` stays an
+    address). Raises ConfigError for a table, array or string that is not valid TOML."""
+    stripped = text.strip()
+    if not stripped or stripped[0] not in "{[\"'":
+        return text
+    try:
+        return tomllib.loads(f"value = {stripped}")["value"]
+    except tomllib.TOMLDecodeError as exc:
+        if stripped[0] == "[":
+            return text  # "[::1]:3478" and other bracketed addresses
+        raise ConfigError(f"{text!r} is not a valid TOML value: {exc}") from None
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -239,7 +291,12 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        _set_path(tree, dotted, value, f"environment variable {name}")
+        what = f"environment variable {name}"
+        try:
+            parsed = toml_value(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+        _set_path(tree, dotted, parsed, what)
     return tree
 
 
@@ -250,7 +307,11 @@ def parse_set_options(options: list[str] | tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = option.partition("=")
         if not sep:
             raise ConfigError(f"--set {option!r}: expected section.key=value")
-        _set_path(tree, key.strip(), value, f"--set {option!r}")
+        try:
+            parsed = toml_value(value)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {option!r}: {exc}") from None
+        _set_path(tree, key.strip(), parsed, f"--set {option!r}")
     return tree
 
 
@@ -293,9 +354,14 @@ def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> s
         origin = next(
             (sources[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in sources), None
         )
+        if origin is None and loc:
+            # A whole unknown section ([stunn]): its keys were recorded, not the section.
+            origin = next((o for key, o in sources.items() if key[: len(loc)] == loc), None)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
+            if len(loc) == 1:
+                message = f"unknown section (known: {', '.join(Config.model_fields)})"
         line = f"{where}: {message}"
         if origin:
             line += f" (from {origin})"
@@ -383,6 +449,10 @@ mediaproxy_max_connections = 64
 mediaproxy_socket_mode = "0660"
 raise_fd_limit = true                 # raise RLIMIT_NOFILE to what the port range needs
 log_interval = 10.0                   # seconds between two log lines of one kind of refusal
+
+[http]                                # /metrics, the live page /, the JSON API /api/...
+listen = "127.0.0.1:9470"            # "" turns it off; keep it on loopback or behind a firewall
+update_interval = 1.0                 # seconds between live page updates
 
 [log]
 level = "info"                        # debug | info | warning | error

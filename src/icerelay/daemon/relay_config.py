@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from icerelay.net import split_host_port
+from icerelay.net import require_brackets, split_host_port
 from icerelay.relay.policy import IcePriority
 from icerelay.relay.sessions import RelayConfig
 
@@ -65,6 +65,7 @@ def default_state_dir() -> str:
 
 def _host_port(value: object) -> object:
     if isinstance(value, str):
+        require_brackets(value)  # ops: "::1:2223" is a config error, not a bind error
         host, port = split_host_port(value, NG_DEFAULT[1])
         return (ipaddress.ip_address(host).compressed, port)
     return value
@@ -112,7 +113,7 @@ class RelayServiceConfig(BaseModel):
     #: ``postgresql://user:password@host/db`` (needs the ``postgres`` extra); empty: log only.
     #: When the database cannot be opened the relay runs on and logs the records.
     accounting: str = DEFAULT_ACCOUNTING
-    # -- accounting durability (records helper) --
+    # -- accounting durability --
     #: The relay's own durable state: the journal every record is committed to before the
     #: ``delete`` is acknowledged, and the checkpoints of live calls. Empty: the directory of
     #: an SQLite ``accounting`` file, else :func:`default_state_dir`. Created 0700.

@@ -15,11 +15,13 @@ import dataclasses
 import logging
 import os
 import random
+import secrets
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from icerelay import bencode
 from icerelay.aio.addresses import bound_socket
@@ -40,6 +42,7 @@ from icerelay.control.ng import (
 from icerelay.daemon.accounting import Accounting, open_target
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.relay_config import RelayServiceConfig
+from icerelay.daemon.relay_ops import RelayOperations, log_command, log_mediaproxy
 from icerelay.daemon.relay_records import RecordSink, RelayRecords
 from icerelay.dataplane import DataPlane
 from icerelay.dataplane.interface import PortUnavailable
@@ -54,6 +57,7 @@ from icerelay.relay.sessions import (
     SessionEngine,
     SessionRecord,
     StreamEnded,
+    StreamEndReason,
     TerminationReason,
 )
 from icerelay.stun import Address
@@ -179,6 +183,8 @@ class RelayService:
         self._quarantined: dict[PortPair, float] = {}
         self._held: set[PortPair] = set()
         self.ports_quarantined = 0
+        #: Views, totals and ICE decisions for operators (HTTP, metrics, ctl; issue 14).
+        self.ops = RelayOperations(self)
 
     def reload_limits(self, config: RelayServiceConfig) -> None:
         """Apply the resource limits of ``config`` (for SIGHUP): they are read where they are
@@ -229,6 +235,46 @@ class RelayService:
             "refused_draining": self.refused_draining,
         }
 
+    # -- read-only views (HTTP, ctl) -----------------------------------------------------------
+
+    def sessions_view(self) -> list[dict[str, Any]]:
+        """Every live session with its streams, as JSON-ready dicts (oldest first)."""
+        return self.ops.sessions_view()
+
+    def session_view(self, call_id: str) -> list[dict[str, Any]]:
+        """The live sessions of one call (empty if the call is unknown)."""
+        return self.ops.sessions_view(call_id)
+
+    @property
+    def quarantined_pairs(self) -> int:
+        """Port pairs currently held out of the pool (another program had them)."""
+        return len(self._quarantined)
+
+    async def delete_call(self, call_id: str) -> int:
+        """End every session of ``call_id`` now (HTTP/ctl ``delete``); how many ended.
+
+        It goes through the worker as an ng ``delete`` (with ``delete-delay`` 0), so it gets
+        exactly what a proxy's delete gets: one caller in the engine at a time, the records
+        written before the answer, the command counted and logged.
+        """
+        sessions = len(self.session_view(call_id))
+        if not sessions:
+            return 0
+        body: dict[str, bencode.Encodable] = {
+            "command": "delete", "call-id": call_id, "delete-delay": 0
+        }
+        message = b"http-" + secrets.token_hex(8).encode() + b" " + bencode.encode(body)
+        done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(("ng", message, _resolver(done), None))
+        payload = await done
+        reply = bencode.decode(payload.partition(b" ")[2]) if payload else None
+        ok = isinstance(reply, dict) and reply.get(b"result") == b"ok"
+        logger.info(
+            "relay.call_deleted",
+            extra={"call_id": call_id, "sessions": sessions if ok else 0, "via": "http"},
+        )
+        return sessions if ok else 0
+
     @property
     def ng_address(self) -> Address:
         """Where the ng protocol listens (the real port when configured with port 0)."""
@@ -264,11 +310,20 @@ class RelayService:
         await self.records.open(self.config)
         listen = Address(*self.config.ng_listen)
         try:
-            self._udp = await UdpEndpoint.open(listen, self._on_datagram)
+            try:
+                self._udp = await UdpEndpoint.open(listen, self._on_datagram)
+            except OSError as exc:
+                # Name the socket: "address in use" alone does not say which of the daemon's.
+                raise OSError(exc.errno, f"relay ng udp on {listen}: {exc.strerror}") from None
             if self.config.ng_tcp:
                 # The same port as UDP, as rtpengine's ng listeners share one.
                 tcp_address = Address(listen.host, self._udp.local_address.port)
-                sock = bound_socket(tcp_address, socket.SOCK_STREAM)
+                try:
+                    sock = bound_socket(tcp_address, socket.SOCK_STREAM)
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno, f"relay ng tcp on {tcp_address}: {exc.strerror}"
+                    ) from None
                 self._tcp = await asyncio.start_server(self._on_tcp_client, sock=sock)
         except BaseException:
             if self._udp is not None:
@@ -281,6 +336,7 @@ class RelayService:
         self._tasks = [
             asyncio.create_task(self._worker(), name="relay-worker"),
             asyncio.create_task(self._timer(), name="relay-timer"),
+            asyncio.create_task(self.ops.watch(), name="relay-watch"),
         ]
         if self.records.journaled:
             interval = lambda: self.config.checkpoint_interval  # noqa: E731 - reloadable
@@ -563,6 +619,7 @@ class RelayService:
                 return cookie + b" " + bencode.encode(refusal)
             return outcome.data
         self._release_quarantine(now)
+        started = time.perf_counter()
         command = outcome.command
         fresh = isinstance(command, Offer) and not self.engine.has_call(command.call_id)
         if fresh and self.draining:
@@ -625,8 +682,10 @@ class RelayService:
                 reason=str(result.get("error-reason", ""))[:200],
                 info=True,
             )
+        call_id, sdp = getattr(command, "call_id", None), getattr(command, "sdp", None)
         payload = self.protocol.encode(outcome, result)
         if max_reply is None or len(payload) <= max_reply:
+            log_command("ng", outcome.name, call_id, result, time.perf_counter() - started, sdp)
             return self.protocol.keep(outcome, payload, result.get("result") == "error", now)
         # The estimate before allocating let it through, yet the reply does not fit: take back
         # what a new call allocated and say why, instead of a reply the socket cannot send.
@@ -644,6 +703,7 @@ class RelayService:
             "relay.refused", "reply_too_big", reason="reply_too_big", size=len(payload)
         )
         refusal = error_reply(reply_too_big(len(payload), max_reply), self.counters)
+        log_command("ng", outcome.name, call_id, refusal, time.perf_counter() - started, sdp)
         return self.protocol.reply(outcome, refusal, now)
 
     def _quarantine(self, port: int, now: float) -> None:
@@ -666,6 +726,12 @@ class RelayService:
                 self._held.add(pair)
 
     async def _mediaproxy_request(self, data: bytes) -> bytes:
+        started = time.perf_counter()
+        reply = await self._mediaproxy_run(data)
+        log_mediaproxy(data, reply, time.perf_counter() - started)
+        return reply
+
+    async def _mediaproxy_run(self, data: bytes) -> bytes:
         now = asyncio.get_running_loop().time()
         before = set(self.engine.call_ids()) if self.draining else None
         try:
@@ -713,6 +779,8 @@ class RelayService:
                     failure = failure or error
             elif isinstance(event, ForwardingRemoved):
                 self._log_refusals(event.key)
+                # Its counters go into the totals before the data plane forgets them.
+                self.ops.forwarding_gone(event.key, self.dataplane.counters(event.key))
                 await self.dataplane.remove(event.key)
             elif isinstance(event, StreamEnded):
                 logger.info(
@@ -725,6 +793,8 @@ class RelayService:
                         "relay_idle": "" if event.idle is None else round(event.idle, 3),
                     },
                 )
+                if event.reason is StreamEndReason.ICE_DIRECT:
+                    self.ops.stepped_aside(event.call_id, event.index)
             elif isinstance(event, SessionEnded):
                 self.records.ended(event.record)
             elif isinstance(event, SessionDeleting):

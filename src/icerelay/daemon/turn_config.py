@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from icerelay.net import require_brackets
 from icerelay.turn.server.policy import parse_networks
 from icerelay.turn.server.quotas import TurnQuotas
 from icerelay.turn.server.settings import TurnServerSettings
@@ -52,6 +53,7 @@ def parse_listen(value: object, default_port: int = TURN_PORT) -> tuple[str, int
         host, port = str(value[0]), int(value[1])
     elif isinstance(value, str):
         text = value.strip()
+        require_brackets(text)  # ops: "::1:3478" is a config error, not a bind error
         if text.startswith("["):
             host, _, rest = text[1:].partition("]")
             port = int(rest[1:]) if rest.startswith(":") else default_port

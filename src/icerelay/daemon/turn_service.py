@@ -45,6 +45,7 @@ from typing import Any, cast
 from icerelay.aio.batch import BatchReader, Received
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.turn_config import TurnServerConfig
+from icerelay.daemon.views import allocation_view
 from icerelay.errors import ConfigError, TurnError
 from icerelay.turn.server.allocation import HostPort
 from icerelay.turn.server.engine import (
@@ -273,6 +274,11 @@ class TurnService:
         assert self._engine is not None, "TurnService not started"
         return self._engine
 
+    @property
+    def running_engine(self) -> TurnServerEngine | None:
+        """The protocol engine once started, else None (for metrics that may run any time)."""
+        return self._engine
+
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -354,13 +360,15 @@ class TurnService:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self.add_signal_handlers()
         logger.info(
-            "turn server started udp=%s tcp=%s tls=%s realm=%s relay_ipv4=%s relay_ipv6=%s",
-            _fmt(self.listen_udp),
-            _fmt(self.listen_tcp),
-            _fmt(self.listen_tls),
-            config.realm,
-            config.relay_host(4),
-            config.relay_host(6),
+            "turn.started",
+            extra={
+                "udp": _fmt(self.listen_udp),
+                "tcp": _fmt(self.listen_tcp),
+                "tls": _fmt(self.listen_tls),
+                "realm": config.realm,
+                "relay_ipv4": config.relay_host(4) or "-",
+                "relay_ipv6": config.relay_host(6) or "-",
+            },
         )
 
     def _make_listeners(self, reuse_port: bool) -> list[tuple[str, socket.socket]]:
@@ -456,11 +464,7 @@ class TurnService:
         if self._engine is not None and not self._stopped:
             self._stopped = True
             counters = {key: value for key, value in self.status().items() if value}
-            logger.info(
-                "turn server stopping worker=%d %s",
-                self.worker_index,
-                " ".join(f"{key}={value}" for key, value in counters.items()),
-            )
+            logger.info("turn.stopping", extra={"worker": self.worker_index, **counters})
         if self.daemon and self._loop is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self._loop.remove_signal_handler(signal.SIGUSR1)
@@ -485,9 +489,8 @@ class TurnService:
     def drain(self) -> None:
         """Stop taking allocations; :meth:`wait_drained` returns once the last one is gone."""
         logger.info(
-            "turn server draining worker=%d allocations=%d",
-            self.worker_index,
-            len(self.engine.allocations),
+            "turn.draining",
+            extra={"worker": self.worker_index, "allocations": len(self.engine.allocations)},
         )
         for process in self._workers:
             if process.returncode is None:
@@ -503,7 +506,7 @@ class TurnService:
 
     async def _exit_when_workers_drained(self) -> None:
         await self.wait_drained()
-        logger.info("turn server drained: stopping the daemon")
+        logger.info("turn.drained_stopping_daemon")
         os.kill(os.getpid(), signal.SIGTERM)
 
     def add_signal_handlers(self, signum: int = signal.SIGUSR1) -> None:
@@ -518,11 +521,7 @@ class TurnService:
             if process.returncode is None:
                 process.send_signal(signal.SIGUSR2)
         counters = {key: value for key, value in self.status().items() if value}
-        logger.info(
-            "turn status worker=%d %s",
-            self.worker_index,
-            " ".join(f"{key}={value}" for key, value in counters.items()),
-        )
+        logger.info("turn.status", extra={"worker": self.worker_index, **counters})
 
     # --- RelayBinder --------------------------------------------------------------------
 
@@ -669,30 +668,32 @@ class TurnService:
         while (event := engine.next_event()) is not None:
             if isinstance(event, AllocationCreated):
                 logger.info(
-                    "turn allocation created client=%s transport=%s user=%s relayed=%s lifetime=%d",
-                    _fmt([event.five_tuple[1]]),
-                    event.five_tuple[0],
-                    event.username,
-                    _fmt(list(event.relayed)),
-                    event.lifetime,
+                    "turn.allocation_created",
+                    extra={
+                        "client": _fmt([event.five_tuple[1]]),
+                        "transport": event.five_tuple[0],
+                        "user": event.username,
+                        "relayed": _fmt(list(event.relayed)),
+                        "lifetime": event.lifetime,
+                    },
                 )
             elif isinstance(event, AllocationDeleted):
                 logger.info(
-                    "turn allocation deleted client=%s user=%s relayed=%s reason=%s "
-                    "duration=%.0f packets_to_peers=%d packets_to_client=%d "
-                    "bytes_to_peers=%d bytes_to_client=%d",
-                    _fmt([event.five_tuple[1]]),
-                    event.username,
-                    _fmt(list(event.relayed)),
-                    event.reason,
-                    event.duration,
-                    event.packets_to_peers,
-                    event.packets_to_client,
-                    event.bytes_to_peers,
-                    event.bytes_to_client,
+                    "turn.allocation_deleted",
+                    extra={
+                        "client": _fmt([event.five_tuple[1]]),
+                        "user": event.username,
+                        "relayed": _fmt(list(event.relayed)),
+                        "reason": str(event.reason),
+                        "duration": round(event.duration),
+                        "packets_to_peers": event.packets_to_peers,
+                        "packets_to_client": event.packets_to_client,
+                        "bytes_to_peers": event.bytes_to_peers,
+                        "bytes_to_client": event.bytes_to_client,
+                    },
                 )
             elif isinstance(event, Drained):
-                logger.info("turn server drained worker=%d", self.worker_index)
+                logger.info("turn.drained", extra={"worker": self.worker_index})
                 self._drained.set()
                 if self.daemon:
                     self.loop.create_task(self._exit_when_workers_drained())
@@ -717,13 +718,25 @@ class TurnService:
                     # Its clients lost their allocations, and the kernel now spreads clients
                     # over fewer sockets, moving some of the other workers' clients too.
                     logger.error(
-                        "turn worker %d exited with status %s; restart the service",
-                        index,
-                        process.returncode,
+                        "turn.worker_exited",
+                        extra={
+                            "worker": index,
+                            "status": process.returncode,
+                            "hint": "restart the service",
+                        },
                     )
         self.flush()
         self._handle_events()
         self._tick = self.loop.call_later(_TICK, self._on_tick)
+
+    def allocations_view(self) -> list[dict[str, Any]]:
+        """Live allocations as JSON-ready dicts (this process only: with ``workers > 1`` each
+        worker process holds its own)."""
+        if self._engine is None or self._loop is None:
+            return []
+        now = self._loop.time()
+        offset = time.time() - now
+        return [allocation_view(a, now, offset) for a in self._engine.allocations.values()]
 
     def status(self) -> dict[str, Any]:
         """Counters and sizes, for a status endpoint or a log line."""
@@ -748,7 +761,10 @@ def _worker_main() -> None:
         # Linux: die with the parent even if it is killed without a chance to stop us.
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     setup = json.loads(sys.stdin.readline())
-    logging.basicConfig(level=int(setup["level"]), format="%(name)s %(message)s")
+    # The same structured lines as the parent (event names and key=value fields).
+    from icerelay.daemon.logs import configure_logging
+
+    configure_logging(logging.getLevelName(int(setup["level"])).lower())
     config = TurnServerConfig.model_validate(setup["config"])
     sockets = [(str(kind), socket.socket(fileno=int(fd))) for kind, fd in setup["sockets"]]
     for _kind, sock in sockets:

@@ -294,6 +294,10 @@ class SessionEngine:
         ids = list(self._dialogs.calls)
         return ids if limit is None else ids[:limit]
 
+    def live_sessions(self) -> list[Session]:
+        """The live sessions, for read-only views (HTTP, ctl): callers must not change them."""
+        return list(self._dialogs)
+
     def shutdown(self, now: float) -> None:
         """End every session (reason ``shutdown``, ``deleted`` for those already deleted), so
         that records are written and ports freed."""

@@ -83,7 +83,7 @@ def test_alternate_defaults_to_the_next_port() -> None:
         ({"stun": {"listen": ["0.0.0.0:3478"], "alternate": "127.0.0.2"}}, {}, "wildcard"),
         ({"stun": {"transports": "udp,sctp"}}, {}, "stun.transports.1"),
         ({"turn": {"x": 1}}, {}, "turn.x: unknown setting"),
-        ({"turm": {"x": 1}}, {}, "turm: unknown setting"),
+        ({"turm": {"x": 1}}, {}, "turm: unknown section"),
         ({"log": {"level": "loud"}}, {}, "log.level"),
         ({"stun": {"listen": ["127.0.0.1:70000"]}}, {}, "invalid port"),
         ({"stun": {"listen": ["127.0.0.1:3478", "127.0.0.1:3478"]}}, {}, "duplicate"),

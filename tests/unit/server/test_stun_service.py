@@ -152,7 +152,7 @@ async def test_start_failure_stops_what_was_started() -> None:
 @async_test
 async def test_run_services_until_stopped() -> None:
     # The relay is on by default; this test is about the STUN service alone.
-    no_relay = {"relay": {"enabled": False}}
+    no_relay = {"relay": {"enabled": False}, "http": {"listen": ""}}
     config = load_config(environ={}, overrides={"stun": {"listen": ["127.0.0.1:0"]}, **no_relay})
     services = build_services(config)
     assert [s.name for s in services] == ["stun"]
