@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Protocol
 
 from icerelay.daemon.config import Config, HostPort
+from icerelay.daemon.http import HttpService
 from icerelay.daemon.logs import configure_logging
 from icerelay.daemon.preflight import check_relay, check_turn, log_exposure_warnings
 from icerelay.daemon.relay_service import RelayService
@@ -91,8 +92,6 @@ def _relay(config: Config) -> Service | None:
 
 def _http(config: Config) -> Service | None:
     # Last: it shows the others (build_services attaches them), starts after and stops before.
-    from icerelay.daemon.http import HttpService
-
     return HttpService(config.http) if config.http.listen is not None else None
 
 

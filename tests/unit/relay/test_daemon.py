@@ -138,7 +138,7 @@ def test_drain_refuses_new_calls_and_stops_after_the_last(tmp_path: Path) -> Non
 def test_default_config_builds_a_daemon() -> None:
     daemon = Daemon(Config())
     assert not daemon.draining
-    assert [service.name for service in daemon.services] == ["stun", "relay"]
+    assert [service.name for service in daemon.services] == ["stun", "relay", "http"]
 
 
 def test_reload_switches_the_accounting_target(tmp_path: Path) -> None:
