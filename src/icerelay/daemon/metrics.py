@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from icerelay.control.ng import KNOWN_COMMANDS
 from icerelay.control.ng.protocol import command_counts
 from icerelay.daemon.relay_service import RelayService
 from icerelay.daemon.stun_service import StunService
@@ -27,10 +28,9 @@ from icerelay.relay.records import StreamEndReason
 
 __all__ = ["NG_COMMANDS", "DaemonCollector", "new_registry"]
 
-#: ng command names exported as labels; anything else is counted as ``other``.
-NG_COMMANDS = frozenset(
-    {"ping", "offer", "answer", "delete", "query", "list", "statistics", "unknown"}
-)
+#: ng command names exported as labels: rtpengine's (the protocol counts any other name a client
+#: sends as ``unknown``), so a client cannot add label values.
+NG_COMMANDS = KNOWN_COMMANDS | {"unknown"}
 
 #: The ICE decisions always exported (at 0 until they happen), so dashboards have the series.
 ICE_DECISIONS = ("stepped_aside", "relay_selected", "handover_refused")
@@ -119,7 +119,7 @@ def _relay(service: RelayService) -> Iterator[Metric]:
     )
     by_name: Counter[str] = Counter({name: 0 for name in NG_COMMANDS})
     for name, count in command_counts(counters).items():
-        by_name[name if name in NG_COMMANDS else "other"] += count
+        by_name[name if name in NG_COMMANDS else "unknown"] += count
     for name, count in sorted(by_name.items()):
         commands.add_metric([name], count)
     yield commands

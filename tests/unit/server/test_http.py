@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -123,7 +124,7 @@ def test_sessions_metrics_and_delete_through_http(caplog: pytest.LogCaptureFixtu
             async with client.get("/api/sessions/nope") as response:
                 assert response.status == 404
 
-            # A made-up command name is counted as "other", never as a label of its own.
+            # A made-up command name is counted as "unknown", never as a label of its own.
             await NgClient(relay.ng_address).raw(b"evil1 d7:command12:x-evil-labele")
             async with client.get("/metrics") as response:
                 assert response.status == 200
@@ -131,7 +132,7 @@ def test_sessions_metrics_and_delete_through_http(caplog: pytest.LogCaptureFixtu
             assert metric(text, "icerelay_relay_sessions") == 1
             assert metric(text, "icerelay_relay_packets_total") == 6
             assert 'icerelay_ng_commands_total{command="offer"} 1.0' in text
-            assert 'icerelay_ng_commands_total{command="other"} 1.0' in text
+            assert 'icerelay_ng_commands_total{command="unknown"} 1.0' in text
             assert "x-evil-label" not in text
             assert 'icerelay_relay_streams{state="relaying"} 1.0' in text
             assert 'icerelay_relay_ice_decisions_total{decision="stepped_aside"} 0.0' in text
@@ -407,11 +408,7 @@ def test_refusals_and_refused_handovers_are_exported_and_logged(
     import dataclasses
 
     from icerelay.dataplane.userspace import UserspaceDataPlane
-    from icerelay.relay.forwarding import ForwardingCounters, LegCounters
-
-    @dataclasses.dataclass(slots=True)
-    class CountedLeg(LegCounters):
-        refusals: dict[str, int] = dataclasses.field(default_factory=dict)
+    from icerelay.relay.forwarding import ForwardingCounters
 
     refusals = {"handover-refused": 0, "not-media": 3}
 
@@ -420,8 +417,8 @@ def test_refusals_and_refused_handovers_are_exported_and_logged(
             real = super().counters(key)
             if real is None:
                 return None
-            fields = {f.name: getattr(real.a, f.name) for f in dataclasses.fields(LegCounters)}
-            return ForwardingCounters(CountedLeg(**fields, refusals=dict(refusals)), real.b)
+            # The caller's leg refused what the latching policy would count.
+            return ForwardingCounters(dataclasses.replace(real.a, refusals=dict(refusals)), real.b)
 
     caplog.set_level(logging.INFO, logger="icerelay")
 
@@ -445,24 +442,28 @@ def test_refusals_and_refused_handovers_are_exported_and_logged(
     assert len(refused) == 1 and refused[0].refused == 2  # type: ignore[attr-defined]
 
 
-def test_accounting_journal_depth_is_read_from_the_journal() -> None:
-    """The gauge reads ``accounting.journal.position().pending`` (the records helper's durable
-    journal) at scrape time."""
-    from types import SimpleNamespace
-
+def test_accounting_journal_depth_is_read_from_the_journal(tmp_path: Path) -> None:
+    """The gauge reads the durable journal at scrape time: records committed while the
+    accounting target is absent wait there, and the gauge counts them."""
     from prometheus_client import generate_latest
+    from tests.unit.relay.test_accounting import record
 
+    from icerelay.daemon.accounting import Accounting
+    from icerelay.daemon.journal import Journal
     from icerelay.daemon.metrics import new_registry
 
     relay = RelayService(config())
-    journal = SimpleNamespace(position=lambda: SimpleNamespace(pending=4))
-    relay.accounting = SimpleNamespace(  # type: ignore[assignment]
-        written=2, failed=1, location="sqlite:x", journal=journal
-    )
-    text = generate_latest(new_registry(lambda: [relay])).decode()
-    assert metric(text, "icerelay_accounting_journal_depth") == 4
-    assert metric(text, "icerelay_accounting_records_written_total") == 2
-    assert metric(text, "icerelay_accounting_records_failed_total") == 1
+    journal = Journal(tmp_path)
+    accounting = Accounting(journal, None)
+    try:
+        journal.commit([record(f"call-{n}") for n in range(4)])
+        relay.records.accounting = accounting
+        text = generate_latest(new_registry(lambda: [relay])).decode()
+        assert metric(text, "icerelay_accounting_journal_depth") == 4
+        assert metric(text, "icerelay_accounting_records_written_total") == 0
+    finally:
+        relay.records.accounting = None
+        accounting.close()
 
 
 def test_open_pages_share_one_snapshot_per_interval() -> None:
