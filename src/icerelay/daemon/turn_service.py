@@ -13,7 +13,8 @@
 - :meth:`TurnService.drain` (``SIGUSR1`` under ``icerelay serve``) puts the engine in drain
   mode; :meth:`TurnService.wait_drained` returns when the last allocation has ended. SIGUSR2
   logs every non-zero counter.
-- ``workers > 1``: the service also starts ``workers - 1`` worker processes (spawned, each with
+- more than one worker (``workers``, "auto" by default: one per CPU): the service also
+  starts the other worker processes (spawned, each with
   its own event loop and engine). Every worker binds the same listening addresses with
   SO_REUSEPORT, so the kernel spreads clients over them and keeps each client (its 5-tuple) on
   one worker; each has its own slice of the relay range and share of the quotas
@@ -310,7 +311,7 @@ class TurnService:
         if not config.users and not config.auth_secrets:
             raise ConfigError("turn: no credentials: set users or auth_secrets")
         _raise_fd_limit(config.quotas.total_allocations + config.max_tcp_connections + 256)
-        multi = config.workers > 1
+        multi = config.worker_count() > 1
         if multi and any(port == 0 for _host, port in config.listen + config.tls_endpoints()):
             raise ConfigError("turn: workers > 1 needs fixed listening ports (not 0)")
         rng = random.SystemRandom()
@@ -338,7 +339,7 @@ class TurnService:
                 # read: SO_REUSEPORT maps a client to a socket by hashing over the group, and a
                 # socket joining later would move existing clients to a worker that does not
                 # know their allocation. The workers inherit theirs.
-                sets = [self._make_listeners(reuse_port=True) for _ in range(config.workers)]
+                sets = [self._make_listeners(reuse_port=True) for _ in range(config.worker_count())]
                 mine = sets[0]
                 await self._start_workers(sets[1:])
             else:
