@@ -111,6 +111,16 @@ struct {
 	__type(value, struct channel_stats);
 } stats SEC(".maps");
 
+/* alive[0]: until when (CLOCK_MONOTONIC ns) the server that owns these maps vouches for
+ * them. It renews this every second; if it dies without detaching, the program stops
+ * relaying within seconds instead of rewriting traffic for ports that may be reused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} alive SEC(".maps");
+
 /* Where the parsed headers are (offsets from the start of the frame). */
 struct frame {
 	__u32 l3;
@@ -292,7 +302,7 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, struct frame *f
 	struct c2p_key key = {};
 	struct channel_stats *st;
 	struct udphdr *udp;
-	__u32 length, padding, zero = 0, slot;
+	__u32 length, padding, slot;
 	__be32 header, old_ports;
 	__be16 old_check;
 	__u8 *payload;
@@ -365,7 +375,6 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, struct frame *f
 			__sync_fetch_and_add(&st->packets_to_peer, 1);
 			__sync_fetch_and_add(&st->bytes_to_peer, length);
 		}
-		(void)zero;
 		return deliver(ifindex);
 	}
 }
@@ -451,9 +460,14 @@ int turn_offload(struct __sk_buff *skb)
 {
 	struct frame f = {};
 	void *data, *end;
+	__u32 zero = 0;
+	__u64 *until;
 	__u8 *payload;
 	int plen;
 
+	until = bpf_map_lookup_elem(&alive, &zero);
+	if (!until || bpf_ktime_get_ns() >= *until)
+		return TC_ACT_UNSPEC;
 	plen = parse(skb, &f);
 	if (plen < 0)
 		return TC_ACT_UNSPEC;
