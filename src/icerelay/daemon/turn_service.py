@@ -294,6 +294,8 @@ class TurnService:
         self.offload: TurnOffload | None = None
         #: Why the offload is not in use ("" when it is, or when it is off by configuration).
         self.offload_reason = ""
+        #: The offload's counters once it is closed (the stop line still tells its totals).
+        self._offload_totals: dict[str, int] = {}
 
     # --- properties ---------------------------------------------------------------------
 
@@ -431,7 +433,7 @@ class TurnService:
             self._close_offload()
             self.offload_reason = str(error)
             if config.offload == "ebpf":
-                raise ConfigError(f"turn: offload = \"ebpf\" but {error}") from error
+                raise ConfigError(f'turn: offload = "ebpf" but {error}') from error
             if self.worker_index == 0:
                 logger.warning("turn offload not in use (userspace relays everything): %s", error)
             return
@@ -447,6 +449,7 @@ class TurnService:
         if offload is not None and self._loop is not None:
             with contextlib.suppress(OSError):
                 offload.withdraw_all(self._loop.time())
+            self._offload_totals = dict(offload.counters)
         program, self._program = self._program, None
         if program is not None:
             for error in program.close():
@@ -547,6 +550,9 @@ class TurnService:
         """Close every socket and connection (allocations end without Refresh); log counters."""
         if self._engine is not None and not self._stopped:
             self._stopped = True
+            if self.offload is not None:
+                with contextlib.suppress(OSError):
+                    self.offload.sync(self.loop.time())  # the kernel's latest counts
             counters = {key: value for key, value in self.status().items() if value}
             logger.info(
                 "turn server stopping worker=%d %s",
@@ -850,7 +856,7 @@ class TurnService:
     def _offload_status(self) -> dict[str, Any]:
         offload = self.offload
         if offload is None:
-            return {"offload": "off", "offloaded_packets": 0}
+            return {"offload": "off", "offloaded_packets": 0, **self._offload_totals}
         return {"offload": "ebpf", "offload_entries": len(offload.entries), **offload.counters}
 
 

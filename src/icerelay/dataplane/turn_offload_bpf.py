@@ -176,6 +176,15 @@ class LoadedProgram:
         """Interface indexes the program is attached to."""
         return [hook.ifindex for hook, _opts in self._attached]
 
+    @property
+    def filters(self) -> list[tuple[int, int, int, int]]:
+        """(ifindex, program id, handle, priority) of each TC filter made (as ``tc filter
+        show dev IF ingress`` lists them: ``pref PRIORITY ... handle 0xHANDLE ... id ID``)."""
+        return [
+            (hook.ifindex, int(opts.prog_id), int(opts.handle), int(opts.priority))
+            for hook, opts in self._attached
+        ]
+
     def attach(self, ifindex: int) -> None:
         """Attach at TC ingress of *ifindex* (the clsact qdisc is made if missing and left in
         place afterwards: other programs may hang on it). The kernel picks a free priority,

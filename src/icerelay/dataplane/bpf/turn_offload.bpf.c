@@ -31,6 +31,11 @@
 #include <bpf/bpf_endian.h>
 
 #define MAX_ENTRIES 65536
+/* The payload is moved by 4 bytes in chunks (see shift_down/shift_up); larger datagrams go
+ * to userspace. 12 x 128 covers a 1500-byte MTU. */
+#define CHUNK 128
+#define MAX_CHUNKS 12
+#define MAX_PAYLOAD (CHUNK * MAX_CHUNKS)
 #define MAX_SLOTS 65536
 
 /* Family tags in keys (not AF_*: what matters is that userspace writes the same). */
@@ -285,6 +290,63 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct frame *f, const
 	return 0;
 }
 
+/*
+ * The ChannelData header is removed or inserted by moving the payload, not the headers:
+ * bpf_skb_adjust_room() moves the IP header and leaves a locally sent datagram's
+ * checksum offset (CHECKSUM_PARTIAL's csum_start) pointing 4 bytes off, and the receiver
+ * then rejects it. With the headers in place the offset stays right, and only the tail
+ * changes length (bpf_skb_change_tail, which also drops a device's full-packet checksum so
+ * the kernel checks the UDP checksum we keep correct).
+ */
+static __always_inline int shift_down(struct __sk_buff *skb, __u32 start, __u32 len)
+{
+	__u8 buf[CHUNK];
+
+	for (int i = 0; i < MAX_CHUNKS; i++) {
+		__u32 done = i * CHUNK;
+		__u32 n;
+
+		if (done >= len)
+			break;
+		n = len - done;
+		if (n > CHUNK)
+			n = CHUNK;
+		/* n is 1..CHUNK already; written so that the verifier sees it too */
+		n = ((n - 1) & (CHUNK - 1)) + 1;
+		if (bpf_skb_load_bytes(skb, start + 4 + done, buf, n))
+			return -1;
+		if (bpf_skb_store_bytes(skb, start + done, buf, n, 0))
+			return -1;
+	}
+	return 0;
+}
+
+/* Move [start, start + len) up by 4 bytes (the room was added at the tail), last chunk
+ * first so nothing is overwritten before it is read. */
+static __always_inline int shift_up(struct __sk_buff *skb, __u32 start, __u32 len)
+{
+	__u8 buf[CHUNK];
+
+	for (int i = 0; i < MAX_CHUNKS; i++) {
+		__u32 done = i * CHUNK;
+		__u32 n, from;
+
+		if (done >= len)
+			break;
+		n = len - done;
+		if (n > CHUNK)
+			n = CHUNK;
+		/* n is 1..CHUNK already; written so that the verifier sees it too */
+		n = ((n - 1) & (CHUNK - 1)) + 1;
+		from = start + len - done - n;
+		if (bpf_skb_load_bytes(skb, from, buf, n))
+			return -1;
+		if (bpf_skb_store_bytes(skb, from + 4, buf, n, 0))
+			return -1;
+	}
+	return 0;
+}
+
 static __always_inline int deliver(__u32 ifindex)
 {
 	if (ifindex == 0)
@@ -363,9 +425,11 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, struct frame *f
 
 		__builtin_memcpy(relay_ip, value->relay_ip, 16);
 		__builtin_memcpy(peer_ip, value->peer_ip, 16);
-		if (padding && bpf_skb_change_tail(skb, skb->len - padding, 0))
+		if (length > MAX_PAYLOAD)
+			return TC_ACT_UNSPEC;
+		if (shift_down(skb, f->l4 + sizeof(struct udphdr), length))
 			return TC_ACT_SHOT; /* the packet may already be changed */
-		if (bpf_skb_adjust_room(skb, -4, BPF_ADJ_ROOM_NET, 0))
+		if (bpf_skb_change_tail(skb, skb->len - 4 - padding, 0))
 			return TC_ACT_SHOT;
 		if (rewrite(skb, f, relay_ip, peer_ip, relay_port, peer_port, 8 + length, old_src,
 			    old_dst, old_ports, 8 + plen, old_check, header, 0))
@@ -435,8 +499,12 @@ static __always_inline int peer_to_client(struct __sk_buff *skb, struct frame *f
 
 		__builtin_memcpy(client_ip, value->client_ip, 16);
 		__builtin_memcpy(server_ip, value->server_ip, 16);
-		if (bpf_skb_adjust_room(skb, 4, BPF_ADJ_ROOM_NET, 0))
+		if (plen > MAX_PAYLOAD)
+			return TC_ACT_UNSPEC;
+		if (bpf_skb_change_tail(skb, skb->len + 4, 0))
 			return TC_ACT_UNSPEC; /* nothing changed yet */
+		if (shift_up(skb, f->l4 + sizeof(struct udphdr), plen))
+			return TC_ACT_SHOT;
 		if (rewrite(skb, f, server_ip, client_ip, server_port, client_port, 8 + 4 + plen,
 			    old_src, old_dst, old_ports, 8 + plen, old_check, 0, header))
 			return TC_ACT_SHOT;
