@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny loads, < 1 minute")
     parser.add_argument(
         "--servers",
-        default="icerelay,icerelay-workers,coturn",
+        default="icerelay-offload,icerelay,coturn",
         help="comma-separated: " + ", ".join(servers.SERVERS),
     )
     parser.add_argument("--seconds", type=float, help="length of each load step")
