@@ -59,7 +59,9 @@ def _tc_filters() -> str:
 
 
 @asynccontextmanager
-async def _service(host: str, offload: str = "ebpf") -> AsyncIterator[TurnService]:
+async def _service(
+    host: str, offload: str = "ebpf", **overrides: Any
+) -> AsyncIterator[TurnService]:
     low = random.randrange(20000, 29000, 2)
     family = 6 if ":" in host else 4
     config = TurnServerConfig(
@@ -73,6 +75,7 @@ async def _service(host: str, offload: str = "ebpf") -> AsyncIterator[TurnServic
         allow_peers=["127.0.0.0/8", "::1/128"],
         workers=1,
         offload=offload,  # type: ignore[arg-type]
+        **overrides,
     )
     service = TurnService(config)
     await service.start()
@@ -286,6 +289,81 @@ def test_offload_off_relays_in_userspace_as_before() -> None:
                 allocation = next(iter(service.engine.allocations.values()))
                 assert allocation.packets_to_peers == 1  # counted by userspace at once
                 assert service.status()["offloaded_packets"] == 0
+            finally:
+                client.sock.close()
+                peer.close()
+
+    asyncio.run(scenario())
+
+
+def _bind_channel(service: TurnService, client: Client, peer: socket.socket, number: int) -> None:
+    client.request(
+        Method.CHANNEL_BIND,
+        CHANNEL_NUMBER=number,
+        XOR_PEER_ADDRESS=Address(*peer.getsockname()[:2]),
+    )
+
+
+def test_drain_takes_the_channels_back_to_userspace() -> None:
+    async def scenario() -> None:
+        async with _service("127.0.0.1") as service:
+            offload = service.offload
+            assert offload is not None
+            client, peer = Client(service.listen_udp[0]), _peer("127.0.0.1")
+            try:
+                relay = await asyncio.to_thread(client.allocate, 4)
+                await asyncio.to_thread(_bind_channel, service, client, peer, 0x4003)
+                await _until(lambda: len(offload.entries) == 1)
+                service.drain()
+                assert offload.kernel_keys() == ([], []) and not offload.entries
+                # The allocation still works, relayed by userspace.
+                client.sock.send(struct.pack("!HH", 0x4003, 4) + b"late")
+                assert await asyncio.to_thread(_recvfrom, peer) == (b"late", relay)
+                allocation = next(iter(service.engine.allocations.values()))
+                assert allocation.packets_to_peers == 1
+                # And a new ChannelBind is not offloaded any more.
+                await asyncio.to_thread(_bind_channel, service, client, peer, 0x4003)
+                await asyncio.sleep(0.1)
+                assert not offload.entries
+            finally:
+                client.sock.close()
+                peer.close()
+
+    asyncio.run(scenario())
+
+
+def test_bandwidth_quota_holds_for_offloaded_traffic() -> None:
+    # 4,000 bytes/s with a one-second burst: 100 packets of 100 bytes go through the kernel
+    # at once; the next reading of the counters finds the bucket overdrawn, the channel goes
+    # back to userspace, which then drops what exceeds the quota.
+    quotas = {"bandwidth_per_allocation": 4000, "bandwidth_burst_seconds": 1.0}
+
+    async def scenario() -> None:
+        async with _service("127.0.0.1", quotas=quotas) as service:
+            offload = service.offload
+            assert offload is not None
+            client, peer = Client(service.listen_udp[0]), _peer("127.0.0.1")
+            try:
+                await asyncio.to_thread(client.allocate, 4)
+                await asyncio.to_thread(_bind_channel, service, client, peer, 0x4004)
+                await _until(lambda: len(offload.entries) == 1)
+
+                def burst() -> int:
+                    for _ in range(100):
+                        client.sock.send(struct.pack("!HH", 0x4004, 100) + b"x" * 100)
+                    received = 0
+                    while _recvfrom(peer) is not None:
+                        received += 1
+                    return received
+
+                peer.settimeout(0.3)
+                assert await asyncio.to_thread(burst) == 100  # the kernel overshoots once
+                offload.sync(service.loop.time())
+                assert offload.counters["offload_quota_withdrawn"] == 1
+                assert not offload.entries and offload.kernel_keys() == ([], [])
+                dropped = service.engine.counters["dropped_bandwidth"]
+                assert await asyncio.to_thread(burst) < 100
+                assert service.engine.counters["dropped_bandwidth"] > dropped
             finally:
                 client.sock.close()
                 peer.close()
