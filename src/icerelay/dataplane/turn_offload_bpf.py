@@ -19,8 +19,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import logging
 import os
+from collections import deque
 from pathlib import Path
+
+logger = logging.getLogger("icerelay.turn.offload")
 
 #: The object ``make bpf`` builds next to its source.
 OBJECT = Path(__file__).with_name("bpf") / "turn_offload.bpf.o"
@@ -58,6 +62,42 @@ class _TcOpts(ctypes.Structure):
 
 
 _lib: ctypes.CDLL | None = None
+#: libbpf's latest messages (the verifier's log on a refused load ends up here), so that a
+#: failure can say why; libbpf would otherwise print them all to stderr, including harmless
+#: ones (the clsact qdisc already exists).
+_messages: deque[str] = deque(maxlen=12)
+_PRINT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_printer: object = None
+
+
+def _install_printer(lib: ctypes.CDLL) -> None:
+    """Route libbpf's messages to the log (DEBUG) and :data:`_messages`. The va_list is
+    formatted by libc's vsnprintf (on x86-64 and arm64 Linux a va_list travels as a pointer)."""
+    global _printer
+    libc = ctypes.CDLL(None)
+    vsnprintf = libc.vsnprintf
+    vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+    buffer = ctypes.create_string_buffer(1024)
+
+    def printer(level: int, fmt: bytes | None, args: int | None) -> int:
+        if fmt is None:
+            return 0
+        vsnprintf(buffer, len(buffer), fmt, args)
+        text = buffer.value.decode(errors="replace").rstrip()
+        if text:
+            _messages.append(text)
+            logger.debug("%s", text)
+        return 0
+
+    _printer = _PRINT(printer)  # kept alive: libbpf holds the pointer
+    lib.libbpf_set_print.restype = ctypes.c_void_p
+    lib.libbpf_set_print.argtypes = [_PRINT]
+    lib.libbpf_set_print(_printer)
+
+
+def recent_messages() -> str:
+    """libbpf's last messages, one line (for error reports)."""
+    return " | ".join(_messages)
 
 
 def libbpf() -> ctypes.CDLL:
@@ -91,6 +131,7 @@ def libbpf() -> ctypes.CDLL:
         entry = getattr(lib, function)
         entry.restype = restype
         entry.argtypes = argtypes
+    _install_printer(lib)
     _lib = lib
     return lib
 
@@ -153,9 +194,11 @@ class LoadedProgram:
             raise _failure(f"cannot open {path}", 0)
         self._attached: list[tuple[_TcHook, _TcOpts]] = []
         try:
+            _messages.clear()
             code = lib.bpf_object__load(self._object)
             if code:
-                raise _failure("the kernel refused the program (root and BPF needed)", code)
+                error = _failure("the kernel refused the program (root and BPF needed)", code)
+                raise OffloadUnavailable(f"{error}; libbpf: {recent_messages()[-600:]}")
             program = lib.bpf_object__find_program_by_name(self._object, PROGRAM.encode())
             if not program:
                 raise OffloadUnavailable(f"no program {PROGRAM} in {path}")
