@@ -229,6 +229,9 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct frame *f, const
 		__builtin_memcpy(&ip->saddr, src_ip, 4);
 		__builtin_memcpy(&ip->daddr, dst_ip, 4);
 		ip->tot_len = bpf_htons(ulen + sizeof(*ip));
+		/* A new datagram from the server, as its own stack would send it, not a forwarded
+		 * one: a fresh TTL (the DSCP and DF bits the sender chose are kept). */
+		ip->ttl = 64;
 		ip->check = 0;
 		ip->check = fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
 		__builtin_memcpy(&pseudo_old[0], old_src, 4);
@@ -249,6 +252,7 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct frame *f, const
 		__builtin_memcpy(&ip6->saddr, src_ip, 16);
 		__builtin_memcpy(&ip6->daddr, dst_ip, 16);
 		ip6->payload_len = bpf_htons(ulen);
+		ip6->hop_limit = 64;
 		__builtin_memcpy(&pseudo_old[0], old_src, 16);
 		__builtin_memcpy(&pseudo_old[4], old_dst, 16);
 		__builtin_memcpy(&pseudo_new[0], src_ip, 16);
@@ -535,6 +539,9 @@ int turn_offload(struct __sk_buff *skb)
 
 	until = bpf_map_lookup_elem(&alive, &zero);
 	if (!until || bpf_ktime_get_ns() >= *until)
+		return TC_ACT_UNSPEC;
+	/* An aggregate of several datagrams (GRO/GSO) is not one ChannelData message. */
+	if (skb->gso_segs > 1)
 		return TC_ACT_UNSPEC;
 	plen = parse(skb, &f);
 	if (plen < 0)
