@@ -12,12 +12,15 @@ Each test loads its own program instance (own maps, own TC filter on lo) and det
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,13 +30,9 @@ import pytest
 from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.turn_service import TurnService
 from icerelay.dataplane.turn_offload_bpf import LoadedProgram, OffloadUnavailable
-from icerelay.stun import Address, AttributeType, Message, MessageClass, Method, decode_message
-from icerelay.stun.credentials import long_term_key
+from icerelay.stun import Address, Method
+from tests.interop.turn_offload_client import PASSWORD, REALM, USER, Client
 from tests.support.ports import free_port, free_ports, ipv6_loopback
-
-A = AttributeType
-USER, PASSWORD, REALM = "offload", "through-the-kernel", "ebpf.test"
-KEY = long_term_key(USER, REALM, PASSWORD)
 
 
 def _offload_available() -> str:
@@ -83,53 +82,6 @@ async def _service(
         yield service
     finally:
         await service.stop()
-
-
-class Client:
-    """A blocking TURN client over UDP, enough for these tests (run in a thread)."""
-
-    def __init__(self, server: tuple[str, int]) -> None:
-        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.settimeout(2)
-        self.sock.connect(server)
-        self.nonce: str | None = None
-
-    def request(self, method: Method, **attributes: Any) -> Message:
-        message = Message(method, MessageClass.REQUEST, os.urandom(12))
-        for name, value in attributes.items():
-            message.add(getattr(A, name), value)
-        if self.nonce is not None:
-            message.add(A.USERNAME, USER)
-            message.add(A.REALM, REALM)
-            message.add(A.NONCE, self.nonce)
-            self.sock.send(message.encode(KEY))
-        else:
-            self.sock.send(message.encode())
-        while True:
-            answer = decode_message(self.sock.recv(4096))
-            if answer.transaction_id == message.transaction_id:
-                break
-        error = answer.get(A.ERROR_CODE)
-        if error is not None and error.code == 401 and self.nonce is None:
-            self.nonce = answer.get(A.NONCE)
-            return self.request(method, **attributes)
-        assert error is None, error
-        return answer
-
-    def allocate(self, family: int) -> tuple[str, int]:
-        extra = {"REQUESTED_ADDRESS_FAMILY": 2} if family == 6 else {}
-        answer = self.request(Method.ALLOCATE, REQUESTED_TRANSPORT=17, **extra)
-        relayed = answer.get(A.XOR_RELAYED_ADDRESS)
-        assert relayed is not None
-        return relayed.host, relayed.port
-
-    def recv(self, timeout: float = 1.0) -> bytes | None:
-        self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(65535)
-        except TimeoutError:
-            return None
 
 
 def _peer(host: str) -> socket.socket:
@@ -424,3 +376,90 @@ def test_uclient_through_channels_with_the_offload(host: str, padding: bool) -> 
     # its first message before our install follows the ChannelBind answer.
     assert status["offloaded_packets"] >= 2 * messages * clients - 2 * clients, status
     assert status["offload_installed"] >= clients, status
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 not installed")
+def test_client_and_peer_in_namespaces_are_redirected_between_interfaces() -> None:
+    # client ns --veth-- [server: listen 10.213.K.1, relay 10.214.K.1] --veth-- peer ns
+    # Neither end is local: the program rewrites on the ingress veth and redirects out of the
+    # other one (bpf_redirect_neigh); the datagrams the namespaces send carry partial
+    # checksums (veth offload), which must arrive valid.
+    tag = f"{os.getpid() % 100000}{random.randrange(100)}"
+    k = random.randrange(1, 250)
+    client_ns, peer_ns = f"ebpfc{tag}", f"ebpfp{tag}"
+    client_if, peer_if = f"ebc{tag}", f"ebp{tag}"
+    listen, relay_host = f"10.213.{k}.1", f"10.214.{k}.1"
+    client_host, peer_host = f"10.213.{k}.2", f"10.214.{k}.2"
+    count = 40
+    try:
+        for ns, link, host, inner in (
+            (client_ns, client_if, listen, client_host),
+            (peer_ns, peer_if, relay_host, peer_host),
+        ):
+            _ip("netns", "add", ns)
+            _ip("link", "add", link, "type", "veth", "peer", "name", "inner", "netns", ns)
+            _ip("addr", "add", f"{host}/30", "dev", link)
+            _ip("link", "set", link, "up")
+            _ip("-n", ns, "addr", "add", f"{inner}/30", "dev", "inner")
+            _ip("-n", ns, "link", "set", "inner", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+
+        async def scenario() -> tuple[dict[str, Any], dict[str, Any], tuple[int, int]]:
+            low = random.randrange(20000, 29000, 2)
+            config = TurnServerConfig(
+                listen=[f"{listen}:{free_port(listen)}"],
+                relay_ipv4=relay_host,
+                realm=REALM,
+                users={USER: PASSWORD},
+                relay_port_min=low,
+                relay_port_max=low + 99,
+                allow_peers=["10.0.0.0/8"],
+                workers=1,
+                offload="ebpf",
+            )
+            service = TurnService(config)
+            await service.start()
+            agent = [sys.executable, "-m", "tests.interop.turn_offload_agent"]
+            try:
+                assert service._program is not None
+                attached = set(service._program.interfaces)
+                assert attached == {
+                    socket.if_nametoindex(client_if),
+                    socket.if_nametoindex(peer_if),
+                }
+                peer = await asyncio.create_subprocess_exec(
+                    "ip", "netns", "exec", peer_ns, *agent, "peer", peer_host, "40000", str(count),
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                assert peer.stdout is not None
+                assert (await asyncio.wait_for(peer.stdout.readline(), 10)).strip() == b"ready"
+                client = await asyncio.create_subprocess_exec(
+                    "ip", "netns", "exec", client_ns, *agent, "client",
+                    service.listen_udp[0][0], str(service.listen_udp[0][1]), peer_host, "40000",
+                    str(count),
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, _ = await asyncio.wait_for(client.communicate(), 30)
+                peer_out, _ = await asyncio.wait_for(peer.communicate(), 10)
+                offload = service.offload
+                assert offload is not None
+                entry = next(iter(offload.entries.values()))
+                raw = offload.maps.lookup("stats", struct.pack("=I", entry.slot), 32)
+                assert raw is not None
+                to_peer, _b, to_client, _c = struct.unpack("=QQQQ", raw)
+                return json.loads(out), json.loads(peer_out), (to_peer, to_client)
+            finally:
+                await service.stop()
+
+        result, peer_result, kernel = asyncio.run(scenario())
+        assert result["received"] == count
+        relay = f"{result['relay'][0]}:{result['relay'][1]}"
+        assert peer_result["sources"] == [relay]  # the peer only ever saw the relayed address
+        assert kernel == (count, count)  # every datagram both ways went through the kernel
+    finally:
+        for ns in (client_ns, peer_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)

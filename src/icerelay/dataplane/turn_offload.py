@@ -89,13 +89,17 @@ def _packed_ip(host: str) -> tuple[int, bytes]:
 
 
 class Routes:
-    """Whether an address is this host's, and otherwise which interface reaches it (cached;
-    ``ip route get`` is asked once per destination, on the ChannelBind path, never per
-    packet)."""
+    """Whether an address is this host's, and otherwise which interface reaches it. Both are
+    cached and cheap on a miss (a bind or a connect of a UDP socket: a route lookup, no
+    packet, no subprocess), since they run on the ChannelBind path; never per packet."""
 
     def __init__(self) -> None:
         self._local: dict[str, bool] = {}
         self._egress: dict[str, tuple[int, int] | None] = {}
+        #: Local address -> (ifindex, MTU), from ``ip -j addr`` (re-read on a miss, at most
+        #: every few seconds).
+        self._interfaces: dict[str, tuple[int, int]] = {}
+        self._interfaces_read = float("-inf")
 
     def is_local(self, host: str) -> bool:
         """A local address can be bound."""
@@ -114,27 +118,41 @@ class Routes:
         return known
 
     def egress(self, host: str) -> tuple[int, int] | None:
-        """(ifindex, mtu) of the interface *host* is reached through, or None."""
+        """(ifindex, MTU) of the interface the kernel would send to *host* from, or None."""
         if host in self._egress:
             return self._egress[host]
         found: tuple[int, int] | None = None
-        with contextlib.suppress(OSError, ValueError, KeyError, IndexError, TypeError):
-            answer = subprocess.run(
-                ["ip", "-j", "route", "get", host],
-                capture_output=True,
-                text=True,
-                timeout=2,
-                check=True,
-            )
-            route = json.loads(answer.stdout)[0]
-            device = str(route["dev"])
-            with open(f"/sys/class/net/{device}/mtu") as file:
-                mtu = int(file.read())
-            found = (socket.if_nametoindex(device), mtu)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((host, 9))  # a route lookup; nothing is sent
+                source = ipaddress.ip_address(probe.getsockname()[0]).compressed
+            except OSError:
+                source = ""
+        if source:
+            found = self._interfaces.get(source)
+            if found is None and time.monotonic() - self._interfaces_read > 5.0:
+                self._read_interfaces()
+                found = self._interfaces.get(source)
         if len(self._egress) >= _ROUTE_CACHE:
             self._egress.clear()
         self._egress[host] = found
         return found
+
+    def _read_interfaces(self) -> None:
+        self._interfaces_read = time.monotonic()
+        with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
+            answer = subprocess.run(
+                ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
+            )
+            table: dict[str, tuple[int, int]] = {}
+            for link in json.loads(answer.stdout):
+                for info in link.get("addr_info", ()):
+                    local = info.get("local")
+                    if local:
+                        address = ipaddress.ip_address(local).compressed
+                        table[address] = (int(link["ifindex"]), int(link.get("mtu", 1500)))
+            self._interfaces = table
 
 
 class TurnOffload:
