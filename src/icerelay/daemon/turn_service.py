@@ -502,7 +502,9 @@ class TurnService:
         # __main__ was started; the setup travels as JSON on stdin, the sockets as inherited
         # file descriptors.
         assert self._nonce_key is not None
-        level = logging.getLogger().getEffectiveLevel()
+        # icerelay's own logger: `icerelay serve` sets the level there, not on the root logger
+        # (whose WARNING kept the workers' INFO lines, their stop line included, silent).
+        level = logging.getLogger("icerelay").getEffectiveLevel()
         try:
             for index, sockets in enumerate(sets, start=1):
                 fds = [sock.fileno() for _kind, sock in sockets]
