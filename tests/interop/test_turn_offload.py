@@ -21,6 +21,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -49,12 +50,21 @@ _REASON = _offload_available()
 pytestmark = [pytest.mark.interop, pytest.mark.skipif(bool(_REASON), reason=_REASON)]
 
 
-def _tc_filters() -> str:
-    import subprocess
-
-    return subprocess.run(
+def _attached(program_id: int) -> bool:
+    """Whether the program hangs on lo's ingress: as a tcx link (Linux 6.6+) or as a
+    cls_bpf filter (older kernels)."""
+    links = subprocess.run(["bpftool", "link", "show"], capture_output=True, text=True).stdout
+    filters = subprocess.run(
         ["tc", "filter", "show", "dev", "lo", "ingress"], capture_output=True, text=True
     ).stdout
+    return f"prog {program_id} " in links or f" id {program_id} " in filters
+
+
+def _loaded(program_id: int) -> bool:
+    shown = subprocess.run(
+        ["bpftool", "prog", "show", "id", str(program_id)], capture_output=True, text=True
+    )
+    return shown.returncode == 0
 
 
 @asynccontextmanager
@@ -115,7 +125,8 @@ def test_channel_data_goes_through_the_kernel_and_policy_still_holds(host: str) 
 
     async def scenario() -> None:
         async with _service(host) as service:
-            assert service.offload is not None and "turn_offload" in _tc_filters()
+            assert service.offload is not None and service._program is not None
+            assert _attached(service._program.program_id)
             offload = service.offload
             server = service.listen_udp[0]
             client = Client(server)
@@ -207,18 +218,54 @@ def test_channel_data_goes_through_the_kernel_and_policy_still_holds(host: str) 
     asyncio.run(scenario())
 
 
-def test_stop_detaches_the_program() -> None:
+@pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool not installed")
+def test_stop_detaches_and_unloads_the_program() -> None:
     async def scenario() -> int:
         async with _service("127.0.0.1") as service:
             assert service._program is not None
-            filters = service._program.filters
-            assert [ifindex for ifindex, *_ in filters] == [socket.if_nametoindex("lo")]
-            program_id = filters[0][1]
-            assert f" id {program_id} " in _tc_filters()
+            assert service._program.interfaces == [socket.if_nametoindex("lo")]
+            program_id = service._program.program_id
+            assert program_id and _attached(program_id) and _loaded(program_id)
         return program_id
 
     program_id = asyncio.run(scenario())
-    assert f" id {program_id} " not in _tc_filters()
+    assert not _attached(program_id) and not _loaded(program_id)
+
+
+def test_the_cls_bpf_fallback_attaches_and_detaches() -> None:
+    # Kernels before 6.6 have no tcx links: a filter on the clsact qdisc instead.
+    program = LoadedProgram()
+    try:
+        program.attach(socket.if_nametoindex("lo"), link=False)
+        program_id = program.program_id
+        assert program.filters and _attached(program_id)
+    finally:
+        assert program.close() == []
+    assert not _attached(program_id)
+
+
+def test_a_killed_server_leaves_nothing_attached() -> None:
+    # A tcx link goes with the last descriptor: SIGKILL, no clean-up, nothing left behind.
+    code = (
+        "from icerelay.dataplane.turn_offload_bpf import LoadedProgram; import os, sys, time\n"
+        "p = LoadedProgram(); p.attach(1); print(p.program_id, len(p._links), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        program_id, links = map(int, process.stdout.readline().split())
+        if not links:
+            pytest.skip("no tcx links on this kernel (< 6.6): a cls_bpf filter would stay")
+        assert _attached(program_id)
+    finally:
+        process.kill()
+        process.wait()
+    for _ in range(50):
+        if not _loaded(program_id):
+            break
+        time.sleep(0.05)
+    assert not _attached(program_id) and not _loaded(program_id)
 
 
 def test_offload_off_relays_in_userspace_as_before() -> None:

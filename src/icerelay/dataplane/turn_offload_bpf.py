@@ -21,6 +21,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import sys
 from collections import deque
 from pathlib import Path
 
@@ -33,6 +34,10 @@ MAPS = ("c2p", "p2c", "stats", "alive")
 
 _BPF_TC_INGRESS = 1
 _BPF_ANY = 0
+#: enum bpf_attach_type's BPF_TCX_INGRESS (Linux 6.6): TC ingress through a BPF link, which
+#: the kernel detaches by itself when its last descriptor closes, so a server killed without
+#: a chance to clean up leaves nothing attached.
+_BPF_TCX_INGRESS = 46
 
 
 class OffloadUnavailable(Exception):
@@ -126,6 +131,8 @@ def libbpf() -> ctypes.CDLL:
         "bpf_map_lookup_elem": (i, [i, vp, vp]),
         "bpf_map_delete_elem": (i, [i, vp]),
         "bpf_map_get_next_key": (i, [i, vp, vp]),
+        "bpf_link_create": (i, [i, i, i, vp]),
+        "bpf_obj_get_info_by_fd": (i, [i, vp, vp]),
     }
     for function, (restype, argtypes) in signatures.items():
         entry = getattr(lib, function)
@@ -193,6 +200,8 @@ class LoadedProgram:
             self._object = None
             raise _failure(f"cannot open {path}", 0)
         self._attached: list[tuple[_TcHook, _TcOpts]] = []
+        #: (ifindex, link descriptor) of tcx attachments.
+        self._links: list[tuple[int, int]] = []
         try:
             _messages.clear()
             code = lib.bpf_object__load(self._object)
@@ -217,7 +226,18 @@ class LoadedProgram:
     @property
     def interfaces(self) -> list[int]:
         """Interface indexes the program is attached to."""
-        return [hook.ifindex for hook, _opts in self._attached]
+        return [ifindex for ifindex, _fd in self._links] + [
+            hook.ifindex for hook, _opts in self._attached
+        ]
+
+    @property
+    def program_id(self) -> int:
+        """The kernel's id of the loaded program (``bpftool prog show id N``)."""
+        info = ctypes.create_string_buffer(256)
+        size = ctypes.c_uint32(len(info))
+        if self._lib.bpf_obj_get_info_by_fd(self.program_fd, info, ctypes.byref(size)):
+            return 0
+        return int.from_bytes(info.raw[4:8], sys.byteorder)  # struct bpf_prog_info.id
 
     @property
     def filters(self) -> list[tuple[int, int, int, int]]:
@@ -228,11 +248,17 @@ class LoadedProgram:
             for hook, opts in self._attached
         ]
 
-    def attach(self, ifindex: int) -> None:
-        """Attach at TC ingress of *ifindex* (the clsact qdisc is made if missing and left in
-        place afterwards: other programs may hang on it). The kernel picks a free priority,
-        so several servers (or tests) can be attached to one interface at once."""
+    def attach(self, ifindex: int, *, link: bool = True) -> None:
+        """Attach at TC ingress of *ifindex*: a tcx link where the kernel has them (6.6+),
+        else a cls_bpf filter on the clsact qdisc (made if missing and left in place
+        afterwards: other programs may hang on it; the kernel picks a free priority, so
+        several servers, or tests, can be attached to one interface at once)."""
         lib = self._lib
+        if link:
+            descriptor = lib.bpf_link_create(self.program_fd, ifindex, _BPF_TCX_INGRESS, None)
+            if descriptor >= 0:
+                self._links.append((ifindex, int(descriptor)))
+                return
         hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=_BPF_TC_INGRESS)
         code = lib.bpf_tc_hook_create(ctypes.byref(hook))
         if code and code != -errno.EEXIST:
@@ -246,6 +272,9 @@ class LoadedProgram:
     def detach_all(self) -> list[str]:
         """Detach from every interface; the errors met (the interface may be gone)."""
         errors: list[str] = []
+        while self._links:
+            _ifindex, link = self._links.pop()
+            os.close(link)
         while self._attached:
             hook, opts = self._attached.pop()
             # bpf_tc_detach identifies the filter by handle and priority only.
