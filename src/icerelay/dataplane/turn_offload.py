@@ -352,9 +352,10 @@ class TurnOffload:
         removal of what ended, re-installation after a quota back-off."""
         self.heartbeat(now)
         over: list[Allocation] = []
+        counts = self._read_slots()
         for entry in list(self.entries.values()):
             allocation, channel = entry.allocation, entry.channel
-            if not self._collect(entry, now, charge=True):
+            if not self._collect(entry, now, charge=True, raw=counts.get(entry.slot)):
                 over.append(allocation)
             if (
                 allocation.channels.get(channel.number) is not channel
@@ -378,6 +379,22 @@ class TurnOffload:
                     if channel.expires > now:
                         self.install(allocation, channel, now)
 
+    def _read_slots(self) -> dict[int, bytes]:
+        """The counters of every slot in use, in one system call when they lie close
+        together (slots are handed out lowest first, so they do), else none (each entry is
+        then read on its own)."""
+        if not self.entries:
+            return {}
+        slots = [entry.slot for entry in self.entries.values()]
+        first, last = min(slots), max(slots)
+        span = last - first + 1
+        if span > 4 * len(slots) + 64:
+            return {}
+        values = self.maps.lookup_range("stats", first, span, STATS.size)
+        if values is None:
+            return {}
+        return {first + index: value for index, value in enumerate(values)}
+
     def _back_off(self, allocation: Allocation, now: float) -> None:
         if id(allocation) in self._backoff:
             return
@@ -390,10 +407,13 @@ class TurnOffload:
         """The allocation ended: drop its back-off, if any."""
         self._backoff.pop(id(allocation), None)
 
-    def _collect(self, entry: OffloadEntry, now: float, *, charge: bool) -> bool:
-        """Fold the slot's new counts into the allocation; False if that overdrew its
-        bandwidth bucket."""
-        raw = self.maps.lookup("stats", struct.pack("=I", entry.slot), STATS.size)
+    def _collect(
+        self, entry: OffloadEntry, now: float, *, charge: bool, raw: bytes | None = None
+    ) -> bool:
+        """Fold the slot's new counts (*raw* if already read) into the allocation; False if
+        that overdrew its bandwidth bucket."""
+        if raw is None:
+            raw = self.maps.lookup("stats", struct.pack("=I", entry.slot), STATS.size)
         if raw is None:
             return True
         to_peer, bytes_peer, to_client, bytes_client = STATS.unpack(raw)

@@ -132,6 +132,7 @@ def libbpf() -> ctypes.CDLL:
         "bpf_map_delete_elem": (i, [i, vp]),
         "bpf_map_get_next_key": (i, [i, vp, vp]),
         "bpf_link_create": (i, [i, i, i, vp]),
+        "bpf_map_lookup_batch": (i, [i, vp, vp, vp, vp, vp, vp]),
         "bpf_obj_get_info_by_fd": (i, [i, vp, vp]),
     }
     for function, (restype, argtypes) in signatures.items():
@@ -174,6 +175,30 @@ class Maps:
         if self._lib.bpf_map_lookup_elem(self.fds[name], key, buffer):
             return None
         return buffer.raw
+
+    def lookup_range(self, name: str, first: int, count: int, size: int) -> list[bytes] | None:
+        """Values of keys *first* .. *first + count - 1* of an array map (``size`` bytes each)
+        in one system call; None if the kernel refuses (the caller reads one by one)."""
+        start = ctypes.c_uint32(first - 1)
+        following = ctypes.c_uint32(0)
+        keys = (ctypes.c_uint32 * count)()
+        values = ctypes.create_string_buffer(count * size)
+        wanted = ctypes.c_uint32(count)
+        code = self._lib.bpf_map_lookup_batch(
+            self.fds[name],
+            ctypes.byref(start) if first > 0 else None,
+            ctypes.byref(following),
+            keys,
+            values,
+            ctypes.byref(wanted),
+            None,
+        )
+        if code and abs(code) != errno.ENOENT:  # ENOENT: the map's end was reached
+            return None
+        if wanted.value != count or (count and keys[0] != first):
+            return None
+        raw = values.raw
+        return [raw[index * size : (index + 1) * size] for index in range(count)]
 
     def keys(self, name: str, size: int) -> list[bytes]:
         """Every key of a hash map (for tests and diagnostics: one syscall per key)."""
