@@ -45,8 +45,6 @@ from typing import Any, cast
 
 from icerelay.aio.batch import BatchReader, Received
 from icerelay.daemon.turn_config import TurnServerConfig
-from icerelay.dataplane import turn_mmsg
-from icerelay.dataplane.turn_mmsg import MmsgReader
 from icerelay.dataplane.turn_offload import TurnOffload, interfaces_for
 from icerelay.dataplane.turn_offload_bpf import LoadedProgram, Maps, OffloadUnavailable
 from icerelay.errors import ConfigError, TurnError
@@ -269,8 +267,8 @@ class TurnService:
         self._workers: list[asyncio.subprocess.Process] = []
         self._workers_lost: set[int] = set()
         self.udp: dict[HostPort, socket.socket] = {}
-        #: The reader of each socket in :attr:`udp` (recvmmsg for listening sockets).
-        self._readers: dict[HostPort, BatchReader[HostPort] | MmsgReader[HostPort]] = {}
+        #: The reader of each socket in :attr:`udp`.
+        self._readers: dict[HostPort, BatchReader[HostPort]] = {}
         # Bound once: every relayed socket's reader shares them (no closure per socket).
         self._relay_batch = self._on_relay_batch
         self._relay_error = self._on_relay_error
@@ -367,22 +365,15 @@ class TurnService:
                 if kind == "udp":
                     self.udp[local] = sock
                     self.listen_udp.append(local)
-                    reader: BatchReader[HostPort] | MmsgReader[HostPort]
-                    if turn_mmsg.available():
-                        # Every client's datagrams: one recvmmsg call reads dozens at once.
-                        reader = MmsgReader(
-                            loop, sock, self._on_listen_batch, local, limit=_LISTEN_BATCH
-                        )
-                    else:
-                        reader = BatchReader(
-                            loop,
-                            sock,
-                            self._on_listen_batch,
-                            local,
-                            limit=_LISTEN_BATCH,
-                            chunk=_CHUNK,
-                            size=_RECV_SIZE,
-                        )
+                    reader = BatchReader(
+                        loop,
+                        sock,
+                        self._on_listen_batch,
+                        local,
+                        limit=_LISTEN_BATCH,
+                        chunk=_CHUNK,
+                        size=_RECV_SIZE,
+                    )
                     self._readers[local] = reader
                     reader.start()
                 else:
