@@ -24,16 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny loads, < 1 minute")
     parser.add_argument(
         "--servers",
-        default="icerelay,icerelay-workers,coturn",
+        default="icerelay-offload,icerelay,coturn",
         help="comma-separated: " + ", ".join(servers.SERVERS),
     )
     parser.add_argument("--seconds", type=float, help="length of each load step")
+    parser.add_argument(
+        "--steps", help="comma-separated stream counts to step through (instead of the plan's)"
+    )
     parser.add_argument("--port", type=int, default=servers.Settings.port)
     args = parser.parse_args(argv)
 
     plan = bench.Plan.smoke() if args.smoke else bench.Plan.full()
     if args.seconds:
         plan = dataclasses.replace(plan, seconds=args.seconds)
+    if args.steps:
+        steps = tuple(int(step) for step in args.steps.split(","))
+        plan = dataclasses.replace(plan, steps=steps, max_streams=max(steps))
     results_dir = HERE / "results"
     workdir = results_dir / ("smoke" if args.smoke else "full")
     workdir.mkdir(parents=True, exist_ok=True)

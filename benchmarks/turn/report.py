@@ -193,9 +193,12 @@ def _findings(data: Result) -> list[str]:
     )
     threads = data["environment"].get("coturn_threads")
     add(
-        f"- coturn runs {threads or 'several'} threads and can use every CPU; `icerelay` is one "
-        "Python process (asyncio with uvloop) and can use at most one CPU, `icerelay-workers` "
-        f"one process per CPU ({data['environment']['cpus']})."
+        f"- coturn runs {threads or 'several'} threads and can use every CPU; `icerelay` runs "
+        f"one Python process per CPU ({data['environment']['cpus']}; its default, workers = "
+        '"auto"), `icerelay-one` a single process, `icerelay-offload` the default plus the eBPF '
+        "ChannelData offload: its relaying runs in softirq context, mostly charged to the "
+        "generator's sending threads, so compare its total CPU per packet (server + generator), "
+        "not only the server's."
     )
     add(
         "- icerelay keeps its safe defaults where they do not bind: per-allocation bandwidth "
@@ -386,9 +389,10 @@ def render(data: Result, history: list[Result] | None = None) -> str:
     add("## Summary\n")
     add(
         "Ratio = icerelay relative to coturn, worded so that above 1.00x means icerelay is better "
-        "(for latency and memory, coturn's figure divided by ours). `icerelay` is our server as "
-        "one process (its default); `icerelay-workers` runs one worker process per CPU, as coturn "
-        "runs one relay thread per CPU.\n"
+        "(for latency and memory, coturn's figure divided by ours). `icerelay` is our server with "
+        "its defaults (one worker process per CPU, as coturn runs one relay thread per CPU; no "
+        "offload); `icerelay-offload` adds the eBPF ChannelData offload (TC ingress); "
+        "`icerelay-one` is one process.\n"
     )
     for ours in _ours(data):
         out.extend(_comparison(data, ours))
@@ -415,8 +419,9 @@ def render(data: Result, history: list[Result] | None = None) -> str:
     )
     add(
         f"- icerelay: {_get(data, OURS, 'version') or 'n/a'} (asyncio TurnService with uvloop; "
-        "`icerelay`: one process, `icerelay-workers`: one worker process per CPU sharing the "
-        "listening port with SO_REUSEPORT and splitting the relay port range)."
+        "`icerelay`: one worker process per CPU sharing the listening port with SO_REUSEPORT "
+        "and splitting the relay port range, `icerelay-offload`: the same with the eBPF "
+        "offload, `icerelay-one`: one process)."
     )
     add(
         "- Both: UDP on 127.0.0.1, relay on 127.0.0.1 ports 22000-29999 (below the ephemeral "

@@ -36,6 +36,7 @@ def build_config(args: argparse.Namespace) -> TurnServerConfig:
         # RTP stream is far below, so ours pays for enforcing them as a deployment would.
         quotas=TurnQuotasConfig(allocations_per_user=1_000_000, total_allocations=1_000_000),
         workers=args.workers,
+        offload=args.offload,
     )
 
 
@@ -63,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-port", type=int, default=29999)
     parser.add_argument("--realm", default="bench.icerelay")
     parser.add_argument("--user", default="bench:bench-secret", help="name:password")
-    parser.add_argument("--workers", type=int, default=1, help="processes (coturn: threads)")
+    parser.add_argument(
+        "--workers",
+        type=lambda text: text if text == "auto" else int(text),
+        default="auto",
+        help='processes (coturn: threads); "auto": one per CPU',
+    )
+    parser.add_argument("--offload", choices=("auto", "ebpf", "off"), default="off")
     parser.add_argument("--log-file", type=Path, help="INFO log here (coturn logs to a file too)")
     args = parser.parse_args(argv)
     if args.log_file is not None:

@@ -211,10 +211,13 @@ class Coturn(Server):
 
 
 class Icerelay(Server):
-    """Our server, run by benchmarks.turn.run_ours with settings equivalent to coturn's."""
+    """Our server, run by benchmarks.turn.run_ours with settings equivalent to coturn's: its
+    defaults (one worker process per CPU, as coturn has one relay thread per CPU), the kernel
+    offload off."""
 
     name = "icerelay"
-    workers = 1
+    workers: int | str = "auto"
+    offload = "off"
 
     def version(self) -> str:
         commit = subprocess.run(
@@ -251,18 +254,46 @@ class Icerelay(Server):
             str(self.workdir / "icerelay.log"),
             "--workers",
             str(self.workers),
+            "--offload",
+            self.offload,
         ]
 
+    def offloaded_packets(self) -> int | None:
+        """Packets the kernel relayed in the last run, from the stop lines of the server
+        (its log file) and of its worker processes (their stderr, in NAME.out)."""
+        if self.offload == "off":
+            return None
+        total = 0
+        for log in (self.workdir / "icerelay.log", self.workdir / f"{self.name}.out"):
+            if not log.exists():
+                continue
+            lines = log.read_text(errors="replace").splitlines()
+            starts = [i for i, line in enumerate(lines) if "turn server started" in line]
+            for line in lines[starts[-1] if starts else 0 :]:
+                if "turn server stopping" in line:
+                    for part in line.split():
+                        if part.startswith("offloaded_packets="):
+                            total += int(part.split("=", 1)[1])
+        return total
 
-class IcerelayWorkers(Icerelay):
-    """Our server with one worker process per CPU, as coturn runs one relay thread per CPU."""
 
-    name = "icerelay-workers"
-    workers = os.cpu_count() or 1
+class IcerelayOne(Icerelay):
+    """Our server in one process (the default before workers = "auto")."""
+
+    name = "icerelay-one"
+    workers = 1
+
+
+class IcerelayOffload(Icerelay):
+    """Our server with the eBPF ChannelData offload (needs root and `make bpf`)."""
+
+    name = "icerelay-offload"
+    offload = "ebpf"
 
 
 SERVERS: dict[str, type[Server]] = {
     "coturn": Coturn,
     "icerelay": Icerelay,
-    "icerelay-workers": IcerelayWorkers,
+    "icerelay-one": IcerelayOne,
+    "icerelay-offload": IcerelayOffload,
 }

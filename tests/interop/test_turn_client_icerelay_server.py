@@ -71,6 +71,8 @@ async def running_server(
         "relay_port_min": base,
         "relay_port_max": base + 99,
         "allow_peers": ["127.0.0.0/8"],
+        # One process: the tests look at the service's engine (its allocations).
+        "workers": 1,
     }
     if certificate is not None:
         settings["tls_cert"], settings["tls_key"] = certificate

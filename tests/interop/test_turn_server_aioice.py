@@ -52,6 +52,7 @@ async def _scenario(transport: str, rest: bool) -> TurnService:
         relay_port_min=relay_low,
         relay_port_max=relay_low + 999,
         allow_peers=["127.0.0.0/8"],
+        workers=1,  # one process: the test looks at its engine
     )
     service = TurnService(config)
     await service.start()

@@ -26,6 +26,7 @@ Example (TOML)::
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -192,12 +193,23 @@ class TurnServerConfig(BaseModel):
     """Accept RFC 5766's channel numbers 0x4000-0x7FFF, not only RFC 8656's 0x4000-0x4FFF.
     Deployed clients (libwebrtc, coturn's own tools) still pick numbers up to 0x7FFF; turn
     this off on a server that multiplexes with something that uses 0x50-0x7F first bytes."""
-    workers: int = Field(default=1, ge=1, le=64)
-    """Processes serving TURN. With more than one, every worker listens on the same addresses
-    (SO_REUSEPORT: the kernel keeps each client on one worker) and gets an equal slice of the
-    relay port range; quotas and the unauthenticated rate are divided among the workers (each
-    enforces its share), so a user may be refused slightly before the configured total when its
-    clients are unevenly spread."""
+    # --- speed: worker processes and the kernel offload (issue 13) ------------------------
+    workers: int | Literal["auto"] = "auto"
+    """Processes serving TURN (1-64), or "auto": one per CPU this process may run on, as
+    coturn has one relay thread per CPU (1 when a listening port is 0: workers share fixed
+    ports). With more than one, every worker listens on the same addresses (SO_REUSEPORT: the
+    kernel keeps each client on one worker) and gets an equal slice of the relay port range;
+    quotas and the unauthenticated rate are divided among the workers (each enforces its
+    share), so a user may be refused slightly before the configured total when its clients
+    are unevenly spread."""
+    offload: Literal["auto", "ebpf", "off"] = "auto"
+    """ChannelData over UDP relayed by an eBPF program in the kernel (TC ingress) once a channel
+    is bound (:mod:`icerelay.dataplane.turn_offload`). "auto": used when running as root and
+    the kernel accepts the program, otherwise the server runs without it and says why once;
+    "ebpf": refuse to start without it; "off": everything in userspace."""
+    offload_interfaces: NetworkList = Field(default_factory=list)
+    """Interfaces the offload program is attached to; empty: the interfaces holding the
+    listening and relay addresses (every interface that is up for a wildcard address)."""
     tcp_idle_timeout: float = Field(default=30.0, gt=0)
     """Seconds a TCP/TLS connection without an allocation may stay idle (a client allocates
     right after connecting; idle connections only hold descriptors)."""
@@ -215,7 +227,9 @@ class TurnServerConfig(BaseModel):
             raise ValueError("max_lifetime is below default_lifetime")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
-        if self.relay_port_max - self.relay_port_min + 1 < 2 * self.workers:
+        if isinstance(self.workers, int) and not 1 <= self.workers <= 64:
+            raise ValueError("workers must be 1-64 or \"auto\"")
+        if self.relay_port_max - self.relay_port_min + 1 < 2 * self.worker_count():
             raise ValueError("relay port range too small for the number of workers")
         if self.tls_listen and self.tls_cert is None:
             raise ValueError("tls_listen needs tls_cert and tls_key")
@@ -250,10 +264,26 @@ class TurnServerConfig(BaseModel):
                 return host
         return None
 
+    def worker_count(self) -> int:
+        """How many worker processes serve TURN: ``workers``, or for "auto" one per usable CPU
+        (at most 64, and at most what the relay range can slice), but 1 when a listening
+        port is 0 (SO_REUSEPORT needs every worker on the same fixed port)."""
+        if isinstance(self.workers, int):
+            return self.workers
+        if any(port == 0 for _host, port in self.listen + self.tls_endpoints()):
+            return 1
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        span = (self.relay_port_max - self.relay_port_min + 1) // 2
+        return max(1, min(cpus, 64, span))
+
     def worker_share(self, index: int) -> TurnServerConfig:
-        """The configuration worker *index* (of ``workers``) enforces: its slice of the relay
-        range (even-aligned, so EVEN-PORT pairs stay inside one slice), its share of quotas."""
-        count = self.workers
+        """The configuration worker *index* (of :meth:`worker_count`) enforces: its slice of
+        the relay range (even-aligned, so EVEN-PORT pairs stay inside one slice), its share of
+        quotas."""
+        count = self.worker_count()
         if count == 1:
             return self
         size = (self.relay_port_max - self.relay_port_min + 1) // count & ~1

@@ -13,7 +13,8 @@
 - :meth:`TurnService.drain` (``SIGUSR1`` under ``icerelay serve``) puts the engine in drain
   mode; :meth:`TurnService.wait_drained` returns when the last allocation has ended. SIGUSR2
   logs every non-zero counter.
-- ``workers > 1``: the service also starts ``workers - 1`` worker processes (spawned, each with
+- more than one worker (``workers``, "auto" by default: one per CPU): the service also
+  starts the other worker processes (spawned, each with
   its own event loop and engine). Every worker binds the same listening addresses with
   SO_REUSEPORT, so the kernel spreads clients over them and keeps each client (its 5-tuple) on
   one worker; each has its own slice of the relay range and share of the quotas
@@ -46,11 +47,14 @@ from icerelay.aio.batch import BatchReader, Received
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.views import allocation_view
+from icerelay.dataplane.turn_offload import TurnOffload, interfaces_for
+from icerelay.dataplane.turn_offload_bpf import LoadedProgram, Maps, OffloadUnavailable
 from icerelay.errors import ConfigError, TurnError
 from icerelay.turn.server.allocation import HostPort
 from icerelay.turn.server.engine import (
     AllocationCreated,
     AllocationDeleted,
+    ChannelBound,
     Drained,
     TurnServerEngine,
 )
@@ -228,6 +232,7 @@ class TurnService:
         nonce_key: bytes | None = None,
         inherited: list[tuple[str, socket.socket]] | None = None,
         daemon: bool = False,
+        offload_maps: dict[str, int] | None = None,
     ) -> None:
         self.config = config
         #: Under ``icerelay serve``: SIGUSR1 drains, and once drained the service sends the
@@ -259,6 +264,17 @@ class TurnService:
         self._stopped = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine: TurnServerEngine | None = None
+        # --- the kernel offload (issue 13) ---
+        #: The loaded program (the service icerelay serve runs); workers get only its maps.
+        self._program: LoadedProgram | None = None
+        #: Map descriptors inherited from the parent (worker processes only).
+        self._offload_maps = offload_maps
+        #: This engine's entries in the kernel; None when the offload is off or unavailable.
+        self.offload: TurnOffload | None = None
+        #: Why the offload is not in use ("" when it is, or when it is off by configuration).
+        self.offload_reason = ""
+        #: The offload's counters once it is closed (the stop line still tells its totals).
+        self._offload_totals: dict[str, int] = {}
 
     # --- properties ---------------------------------------------------------------------
 
@@ -296,7 +312,7 @@ class TurnService:
         raise_fd_limit(
             config.quotas.total_allocations + config.max_tcp_connections + 256, logger, "turn"
         )
-        multi = config.workers > 1
+        multi = config.worker_count() > 1
         if multi and any(port == 0 for _host, port in config.listen + config.tls_endpoints()):
             raise ConfigError("turn: workers > 1 needs fixed listening ports (not 0)")
         rng = random.SystemRandom()
@@ -311,6 +327,7 @@ class TurnService:
             wall_clock_offset=time.time() - loop.time(),
             nonce_key=self._nonce_key,
         )
+        self._start_offload()
         context: ssl.SSLContext | None = None
         if config.tls_cert is not None and config.tls_key is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -324,7 +341,7 @@ class TurnService:
                 # read: SO_REUSEPORT maps a client to a socket by hashing over the group, and a
                 # socket joining later would move existing clients to a worker that does not
                 # know their allocation. The workers inherit theirs.
-                sets = [self._make_listeners(reuse_port=True) for _ in range(config.workers)]
+                sets = [self._make_listeners(reuse_port=True) for _ in range(config.worker_count())]
                 mine = sets[0]
                 await self._start_workers(sets[1:])
             else:
@@ -371,6 +388,61 @@ class TurnService:
             },
         )
 
+    def _start_offload(self) -> None:
+        """Load and attach the eBPF program (``offload = "auto"|"ebpf"``), or use the maps a
+        worker inherited. "auto" goes on without it and says why once; "ebpf" refuses to
+        start."""
+        config = self.config
+        if config.offload == "off":
+            return
+        count = config.worker_count()
+        share = 65536 // count
+        slots = range(self.worker_index * share, (self.worker_index + 1) * share)
+        try:
+            if self._offload_maps is not None:
+                maps = Maps(self._offload_maps)
+            elif self.worker_index == 0:
+                program = LoadedProgram()
+                self._program = program
+                hosts = [host for host, _port in config.listen + config.tls_endpoints()]
+                hosts += [h for h in (config.relay_host(4), config.relay_host(6)) if h]
+                interfaces = interfaces_for(hosts, list(config.offload_interfaces))
+                if not interfaces:
+                    raise OffloadUnavailable("no interface holds the listening addresses")
+                for ifindex in interfaces:
+                    program.attach(ifindex)
+                maps = program.maps
+            else:
+                raise OffloadUnavailable("worker without the parent's maps")
+            offload = TurnOffload(maps, slots)
+            offload.heartbeat(self.loop.time())
+            self.offload = offload
+        except (OffloadUnavailable, OSError) as error:
+            self._close_offload()
+            self.offload_reason = str(error)
+            if config.offload == "ebpf":
+                raise ConfigError(f'turn: offload = "ebpf" but {error}') from error
+            if self.worker_index == 0:
+                logger.warning("turn offload not in use (userspace relays everything): %s", error)
+            return
+        if self._program is not None:
+            logger.info(
+                "turn offload active: eBPF at TC ingress of interfaces %s",
+                ",".join(socket.if_indextoname(i) for i in self._program.interfaces),
+            )
+
+    def _close_offload(self) -> None:
+        """Withdraw this engine's entries; the loading process also detaches and unloads."""
+        offload, self.offload = self.offload, None
+        if offload is not None and self._loop is not None:
+            with contextlib.suppress(OSError):
+                offload.withdraw_all(self._loop.time())
+            self._offload_totals = dict(offload.counters)
+        program, self._program = self._program, None
+        if program is not None:
+            for error in program.close():
+                logger.warning("turn offload: detaching: %s", error)
+
     def _make_listeners(self, reuse_port: bool) -> list[tuple[str, socket.socket]]:
         """Bound listening sockets for one worker: ("udp"|"tcp"|"tls", socket)."""
         config = self.config
@@ -409,10 +481,14 @@ class TurnService:
         # __main__ was started; the setup travels as JSON on stdin, the sockets as inherited
         # file descriptors.
         assert self._nonce_key is not None
-        level = logging.getLogger().getEffectiveLevel()
+        # icerelay's own logger: `icerelay serve` sets the level there, not on the root logger
+        # (whose WARNING kept the workers' INFO lines, their stop line included, silent).
+        level = logging.getLogger("icerelay").getEffectiveLevel()
         try:
             for index, sockets in enumerate(sets, start=1):
                 fds = [sock.fileno() for _kind, sock in sockets]
+                map_fds = self._program.maps.fds if self._program is not None else {}
+                fds += list(map_fds.values())
                 process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
@@ -429,6 +505,7 @@ class TurnService:
                     "nonce_key": self._nonce_key.hex(),
                     "level": level,
                     "sockets": [[kind, sock.fileno()] for kind, sock in sockets],
+                    "offload_maps": map_fds,
                 }
                 process.stdin.write(json.dumps(setup).encode() + b"\n")
                 await process.stdin.drain()
@@ -463,6 +540,9 @@ class TurnService:
         """Close every socket and connection (allocations end without Refresh); log counters."""
         if self._engine is not None and not self._stopped:
             self._stopped = True
+            if self.offload is not None:
+                with contextlib.suppress(OSError):
+                    self.offload.sync(self.loop.time())  # the kernel's latest counts
             counters = {key: value for key, value in self.status().items() if value}
             logger.info("turn.stopping", extra={"worker": self.worker_index, **counters})
         if self.daemon and self._loop is not None:
@@ -471,6 +551,8 @@ class TurnService:
                 self._loop.remove_signal_handler(signal.SIGUSR2)
         if self._workers:
             await self._stop_workers()
+        # Before the relayed sockets close: no packet is rewritten towards a closed port.
+        self._close_offload()
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
@@ -495,6 +577,9 @@ class TurnService:
         for process in self._workers:
             if process.returncode is None:
                 process.send_signal(signal.SIGUSR1)
+        if self.offload is not None:
+            # Draining: what is left runs in userspace, which sees the allocations end.
+            self.offload.withdraw_all(self.loop.time())
         self.engine.start_drain()
         self._handle_events()
 
@@ -565,6 +650,9 @@ class TurnService:
 
     def release(self, address: HostPort) -> None:
         """Close the socket of a relayed address (called by the engine)."""
+        if self.offload is not None:
+            # Before the engine makes the allocation's record: the kernel's counts go in.
+            self.offload.release_relay(address, self.loop.time())
         self._close_udp(address)
 
     def _close_udp(self, address: HostPort) -> None:
@@ -692,6 +780,14 @@ class TurnService:
                         "bytes_to_client": event.bytes_to_client,
                     },
                 )
+            elif isinstance(event, ChannelBound):
+                offload = self.offload
+                if offload is not None:
+                    allocation = engine.allocations.get(event.five_tuple)
+                    if allocation is not None:
+                        channel = allocation.channels.get(event.number)
+                        if channel is not None:
+                            offload.install(allocation, channel, self.loop.time())
             elif isinstance(event, Drained):
                 logger.info("turn.drained", extra={"worker": self.worker_index})
                 self._drained.set()
@@ -702,6 +798,8 @@ class TurnService:
         now = self.loop.time()
         engine = self.engine
         engine.handle_timer(now)
+        if self.offload is not None:
+            self.offload.sync(now)
         idle = now - self.config.tcp_idle_timeout
         for key, stream in list(self.streams.items()):
             five_tuple = (stream.kind, key[1], key[0])
@@ -747,7 +845,14 @@ class TurnService:
             "send_errors": self.send_errors,
             "draining": engine.draining,
             **engine.counters,
+            **self._offload_status(),
         }
+
+    def _offload_status(self) -> dict[str, Any]:
+        offload = self.offload
+        if offload is None:
+            return {"offload": "off", "offloaded_packets": 0, **self._offload_totals}
+        return {"offload": "ebpf", "offload_entries": len(offload.entries), **offload.counters}
 
 
 def _worker_main() -> None:
@@ -770,7 +875,15 @@ def _worker_main() -> None:
     for _kind, sock in sockets:
         sock.setblocking(False)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_worker(config, int(setup["index"]), bytes.fromhex(setup["nonce_key"]), sockets))
+        runner.run(
+            _worker(
+                config,
+                int(setup["index"]),
+                bytes.fromhex(setup["nonce_key"]),
+                sockets,
+                {str(name): int(fd) for name, fd in setup.get("offload_maps", {}).items()} or None,
+            )
+        )
 
 
 async def _worker(
@@ -778,8 +891,15 @@ async def _worker(
     index: int,
     nonce_key: bytes,
     sockets: list[tuple[str, socket.socket]],
+    offload_maps: dict[str, int] | None,
 ) -> None:
-    service = TurnService(config, worker_index=index, nonce_key=nonce_key, inherited=sockets)
+    service = TurnService(
+        config,
+        worker_index=index,
+        nonce_key=nonce_key,
+        inherited=sockets,
+        offload_maps=offload_maps,
+    )
     await service.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

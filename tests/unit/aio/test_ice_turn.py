@@ -40,6 +40,7 @@ async def relayed_over_stream(transport: str, certificate: tuple[Path, Path] | N
         "relay_port_min": (low := random.randrange(210, 299) * 100),
         "relay_port_max": low + 99,
         "allow_peers": ["127.0.0.0/8"],
+        "workers": 1,  # one process: the test looks at its connections
     }
     context: ssl.SSLContext | None = None
     if certificate is not None:

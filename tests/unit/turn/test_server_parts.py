@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -221,10 +222,25 @@ def test_worker_share_slices_the_relay_range_and_divides_quotas() -> None:
     assert [s.quotas.allocations_per_user for s in shares] == [4, 4, 4]
     assert shares[0].quotas.total_allocations == 34
     assert shares[0].unauthenticated_rate == 10 and shares[0].workers == 1
-    assert TurnServerConfig().worker_share(0) == TurnServerConfig()
+    assert TurnServerConfig(workers=1).worker_share(0) == TurnServerConfig(workers=1)
     settings = shares[2].settings()
     assert (settings.relay_port_min, settings.relay_port_max) == (20664, 20999)
     assert settings.quotas.allocations_per_user == 4 and settings.unauthenticated_rate == 10
+
+
+def test_workers_auto_is_one_per_cpu_but_one_on_ephemeral_ports() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert TurnServerConfig().workers == "auto"
+    assert TurnServerConfig().worker_count() == min(cpus, 64)
+    assert TurnServerConfig(listen=["127.0.0.1:0"]).worker_count() == 1
+    # A narrow relay range caps the count (each worker needs an even pair).
+    narrow = TurnServerConfig(relay_port_min=62000, relay_port_max=62001)
+    assert narrow.worker_count() == 1
+    assert TurnServerConfig(workers=3).worker_count() == 3
+    assert TurnServerConfig().offload == "auto"
+    for bad in ({"workers": 0}, {"workers": 65}, {"workers": "many"}, {"offload": "xdp"}):
+        with pytest.raises(ValidationError):
+            TurnServerConfig.model_validate(bad)
 
 
 def test_config_makes_the_engine_settings() -> None:

@@ -32,6 +32,8 @@ def _config(**overrides: object) -> TurnServerConfig:
         "relay_port_min": low,
         "relay_port_max": low + 99,
         "allow_peers": ["127.0.0.0/8"],
+        # One process: these tests look at the service's own sockets and engine.
+        "workers": 1,
     }
     settings.update(overrides)
     return TurnServerConfig.model_validate(settings)

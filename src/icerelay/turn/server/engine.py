@@ -21,7 +21,8 @@ and takes out:
   ``source`` is the local address to send from: a listening address (answers and data to a
   client; for "tcp"/"tls" the shell finds the connection by (source, destination)) or a
   relayed address (data to a peer, always "udp").
-- ``next_event()``: :class:`AllocationCreated`, :class:`AllocationDeleted`, :class:`Drained`.
+- ``next_event()``: :class:`AllocationCreated`, :class:`AllocationDeleted`,
+  :class:`ChannelBound`, :class:`Drained`.
 
 Relayed addresses need real sockets. The engine picks the port (random order, EVEN-PORT,
 reservations: :mod:`.ports`) and asks the shell's :class:`RelayBinder` to bind it; a bind
@@ -61,6 +62,7 @@ from icerelay.turn.server.allocation import CHANNEL_MAX, CHANNEL_MAX_LEGACY, All
 from icerelay.turn.server.events import (
     AllocationCreated,
     AllocationDeleted,
+    ChannelBound,
     Drained,
     Event,
     RelayBinder,
@@ -209,6 +211,7 @@ __all__ = [
     "COUNTERS",
     "AllocationCreated",
     "AllocationDeleted",
+    "ChannelBound",
     "Drained",
     "ErrorCode",
     "Event",

@@ -52,8 +52,21 @@ class AllocationDeleted:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelBound:
+    """A successful ChannelBind (a new binding or a refresh, which also refreshes the
+    permission): a shell with a kernel fast path may (re)install it there
+    (:mod:`icerelay.dataplane.turn_offload`); others ignore it. It ends with its channel, its
+    permission or its allocation, which the shell watches itself."""
+
+    five_tuple: FiveTuple
+    number: int
+    peer: HostPort
+    relay: HostPort
+
+
+@dataclass(frozen=True, slots=True)
 class Drained:
     """Drain mode is on and the last allocation has ended: the server may exit."""
 
 
-Event = AllocationCreated | AllocationDeleted | Drained
+Event = AllocationCreated | AllocationDeleted | ChannelBound | Drained

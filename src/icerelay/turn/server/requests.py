@@ -37,7 +37,7 @@ from icerelay.turn.server.allocation import (
     FiveTuple,
 )
 from icerelay.turn.server.auth import Authenticator, AuthFailure, Credentials
-from icerelay.turn.server.events import AllocationCreated
+from icerelay.turn.server.events import AllocationCreated, ChannelBound
 from icerelay.turn.server.policy import PeerPolicy
 from icerelay.turn.server.ports import Reservation
 from icerelay.turn.server.ratelimit import SourceRateLimiter, TokenBucket
@@ -489,4 +489,6 @@ class RequestHandler:
             channel.expires = expires  # re-armed when its expiry entry comes due
         # RFC 8656 §12.2: a ChannelBind also installs or refreshes the permission.
         state.permit(allocation, host, now + PERMISSION_LIFETIME)
+        # New or refreshed: a shell with a kernel fast path (re)installs it from here.
+        state.events.append(ChannelBound(allocation.five_tuple, number, peer, channel.relay))
         return message.response()
