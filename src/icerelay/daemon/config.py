@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from icerelay.daemon.cluster_config import ClusterConfig
 from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.errors import ConfigError
@@ -177,6 +178,8 @@ class Config(Section):
     turn: TurnServerConfig = Field(default_factory=TurnServerConfig)
     relay: RelayServiceConfig = Field(default_factory=RelayServiceConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    # Scale-out and failover on Redis (issue 15): empty redis URL, no cluster.
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -368,4 +371,17 @@ accounting = "sqlite:///var/lib/icerelay/sessions.sqlite3"   # or postgresql://.
 [log]
 level = "info"                        # debug | info | warning | error
 format = "kv"                         # kv | json
+
+[cluster]                             # calls shared in Redis: failover and scale-out (issue 15)
+redis = ""                            # e.g. "redis://127.0.0.1:6379/0"; "" = no cluster
+# instance = "relay-a"                # unique per instance; default: the host name
+key_prefix = "icerelay"
+heartbeat_interval = 0.5              # seconds
+heartbeat_ttl = 1.5                   # silent this long: dead, its calls are adopted
+write_interval = 0.2                  # changed calls are written at most this often
+counters_interval = 5.0               # unchanged calls are rewritten (fresh counters)
+adopt_lock = 30.0
+forward_timeout = 1.0                 # ng commands passed to the owning instance
+log_interval = 30.0                   # "Redis unreachable" at most once per interval
+turn_users = false                    # TURN users, secrets, quotas in Redis
 """
