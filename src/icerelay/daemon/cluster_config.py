@@ -9,13 +9,13 @@ Example (TOML)::
     [cluster]
     redis = "redis://127.0.0.1:6379/0"
     instance = "relay-a"                 # unique per instance; default: the host name
-    heartbeat_interval = 0.5             # seconds between heartbeats
-    heartbeat_ttl = 1.5                  # an instance silent this long is dead
+    heartbeat_interval = 0.3             # seconds between heartbeats
+    heartbeat_ttl = 1.0                  # an instance silent this long is dead
     write_interval = 0.2                 # changed calls are written at most this often
 
 Why these defaults: media must resume within 2 s of an instance's death. Detection takes up to
-``heartbeat_ttl`` + ``heartbeat_interval`` (the survivor's check), adoption itself a few
-milliseconds per call; a TTL of three heartbeats survives one late heartbeat of a busy instance.
+``heartbeat_ttl`` + ``heartbeat_interval`` (the survivor's check, 1.3 s), adoption itself a few
+milliseconds per call; a TTL of three heartbeats survives two late heartbeats of a busy instance.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class ClusterConfig(BaseModel):
     """This instance's name, unique in the cluster (keys and locks are named after it)."""
     key_prefix: str = Field(default="icerelay", min_length=1, max_length=64)
     """Prefix of every Redis key, so that several clusters can share one database."""
-    heartbeat_interval: float = Field(default=0.5, gt=0, le=60)
-    heartbeat_ttl: float = Field(default=1.5, gt=0, le=600)
+    heartbeat_interval: float = Field(default=0.3, gt=0, le=60)
+    heartbeat_ttl: float = Field(default=1.0, gt=0, le=600)
     write_interval: float = Field(default=0.2, gt=0, le=60)
     """Changed calls are written in one pipeline at most this often (off the packet path)."""
     counters_interval: float = Field(default=5.0, gt=0, le=3600)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from icerelay.daemon.cluster import ClusterService
 from icerelay.daemon.config import Config, HostPort
 from icerelay.daemon.relay_service import RelayService
 from icerelay.daemon.stun_service import StunService
@@ -81,7 +82,13 @@ def build_services(
     config: Config, factories: Sequence[ServiceFactory] = SERVICE_FACTORIES
 ) -> list[Service]:
     """The enabled services for ``config``, in start order."""
-    return [s for s in (factory(config) for factory in factories) if s is not None]
+    services = [s for s in (factory(config) for factory in factories) if s is not None]
+    # The cluster member (issue 15) goes after the relay it shares: it starts once the relay's
+    # ng port is known and stops first, leaving the cluster before the relay ends its calls.
+    relay = next((s for s in services if isinstance(s, RelayService)), None)
+    if config.cluster.enabled and relay is not None:
+        services.append(ClusterService(config.cluster, relay))
+    return services
 
 
 async def start_services(services: Sequence[Service]) -> None:

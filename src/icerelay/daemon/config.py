@@ -376,8 +376,8 @@ format = "kv"                         # kv | json
 redis = ""                            # e.g. "redis://127.0.0.1:6379/0"; "" = no cluster
 # instance = "relay-a"                # unique per instance; default: the host name
 key_prefix = "icerelay"
-heartbeat_interval = 0.5              # seconds
-heartbeat_ttl = 1.5                   # silent this long: dead, its calls are adopted
+heartbeat_interval = 0.3              # seconds
+heartbeat_ttl = 1.0                   # silent this long: dead, its calls are adopted
 write_interval = 0.2                  # changed calls are written at most this often
 counters_interval = 5.0               # unchanged calls are rewritten (fresh counters)
 adopt_lock = 30.0

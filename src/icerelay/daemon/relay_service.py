@@ -16,7 +16,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from icerelay.aio.addresses import bound_socket
@@ -28,6 +28,7 @@ from icerelay.control.ng import (
     NgHandler,
     NgImmediateReply,
     NgProtocol,
+    NgRequest,
     NgStreamFramer,
     Offer,
     ReplyValue,
@@ -55,12 +56,17 @@ from icerelay.relay.sessions import (
 )
 from icerelay.stun import Address
 
-__all__ = ["RecordSink", "RelayService"]
+__all__ = ["NgRouter", "RecordSink", "RelayService"]
 
 logger = logging.getLogger("icerelay.relay")
 
 #: Receives each session's accounting record when it ends (with wall-clock times).
 RecordSink = Callable[[SessionRecord], None]
+
+#: The cluster's hook (issue 15): serves an ng request (parsed, raw datagram, now) for a call
+#: this engine does not hold -- an adopted call, a call of another instance -- and returns the
+#: reply to send, or None to handle the request here.
+NgRouter = Callable[[NgRequest, bytes, float], Awaitable[bytes | None]]
 
 # Offers of new calls whose ports turn out to be taken by another program are retried this often.
 _BIND_ATTEMPTS = 3
@@ -121,6 +127,8 @@ class RelayService:
         self._quarantined: dict[PortPair, float] = {}
         self._held: set[PortPair] = set()
         self.ports_quarantined = 0
+        #: Set by the cluster service when the relay runs in a cluster (see :data:`NgRouter`).
+        self.router: NgRouter | None = None
 
     def _statistics(self) -> dict[str, ReplyValue]:
         """The shell's counters, for the ng ``statistics`` reply."""
@@ -374,6 +382,10 @@ class RelayService:
             return outcome.data
         self._release_quarantine(now)
         command = outcome.command
+        if self.router is not None:
+            routed = await self.router(outcome, data, now)
+            if routed is not None:
+                return routed
         fresh = isinstance(command, Offer) and not self.engine.has_call(command.call_id)
         for attempt in range(_BIND_ATTEMPTS):
             try:
@@ -471,6 +483,11 @@ class RelayService:
                 self._session_ended(event.record)
         if failure is not None and not ignore_errors:
             raise failure
+
+    def session_ended(self, record: SessionRecord) -> None:
+        """Account for a session of another engine of this process (a call the cluster
+        adopted): its record goes where this relay's records go."""
+        self._session_ended(record)
 
     def _session_ended(self, record: SessionRecord) -> None:
         offset = self._wall_offset

@@ -1,0 +1,5 @@
+"""Scale-out and failover on Redis (issue 15): see :mod:`.service`."""
+
+from icerelay.daemon.cluster.service import ClusterService
+
+__all__ = ["ClusterService"]

@@ -1,0 +1,318 @@
+"""Failover on Redis (issue 15), with real processes: two ``icerelay serve`` instances sharing a
+relay address (as a floating IP would be shared) and a real redis-server.
+
+A call's RTP flows through instance A; A is killed with SIGKILL (no goodbye, no record); B sees
+A's heartbeat expire, wins the adoption lock, binds A's relay ports and restores the call: media
+flows again, ng commands for the call work on B, and the call's one record is B's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from icerelay import bencode
+from tests.support import redisd
+from tests.support.ports import free_ports
+from tests.support.serve import ServeProcess
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(not redisd.available(), reason="needs redis-server (Debian redis-server)"),
+]
+
+HOST = "127.0.0.1"
+# Short timings: the defaults aim at < 2 s; the tests run the same code faster.
+TIMING = {
+    "ICERELAY_CLUSTER__HEARTBEAT_INTERVAL": "0.2",
+    "ICERELAY_CLUSTER__HEARTBEAT_TTL": "0.6",
+    "ICERELAY_CLUSTER__WRITE_INTERVAL": "0.1",
+}
+
+
+def sdp(port: int) -> bytes:
+    return (
+        f"v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    ).encode()
+
+
+def media_port(body: bytes) -> int:
+    for line in body.decode().splitlines():
+        if line.startswith("m=audio "):
+            return int(line.split()[1])
+    raise AssertionError(f"no m=audio in {body!r}")
+
+
+_cookies = iter(range(1, 1_000_000))
+
+
+def ng(port: int, body: dict[str, bencode.Encodable]) -> dict[bytes, bencode.BencodeValue]:
+    cookie = f"{os.getpid()}_{next(_cookies)}".encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(cookie + b" " + bencode.encode(body), (HOST, port))
+        data = sock.recv(65536)
+    head, _, payload = data.partition(b" ")
+    assert head == cookie
+    reply = bencode.decode(payload)
+    assert isinstance(reply, dict)
+    return reply
+
+
+@dataclass
+class Instance:
+    name: str
+    ng: int
+    server: ServeProcess
+    database: Path
+
+    def records(self) -> list[tuple[str, str]]:
+        if not self.database.exists():
+            return []
+        with sqlite3.connect(self.database) as connection:
+            return connection.execute("SELECT call_id, reason FROM sessions").fetchall()
+
+    def kill(self) -> None:
+        """SIGKILL: no stop path runs, nothing is written."""
+        os.killpg(self.server.process.pid, signal.SIGKILL)
+        self.server.process.wait(timeout=5)
+
+
+@dataclass
+class Cluster:
+    redis: redisd.RedisServer
+    start: Callable[[str, int], Instance]
+    relay_ports: list[int]
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path, serve_factory: Callable[..., ServeProcess]
+) -> Iterator[Cluster]:
+    redis = redisd.RedisServer(tmp_path)
+    redis.start()
+    block = free_ports(80, kinds=("udp",), consecutive=True)
+    first = block[0] + (block[0] & 1)
+    # Each instance hands out ports from its own half; both bind the same relay address.
+    ranges = [(first, first + 37), (first + 38, first + 77)]
+
+    def start(name: str, index: int) -> Instance:
+        stun_port, ng_port = free_ports(2)
+        low, high = ranges[index]
+        database = tmp_path / f"{name}.sqlite3"
+        server = serve_factory(
+            ["--stun-listen", f"{HOST}:{stun_port}"],
+            host=HOST,
+            port=stun_port,
+            env={
+                "ICERELAY_RELAY__ENABLED": "1",
+                "ICERELAY_RELAY__NG_LISTEN": f"{HOST}:{ng_port}",
+                "ICERELAY_RELAY__ADDRESS_IPV4": HOST,
+                "ICERELAY_RELAY__PORT_MIN": str(low),
+                "ICERELAY_RELAY__PORT_MAX": str(high),
+                "ICERELAY_RELAY__MEDIAPROXY_SOCKET": "",
+                "ICERELAY_RELAY__ACCOUNTING": f"sqlite://{database}",
+                "ICERELAY_CLUSTER__REDIS": redis.url,
+                "ICERELAY_CLUSTER__INSTANCE": name,
+                **TIMING,
+            },
+        )
+        return Instance(name, ng_port, server, database)
+
+    try:
+        yield Cluster(redis, start, block)
+    finally:
+        redis.stop()
+
+
+@dataclass
+class Media:
+    """RTP-shaped packets from a caller socket to the relay, 50 per second, and the arrival
+    time of each at the callee socket."""
+
+    caller: socket.socket
+    callee: socket.socket
+    arrivals: list[float] = field(default_factory=list)
+    target: tuple[str, int] | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, relay_port: int) -> None:
+        self.target = (HOST, relay_port)
+        self._threads = [
+            threading.Thread(target=self._send, daemon=True),
+            threading.Thread(target=self._receive, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _send(self) -> None:
+        sequence = 0
+        while not self._stop.is_set():
+            sequence += 1
+            header = struct.pack("!BBHII", 0x80, 0, sequence & 0xFFFF, sequence * 160, 0x1234)
+            assert self.target is not None
+            try:
+                self.caller.sendto(header + b"\xff" * 160, self.target)
+            except OSError:
+                pass  # ICMP port unreachable while nobody holds the port
+            self._stop.wait(0.02)
+
+    def _receive(self) -> None:
+        self.callee.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                self.callee.recv(2048)
+            except OSError:
+                continue
+            self.arrivals.append(time.monotonic())
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def received_after(self, moment: float) -> int:
+        return sum(1 for arrival in self.arrivals if arrival > moment)
+
+    def longest_gap(self, after: float) -> float:
+        times = [t for t in self.arrivals if t >= after - 1.0]
+        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def redis_call(cluster: Cluster, instance: str, call_id: str) -> dict[str, object] | None:
+    import redis
+
+    client = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
+    try:
+        text = client.hget(f"icerelay:calls:{instance}", call_id)
+    finally:
+        client.close()
+    return None if text is None else json.loads(str(text))
+
+
+def place_call(instance: Instance, call_id: str) -> tuple[Media, int]:
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    callee = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller.bind((HOST, 0))
+    callee.bind((HOST, 0))
+    offer = ng(
+        instance.ng,
+        {
+            "command": "offer",
+            "call-id": call_id,
+            "from-tag": "alice",
+            "sdp": sdp(caller.getsockname()[1]),
+        },
+    )
+    assert offer[b"result"] == b"ok", offer
+    answer = ng(
+        instance.ng,
+        {
+            "command": "answer",
+            "call-id": call_id,
+            "from-tag": "alice",
+            "to-tag": "bob",
+            "sdp": sdp(callee.getsockname()[1]),
+        },
+    )
+    assert answer[b"result"] == b"ok", answer
+    sdp_for_caller = answer[b"sdp"]
+    assert isinstance(sdp_for_caller, bytes)
+    return Media(caller, callee), media_port(sdp_for_caller)
+
+
+def test_killed_instance_calls_are_adopted_and_media_resumes(cluster: Cluster) -> None:
+    a = cluster.start("relay-a", 0)
+    b = cluster.start("relay-b", 1)
+    media, relay_port = place_call(a, "failover-1")
+    media.start(relay_port)
+    try:
+        wait_for(lambda: len(media.arrivals) >= 10, 5, "media through A")
+        wait_for(
+            lambda: redis_call(cluster, "relay-a", "failover-1") is not None, 5, "A's call in Redis"
+        )
+        # Any instance answers for any call: B passes a query for A's call to A.
+        query = ng(b.ng, {"command": "query", "call-id": "failover-1"})
+        assert query[b"result"] == b"ok", query
+
+        killed = time.monotonic()
+        a.kill()
+        wait_for(lambda: media.received_after(killed + 0.05) >= 10, 10, "media through B")
+        gap = media.longest_gap(killed)
+        print(f"\nfailover gap: {gap:.3f} s (heartbeat 0.2 s, TTL 0.6 s)")
+    finally:
+        media.stop()
+        media.caller.close()
+        media.callee.close()
+    document = redis_call(cluster, "relay-b", "failover-1")
+    assert document is not None and document["origin"] == "relay-a"
+
+    # The adopted call ends normally on B, with one record, written by B.
+    query = ng(b.ng, {"command": "query", "call-id": "failover-1"})
+    assert query[b"result"] == b"ok", query
+    deleted = ng(b.ng, {"command": "delete", "call-id": "failover-1", "delete-delay": 0})
+    assert deleted[b"result"] == b"ok", deleted
+    totals = deleted[b"totals"]
+    assert isinstance(totals, dict)
+    rtp = totals[b"RTP"]
+    assert isinstance(rtp, dict) and isinstance(rtp[b"packets"], int)
+    # Packets counted by A before it died (as of its last write) plus those B relayed.
+    assert rtp[b"packets"] > media.received_after(killed) >= 10
+    wait_for(lambda: b.records() == [("failover-1", "deleted")], 5, "B's record")
+    assert a.records() == []
+    wait_for(
+        lambda: redis_call(cluster, "relay-b", "failover-1") is None, 3, "the call leaving Redis"
+    )
+
+
+def test_redis_restart_loses_no_call(cluster: Cluster) -> None:
+    a = cluster.start("relay-a", 0)
+    b = cluster.start("relay-b", 1)
+    media, relay_port = place_call(a, "restart-1")
+    media.start(relay_port)
+    try:
+        wait_for(
+            lambda: redis_call(cluster, "relay-a", "restart-1") is not None, 5, "A's call in Redis"
+        )
+        cluster.redis.restart()  # no persistence: Redis comes back empty
+        during = time.monotonic()
+        # A resynchronises its calls; relaying never depended on Redis.
+        wait_for(
+            lambda: redis_call(cluster, "relay-a", "restart-1") is not None, 10, "resync"
+        )
+        assert media.received_after(during) > 0
+        query = ng(a.ng, {"command": "query", "call-id": "restart-1"})
+        assert query[b"result"] == b"ok", query
+        # The state in Redis is good enough to fail over with.
+        killed = time.monotonic()
+        a.kill()
+        wait_for(lambda: media.received_after(killed + 0.05) >= 10, 10, "media through B")
+    finally:
+        media.stop()
+        media.caller.close()
+        media.callee.close()
+    deleted = ng(b.ng, {"command": "delete", "call-id": "restart-1", "delete-delay": 0})
+    assert deleted[b"result"] == b"ok", deleted
+    wait_for(lambda: b.records() == [("restart-1", "deleted")], 5, "B's record")
