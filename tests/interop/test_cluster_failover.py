@@ -8,6 +8,8 @@ flows again, ng commands for the call work on B, and the call's one record is B'
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import signal
@@ -164,10 +166,9 @@ class Media:
             sequence += 1
             header = struct.pack("!BBHII", 0x80, 0, sequence & 0xFFFF, sequence * 160, 0x1234)
             assert self.target is not None
-            try:
+            # OSError: ICMP port unreachable while nobody holds the port.
+            with contextlib.suppress(OSError):
                 self.caller.sendto(header + b"\xff" * 160, self.target)
-            except OSError:
-                pass  # ICMP port unreachable while nobody holds the port
             self._stop.wait(0.02)
 
     def _receive(self) -> None:
@@ -189,7 +190,7 @@ class Media:
 
     def longest_gap(self, after: float) -> float:
         times = [t for t in self.arrivals if t >= after - 1.0]
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
