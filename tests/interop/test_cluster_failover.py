@@ -288,7 +288,7 @@ def test_killed_instance_calls_are_adopted_and_media_resumes(cluster: Cluster) -
     )
 
 
-def test_redis_restart_loses_no_call(cluster: Cluster) -> None:
+def test_redis_restart_and_outage_lose_no_call(cluster: Cluster) -> None:
     a = cluster.start("relay-a", 0)
     b = cluster.start("relay-b", 1)
     media, relay_port = place_call(a, "restart-1")
@@ -306,6 +306,27 @@ def test_redis_restart_loses_no_call(cluster: Cluster) -> None:
         assert media.received_after(during) > 0
         query = ng(a.ng, {"command": "query", "call-id": "restart-1"})
         assert query[b"result"] == b"ok", query
+
+        # Redis down for a while: calls come and go on A all the same, accounted locally.
+        cluster.redis.stop()
+        second, _ = place_call(a, "during-outage")
+        second.caller.close()
+        second.callee.close()
+        ended = ng(a.ng, {"command": "delete", "call-id": "during-outage", "delete-delay": 0})
+        assert ended[b"result"] == b"ok", ended
+        third, _ = place_call(a, "kept-during-outage")
+        third.caller.close()
+        third.callee.close()
+        wait_for(lambda: ("during-outage", "deleted") in a.records(), 5, "A's local record")
+        cluster.redis.start()
+        wait_for(
+            lambda: redis_call(cluster, "relay-a", "kept-during-outage") is not None,
+            10,
+            "the call placed during the outage in Redis",
+        )
+        wait_for(
+            lambda: redis_call(cluster, "relay-a", "restart-1") is not None, 10, "resync"
+        )
         # The state in Redis is good enough to fail over with.
         killed = time.monotonic()
         a.kill()
@@ -314,6 +335,13 @@ def test_redis_restart_loses_no_call(cluster: Cluster) -> None:
         media.stop()
         media.caller.close()
         media.callee.close()
-    deleted = ng(b.ng, {"command": "delete", "call-id": "restart-1", "delete-delay": 0})
-    assert deleted[b"result"] == b"ok", deleted
-    wait_for(lambda: b.records() == [("restart-1", "deleted")], 5, "B's record")
+    for call_id in ("restart-1", "kept-during-outage"):
+        deleted = ng(b.ng, {"command": "delete", "call-id": call_id, "delete-delay": 0})
+        assert deleted[b"result"] == b"ok", deleted
+    wait_for(
+        lambda: sorted(b.records())
+        == [("kept-during-outage", "deleted"), ("restart-1", "deleted")],
+        5,
+        "B's records",
+    )
+    assert a.records() == [("during-outage", "deleted")]

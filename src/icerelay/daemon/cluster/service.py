@@ -58,6 +58,10 @@ logger = logging.getLogger("icerelay.cluster")
 # What a failing Redis raises through redis-py (its own errors, and socket errors that slip by).
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
+# Seconds an ng request may wait for Redis to say who owns its call; beyond that the request
+# is handled here (Redis is then taken for down until the next heartbeat gets through).
+_LOOKUP_TIMEOUT = 0.25
+
 # Adoptions kept in Redis for the cluster view.
 _ADOPTIONS_KEPT = 100
 
@@ -486,7 +490,8 @@ class ClusterService:
         group = self._group_of(call_id)
         if group is None and self.redis_up and self._redis is not None:
             try:
-                async with asyncio.timeout(self.config.forward_timeout):
+                # Bounded: a Redis that stopped answering must not hold up the proxy.
+                async with asyncio.timeout(_LOOKUP_TIMEOUT):
                     owner, beat = await self._owner_of(call_id)
             except (*_REDIS_ERRORS, TimeoutError) as error:
                 self._outage(error)
