@@ -86,8 +86,12 @@ def build_services(
     # The cluster member (issue 15) goes after the relay it shares: it starts once the relay's
     # ng port is known and stops first, leaving the cluster before the relay ends its calls.
     relay = next((s for s in services if isinstance(s, RelayService)), None)
+    turn = next((s for s in services if isinstance(s, TurnService)), None)
     if config.cluster.enabled and relay is not None:
-        services.append(ClusterService(config.cluster, relay))
+        shared_turn = turn if config.cluster.turn_users else None
+        if shared_turn is not None:
+            shared_turn.external_users = True
+        services.append(ClusterService(config.cluster, relay, turn=shared_turn))
     return services
 
 

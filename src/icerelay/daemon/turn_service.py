@@ -280,6 +280,9 @@ class TurnService:
         self._stopped = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine: TurnServerEngine | None = None
+        #: Users come from elsewhere too (the cluster's Redis directory, issue 15): starting
+        #: without configured users is then fine.
+        self.external_users = False
 
     # --- properties ---------------------------------------------------------------------
 
@@ -307,7 +310,7 @@ class TurnService:
             raise ConfigError(
                 "turn: no relay address: set relay_ipv4/relay_ipv6 or listen on a concrete IP"
             )
-        if not config.users and not config.auth_secrets:
+        if not config.users and not config.auth_secrets and not self.external_users:
             raise ConfigError("turn: no credentials: set users or auth_secrets")
         _raise_fd_limit(config.quotas.total_allocations + config.max_tcp_connections + 256)
         multi = config.workers > 1

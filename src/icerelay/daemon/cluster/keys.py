@@ -13,9 +13,11 @@ Layout (``P`` is ``[cluster] key_prefix``, ``I`` an instance name, ``C`` a Call-
     P:adopted:I          HASH    C -> adopter: calls of I taken over; a restarted I must not
                                  recover them (their record is the adopter's to write)
     P:adoptions          LIST    JSON {dead, adopter, calls, failed, time}, newest first
-    P:turn:user:U        HASH    TURN user U: key (hex MD5 of user:realm:password), quota
-    P:turn:secrets       SET     TURN REST API shared secrets
-    P:turn:allocations:U HASH    instance -> allocations of U open there (quota across instances)
+    P:turn:users         HASH    TURN user -> password (long-term credentials, RFC 8489 §9.2)
+    P:turn:secrets       SET     TURN REST API shared secrets (coturn's use-auth-secret)
+    P:turn:quotas        HASH    TURN user -> allocations it may hold across the cluster
+    P:turn:allocations:I HASH    user -> allocations the user holds on I; expires with I's
+                                 heartbeat, so a dead instance's allocations stop counting
 """
 
 from __future__ import annotations
@@ -58,12 +60,17 @@ class Keys:
     def adoptions(self) -> str:
         return f"{self.prefix}:adoptions"
 
-    def turn_user(self, user: str) -> str:
-        return f"{self.prefix}:turn:user:{user}"
+    @property
+    def turn_users(self) -> str:
+        return f"{self.prefix}:turn:users"
 
     @property
     def turn_secrets(self) -> str:
         return f"{self.prefix}:turn:secrets"
 
-    def turn_allocations(self, user: str) -> str:
-        return f"{self.prefix}:turn:allocations:{user}"
+    @property
+    def turn_quotas(self) -> str:
+        return f"{self.prefix}:turn:quotas"
+
+    def turn_allocations(self, instance: str) -> str:
+        return f"{self.prefix}:turn:allocations:{instance}"

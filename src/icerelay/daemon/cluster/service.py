@@ -44,9 +44,11 @@ from icerelay.control.ng import NgRequest
 from icerelay.daemon.cluster.adopted import AdoptedCalls
 from icerelay.daemon.cluster.forward import forward_ng
 from icerelay.daemon.cluster.keys import Keys
+from icerelay.daemon.cluster.turn_users import TurnDirectory
 from icerelay.daemon.cluster.writer import CallWriter, Changes, EngineView
 from icerelay.daemon.cluster_config import ClusterConfig
 from icerelay.daemon.relay_service import RelayService
+from icerelay.daemon.turn_service import TurnService
 from icerelay.errors import RelayError
 from icerelay.net import Address, split_host_port
 from icerelay.relay.sessions import TerminationReason
@@ -71,6 +73,8 @@ class ClusterService:
 
     :param journal_position: the accounting journal's position of a call (records branch),
         written into its document.
+    :param turn: a TURN service whose users, REST secrets and per-user quotas are read from
+        Redis and enforced across instances (``[cluster] turn_users``; one TURN worker).
     """
 
     name = "cluster"
@@ -81,9 +85,17 @@ class ClusterService:
         relay: RelayService,
         *,
         journal_position: Callable[[str], object] | None = None,
+        turn: TurnService | None = None,
     ) -> None:
         self.config = config
         self.relay = relay
+        #: The TURN service whose users, secrets and quotas live in Redis (``turn_users``).
+        self.turn = turn
+        self.turn_directory = (
+            TurnDirectory(Keys(config.key_prefix), config.instance, ttl=config.heartbeat_ttl)
+            if turn is not None
+            else None
+        )
         self.instance = config.instance
         self.keys = Keys(config.key_prefix)
         self.writer = CallWriter(
@@ -124,12 +136,18 @@ class ClusterService:
         )
         self.relay.router = self._route
         await self._heartbeat(register=True)
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await self._turn_sync()
         self._tasks = [
             asyncio.create_task(self._every(config.heartbeat_interval, self._heartbeat)),
             asyncio.create_task(self._every(config.write_interval, self._write)),
             asyncio.create_task(self._every(config.heartbeat_interval, self._watch)),
             asyncio.create_task(self._timers()),
         ]
+        if self.turn_directory is not None:
+            self._tasks.append(
+                asyncio.create_task(self._every(config.heartbeat_interval, self._turn_sync))
+            )
         logger.info(
             "cluster.started",
             extra={"instance": self.instance, "redis": _safe_url(config.redis)},
@@ -253,6 +271,14 @@ class ClusterService:
         return self.relay.engine.call_count + sum(
             group.engine.call_count for group in self.adopted.values()
         )
+
+    async def _turn_sync(self) -> None:
+        redis, directory, turn = self._redis, self.turn_directory, self.turn
+        if redis is None or directory is None or turn is None or not self.redis_up:
+            return
+        instances = self._view.get("instances", {})
+        alive = [name for name, item in instances.items() if item.get("alive")]
+        await directory.sync(redis, turn.engine, alive)
 
     # -- writer ---------------------------------------------------------------------------------
 
@@ -557,6 +583,12 @@ class ClusterService:
                 "forward_failures": self.forward_failures,
                 "write_failures": self.write_failures,
                 "redis_outages": self.outages,
+            },
+            "turn": None
+            if self.turn_directory is None
+            else {
+                "users": self.turn_directory.users,
+                "secrets": self.turn_directory.secrets,
             },
         }
 
