@@ -100,9 +100,7 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(
-    tmp_path: Path, serve_factory: Callable[..., ServeProcess]
-) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, serve_factory: Callable[..., ServeProcess]) -> Iterator[Cluster]:
     redis = redisd.RedisServer(tmp_path)
     redis.start()
     block = free_ports(80, kinds=("udp",), consecutive=True)
@@ -202,10 +200,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def redis_call(cluster: Cluster, instance: str, call_id: str) -> dict[str, object] | None:
+def redis_call(url: str, instance: str, call_id: str) -> dict[str, object] | None:
+    """The call's document in Redis, as ``instance`` wrote it (None: not there)."""
     import redis
 
-    client = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
+    client = redis.Redis.from_url(url, decode_responses=True)
     try:
         text = client.hget(f"icerelay:calls:{instance}", call_id)
     finally:
@@ -252,7 +251,9 @@ def test_killed_instance_calls_are_adopted_and_media_resumes(cluster: Cluster) -
     try:
         wait_for(lambda: len(media.arrivals) >= 10, 5, "media through A")
         wait_for(
-            lambda: redis_call(cluster, "relay-a", "failover-1") is not None, 5, "A's call in Redis"
+            lambda: redis_call(cluster.redis.url, "relay-a", "failover-1") is not None,
+            5,
+            "A's call in Redis",
         )
         # Any instance answers for any call: B passes a query for A's call to A.
         query = ng(b.ng, {"command": "query", "call-id": "failover-1"})
@@ -267,7 +268,7 @@ def test_killed_instance_calls_are_adopted_and_media_resumes(cluster: Cluster) -
         media.stop()
         media.caller.close()
         media.callee.close()
-    document = redis_call(cluster, "relay-b", "failover-1")
+    document = redis_call(cluster.redis.url, "relay-b", "failover-1")
     assert document is not None and document["origin"] == "relay-a"
 
     # The adopted call ends normally on B, with one record, written by B.
@@ -284,7 +285,9 @@ def test_killed_instance_calls_are_adopted_and_media_resumes(cluster: Cluster) -
     wait_for(lambda: b.records() == [("failover-1", "deleted")], 5, "B's record")
     assert a.records() == []
     wait_for(
-        lambda: redis_call(cluster, "relay-b", "failover-1") is None, 3, "the call leaving Redis"
+        lambda: redis_call(cluster.redis.url, "relay-b", "failover-1") is None,
+        3,
+        "the call leaving Redis",
     )
 
 
@@ -295,13 +298,15 @@ def test_redis_restart_and_outage_lose_no_call(cluster: Cluster) -> None:
     media.start(relay_port)
     try:
         wait_for(
-            lambda: redis_call(cluster, "relay-a", "restart-1") is not None, 5, "A's call in Redis"
+            lambda: redis_call(cluster.redis.url, "relay-a", "restart-1") is not None,
+            5,
+            "A's call in Redis",
         )
         cluster.redis.restart()  # no persistence: Redis comes back empty
         during = time.monotonic()
         # A resynchronises its calls; relaying never depended on Redis.
         wait_for(
-            lambda: redis_call(cluster, "relay-a", "restart-1") is not None, 10, "resync"
+            lambda: redis_call(cluster.redis.url, "relay-a", "restart-1") is not None, 10, "resync"
         )
         assert media.received_after(during) > 0
         query = ng(a.ng, {"command": "query", "call-id": "restart-1"})
@@ -320,12 +325,12 @@ def test_redis_restart_and_outage_lose_no_call(cluster: Cluster) -> None:
         wait_for(lambda: ("during-outage", "deleted") in a.records(), 5, "A's local record")
         cluster.redis.start()
         wait_for(
-            lambda: redis_call(cluster, "relay-a", "kept-during-outage") is not None,
+            lambda: redis_call(cluster.redis.url, "relay-a", "kept-during-outage") is not None,
             10,
             "the call placed during the outage in Redis",
         )
         wait_for(
-            lambda: redis_call(cluster, "relay-a", "restart-1") is not None, 10, "resync"
+            lambda: redis_call(cluster.redis.url, "relay-a", "restart-1") is not None, 10, "resync"
         )
         # The state in Redis is good enough to fail over with.
         killed = time.monotonic()
@@ -339,8 +344,9 @@ def test_redis_restart_and_outage_lose_no_call(cluster: Cluster) -> None:
         deleted = ng(b.ng, {"command": "delete", "call-id": call_id, "delete-delay": 0})
         assert deleted[b"result"] == b"ok", deleted
     wait_for(
-        lambda: sorted(b.records())
-        == [("kept-during-outage", "deleted"), ("restart-1", "deleted")],
+        lambda: (
+            sorted(b.records()) == [("kept-during-outage", "deleted"), ("restart-1", "deleted")]
+        ),
         5,
         "B's records",
     )
