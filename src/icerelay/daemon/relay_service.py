@@ -24,6 +24,7 @@ from icerelay.aio.udp import UdpEndpoint
 from icerelay.control.mediaproxy import MediaproxyFramer, MediaproxyHandler
 from icerelay.control.ng import (
     Answer,
+    Command,
     NgDropped,
     NgHandler,
     NgImmediateReply,
@@ -127,8 +128,10 @@ class RelayService:
         self._quarantined: dict[PortPair, float] = {}
         self._held: set[PortPair] = set()
         self.ports_quarantined = 0
-        #: Set by the cluster service when the relay runs in a cluster (see :data:`NgRouter`).
+        #: Set by the cluster service when the relay runs in a cluster (see :data:`NgRouter`),
+        #: and what it runs after a command this engine handled (writes the call to Redis).
         self.router: NgRouter | None = None
+        self.after_command: Callable[[Command], Awaitable[None]] | None = None
 
     def _statistics(self) -> dict[str, ReplyValue]:
         """The shell's counters, for the ng ``statistics`` reply."""
@@ -419,6 +422,9 @@ class RelayService:
                 if not fresh:
                     break
                 logger.info("relay.retry_ports", extra={"attempt": attempt + 1})
+        if self.after_command is not None:
+            # The cluster writes the call's new state before the proxy hears the reply.
+            await self.after_command(command)
         return self.protocol.reply(outcome, result, now)
 
     def _quarantine(self, port: int, now: float) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from icerelay.control.ng import NgRequest
+from icerelay.control.ng import Command, NgRequest, Query
 from icerelay.daemon.cluster.adopted import AdoptedCalls
 from icerelay.daemon.cluster.forward import forward_ng
 from icerelay.daemon.cluster.keys import Keys
@@ -51,6 +51,7 @@ from icerelay.daemon.relay_service import RelayService
 from icerelay.daemon.turn_service import TurnService
 from icerelay.errors import RelayError
 from icerelay.net import Address, split_host_port
+from icerelay.relay.dialogs import Session
 from icerelay.relay.sessions import TerminationReason
 
 __all__ = ["ClusterService"]
@@ -135,6 +136,7 @@ class ClusterService:
             socket_connect_timeout=max(config.heartbeat_interval, 0.25),
         )
         self.relay.router = self._route
+        self.relay.after_command = self._after_command
         await self._heartbeat(register=True)
         with contextlib.suppress(*_REDIS_ERRORS):
             await self._turn_sync()
@@ -167,6 +169,7 @@ class ClusterService:
             await group.shutdown(now)
         self.adopted.clear()
         self.relay.router = None
+        self.relay.after_command = None
         redis = self._redis
         self._redis = None
         if redis is None:
@@ -298,6 +301,33 @@ class ClusterService:
         await self._send(redis, changes)
         self.writer.confirm(changes, now)
 
+    async def _after_command(self, command: Command) -> None:
+        """Write the call an ng command changed now, before the proxy gets the reply: a call
+        the proxy was told about is in Redis if this instance dies the next moment."""
+        call_id = getattr(command, "call_id", None)
+        redis = self._redis
+        if not isinstance(call_id, str) or redis is None or not self.redis_up:
+            return
+        if isinstance(command, Query):
+            return
+        now = time.time()
+        changes = Changes()
+        view, sessions = self._sessions_of(call_id)
+        if sessions:
+            changes.write[call_id] = self.writer.document(
+                view, sessions, now, self.relay.handler.wall_offset
+            )
+        else:
+            changes.gone.append(call_id)
+        try:
+            async with asyncio.timeout(_LOOKUP_TIMEOUT):
+                await self._send(redis, changes)
+        except (*_REDIS_ERRORS, TimeoutError) as error:
+            self._outage(error)
+            return
+        # The periodic writer goes on from here (its fingerprints are taken afresh).
+        self.writer.note_written(call_id, bool(sessions), now)
+
     async def _send(self, redis: aioredis.Redis, changes: Changes) -> None:
         keys = self.keys
         try:
@@ -386,12 +416,11 @@ class ClusterService:
             adopted.append(call_id)
         wall = time.time()
         changes = Changes()
-        views = {view.origin: view for view in self._engines()}
         for call_id in adopted:
-            origin, sessions = self._sessions_of(call_id)
+            view, sessions = self._sessions_of(call_id)
             if sessions:
                 changes.write[call_id] = self.writer.document(
-                    views[origin], sessions, wall, self.relay.handler.wall_offset
+                    view, sessions, wall, self.relay.handler.wall_offset
                 )
         entry = json.dumps(
             {
@@ -475,12 +504,13 @@ class ClusterService:
                 return group
         return None
 
-    def _sessions_of(self, call_id: str) -> tuple[str, list[Any]]:
-        for view in self._engines():
+    def _sessions_of(self, call_id: str) -> tuple[EngineView, list[Session]]:
+        views = self._engines()
+        for view in views:
             sessions = [s for s in view.engine.live_sessions() if s.call_id == call_id]
             if sessions:
-                return view.origin, sessions
-        return self.instance, []
+                return view, sessions
+        return views[0], []
 
     async def _timers(self) -> None:
         """Run the adopted engines' timers (the relay's own engine has its own)."""
@@ -536,6 +566,7 @@ class ClusterService:
             result = group.handler.handle(command, now)
             await group.apply_events()
         self._timer_wake.set()
+        await self._after_command(command)
         return self.relay.protocol.reply(request, result, now)
 
     async def _owner_of(self, call_id: str) -> tuple[str | None, dict[str, Any] | None]:

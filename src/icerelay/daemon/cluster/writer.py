@@ -115,6 +115,18 @@ class CallWriter:
             document["journal"] = self.journal_position(sessions[0].call_id)
         return json.dumps(document, separators=(",", ":"))
 
+    def note_written(self, call_id: str, live: bool, now: float) -> None:
+        """A call was written (``live``) or removed outside :meth:`changes`: the next
+        :meth:`changes` sees it as changed (a fresh fingerprint), or not at all."""
+        self._pending.pop(call_id, None)
+        self._fingerprints.pop(call_id, None)
+        self._written_at.pop(call_id, None)
+        if live:
+            # Unknown fingerprint, so written again once by the periodic writer: harmless,
+            # and it keeps the gone-detection knowing the call.
+            self._fingerprints[call_id] = None
+            self._written_at[call_id] = now
+
     def confirm(self, changes: Changes, now: float) -> None:
         """``changes`` reached Redis."""
         for call_id in changes.write:
