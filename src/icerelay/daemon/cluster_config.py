@@ -46,8 +46,9 @@ class ClusterConfig(BaseModel):
     """Unchanged calls are rewritten this often, so their counters in Redis stay fresh."""
     adopt_lock: float = Field(default=30.0, gt=0, le=3600)
     """Seconds the adoption lock of a dead instance is held (longer than an adoption takes)."""
-    forward_timeout: float = Field(default=1.0, gt=0, le=30)
-    """How long an ng command forwarded to the owning instance waits for its reply."""
+    forward_timeout: float = Field(default=0.3, gt=0, le=30)
+    """How long an ng command forwarded to the owning instance waits for its reply (well
+    under the proxy's own timeout: Kamailio's rtpengine module waits 1 s by default)."""
     log_interval: float = Field(default=30.0, ge=0)
     """While Redis is unreachable, it is said once per this many seconds."""
     turn_users: bool = False

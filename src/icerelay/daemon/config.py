@@ -381,7 +381,7 @@ heartbeat_ttl = 1.0                   # silent this long: dead, its calls are ad
 write_interval = 0.2                  # changed calls are written at most this often
 counters_interval = 5.0               # unchanged calls are rewritten (fresh counters)
 adopt_lock = 30.0
-forward_timeout = 1.0                 # ng commands passed to the owning instance
+forward_timeout = 0.3                 # ng commands passed to the owning instance
 log_interval = 30.0                   # "Redis unreachable" at most once per interval
 turn_users = false                    # TURN users, secrets, quotas in Redis
 """

@@ -40,7 +40,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from icerelay.control.ng import Command, NgRequest, Query
+from icerelay.control.ng import Command, Delete, NgRequest, Query, Reply, error_reply
 from icerelay.daemon.cluster.adopted import AdoptedCalls
 from icerelay.daemon.cluster.forward import forward_ng
 from icerelay.daemon.cluster.keys import Keys
@@ -64,6 +64,9 @@ _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 # Seconds an ng request may wait for Redis to say who owns its call; beyond that the request
 # is handled here (Redis is then taken for down until the next heartbeat gets through).
 _LOOKUP_TIMEOUT = 0.25
+
+# Seconds a delete for a call between owners is kept for its adoption.
+_DEFERRED_FOR = 30.0
 
 # Adoptions kept in Redis for the cluster view.
 _ADOPTIONS_KEPT = 100
@@ -114,6 +117,10 @@ class ClusterService:
         # No adoption before this (loop time): after an outage, everyone's heartbeat is stale.
         self._adopt_after = 0.0
         self._view: dict[str, Any] = {}
+        # Owners that did not answer a forwarded request: not asked again until this (loop
+        # time). Deletes of their calls kept for the adoption (Call-ID -> command, deadline).
+        self._unresponsive: dict[str, float] = {}
+        self._deferred: dict[str, tuple[Command, float]] = {}
         # Counters for the cluster view and metrics.
         self.adoptions = 0
         self.calls_adopted = 0
@@ -373,7 +380,11 @@ class ClusterService:
             "instances": instances,
             "adoptions": [_json(item) for item in results[-1]],
         }
-        if asyncio.get_running_loop().time() < self._adopt_after:
+        now = asyncio.get_running_loop().time()
+        for call_id, (_, until) in list(self._deferred.items()):
+            if until <= now:
+                del self._deferred[call_id]
+        if now < self._adopt_after:
             return
         for member in dead:
             if instances[member]["calls"]:
@@ -463,6 +474,11 @@ class ClusterService:
             for snapshot in document["sessions"]:
                 group.restore(snapshot, now)
             failure = await group.apply_events()
+            deferred = self._deferred.pop(call_id, None)
+            if failure is None and deferred is not None and deferred[1] > now:
+                # The BYE came while the call was between owners.
+                group.handler.handle(deferred[0], now)
+                failure = await group.apply_events()
             if failure is not None:
                 # The ports are still held: the old instance is alive after all (split
                 # brain on one host). This call cannot be relayed here.
@@ -553,13 +569,25 @@ class ClusterService:
                 self._outage(error)
                 return None
             if owner is not None and owner != self.instance:
-                if beat is not None:
-                    return await self._forward(data, owner, beat)
-                # The owner is dead and not adopted yet: adopt now rather than let the
-                # proxy's request open a second session with other ports.
-                with contextlib.suppress(*_REDIS_ERRORS):
-                    await self._adopt(owner)
+                if beat is not None and self._unresponsive.get(owner, -math.inf) <= now:
+                    reply = await self._forward(data, owner, beat)
+                    if reply is not None:
+                        return reply
+                    # Killed, most likely, with its heartbeat not expired yet: do not make
+                    # every request wait for it until it is adopted (the worker is serial).
+                    self._unresponsive[owner] = (
+                        now + self.config.heartbeat_ttl + self.config.heartbeat_interval
+                    )
+                if beat is None:
+                    # The owner is dead and not adopted yet: adopt now rather than let the
+                    # proxy's request open a second session with other ports.
+                    with contextlib.suppress(*_REDIS_ERRORS):
+                        await self._adopt(owner)
                 group = self._group_of(call_id)
+                if group is None:
+                    return self.relay.protocol.reply(
+                        request, self._unreachable(command, call_id, owner, now), now
+                    )
         if group is None:
             return None
         async with group.lock:
@@ -568,6 +596,18 @@ class ClusterService:
         self._timer_wake.set()
         await self._after_command(command)
         return self.relay.protocol.reply(request, result, now)
+
+    def _unreachable(self, command: Command, call_id: str, owner: str, now: float) -> Reply:
+        """The answer for a call whose owner does not answer and is not adopted yet. A
+        ``delete`` (the BYE) is kept and carried out when the call is adopted, so the call
+        still ends now-ish with its one record; anything else fails (the proxy may retry)."""
+        if isinstance(command, Delete):
+            self._deferred[call_id] = (command, now + _DEFERRED_FOR)
+            return {
+                "result": "ok",
+                "warning": f"call of {owner}, which does not answer: deleted once adopted",
+            }
+        return error_reply(f"call of {owner}, which does not answer; retry shortly")
 
     async def _owner_of(self, call_id: str) -> tuple[str | None, dict[str, Any] | None]:
         redis = self._redis
