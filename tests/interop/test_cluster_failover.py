@@ -8,6 +8,7 @@ flows again, ng commands for the call work on B, and the call's one record is B'
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -25,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from icerelay import bencode
+from icerelay.daemon.cluster import take_adopted
+from icerelay.daemon.cluster_config import ClusterConfig
 from tests.support import redisd
 from tests.support.ports import free_ports
 from tests.support.serve import ServeProcess
@@ -271,6 +274,16 @@ def test_killed_instance_calls_are_adopted_and_media_resumes(cluster: Cluster) -
     document = redis_call(cluster.redis.url, "relay-b", "failover-1")
     assert document is not None and document["origin"] == "relay-a"
 
+    # A, restarted under its name, must not recover the call from its journal: B adopted it
+    # (the marks are consumed once).
+    config = ClusterConfig(redis=cluster.redis.url, instance="relay-a")
+    assert asyncio.run(take_adopted(config)) == {"failover-1"}
+    assert asyncio.run(take_adopted(config)) == set()
+    a_again = cluster.start("relay-a", 0)
+    # Any instance answers for any call: the restarted A passes a query to B.
+    query = ng(a_again.ng, {"command": "query", "call-id": "failover-1"})
+    assert query[b"result"] == b"ok", query
+
     # The adopted call ends normally on B, with one record, written by B.
     query = ng(b.ng, {"command": "query", "call-id": "failover-1"})
     assert query[b"result"] == b"ok", query
@@ -283,7 +296,7 @@ def test_killed_instance_calls_are_adopted_and_media_resumes(cluster: Cluster) -
     # Packets counted by A before it died (as of its last write) plus those B relayed.
     assert rtp[b"packets"] > media.received_after(killed) >= 10
     wait_for(lambda: b.records() == [("failover-1", "deleted")], 5, "B's record")
-    assert a.records() == []
+    assert a.records() == [] and a_again.records() == []
     wait_for(
         lambda: redis_call(cluster.redis.url, "relay-b", "failover-1") is None,
         3,

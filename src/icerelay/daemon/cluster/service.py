@@ -663,18 +663,6 @@ class ClusterService:
             },
         }
 
-    async def adopted_elsewhere(self) -> set[str]:
-        """Call-IDs of this instance's calls that another instance adopted while this one was
-        down: a restarted instance must not write records for them (the adopter does)."""
-        redis = self._redis
-        if redis is None:
-            return set()
-        adopters = await redis.hgetall(self.keys.adopted(self.instance))
-        return {
-            _text(call_id)
-            for call_id, adopter in adopters.items()
-            if _text(adopter) != self.instance
-        }
 
 
 def _text(value: bytes | str) -> str:
