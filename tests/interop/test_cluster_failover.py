@@ -106,10 +106,10 @@ class Cluster:
 def cluster(tmp_path: Path, serve_factory: Callable[..., ServeProcess]) -> Iterator[Cluster]:
     redis = redisd.RedisServer(tmp_path)
     redis.start()
-    block = free_ports(80, kinds=("udp",), consecutive=True)
+    block = free_ports(120, kinds=("udp",), consecutive=True)
     first = block[0] + (block[0] & 1)
-    # Each instance hands out ports from its own half; both bind the same relay address.
-    ranges = [(first, first + 37), (first + 38, first + 77)]
+    # Each instance hands out ports from its own range; all bind the same relay address.
+    ranges = [(first + 38 * n, first + 38 * n + 37) for n in range(3)]
 
     def start(name: str, index: int) -> Instance:
         stun_port, ng_port = free_ports(2)
@@ -364,3 +364,44 @@ def test_redis_restart_and_outage_lose_no_call(cluster: Cluster) -> None:
         "B's records",
     )
     assert a.records() == [("during-outage", "deleted")]
+
+
+def test_exactly_one_survivor_adopts(cluster: Cluster) -> None:
+    a = cluster.start("relay-a", 0)
+    survivors = [cluster.start("relay-b", 1), cluster.start("relay-c", 2)]
+    media, relay_port = place_call(a, "race-1")
+    media.start(relay_port)
+    try:
+        wait_for(
+            lambda: redis_call(cluster.redis.url, "relay-a", "race-1") is not None, 5, "in Redis"
+        )
+        killed = time.monotonic()
+        a.kill()
+        wait_for(lambda: media.received_after(killed + 0.05) >= 10, 10, "media again")
+        # Give the loser time to try, too.
+        time.sleep(1.0)
+    finally:
+        media.stop()
+        media.caller.close()
+        media.callee.close()
+    holders = [
+        s.name for s in survivors if redis_call(cluster.redis.url, s.name, "race-1") is not None
+    ]
+    assert len(holders) == 1, holders
+    import redis
+
+    client = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
+    try:
+        adoptions = [json.loads(str(item)) for item in client.lrange("icerelay:adoptions", 0, -1)]
+    finally:
+        client.close()
+    assert [(x["dead"], x["adopter"], x["calls"]) for x in adoptions] == [
+        ("relay-a", holders[0], 1)
+    ]
+    (holder,) = (s for s in survivors if s.name == holders[0])
+    other = next(s for s in survivors if s is not holder)
+    # The other survivor forwards the BYE's delete to the holder; one record, the holder's.
+    deleted = ng(other.ng, {"command": "delete", "call-id": "race-1", "delete-delay": 0})
+    assert deleted[b"result"] == b"ok", deleted
+    wait_for(lambda: holder.records() == [("race-1", "deleted")], 5, "the holder's record")
+    assert other.records() == []
