@@ -119,6 +119,7 @@ class ClusterService:
         self._view: dict[str, Any] = {}
         # Owners that did not answer a forwarded request: not asked again until this (loop
         # time). Deletes of their calls kept for the adoption (Call-ID -> command, deadline).
+        self._write_lock = asyncio.Lock()
         self._unresponsive: dict[str, float] = {}
         self._deferred: dict[str, tuple[Command, float]] = {}
         # Counters for the cluster view and metrics.
@@ -301,12 +302,15 @@ class ClusterService:
         redis = self._redis
         if redis is None or not self.redis_up:
             return
-        now = time.time()
-        changes = self.writer.changes(self._engines(), now, self.relay.handler.wall_offset)
-        if not changes.write and not changes.gone:
-            return
-        await self._send(redis, changes)
-        self.writer.confirm(changes, now)
+        # Under the lock, the state read and its write go together: a write computed before a
+        # command's own write must not land after it.
+        async with self._write_lock:
+            now = time.time()
+            changes = self.writer.changes(self._engines(), now, self.relay.handler.wall_offset)
+            if not changes.write and not changes.gone:
+                return
+            await self._send(redis, changes)
+            self.writer.confirm(changes, now)
 
     async def _after_command(self, command: Command) -> None:
         """Write the call an ng command changed now, before the proxy gets the reply: a call
@@ -317,23 +321,22 @@ class ClusterService:
             return
         if isinstance(command, Query):
             return
-        now = time.time()
-        changes = Changes()
-        view, sessions = self._sessions_of(call_id)
-        if sessions:
-            changes.write[call_id] = self.writer.document(
-                view, sessions, now, self.relay.handler.wall_offset
-            )
-        else:
-            changes.gone.append(call_id)
         try:
-            async with asyncio.timeout(_LOOKUP_TIMEOUT):
+            async with asyncio.timeout(_LOOKUP_TIMEOUT), self._write_lock:
+                now = time.time()
+                changes = Changes()
+                view, sessions = self._sessions_of(call_id)
+                if sessions:
+                    changes.write[call_id] = self.writer.document(
+                        view, sessions, now, self.relay.handler.wall_offset
+                    )
+                else:
+                    changes.gone.append(call_id)
                 await self._send(redis, changes)
+                # The periodic writer goes on from here (its fingerprints taken afresh).
+                self.writer.note_written(call_id, bool(sessions), now)
         except (*_REDIS_ERRORS, TimeoutError) as error:
             self._outage(error)
-            return
-        # The periodic writer goes on from here (its fingerprints are taken afresh).
-        self.writer.note_written(call_id, bool(sessions), now)
 
     async def _send(self, redis: aioredis.Redis, changes: Changes) -> None:
         keys = self.keys
@@ -425,6 +428,19 @@ class ClusterService:
                 )
                 continue
             adopted.append(call_id)
+        async with self._write_lock:
+            await self._record_adoption(redis, dead, adopted, failed, started)
+
+    async def _record_adoption(
+        self,
+        redis: aioredis.Redis,
+        dead: str,
+        adopted: list[str],
+        failed: list[str],
+        started: float,
+    ) -> None:
+        keys = self.keys
+        lock = keys.adopt_lock(dead)
         wall = time.time()
         changes = Changes()
         for call_id in adopted:
