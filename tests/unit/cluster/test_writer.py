@@ -70,3 +70,16 @@ def test_unconfirmed_changes_are_offered_again() -> None:
     offer(view.engine, ASTERISK, now=1.0)
     writer.changes([view], now=100.0, wall_offset=0.0)  # Redis failed: never confirmed
     assert list(writer.changes([view], now=101.0, wall_offset=0.0).write) == ["call-1"]
+
+
+def test_counter_refreshes_are_spread_by_the_budget() -> None:
+    writer, view, _ = setup()
+    for number in range(5):
+        offer(view.engine, ASTERISK, now=1.0, call=f"call-{number}")
+    writer.confirm(writer.changes([view], now=100.0, wall_offset=0.0), 100.0)
+    # All five are due for fresh counters; two per round.
+    first = writer.changes([view], now=111.0, wall_offset=0.0, refresh_budget=2)
+    assert len(first.write) == 2
+    writer.confirm(first, 111.0)
+    second = writer.changes([view], now=111.2, wall_offset=0.0, refresh_budget=2)
+    assert len(second.write) == 2 and not set(second.write) & set(first.write)

@@ -306,7 +306,13 @@ class ClusterService:
         # command's own write must not land after it.
         async with self._write_lock:
             now = time.time()
-            changes = self.writer.changes(self._engines(), now, self.relay.handler.wall_offset)
+            engines = self._engines()
+            calls = sum(view.engine.call_count for view in engines)
+            # Unchanged calls refreshed evenly over counters_interval, not all at once.
+            budget = 1 + int(calls * self.config.write_interval / self.config.counters_interval)
+            changes = self.writer.changes(
+                engines, now, self.relay.handler.wall_offset, refresh_budget=budget
+            )
             if not changes.write and not changes.gone:
                 return
             await self._send(redis, changes)
