@@ -98,7 +98,7 @@ class Instance:
 @dataclass
 class Cluster:
     redis: redisd.RedisServer
-    start: Callable[[str, int], Instance]
+    start: Callable[..., Instance]
     relay_ports: list[int]
 
 
@@ -111,7 +111,7 @@ def cluster(tmp_path: Path, serve_factory: Callable[..., ServeProcess]) -> Itera
     # Each instance hands out ports from its own range; all bind the same relay address.
     ranges = [(first + 38 * n, first + 38 * n + 37) for n in range(3)]
 
-    def start(name: str, index: int) -> Instance:
+    def start(name: str, index: int, **settings: str) -> Instance:
         stun_port, ng_port = free_ports(2)
         low, high = ranges[index]
         database = tmp_path / f"{name}.sqlite3"
@@ -130,6 +130,7 @@ def cluster(tmp_path: Path, serve_factory: Callable[..., ServeProcess]) -> Itera
                 "ICERELAY_CLUSTER__REDIS": redis.url,
                 "ICERELAY_CLUSTER__INSTANCE": name,
                 **TIMING,
+                **settings,
             },
         )
         return Instance(name, ng_port, server, database)
@@ -405,3 +406,40 @@ def test_exactly_one_survivor_adopts(cluster: Cluster) -> None:
     assert deleted[b"result"] == b"ok", deleted
     wait_for(lambda: holder.records() == [("race-1", "deleted")], 5, "the holder's record")
     assert other.records() == []
+
+
+def test_split_brain_on_one_host_adopts_nothing_and_records_once(cluster: Cluster) -> None:
+    """A taken for dead while alive (its heartbeat key lost): B cannot bind the ports A
+    still holds, so B adopts nothing, writes no record, and A's call goes on."""
+    import redis
+
+    a = cluster.start(
+        "relay-a",
+        0,
+        ICERELAY_CLUSTER__HEARTBEAT_INTERVAL="3",
+        ICERELAY_CLUSTER__HEARTBEAT_TTL="10",
+    )
+    b = cluster.start("relay-b", 1)
+    media, relay_port = place_call(a, "split-1")
+    media.start(relay_port)
+    client = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
+    try:
+        wait_for(
+            lambda: redis_call(cluster.redis.url, "relay-a", "split-1") is not None, 5, "in Redis"
+        )
+        client.delete("icerelay:alive:relay-a")
+        wait_for(lambda: client.llen("icerelay:adoptions") == 1, 5, "B's attempt")
+        (entry,) = [json.loads(str(item)) for item in client.lrange("icerelay:adoptions", 0, -1)]
+        assert (entry["adopter"], entry["calls"], entry["failed"]) == ("relay-b", 0, 1)
+        moment = time.monotonic()
+        wait_for(lambda: media.received_after(moment) >= 10, 5, "media still through A")
+    finally:
+        client.close()
+        media.stop()
+        media.caller.close()
+        media.callee.close()
+    deleted = ng(a.ng, {"command": "delete", "call-id": "split-1", "delete-delay": 0})
+    assert deleted[b"result"] == b"ok", deleted
+    wait_for(lambda: a.records() == [("split-1", "deleted")], 5, "A's record")
+    time.sleep(0.5)
+    assert b.records() == []

@@ -78,6 +78,9 @@ class AdoptedCalls:
         self.wall_offset = wall_offset
         #: Serialises the engine between ng commands (the relay's worker) and timers (here).
         self.lock = asyncio.Lock()
+        #: Calls whose adoption failed: they end here without a record (their owner, alive
+        #: after all, writes it).
+        self.discard: set[str] = set()
 
     def counters(self, key: str) -> ForwardingCounters | None:
         """This data plane's counters of ``key`` plus those the call had before adoption."""
@@ -127,6 +130,9 @@ class AdoptedCalls:
                     extra={"call_id": event.call_id, "index": event.index, "reason": event.reason},
                 )
             elif isinstance(event, SessionEnded):
+                if event.record.call_id in self.discard:
+                    self.discard.discard(event.record.call_id)
+                    continue
                 self._record(event.record)
         return failure
 

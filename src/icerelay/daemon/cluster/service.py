@@ -503,7 +503,9 @@ class ClusterService:
                 failure = await group.apply_events()
             if failure is not None:
                 # The ports are still held: the old instance is alive after all (split
-                # brain on one host). This call cannot be relayed here.
+                # brain on one host). This call cannot be relayed here, and its record is
+                # not ours to write.
+                group.discard.add(call_id)
                 with contextlib.suppress(RelayError):
                     group.engine.delete(
                         call_id, now, delay=0, reason=TerminationReason.RELAY_FAILURE
