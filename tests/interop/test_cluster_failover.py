@@ -150,6 +150,8 @@ class Media:
     callee: socket.socket
     arrivals: list[float] = field(default_factory=list)
     target: tuple[str, int] | None = None
+    #: The relay port the offer gave the callee (the leg facing the callee).
+    offer_port: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -244,7 +246,10 @@ def place_call(instance: Instance, call_id: str) -> tuple[Media, int]:
     assert answer[b"result"] == b"ok", answer
     sdp_for_caller = answer[b"sdp"]
     assert isinstance(sdp_for_caller, bytes)
-    return Media(caller, callee), media_port(sdp_for_caller)
+    sdp_for_callee = offer[b"sdp"]
+    assert isinstance(sdp_for_callee, bytes)
+    media = Media(caller, callee, offer_port=media_port(sdp_for_callee))
+    return media, media_port(sdp_for_caller)
 
 
 def test_killed_instance_calls_are_adopted_and_media_resumes(cluster: Cluster) -> None:
@@ -401,6 +406,21 @@ def test_exactly_one_survivor_adopts(cluster: Cluster) -> None:
     ]
     (holder,) = (s for s in survivors if s.name == holders[0])
     other = next(s for s in survivors if s is not holder)
+    # A re-INVITE's offer through the other survivor reaches the holder: same relay port.
+    reoffer = ng(
+        other.ng,
+        {
+            "command": "offer",
+            "call-id": "race-1",
+            "from-tag": "alice",
+            "to-tag": "bob",
+            "sdp": sdp(40000),
+        },
+    )
+    assert reoffer[b"result"] == b"ok", reoffer
+    sdp_for_callee = reoffer[b"sdp"]
+    assert isinstance(sdp_for_callee, bytes)
+    assert media_port(sdp_for_callee) == media.offer_port
     # The other survivor forwards the BYE's delete to the holder; one record, the holder's.
     deleted = ng(other.ng, {"command": "delete", "call-id": "race-1", "delete-delay": 0})
     assert deleted[b"result"] == b"ok", deleted
