@@ -379,6 +379,7 @@ key_prefix = "icerelay"
 heartbeat_interval = 0.3              # seconds
 heartbeat_ttl = 1.0                   # silent this long: dead, its calls are adopted
 write_interval = 0.2                  # changed calls are written at most this often
+write_before_reply = true             # a call changed by ng is in Redis before the reply
 counters_interval = 5.0               # unchanged calls are rewritten (fresh counters)
 adopt_lock = 30.0
 forward_timeout = 0.3                 # ng commands passed to the owning instance

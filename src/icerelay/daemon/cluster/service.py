@@ -40,7 +40,15 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from icerelay.control.ng import Command, Delete, NgRequest, Query, Reply, error_reply
+from icerelay.control.ng import (
+    Command,
+    Delete,
+    NgRequest,
+    Offer,
+    Query,
+    Reply,
+    error_reply,
+)
 from icerelay.daemon.cluster.adopted import AdoptedCalls
 from icerelay.daemon.cluster.forward import forward_ng
 from icerelay.daemon.cluster.keys import Keys
@@ -144,7 +152,8 @@ class ClusterService:
             socket_connect_timeout=max(config.heartbeat_interval, 0.25),
         )
         self.relay.router = self._route
-        self.relay.after_command = self._after_command
+        if config.write_before_reply:
+            self.relay.after_command = self._after_command
         await self._heartbeat(register=True)
         with contextlib.suppress(*_REDIS_ERRORS):
             await self._turn_sync()
@@ -584,6 +593,10 @@ class ClusterService:
         if not isinstance(call_id, str) or self.relay.engine.has_call(call_id):
             return None
         group = self._group_of(call_id)
+        if group is None and isinstance(command, Offer) and command.to_tag is None:
+            # An initial offer of a call this instance does not know: a new call, it is
+            # ours (no Redis round trip on the path of every new call).
+            return None
         if group is None and self.redis_up and self._redis is not None:
             try:
                 # Bounded: a Redis that stopped answering must not hold up the proxy.
@@ -618,7 +631,8 @@ class ClusterService:
             result = group.handler.handle(command, now)
             await group.apply_events()
         self._timer_wake.set()
-        await self._after_command(command)
+        if self.config.write_before_reply:
+            await self._after_command(command)
         return self.relay.protocol.reply(request, result, now)
 
     def _unreachable(self, command: Command, call_id: str, owner: str, now: float) -> Reply:
