@@ -20,9 +20,12 @@ milliseconds per call; a TTL of three heartbeats survives two late heartbeats of
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from icerelay.net import split_host_port
 
 __all__ = ["ClusterConfig"]
 
@@ -53,6 +56,9 @@ class ClusterConfig(BaseModel):
     forward_timeout: float = Field(default=0.3, gt=0, le=30)
     """How long an ng command forwarded to the owning instance waits for its reply (well
     under the proxy's own timeout: Kamailio's rtpengine module waits 1 s by default)."""
+    ng_address: str = ""
+    """``host:port`` where the other instances reach this one's ng port (forwarded
+    commands); empty: the relay's ``ng_listen``, which must then not be a wildcard."""
     log_interval: float = Field(default=30.0, ge=0)
     """While Redis is unreachable, it is said once per this many seconds."""
     turn_users: bool = False
@@ -64,6 +70,15 @@ class ClusterConfig(BaseModel):
         # Names end up in Redis keys joined by ':'; keep them unambiguous.
         if any(char in value for char in ": \t\r\n{}*?[]"):
             raise ValueError("may not contain ':', spaces, braces or glob characters")
+        return value
+
+    @field_validator("ng_address")
+    @classmethod
+    def _ng_address(cls, value: str) -> str:
+        if value:
+            host, port = split_host_port(value, 0)
+            if not 0 < port < 65536 or ipaddress.ip_address(host).is_unspecified:
+                raise ValueError("expected a concrete ip:port")
         return value
 
     @field_validator("redis")

@@ -383,6 +383,7 @@ write_before_reply = true             # a call changed by ng is in Redis before 
 counters_interval = 5.0               # unchanged calls are rewritten (fresh counters)
 adopt_lock = 30.0
 forward_timeout = 0.3                 # ng commands passed to the owning instance
+# ng_address = "10.0.0.1:2223"        # where others reach this ng port (default: ng_listen)
 log_interval = 30.0                   # "Redis unreachable" at most once per interval
 turn_users = false                    # TURN users, secrets, quotas in Redis
 """

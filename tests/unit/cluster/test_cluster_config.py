@@ -36,6 +36,8 @@ def test_environment_enables_it() -> None:
         {"heartbeat_interval": 2.0, "heartbeat_ttl": 1.0},
         {"write_interval": 0},
         {"unknown": 1},
+        {"ng_address": "0.0.0.0:2223"},
+        {"ng_address": "10.0.0.1"},
     ],
 )
 def test_bad_settings_are_refused(settings: dict[str, object]) -> None:

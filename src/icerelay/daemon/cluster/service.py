@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import math
@@ -167,6 +168,17 @@ class ClusterService:
             self._tasks.append(
                 asyncio.create_task(self._every(config.heartbeat_interval, self._turn_sync))
             )
+        wildcard = ipaddress.ip_address(self.relay.ng_address.host).is_unspecified
+        if not config.ng_address and wildcard:
+            logger.warning(
+                "cluster.ng_address_unknown",
+                extra={"hint": "set cluster.ng_address: ng_listen is a wildcard address"},
+            )
+        if self.turn is not None and self.turn.config.workers > 1:
+            logger.warning(
+                "cluster.turn_workers",
+                extra={"hint": "TURN users and quotas from Redis reach the first worker only"},
+            )
         logger.info(
             "cluster.started",
             extra={"instance": self.instance, "redis": _safe_url(config.redis)},
@@ -250,10 +262,9 @@ class ClusterService:
         if redis is None:
             return
         keys = self.keys
-        ng = self.relay.ng_address
         beat = json.dumps(
             {
-                "ng": f"{_bracket(ng.host)}:{ng.port}",
+                "ng": self._ng_address(),
                 "calls": self._call_count(),
                 "time": time.time(),
             }
@@ -283,6 +294,12 @@ class ClusterService:
             # Redis lost data (restarted without persistence): write everything again.
             logger.info("cluster.resync", extra={"instance": self.instance})
             self.writer.forget()
+
+    def _ng_address(self) -> str:
+        if self.config.ng_address:
+            return self.config.ng_address
+        ng = self.relay.ng_address
+        return f"{_bracket(ng.host)}:{ng.port}"
 
     def _settings(self) -> str:
         return json.dumps(self.relay.config.model_dump(mode="json"))
