@@ -463,3 +463,26 @@ def test_split_brain_on_one_host_adopts_nothing_and_records_once(cluster: Cluste
     wait_for(lambda: a.records() == [("split-1", "deleted")], 5, "A's record")
     time.sleep(0.5)
     assert b.records() == []
+
+
+def test_call_ended_while_redis_was_unreachable_leaves_redis(cluster: Cluster) -> None:
+    """Redis stops answering for a while (data kept): a call that ends meanwhile must not stay
+    in Redis, where it would be adopted as a ghost if its instance died later."""
+    import redis
+
+    a = cluster.start("relay-a", 0)
+    media, _ = place_call(a, "ghost-1")
+    media.caller.close()
+    media.callee.close()
+    url = cluster.redis.url
+    wait_for(lambda: redis_call(url, "relay-a", "ghost-1") is not None, 5, "in Redis")
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        client.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+    finally:
+        client.close()
+    time.sleep(0.5)  # heartbeats time out: A relays alone
+    deleted = ng(a.ng, {"command": "delete", "call-id": "ghost-1", "delete-delay": 0})
+    assert deleted[b"result"] == b"ok", deleted
+    wait_for(lambda: a.records() == [("ghost-1", "deleted")], 5, "A's local record")
+    wait_for(lambda: redis_call(url, "relay-a", "ghost-1") is None, 10, "the ghost removed")

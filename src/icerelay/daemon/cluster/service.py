@@ -129,6 +129,8 @@ class ClusterService:
         # Owners that did not answer a forwarded request: not asked again until this (loop
         # time). Deletes of their calls kept for the adoption (Call-ID -> command, deadline).
         self._write_lock = asyncio.Lock()
+        # Set when the writer forgot what it wrote: the next write removes stale calls.
+        self._stale_check = True
         self._unresponsive: dict[str, float] = {}
         self._deferred: dict[str, tuple[Command, float]] = {}
         # Counters for the cluster view and metrics.
@@ -194,6 +196,7 @@ class ClusterService:
                 await task
         self._tasks = []
         now = asyncio.get_running_loop().time()
+        calls = [call_id for view in self._engines() for call_id in view.engine.call_ids()]
         for group in list(self.adopted.values()):
             await group.shutdown(now)
         self.adopted.clear()
@@ -208,7 +211,6 @@ class ClusterService:
                 async with redis.pipeline(transaction=True) as pipe:
                     pipe.delete(self.keys.calls(self.instance), self.keys.alive(self.instance))
                     pipe.srem(self.keys.instances, self.instance)
-                    calls = self.relay.engine.call_ids()
                     if calls:
                         pipe.hdel(self.keys.owner, *calls)
                     await pipe.execute()
@@ -234,6 +236,7 @@ class ClusterService:
             self.outages += 1
         self.redis_up = False
         self.writer.forget()
+        self._stale_check = True
         if now - self._last_outage_log >= self.config.log_interval:
             self._last_outage_log = now
             logger.warning(
@@ -294,6 +297,7 @@ class ClusterService:
             # Redis lost data (restarted without persistence): write everything again.
             logger.info("cluster.resync", extra={"instance": self.instance})
             self.writer.forget()
+            self._stale_check = True
 
     def _ng_address(self) -> str:
         if self.config.ng_address:
@@ -339,10 +343,18 @@ class ClusterService:
             changes = self.writer.changes(
                 engines, now, self.relay.handler.wall_offset, refresh_budget=budget
             )
-            if not changes.write and not changes.gone:
-                return
-            await self._send(redis, changes)
+            stale_check = self._stale_check
+            if stale_check:
+                # After an outage the writer forgot what it wrote: calls that ended meanwhile
+                # are still in Redis, and must not be adopted as ghosts one day.
+                live = {c for view in engines for c in view.engine.call_ids()}
+                written = {_text(c) for c in await redis.hkeys(self.keys.calls(self.instance))}
+                changes.gone.extend(sorted(written - live - set(changes.gone)))
+            if changes.write or changes.gone:
+                await self._send(redis, changes)
             self.writer.confirm(changes, now)
+            if stale_check:
+                self._stale_check = False
 
     async def _after_command(self, command: Command) -> None:
         """Write the call an ng command changed now, before the proxy gets the reply: a call
