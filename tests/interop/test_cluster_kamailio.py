@@ -155,7 +155,14 @@ def test_kamailio_rtpengine_set_survives_a_relay_killed_midway(
             time.sleep(0.2)
         found = records(relays[0][2]) + records(relays[1][2])
         adopted = len(records(relays[1][2]))
-        print(f"\nrecords: {len(records(relays[0][2]))} by A, {adopted} by B")
+        import redis as redis_client
+
+        client = redis_client.Redis.from_url(redis.url, decode_responses=True)
+        try:
+            adoptions = client.lrange("icerelay:adoptions", 0, -1)
+        finally:
+            client.close()
+        print(f"\nrecords: {len(records(relays[0][2]))} by A, {adopted} by B; {adoptions}")
         if len(found) != CALLS or len(set(found)) != CALLS:
             relays[1][0].stop()
             missing = {f"{n}-" for n in range(1, CALLS + 1)} - {
