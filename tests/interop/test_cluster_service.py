@@ -97,6 +97,9 @@ def test_calls_in_redis_and_the_cluster_view(tmp_path: Path) -> None:
             json.dumps(view)  # JSON-ready, as ctl and HTTP serve it
             assert view["redis"] == "up" and view["calls"]["own"] == 1
             assert view["instances"]["solo"]["alive"] is True
+            assert view["owners"] == {"solo": 1}
+            assert await cluster.call_owner("c-1") == "solo"
+            assert await cluster.call_owner("nope") is None
             deleted = await ng(relay, {"command": "delete", "call-id": "c-1", "delete-delay": 0})
             assert deleted[b"result"] == b"ok"
             assert await client.hget("icerelay:calls:solo", "c-1") is None

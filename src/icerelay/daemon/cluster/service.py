@@ -700,14 +700,31 @@ class ClusterService:
         self.forwarded += 1
         return reply
 
+    async def call_owner(self, call_id: str) -> str | None:
+        """The instance that owns ``call_id`` (for ``icerelay ctl``), None if no instance
+        has it or Redis cannot say."""
+        if self._redis is None:
+            return None
+        try:
+            async with asyncio.timeout(_LOOKUP_TIMEOUT):
+                owner, _ = await self._owner_of(call_id)
+        except (*_REDIS_ERRORS, TimeoutError):
+            return None
+        return owner
+
     # -- views ----------------------------------------------------------------------------------
 
     def cluster_view(self) -> dict[str, Any]:
-        """The cluster as this instance last saw it (JSON-ready), for ctl, HTTP and metrics."""
+        """The cluster as this instance last saw it (JSON-ready), for ctl, HTTP and metrics:
+        each instance (alive, ng address, calls it owns), this instance's own and adopted
+        calls (by origin), the latest adoptions, counters. Refreshed every heartbeat
+        interval; no Redis round trip here."""
+        instances = self._view.get("instances", {})
         return {
             "instance": self.instance,
             "redis": "up" if self.redis_up else "down",
-            "instances": self._view.get("instances", {}),
+            "instances": instances,
+            "owners": {name: item.get("calls", 0) for name, item in instances.items()},
             "calls": {
                 "own": self.relay.engine.call_count,
                 "adopted": {o: g.engine.call_count for o, g in self.adopted.items()},
