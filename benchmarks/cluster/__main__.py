@@ -17,7 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.interop.test_cluster_failover import HOST, Instance, place_call, redis_call, wait_for
+from tests.interop.test_cluster_failover import (
+    HOST,
+    Instance,
+    ng_answers,
+    place_call,
+    redis_call,
+    wait_for,
+)
 from tests.support import redisd
 from tests.support.ports import free_ports
 from tests.support.serve import start_serve
@@ -54,6 +61,7 @@ def trial(heartbeat: float, ttl: float) -> float:
                     },
                 )
                 servers.append(server)
+                wait_for(lambda: ng_answers(ng_port), 10, "the ng port")  # noqa: B023
                 instances.append(Instance(name, ng_port, server, tmp / f"{name}.sqlite3"))
             a = instances[0]
             media, relay_port = place_call(a, "bench")

@@ -76,6 +76,18 @@ def ng(port: int, body: dict[str, bencode.Encodable]) -> dict[bytes, bencode.Ben
     return reply
 
 
+def ng_answers(port: int) -> bool:
+    """True once the relay answers a ping (serve is ready when STUN answers; the relay and
+    the cluster start after it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        sock.sendto(b"ready " + bencode.encode({"command": "ping"}), (HOST, port))
+        try:
+            return sock.recv(65536).startswith(b"ready ")
+        except OSError:
+            return False
+
+
 @dataclass
 class Instance:
     name: str
@@ -133,6 +145,7 @@ def cluster(tmp_path: Path, serve_factory: Callable[..., ServeProcess]) -> Itera
                 **settings,
             },
         )
+        wait_for(lambda: ng_answers(ng_port), 10, f"{name}'s ng port")
         return Instance(name, ng_port, server, database)
 
     try:
@@ -327,7 +340,7 @@ def test_redis_restart_and_outage_lose_no_call(cluster: Cluster) -> None:
         wait_for(
             lambda: redis_call(cluster.redis.url, "relay-a", "restart-1") is not None, 10, "resync"
         )
-        assert media.received_after(during) > 0
+        wait_for(lambda: media.received_after(during) >= 5, 5, "media all along")
         query = ng(a.ng, {"command": "query", "call-id": "restart-1"})
         assert query[b"result"] == b"ok", query
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.interop.test_cluster_failover import ng_answers, wait_for
 from tests.interop.test_relay_kamailio import KAMAILIO_CFG, UAC_XML, UAS_XML
 from tests.support import kamailio as kamailio_support
 from tests.support import redisd
@@ -67,7 +68,9 @@ def test_kamailio_rtpengine_set_survives_a_relay_killed_midway(
     processes = []
     try:
         # Up to ~70 calls at once on one relay (25 calls/s, ~3 s each): 2 pairs per call.
-        block = free_ports(1000, kinds=("udp",), consecutive=True)
+        # SIPp's per-call RTP sockets come after its -mp port: they get the block's tail, so
+        # that they never take a relay port (a relay that cannot bind fails the offer).
+        block = free_ports(1000 + 1000, kinds=("udp",), consecutive=True)
         first = block[0] + (block[0] & 1)
         relays: list[tuple[ServeProcess, int, Path]] = []
         for index, name in enumerate(("kam-a", "kam-b")):
@@ -93,10 +96,10 @@ def test_kamailio_rtpengine_set_survives_a_relay_killed_midway(
                     "ICERELAY_CLUSTER__INSTANCE": name,
                 },
             )
+            wait_for(lambda: ng_answers(ng_port), 10, f"{name}'s ng port")  # noqa: B023
             relays.append((server, ng_port, database))
         sip_port, uas_port, uac_port = free_ports(3, kinds=("udp",))
-        media = free_ports(10, kinds=("udp",), consecutive=True)
-        base = media[0] + (media[0] & 1)
+        base = first + 1000
         nodes = f"{relays[0][1]} udp:{HOST}:{relays[1][1]}"
         flags = "replace-origin replace-session-connection trust-address"
         config = KAMAILIO_CFG.format(

@@ -635,6 +635,11 @@ class ClusterService:
                 self._outage(error)
                 return None
             if owner is not None and owner != self.instance:
+                if beat is not None and self._missed_beats(beat):
+                    # Its heartbeats stopped (killed, most likely): do not wait for it.
+                    self._unresponsive[owner] = (
+                        now + self.config.heartbeat_ttl + self.config.heartbeat_interval
+                    )
                 if beat is not None and self._unresponsive.get(owner, -math.inf) <= now:
                     reply = await self._forward(data, owner, beat)
                     if reply is not None:
@@ -663,6 +668,14 @@ class ClusterService:
         if self.config.write_before_reply:
             await self._after_command(command)
         return self.relay.protocol.reply(request, result, now)
+
+    def _missed_beats(self, beat: dict[str, Any]) -> bool:
+        """True if the heartbeat is older than two and a half intervals (the margin covers
+        clock differences between hosts)."""
+        sent = beat.get("time")
+        if not isinstance(sent, int | float):
+            return False
+        return time.time() - sent > 2.5 * self.config.heartbeat_interval
 
     def _unreachable(self, command: Command, call_id: str, owner: str, now: float) -> Reply:
         """The answer for a call whose owner does not answer and is not adopted yet. A
