@@ -8,7 +8,6 @@ grants it once A's allocation is gone.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,8 @@ def start(
     serve_factory: Callable[..., ServeProcess], redis_url: str, name: str, tmp_path: Path
 ) -> int:
     turn_port, ng_port = free_ports(2)
-    relay_low = random.randrange(20000, 28000, 2)
+    relay_block = free_ports(102, kinds=("udp",), consecutive=True)
+    relay_low = relay_block[0] + (relay_block[0] & 1)
     server_env = {
         "ICERELAY_STUN__ENABLED": "0",
         "ICERELAY_TURN__ENABLED": "1",
