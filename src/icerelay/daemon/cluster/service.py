@@ -76,6 +76,8 @@ _LOOKUP_TIMEOUT = 0.25
 
 # Seconds a delete for a call between owners is kept for its adoption.
 _DEFERRED_FOR = 30.0
+# And at most this many (bounded memory, whatever the proxy sends).
+_DEFERRED_MAX = 10_000
 
 # Adoptions kept in Redis for the cluster view.
 _ADOPTIONS_KEPT = 100
@@ -681,7 +683,7 @@ class ClusterService:
         """The answer for a call whose owner does not answer and is not adopted yet. A
         ``delete`` (the BYE) is kept and carried out when the call is adopted, so the call
         still ends now-ish with its one record; anything else fails (the proxy may retry)."""
-        if isinstance(command, Delete):
+        if isinstance(command, Delete) and len(self._deferred) < _DEFERRED_MAX:
             self._deferred[call_id] = (command, now + _DEFERRED_FOR)
             return {
                 "result": "ok",
