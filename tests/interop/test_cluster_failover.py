@@ -499,3 +499,23 @@ def test_call_ended_while_redis_was_unreachable_leaves_redis(cluster: Cluster) -
     assert deleted[b"result"] == b"ok", deleted
     wait_for(lambda: a.records() == [("ghost-1", "deleted")], 5, "A's local record")
     wait_for(lambda: redis_call(url, "relay-a", "ghost-1") is None, 10, "the ghost removed")
+
+
+def test_delete_between_owners_is_carried_out_at_adoption(cluster: Cluster) -> None:
+    """The BYE's delete reaches B after A died but before A's heartbeat expired: B cannot
+    forward it (A does not answer) and cannot serve it yet; it keeps it, adopts the call when
+    the TTL runs out, and ends it then: one record, B's, reason deleted."""
+    a = cluster.start("relay-a", 0, ICERELAY_CLUSTER__HEARTBEAT_TTL="3")
+    b = cluster.start("relay-b", 1)
+    media, _ = place_call(a, "between-1")
+    media.caller.close()
+    media.callee.close()
+    url = cluster.redis.url
+    wait_for(lambda: redis_call(url, "relay-a", "between-1") is not None, 5, "in Redis")
+    a.kill()
+    deleted = ng(b.ng, {"command": "delete", "call-id": "between-1", "delete-delay": 0})
+    assert deleted[b"result"] == b"ok", deleted
+    warning = deleted.get(b"warning")
+    assert isinstance(warning, bytes) and b"once adopted" in warning, deleted
+    wait_for(lambda: b.records() == [("between-1", "deleted")], 10, "B's record")
+    assert a.records() == []
