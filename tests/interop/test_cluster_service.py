@@ -151,3 +151,43 @@ def test_redis_down_from_the_start_the_relay_works_alone(
     # Said once per log_interval, not once per failed heartbeat.
     said = [r for r in caplog.records if r.getMessage() == "cluster.redis_unreachable"]
     assert len(said) == 1
+
+
+def test_cluster_metrics_from_the_view(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.registry import Collector
+
+    from icerelay.daemon.cluster.metrics import cluster_metrics
+
+    server = redisd.RedisServer(tmp_path)
+    server.start()
+
+    async def scenario() -> bytes:
+        relay = RelayService(relay_config())
+        cluster = ClusterService(
+            ClusterConfig(redis=server.url, instance="metered", heartbeat_interval=0.1), relay
+        )
+        await relay.start()
+        await cluster.start()
+        try:
+            await asyncio.sleep(0.4)
+
+            class Source(Collector):
+                def collect(self):  # type: ignore[no-untyped-def]
+                    return cluster_metrics(cluster)
+
+            registry = CollectorRegistry()
+            registry.register(Source())
+            return generate_latest(registry)
+        finally:
+            await cluster.stop()
+            await relay.stop()
+
+    try:
+        text = asyncio.run(scenario()).decode()
+    finally:
+        server.stop()
+    assert "icerelay_cluster_redis_up 1.0" in text
+    assert 'icerelay_cluster_instances{state="alive"} 1.0' in text
+    assert 'icerelay_cluster_owned_calls{instance="metered"} 0.0' in text
+    assert "icerelay_cluster_adoptions_total 0.0" in text
