@@ -491,7 +491,7 @@ def test_call_ended_while_redis_was_unreachable_leaves_redis(cluster: Cluster) -
     wait_for(lambda: redis_call(url, "relay-a", "ghost-1") is not None, 5, "in Redis")
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        client.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+        client.client_pause(2500)
     finally:
         client.close()
     time.sleep(0.5)  # heartbeats time out: A relays alone

@@ -48,7 +48,9 @@ def relay_config() -> RelayServiceConfig:
     )
 
 
-async def ng(relay: RelayService, body: dict[str, bencode.Encodable]) -> dict[bytes, object]:
+async def ng(
+    relay: RelayService, body: dict[str, bencode.Encodable]
+) -> dict[bytes, bencode.BencodeValue]:
     loop = asyncio.get_running_loop()
     reply: asyncio.Future[bytes] = loop.create_future()
 
@@ -89,7 +91,7 @@ def test_calls_in_redis_and_the_cluster_view(tmp_path: Path) -> None:
             )
             assert offer[b"result"] == b"ok"
             # Written before the reply left.
-            document = json.loads(await client.hget("icerelay:calls:solo", "c-1"))
+            document = json.loads(str(await client.hget("icerelay:calls:solo", "c-1")))
             assert document["origin"] == "solo"
             assert await client.hget("icerelay:owner", "c-1") == "solo"
             await asyncio.sleep(0.7)  # a watcher round
