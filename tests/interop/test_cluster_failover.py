@@ -519,3 +519,39 @@ def test_delete_between_owners_is_carried_out_at_adoption(cluster: Cluster) -> N
     assert isinstance(warning, bytes) and b"once adopted" in warning, deleted
     wait_for(lambda: b.records() == [("between-1", "deleted")], 10, "B's record")
     assert a.records() == []
+
+
+def test_mediaproxy_remove_of_an_adopted_call(cluster: Cluster) -> None:
+    """OpenSIPS's mediaproxy module talks to its local relay: after a failover, its ``remove``
+    for an adopted call reaches the adopted session on the adopter."""
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="cluster-mp-")  # short: a UNIX socket path is < 108
+    path = os.path.join(directory, "dispatcher.sock")
+    try:
+        # Adopted calls keep their origin's settings: A's delete_delay applies.
+        a = cluster.start("relay-a", 0, ICERELAY_RELAY__DELETE_DELAY="0")
+        b = cluster.start("relay-b", 1, ICERELAY_RELAY__MEDIAPROXY_SOCKET=path)
+        media, relay_port = place_call(a, "mp-1")
+        media.start(relay_port)
+        try:
+            url = cluster.redis.url
+            wait_for(lambda: redis_call(url, "relay-a", "mp-1") is not None, 5, "in Redis")
+            killed = time.monotonic()
+            a.kill()
+            wait_for(lambda: media.received_after(killed + 0.05) >= 5, 10, "media through B")
+        finally:
+            media.stop()
+            media.caller.close()
+            media.callee.close()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            sock.sendall(b"remove\r\ncall_id: mp-1\r\nfrom_tag: alice\r\nto_tag: bob\r\n\r\n")
+            assert sock.recv(100) == b"removed\r\n"
+        wait_for(lambda: b.records() == [("mp-1", "deleted")], 5, "B's record")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)

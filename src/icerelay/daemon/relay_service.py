@@ -132,6 +132,9 @@ class RelayService:
         #: and what it runs after a command this engine handled (writes the call to Redis).
         self.router: NgRouter | None = None
         self.after_command: Callable[[Command], Awaitable[None]] | None = None
+        #: The same for MediaProxy commands (calls adopted here; the dispatcher socket is local,
+        #: so nothing is forwarded): the reply line, or None to handle the command here.
+        self.mediaproxy_router: Callable[[bytes, float], Awaitable[bytes | None]] | None = None
 
     def _statistics(self) -> dict[str, ReplyValue]:
         """The shell's counters, for the ng ``statistics`` reply."""
@@ -448,6 +451,10 @@ class RelayService:
 
     async def _mediaproxy_request(self, data: bytes) -> bytes:
         now = asyncio.get_running_loop().time()
+        if self.mediaproxy_router is not None:
+            routed = await self.mediaproxy_router(data, now)
+            if routed is not None:
+                return routed
         try:
             reply = self.mediaproxy.handle(data, now)
         except Exception:

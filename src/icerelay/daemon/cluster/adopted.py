@@ -21,6 +21,7 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 
+from icerelay.control.mediaproxy import MediaproxyHandler
 from icerelay.control.ng import NgHandler
 from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.dataplane import DataPlane
@@ -75,6 +76,7 @@ class AdoptedCalls:
             settings.engine_config(), self.pool, rng=rng, counters=self.counters
         )
         self.handler = NgHandler(self.engine, wall_offset=wall_offset)
+        self.mediaproxy = MediaproxyHandler(self.engine)
         self.wall_offset = wall_offset
         #: Serialises the engine between ng commands (the relay's worker) and timers (here).
         self.lock = asyncio.Lock()

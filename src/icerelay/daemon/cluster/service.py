@@ -41,6 +41,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from icerelay.control.mediaproxy.commands import parse_command as parse_mediaproxy
 from icerelay.control.ng import (
     Command,
     Delete,
@@ -58,7 +59,7 @@ from icerelay.daemon.cluster.writer import CallWriter, Changes, EngineView
 from icerelay.daemon.cluster_config import ClusterConfig
 from icerelay.daemon.relay_service import RelayService
 from icerelay.daemon.turn_service import TurnService
-from icerelay.errors import RelayError
+from icerelay.errors import ControlError, RelayError
 from icerelay.net import Address, split_host_port
 from icerelay.relay.dialogs import Session
 from icerelay.relay.sessions import TerminationReason
@@ -157,6 +158,7 @@ class ClusterService:
             socket_connect_timeout=max(config.heartbeat_interval, 0.25),
         )
         self.relay.router = self._route
+        self.relay.mediaproxy_router = self._route_mediaproxy
         if config.write_before_reply:
             self.relay.after_command = self._after_command
         await self._heartbeat(register=True)
@@ -203,6 +205,7 @@ class ClusterService:
             await group.shutdown(now)
         self.adopted.clear()
         self.relay.router = None
+        self.relay.mediaproxy_router = None
         self.relay.after_command = None
         redis = self._redis
         self._redis = None
@@ -670,6 +673,25 @@ class ClusterService:
         if self.config.write_before_reply:
             await self._after_command(command)
         return self.relay.protocol.reply(request, result, now)
+
+    async def _route_mediaproxy(self, data: bytes, now: float) -> bytes | None:
+        """MediaProxy commands for calls adopted here (OpenSIPS talks to its local relay only,
+        so there is nobody to forward to)."""
+        try:
+            command = parse_mediaproxy(data)
+        except ControlError:
+            return None
+        call_id = command.call_id
+        if self.relay.engine.has_call(call_id):
+            return None
+        group = self._group_of(call_id)
+        if group is None:
+            return None
+        async with group.lock:
+            reply = group.mediaproxy.handle(data, now)
+            await group.apply_events()
+        self._timer_wake.set()
+        return reply
 
     def _missed_beats(self, beat: dict[str, Any]) -> bool:
         """True if the heartbeat is older than two and a half intervals (the margin covers
