@@ -24,6 +24,7 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Protocol
 
+from icerelay.daemon.cluster import ClusterService
 from icerelay.daemon.config import Config, HostPort
 from icerelay.daemon.http import HttpService
 from icerelay.daemon.logs import configure_logging
@@ -79,8 +80,13 @@ def _turn(config: Config) -> Service | None:
     # drained TURN server does not stop the daemon while relay calls are still up.
     if not config.turn.enabled:
         return None
+    turn = config.turn
+    if config.cluster.enabled and config.cluster.turn_users and turn.workers == "auto":
+        # Users and quotas from the cluster's Redis directory reach one process only: "auto"
+        # means one worker then (an explicit count is honoured, with a warning at start).
+        turn = turn.model_copy(update={"workers": 1})
     # Refuses relay addresses this host lacks; IPv6-loopback-only gets an IPv4 relay default.
-    return TurnService(check_turn(config.turn))
+    return TurnService(check_turn(turn))
 
 
 def _relay(config: Config) -> Service | None:
@@ -111,6 +117,15 @@ def build_services(
     """
     log_exposure_warnings(config)
     services = [s for s in (factory(config) for factory in factories) if s is not None]
+    # The cluster member goes after the relay it shares: it starts once the relay's ng port is
+    # known and stops first, leaving the cluster before the relay ends its calls.
+    relay = next((s for s in services if isinstance(s, RelayService)), None)
+    turn = next((s for s in services if isinstance(s, TurnService)), None)
+    if config.cluster.enabled and relay is not None:
+        shared_turn = turn if config.cluster.turn_users else None
+        if shared_turn is not None:
+            shared_turn.external_users = True
+        services.append(ClusterService(config.cluster, relay, turn=shared_turn))
     for service in services:
         attach = getattr(service, "attach", None)
         if callable(attach):

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from icerelay.daemon.cluster_config import ClusterConfig
 from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.errors import ConfigError
@@ -210,6 +211,8 @@ class Config(Section):
     relay: RelayServiceConfig = Field(default_factory=RelayServiceConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    # Scale-out and failover on Redis (issue 15): empty redis URL, no cluster.
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -457,4 +460,19 @@ update_interval = 1.0                 # seconds between live page updates
 [log]
 level = "info"                        # debug | info | warning | error
 format = "kv"                         # kv | json
+
+[cluster]                             # calls shared in Redis: failover and scale-out (issue 15)
+redis = ""                            # e.g. "redis://127.0.0.1:6379/0"; "" = no cluster
+# instance = "relay-a"                # unique per instance; default: the host name
+key_prefix = "icerelay"
+heartbeat_interval = 0.3              # seconds
+heartbeat_ttl = 1.0                   # silent this long: dead, its calls are adopted
+write_interval = 0.2                  # changed calls are written at most this often
+write_before_reply = true             # a call changed by ng is in Redis before the reply
+counters_interval = 5.0               # unchanged calls are rewritten (fresh counters)
+adopt_lock = 30.0
+forward_timeout = 0.3                 # ng commands passed to the owning instance
+# ng_address = "10.0.0.1:2223"        # where others reach this ng port (default: ng_listen)
+log_interval = 30.0                   # "Redis unreachable" at most once per interval
+turn_users = false                    # TURN users, secrets, quotas in Redis
 """

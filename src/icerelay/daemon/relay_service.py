@@ -19,7 +19,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,12 @@ from icerelay.aio.udp import UdpEndpoint
 from icerelay.control.mediaproxy import MediaproxyFramer, MediaproxyHandler
 from icerelay.control.ng import (
     Answer,
+    Command,
     NgDropped,
     NgHandler,
     NgImmediateReply,
     NgProtocol,
+    NgRequest,
     NgStreamFramer,
     Offer,
     ReplyValue,
@@ -63,10 +65,15 @@ from icerelay.relay.sessions import (
 from icerelay.stun import Address
 from icerelay.stun.ratelimit import LogLimiter
 
-__all__ = ["RecordSink", "RelayService"]
+__all__ = ["NgRouter", "RecordSink", "RelayService"]
 
 logger = logging.getLogger("icerelay.relay")
 
+
+#: The cluster's hook (issue 15): serves an ng request (parsed, raw datagram, now) for a call
+#: this engine does not hold -- an adopted call, a call of another instance -- and returns the
+#: reply to send, or None to handle the request here.
+NgRouter = Callable[[NgRequest, bytes, float], Awaitable[bytes | None]]
 
 # Offers of new calls whose ports turn out to be taken by another program are retried this often.
 _BIND_ATTEMPTS = 3
@@ -185,6 +192,14 @@ class RelayService:
         self.ports_quarantined = 0
         #: Views, totals and ICE decisions for operators (HTTP, metrics, ctl; issue 14).
         self.ops = RelayOperations(self)
+
+        #: Set by the cluster service when the relay runs in a cluster (see :data:`NgRouter`),
+        #: and what it runs after a command this engine handled (writes the call to Redis).
+        self.router: NgRouter | None = None
+        self.after_command: Callable[[Command], Awaitable[None]] | None = None
+        #: The same for MediaProxy commands (calls adopted here; the dispatcher socket is local,
+        #: so nothing is forwarded): the reply line, or None to handle the command here.
+        self.mediaproxy_router: Callable[[bytes, float], Awaitable[bytes | None]] | None = None
 
     def reload_limits(self, config: RelayServiceConfig) -> None:
         """Apply the resource limits of ``config`` (for SIGHUP): they are read where they are
@@ -621,6 +636,10 @@ class RelayService:
         self._release_quarantine(now)
         started = time.perf_counter()
         command = outcome.command
+        if self.router is not None:
+            routed = await self.router(outcome, data, now)
+            if routed is not None:
+                return routed
         fresh = isinstance(command, Offer) and not self.engine.has_call(command.call_id)
         if fresh and self.draining:
             self.refused_draining += 1
@@ -685,6 +704,9 @@ class RelayService:
         call_id, sdp = getattr(command, "call_id", None), getattr(command, "sdp", None)
         payload = self.protocol.encode(outcome, result)
         if max_reply is None or len(payload) <= max_reply:
+            if self.after_command is not None:
+                # The cluster writes the call's new state before the proxy hears the reply.
+                await self.after_command(command)
             log_command("ng", outcome.name, call_id, result, time.perf_counter() - started, sdp)
             return self.protocol.keep(outcome, payload, result.get("result") == "error", now)
         # The estimate before allocating let it through, yet the reply does not fit: take back
@@ -699,6 +721,8 @@ class RelayService:
                     reason=TerminationReason.RELAY_FAILURE,
                 )
             await self._apply_events(ignore_errors=True)
+        if self.after_command is not None:
+            await self.after_command(command)
         self._log_limited(
             "relay.refused", "reply_too_big", reason="reply_too_big", size=len(payload)
         )
@@ -733,6 +757,10 @@ class RelayService:
 
     async def _mediaproxy_run(self, data: bytes) -> bytes:
         now = asyncio.get_running_loop().time()
+        if self.mediaproxy_router is not None:
+            routed = await self.mediaproxy_router(data, now)
+            if routed is not None:
+                return routed
         before = set(self.engine.call_ids()) if self.draining else None
         try:
             reply = self.mediaproxy.handle(data, now)
@@ -801,6 +829,11 @@ class RelayService:
                 self.records.deleting(event.record)
         if failure is not None and not ignore_errors:
             raise failure
+
+    def session_ended(self, record: SessionRecord) -> None:
+        """Account for a session of another engine of this process (a call the cluster
+        adopted): its record goes where this relay's records go."""
+        self.records.ended(record)
 
     def _log_refusals(self, key: str) -> None:
         """One line per stream that refused packets (latching: garbage, strangers, forged

@@ -275,6 +275,9 @@ class TurnService:
         self.offload_reason = ""
         #: The offload's counters once it is closed (the stop line still tells its totals).
         self._offload_totals: dict[str, int] = {}
+        #: Users come from elsewhere too (the cluster's Redis directory, issue 15): starting
+        #: without configured users is then fine.
+        self.external_users = False
 
     # --- properties ---------------------------------------------------------------------
 
@@ -307,7 +310,7 @@ class TurnService:
             raise ConfigError(
                 "turn: no relay address: set relay_ipv4/relay_ipv6 or listen on a concrete IP"
             )
-        if not config.users and not config.auth_secrets:
+        if not config.users and not config.auth_secrets and not self.external_users:
             raise ConfigError("turn: no credentials: set users or auth_secrets")
         raise_fd_limit(
             config.quotas.total_allocations + config.max_tcp_connections + 256, logger, "turn"

@@ -189,6 +189,13 @@ class Dialogs:
                 return True
         return False
 
+    def add(self, session: Session) -> None:
+        """Take in a session rebuilt elsewhere (a snapshot): it gets this table's next id."""
+        session.id = self._next_id
+        self._next_id += 1
+        self.calls.setdefault(session.call_id, []).append(session)
+        self.by_id[session.id] = session
+
     def forget(self, session: Session) -> None:
         """Drop ``session`` (and its call when it was the last one)."""
         self.by_id.pop(session.id, None)

@@ -43,7 +43,7 @@ from icerelay.relay.forwarding import ForwardingCounters
 from icerelay.relay.options import RelayConfig, RelayOptions
 from icerelay.relay.plans import Exchange, SessionPlan, StreamOffer, StreamPlan
 from icerelay.relay.policy import IceMode, IcePriority
-from icerelay.relay.ports import PortPool
+from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.records import (
     SessionRecord,
     SessionSummary,
@@ -294,9 +294,49 @@ class SessionEngine:
         ids = list(self._dialogs.calls)
         return ids if limit is None else ids[:limit]
 
+    # -- snapshots (cluster failover, :mod:`.snapshot`) ---------------------------------------
+
     def live_sessions(self) -> list[Session]:
-        """The live sessions, for read-only views (HTTP, ctl): callers must not change them."""
+        """The live sessions, for :func:`~.snapshot.export_session` (read them, do not change)."""
         return list(self._dialogs)
+
+    def stream_counters(self, stream: Stream) -> ForwardingCounters | None:
+        """A stream's counters: the data plane's while installed, its final ones after."""
+        return self._counters(stream.key) if stream.installed else stream.final
+
+    def restore(self, session: Session, now: float) -> None:
+        """Take over a session rebuilt by :func:`~.snapshot.restore_session`.
+
+        Its port pairs are reserved in this engine's pool, it gets a new id (stream keys
+        follow, so they cannot collide with this engine's), its installed streams are installed
+        again (events) and its timers run from here. RelayError if a pair is taken or the call
+        already has a session with these tags; nothing changes then.
+        """
+        for existing in self._dialogs.matching(session.call_id):
+            if existing.tags == session.tags and existing.via_branch == session.via_branch:
+                raise RelayError(f"session {describe_call(session.call_id, *session.tags)} exists")
+        reserved: list[PortPair] = []
+        try:
+            for stream in session.streams:
+                for pair in stream.ports:
+                    if pair is not None:
+                        self.pool.reserve(pair)
+                        reserved.append(pair)
+        except RelayError:
+            for pair in reserved:
+                self.pool.release(pair)
+            raise
+        self._dialogs.add(session)
+        session.ended = False
+        session.scheduled = None
+        for stream in session.streams:
+            generation = stream.key.count("+")
+            stream.key = f"{session.id}.{stream.index}" + "+" * generation
+            if stream.ports[A] is not None or stream.ports[B] is not None:
+                self._active_streams += 1
+            if stream.installed and stream.ended is None:
+                self._install(session, stream)
+        self._schedule(session, now)
 
     def shutdown(self, now: float) -> None:
         """End every session (reason ``shutdown``, ``deleted`` for those already deleted), so

@@ -90,22 +90,46 @@ class Authenticator:
         nonce_key: bytes | None = None,
     ) -> None:
         self.realm = realm
-        self.secrets = [secret.encode("utf-8") for secret in secrets]
         self.nonce_lifetime = nonce_lifetime
+        self._sha256 = sha256
+        # A fresh key per process: nonces from a previous run are simply stale (438). Workers
+        # of one server share a key (*nonce_key*) so a nonce is good whichever one answers.
+        self._nonce_key = nonce_key or rng.randbytes(32)
+        self._configured = (dict(users), list(secrets))
+        self._keys: dict[tuple[str, int], bytes] = {}
+        self._by_userhash: dict[bytes, str] = {}
+        self._passwords: dict[str, str] = {}
+        self._load(users, secrets)
+
+    def update_users(self, users: dict[str, str], secrets: list[str]) -> None:
+        """Users and REST API secrets from outside the configuration (a cluster's Redis
+        directory) beside the configured ones, which win on a name clash; replaces the
+        previous update. Keys are derived again only for users whose password changed."""
+        configured_users, configured_secrets = self._configured
+        merged = {**users, **configured_users}
+        extra = [secret for secret in secrets if secret not in configured_secrets]
+        self._load(merged, configured_secrets + extra)
+
+    def _load(self, users: dict[str, str], secrets: list[str]) -> None:
+        realm = self.realm
+        self.secrets = [secret.encode("utf-8") for secret in secrets]
         self.features = SecurityFeature(0)
-        if sha256:
+        if self._sha256:
             self.features |= SecurityFeature.PASSWORD_ALGORITHMS
             # USERHASH only works for names the server can list in advance: a REST API username
             # is computed by the web service, so its hash cannot be mapped back. Offering
             # anonymity with secrets configured would make RFC 8489 clients fail with 401.
             if not secrets:
                 self.features |= SecurityFeature.USERNAME_ANONYMITY
-        # A fresh key per process: nonces from a previous run are simply stale (438). Workers
-        # of one server share a key (*nonce_key*) so a nonce is good whichever one answers.
-        self._nonce_key = nonce_key or rng.randbytes(32)
-        self._keys: dict[tuple[str, int], bytes] = {}
-        self._by_userhash: dict[bytes, str] = {}
+        for name in [name for name in self._passwords if name not in users]:
+            del self._passwords[name]
+            self._keys.pop((name, PasswordAlgorithm.MD5), None)
+            self._keys.pop((name, PasswordAlgorithm.SHA256), None)
+            self._by_userhash.pop(userhash(name, realm), None)
         for name, password in users.items():
+            if self._passwords.get(name) == password:
+                continue
+            self._passwords[name] = password
             self._keys[(name, PasswordAlgorithm.MD5)] = long_term_key(name, realm, password)
             self._keys[(name, PasswordAlgorithm.SHA256)] = long_term_key(
                 name, realm, password, PasswordAlgorithm.SHA256

@@ -316,7 +316,7 @@ class RequestHandler:
                 raise BadReservation()
             # The reservation counted against the user's quota; the allocation takes its place.
             state.drop_reservation(reservation, release_port=False)
-        if state.user_count(user) >= quotas.allocations_per_user:
+        if state.user_count(user) >= state.quota_of(user, quotas.allocations_per_user):
             if reservation is not None:
                 state.release_relay((reservation.relay_host, reservation.port))
             raise AllocationQuotaReached()

@@ -130,6 +130,11 @@ class ServerState:
         self.per_user: dict[str, int] = {}
         #: Allocations per client IP address (canonical text).
         self.per_source: dict[str, int] = {}
+        #: Allocations each user holds on the other instances of a cluster, and per-user
+        #: allocation quotas (both kept up to date by the cluster's Redis directory): a
+        #: user's quota counts every instance.
+        self.elsewhere: dict[str, int] = {}
+        self.user_quotas: dict[str, int] = {}
         self.reservations: dict[bytes, Reservation] = {}
         self.expiry = ExpiryQueue()
         #: Datagrams for the wire; the facade hands the list out and starts a new one.
@@ -145,8 +150,12 @@ class ServerState:
     # --- quotas -------------------------------------------------------------------------
 
     def user_count(self, user: str) -> int:
-        """Allocations and reservations *user* holds."""
-        return self.per_user.get(user, 0)
+        """Allocations and reservations *user* holds (here and, in a cluster, elsewhere)."""
+        return self.per_user.get(user, 0) + self.elsewhere.get(user, 0)
+
+    def quota_of(self, user: str, default: int) -> int:
+        """The allocations *user* may hold: its own quota if it has one, else *default*."""
+        return self.user_quotas.get(user, default)
 
     def add_user(self, user: str, delta: int) -> None:
         """Count *delta* more (or fewer) allocations/reservations for *user*."""
