@@ -426,12 +426,18 @@ class TurnService:
             if config.offload == "ebpf":
                 raise ConfigError(f'turn: offload = "ebpf" but {error}') from error
             if self.worker_index == 0:
-                logger.warning("turn offload not in use (userspace relays everything): %s", error)
+                # Userspace relays everything then.
+                logger.warning("turn.offload_unavailable", extra={"reason": str(error)})
             return
         if self._program is not None:
             logger.info(
-                "turn offload active: eBPF at TC ingress of interfaces %s",
-                ",".join(socket.if_indextoname(i) for i in self._program.interfaces),
+                "turn.offload_active",
+                extra={
+                    "hook": "tc-ingress",
+                    "interfaces": ",".join(
+                        socket.if_indextoname(i) for i in self._program.interfaces
+                    ),
+                },
             )
 
     def _close_offload(self) -> None:
@@ -444,7 +450,7 @@ class TurnService:
         program, self._program = self._program, None
         if program is not None:
             for error in program.close():
-                logger.warning("turn offload: detaching: %s", error)
+                logger.warning("turn.offload_detach_failed", extra={"reason": str(error)})
 
     def _make_listeners(self, reuse_port: bool) -> list[tuple[str, socket.socket]]:
         """Bound listening sockets for one worker: ("udp"|"tcp"|"tls", socket)."""

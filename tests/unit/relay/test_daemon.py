@@ -185,6 +185,8 @@ def test_reload_applies_turn_quotas(tmp_path: Path) -> None:
         "[stun]\nenabled = false\n\n[relay]\nenabled = false\n\n"
         f'[turn]\nenabled = true\nlisten = ["127.0.0.1:{free_port()}"]\n'
         'realm = "test"\nusers = {alice = "secret"}\n'
+        # One process: quotas of several worker processes need a restart to change.
+        "workers = 1\n"
         f"relay_port_min = {low}\nrelay_port_max = {low + 99}\n"
     )
     path.write_text(base)
