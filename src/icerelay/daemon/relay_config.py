@@ -16,6 +16,7 @@ Example (TOML)::
     port_max = 32767
     media_timeout = 60
     ice_priority = "low"                 # none | low | high
+    dataplane = "auto"                   # auto | kernel | userspace (nftables when root)
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ class RelayServiceConfig(BaseModel):
     #: Replies kept for retransmitted ng requests.
     ng_cache_size: int = Field(default=10_000, ge=1)
     ng_cache_ttl: float = Field(default=30.0, gt=0)
+
+    # -- data plane (issue 12) --
+    #: Who moves media: "kernel" forwards latched streams with nftables (needs root and the
+    #: python3-nftables package; the relay refuses to start without them); "auto" uses the kernel
+    #: when it can and otherwise says why in one log line and runs in userspace; "userspace"
+    #: keeps every packet in the relay process. The default stays "userspace" because one host
+    #: holds one ``icerelay`` table: two relays on one host (tests, a side-by-side upgrade) must
+    #: not both program it.
+    dataplane: Literal["auto", "kernel", "userspace"] = "userspace"
+    #: Seconds between reads of the kernel's per-stream counters: the precision of the no-media
+    #: timeout and of the handover rule for streams the kernel forwards.
+    kernel_poll_interval: float = Field(default=1.0, gt=0, le=10)
 
     @field_validator("ng_listen", mode="before")
     @classmethod

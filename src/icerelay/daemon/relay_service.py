@@ -41,8 +41,11 @@ from icerelay.daemon.relay_config import (
 )
 from icerelay.dataplane import DataPlane
 from icerelay.dataplane.interface import PortUnavailable
+from icerelay.dataplane.libnft import unavailable_reason
+from icerelay.dataplane.nftables import NftablesDataPlane
 from icerelay.dataplane.userspace import UserspaceDataPlane
-from icerelay.errors import ControlError, RelayError
+from icerelay.errors import ConfigError, ControlError, RelayError
+from icerelay.relay.forwarding import ForwardingCounters
 from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.sessions import (
     ForwardingInstalled,
@@ -90,12 +93,14 @@ class RelayService:
         records: RecordSink | None = None,
     ) -> None:
         self.config = config or RelayServiceConfig()
+        #: None: chosen by ``config.dataplane`` at start.
         self.dataplane: DataPlane = dataplane if dataplane is not None else UserspaceDataPlane()
+        self._choose_dataplane = dataplane is None
         # A CSPRNG: relay ports and the relay's ICE passwords must be hard to guess.
         rng = random.SystemRandom()
         self.pool = PortPool(self.config.port_min, self.config.port_max, rng=rng)
         self.engine = SessionEngine(
-            self.config.engine_config(), self.pool, rng=rng, counters=self.dataplane.counters
+            self.config.engine_config(), self.pool, rng=rng, counters=self._counters
         )
         self.protocol = NgProtocol(
             cache_size=self.config.ng_cache_size, cache_ttl=self.config.ng_cache_ttl
@@ -122,10 +127,59 @@ class RelayService:
         self._held: set[PortPair] = set()
         self.ports_quarantined = 0
 
+    def _counters(self, key: str) -> ForwardingCounters | None:
+        # Through the attribute: the plane is chosen at start, after the engine is built.
+        return self.dataplane.counters(key)
+
+    async def _start_dataplane(self) -> None:
+        """Choose and start the data plane (``[relay] dataplane``, see the config model)."""
+        mode = self.config.dataplane
+        if self._choose_dataplane and mode != "userspace":
+            reason = unavailable_reason()
+            if reason is None:
+                kernel = NftablesDataPlane(
+                    self.config.port_min,
+                    self.config.port_max,
+                    poll_interval=self.config.kernel_poll_interval,
+                )
+                try:
+                    await kernel.start()
+                except RelayError as error:
+                    reason = f"nftables refused the ruleset: {error}"
+                else:
+                    self.dataplane = kernel
+            if reason is not None:
+                if mode == "kernel":
+                    raise ConfigError(f"relay.dataplane = kernel, but {reason}")
+                logger.warning(
+                    "relay.dataplane_userspace",
+                    extra={"wanted": mode, "reason": reason},
+                )
+            logger.info("relay.dataplane", extra={"plane": self.dataplane_name})
+            if reason is None:
+                return
+        await self.dataplane.start()
+
+    @property
+    def dataplane_name(self) -> str:
+        """ "kernel" or "userspace" (or the class of a plane given in code)."""
+        if isinstance(self.dataplane, NftablesDataPlane):
+            return "kernel"
+        if isinstance(self.dataplane, UserspaceDataPlane):
+            return "userspace"
+        return type(self.dataplane).__name__
+
     def _statistics(self) -> dict[str, ReplyValue]:
         """The shell's counters, for the ng ``statistics`` reply."""
         accounting = self.accounting
+        plane = self.dataplane
+        kernel: dict[str, ReplyValue] = {"dataplane": self.dataplane_name}
+        if isinstance(plane, NftablesDataPlane):
+            kernel["kernel_routes"] = plane.offloaded_count
+            kernel["kernel_packets"] = plane.kernel_packets
+            kernel["kernel_errors"] = plane.errors
         return {
+            **kernel,
             "forwardings_failed": self.install_failures,
             "ports_quarantined": len(self._quarantined),
             "mediaproxy_errors": self.mediaproxy.errors,
@@ -154,6 +208,13 @@ class RelayService:
         # First, so that a store that cannot work at all (ConfigError) fails the start before
         # any socket is bound.
         self.accounting = await asyncio.to_thread(self._open_accounting)
+        try:
+            await self._start_dataplane()
+        except BaseException:
+            if self.accounting is not None:
+                await asyncio.to_thread(self.accounting.close)
+                self.accounting = None
+            raise
         listen = Address(*self.config.ng_listen)
         try:
             self._udp = await UdpEndpoint.open(listen, self._on_datagram)
@@ -166,6 +227,7 @@ class RelayService:
             if self._udp is not None:
                 self._udp.close()
                 self._udp = None
+            await self.dataplane.close()
             if self.accounting is not None:
                 await asyncio.to_thread(self.accounting.close)
                 self.accounting = None
@@ -183,6 +245,7 @@ class RelayService:
                 "ports": f"{self.config.port_min}-{self.config.port_max}",
                 "mediaproxy": str(self._unix_path or ""),
                 "accounting": self.accounting.location if self.accounting else "",
+                "dataplane": self.dataplane_name,
             },
         )
 

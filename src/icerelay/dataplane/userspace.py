@@ -155,6 +155,9 @@ class UserspaceDataPlane:
         stream = self._streams.get(key)
         return stream.state if stream is not None else None
 
+    async def start(self) -> None:
+        """Nothing to prepare: sockets are opened per forwarding."""
+
     async def install(self, forwarding: Forwarding) -> None:
         """Start forwarding, or update the forwarding with the same key in place."""
         stream = self._streams.get(forwarding.key)

@@ -1,0 +1,158 @@
+"""The nftables ruleset of the kernel data plane, and the commands that change its maps.
+
+Pure text: what :mod:`icerelay.dataplane.nftables` hands to libnftables, kept apart so that it
+can be read (and tested) without a kernel.
+
+Design (verified in network namespaces: loopback and veth parties): stateless header rewriting,
+no conntrack, in one table of our own, ``ip icerelay``:
+
+- ``prerouting`` (priority raw): a UDP packet to a relay port whose payload looks like RTP (RFC
+  3550 version 2, and a second byte outside 192..223 so that RTCP, RFC 5761 §4, stays with the
+  latching policy) is looked up by its full 4-tuple (latched source . relay port) in the map
+  ``inbound``, whose elements carry a counter each. A hit sets the packet's mark to the route's
+  id, takes it out of connection tracking, and rewrites the destination to the other party's
+  latched address. A miss leaves the packet alone: it reaches the relay's socket, where the
+  latching policy sees it (STUN, RTCP, strangers, parties not yet latched). Strict source holds
+  by construction: only the latched source tuple matches.
+- ``postrouting`` (the packet leaves towards a remote party) and ``input`` (the party is on this
+  host): a packet with one of our marks gets the relay's own address and port as its source,
+  from the id-keyed maps. The source cannot be rewritten in prerouting: a packet arriving with
+  one of the host's own addresses as its source is dropped as a martian by the routing code.
+
+Each route (one direction of one stream) takes one id; ids are marks in
+``MARK_BASE | id`` (``MARK_MASK`` selects them), so the table leaves other users' marks alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "MARK_BASE",
+    "MARK_MASK",
+    "MAX_ROUTES",
+    "TABLE",
+    "Route",
+    "add_routes",
+    "delete_routes",
+    "delete_table",
+    "get_routes",
+    "list_inbound",
+    "ruleset",
+]
+
+#: The table's name: one table of our own, removed whole at start (a stale one) and at stop.
+TABLE = "icerelay"
+MARK_BASE = 0x1CE00000
+MARK_MASK = 0xFFF00000
+#: Route ids fit below the mask.
+MAX_ROUTES = (~MARK_MASK & 0xFFFFFFFF) + 1
+
+#: (host, port), IPv4 only (the table is ``ip``; IPv6 streams stay in userspace).
+Endpoint = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One direction of one stream in the kernel: packets from :attr:`source` to the relay's
+    :attr:`local` port leave from the relay's :attr:`via` port towards :attr:`destination`."""
+
+    id: int
+    source: Endpoint
+    local: Endpoint
+    destination: Endpoint
+    via: Endpoint
+
+    @property
+    def mark(self) -> int:
+        """The packet mark that names this route between the hooks."""
+        return MARK_BASE | self.id
+
+    def key(self) -> str:
+        """The route's element key in ``inbound``, in nft's syntax."""
+        return f"{self.source[0]} . {self.source[1]} . {self.local[0]} . {self.local[1]}"
+
+
+def ruleset(port_min: int, port_max: int, table: str = TABLE) -> str:
+    """One transaction that removes a stale table of that name (a relay that crashed) and
+    creates the table afresh, with empty maps."""
+    match = (
+        f"udp dport {port_min}-{port_max} @th,64,2 2 @th,72,8 != 192-223 "
+        "meta mark set ip saddr . udp sport . ip daddr . udp dport map @inbound "
+        "notrack ip daddr set meta mark map @dst_addr udp dport set meta mark map @dst_port"
+    )
+    source = (
+        f"meta mark & {MARK_MASK:#x} == {MARK_BASE:#x} "
+        "ip saddr set meta mark map @src_addr udp sport set meta mark map @src_port"
+    )
+    return f"""add table ip {table}
+delete table ip {table}
+table ip {table} {{
+  map inbound {{ type ipv4_addr . inet_service . ipv4_addr . inet_service : mark; counter; }}
+  map dst_addr {{ type mark : ipv4_addr; }}
+  map dst_port {{ type mark : inet_service; }}
+  map src_addr {{ type mark : ipv4_addr; }}
+  map src_port {{ type mark : inet_service; }}
+  chain prerouting {{
+    type filter hook prerouting priority raw; policy accept;
+    {match}
+  }}
+  chain postrouting {{
+    type filter hook postrouting priority srcnat; policy accept;
+    {source}
+  }}
+  chain input {{
+    type filter hook input priority 100; policy accept;
+    {source}
+  }}
+}}
+"""
+
+
+def delete_table(table: str = TABLE) -> str:
+    """Remove the table if it exists (one transaction; no error when it does not)."""
+    return f"add table ip {table}\ndelete table ip {table}\n"
+
+
+def add_routes(routes: Iterable[Route], table: str = TABLE) -> str:
+    """Commands adding ``routes``; the id-keyed maps first, so that no packet ever matches
+    ``inbound`` before its rewrite is known (all of it is one transaction anyway)."""
+    routes = list(routes)
+    if not routes:
+        return ""
+    lines = []
+    columns: tuple[tuple[str, list[str | int]], ...] = (
+        ("dst_addr", [r.destination[0] for r in routes]),
+        ("dst_port", [r.destination[1] for r in routes]),
+        ("src_addr", [r.via[0] for r in routes]),
+        ("src_port", [r.via[1] for r in routes]),
+    )
+    for name, values in columns:
+        elements = ", ".join(f"{r.mark:#x} : {v}" for r, v in zip(routes, values, strict=True))
+        lines.append(f"add element ip {table} {name} {{ {elements} }}")
+    elements = ", ".join(f"{r.key()} : {r.mark:#x}" for r in routes)
+    lines.append(f"add element ip {table} inbound {{ {elements} }}")
+    return "\n".join(lines) + "\n"
+
+
+def delete_routes(routes: Iterable[Route], table: str = TABLE) -> str:
+    """Commands removing ``routes``: ``inbound`` first (packets then go to the sockets)."""
+    routes = list(routes)
+    if not routes:
+        return ""
+    lines = [f"delete element ip {table} inbound {{ {', '.join(r.key() for r in routes)} }}"]
+    marks = ", ".join(f"{r.mark:#x}" for r in routes)
+    for name in ("dst_addr", "dst_port", "src_addr", "src_port"):
+        lines.append(f"delete element ip {table} {name} {{ {marks} }}")
+    return "\n".join(lines) + "\n"
+
+
+def get_routes(routes: Iterable[Route], table: str = TABLE) -> str:
+    """A command reading the counters of ``routes``' ``inbound`` elements."""
+    return f"get element ip {table} inbound {{ {', '.join(r.key() for r in routes)} }}\n"
+
+
+def list_inbound(table: str = TABLE) -> str:
+    """A command listing every ``inbound`` element with its counter."""
+    return f"list map ip {table} inbound\n"
