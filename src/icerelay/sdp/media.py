@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from icerelay.errors import SdpError
@@ -78,7 +77,9 @@ class MediaDescription(Section):
 
     def set_port(self, port: int) -> None:
         """Set the ``m=`` port, keeping media, port count, proto and formats."""
-        self.set_media_line(replace(self.media_line, port=port))
+        line = self.media_line
+        # A constructor call, not dataclasses.replace (~5 us): the relay does this per offer.
+        self.set_media_line(MediaLine(line.media, port, line.proto, line.formats, line.port_count))
 
     @property
     def proto(self) -> str:
