@@ -157,11 +157,14 @@ def _serve(relay: netns.Namespace, database: Path) -> ServeProcess:
 
 
 def _inbound(relay: netns.Namespace) -> list[tuple[list[object], int, int]]:
-    """The ``inbound`` map's elements: (key, packets, bytes)."""
-    listing = json.loads(relay.run("nft", "-j", "list", "map", "ip", "icerelay", "inbound").stdout)
+    """The elements of the ``inbound`` maps: (key, packets, bytes)."""
+    listing = json.loads(relay.run("nft", "-j", "list", "table", "ip", "icerelay").stdout)
     elements = []
     for item in listing["nftables"]:
-        for key, _mark in item.get("map", {}).get("elem", []):
+        described = item.get("map", {})
+        if not described.get("name", "").startswith("inbound"):
+            continue
+        for key, _mark in described.get("elem", []):
             elem = key["elem"]
             counter = elem["counter"]
             elements.append((elem["val"]["concat"], counter["packets"], counter["bytes"]))

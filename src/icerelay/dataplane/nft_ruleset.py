@@ -1,7 +1,10 @@
 """The nftables ruleset of the kernel data plane, and the commands that change its maps.
 
-Pure text: what :mod:`icerelay.dataplane.nftables` hands to libnftables, kept apart so that it
-can be read (and tested) without a kernel.
+Pure text: what :mod:`icerelay.dataplane.nftables` hands to libnftables (the table, and element
+additions in batches), kept apart so that it can be read (and tested) without a kernel. Reading
+one element's counter and deleting elements go through :mod:`.nfnetlink` instead: libnftables
+loads every element of the table into its cache before such a command (measured: 1.9 ms per read
+and 13 ms per delete with 8,000 streams), netlink does it in microseconds.
 
 Design (verified in network namespaces: loopback and veth parties): stateless header rewriting,
 no conntrack, in one table of our own, ``ip icerelay``:
@@ -35,9 +38,7 @@ __all__ = [
     "TABLE",
     "Route",
     "add_routes",
-    "delete_routes",
     "delete_table",
-    "get_routes",
     "list_inbound",
     "ruleset",
 ]
@@ -115,6 +116,10 @@ def delete_table(table: str = TABLE) -> str:
     return f"add table ip {table}\ndelete table ip {table}\n"
 
 
+#: The maps keyed by a route's mark, in the order :func:`add_routes` fills them.
+MARK_MAPS = ("dst_addr", "dst_port", "src_addr", "src_port")
+
+
 def add_routes(routes: Iterable[Route], table: str = TABLE) -> str:
     """Commands adding ``routes``; the id-keyed maps first, so that no packet ever matches
     ``inbound`` before its rewrite is known (all of it is one transaction anyway)."""
@@ -122,35 +127,18 @@ def add_routes(routes: Iterable[Route], table: str = TABLE) -> str:
     if not routes:
         return ""
     lines = []
-    columns: tuple[tuple[str, list[str | int]], ...] = (
-        ("dst_addr", [r.destination[0] for r in routes]),
-        ("dst_port", [r.destination[1] for r in routes]),
-        ("src_addr", [r.via[0] for r in routes]),
-        ("src_port", [r.via[1] for r in routes]),
+    columns: tuple[list[str | int], ...] = (
+        [r.destination[0] for r in routes],
+        [r.destination[1] for r in routes],
+        [r.via[0] for r in routes],
+        [r.via[1] for r in routes],
     )
-    for name, values in columns:
+    for name, values in zip(MARK_MAPS, columns, strict=True):
         elements = ", ".join(f"{r.mark:#x} : {v}" for r, v in zip(routes, values, strict=True))
         lines.append(f"add element ip {table} {name} {{ {elements} }}")
     elements = ", ".join(f"{r.key()} : {r.mark:#x}" for r in routes)
     lines.append(f"add element ip {table} inbound {{ {elements} }}")
     return "\n".join(lines) + "\n"
-
-
-def delete_routes(routes: Iterable[Route], table: str = TABLE) -> str:
-    """Commands removing ``routes``: ``inbound`` first (packets then go to the sockets)."""
-    routes = list(routes)
-    if not routes:
-        return ""
-    lines = [f"delete element ip {table} inbound {{ {', '.join(r.key() for r in routes)} }}"]
-    marks = ", ".join(f"{r.mark:#x}" for r in routes)
-    for name in ("dst_addr", "dst_port", "src_addr", "src_port"):
-        lines.append(f"delete element ip {table} {name} {{ {marks} }}")
-    return "\n".join(lines) + "\n"
-
-
-def get_routes(routes: Iterable[Route], table: str = TABLE) -> str:
-    """A command reading the counters of ``routes``' ``inbound`` elements."""
-    return f"get element ip {table} inbound {{ {', '.join(r.key() for r in routes)} }}\n"
 
 
 def list_inbound(table: str = TABLE) -> str:

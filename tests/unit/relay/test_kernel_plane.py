@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import sys
 
 import pytest
 
 from icerelay.daemon import relay_service
 from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.daemon.relay_service import RelayService
-from icerelay.dataplane.nft_ruleset import MARK_BASE, Route, add_routes, delete_routes, ruleset
+from icerelay.dataplane.nfnetlink import address_port_key, mark_key
+from icerelay.dataplane.nft_ruleset import MARK_BASE, Route, add_routes, ruleset
 from icerelay.dataplane.nftables import _parse, _wanted
 from icerelay.dataplane.userspace import UserspaceDataPlane
 from icerelay.errors import ConfigError
@@ -99,9 +101,16 @@ def test_nft_text() -> None:
     assert f"192.0.2.10 . 4000 . {RELAY} . 30000 : {MARK_BASE | 5:#x}" in added
     # The rewrite maps are filled before the element that makes packets match.
     assert added.index("dst_addr") < added.index("inbound")
-    removed = delete_routes([route])
-    assert removed.index("inbound") < removed.index("dst_addr")
-    assert add_routes([]) == delete_routes([]) == ""
+    assert add_routes([]) == ""
+
+
+def test_netlink_keys() -> None:
+    # Each field of a concatenation is padded to 4 bytes; ports in network order.
+    assert address_port_key(("192.0.2.1", 0x1234), ("10.0.0.1", 30000)) == bytes(
+        [192, 0, 2, 1, 0x12, 0x34, 0, 0, 10, 0, 0, 1, 0x75, 0x30, 0, 0]
+    )
+    # A mark is in host order, as the meta mark register holds it.
+    assert mark_key(0x01020304) == (0x01020304).to_bytes(4, sys.byteorder)
 
 
 def test_counters_are_read_from_nft_listing() -> None:
