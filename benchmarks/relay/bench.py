@@ -92,7 +92,7 @@ class Plan:
         generator's limit (about 200k packets/s, 4,000 streams)."""
         self.port_min, self.port_max = 20000, 59999
         if smoke:
-            self.steps = [200, 1000, 2000]
+            self.steps = [200, 1000, 2000, 3000, 4000]
             self.seconds = 4.0
             self.calls = 500
         else:

@@ -144,13 +144,10 @@ def _findings(data: Result, servers: list[str], max_streams: list[int | None]) -
     theirs = best["rtpengine"]
     for ours in (s for s in OURS if s in servers):
         plane = "the nftables kernel plane" if ours == "icerelay-kernel" else "userspace"
-        limited = any(
-            step["generator_limited"] for step in _get(data, ours, "streams", "steps") or []
-        )
         out.append(
             f"Streams: {ours} ({plane}) sustained {_fmt(best[ours])} concurrent 50 pkt/s "
-            f"streams, rtpengine {_fmt(theirs)} ({ours}/rtpengine {_ratio(best[ours], theirs)})"
-            + (" -- the load generator's limit, not the relay's." if limited else ".")
+            f"streams, rtpengine {_fmt(theirs)} ({ours}/rtpengine {_ratio(best[ours], theirs)}); "
+            "'what ended the stepping' says whether the relay or the load generator gave out."
         )
     ours_present = [s for s in OURS if s in servers]
     good = {s: _good_steps(data, s) for s in servers}
