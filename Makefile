@@ -28,7 +28,7 @@ unit: $(STAMP)
 
 # deps first: on a fresh Debian machine it also provides python3-venv for the .venv.
 test: deps lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 # TURN benchmark, icerelay vs coturn (needs gcc and coturn; not part of `make test`).
 bench: $(STAMP)

@@ -292,6 +292,10 @@ def valid_request_bytes() -> bytes:
         (struct.pack("!HHI12s", 1, 8, 0x2112A442, bytes(12)) + b"\x00\x20\x00\xff" + bytes(4),
          "malformed"),  # attribute overrun
     ],
+    # Explicit ids: the requests carry random transaction ids, and pytest-xdist needs every
+    # worker to collect the same test names.
+    ids=["empty", "short", "ff", "dtls", "rtp", "channel-data", "truncated", "length-overrun",
+         "bad-fingerprint", "attribute-overrun"],
 )  # fmt: skip
 def test_malformed_input_is_dropped_and_counted(data: bytes, reason: str) -> None:
     engine = BindingEngine()
