@@ -52,13 +52,14 @@ class Line:
     raw: str | None = None
     eol: str | None = None
     number: int = field(default=0, compare=False)
-    # The attribute name, cut once: a relay's rewrite asks every line for it about ten times
-    # per SDP (profiled: the most called function of an ng offer).
-    _name: str | None = field(default=None, init=False, compare=False, repr=False)
+    #: For an ``a=`` line the attribute name (the text before the first ``:``), else None: cut
+    #: once, because a relay's rewrite looks every line's name up about ten times per SDP
+    #: (profiled: the most called function of an ng offer). Same as :attr:`attribute_name`.
+    name: str | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.type == "a":
-            object.__setattr__(self, "_name", self.value.partition(":")[0])
+            object.__setattr__(self, "name", self.value.partition(":")[0])
 
     @classmethod
     def make(cls, type: str, value: str) -> Line:
@@ -83,7 +84,7 @@ class Line:
     @property
     def attribute_name(self) -> str | None:
         """For an ``a=`` line, the attribute name (the text before the first ``:``); else None."""
-        return self._name
+        return self.name
 
     @property
     def attribute_value(self) -> str | None:
