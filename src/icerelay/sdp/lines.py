@@ -130,14 +130,32 @@ def split_lines(text: str) -> list[Line]:
     # final line without an ending.
     last = pieces.pop()
     lines: list[Line] = []
+    append = lines.append
+    number = 0
     for number, piece in enumerate(pieces, start=1):
-        if piece.endswith("\r"):
-            lines.append(_parse_line(piece[:-1], CRLF, number))
+        if piece[-1:] == "\r":
+            content, eol = piece[:-1], CRLF
         else:
-            lines.append(_parse_line(piece, LF, number))
+            content, eol = piece, LF
+        # The usual line (``x=value``, no stray CR, no trailing blank) is built here, anything
+        # else by _parse_line, which says what is wrong with it.
+        if (
+            len(content) > 2
+            and content[1] == "="
+            and content[0] in _LETTERS
+            and content[-1] not in _TRAILING
+            and "\r" not in content
+        ):
+            append(Line(content[0], content[2:], content, eol, number))
+        else:
+            append(_parse_line(content, eol, number))
     if last:
-        lines.append(_parse_line(last, "", len(pieces) + 1))
+        append(_parse_line(last, "", number + 1))
     return lines
+
+
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TRAILING = frozenset(" \t")
 
 
 def _parse_line(content: str, eol: str, number: int) -> Line:
