@@ -87,6 +87,9 @@ class _Stream:
     #: What removed routes counted, by side: packets, bytes (IP).
     retired: list[list[int]] = field(default_factory=lambda: [[0, 0], [0, 0]])
     read: float = 0.0
+    #: When a read last found more packets on each side's route (the policy's clock): the last
+    #: media the kernel forwarded, to within one read; survives re-latching.
+    last_media: list[float | None] = field(default_factory=lambda: [None, None])
 
 
 class NftablesDataPlane:
@@ -222,6 +225,14 @@ class NftablesDataPlane:
                 packets += offload.packets
                 size += offload.bytes
             _add(leg, packets, size)
+            kernel_media = stream.last_media[side]
+            if kernel_media is not None:
+                # Media the relay process never saw still counts as media (step-aside and
+                # no-media decisions read these).
+                if leg.last_media is None or leg.last_media < kernel_media:
+                    leg.last_media = kernel_media
+                if leg.last_packet is None or leg.last_packet < kernel_media:
+                    leg.last_packet = kernel_media
         return counters
 
     # -- programming the kernel ---------------------------------------------------------------
@@ -357,6 +368,9 @@ class NftablesDataPlane:
                 continue
             offload.packets = packets
             offload.bytes = size
+            stream = self._streams.get(offload.key)
+            if stream is not None:
+                stream.last_media[offload.side] = now
             state = self._userspace.state(offload.key)
             if state is not None:
                 # Media from the latched source is alive: what the no-media timeout and the
