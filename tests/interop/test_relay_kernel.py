@@ -40,6 +40,8 @@ RELAY, CALLER, CALLEE = "10.77.1.1", "10.77.1.2", "10.77.2.2"
 NG_PORT, STUN_PORT = 2223, 3478
 PAYLOAD = 160  # 20 ms of PCMA; with the 12-byte RTP header, 172 bytes per packet
 _CLONE_NEWNET = 0x40000000
+# A STUN Binding request (RFC 8489 §5): what an ICE connectivity check looks like.
+_BINDING = bytes.fromhex("0001 0000 2112a442") + bytes(range(12))
 
 
 def _socket_in(namespace: str, host: str, port: int) -> socket.socket:
@@ -216,14 +218,23 @@ def test_kernel_forwards_a_latched_call(lab: netns.Lab, tmp_path: Path) -> None:
         os.killpg(server.process.pid, signal.SIGSTOP)
         try:
             _exchange(caller, callee, port_a, port_b, 1, 49)
-            # A stranger's packets to the caller's relay port are not forwarded.
+            # A stranger's packets to the caller's relay port are not forwarded, and an ICE
+            # check from the latched source is not forwarded by the kernel either: the latching
+            # policy (step-aside, ICE-lite) must see it.
             for sequence in range(10):
                 stranger.sendto(_rtp(1000 + sequence), (RELAY, port_a))
+            caller.sendto(_BINDING, (RELAY, port_a))
             callee.settimeout(0.3)
             with pytest.raises(TimeoutError):
                 callee.recvfrom(2048)
         finally:
             os.killpg(server.process.pid, signal.SIGCONT)
+        # Running again, the relay process forwards the check (and drops the stranger's packets).
+        callee.settimeout(2)
+        assert callee.recvfrom(2048) == (_BINDING, (RELAY, port_b))
+        callee.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            callee.recvfrom(2048)
         elements = _inbound(relay)
         assert sorted((packets, size) for _key, packets, size in elements) == [
             (49, 49 * (PAYLOAD + 12 + 28)),
