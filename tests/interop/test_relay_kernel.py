@@ -12,7 +12,8 @@ packet of each side goes through the relay process (latching), the rest is forwa
 (the relay process is stopped with SIGSTOP meanwhile, and the packets still arrive, from the
 relay's ports; the per-element counters count them), a stranger's packets are not forwarded,
 the record counts exactly 50 packets / 8,600 bytes each way, and the ``icerelay`` table is gone
-after SIGTERM, and replaced by an empty one after kill -9 and a restart.
+after SIGTERM, and replaced by an empty one after kill -9 and a restart. A Kamailio + SIPp call
+in a namespace of its own is forwarded by the kernel too, with an exact record.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ from pathlib import Path
 import pytest
 
 from icerelay import bencode
+from icerelay.daemon.relay_config import RelayServiceConfig
+from icerelay.dataplane.nftables import NftablesDataPlane
+from icerelay.relay.sessions import TerminationReason
+from tests.support import kamailio as kamailio_support
 from tests.support import netns
+from tests.support.relayd import RelayThread
 from tests.support.serve import ServeProcess, start_serve
 
 pytestmark = pytest.mark.interop
@@ -44,19 +50,24 @@ _CLONE_NEWNET = 0x40000000
 _BINDING = bytes.fromhex("0001 0000 2112a442") + bytes(range(12))
 
 
+def _enter(namespace: str) -> None:
+    """Move the calling thread (only it) into ``namespace``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns failed")
+    finally:
+        os.close(fd)
+
+
 def _socket_in(namespace: str, host: str, port: int) -> socket.socket:
     """A UDP socket bound to ``host:port`` inside ``namespace``."""
     result: list[socket.socket | BaseException] = []
 
     def enter() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns failed")
-            finally:
-                os.close(fd)
+            _enter(namespace)
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind((host, port))
             sock.settimeout(1)
@@ -294,3 +305,137 @@ def test_kernel_table_after_kill_and_restart(lab: netns.Lab, tmp_path: Path) -> 
     finally:
         server.stop()
     assert "icerelay" not in relay.run("nft", "list", "tables", check=False).stdout
+
+
+class _NamespacedRelay(RelayThread):
+    """The relay service on an event loop whose thread lives in ``namespace``: its sockets,
+    its libnftables context and netlink socket (and the threads it starts) are all there."""
+
+    def __init__(self, config: RelayServiceConfig, namespace: str) -> None:
+        super().__init__(config)
+        self._thread = threading.Thread(target=self._run, args=(namespace,), daemon=True)
+
+    def _run(self, namespace: str) -> None:
+        _enter(namespace)
+        self.loop.run_forever()
+
+
+def test_kamailio_call_forwarded_by_the_kernel(lab: netns.Lab, tmp_path: Path) -> None:
+    """Kamailio 5.6 (rtpengine module) drives the relay; SIPp's UAC streams 50 packets of PCMA,
+    the UAS echoes them: all in one namespace on its loopback, with the kernel plane on."""
+    from tests.interop import test_relay_kamailio as kamailio_test
+
+    if kamailio_test.KAMAILIO is None or kamailio_test.SIPP is None:
+        pytest.skip("kamailio and sipp are needed (Debian packages kamailio, sip-tester)")
+    host = "127.0.0.1"
+    ns = lab.namespace("sip")
+    # A namespace of our own: every port is free, fixed numbers are fine.
+    ng_port, sip_port, uas_port, uac_port = 2223, 5060, 5070, 5080
+    uac_media, uas_media = 7000, 7004
+    config = RelayServiceConfig(
+        ng_listen=(host, ng_port),
+        ng_tcp=False,
+        mediaproxy_socket="",
+        accounting="",
+        port_min=30000,
+        port_max=30059,
+        delete_delay=0.2,
+        dataplane="kernel",
+        kernel_poll_interval=0.2,
+    )
+    flags = "replace-origin replace-session-connection trust-address"
+    (tmp_path / "kamailio.cfg").write_text(
+        kamailio_test.KAMAILIO_CFG.format(
+            host=host, sip_port=sip_port, ng_port=ng_port, uas_port=uas_port, flags=flags
+        )
+    )
+    audio = tmp_path / "audio.alaw"
+    audio.write_bytes(b"\xd5" * 8000)  # one second of A-law silence: 50 packets of 20 ms
+    (tmp_path / "uac.xml").write_text(
+        kamailio_test.UAC_XML.format(host=host, uas_port=uas_port, audio=audio)
+    )
+    (tmp_path / "uas.xml").write_text(kamailio_test.UAS_XML)
+    common = ["-m", "1", "-nostdin", "-trace_msg", "-trace_err", "-timeout", "15s", "-mi", host]
+    processes: list[kamailio_test.Process] = []
+    with _NamespacedRelay(config, ns.name) as relay:
+        plane = relay.service.dataplane
+        assert isinstance(plane, NftablesDataPlane), relay.service.dataplane_name
+        try:
+            kam = kamailio_test.start(
+                ns.command(
+                    kamailio_support.command(
+                        kamailio_test.KAMAILIO, tmp_path / "kamailio.cfg", tmp_path
+                    )
+                ),
+                tmp_path / "kamailio.log",
+                tmp_path,
+            )
+            processes.append(kam)
+            deadline = time.monotonic() + 15
+            while relay.service.protocol.counters.events["command.ping"] == 0:
+                assert kam.popen.poll() is None, kam.log.read_text(errors="replace")[-3000:]
+                assert time.monotonic() < deadline, kam.log.read_text(errors="replace")[-3000:]
+                time.sleep(0.1)
+            time.sleep(0.3)
+            sipp = kamailio_test.SIPP
+            uas = kamailio_test.start(
+                ns.command(
+                    [
+                        sipp,
+                        "-sf",
+                        "uas.xml",
+                        "-i",
+                        host,
+                        "-p",
+                        str(uas_port),
+                        "-mp",
+                        str(uas_media),
+                        "-rtp_echo",
+                        *common,
+                    ]
+                ),
+                tmp_path / "uas.log",
+                tmp_path,
+            )
+            processes.append(uas)
+            time.sleep(0.3)
+            uac = kamailio_test.start(
+                ns.command(
+                    [
+                        sipp,
+                        f"{host}:{sip_port}",
+                        "-sf",
+                        "uac.xml",
+                        "-i",
+                        host,
+                        "-p",
+                        str(uac_port),
+                        "-mp",
+                        str(uac_media),
+                        *common,
+                    ]
+                ),
+                tmp_path / "uac.log",
+                tmp_path,
+            )
+            processes.append(uac)
+            uac_status = uac.popen.wait(30)
+            uas_status = uas.popen.wait(15)
+            logs = {p.log.name: p.log.read_text(errors="replace")[-3000:] for p in processes}
+            assert uac_status == 0, logs
+            assert uas_status == 0, logs
+            (record,) = relay.wait_for_records(1, 5.0)
+            # The first packet each way went through the relay process (latching); the kernel
+            # forwarded the rest.
+            assert plane.kernel_packets >= 90, plane.kernel_packets
+            assert plane.routes_installed == 2 and plane.errors == 0
+        finally:
+            for process in reversed(processes):
+                process.stop()
+    assert record.reason is TerminationReason.DELETED
+    (stream,) = record.streams
+    # Exact, although the relay process saw only a few of them.
+    assert stream.packets_from_caller == 50, record
+    assert stream.packets_from_callee == 50, record
+    assert stream.bytes_from_caller == stream.bytes_from_callee == 50 * 172
+    assert stream.caller_latched is not None and stream.caller_latched.port == uac_media
