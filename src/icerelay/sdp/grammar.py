@@ -29,6 +29,11 @@ _FIELD_BREAKS = re.compile("[ \t\r\n\0]")
 
 def parse_uint(text: str, field: str, maximum: int, minimum: int = 0) -> int:
     """Parse an unsigned decimal integer of ASCII digits within ``minimum..maximum``."""
+    # Ports, payload types and clock rates: short ASCII digit runs, checked in C first.
+    if 0 < len(text) < 10 and text.isascii() and text.isdigit():
+        value = int(text)
+        if minimum <= value <= maximum:
+            return value
     if not _DIGITS.fullmatch(text):
         raise SdpError(f"{field} must be a decimal number, got {text!r}")
     # Bound the length before converting so that a hostile 100 kB digit string costs nothing.
