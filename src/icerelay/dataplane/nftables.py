@@ -143,6 +143,10 @@ class NftablesDataPlane:
         try:
             self._netlink = NfTables()
         except OSError as error:
+            # Leave nothing behind: the relay may go on in userspace.
+            with contextlib.suppress(NftError):
+                self._nft.run(delete_table(self._table))
+            self._nft = None
             raise NftError(f"cannot open a netlink socket to nf_tables: {error}") from None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="nft-poll")
         self._poller = asyncio.create_task(self._poll_loop(), name="nft-poll")
