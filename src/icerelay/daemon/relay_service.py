@@ -162,7 +162,7 @@ class RelayService:
 
     @property
     def dataplane_name(self) -> str:
-        """ "kernel" or "userspace" (or the class of a plane given in code)."""
+        """The plane's name: kernel, userspace, or the class of a plane given in code."""
         if isinstance(self.dataplane, NftablesDataPlane):
             return "kernel"
         if isinstance(self.dataplane, UserspaceDataPlane):
