@@ -59,6 +59,12 @@ class Line:
     #: once, because a relay's rewrite looks every line's name up about ten times per SDP
     #: (profiled: the most called function of an ng offer). Same as :attr:`attribute_name`.
     name: str | None = field(default=None, init=False, compare=False, repr=False)
+    #: What parsers made of this line's value, by (parser, value): validation, the relay's
+    #: description of an SDP and its rewrite each parse the same m=, c=, a=rtpmap lines; the
+    #: results are immutable values (frozen dataclasses, tuples, str, int), so they are shared.
+    parsed: dict[object, object] | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.type == "a":

@@ -309,9 +309,27 @@ def _attribute(line: Line) -> Attribute:
 
 
 def parse_at(line: Line, parse: Callable[[A], T], value: A) -> T:
-    """Run ``parse(value)`` and prefix any SdpError with the line number and its type."""
+    """Run ``parse(value)`` and prefix any SdpError with the line number and its type.
+
+    A line's parsed values are kept on it (:attr:`Line.parsed`): the same line is parsed by
+    validation and again by every reader of that attribute.
+    """
+    cache = line.parsed
+    key = (parse, value)
+    if cache is not None:
+        hit = cache.get(key, _MISSING)
+        if hit is not _MISSING:
+            return hit  # type: ignore[return-value]
     try:
-        return parse(value)
+        result = parse(value)
     except SdpError as error:
         prefix = f"a={line.attribute_name}" if line.type == "a" else f"{line.type}="
         raise SdpError(f"{line.where}: {prefix}: {error}") from None
+    if cache is None:
+        line.parsed = {key: result}
+    else:
+        cache[key] = result
+    return result
+
+
+_MISSING = object()
