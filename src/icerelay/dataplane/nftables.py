@@ -9,20 +9,22 @@ what the policy must see still reaches the sockets (STUN, RTCP, strangers). When
 moves a latch (the verdict's ``moved``: a handover, a re-INVITE) the stream is reprogrammed;
 when it is removed (the stream ended or stepped aside) its routes go first.
 
-Changes are batched: every stream that changed during one turn of the event loop is written in
-one libnftables call (one netlink transaction), on the loop's thread (a transaction of a few
-elements takes tens of microseconds).
+Changes are batched: the routes of every stream that changed during one turn of the event loop
+are added in one libnftables call and removed in one netlink batch (:mod:`.nfnetlink`), each one
+transaction, on the loop's thread (tens of microseconds for a few routes).
 
 Counters: each ``inbound`` element has its own counter. A poll (a thread, its own libnftables
-context, every ``poll_interval`` seconds) lists them all; a stream whose routes counted new
-packets gets ``last_packet`` (and the latched source's "last seen", which the policy's handover
-rule reads) set to the poll's time, so the no-media timeout and handover keep working with a
-precision of one poll interval. :meth:`counters` merges the kernel's packets and bytes into the
-policy's :class:`~icerelay.relay.forwarding.ForwardingCounters`, reading the stream's elements
-afresh first (the engine calls it for a record as a stream ends, and for ng ``query``), so
-records stay exact. Bytes: the kernel counts IP packets, the relay counts UDP payloads; the
-difference is 28 bytes per IPv4 packet. Packets a route counted between that last read and its
-removal (the same loop turn) are the only ones a record can miss.
+context, every ``poll_interval`` seconds, or one second per 4,000 routes when there are more)
+lists them all; a stream whose routes counted new packets gets ``last_packet`` (and the latched
+source's "last seen", which the policy's handover rule reads) set to the poll's time, so the
+no-media timeout and handover keep working with a precision of one poll interval.
+:meth:`counters` merges the kernel's packets and bytes into the policy's
+:class:`~icerelay.relay.forwarding.ForwardingCounters` (and the poll's time as ``last_media``),
+reading the stream's elements afresh first over netlink (the engine calls it for a record as a
+stream ends, and for ng ``query``), so records stay exact. Bytes: the kernel counts IP packets,
+the relay counts UDP payloads; the difference is 28 bytes per IPv4 packet. Packets a route
+counted between that last read and its removal (the same loop turn) are the only ones a record
+can miss.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ _ELEMENT = re.compile(
     r"(\d+\.\d+\.\d+\.\d+) \. (\d+) \. (\d+\.\d+\.\d+\.\d+) \. (\d+) "
     r"counter packets (\d+) bytes (\d+) : (0x[0-9a-f]+)"
 )
+# Routes listed per second of poll interval at most (see _poll_loop).
+_ROUTES_PER_SECOND = 4000
 # A read for counters() counts as fresh for this long (seconds): ng query and the engine's
 # deadline sweep may ask several times in one request.
 _FRESH = 0.05
@@ -390,7 +394,9 @@ class NftablesDataPlane:
         loop = asyncio.get_running_loop()
         reader: Nft | None = None
         while True:
-            await asyncio.sleep(self._poll_interval)
+            # A listing costs ~9 us of CPU per route (70 ms at 8,000): beyond 4,000 routes the
+            # interval grows with their number, so the reads stay under ~4% of a CPU.
+            await asyncio.sleep(max(self._poll_interval, len(self._by_id) / _ROUTES_PER_SECOND))
             try:
                 if reader is None:
                     reader = await loop.run_in_executor(self._executor, open_nft)
