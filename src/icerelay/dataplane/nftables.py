@@ -454,7 +454,9 @@ def _wanted(state: ForwardingState) -> list[Route | None]:
         local = leg.leg.local
         via = peer.leg.local
         hosts = (source[0], local.host, route.destination[0], via.host)
-        if not all(_ipv4(host) for host in hosts):
+        if not all(_ipv4(host) for host in hosts) or local.host == "0.0.0.0":
+            # IPv6 has no table here; a relay bound to the wildcard address cannot name the
+            # destination its packets arrive at, which the route's key needs.
             return [None, None]
         routes[side] = Route(
             0,
