@@ -34,6 +34,7 @@ from icerelay.control.ng import (
     error_reply,
 )
 from icerelay.daemon.accounting import AccountingStore, open_accounting
+from icerelay.daemon.dataplanes import dataplane_name, dataplane_statistics, start_dataplane
 from icerelay.daemon.relay_config import (
     DEFAULT_ACCOUNTING,
     RelayServiceConfig,
@@ -41,10 +42,8 @@ from icerelay.daemon.relay_config import (
 )
 from icerelay.dataplane import DataPlane
 from icerelay.dataplane.interface import PortUnavailable
-from icerelay.dataplane.libnft import unavailable_reason
-from icerelay.dataplane.nftables import NftablesDataPlane
 from icerelay.dataplane.userspace import UserspaceDataPlane
-from icerelay.errors import ConfigError, ControlError, RelayError
+from icerelay.errors import ControlError, RelayError
 from icerelay.relay.forwarding import ForwardingCounters
 from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.sessions import (
@@ -93,7 +92,7 @@ class RelayService:
         records: RecordSink | None = None,
     ) -> None:
         self.config = config or RelayServiceConfig()
-        #: None: chosen by ``config.dataplane`` at start.
+        #: Replaced at start as ``config.dataplane`` says, unless a plane is given here.
         self.dataplane: DataPlane = dataplane if dataplane is not None else UserspaceDataPlane()
         self._choose_dataplane = dataplane is None
         # A CSPRNG: relay ports and the relay's ICE passwords must be hard to guess (the kernel's,
@@ -132,55 +131,16 @@ class RelayService:
         # Through the attribute: the plane is chosen at start, after the engine is built.
         return self.dataplane.counters(key)
 
-    async def _start_dataplane(self) -> None:
-        """Choose and start the data plane (``[relay] dataplane``, see the config model)."""
-        mode = self.config.dataplane
-        if self._choose_dataplane and mode != "userspace":
-            reason = unavailable_reason()
-            if reason is None:
-                kernel = NftablesDataPlane(
-                    self.config.port_min,
-                    self.config.port_max,
-                    poll_interval=self.config.kernel_poll_interval,
-                )
-                try:
-                    await kernel.start()
-                except RelayError as error:
-                    reason = f"nftables refused the ruleset: {error}"
-                else:
-                    self.dataplane = kernel
-            if reason is not None:
-                if mode == "kernel":
-                    raise ConfigError(f"relay.dataplane = kernel, but {reason}")
-                logger.warning(
-                    "relay.dataplane_userspace",
-                    extra={"wanted": mode, "reason": reason},
-                )
-            logger.info("relay.dataplane", extra={"plane": self.dataplane_name})
-            if reason is None:
-                return
-        await self.dataplane.start()
-
     @property
     def dataplane_name(self) -> str:
         """The plane's name: kernel, userspace, or the class of a plane given in code."""
-        if isinstance(self.dataplane, NftablesDataPlane):
-            return "kernel"
-        if isinstance(self.dataplane, UserspaceDataPlane):
-            return "userspace"
-        return type(self.dataplane).__name__
+        return dataplane_name(self.dataplane)
 
     def _statistics(self) -> dict[str, ReplyValue]:
         """The shell's counters, for the ng ``statistics`` reply."""
         accounting = self.accounting
-        plane = self.dataplane
-        kernel: dict[str, ReplyValue] = {"dataplane": self.dataplane_name}
-        if isinstance(plane, NftablesDataPlane):
-            kernel["kernel_routes"] = plane.offloaded_count
-            kernel["kernel_packets"] = plane.kernel_packets
-            kernel["kernel_errors"] = plane.errors
         return {
-            **kernel,
+            **dataplane_statistics(self.dataplane),
             "forwardings_failed": self.install_failures,
             "ports_quarantined": len(self._quarantined),
             "mediaproxy_errors": self.mediaproxy.errors,
@@ -210,7 +170,9 @@ class RelayService:
         # any socket is bound.
         self.accounting = await asyncio.to_thread(self._open_accounting)
         try:
-            await self._start_dataplane()
+            self.dataplane = await start_dataplane(
+                self.config, self.dataplane, choose=self._choose_dataplane
+            )
         except BaseException:
             if self.accounting is not None:
                 await asyncio.to_thread(self.accounting.close)

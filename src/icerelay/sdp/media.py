@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from icerelay.errors import SdpError
@@ -77,9 +78,7 @@ class MediaDescription(Section):
 
     def set_port(self, port: int) -> None:
         """Set the ``m=`` port, keeping media, port count, proto and formats."""
-        line = self.media_line
-        # A constructor call, not dataclasses.replace (~5 us): the relay does this per offer.
-        self.set_media_line(MediaLine(line.media, port, line.proto, line.formats, line.port_count))
+        self.set_media_line(replace(self.media_line, port=port))
 
     @property
     def proto(self) -> str:
@@ -125,7 +124,7 @@ class MediaDescription(Section):
         """The ``a=rtpmap`` for ``payload_type``, else the RFC 3551 static assignment, else None."""
         wanted = str(payload_type)
         for line in self.lines:
-            if line.name == "rtpmap" and _first_field(line.attribute_value) == wanted:
+            if line.attribute_name == "rtpmap" and _first_field(line.attribute_value) == wanted:
                 return parse_at(line, RtpMap.parse, line.attribute_value or "")
         # Payload types are 0..127; the length bound also keeps int() away from a hostile
         # 5000-digit "format" (Python refuses to convert those with ValueError).
@@ -143,7 +142,7 @@ class MediaDescription(Section):
         wanted = str(payload_type)
         for line in self.lines:
             value = line.attribute_value
-            if line.name == "fmtp" and _first_field(value) == wanted:
+            if line.attribute_name == "fmtp" and _first_field(value) == wanted:
                 return (value or "").lstrip(" \t")[len(wanted):].strip(" \t")
         return None
 
@@ -185,7 +184,7 @@ class MediaDescription(Section):
             position += 1
         else:
             end = next((i for i, line in enumerate(self.lines)
-                        if line.name == END_OF_CANDIDATES), None)
+                        if line.attribute_name == END_OF_CANDIDATES), None)
             if end is not None:
                 position = end
             else:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from icerelay.daemon import relay_service
+from icerelay.daemon import dataplanes
 from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.daemon.relay_service import RelayService
 from icerelay.dataplane.nfnetlink import address_port_key, mark_key
@@ -136,7 +136,7 @@ def _config(dataplane: str) -> RelayServiceConfig:
 
 
 def test_kernel_refuses_to_start_without_nftables(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(relay_service, "unavailable_reason", lambda: "not running as root")
+    monkeypatch.setattr(dataplanes, "unavailable_reason", lambda: "not running as root")
     service = RelayService(_config("kernel"))
     with pytest.raises(ConfigError, match="not running as root"):
         asyncio.run(service.start())
@@ -145,7 +145,7 @@ def test_kernel_refuses_to_start_without_nftables(monkeypatch: pytest.MonkeyPatc
 def test_auto_falls_back_to_userspace_and_says_why(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(relay_service, "unavailable_reason", lambda: "not running as root")
+    monkeypatch.setattr(dataplanes, "unavailable_reason", lambda: "not running as root")
 
     async def main() -> None:
         service = RelayService(_config("auto"))
