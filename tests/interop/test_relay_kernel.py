@@ -38,7 +38,7 @@ from icerelay.relay.sessions import TerminationReason
 from tests.support import kamailio as kamailio_support
 from tests.support import netns
 from tests.support.relayd import RelayThread
-from tests.support.serve import ServeProcess, start_serve
+from tests.support.serve import ServeProcess, icerelay_command, start_serve
 
 pytestmark = pytest.mark.interop
 
@@ -298,6 +298,21 @@ def test_kernel_table_after_kill_and_restart(lab: netns.Lab, tmp_path: Path) -> 
     server = _serve(relay, database)
     try:
         # ... and a restart replaces it with an empty one.
+        assert _inbound(relay) == []
+        # A second relay must not take the table of a running one: it refuses to start.
+        argv = icerelay_command(
+            "serve", "--stun-listen", f"{RELAY}:{STUN_PORT + 1}",
+            "--set", "relay.enabled=true", "--set", "relay.dataplane=kernel",
+            "--set", f"relay.ng_listen={RELAY}:{NG_PORT + 1}",
+            "--set", f"relay.address_ipv4={RELAY}",
+            "--set", "relay.port_min=30100", "--set", "relay.port_max=30199",
+            "--set", "relay.mediaproxy_socket=", "--set", "relay.accounting=",
+        )  # fmt: skip
+        second = relay.run(*argv, check=False, timeout=30)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"belongs to a running relay (pid {server.process.pid}" in second.stderr + (
+            second.stdout
+        )
         assert _inbound(relay) == []
         # SIGTERM, as systemd stops a service: the table goes.
         os.killpg(server.process.pid, signal.SIGTERM)

@@ -28,6 +28,7 @@ Each route (one direction of one stream) takes one id; ids are marks in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,16 +36,20 @@ __all__ = [
     "MARK_BASE",
     "MARK_MASK",
     "MAX_ROUTES",
+    "OWNER_COMMENT",
     "TABLE",
     "Route",
     "add_routes",
     "delete_table",
     "list_inbound",
     "ruleset",
+    "table_owner",
 ]
 
 #: The table's name: one table of our own, removed whole at start (a stale one) and at stop.
 TABLE = "icerelay"
+#: The table's comment before the owner's process id.
+OWNER_COMMENT = "icerelay pid"
 MARK_BASE = 0x1CE00000
 MARK_MASK = 0xFFF00000
 #: Route ids fit below the mask.
@@ -75,9 +80,10 @@ class Route:
         return f"{self.source[0]} . {self.source[1]} . {self.local[0]} . {self.local[1]}"
 
 
-def ruleset(port_min: int, port_max: int, table: str = TABLE) -> str:
+def ruleset(port_min: int, port_max: int, table: str = TABLE, owner: int = 0) -> str:
     """One transaction that removes a stale table of that name (a relay that crashed) and
-    creates the table afresh, with empty maps."""
+    creates the table afresh, with empty maps. ``owner`` (a process id) goes into the table's
+    comment, so that a second relay does not take over the table of a running one."""
     match = (
         f"udp dport {port_min}-{port_max} @th,64,2 2 @th,72,8 != 192-223 "
         "meta mark set ip saddr . udp sport . ip daddr . udp dport map @inbound "
@@ -90,6 +96,7 @@ def ruleset(port_min: int, port_max: int, table: str = TABLE) -> str:
     return f"""add table ip {table}
 delete table ip {table}
 table ip {table} {{
+  comment "{OWNER_COMMENT} {owner}"
   map inbound {{ type ipv4_addr . inet_service . ipv4_addr . inet_service : mark; counter; }}
   map dst_addr {{ type mark : ipv4_addr; }}
   map dst_port {{ type mark : inet_service; }}
@@ -109,6 +116,12 @@ table ip {table} {{
   }}
 }}
 """
+
+
+def table_owner(listing: str) -> int | None:
+    """The process id in the comment of a listed table (``list table``), or None."""
+    match = re.search(rf'comment "{OWNER_COMMENT} (\d+)"', listing)
+    return int(match.group(1)) if match else None
 
 
 def delete_table(table: str = TABLE) -> str:

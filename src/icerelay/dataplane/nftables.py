@@ -32,11 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from icerelay.dataplane.libnft import Nft, NftError, open_nft
 from icerelay.dataplane.nfnetlink import NfTables, address_port_key, mark_key
@@ -49,6 +51,7 @@ from icerelay.dataplane.nft_ruleset import (
     delete_table,
     list_inbound,
     ruleset,
+    table_owner,
 )
 from icerelay.dataplane.userspace import UserspaceDataPlane
 from icerelay.relay.forwarding import Forwarding, ForwardingCounters, LegCounters
@@ -143,7 +146,8 @@ class NftablesDataPlane:
     async def start(self) -> None:
         """Create the table (removing a stale one a crashed relay left) and start polling."""
         self._nft = open_nft()
-        self._nft.run(ruleset(*self._port_range, table=self._table))
+        _check_owner(self._nft, self._table)
+        self._nft.run(ruleset(*self._port_range, table=self._table, owner=os.getpid()))
         try:
             self._netlink = NfTables()
         except OSError as error:
@@ -410,6 +414,24 @@ class NftablesDataPlane:
                 self._failed("poll", error)
                 continue
             self._update(readings, self._now())
+
+
+def _check_owner(nft: Nft, table: str) -> None:
+    """Raise NftError if the table exists and belongs to another relay that is still running;
+    a table whose owner is gone (kill -9, a crash) is stale and may be replaced."""
+    try:
+        listing = nft.run(f"list table ip {table}\n")
+    except NftError:
+        return  # no such table
+    owner = table_owner(listing)
+    if owner is None or owner == os.getpid():
+        return
+    try:
+        command = Path(f"/proc/{owner}/cmdline").read_bytes()
+    except OSError:
+        return  # no such process
+    if b"icerelay" in command:
+        raise NftError(f"table ip {table} belongs to a running relay (pid {owner})")
 
 
 def _parse(listing: str) -> dict[int, tuple[str, int, int]]:

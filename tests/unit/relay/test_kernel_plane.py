@@ -15,7 +15,7 @@ from icerelay.daemon import dataplanes
 from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.daemon.relay_service import RelayService
 from icerelay.dataplane.nfnetlink import address_port_key, mark_key
-from icerelay.dataplane.nft_ruleset import MARK_BASE, Route, add_routes, ruleset
+from icerelay.dataplane.nft_ruleset import MARK_BASE, Route, add_routes, ruleset, table_owner
 from icerelay.dataplane.nftables import _parse, _wanted
 from icerelay.dataplane.userspace import UserspaceDataPlane
 from icerelay.errors import ConfigError
@@ -92,7 +92,10 @@ def test_ipv6_streams_stay_in_userspace() -> None:
 
 
 def test_nft_text() -> None:
-    script = ruleset(30000, 30099)
+    script = ruleset(30000, 30099, owner=4242)
+    # The owner's pid is in the table's comment: a second relay will not take the table over.
+    assert table_owner(script) == 4242
+    assert table_owner("table ip icerelay {\n}") is None
     # A stale table is removed in the same transaction that creates the new one.
     assert script.startswith("add table ip icerelay\ndelete table ip icerelay\n")
     assert "udp dport 30000-30099" in script
