@@ -50,16 +50,44 @@ def _versions() -> dict[str, str]:
     }
 
 
+_NETNS_ENV = "ICERELAY_BENCH_NETNS"
+
+
+def _in_namespace(argv: list[str]) -> int:
+    """Run this benchmark again inside a fresh network namespace (loopback only), then delete it."""
+    import subprocess
+
+    name = f"kernel-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        command = ["ip", "netns", "exec", name, sys.executable, "-m", "benchmarks.relay", *argv]
+        return subprocess.run(command, env={**os.environ, _NETNS_ENV: name}).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.relay", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny loads, < 1 minute")
-    parser.add_argument("--servers", default="icerelay,rtpengine", help="comma-separated")
+    parser.add_argument(
+        "--servers",
+        default="icerelay,icerelay-kernel,rtpengine" if os.geteuid() == 0 else "icerelay,rtpengine",
+        help="comma-separated (icerelay-kernel needs root)",
+    )
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="run in a private network namespace (root) with a relay port range of 20000-59999",
+    )
     parser.add_argument("--seconds", type=float, help="length of each load step")
     parser.add_argument("--steps", help="comma-separated stream counts")
     parser.add_argument(
         "--render", action="store_true", help="only rewrite REPORT.md from report.json"
     )
     args = parser.parse_args(argv)
+    if args.netns and not os.environ.get(_NETNS_ENV):
+        return _in_namespace(sys.argv[1:] if argv is None else argv)
     if args.render:
         (HERE / "REPORT.md").write_text(
             report.render(json.loads((HERE / "report.json").read_text()))
@@ -67,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     plan = bench.Plan.smoke() if args.smoke else bench.Plan.full()
+    if os.environ.get(_NETNS_ENV):
+        plan.widen(args.smoke)
     if args.seconds:
         plan.seconds = args.seconds
     if args.steps:
@@ -92,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _versions(),
         "loadavg_start": bench.loadavg(),
         "niceness": niceness,
+        "netns": os.environ.get(_NETNS_ENV, ""),
         "servers": {},
     }
     with tempfile.TemporaryDirectory(prefix="icerelay-relay-bench-") as tmp:

@@ -4,6 +4,13 @@ Each server (icerelay's relay in its own process, rtpengine 10.5 userspace) is s
 equivalent settings (127.0.0.1, same relay port range, no delete delay, no kernel forwarding) and
 measured in this order:
 
+Three servers can be measured: ``icerelay`` (the userspace data plane), ``icerelay-kernel`` (the
+nftables data plane, root only: both legs of every call are latched before the load starts, by one
+packet from the callee's address, so that the kernel forwards each stream after its first caller
+packet) and ``rtpengine``. With ``--netns`` the whole run happens in a private network namespace
+(no other program's sockets on the relay ports) and the relay port range widens to 20000-59999,
+so that the plan can reach the load generator's limit instead of the port range's.
+
 1. **ng offer+answer rate and memory per call**: RSS of the idle server, then ``calls`` calls set
    up by a pipelined ng client over UDP (offer, then answer as soon as the offer's reply is in,
    ``window`` requests in flight); RSS again; the calls are deleted. Every request is encoded
@@ -80,6 +87,17 @@ class Plan:
     def smoke(cls) -> Plan:
         return cls(steps=[50, 200], seconds=3.0, baseline_seconds=2.0, calls=200)
 
+    def widen(self, smoke: bool) -> None:
+        """In a private namespace: 40,000 relay ports (10,000 calls), steps up to the load
+        generator's limit (about 200k packets/s, 4,000 streams)."""
+        self.port_min, self.port_max = 20000, 59999
+        if smoke:
+            self.steps = [200, 1000, 2000, 3000, 4000]
+            self.seconds = 4.0
+            self.calls = 500
+        else:
+            self.steps = [*self.steps, 2000, 2500, 3000, 3500, 4000]
+
     def as_dict(self) -> Result:
         return asdict(self)
 
@@ -97,7 +115,7 @@ class Server(Protocol):
 def running(name: str, plan: Plan, workdir: Path) -> Iterator[Server]:
     """One server, started with the benchmark's settings and stopped afterwards."""
     server: Server
-    if name == "icerelay":
+    if name in ("icerelay", "icerelay-kernel"):
         server = start_relay(
             workdir / name,
             ng_port=plan.ng_port,
@@ -108,6 +126,7 @@ def running(name: str, plan: Plan, workdir: Path) -> Iterator[Server]:
             # RelayService alone, as measured for the committed report (serve adds nothing
             # on the relay's path; it would only add a STUN service to switch off).
             mode="service",
+            dataplane="kernel" if name == "icerelay-kernel" else "userspace",
         )
     elif name == "rtpengine":
         server = start_rtpengine(
@@ -183,6 +202,8 @@ class NgPipeline:
     timeout: float = 5.0
     prefix: str = field(default_factory=lambda: f"b{os.getpid()}x{int(time.time() * 1000)}")
     failures: list[str] = field(default_factory=list)
+    #: Call index -> the callee-side relay port (where the callee sends), from the offers.
+    callee_ports: dict[int, int] = field(default_factory=dict)
 
     def _call_id(self, index: int) -> str:
         return f"{self.prefix}-{index}@bench"
@@ -233,6 +254,9 @@ class NgPipeline:
                 self.failures.append(payload[:200].decode("latin-1"))
                 return None
             if kind == b"o":
+                match = re.search(rb"m=audio (\d+) ", payload)
+                if match is not None:
+                    self.callee_ports[index] = int(match.group(1))
                 return answers[index - first]
             # The answer's SDP, rewritten, is what the caller sends to: the stream's relay port.
             match = re.search(rb"m=audio (\d+) ", payload)
@@ -402,6 +426,19 @@ def blast(udpblast: Path, plan: Plan, ports: list[int], seconds: float, workdir:
     }
 
 
+def latch_callees(plan: Plan, ports: list[int]) -> None:
+    """One RTP-like packet from the callee's address (the sink's) to each call's callee-side
+    relay port: the relay latches that leg, so the kernel plane can take over each stream as
+    soon as its caller's first packet latched the other. Sent before the sink binds its port."""
+    packet = bytes([0x80, 0]) + bytes(PACKET_SIZE - 2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((HOST, plan.sink_port))
+        for index, port in enumerate(ports):
+            sock.sendto(packet, (HOST, port))
+            if index % 200 == 199:
+                time.sleep(0.01)  # the relay reads these in batches; do not overflow its queues
+
+
 def wait_idle(pid: int, limit: float = 15.0) -> float:
     """Wait until ``pid`` uses < 5% of a CPU over 0.5 s (its socket backlog is drained).
 
@@ -482,6 +519,9 @@ def measure_server(name: str, plan: Plan, workdir: Path, udpblast: Path, log: An
             if len(calls) < count:
                 log(f"{name}: only {len(calls)} of {count} calls could be set up")
                 break
+            if name == "icerelay-kernel":
+                latch_callees(plan, [ng.callee_ports[i] for i, _ in calls[:count]])
+                time.sleep(0.3)
             for attempt in (1, 2):
                 drained = wait_idle(server.pid)
                 cpu0 = cpu_seconds(server.pid)

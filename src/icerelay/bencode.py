@@ -23,7 +23,7 @@ silently writing ``i1e`` would hide a programming error.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from icerelay.errors import ControlError
 
@@ -53,6 +53,8 @@ MAX_DEPTH = 64
 _MAX_DIGITS = 20
 
 _DIGITS = frozenset(b"0123456789")
+# Byte values of the type markers (data[pos] is an int; ord() on every value costs a call).
+_I, _L, _D, _E, _ZERO = b"i"[0], b"l"[0], b"d"[0], b"e"[0], b"0"[0]
 # rtpengine, Kamailio and OpenSIPS decode integers into 64-bit C integers; anything wider would be
 # truncated silently on their side, so neither direction lets it through.
 _INT_MIN = -(2**63)
@@ -77,6 +79,56 @@ def encode(value: Encodable) -> bytes:
 def _encode(value: object, out: list[bytes], depth: int) -> None:
     if depth > MAX_DEPTH:
         raise BencodeError(f"value nests deeper than {MAX_DEPTH} levels")
+    # Exact types first, by identity (every ng reply is made of these): one comparison each
+    # instead of a chain of isinstance checks. Subclasses, other mappings and sequences, and
+    # bool (which must be refused, not written as i1e) take the general path below.
+    kind = type(value)
+    if kind is bytes:
+        raw = cast(bytes, value)
+        out.append(b"%d:%b" % (len(raw), raw))
+    elif kind is str:
+        raw = cast(str, value).encode("utf-8")
+        out.append(b"%d:%b" % (len(raw), raw))
+    elif kind is int:
+        number = cast(int, value)
+        if not _INT_MIN <= number <= _INT_MAX:
+            raise BencodeError(f"integer {value} does not fit the 64 bits peers decode into")
+        out.append(b"i%de" % number)
+    elif kind is dict:
+        _encode_mapping(cast("dict[object, object]", value), out, depth)
+    elif kind is list or kind is tuple:
+        out.append(b"l")
+        for item in cast("list[object]", value):
+            _encode(item, out, depth + 1)
+        out.append(b"e")
+    else:
+        _encode_other(value, out, depth)
+
+
+def _encode_mapping(value: Mapping[object, object], out: list[bytes], depth: int) -> None:
+    items: dict[bytes, object] = {}
+    for key, item in value.items():
+        kind = type(key)
+        if kind is str:
+            raw_key = cast(str, key).encode("utf-8")
+        elif isinstance(key, bytes):
+            raw_key = key
+        elif isinstance(key, str):
+            raw_key = key.encode("utf-8")
+        else:
+            raise BencodeError(f"dictionary key {key!r} is not a string")
+        if raw_key in items:
+            raise BencodeError(f"dictionary key {raw_key!r} appears twice")
+        items[raw_key] = item
+    out.append(b"d")
+    for raw_key in sorted(items):
+        out.append(b"%d:%b" % (len(raw_key), raw_key))
+        _encode(items[raw_key], out, depth + 1)
+    out.append(b"e")
+
+
+def _encode_other(value: object, out: list[bytes], depth: int) -> None:
+    """Everything that is not exactly bytes, str, int, dict, list or tuple."""
     # bool is an int subclass: test it first so that True does not become i1e unnoticed.
     if isinstance(value, bool):
         raise BencodeError("bencode has no boolean type; send 'yes'/'no' or an integer")
@@ -93,23 +145,7 @@ def _encode(value: object, out: list[bytes], depth: int) -> None:
         out.append(b"%d:" % len(raw))
         out.append(raw)
     elif isinstance(value, Mapping):
-        items: dict[bytes, object] = {}
-        for key, item in value.items():
-            if isinstance(key, str):
-                raw_key = key.encode("utf-8")
-            elif isinstance(key, bytes):
-                raw_key = key
-            else:
-                raise BencodeError(f"dictionary key {key!r} is not a string")
-            if raw_key in items:
-                raise BencodeError(f"dictionary key {raw_key!r} appears twice")
-            items[raw_key] = item
-        out.append(b"d")
-        for raw_key in sorted(items):
-            out.append(b"%d:" % len(raw_key))
-            out.append(raw_key)
-            _encode(items[raw_key], out, depth + 1)
-        out.append(b"e")
+        _encode_mapping(value, out, depth)
     elif isinstance(value, list | tuple):
         out.append(b"l")
         for item in value:
@@ -150,39 +186,42 @@ class _Decoder:
         if pos >= len(data):
             raise IncompleteBencode(f"input ends at offset {pos} where a value should start")
         lead = data[pos]
-        if lead == ord("i"):
-            return self.integer(pos)
         if lead in _DIGITS:
             return self.string(pos)
+        if lead == _I:
+            return self.integer(pos)
         if depth >= MAX_DEPTH:
             raise BencodeError(f"value at offset {pos} nests deeper than {MAX_DEPTH} levels")
-        if lead == ord("l"):
+        if lead == _L:
             items: list[BencodeValue] = []
             pos += 1
             while True:
                 if pos >= len(data):
                     raise IncompleteBencode("input ends inside a list")
-                if data[pos] == ord("e"):
+                if data[pos] == _E:
                     return items, pos + 1
                 item, pos = self.value(pos, depth + 1)
                 items.append(item)
-        if lead == ord("d"):
+        if lead == _D:
             entries: dict[bytes, BencodeValue] = {}
             pos += 1
+            string = self.string
+            value = self.value
             while True:
                 if pos >= len(data):
                     raise IncompleteBencode("input ends inside a dictionary")
-                if data[pos] == ord("e"):
+                first = data[pos]
+                if first == _E:
                     return entries, pos + 1
-                if data[pos] not in _DIGITS:
+                if first not in _DIGITS:
                     raise BencodeError(
                         f"dictionary key at offset {pos} is not a string "
-                        f"(starts with {chr(data[pos])!r})"
+                        f"(starts with {chr(first)!r})"
                     )
-                key, pos = self.string(pos)
+                key, pos = string(pos)
                 if key in entries:
                     raise BencodeError(f"dictionary key {key[:40]!r} appears twice")
-                entries[key], pos = self.value(pos, depth + 1)
+                entries[key], pos = value(pos, depth + 1)
         raise BencodeError(f"unexpected byte {chr(lead)!r} at offset {pos}")
 
     def integer(self, pos: int) -> tuple[int, int]:
@@ -204,6 +243,20 @@ class _Decoder:
         return number, end + 1
 
     def string(self, pos: int) -> tuple[bytes, int]:
+        data = self.data
+        colon = data.find(b":", pos, pos + _MAX_DIGITS + 1)
+        if colon > pos:
+            digits = data[pos:colon]
+            # The usual case, checked in C: decimal digits without a leading zero (or "0").
+            if digits.isdigit() and (digits[0] != _ZERO or colon == pos + 1):
+                start = colon + 1
+                end = start + int(digits)
+                if end <= len(data):
+                    return data[start:end], end
+        return self._string_slow(pos)
+
+    def _string_slow(self, pos: int) -> tuple[bytes, int]:
+        """:meth:`string` for anything unusual: says precisely what is wrong."""
         data = self.data
         colon = data.find(b":", pos, pos + _MAX_DIGITS + 1)
         if colon < 0:

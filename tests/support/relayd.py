@@ -94,6 +94,7 @@ def start_relay(
     log_level: str = "info",
     mode: str = "auto",
     ready_timeout: float = 15.0,
+    dataplane: str = "userspace",
 ) -> RelayProcess:
     """Start the relay subprocess and wait until it answers an ng ``ping``.
 
@@ -129,6 +130,7 @@ def start_relay(
             f"port_max = {port_max}\n"
             f"delete_delay = {delete_delay}\n"
             f'accounting = "sqlite:{accounting}"\n'
+            f'dataplane = "{dataplane}"\n'
         )
         argv = [sys.executable, "-m", "icerelay", "serve", "--config", str(config)]
     elif mode == "service":
@@ -141,6 +143,7 @@ def start_relay(
             "--delete-delay", str(delete_delay),
             "--accounting", str(accounting),
             "--log-level", log_level,
+            "--dataplane", dataplane,
         ]  # fmt: skip
     else:
         raise ValueError(f"unknown relay mode {mode!r}")
@@ -205,6 +208,7 @@ async def _serve(args: argparse.Namespace) -> None:
         port_max=args.port_max,
         delete_delay=args.delete_delay,
         accounting=f"sqlite:{args.accounting}" if args.accounting else "",
+        dataplane=args.dataplane,
     )
     service = RelayService(config)
     await service.start()
@@ -230,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete-delay", type=float, default=0.0)
     parser.add_argument("--accounting", default="", help="SQLite file; empty: none")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--dataplane", default="userspace", help="auto, kernel or userspace")
     args = parser.parse_args(argv)
     configure_logging(args.log_level, "kv")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

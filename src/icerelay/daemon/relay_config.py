@@ -16,6 +16,7 @@ Example (TOML)::
     port_max = 32767
     media_timeout = 60
     ice_priority = "low"                 # none | low | high
+    dataplane = "auto"                   # auto | kernel | userspace (nftables when root)
 """
 
 from __future__ import annotations
@@ -169,6 +170,18 @@ class RelayServiceConfig(BaseModel):
     #: Seconds the ports of a stepped-aside stream stay out of the pool (late packets of that
     #: call must reach no other call).
     port_quarantine: float = Field(default=60.0, ge=0)
+
+    # -- data plane (issue 12) --
+    #: Who moves media: "kernel" forwards latched streams with nftables (needs root and the
+    #: python3-nftables package; the relay refuses to start without them); "auto" uses the kernel
+    #: when it can and otherwise says why in one log line and runs in userspace; "userspace"
+    #: keeps every packet in the relay process. The default stays "userspace" because one host
+    #: holds one ``icerelay`` table: two relays on one host (tests, a side-by-side upgrade) must
+    #: not both program it.
+    dataplane: Literal["auto", "kernel", "userspace"] = "userspace"
+    #: Seconds between reads of the kernel's per-stream counters: the precision of the no-media
+    #: timeout and of the handover rule for streams the kernel forwards.
+    kernel_poll_interval: float = Field(default=1.0, gt=0, le=10)
 
     @field_validator("ng_listen", mode="before")
     @classmethod

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import random
 import secrets
 import socket
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from icerelay import bencode
 from icerelay.aio.addresses import bound_socket
+from icerelay.aio.entropy import BufferedSystemRandom
 from icerelay.aio.udp import UdpEndpoint
 from icerelay.control.mediaproxy import MediaproxyFramer, MediaproxyHandler
 from icerelay.control.ng import (
@@ -42,6 +42,7 @@ from icerelay.control.ng import (
     reply_too_big,
 )
 from icerelay.daemon.accounting import Accounting, open_target
+from icerelay.daemon.dataplanes import dataplane_name, dataplane_statistics, start_dataplane
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.daemon.relay_ops import RelayOperations, log_command, log_mediaproxy
@@ -50,6 +51,7 @@ from icerelay.dataplane import DataPlane
 from icerelay.dataplane.interface import PortUnavailable
 from icerelay.dataplane.userspace import UserspaceDataPlane
 from icerelay.errors import ConfigError, ControlError, RelayError
+from icerelay.relay.forwarding import ForwardingCounters
 from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.sessions import (
     ForwardingInstalled,
@@ -133,15 +135,18 @@ class RelayService:
         records: RecordSink | None = None,
     ) -> None:
         self.config = config or RelayServiceConfig()
+        #: Replaced at start as ``config.dataplane`` says, unless a plane is given here.
         self.dataplane: DataPlane = dataplane if dataplane is not None else UserspaceDataPlane()
-        # A CSPRNG: relay ports and the relay's ICE passwords must be hard to guess.
-        rng = random.SystemRandom()
+        self._choose_dataplane = dataplane is None
+        # A CSPRNG: relay ports and the relay's ICE passwords must be hard to guess (the kernel's,
+        # read in blocks: one getrandom call per draw was a measurable part of an offer).
+        rng = BufferedSystemRandom()
         self.pool = PortPool(self.config.port_min, self.config.port_max, rng=rng)
         self.engine = SessionEngine(
             self.config.engine_config(),
             self.pool,
             rng=rng,
-            counters=self.dataplane.counters,
+            counters=self._counters,
             # Unique per process start: a record's id never repeats across restarts.
             record_prefix=uuid.uuid4().hex[:16] + "-",
         )
@@ -228,11 +233,21 @@ class RelayService:
         )
         self._log_limiter.interval = config.log_interval
 
+    def _counters(self, key: str) -> ForwardingCounters | None:
+        # Through the attribute: the plane is chosen at start, after the engine is built.
+        return self.dataplane.counters(key)
+
+    @property
+    def dataplane_name(self) -> str:
+        """The plane's name: kernel, userspace, or the class of a plane given in code."""
+        return dataplane_name(self.dataplane)
+
     def _statistics(self) -> dict[str, ReplyValue]:
         """The shell's counters, for the ng ``statistics`` reply."""
         accounting = self.accounting
         return {
             "journal_errors": self.records.journal_errors,
+            **dataplane_statistics(self.dataplane),
             "forwardings_failed": self.install_failures,
             "ports_quarantined": len(self._quarantined),
             # Step-aside (issue 11): streams the relay left because ICE went around it, and
@@ -323,6 +338,13 @@ class RelayService:
         # First, so that a store that cannot work at all (ConfigError) fails the start before
         # any socket is bound.
         await self.records.open(self.config)
+        try:
+            self.dataplane = await start_dataplane(
+                self.config, self.dataplane, choose=self._choose_dataplane
+            )
+        except BaseException:
+            await self.records.close()
+            raise
         listen = Address(*self.config.ng_listen)
         try:
             try:
@@ -344,6 +366,7 @@ class RelayService:
             if self._udp is not None:
                 self._udp.close()
                 self._udp = None
+            await self.dataplane.close()
             await self.records.close()
             raise
         if self.config.mediaproxy_socket:
@@ -370,6 +393,7 @@ class RelayService:
                 "ports": f"{self.config.port_min}-{self.config.port_max}",
                 "mediaproxy": str(self._unix_path or ""),
                 "accounting": self.accounting.location if self.accounting else "",
+                "dataplane": self.dataplane_name,
             },
         )
 

@@ -31,6 +31,9 @@ class PortUnavailable(RelayError):
 class DataPlane(Protocol):
     """The interface every forwarder implements."""
 
+    async def start(self) -> None:
+        """Prepare the plane (a kernel plane creates its table); before any install."""
+
     async def install(self, forwarding: Forwarding) -> None:
         """Start forwarding, or update a forwarding with the same key in place (latched
         addresses and counters survive). Raises RelayError if a relay port cannot be bound."""

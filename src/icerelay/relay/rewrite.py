@@ -15,7 +15,6 @@ steps aside. Its priority follows :class:`~icerelay.relay.policy.IcePriority`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from icerelay.errors import RelayError, SdpError
 from icerelay.relay.candidates import candidates_to_add, relay_candidates, relay_foundation
@@ -26,6 +25,7 @@ from icerelay.sdp import (
     Candidate,
     Connection,
     MediaDescription,
+    Origin,
     Rtcp,
     SessionDescription,
 )
@@ -140,7 +140,17 @@ def rewrite(
         origin = out.origin
         if origin is not None:
             family = "IP6" if ":" in relay_address else "IP4"
-            out.set_origin(replace(origin, addrtype=family, address=relay_address))
+            # A constructor call, not dataclasses.replace (~5 us on every offer and answer).
+            out.set_origin(
+                Origin(
+                    origin.username,
+                    origin.session_id,
+                    origin.session_version,
+                    origin.nettype,
+                    family,
+                    relay_address,
+                )
+            )
 
     if ice is IceMode.REMOVE or ice is IceMode.FORCE:
         out.remove_ice()
@@ -207,7 +217,7 @@ def _rewrite_media(
             family = "IP6" if ":" in plan.address else "IP4"
             media.set_rtcp(Rtcp(port, rtcp.nettype or "IN", family, plan.address))
         else:
-            media.set_rtcp(replace(rtcp, port=port))
+            media.set_rtcp(Rtcp(port, rtcp.nettype, rtcp.addrtype, rtcp.address))
 
     if ice is IceMode.REMOVE:
         media.remove_ice()

@@ -29,6 +29,11 @@ _FIELD_BREAKS = re.compile("[ \t\r\n\0]")
 
 def parse_uint(text: str, field: str, maximum: int, minimum: int = 0) -> int:
     """Parse an unsigned decimal integer of ASCII digits within ``minimum..maximum``."""
+    # Ports, payload types and clock rates: short ASCII digit runs, checked in C first.
+    if 0 < len(text) < 10 and text.isascii() and text.isdigit():
+        value = int(text)
+        if minimum <= value <= maximum:
+            return value
     if not _DIGITS.fullmatch(text):
         raise SdpError(f"{field} must be a decimal number, got {text!r}")
     # Bound the length before converting so that a hostile 100 kB digit string costs nothing.
@@ -111,4 +116,7 @@ def split_fields(value: str) -> list[str]:
     """
     # Not str.split(): that also splits on form feeds, NEL and other Unicode spaces, which are not
     # separators in SDP and must stay inside a field (where validation then rejects them).
+    if value and "\t" not in value and "  " not in value and value[0] != " " and value[-1] != " ":
+        # What nearly every line looks like: single spaces only (no regex, no filtering).
+        return value.split(" ")
     return [field for field in _BLANKS.split(value) if field]

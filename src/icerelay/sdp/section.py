@@ -82,17 +82,17 @@ class Section:
     def get_attribute(self, name: str) -> Attribute | None:
         """The first attribute called ``name`` (names are case-sensitive), or None."""
         for line in self.lines:
-            if line.attribute_name == name:
+            if line.name == name:
                 return _attribute(line)
         return None
 
     def get_attributes(self, name: str) -> list[Attribute]:
         """All attributes called ``name``, in order."""
-        return [_attribute(line) for line in self.lines if line.attribute_name == name]
+        return [_attribute(line) for line in self.lines if line.name == name]
 
     def has_attribute(self, name: str) -> bool:
         """True if at least one attribute is called ``name``."""
-        return any(line.attribute_name == name for line in self.lines)
+        return any(line.name == name for line in self.lines)
 
     def add_attribute(self, name: str, value: str | None = None) -> None:
         """Append ``a=name[:value]`` after the last line of this level (before trailing blanks)."""
@@ -101,14 +101,14 @@ class Section:
     def remove_attributes(self, name: str) -> int:
         """Remove every attribute called ``name``; returns how many lines went."""
         before = len(self.lines)
-        self.lines[:] = [line for line in self.lines if line.attribute_name != name]
+        self.lines[:] = [line for line in self.lines if line.name != name]
         return before - len(self.lines)
 
     def replace_attribute(self, name: str, value: str | None = None) -> None:
         """Set attribute ``name`` to ``value``: the first such line is rewritten in place, any
         others are removed; with none present, the attribute is added as by add_attribute."""
         new = attribute_line(name, value)
-        indexes = [i for i, line in enumerate(self.lines) if line.attribute_name == name]
+        indexes = [i for i, line in enumerate(self.lines) if line.name == name]
         if not indexes:
             self.lines.insert(self._end_index(), new)
             return
@@ -133,7 +133,7 @@ class Section:
         wanted = set(names)
         found = None
         for index, line in enumerate(self.lines):
-            if line.attribute_name in wanted:
+            if line.name in wanted:
                 found = index
         return found
 
@@ -141,13 +141,13 @@ class Section:
         """Parse every attribute called ``name``; errors name the line."""
         values = []
         for line in self.lines:
-            if line.attribute_name == name:
+            if line.name == name:
                 values.append(parse_at(line, parser, line.attribute_value))
         return values
 
     def _first_typed(self, name: str, parser: Callable[[str | None], T]) -> T | None:
         for line in self.lines:
-            if line.attribute_name == name:
+            if line.name == name:
                 return parse_at(line, parser, line.attribute_value)
         return None
 
@@ -260,7 +260,7 @@ class Section:
         For a relay that strips ICE (rtpengine's ``ICE=remove``): nothing else moves.
         """
         before = len(self.lines)
-        self.lines[:] = [line for line in self.lines if line.attribute_name not in ICE_ATTRIBUTES]
+        self.lines[:] = [line for line in self.lines if line.name not in ICE_ATTRIBUTES]
         return before - len(self.lines)
 
     # -- validation at parse time -------------------------------------------------------------
@@ -309,9 +309,27 @@ def _attribute(line: Line) -> Attribute:
 
 
 def parse_at(line: Line, parse: Callable[[A], T], value: A) -> T:
-    """Run ``parse(value)`` and prefix any SdpError with the line number and its type."""
+    """Run ``parse(value)`` and prefix any SdpError with the line number and its type.
+
+    A line's parsed values are kept on it (:attr:`Line.parsed`): the same line is parsed by
+    validation and again by every reader of that attribute.
+    """
+    cache = line.parsed
+    key = (parse, value)
+    if cache is not None:
+        hit = cache.get(key, _MISSING)
+        if hit is not _MISSING:
+            return hit  # type: ignore[return-value]
     try:
-        return parse(value)
+        result = parse(value)
     except SdpError as error:
         prefix = f"a={line.attribute_name}" if line.type == "a" else f"{line.type}="
         raise SdpError(f"{line.where}: {prefix}: {error}") from None
+    if cache is None:
+        line.parsed = {key: result}
+    else:
+        cache[key] = result
+    return result
+
+
+_MISSING = object()
