@@ -70,8 +70,9 @@ def test_a_moved_latch_changes_the_route() -> None:
     )
     decide(forwarding.a, RTP, rtp(), A, 1.0)
     decide(forwarding.b, RTP, rtp(), B, 1.0)
+    # A NAT rebinding: the same stream (SSRC, next sequence number) from a new source.
     moved = ("192.0.2.99", 4444)
-    verdict = decide(forwarding.a, RTP, rtp(), moved, 10.0)
+    verdict = decide(forwarding.a, RTP, rtp(2), moved, 10.0)
     assert verdict.moved
     routes = _wanted(forwarding)
     assert routes[0] is not None and routes[0].source == moved

@@ -205,6 +205,8 @@ def _readme_toml_blocks() -> dict[str, dict[str, Any]]:
     text = (ROOT / "README.md").read_text()
     blocks: dict[str, dict[str, Any]] = {}
     for block in re.findall(r"```toml\n(.*?)```", text, flags=re.S):
+        if block.startswith("# example"):
+            continue  # a setting changed on purpose, not the defaults
         data = tomllib.loads(block)
         for section, values in data.items():
             blocks.setdefault(section, {}).update(values)
