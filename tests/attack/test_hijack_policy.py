@@ -217,6 +217,18 @@ def test_nat_rebinding_same_ssrc_from_a_new_port_takes_over() -> None:
     assert decide(wrap.a, RTP, rtp(65536 + 3), ALICE_REBOUND, 1.0).moved  # type: ignore[union-attr]
 
 
+def test_rebinding_after_kernel_forwarded_media_needs_the_ssrc_only() -> None:
+    # A kernel data plane forwarded minutes of Alice's media that the policy never saw: the
+    # last sequence number it knows is far behind, so rule (a) asks for her SSRC alone.
+    state = call()
+    now = talking(state)
+    state.a.unseen_media = True
+    now += 0.6
+    stranger = decide(state.a, RTP, rtp(40_000, ssrc=0xBADBAD), MALLORY, now)
+    assert not getattr(stranger, "moved", False)
+    assert decide(state.a, RTP, rtp(40_000), ALICE_REBOUND, now).moved  # type: ignore[union-attr]
+
+
 def test_two_sources_sending_the_same_stream_do_not_take_turns() -> None:
     # Someone on the path copies Alice's packets from elsewhere while she is still talking:
     # within handover_after of her last packet the copy never moves the latch.

@@ -390,6 +390,8 @@ class NftablesDataPlane:
                 leg = state.legs[offload.side]
                 leg.last_packet = now
                 leg.latched_seen[RTP] = now
+                # The policy's last sequence number of this source is stale now.
+                leg.unseen_media = True
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()

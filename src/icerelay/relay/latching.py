@@ -208,6 +208,11 @@ class LegState:
     media_latched: list[bool] = field(default_factory=lambda: [False, False])
     ssrc: list[int | None] = field(default_factory=lambda: [None, None])
     recent: list[bytes | None] = field(default_factory=lambda: [None, None])
+    #: A kernel data plane forwarded media from the latched RTP source that this policy never
+    #: saw, so :attr:`recent`'s sequence number is stale: rule (a) then asks for the latched
+    #: SSRC alone (still 32 bits an off-path attacker must guess). Cleared by the next packet
+    #: the policy sees from the latched source.
+    unseen_media: bool = False
     #: What a packet of each component *towards this party* gets: see :func:`_routes`.
     routes: list[Forward | Drop] = field(default_factory=lambda: [_NO_DESTINATION] * 2)
     #: The payload types either SDP offered (None: unknown, any is valid).
@@ -373,6 +378,7 @@ def decide(state: LegState, component: int, data: bytes, source: Sockaddr, now: 
     moved = False
     if state.latched[component] == source:
         state.recent[component] = data
+        state.unseen_media = False
         state.latched_seen[component] = now
         state.media_latched[component] = True
     else:
@@ -500,6 +506,8 @@ def _continues(state: LegState, component: int, data: bytes, now: float) -> bool
     last = state.recent[RTP]
     if last is None or len(last) < 12 or last[8:12] != data[8:12]:
         return False
+    if state.unseen_media:
+        return True
     gap = (int.from_bytes(data[2:4], "big") - int.from_bytes(last[2:4], "big")) % 65536
     return 0 < gap <= MAX_DROPOUT
 
