@@ -35,7 +35,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -365,7 +365,11 @@ class Accounting:
     """
 
     def __init__(
-        self, journal: Journal, target: SqliteTarget | PostgresTarget | None
+        self,
+        journal: Journal,
+        target: SqliteTarget | PostgresTarget | None,
+        *,
+        skip: Collection[str] = (),
     ) -> None:
         self.journal = journal
         self._target = target
@@ -379,8 +383,9 @@ class Accounting:
         self.failures = 0
         #: The last failure's text ("" while deliveries succeed).
         self.last_error = ""
-        #: Calls found live in the journal at start and recorded as interrupted (or deleted).
-        self.recovered = journal.recover()
+        #: Calls found live in the journal at start and recorded as interrupted (or deleted);
+        #: ``skip``: Call-IDs another cluster instance adopted (it records them).
+        self.recovered = journal.recover(skip)
         self._thread = threading.Thread(target=self._run, name="relay-accounting", daemon=True)
         self._thread.start()
 

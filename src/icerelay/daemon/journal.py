@@ -34,7 +34,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,11 +191,17 @@ class Journal:
             cursor.executemany("INSERT OR REPLACE INTO live (record_id, body) VALUES (?, ?)", rows)
         return len(rows)
 
-    def recover(self) -> int:
+    def recover(self, skip: Collection[str] = ()) -> int:
         """Turn the live rows a dead relay left into records (as checkpointed: ``interrupted``
-        with their last counters, or ``deleted``); returns how many. Run once at start."""
+        with their last counters, or ``deleted``); returns how many. Run once at start.
+
+        ``skip``: Call-IDs whose rows are dropped instead (another cluster instance adopted
+        those calls and writes their records: one record per call).
+        """
         with self._write_lock, _transaction(self._writer) as cursor:
             rows = cursor.execute("SELECT record_id, body FROM live ORDER BY rowid").fetchall()
+            if skip:
+                rows = [row for row in rows if record_from_json(row[1]).call_id not in skip]
             cursor.executemany(
                 "INSERT OR IGNORE INTO records (record_id, body) VALUES (?, ?)", rows
             )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 
 from icerelay.daemon.accounting import Accounting, PostgresTarget, SqliteTarget, open_target
@@ -44,7 +44,9 @@ Reply = Callable[[bytes | None], None]
 _CHECKPOINT_SLICE = 200
 
 
-def open_accounting(config: RelayServiceConfig) -> Accounting | None:
+def open_accounting(
+    config: RelayServiceConfig, skip: Collection[str] = ()
+) -> Accounting | None:
     """The journal and the configured target (blocking); None when ``accounting`` is empty.
 
     A target that cannot be reached now is retried by the replayer (records wait in the
@@ -80,7 +82,7 @@ def open_accounting(config: RelayServiceConfig) -> Accounting | None:
         )
     journal = Journal(config.state_directory(url))
     try:
-        accounting = Accounting(journal, target)
+        accounting = Accounting(journal, target, skip=skip)
     except Exception:
         journal.close()
         raise
@@ -131,9 +133,10 @@ class RelayRecords:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def open(self, config: RelayServiceConfig) -> None:
-        """Open the journal and the target (ConfigError if the journal cannot be opened)."""
-        self.accounting = await asyncio.to_thread(open_accounting, config)
+    async def open(self, config: RelayServiceConfig, skip: Collection[str] = ()) -> None:
+        """Open the journal and the target (ConfigError if the journal cannot be opened);
+        ``skip``: Call-IDs of calls a cluster peer adopted, left out of the recovery."""
+        self.accounting = await asyncio.to_thread(open_accounting, config, skip)
         if self.accounting is not None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="relay-journal")
 

@@ -201,6 +201,9 @@ class RelayService:
         #: Set by the cluster service when the relay runs in a cluster (see :data:`NgRouter`),
         #: and what it runs after a command this engine handled (writes the call to Redis).
         self.router: NgRouter | None = None
+        #: Set when the relay runs in a cluster: the Call-IDs of this instance's calls that a
+        #: peer adopted (None: unknown), asked once at start before the journal's recovery.
+        self.adopted_elsewhere: Callable[[], Awaitable[set[str] | None]] | None = None
         self.after_command: Callable[[Command], Awaitable[None]] | None = None
         #: The same for MediaProxy commands (calls adopted here; the dispatcher socket is local,
         #: so nothing is forwarded): the reply line, or None to handle the command here.
@@ -337,7 +340,15 @@ class RelayService:
         self.records.wall_offset = self._wall_offset
         # First, so that a store that cannot work at all (ConfigError) fails the start before
         # any socket is bound.
-        await self.records.open(self.config)
+        skip: set[str] = set()
+        if self.adopted_elsewhere is not None:
+            # Calls a cluster peer adopted after this instance died: the peer records them.
+            adopted = await self.adopted_elsewhere()
+            if adopted is None:
+                logger.warning("relay.recovery_unfiltered", extra={"reason": "redis unreachable"})
+            else:
+                skip = adopted
+        await self.records.open(self.config, skip)
         try:
             self.dataplane = await start_dataplane(
                 self.config, self.dataplane, choose=self._choose_dataplane
