@@ -31,6 +31,7 @@ from icerelay.relay.ports import PortPool
 from icerelay.relay.sessions import (
     ForwardingInstalled,
     ForwardingRemoved,
+    SessionDeleting,
     SessionEnded,
     SessionEngine,
     SessionRecord,
@@ -48,6 +49,8 @@ class AdoptedCalls:
 
     :param relay_settings: the origin's ``[relay]`` settings, as it published them (JSON).
     :param record: where an ended session's record goes (the relay's accounting).
+    :param deleting: where the record-to-be of a session deleted with a grace period goes (the
+        relay's journal keeps it, so that a crash during the grace period still records it).
     :param pool: the port pool to restore into (the relay's own, for this instance's calls of
         a previous life); a pool over the origin's range by default.
     """
@@ -59,6 +62,7 @@ class AdoptedCalls:
         dataplane: DataPlane,
         *,
         record: Callable[[SessionRecord], None],
+        deleting: Callable[[SessionRecord], None] | None = None,
         wall_offset: float,
         pool: PortPool | None = None,
     ) -> None:
@@ -68,6 +72,7 @@ class AdoptedCalls:
         self._dataplane = dataplane
         self._prefix = f"{origin}/"
         self._record = record
+        self._deleting = deleting
         #: Counters each stream had in its last snapshot, by (this engine's) stream key.
         self._base: dict[str, ForwardingCounters] = {}
         rng = random.SystemRandom()
@@ -136,6 +141,12 @@ class AdoptedCalls:
                     self.discard.discard(event.record.call_id)
                     continue
                 self._record(event.record)
+            elif (
+                isinstance(event, SessionDeleting)
+                and self._deleting is not None
+                and event.record.call_id not in self.discard
+            ):
+                self._deleting(event.record)
         return failure
 
     async def tick(self, now: float) -> None:
