@@ -193,10 +193,12 @@ def ice_went_around(stream: Stream, counters: ForwardingCounters | None) -> bool
         return False
     if counters is None:
         return False
-    checks = counters.a.stun_requests + counters.b.stun_requests
-    nominations = counters.a.stun_nominations + counters.b.stun_nominations
+    # Only checks whose MESSAGE-INTEGRITY verified with the two SDPs' credentials count: a
+    # stranger's forged checks must not make a silent call end as "ICE went direct".
+    checks = counters.a.checks_authenticated + counters.b.checks_authenticated
+    nominated = counters.a.last_nomination is not None or counters.b.last_nomination is not None
     media = counters.a.packets + counters.b.packets
-    return checks > 0 and (media == 0 or nominations == 0)
+    return checks > 0 and (media == 0 or not nominated)
 
 
 def forwarding(config: RelayConfig, stream: Stream, *, strict_source: bool) -> Forwarding:

@@ -226,7 +226,7 @@ def test_ice_parties_are_not_hung_up_on_when_ice_went_around_the_relay() -> None
     )
     (key,) = {e.forwarding.key for e in drain(relay) if isinstance(e, ForwardingInstalled)}
     counters[key] = ForwardingCounters()
-    counters[key].a.stun_requests = 3  # checks crossed the relay; media then went direct
+    counters[key].a.checks_authenticated = 3  # checks crossed the relay; media then went direct
     relay.handle_timer(31.0)
     events = drain(relay)
     assert StreamEnded("9f3b@192.0.2.10", "alicetag", "bobtag", 0, StreamEndReason.ICE_DIRECT) in (

@@ -542,12 +542,29 @@ def test_ice_checks_through_the_relay_then_silence_means_a_direct_path() -> None
     # Connectivity checks crossed the relay (the relay candidate was tried); no RTP followed,
     # and the agents never re-offered (RFC 8445 agents need not).
     checks = counters.by_key.setdefault(key, ForwardingCounters())
-    checks.a.stun_requests = checks.b.stun_requests = 4
+    checks.a.checks_authenticated = checks.b.checks_authenticated = 4
     engine.handle_timer(31.0)
     events = drain(engine)
     assert StreamEnded("call-1", "caller", "callee", 0, StreamEndReason.ICE_DIRECT) in events
     assert not [e for e in events if isinstance(e, SessionEnded)]
     assert engine.session_count == 1 and engine.pool.in_use == 0
+
+
+def test_forged_checks_do_not_make_silence_a_direct_path() -> None:
+    # A stranger's STUN on the relay port (counted, never authenticated) must not decide how a
+    # silent call ends: it is a media timeout, not "ICE went direct".
+    counters = Counters()
+    engine = make_engine(counters=counters, media_timeout=30.0)
+    offer(engine, ASTERISK)
+    answer(engine, CALLEE_ICE, now=1.0)
+    key = installed(drain(engine))[0].key
+    forged = counters.by_key.setdefault(key, ForwardingCounters())
+    forged.a.stun_requests = forged.a.stun_nominations = 40
+    engine.handle_timer(31.0)
+    events = drain(engine)
+    assert not [
+        e for e in events if isinstance(e, StreamEnded) and e.reason is StreamEndReason.ICE_DIRECT
+    ]
 
 
 def test_silence_without_ice_is_a_media_timeout() -> None:
@@ -556,7 +573,7 @@ def test_silence_without_ice_is_a_media_timeout() -> None:
     offer(engine, ASTERISK)
     answer(engine, SIPP_ANSWER, now=1.0)  # the callee does not do ICE
     key = installed(drain(engine))[0].key
-    counters.by_key.setdefault(key, ForwardingCounters()).a.stun_requests = 4
+    counters.by_key.setdefault(key, ForwardingCounters()).a.checks_authenticated = 4
     engine.handle_timer(31.0)
     (ended,) = [e for e in drain(engine) if isinstance(e, SessionEnded)]
     assert ended.record.reason is TerminationReason.NO_MEDIA
@@ -619,7 +636,7 @@ def test_early_media_then_silence_without_a_nomination_is_a_direct_path() -> Non
     # Media went to the default address (the relay) until ICE completed on a direct pair.
     for t in range(5):
         counters.packet(key, 1.0 + t * 0.02)
-    counters.by_key[key].a.stun_requests = 6
+    counters.by_key[key].a.checks_authenticated = 6
     engine.handle_timer(31.2)
     assert StreamEnded("call-1", "caller", "callee", 0, StreamEndReason.ICE_DIRECT) in drain(engine)
     assert engine.session_count == 1
@@ -634,7 +651,8 @@ def test_silence_after_media_on_the_nominated_relay_pair_is_a_dead_call() -> Non
     for t in range(5):
         counters.packet(key, 2.0 + t)
     leg = counters.by_key[key].a
-    leg.stun_requests, leg.stun_nominations = 6, 2  # ICE chose the relay; then the phones died
+    # ICE chose the relay; then the phones died.
+    leg.checks_authenticated, leg.last_nomination = 6, 0.0
     engine.handle_timer(36.0)
     (ended,) = [e for e in drain(engine) if isinstance(e, SessionEnded)]
     assert ended.record.reason is TerminationReason.NO_MEDIA
