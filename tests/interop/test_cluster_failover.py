@@ -139,6 +139,8 @@ def cluster(tmp_path: Path, serve_factory: Callable[..., ServeProcess]) -> Itera
                 "ICERELAY_RELAY__PORT_MAX": str(high),
                 "ICERELAY_RELAY__MEDIAPROXY_SOCKET": "",
                 "ICERELAY_RELAY__ACCOUNTING": f"sqlite://{database}",
+                # Each instance its own journal (the state directory is locked by one relay).
+                "ICERELAY_RELAY__STATE_DIR": str(tmp_path / f"{name}-state"),
                 "ICERELAY_CLUSTER__REDIS": redis.url,
                 "ICERELAY_CLUSTER__INSTANCE": name,
                 **TIMING,

@@ -109,6 +109,8 @@ def test_kamailio_rtpengine_set_survives_a_relay_killed_midway(
                     "ICERELAY_RELAY__PORT_MAX": str(low + 497),
                     "ICERELAY_RELAY__MEDIAPROXY_SOCKET": "",
                     "ICERELAY_RELAY__ACCOUNTING": f"sqlite://{database}",
+                    # Each instance its own journal (the state directory is locked by one relay).
+                    "ICERELAY_RELAY__STATE_DIR": str(tmp_path / f"{name}-state"),
                     "ICERELAY_RELAY__DELETE_DELAY": "0.2",
                     # Kamailio 5.6 sends a dead relay's calls' deletes nowhere ("no available
                     # proxies": a call stays with its node): adopted calls end by no-media.

@@ -47,6 +47,8 @@ def start(
         "ICERELAY_RELAY__NG_LISTEN": f"{HOST}:{ng_port}",
         "ICERELAY_RELAY__MEDIAPROXY_SOCKET": "",
         "ICERELAY_RELAY__ACCOUNTING": f"sqlite://{tmp_path / name}.sqlite3",
+        # Each instance its own journal (the state directory is locked by one relay).
+        "ICERELAY_RELAY__STATE_DIR": str(tmp_path / f"{name}-state"),
         "ICERELAY_CLUSTER__REDIS": redis_url,
         "ICERELAY_CLUSTER__INSTANCE": name,
         "ICERELAY_CLUSTER__TURN_USERS": "1",

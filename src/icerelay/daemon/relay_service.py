@@ -867,8 +867,15 @@ class RelayService:
 
     def session_ended(self, record: SessionRecord) -> None:
         """Account for a session of another engine of this process (a call the cluster
-        adopted): its record goes where this relay's records go."""
+        adopted): its record goes where this relay's records go, committed now (that engine's
+        timers do not pass through this relay's worker)."""
         self.records.ended(record)
+        self.records.hand_over(None, None)
+
+    def session_deleting(self, record: SessionRecord) -> None:
+        """The same for a session of another engine deleted with a grace period."""
+        self.records.deleting(record)
+        self.records.hand_over(None, None)
 
     def _log_refusals(self, key: str) -> None:
         """One line per stream that refused packets (latching: garbage, strangers, forged

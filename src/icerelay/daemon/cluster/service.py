@@ -570,7 +570,7 @@ class ClusterService:
             json.loads(settings),
             self.relay.dataplane,
             record=self.relay.session_ended,
-            deleting=self.relay.records.deleting,
+            deleting=self.relay.session_deleting,
             wall_offset=self.relay.handler.wall_offset,
             # This instance's own calls of a previous life share the relay's pool, so that
             # new calls are not given their ports.
