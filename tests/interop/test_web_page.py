@@ -132,6 +132,8 @@ def test_live_page_shows_turn_allocations(tmp_path: Path) -> None:
         extra=(
             f'\n[turn]\nenabled = true\nlisten = ["{HOST}:{turn_port}"]\ntransports = ["udp"]\n'
             'users = { alice = "wonderland" }\nallow_peers = ["127.0.0.0/8"]\n'
+            # One process: the page shows the first worker's allocations only.
+            "workers = 1\n"
         ),
     )
     ready, release = threading.Event(), threading.Event()
