@@ -88,6 +88,8 @@ class Relay:
         if not self.config.exists():
             self.write_config()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ICERELAY_")}
+        # No HTTP listener: tests run in parallel, and its default port is a fixed one.
+        env["ICERELAY_HTTP__LISTEN"] = ""
         self.starts += 1
         self.process = spawn_logged(
             [sys.executable, "-m", "icerelay", "serve", "--config", str(self.config)],

@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from tests.support import stunraw
 from tests.support.netns import Namespace
@@ -28,6 +30,9 @@ class ServeProcess:
     port: int
     argv: list[str]
     namespace: Namespace | None = None
+    #: Where the daemon's stdout and stderr go: a file, not a pipe. A pipe nobody reads fills
+    #: up (64 KiB) and then blocks the daemon in its next log write, in the middle of a test.
+    log: IO[str] | None = None
     _output: str | None = None
 
     def stop(self, timeout: float = 5.0) -> int:
@@ -36,12 +41,14 @@ class ServeProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGINT)
         try:
-            out, err = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            out, err = self.process.communicate(timeout=5)
-        if self._output is None:
-            self._output = (out or "") + (err or "")
+            self.process.wait(timeout=5)
+        if self._output is None and self.log is not None:
+            self.log.seek(0)
+            self._output = self.log.read()
+            self.log.close()
         return self.process.returncode
 
     def output(self) -> str:
@@ -73,15 +80,17 @@ def start_serve(
     full_env.setdefault("ICERELAY_RELAY__ENABLED", "0")
     # Likewise the HTTP listener (127.0.0.1:9470 by default): tests that want it set a port.
     full_env.setdefault("ICERELAY_HTTP__LISTEN", "")
+    # Closed by ServeProcess.stop, once the output is read.
+    log = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
     process = subprocess.Popen(
         command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         text=True,
         env=full_env,
         start_new_session=True,
     )
-    server = ServeProcess(process, host, port, argv, namespace)
+    server = ServeProcess(process, host, port, argv, namespace, log)
     if namespace is not None:
         namespace.lab.processes.append(process)
     try:
