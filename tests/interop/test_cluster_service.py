@@ -155,41 +155,58 @@ def test_redis_down_from_the_start_the_relay_works_alone(
     assert len(said) == 1
 
 
-def test_cluster_metrics_from_the_view(tmp_path: Path) -> None:
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.registry import Collector
+def test_cluster_in_metrics_and_the_http_api(tmp_path: Path) -> None:
+    """The daemon's /metrics and /api/cluster (what ``icerelay ctl cluster`` prints) show the
+    cluster: instances, the calls each owns, adoptions."""
+    import re
 
-    from icerelay.daemon.cluster.metrics import cluster_metrics
+    import aiohttp
+    from click.testing import CliRunner
+
+    from icerelay.commands.main import main
+    from icerelay.daemon.config import HttpConfig
+    from icerelay.daemon.http import HttpService
 
     server = redisd.RedisServer(tmp_path)
     server.start()
 
-    async def scenario() -> bytes:
+    async def scenario() -> tuple[str, dict[str, object], str]:
         relay = RelayService(relay_config())
         cluster = ClusterService(
             ClusterConfig(redis=server.url, instance="metered", heartbeat_interval=0.1), relay
         )
+        http = HttpService(HttpConfig(listen=("127.0.0.1", 0)))  # type: ignore[arg-type]
+        http.attach([relay, cluster, http])
         await relay.start()
         await cluster.start()
+        await http.start()
         try:
             await asyncio.sleep(0.4)
-
-            class Source(Collector):
-                def collect(self):  # type: ignore[no-untyped-def]
-                    return cluster_metrics(cluster)
-
-            registry = CollectorRegistry()
-            registry.register(Source())
-            return generate_latest(registry)
+            async with aiohttp.ClientSession(http.url) as client:
+                async with client.get("/metrics") as response:
+                    text = await response.text()
+                async with client.get("/api/cluster") as response:
+                    view = await response.json()
+            # The operator's view, in another thread (it blocks on HTTP to this loop).
+            result = await asyncio.to_thread(
+                CliRunner().invoke, main, ["ctl", "--url", http.url, "cluster"]
+            )
+            assert result.exit_code == 0, result.output
+            return text, view, result.output
         finally:
+            await http.stop()
             await cluster.stop()
             await relay.stop()
 
     try:
-        text = asyncio.run(scenario()).decode()
+        text, view, table = asyncio.run(scenario())
     finally:
         server.stop()
     assert "icerelay_cluster_redis_up 1.0" in text
     assert 'icerelay_cluster_instances{state="alive"} 1.0' in text
     assert 'icerelay_cluster_owned_calls{instance="metered"} 0.0' in text
     assert "icerelay_cluster_adoptions_total 0.0" in text
+    assert view["instance"] == "metered" and view["redis"] == "up"
+    assert view["owners"] == {"metered": 0}
+    assert "instance metered, redis up" in table
+    assert re.search(r"^metered\s+yes\s+\S+\s+0$", table, flags=re.M), table

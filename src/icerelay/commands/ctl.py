@@ -290,6 +290,26 @@ def allocations(ctx: click.Context) -> None:
 
 @ctl.command()
 @click.pass_context
+def cluster(ctx: click.Context) -> None:
+    """The cluster as this daemon sees it: instances, the calls each owns, adoptions."""
+    api, as_json = _context(ctx)
+    data = api.call("GET", "/api/cluster")
+    if as_json:
+        _dump(data)
+        return
+    rows = [
+        (name, "yes" if item.get("alive") else "no", item.get("ng") or "-", item.get("calls", 0))
+        for name, item in sorted(data["instances"].items())
+    ]
+    click.echo(f"instance {data['instance']}, redis {data['redis']}")
+    click.echo(format_table(("INSTANCE", "ALIVE", "NG", "CALLS"), rows))
+    adoptions = data.get("adoptions") or []
+    if adoptions:
+        click.echo(f"adoptions: {len(adoptions)}, latest: {adoptions[-1]}")
+
+
+@ctl.command()
+@click.pass_context
 def drain(ctx: click.Context) -> None:
     """Take no new sessions or allocations; the daemon stops once the last one ended."""
     api, as_json = _context(ctx)

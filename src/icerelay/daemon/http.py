@@ -43,6 +43,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from icerelay.aio.addresses import bound_socket
+from icerelay.daemon.cluster import ClusterService
 from icerelay.daemon.config import HttpConfig
 from icerelay.daemon.metrics import new_registry
 from icerelay.daemon.relay_service import RelayService
@@ -187,6 +188,7 @@ class HttpService:
         app.router.add_delete("/api/sessions/{call_id}", self._delete)
         app.router.add_get("/api/statistics", self._statistics)
         app.router.add_get("/api/turn/allocations", self._allocations)
+        app.router.add_get("/api/cluster", self._cluster)
         app.router.add_get("/api/events", self._events)
         app.router.add_post("/api/drain", self._drain)
         app.router.add_post("/api/reload", self._reload)
@@ -292,6 +294,12 @@ class HttpService:
 
     async def _allocations(self, _request: web.Request) -> web.StreamResponse:
         return _json({"allocations": self.allocations()})
+
+    async def _cluster(self, _request: web.Request) -> web.StreamResponse:
+        cluster = next((s for s in self.services if isinstance(s, ClusterService)), None)
+        if cluster is None:
+            return _error(404, "this daemon is not in a cluster ([cluster] redis is empty)")
+        return _json(cluster.cluster_view())
 
     async def _drain(self, _request: web.Request) -> web.StreamResponse:
         control = self.control or ServicesControl(self.services)

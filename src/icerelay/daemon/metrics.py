@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 
 from icerelay.control.ng import KNOWN_COMMANDS
 from icerelay.control.ng.protocol import command_counts
+from icerelay.daemon.cluster import ClusterService
+from icerelay.daemon.cluster.metrics import cluster_metrics
 from icerelay.daemon.relay_service import RelayService
 from icerelay.daemon.stun_service import StunService
 from icerelay.daemon.turn_service import TurnService
@@ -61,6 +63,8 @@ class DaemonCollector(Collector):
                 yield from _turn(service)
             elif isinstance(service, StunService):
                 yield from _stun(service)
+            elif isinstance(service, ClusterService):
+                yield from cluster_metrics(service)
 
 
 def _relay(service: RelayService) -> Iterator[Metric]:
