@@ -41,16 +41,17 @@ from icerelay.control.ng import (
     error_reply,
     reply_too_big,
 )
-from icerelay.daemon.accounting import Accounting, open_target
+from icerelay.daemon.accounting import Accounting
 from icerelay.daemon.dataplanes import dataplane_name, dataplane_statistics, start_dataplane
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.relay_config import RelayServiceConfig
 from icerelay.daemon.relay_ops import RelayOperations, log_command, log_mediaproxy
 from icerelay.daemon.relay_records import RecordSink, RelayRecords
+from icerelay.daemon.relay_reload import reloaded_config
 from icerelay.dataplane import DataPlane
 from icerelay.dataplane.interface import PortUnavailable
 from icerelay.dataplane.userspace import UserspaceDataPlane
-from icerelay.errors import ConfigError, ControlError, RelayError
+from icerelay.errors import ControlError, RelayError
 from icerelay.relay.forwarding import ForwardingCounters
 from icerelay.relay.ports import PortPair, PortPool
 from icerelay.relay.sessions import (
@@ -85,28 +86,6 @@ _QUARANTINE = 300.0
 
 # What ``drain`` answers a new call with (ng ``error-reason``; mediaproxy says "error").
 DRAINING_REASON = "draining: this relay takes no new calls, try another"
-
-# Settings a reload (SIGHUP) cannot change on a running relay: sockets, port ranges, files.
-_RESTART_SETTINGS = frozenset(
-    {
-        "enabled",
-        "ng_listen",
-        "ng_tcp",
-        "address_ipv4",
-        "address_ipv6",
-        "advertised_ipv4",
-        "advertised_ipv6",
-        "port_min",
-        "port_max",
-        "mediaproxy_socket",
-        "state_dir",
-        "ng_cache_size",
-        "ng_cache_ttl",
-        "ng_cache_bytes",
-        "mediaproxy_socket_mode",
-        "raise_fd_limit",
-    }
-)
 
 # Descriptors beyond the relay ports and control connections (listeners, the accounting
 # database, logs, the event loop's own).
@@ -898,37 +877,11 @@ class RelayService:
         """Apply what can change on a running relay (timeouts, ICE policy, latching settings,
         the accounting target...); live calls keep going. Returns one line per change, and one
         per setting that needs a restart (left as it was)."""
-        old = self.config
-        changed = [
-            name
-            for name in type(config).model_fields
-            if getattr(old, name) != getattr(config, name)
-        ]
-        report = [f"relay.{name}: restart needed" for name in changed if name in _RESTART_SETTINGS]
-        kept = {name: getattr(old, name) for name in _RESTART_SETTINGS}
-        new = config.model_copy(update=kept)
-        if new.accounting != old.accounting:
-            accounting = self.accounting
-            if accounting is None or not new.accounting:
-                report.append("relay.accounting: restart needed (the journal opens at start)")
-                new = new.model_copy(update={"accounting": old.accounting})
-            else:
-                try:
-                    target = open_target(new.accounting)
-                except ConfigError as error:
-                    report.append(f"relay.accounting: kept ({error})")
-                    new = new.model_copy(update={"accounting": old.accounting})
-                else:
-                    accounting.set_target(target)
+        new, report = reloaded_config(self.config, config, self.accounting)
         self.config = new
         self.engine.config = new.engine_config()
         # The limits are also held where they are enforced (handlers, the log limiter).
         self.reload_limits(new)
-        report += [
-            f"relay.{name}: {getattr(old, name)!r} -> {getattr(new, name)!r}"
-            for name in changed
-            if name not in _RESTART_SETTINGS and getattr(old, name) != getattr(new, name)
-        ]
         self._wake.set()  # timeouts may have moved
         return report
 
