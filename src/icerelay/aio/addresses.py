@@ -31,7 +31,9 @@ def bound_socket(address: Address, kind: socket.SocketKind) -> socket.socket:
     SO_REUSEADDR so a restart is not blocked by connections in TIME_WAIT; UDP does not, so two
     servers can never silently share a port.
     """
-    sock = socket.socket(family_of(address), kind)
+    # Created non-blocking (SOCK_NONBLOCK) rather than setblocking(False) afterwards: one
+    # syscall less per socket, and the relay opens four sockets for every call it sets up.
+    sock = socket.socket(family_of(address), kind | socket.SOCK_NONBLOCK)
     try:
         if address.family == 6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -40,7 +42,6 @@ def bound_socket(address: Address, kind: socket.SocketKind) -> socket.socket:
         sock.bind(to_sockaddr(address))
         if kind == socket.SOCK_STREAM:
             sock.listen(128)
-        sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
