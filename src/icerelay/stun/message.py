@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import binascii
-import hashlib
 import hmac
 import struct
 from collections.abc import Iterator
@@ -385,7 +384,8 @@ class Message:
                 # RFC 8489 §14.5: the length field covers up to and including this attribute.
                 length += 24
                 head = _HEADER.pack(mtype, length, self.cookie, self.transaction_id)
-                digest = hmac.new(integrity_key, head + body, hashlib.sha1).digest()
+                # hmac.digest: one-shot, in OpenSSL, without an HMAC object per message.
+                digest = hmac.digest(integrity_key, head + body, "sha1")
                 body += _ATTRIBUTE_HEADER.pack(_A.MESSAGE_INTEGRITY, 20) + digest
             if integrity in ("sha256", "both"):
                 if not 16 <= sha256_length <= 32 or sha256_length % 4:
@@ -394,7 +394,7 @@ class Message:
                     )
                 length += 4 + sha256_length
                 head = _HEADER.pack(mtype, length, self.cookie, self.transaction_id)
-                digest = hmac.new(integrity_key, head + body, hashlib.sha256).digest()
+                digest = hmac.digest(integrity_key, head + body, "sha256")
                 body += (
                     _ATTRIBUTE_HEADER.pack(_A.MESSAGE_INTEGRITY_SHA256, sha256_length)
                     + digest[:sha256_length]
@@ -439,21 +439,19 @@ class Message:
                 return False
         if algorithm == "sha256":
             offset = self._integrity_sha256_offset
-            digestmod = hashlib.sha256
+            digestmod = "sha256"
         else:
             offset = self._integrity_offset
-            digestmod = hashlib.sha1
+            digestmod = "sha1"
         if offset is None:
             return False
         value_length = raw[offset + 2] << 8 | raw[offset + 3]
         received = raw[offset + 4 : offset + 4 + value_length]
-        mac = hmac.new(key, digestmod=digestmod)
-        view = memoryview(raw)
-        # The length field as if the message ended right after this attribute.
-        mac.update(view[0:2])
-        mac.update(_U16.pack(offset + 4 + value_length - HEADER_LENGTH))
-        mac.update(view[4:offset])
-        return hmac.compare_digest(mac.digest()[:value_length], received)
+        # The length field as if the message ended right after this attribute. One copy of
+        # the (small) message and a one-shot hmac.digest is cheaper than an HMAC object fed
+        # three slices.
+        text = raw[0:2] + _U16.pack(offset + 4 + value_length - HEADER_LENGTH) + raw[4:offset]
+        return hmac.compare_digest(hmac.digest(key, text, digestmod)[:value_length], received)
 
 
 def _attribute_repr(attribute_type: int, value: Any) -> str:

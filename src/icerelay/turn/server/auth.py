@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
@@ -140,7 +139,7 @@ class Authenticator:
 
     def _mac(self, expiry: bytes, transport: str, host: str, port: int) -> bytes:
         text = b"%s|%s|%s|%d" % (expiry, transport.encode(), host.encode(), port)
-        return hmac.new(self._nonce_key, text, hashlib.sha256).digest()[:_MAC_LENGTH]
+        return hmac.digest(self._nonce_key, text, "sha256")[:_MAC_LENGTH]
 
     def nonce(self, transport: str, client: tuple[str, int], now: float) -> str:
         """A nonce valid for *client* over *transport* for ``nonce_lifetime`` seconds."""

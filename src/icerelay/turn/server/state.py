@@ -80,6 +80,11 @@ _BIND_ATTEMPTS = 16
 
 def canonical(host: str) -> str:
     """The textual form the socket layer uses for *host* (so permission lookups match)."""
+    if ":" not in host:
+        # Not IPv6. ipaddress accepts only the strict dotted quad (ASCII digits, no leading
+        # zeros), which it prints back unchanged, and returns anything else as it is: so the
+        # answer is *host* either way, without parsing it on every Allocate and permission.
+        return host
     try:
         return ipaddress.ip_address(host).compressed
     except ValueError:
