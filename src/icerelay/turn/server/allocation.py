@@ -35,11 +35,6 @@ class Channel:
     peer: HostPort
     relay: HostPort
     expires: float
-    #: The 2-byte channel number, ready to prefix ChannelData.
-    prefix: bytes = b""
-
-    def __post_init__(self) -> None:
-        self.prefix = self.number.to_bytes(2, "big")
 
 
 @dataclass(slots=True, eq=False)
