@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import secrets
@@ -299,6 +300,36 @@ class RelayService:
         address = self.ng_address
         return (address.host, address.port)
 
+    async def _open_ng_sockets(self, listen: Address) -> socket.socket | None:
+        """Bind the ng UDP endpoint and, with ``ng_tcp``, a TCP socket on the same port.
+
+        With port 0 the kernel picks the UDP port, and that port may already be taken for
+        TCP by an unrelated socket; the pair is then retried on a new port rather than
+        failing the start (the test suite's parallel daemons met this once in a few
+        hundred starts)."""
+        attempts = 20 if listen.port == 0 and self.config.ng_tcp else 1
+        for attempt in range(attempts):
+            try:
+                self._udp = await UdpEndpoint.open(listen, self._on_datagram)
+            except OSError as exc:
+                # Name the socket: "address in use" alone does not say which of the daemon's.
+                raise OSError(exc.errno, f"relay ng udp on {listen}: {exc.strerror}") from None
+            if not self.config.ng_tcp:
+                return None
+            # The same port as UDP, as rtpengine's ng listeners share one.
+            tcp_address = Address(listen.host, self._udp.local_address.port)
+            try:
+                return bound_socket(tcp_address, socket.SOCK_STREAM)
+            except OSError as exc:
+                self._udp.close()
+                self._udp = None
+                if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
+                    continue
+                raise OSError(
+                    exc.errno, f"relay ng tcp on {tcp_address}: {exc.strerror}"
+                ) from None
+        raise AssertionError("unreachable")
+
     async def start(self) -> None:
         """Bind the ng listeners and start the worker and the timer."""
         loop = asyncio.get_running_loop()
@@ -337,20 +368,8 @@ class RelayService:
             raise
         listen = Address(*self.config.ng_listen)
         try:
-            try:
-                self._udp = await UdpEndpoint.open(listen, self._on_datagram)
-            except OSError as exc:
-                # Name the socket: "address in use" alone does not say which of the daemon's.
-                raise OSError(exc.errno, f"relay ng udp on {listen}: {exc.strerror}") from None
-            if self.config.ng_tcp:
-                # The same port as UDP, as rtpengine's ng listeners share one.
-                tcp_address = Address(listen.host, self._udp.local_address.port)
-                try:
-                    sock = bound_socket(tcp_address, socket.SOCK_STREAM)
-                except OSError as exc:
-                    raise OSError(
-                        exc.errno, f"relay ng tcp on {tcp_address}: {exc.strerror}"
-                    ) from None
+            sock = await self._open_ng_sockets(listen)
+            if sock is not None:
                 self._tcp = await asyncio.start_server(self._on_tcp_client, sock=sock)
         except BaseException:
             if self._udp is not None:
