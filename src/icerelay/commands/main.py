@@ -38,6 +38,8 @@ EXIT_USAGE = 2
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> None:
+    for handler in logging.getLogger("icerelay").handlers:
+        handler.flush()  # the log lines that led here come before the message
     click.echo(f"icerelay: {message}", err=True)
     sys.exit(code)
 

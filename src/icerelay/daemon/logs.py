@@ -10,9 +10,12 @@ address=127.0.0.1:3478`` (``kv``) or one JSON object per line (``json``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -74,13 +77,120 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
-def configure_logging(level: str = "info", fmt: str = "kv", stream: TextIO | None = None) -> None:
-    """Send icerelay's logs to ``stream`` (stderr) in the chosen format; replaces earlier setup."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+#: Lines a :class:`BackgroundWriter` holds while its stream is slow; beyond, lines are dropped
+#: (and counted) rather than stalling the daemon.
+DEFAULT_BACKLOG = 10_000
+
+
+class BackgroundWriter(logging.Handler):
+    """Formats each record in the logging thread and writes the lines from a thread of its own.
+
+    Why: a plain StreamHandler writes to stderr inside the log call. When stderr is a pipe that
+    nobody drains (a supervisor that stopped reading, a terminal on hold) the write blocks, and
+    with it the event loop and every call's media. Here a full backlog drops lines instead; the
+    writer says how many with one ``logs.dropped`` line once the stream moves again.
+    """
+
+    def __init__(self, stream: TextIO, backlog: int = DEFAULT_BACKLOG) -> None:
+        super().__init__()
+        self._stream = stream
+        self._lines: queue.Queue[str | None] = queue.Queue(backlog)
+        self._dropped_lock = threading.Lock()
+        self.dropped = 0
+        self._reported = 0
+        self._thread = threading.Thread(target=self._run, name="icerelay-log-writer", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # as logging.StreamHandler does: report it, never raise into the caller
+            self.handleError(record)
+            return
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            with self._dropped_lock:
+                self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            first = self._lines.get()
+            chunk = [first]
+            # Whatever else is waiting goes out in the same write.
+            while first is not None and len(chunk) < 512:
+                try:
+                    chunk.append(self._lines.get_nowait())
+                except queue.Empty:
+                    break
+                if chunk[-1] is None:
+                    break
+            lines = [line for line in chunk if line is not None]
+            with self._dropped_lock:
+                missed, self._reported = self.dropped - self._reported, self.dropped
+            if missed:
+                lines.append(self.format(_dropped_record(missed)))
+            try:
+                if lines:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+            except (OSError, ValueError):
+                pass  # the stream is gone (closed pipe, closed file): nowhere left to say so
+            finally:
+                for _ in chunk:
+                    self._lines.task_done()
+            if chunk[-1] is None:
+                return
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait (at most ``timeout`` seconds) until every queued line is written."""
+        with self._lines.all_tasks_done:
+            self._lines.all_tasks_done.wait_for(lambda: self._lines.unfinished_tasks == 0, timeout)
+
+    def close(self) -> None:
+        # Called by logging.shutdown() at exit: the stop lines with their counters must get out.
+        if self._thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._lines.put(None, timeout=1.0)
+            self._thread.join(timeout=2.0)
+        super().close()
+
+
+def _dropped_record(count: int) -> logging.LogRecord:
+    return logging.makeLogRecord(
+        {
+            "name": "icerelay.logs",
+            "levelno": logging.WARNING,
+            "levelname": "WARNING",
+            "msg": "logs.dropped",
+            "count": count,
+            "reason": "log stream too slow",
+        }
+    )
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "kv",
+    stream: TextIO | None = None,
+    *,
+    backlog: int = DEFAULT_BACKLOG,
+) -> None:
+    """Send icerelay's logs to ``stream`` (stderr) in the chosen format; replaces earlier setup.
+
+    Lines are written by a :class:`BackgroundWriter` (``backlog`` lines at most in flight);
+    ``backlog=0`` writes in the caller instead, for tools where a lost line matters more than
+    a stalled loop."""
+    target = stream or sys.stderr
+    handler: logging.Handler = (
+        BackgroundWriter(target, backlog) if backlog > 0 else logging.StreamHandler(target)
+    )
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     root = logging.getLogger("icerelay")
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old, BackgroundWriter):
+            old.close()  # its lines first: a reload must not reorder or lose them
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Our handler is the one place icerelay logs go; don't print them twice via the root logger.

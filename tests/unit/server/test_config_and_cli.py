@@ -194,6 +194,7 @@ def test_structured_log_formats() -> None:
     configure_logging("info", "json", stream)
     log.debug("hidden")
     log.warning("event.two", extra={"count": 3})
+    logging.getLogger("icerelay").handlers[0].flush()
     first, second = stream.getvalue().splitlines()
     assert "level=info logger=icerelay.test event=stun.dropped source=192.0.2.1:5" in first
     assert 'detail="bad length 3"' in first
