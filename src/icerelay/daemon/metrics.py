@@ -166,22 +166,27 @@ def _relay(service: RelayService) -> Iterator[Metric]:
     )  # fmt: skip
 
 
+#: Fields of TurnService.status() that are not engine counters.
+_TURN_STATUS_FIELDS = frozenset({"allocations", "tcp_connections", "send_errors", "draining"})
+
+
 def _turn(service: TurnService) -> Iterator[Metric]:
-    engine = service.running_engine
-    if engine is None:
+    if service.running_engine is None:
         return
-    allocations = engine.allocations.values()
-    yield _gauge("icerelay_turn_allocations", "Live TURN allocations.", len(allocations))
+    # Every worker process's figures (the others' from their last report, at most 1 s old).
+    gauges = service.gauges()
+    counters = service.status()
+    yield _gauge("icerelay_turn_allocations", "Live TURN allocations.", gauges["allocations"])
     yield _gauge(
-        "icerelay_turn_permissions", "Installed TURN permissions.",
-        sum(len(a.permissions) for a in allocations),
-    )  # fmt: skip
-    yield _gauge(
-        "icerelay_turn_channels", "Bound TURN channels.", sum(len(a.channels) for a in allocations)
+        "icerelay_turn_permissions", "Installed TURN permissions.", gauges["permissions"]
     )
-    yield _gauge("icerelay_turn_tcp_connections", "TCP/TLS connections.", len(service.streams))
-    yield _gauge("icerelay_turn_draining", "1 while the TURN server drains.", int(engine.draining))
-    counters = engine.counters
+    yield _gauge("icerelay_turn_channels", "Bound TURN channels.", gauges["channels"])
+    yield _gauge(
+        "icerelay_turn_tcp_connections", "TCP/TLS connections.", counters["tcp_connections"]
+    )
+    yield _gauge(
+        "icerelay_turn_draining", "1 while the TURN server drains.", int(counters["draining"])
+    )
     yield _counter(
         "icerelay_turn_offloaded_packets", "Packets relayed by the kernel offload.",
         counters.get("offloaded_packets", 0),
@@ -196,13 +201,15 @@ def _turn(service: TurnService) -> Iterator[Metric]:
         "icerelay_turn_events", "Other TURN server events, by name.", labels=["event"]
     )
     for name, count in sorted(counters.items()):
+        if name in _TURN_STATUS_FIELDS or name.startswith("offload"):
+            continue  # sizes and the offload's own figures, exported above or not counters
         if name.startswith("dropped_"):
             drops.add_metric([name.removeprefix("dropped_")], count)
         elif name.startswith("refused_"):
             refusals.add_metric([name.removeprefix("refused_")], count)
-        elif name != "offloaded_packets":
+        else:
             events.add_metric([name], count)
-    events.add_metric(["send_errors"], service.send_errors)
+    events.add_metric(["send_errors"], counters["send_errors"])
     yield drops
     yield refusals
     yield events

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import itertools
 import json
 import logging
 import os
@@ -46,6 +47,13 @@ from typing import Any, cast
 from icerelay.aio.batch import BatchReader, Received
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.turn_config import TurnServerConfig
+from icerelay.daemon.turn_workers import (
+    MAX_ALLOCATIONS_REPORTED,
+    REPORT_LINE_LIMIT,
+    WorkerReports,
+    merge_counts,
+    publish_reports,
+)
 from icerelay.daemon.views import allocation_view
 from icerelay.dataplane.turn_offload import TurnOffload, interfaces_for
 from icerelay.dataplane.turn_offload_bpf import LoadedProgram, Maps, OffloadUnavailable
@@ -245,6 +253,8 @@ class TurnService:
         self._nonce_key = nonce_key
         self._workers: list[asyncio.subprocess.Process] = []
         self._workers_lost: set[int] = set()
+        #: The other workers' latest figures (parent only), for /metrics, the page and ctl.
+        self.worker_reports = WorkerReports()
         self.udp: dict[HostPort, socket.socket] = {}
         #: The reader of each socket in :attr:`udp`.
         self._readers: dict[HostPort, BatchReader[HostPort]] = {}
@@ -505,6 +515,7 @@ class TurnService:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     pass_fds=fds,
+                    limit=REPORT_LINE_LIMIT,
                 )
                 self._workers.append(process)
                 assert process.stdin is not None
@@ -532,6 +543,9 @@ class TurnService:
                 line = b""
             if line.strip() != b"ready":
                 raise ConfigError(f"turn: worker {index} failed to start")
+            # From now on the worker's stdout carries its reports; reading them also keeps
+            # the pipe from filling up and blocking the worker.
+            self.worker_reports.follow(index, process.stdout)
 
     async def _stop_workers(self) -> None:
         for process in self._workers:
@@ -544,6 +558,7 @@ class TurnService:
                 process.kill()
                 await process.wait()
         self._workers.clear()
+        await self.worker_reports.close()
 
     async def stop(self) -> None:
         """Close every socket and connection (allocations end without Refresh); log counters."""
@@ -552,7 +567,7 @@ class TurnService:
             if self.offload is not None:
                 with contextlib.suppress(OSError):
                     self.offload.sync(self.loop.time())  # the kernel's latest counts
-            counters = {key: value for key, value in self.status().items() if value}
+            counters = {key: value for key, value in self.own_status().items() if value}
             logger.info("turn.stopping", extra={"worker": self.worker_index, **counters})
         if self.daemon and self._loop is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -614,7 +629,7 @@ class TurnService:
         for process in self._workers:
             if process.returncode is None:
                 process.send_signal(signal.SIGUSR2)
-        counters = {key: value for key, value in self.status().items() if value}
+        counters = {key: value for key, value in self.own_status().items() if value}
         logger.info("turn.status", extra={"worker": self.worker_index, **counters})
 
     # --- RelayBinder --------------------------------------------------------------------
@@ -837,16 +852,27 @@ class TurnService:
         self._tick = self.loop.call_later(_TICK, self._on_tick)
 
     def allocations_view(self) -> list[dict[str, Any]]:
-        """Live allocations as JSON-ready dicts (this process only: with ``workers > 1`` each
-        worker process holds its own)."""
+        """Live allocations as JSON-ready dicts: this process's, then those the other worker
+        processes listed in their last reports (at most MAX_ALLOCATIONS_REPORTED each, up to
+        a second old; each says which ``worker`` holds it)."""
+        return self.own_allocations_view() + self.worker_reports.allocations()
+
+    def own_allocations_view(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """This process's allocations (``limit``: at most that many)."""
         if self._engine is None or self._loop is None:
             return []
         now = self._loop.time()
         offset = time.time() - now
-        return [allocation_view(a, now, offset) for a in self._engine.allocations.values()]
+        allocations = itertools.islice(self._engine.allocations.values(), limit)
+        worker = self.worker_index
+        return [{**allocation_view(a, now, offset), "worker": worker} for a in allocations]
 
     def status(self) -> dict[str, Any]:
-        """Counters and sizes, for a status endpoint or a log line."""
+        """Counters and sizes of every worker process together, for a status endpoint."""
+        return merge_counts([self.own_status(), *self.worker_reports.status()])
+
+    def own_status(self) -> dict[str, Any]:
+        """Counters and sizes of this process, for its log lines."""
         engine = self.engine
         return {
             "allocations": len(engine.allocations),
@@ -855,6 +881,29 @@ class TurnService:
             "draining": engine.draining,
             **engine.counters,
             **self._offload_status(),
+        }
+
+    def gauges(self) -> dict[str, int]:
+        """Allocations, permissions and channels installed now, over every worker process."""
+        return merge_counts([self.own_gauges(), *self.worker_reports.gauges()])
+
+    def own_gauges(self) -> dict[str, int]:
+        engine = self._engine
+        if engine is None:
+            return {"allocations": 0, "permissions": 0, "channels": 0}
+        allocations = engine.allocations.values()
+        return {
+            "allocations": len(allocations),
+            "permissions": sum(len(a.permissions) for a in allocations),
+            "channels": sum(len(a.channels) for a in allocations),
+        }
+
+    def worker_report(self) -> dict[str, Any]:
+        """What a worker process sends its parent every second (see daemon.turn_workers)."""
+        return {
+            "status": self.own_status(),
+            "gauges": self.own_gauges(),
+            "allocations": self.own_allocations_view(MAX_ALLOCATIONS_REPORTED),
         }
 
     def _offload_status(self) -> dict[str, Any]:
@@ -917,12 +966,14 @@ async def _worker(
     loop.add_signal_handler(signal.SIGUSR2, service.log_status)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
+    reports = asyncio.create_task(publish_reports(service.worker_report, sys.stdout))
     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.wait_drained())]
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for wait in waits:
             wait.cancel()
+        reports.cancel()
         await service.stop()
 
 

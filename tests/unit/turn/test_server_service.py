@@ -10,8 +10,10 @@ import socket
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from tests.support.ports import free_port
 
+from icerelay.daemon.metrics import new_registry
 from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.turn_service import TurnService
 from icerelay.errors import ConfigError
@@ -223,6 +225,21 @@ def test_two_workers_share_the_load_and_drain_together() -> None:
             assert len(relayed) == 12
             # The kernel spread the clients: this process holds only some of them.
             assert 0 < len(service.engine.allocations) < 12
+            # ... but what the operator sees (status, /metrics, the page) covers every worker,
+            # once the other worker's next report (every second) has come in.
+            for _ in range(40):
+                if service.gauges()["allocations"] == 12:
+                    break
+                await asyncio.sleep(0.1)
+            assert service.gauges() == {"allocations": 12, "permissions": 0, "channels": 0}
+            assert service.status()["allocations"] == 12
+            assert service.status()["allocations_created"] == 12
+            views = service.allocations_view()
+            assert {tuple(v["relayed"]) for v in views} == {(f"{h}:{p}",) for h, p in relayed}
+            assert {v["worker"] for v in views} == {0, 1}
+            scrape = generate_latest(new_registry(lambda: [service])).decode()
+            assert "\nicerelay_turn_allocations 12.0\n" in scrape
+            assert 'icerelay_turn_events_total{event="allocations_created"} 12.0' in scrape
             for sock, _, _ in results:
                 sock.close()
             service.drain()
