@@ -35,7 +35,9 @@ class Leg:
     :attr:`opaque`, the stream is not RTP (T.38 over UDPTL, ...), so its packets cannot be
     validated; :attr:`sdp_ice`, the ``a=ice-ufrag``/``a=ice-pwd`` of this party's own SDP,
     which with the other leg's verify the ICE checks crossing the relay (not the relay's own
-    :attr:`ice_credentials`). The address signalling announced for the party is
+    :attr:`ice_credentials`); :attr:`dtls`, this party's SDP keys SRTP with DTLS
+    (``UDP/TLS/RTP/SAVP(F)``, RFC 5764 §8), so its DTLS handshake may latch a leg that has
+    nothing better. The address signalling announced for the party is
     :attr:`rtp_peer`/:attr:`rtcp_peer`: a packet from it may take the latch over when it is a
     globally routable address.
     """
@@ -48,6 +50,7 @@ class Leg:
     payload_types: frozenset[int] | None = None
     opaque: bool = False
     sdp_ice: IceCredentials | None = None
+    dtls: bool = False
 
     @property
     def local_rtcp(self) -> Address:

@@ -9,9 +9,11 @@ class): whoever latches a leg receives the other party's audio. The rules, and w
   for the header tests) -- or on an ICE check or response whose MESSAGE-INTEGRITY verifies
   with the credentials of the two SDPs (:mod:`.checks`). Anything else never latches and is
   dropped unless it comes from the latched source; DTLS and ZRTP (RFC 7983) are relayed but
-  never latch. Without payload types (MediaProxy's protocol) any RTP version 2 is valid;
-  without both SDPs' ICE credentials, STUN never latches (nothing can verify it); a stream
-  that is not RTP (T.38 over UDPTL) cannot be validated, so its first packet latches.
+  do not latch, except a DTLS hello on a leg whose SDP keys SRTP with DTLS and that has not
+  latched yet (:func:`_dtls_hello`: the party's first packet). Without payload types
+  (MediaProxy's protocol) any RTP version 2 is valid; without both SDPs' ICE credentials,
+  STUN never latches (nothing can verify it); a stream that is not RTP (T.38 over UDPTL)
+  cannot be validated, so its first packet latches.
 - **The first valid packet latches; after that, silence alone never hands a leg over.**
   Another source takes a latched leg only when (a) it continues the latched source's RTP
   stream: the same SSRC and a sequence number at most :data:`MAX_DROPOUT` ahead of the last
@@ -428,7 +430,14 @@ def _handover(
             state.ssrc[component] = _ssrc(data, component)
             return True
     elif latched is None:
-        # DTLS or ZRTP before anything latched (a DTLS-SRTP phone without ICE): relay it
+        if state.leg.dtls and _pairs(state, component, source) and _dtls_hello(data):
+            # A DTLS-SRTP party without ICE (RFC 5763) sends its handshake before any SRTP,
+            # and behind a NAT the answer can only reach it at the source it sends from: a
+            # leg with nothing better latches on the hello, as it would on a first RTP
+            # packet (both are header tests; the SRTP that follows from it confirms it).
+            _latch(state, component, source, now)
+            return True
+        # ZRTP, or DTLS where the SDP announced none, before anything latched: relay it
         # towards the SDP address, but it proves nothing about its source.
         return False
     _count(state, HANDOVER_REFUSED)
@@ -479,6 +488,22 @@ def _invalid(state: LegState, component: int, data: bytes) -> DropReason | None:
     if types is not None and data[1] & 0x7F not in types:
         return _UNKNOWN_PT
     return None
+
+
+def _dtls_hello(data: bytes) -> bool:
+    """A DTLS record that opens a handshake (RFC 6347 §4.1, §4.2.2; RFC 9147 keeps this
+    plaintext framing for its first flight): content type 22, version 1.0 or 1.2, epoch 0, a
+    length that fits the datagram, and a ClientHello, ServerHello or HelloVerifyRequest."""
+    return (
+        len(data) >= 25
+        and data[0] == 22
+        and data[1] == 0xFE
+        and data[2] in (0xFF, 0xFD)
+        and data[3] == 0
+        and data[4] == 0
+        and 13 + ((data[11] << 8) | data[12]) <= len(data)
+        and data[13] in (1, 2, 3)
+    )
 
 
 def _keying(data: bytes) -> bool:

@@ -226,6 +226,7 @@ def forwarding(config: RelayConfig, stream: Stream, *, strict_source: bool) -> F
                 payload_types=_payload_types(offer),
                 opaque=offer is not None and "RTP" not in offer.proto.upper(),
                 sdp_ice=offer.ice_credentials if offer is not None else None,
+                dtls=offer is not None and "TLS" in offer.proto.upper(),
             )
         )
     return Forwarding(

@@ -238,6 +238,50 @@ def test_dtls_and_zrtp_are_relayed_but_never_latch_and_garbage_is_dropped() -> N
     assert state.a.refusals == {"not-media": 4} and state.a.dropped == 4
 
 
+def dtls_record(handshake_type: int = 1, epoch: int = 0, version: bytes = b"\xfe\xfd") -> bytes:
+    """One DTLS handshake record: header (type 22, version, epoch, sequence, length), then a
+    handshake header of type ``handshake_type`` and a body."""
+    body = bytes([handshake_type]) + b"\x00\x00\x20" + b"\x00" * 8 + b"h" * 32
+    header = b"\x16" + version + epoch.to_bytes(2, "big") + b"\x00" * 6
+    return header + len(body).to_bytes(2, "big") + body
+
+
+def test_a_dtls_srtp_party_without_ice_latches_on_its_hello() -> None:
+    """RFC 5763 without ICE, behind a NAT: the handshake comes before any SRTP, and the answer
+    can only reach the party at the source it sends from; the SDP's address is private."""
+    state = streams(a=Leg(RELAY_A, ALICE_SDP, dtls=True), b=Leg(RELAY_B, BOB_SDP, dtls=True))
+    assert decide(state.a, RTP, dtls_record(), ALICE, 1.0) == forward(BOB_SDP, moved=True)
+    assert state.a.latched[RTP] == ALICE
+    # Bob's ServerHello reaches Alice where she is, not her SDP's private address.
+    assert decide(state.b, RTP, dtls_record(2), BOB, 1.1) == forward(ALICE, moved=True)
+    # A second hello from a stranger moves nothing: the first hello latched, as a first RTP does.
+    assert decide(state.a, RTP, dtls_record(), MALLORY, 1.2) == forward(BOB)
+    assert state.a.latched[RTP] == ALICE and state.a.refusals == {"handover-refused": 1}
+    # Her SRTP from the same source confirms the latch; the rules for media then hold.
+    assert decide(state.a, RTP, rtp(), ALICE, 2.0) == forward(BOB)
+    assert state.a.media_latched[RTP]
+    assert decide(state.a, RTP, rtp(2, ssrc=0xBAD), MALLORY, 9.0) == forward(BOB)
+    assert decide(state.b, RTP, rtp(), BOB, 9.1) == forward(ALICE)
+
+
+def test_only_a_dtls_hello_latches_and_only_where_the_sdp_announced_dtls() -> None:
+    plain = streams()
+    assert decide(plain.a, RTP, dtls_record(), ALICE, 1.0) == forward(BOB_SDP)
+    assert plain.a.latched == [None, None]
+    state = streams(a=Leg(RELAY_A, ALICE_SDP, dtls=True))
+    not_hellos = [
+        dtls_record(11),  # a Certificate: not what a party sends first
+        dtls_record(epoch=1),  # encrypted: nothing to check
+        dtls_record(version=b"\xfe\xfe"),  # no such version
+        dtls_record()[:-1],  # shorter than its length says
+        b"\x17\xfe\xfd" + b"\x00" * 30,  # application data
+        b"\x10\x00" + b"z" * 30,  # ZRTP
+    ]
+    for data in not_hellos:
+        assert decide(state.a, RTP, data, ALICE, 1.0) == forward(BOB_SDP), data
+    assert state.a.latched == [None, None]
+
+
 # ICE through the relay: checks verified with the credentials of the two SDPs
 
 
