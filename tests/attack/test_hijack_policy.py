@@ -39,6 +39,9 @@ ALICE: Sockaddr = ("198.51.100.20", 61000)
 ALICE_REBOUND: Sockaddr = ("198.51.100.20", 61444)  # the NAT gave her a new port
 BOB: Sockaddr = ("198.51.100.7", 5000)
 MALLORY: Sockaddr = ("192.0.2.66", 6666)
+NAT_PUBLIC = "93.184.216.40"  # a globally routable NAT address (rule d)
+ALICE_NATTED: Sockaddr = (NAT_PUBLIC, 61000)
+ALICE_NATTED_AGAIN: Sockaddr = (NAT_PUBLIC, 61444)
 ALICE_SSRC = 0x5EC2E7A1
 ALICE_ICE = IceCredentials("alice1", "alicepassword0123456789x")
 BOB_ICE = IceCredentials("bob1", "bobpassword0123456789xyz")
@@ -83,11 +86,14 @@ def call(
     )
 
 
-def talking(state: ForwardingState, until: int = 50, start: float = 0.0) -> float:
-    """Alice and Bob exchange ``until`` packets each, 20 ms apart; returns the time after."""
+def talking(
+    state: ForwardingState, until: int = 50, start: float = 0.0, source: Sockaddr = ALICE
+) -> float:
+    """Alice (from ``source``) and Bob exchange ``until`` packets each, 20 ms apart; returns
+    the time after."""
     now = start
     for seq in range(1, until + 1):
-        decide(state.a, RTP, rtp(seq), ALICE, now)
+        decide(state.a, RTP, rtp(seq), source, now)
         decide(state.b, RTP, rtp(seq, ssrc=0xB0B), BOB, now)
         now += 0.02
     return now
@@ -280,6 +286,57 @@ def test_a_private_announced_address_takes_nothing_over() -> None:
     spoofed = (ALICE_SDP.host, ALICE_SDP.port)
     assert decide(state.a, RTP, rtp(1, ssrc=0xBAD), spoofed, now) == Drop(DropReason.FOREIGN_SOURCE)
     assert bob_reaches(state, now) == ALICE
+
+
+def test_a_phone_back_from_hold_on_a_new_nat_mapping_and_ssrc_gets_its_leg_back() -> None:
+    """Alice's public address is known (sip_source: the SIP source with the SDP's port). She
+    holds for a minute, her NAT mapping expires, and she resumes from a new port with a new
+    SSRC: rule (a) cannot follow that; the host of her announced address can."""
+    # Her NAT's public address (globally routable: documentation ranges are not), as the SIP
+    # source address with the SDP's port; the source her media came from; the new mapping.
+    alice_public = Address(NAT_PUBLIC, 4000)
+    state = ForwardingState(
+        Forwarding(
+            "k",
+            Leg(RELAY_A, alice_public, payload_types=frozenset({8})),
+            Leg(RELAY_B, BOB_SDP, payload_types=frozenset({8})),
+            strict_source=True,
+            handover_after=0.5,
+        )
+    )
+    now = talking(state, source=ALICE_NATTED)
+    assert bob_reaches(state, now) == ALICE_NATTED
+    resumed = now + 60.0
+    new_stream = rtp(7, ssrc=0x0DDBA11)
+    # A stranger on another host, sending valid RTP at the right moment, still gets nothing.
+    assert decide(state.a, RTP, new_stream, MALLORY, resumed) == Drop(DropReason.FOREIGN_SOURCE)
+    verdict = decide(state.a, RTP, new_stream, ALICE_NATTED_AGAIN, resumed + 0.01)
+    assert verdict == Forward(BOB, RTP, moved=True)
+    assert bob_reaches(state, resumed + 0.02) == ALICE_NATTED_AGAIN
+
+
+def test_the_announced_host_does_not_take_a_talking_leg() -> None:
+    """Rule (d) waits for the latched source's silence, as rule (a) does: two sources behind
+    one NAT do not take turns while the phone talks."""
+    alice_public = Address(NAT_PUBLIC, 4000)
+    state = ForwardingState(
+        Forwarding(
+            "k",
+            Leg(RELAY_A, alice_public),
+            Leg(RELAY_B, BOB_SDP),
+            strict_source=True,
+            handover_after=0.5,
+        )
+    )
+    now = talking(state, source=ALICE_NATTED)
+    verdict = decide(state.a, RTP, rtp(1, ssrc=0xBAD), ALICE_NATTED_AGAIN, now)
+    assert verdict == Drop(DropReason.FOREIGN_SOURCE)
+    assert bob_reaches(state, now) == ALICE_NATTED
+    # Without a public announced address (the SDP's private one), no host is trusted.
+    private = call(strict=True)
+    now = talking(private) + 60.0
+    verdict = decide(private.a, RTP, rtp(1, ssrc=0xBAD), ("198.51.100.20", 61444), now)
+    assert verdict == Drop(DropReason.FOREIGN_SOURCE)
 
 
 # ICE: an authenticated check moves the latch, a forged one does not

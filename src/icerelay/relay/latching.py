@@ -20,10 +20,14 @@ class): whoever latches a leg receives the other party's audio. The rules, and w
   one (RFC 3550 A.1; an off-path attacker cannot guess a 32-bit SSRC), once the latched source
   has been silent for ``handover_after`` seconds (so two sources sending the same stream do not
   take turns) -- a NAT rebinding; (b) it sends an authenticated nominating check (USE-CANDIDATE),
-  or answers one the other party sent; or (c) it is the address signalling announced for the
-  party, if that is globally routable (a packet from there would be answered there anyway). A
-  latch learnt from checks only (provisional) yields to valid media from any source an
-  authenticated check came from.
+  or answers one the other party sent; (c) it is the address signalling announced for the
+  party, if that is globally routable (a packet from there would be answered there anyway); or
+  (d) it comes from the *host* of that announced public address (another port: the NAT gave
+  the party a new mapping, as after a long hold) with a new stream, once the latched source
+  has been silent for ``handover_after`` -- a phone that resumes from hold with a new SSRC
+  through a NAT whose mapping expired; only a host behind the party's own public address can
+  send from there and receive the answers. A latch learnt from checks only (provisional)
+  yields to valid media from any source an authenticated check came from.
 - Everything else from another source is a refused handover: relayed without moving the
   latch, or dropped with ``strict_source``. Every drop and refusal is counted by reason
   (:attr:`LegState.refusals`).
@@ -423,6 +427,7 @@ def _handover(
             or source == state.announced[component]
             or (not state.media_latched[component] and source in state.verified[component])
             or (not opaque and _continues(state, component, data, now))
+            or _rejoins(state, component, source, now)
         ):
             _latch(state, component, source, now)
             state.media_latched[component] = True
@@ -535,6 +540,17 @@ def _continues(state: LegState, component: int, data: bytes, now: float) -> bool
         return True
     gap = (int.from_bytes(data[2:4], "big") - int.from_bytes(last[2:4], "big")) % 65536
     return 0 < gap <= MAX_DROPOUT
+
+
+def _rejoins(state: LegState, component: int, source: Sockaddr, now: float) -> bool:
+    """True if valid media from ``source`` is the party back on a new NAT mapping (rule d):
+    the host of the public address signalling announced for it, another port, the latched
+    source silent for ``handover_after`` seconds."""
+    announced = state.announced[component]
+    if announced is None or source[0] != announced[0]:
+        return False
+    guard = state.handover_after
+    return not guard or now - state.latched_seen[component] >= guard
 
 
 def _ssrc(data: bytes, component: int) -> int | None:
