@@ -49,8 +49,11 @@ CHUNK = 64
 #: Seconds between rounds while the load is high. The event loop's timers may be no finer
 #: than a millisecond (uvloop's are not), so that is the step.
 INTERVAL = 0.001
-#: Datagrams a round must read for the next round to wait for the timer.
-COALESCE_AFTER = 16
+#: Datagrams a round must read for the next round to wait for the timer: about 4,000
+#: datagrams/s for a poller. benchmarks/turn, 300 streams (7,500 packets/s per worker): with
+#: 16 the poller still woke every packet or two, 13.7-15.1 us of CPU per relayed packet; with 4,
+#: 8.7-9.8 us, for 0.1 -> 0.85 ms more median delay.
+COALESCE_AFTER = 4
 
 
 def _ignore(_tag: object, _error: OSError) -> bool:
@@ -83,8 +86,9 @@ class _Source(Generic[T]):
 
 class DatagramPoller(Generic[T]):
     """Reads the non-blocking UDP sockets added with :meth:`add` on *loop*, in rounds (see
-    the module docstring); *on_flush* runs after each chunk and round. :meth:`start`,
-    :meth:`close`; :attr:`interval` 0 turns coalescing off.
+    the module docstring); *on_flush* runs after each chunk and round. :meth:`start` (until
+    then rounds run only when :meth:`run_round` is called), :meth:`close`; :attr:`interval`
+    0 turns coalescing off.
     """
 
     def __init__(
@@ -106,7 +110,7 @@ class DatagramPoller(Generic[T]):
         self.chunk = chunk
         #: Receive buffer size (larger datagrams are truncated by the kernel).
         self.size = size
-        self._epoll: select.epoll | None = None
+        self._epoll: select.epoll | None = select.epoll()
         self._sources: dict[int, _Source[T]] = {}
         self._round = 0
         self._reading = False
@@ -119,9 +123,8 @@ class DatagramPoller(Generic[T]):
         return len(self._sources)
 
     def start(self) -> None:
-        """Start waiting for readiness."""
-        if self._epoll is None:
-            self._epoll = select.epoll()
+        """Run rounds from the loop: on readiness, or from the timer under load."""
+        if self._epoll is not None and not self._reading and self._timer is None:
             self._reading = True
             self._loop.add_reader(self._epoll.fileno(), self._on_readable)
 
@@ -150,7 +153,7 @@ class DatagramPoller(Generic[T]):
     ) -> None:
         """Read *sock* (non-blocking UDP): ``handler(data, source, tag, now)`` per datagram, at
         most *limit* datagrams per round (see the module docstring for *eager*)."""
-        assert self._epoll is not None, "DatagramPoller not started"
+        assert self._epoll is not None, "DatagramPoller closed"
         fd = sock.fileno()
         self._sources[fd] = _Source(sock, handler, tag, limit, eager, on_error or _ignore)
         self._epoll.register(fd, select.EPOLLIN)
