@@ -836,6 +836,10 @@ class TurnService:
             "allocations": len(engine.allocations),
             "tcp_connections": len(self.streams),
             "send_errors": self.send_errors,
+            # Read rounds of the UDP sockets, and those run from the coalescing timer: packets
+            # relayed per round is the batching the load allowed (see aio.poller).
+            "udp_rounds": self._poller.rounds if self._poller is not None else 0,
+            "udp_timed_rounds": self._poller.timed_rounds if self._poller is not None else 0,
             "draining": engine.draining,
             **engine.counters,
             **self._offload_status(),
