@@ -44,7 +44,6 @@ import sys
 import time
 from typing import Any, cast
 
-from icerelay.aio.mmsg import BatchSender, batch_sender
 from icerelay.aio.poller import DatagramPoller
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.turn_config import TurnServerConfig
@@ -58,7 +57,6 @@ from icerelay.turn.server.engine import (
     AllocationDeleted,
     ChannelBound,
     Drained,
-    Transmit,
     TurnServerEngine,
 )
 from icerelay.turn.server.framing import StreamFramer
@@ -255,10 +253,6 @@ class TurnService:
         # Bound once: every relayed socket shares them (no closure per socket).
         self._relay_error = self._on_relay_error
         self._receive: Any = None  # the engine's receive(), looked up once
-        #: sendmmsg for each listening UDP socket (where available), and what flush() queues
-        #: for it: Transmit tuples.
-        self._senders: dict[HostPort, BatchSender] = {}
-        self._batches: dict[HostPort, list[Transmit]] = {}
         self.streams: dict[tuple[HostPort, HostPort], _StreamProtocol] = {}
         #: Open TCP/TLS connections per client IP address.
         self.stream_sources: dict[str, int] = {}
@@ -366,11 +360,6 @@ class TurnService:
                 if kind == "udp":
                     self.udp[local] = sock
                     self.listen_udp.append(local)
-                    sender = batch_sender(sock)
-                    if sender is not None:
-                        sender.destination_index = 2  # in a Transmit tuple
-                        self._senders[local] = sender
-                        self._batches[local] = []
                     poller.add(
                         sock, self._on_listen_datagram, local, limit=_LISTEN_BATCH, eager=True
                     )
@@ -738,17 +727,8 @@ class TurnService:
             if state.events:
                 self._handle_events()
             return
-        batches = self._batches
-        batched = False
-        for item in engine.datagrams_to_send():
-            data, source, destination, transport = item
+        for data, source, destination, transport in engine.datagrams_to_send():
             if transport == "udp":
-                batch = batches.get(source)
-                if batch is not None:
-                    # To a client from a listening socket: one sendmmsg per socket below.
-                    batch.append(item)
-                    batched = True
-                    continue
                 sock = udp.get(source)
                 if sock is None:
                     continue
@@ -761,11 +741,6 @@ class TurnService:
                 stream = self.streams.get((source, destination))
                 if stream is not None:
                     stream.write(data)
-        if batched:
-            for local, batch in batches.items():
-                if batch:
-                    self.send_errors += self._senders[local].send(batch)
-                    batch.clear()
         if state.events:
             self._handle_events()
 
