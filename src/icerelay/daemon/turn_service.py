@@ -1,9 +1,10 @@
 """The asyncio shell around :class:`~.engine.TurnServerEngine`.
 
-- UDP listeners and relayed addresses are plain non-blocking sockets read by
-  :class:`~icerelay.aio.batch.BatchReader` and written with ``sendto``: no transport or
-  protocol object per packet, and a bounded batch of datagrams is read per wake-up. One UDP
-  socket per relayed address (RFC 8656 §7.2), which the engine asks for through the
+- UDP listeners and relayed addresses are plain non-blocking sockets, all read by one
+  :class:`~icerelay.aio.poller.DatagramPoller` (one epoll set, read in rounds, wake-ups
+  coalesced under load) and written with ``sendto`` once per round: no transport or
+  protocol object and no event-loop callback per packet. One UDP socket per relayed address
+  (RFC 8656 §7.2), which the engine asks for through the
   :class:`~icerelay.turn.server.events.RelayBinder` interface.
 - TCP and TLS listeners (TLS when ``tls_cert``/``tls_key`` are configured) use asyncio
   protocols; :class:`~.framing.StreamFramer` cuts the stream into frames.
@@ -44,7 +45,7 @@ import sys
 import time
 from typing import Any, cast
 
-from icerelay.aio.batch import BatchReader, Received
+from icerelay.aio.poller import DatagramPoller
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.turn_config import TurnServerConfig
 from icerelay.daemon.turn_workers import (
@@ -71,18 +72,19 @@ from icerelay.turn.server.ports import check_relay_range
 
 logger = logging.getLogger("icerelay.turn.server")
 
-#: Datagrams read from one relayed socket per wake-up. A relayed address carries one stream,
-#: so at normal load there is one datagram to read; above capacity a backlog builds, and one
-#: read per wake-up against the listening socket's large batch starved the peer -> client
-#: direction (benchmarks/turn: at 500 streams two thirds of it arrived > 0.5 s late while
-#: client -> peer was on time). A small batch lets a relayed socket catch up without letting
-#: one busy peer hold the loop.
-_RELAY_BATCH = 4
-#: Datagrams read from a listening socket per wake-up, at least. Every client shares it, so
+#: Datagrams read from one relayed socket per round when it has a backlog (the poller reads
+#: one from a socket that was not ready in the round before). A relayed address carries one
+#: stream, so at normal load there is one datagram to read; above capacity a backlog builds,
+#: and one read per wake-up against the listening socket's large batch starved the peer ->
+#: client direction (benchmarks/turn: at 500 streams two thirds of it arrived > 0.5 s late
+#: while client -> peer was on time). A small batch lets a relayed socket catch up (and a
+#: high-rate stream keep up with rounds a millisecond apart) without letting one busy peer
+#: hold the loop.
+_RELAY_BATCH = 8
+#: Datagrams read from a listening socket per round, at least. Every client shares it, so
 #: it reads _RELAY_BATCH per relayed socket: under overload each stream then gets about the
 #: same turn in both directions.
 _LISTEN_BATCH = 1024
-_CHUNK = 64
 #: SO_RCVBUF of a relayed socket (the kernel doubles it and counts each datagram's whole
 #: buffer, ~840 bytes for a 172-byte voice packet): about 9 voice packets (0.2 s of a
 #: 50 packet/s stream) or 3 full-size ones. Linux's default (rmem_default, often 208 KiB)
@@ -256,11 +258,11 @@ class TurnService:
         #: The other workers' latest figures (parent only), for /metrics, the page and ctl.
         self.worker_reports = WorkerReports()
         self.udp: dict[HostPort, socket.socket] = {}
-        #: The reader of each socket in :attr:`udp`.
-        self._readers: dict[HostPort, BatchReader[HostPort]] = {}
-        # Bound once: every relayed socket's reader shares them (no closure per socket).
-        self._relay_batch = self._on_relay_batch
+        #: Reads every socket in :attr:`udp` (made in start()).
+        self._poller: DatagramPoller[HostPort] | None = None
+        # Bound once: every relayed socket shares them (no closure per socket).
         self._relay_error = self._on_relay_error
+        self._receive: Any = None  # the engine's receive(), looked up once
         self.streams: dict[tuple[HostPort, HostPort], _StreamProtocol] = {}
         #: Open TCP/TLS connections per client IP address.
         self.stream_sources: dict[str, int] = {}
@@ -341,6 +343,10 @@ class TurnService:
             nonce_key=self._nonce_key,
         )
         self._start_offload()
+        self._receive = self._engine.receive
+        poller: DatagramPoller[HostPort] = DatagramPoller(loop, self.flush, size=_RECV_SIZE)
+        self._poller = poller
+        poller.start()
         context: ssl.SSLContext | None = None
         if config.tls_cert is not None and config.tls_key is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -364,17 +370,9 @@ class TurnService:
                 if kind == "udp":
                     self.udp[local] = sock
                     self.listen_udp.append(local)
-                    reader = BatchReader(
-                        loop,
-                        sock,
-                        self._on_listen_batch,
-                        local,
-                        limit=_LISTEN_BATCH,
-                        chunk=_CHUNK,
-                        size=_RECV_SIZE,
+                    poller.add(
+                        sock, self._on_listen_datagram, local, limit=_LISTEN_BATCH, eager=True
                     )
-                    self._readers[local] = reader
-                    reader.start()
                 else:
                     await self._stream_server(sock, kind, context if kind == "tls" else None)
         except BaseException:
@@ -591,6 +589,8 @@ class TurnService:
         self._servers.clear()
         for address in list(self.udp):
             self._close_udp(address)
+        if self._poller is not None:
+            self._poller.close()
 
     def drain(self) -> None:
         """Stop taking allocations; :meth:`wait_drained` returns once the last one is gone."""
@@ -655,20 +655,14 @@ class TurnService:
                 else:
                     sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
         self.udp[address] = sock
-        # Up to _RELAY_BATCH datagrams per wake-up (see there); the loop is level-triggered,
-        # so anything left wakes the reader again on its next turn.
-        reader = BatchReader(
-            self.loop,
+        assert self._poller is not None
+        self._poller.add(
             sock,
-            self._relay_batch,
+            self.engine.receive_relayed,
             address,
             limit=_RELAY_BATCH,
-            chunk=_RELAY_BATCH,
-            size=_RECV_SIZE,
             on_error=self._relay_error,
         )
-        self._readers[address] = reader
-        reader.start()
         self._update_listen_budget()
         return True
 
@@ -681,44 +675,34 @@ class TurnService:
 
     def _close_udp(self, address: HostPort) -> None:
         sock = self.udp.pop(address, None)
-        reader = self._readers.pop(address, None)
-        if reader is not None:
-            reader.close()
         if sock is not None:
+            if self._poller is not None:
+                self._poller.remove(sock)
             sock.close()
             if address not in self.listen_udp:
                 self._update_listen_budget()
 
     def _update_listen_budget(self) -> None:
-        """A listening socket reads _RELAY_BATCH per relayed socket per wake-up (at least
+        """A listening socket reads _RELAY_BATCH per relayed socket per round (at least
         _LISTEN_BATCH): under overload each stream gets about the same turn both ways."""
+        poller = self._poller
+        if poller is None:
+            return
         budget = max(_LISTEN_BATCH, _RELAY_BATCH * (len(self.udp) - len(self.listen_udp)))
         for local in self.listen_udp:
-            reader = self._readers.get(local)
-            if reader is not None:
-                reader.limit = budget
+            sock = self.udp.get(local)
+            if sock is not None:
+                poller.set_limit(sock, budget)
 
     # --- the data path ------------------------------------------------------------------
 
-    def _on_listen_batch(self, local: HostPort, batch: list[Received]) -> None:
-        receive = self.engine.receive
-        now = self.loop.time()
-        for data, source in batch:
-            if len(source) != 2:
-                source = source[:2]
-            receive(data, source, local, "udp", now)
-        # Each chunk is flushed, so that what the first ones produced is not held back while
-        # the rest of a deep queue is read.
-        self.flush()
+    # The poller calls the engine per datagram (relayed sockets: engine.receive_relayed
+    # itself) and flush() after each chunk and round: what a round produced goes out at once.
 
-    def _on_relay_batch(self, relay: HostPort, batch: list[Received]) -> None:
-        receive = self.engine.receive_relayed
-        now = self.loop.time()
-        for data, peer in batch:
-            if len(peer) != 2:
-                peer = peer[:2]
-            receive(data, peer, relay, now)
-        self.flush()
+    def _on_listen_datagram(
+        self, data: bytes, source: HostPort, local: HostPort, now: float
+    ) -> None:
+        self._receive(data, source, local, "udp", now)
 
     def _on_relay_error(self, relay: HostPort, _error: OSError) -> bool:
         # An ICMP error for something we relayed: read it from the error queue. (Also a socket
@@ -878,6 +862,10 @@ class TurnService:
             "allocations": len(engine.allocations),
             "tcp_connections": len(self.streams),
             "send_errors": self.send_errors,
+            # Read rounds of the UDP sockets, and those run from the coalescing timer: packets
+            # relayed per round is the batching the load allowed (see aio.poller).
+            "udp_rounds": self._poller.rounds if self._poller is not None else 0,
+            "udp_timed_rounds": self._poller.timed_rounds if self._poller is not None else 0,
             "draining": engine.draining,
             **engine.counters,
             **self._offload_status(),

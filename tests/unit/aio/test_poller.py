@@ -1,0 +1,230 @@
+"""DatagramPoller (icerelay.aio.poller), the TURN service's UDP reader: rounds, budgets,
+flushes, coalesced wake-ups, errors, sockets removed mid-round."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from icerelay.aio.poller import DatagramPoller
+
+
+def _pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    receiver = socket.socket(family, socket.SOCK_DGRAM)
+    receiver.bind((host, 0))
+    receiver.setblocking(False)
+    sender = socket.socket(family, socket.SOCK_DGRAM)
+    sender.connect(receiver.getsockname())
+    return receiver, sender
+
+
+class _Log:
+    """Records what the poller hands over, and the flushes between."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def datagram(self, data: bytes, source: Any, tag: str, now: float) -> None:
+        assert isinstance(now, float)
+        self.items.append((tag, data, source))
+
+    def flush(self) -> None:
+        self.items.append("flush")
+
+
+def test_a_round_reads_each_ready_socket_once_unless_backlogged_or_eager() -> None:
+    async def scenario() -> list[list[Any]]:
+        loop = asyncio.get_running_loop()
+        log = _Log()
+        # Not started: rounds run only by hand.
+        poller: DatagramPoller[str] = DatagramPoller(loop, log.flush, interval=0, chunk=100)
+        relay, relay_sender = _pair()
+        listen, listen_sender = _pair()
+        poller.add(relay, log.datagram, "relay", limit=2)
+        poller.add(listen, log.datagram, "listen", limit=3, eager=True)
+        for index in range(4):
+            relay_sender.send(b"r%d" % index)
+            listen_sender.send(b"l%d" % index)
+        await asyncio.sleep(0.01)
+        rounds = []
+        for _ in range(4):
+            log.items.clear()
+            poller.run_round()
+            rounds.append(sorted(item[1] for item in log.items if item != "flush"))
+        poller.close()
+        for sock in (relay, relay_sender, listen, listen_sender):
+            sock.close()
+        return rounds
+
+    rounds = asyncio.run(scenario())
+    # Round 1: the relay socket once (not ready before), the eager socket up to its limit.
+    # Round 2: the relay socket was ready in round 1 too: up to its limit (2).
+    # Round 3: the last relay datagram; the eager socket's last one.
+    assert rounds[0] == [b"l0", b"l1", b"l2", b"r0"]
+    assert rounds[1] == [b"l3", b"r1", b"r2"]
+    assert rounds[2] == [b"r3"]
+    assert rounds[3] == []
+
+
+def test_flush_after_every_chunk_and_at_the_end_of_a_round() -> None:
+    async def scenario() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        log = _Log()
+        poller: DatagramPoller[str] = DatagramPoller(loop, log.flush, interval=0, chunk=2)
+        listen, sender = _pair()
+        poller.add(listen, log.datagram, "listen", limit=10, eager=True)
+        for index in range(5):
+            sender.send(b"%d" % index)
+        await asyncio.sleep(0.01)
+        count = poller.run_round()
+        assert count == 5
+        assert poller.run_round() == 0  # nothing ready: no round, no flush
+        poller.close()
+        listen.close()
+        sender.close()
+        return [item if item == "flush" else item[1] for item in log.items]
+
+    items = asyncio.run(scenario())
+    assert items == [b"0", b"1", "flush", b"2", b"3", "flush", b"4", "flush"]
+
+
+def test_coalesces_wake_ups_under_load_and_wakes_on_readiness_again_after() -> None:
+    async def scenario() -> tuple[int, int, bool, int]:
+        loop = asyncio.get_running_loop()
+        log = _Log()
+        poller: DatagramPoller[str] = DatagramPoller(
+            loop, log.flush, interval=0.001, coalesce_after=4
+        )
+        poller.start()
+        listen, sender = _pair()
+        poller.add(listen, log.datagram, "listen", limit=100, eager=True)
+        # A burst big enough for the timer, then a trickle.
+        for index in range(20):
+            sender.send(b"%d" % index)
+        for _ in range(50):
+            await asyncio.sleep(0.005)
+            if sum(item != "flush" for item in log.items) == 20:
+                break
+        sender.send(b"late")
+        for _ in range(50):
+            await asyncio.sleep(0.005)
+            if sum(item != "flush" for item in log.items) == 21:
+                break
+        result = (
+            sum(item != "flush" for item in log.items),
+            poller.timed_rounds,
+            poller._reading,
+            poller.rounds,
+        )
+        poller.close()
+        listen.close()
+        sender.close()
+        return result
+
+    received, timed, reading, rounds = asyncio.run(scenario())
+    assert received == 21
+    # The burst's round read >= 4: the next round came from the timer (and read nothing,
+    # so the poller went back to readiness, where the late datagram woke it).
+    assert timed >= 1
+    assert reading
+    assert rounds >= 2
+
+
+def test_no_coalescing_with_interval_zero() -> None:
+    async def scenario() -> int:
+        loop = asyncio.get_running_loop()
+        log = _Log()
+        poller: DatagramPoller[str] = DatagramPoller(loop, log.flush, interval=0, coalesce_after=1)
+        poller.start()
+        listen, sender = _pair()
+        poller.add(listen, log.datagram, "listen", limit=100, eager=True)
+        for index in range(20):
+            sender.send(b"%d" % index)
+        await asyncio.sleep(0.02)
+        timed = poller.timed_rounds
+        poller.close()
+        listen.close()
+        sender.close()
+        return timed
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_ipv6_sources_are_host_port_pairs() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+
+    async def scenario() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        log = _Log()
+        poller: DatagramPoller[str] = DatagramPoller(loop, log.flush)
+        poller.start()
+        try:
+            listen, sender = _pair(socket.AF_INET6)
+        except OSError:
+            pytest.skip("no IPv6 loopback")
+        poller.add(listen, log.datagram, "six")
+        sender.send(b"hello")
+        for _ in range(50):
+            await asyncio.sleep(0.005)
+            if log.items:
+                break
+        expected = sender.getsockname()[:2]
+        poller.close()
+        listen.close()
+        sender.close()
+        return [log.items[0], expected]
+
+    (tag, data, source), expected = asyncio.run(scenario())
+    assert (tag, data) == ("six", b"hello")
+    assert source == expected
+
+
+def test_socket_errors_go_to_on_error_and_removed_sockets_are_skipped() -> None:
+    async def scenario() -> tuple[list[str], list[bytes]]:
+        loop = asyncio.get_running_loop()
+        errors: list[str] = []
+        got: list[bytes] = []
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        gone = closed.getsockname()
+        closed.close()
+        # A connected socket that sent to a closed port: Linux reports ECONNREFUSED on it.
+        lonely = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        lonely.bind(("127.0.0.1", 0))
+        lonely.setblocking(False)
+        lonely.connect(gone)
+        lonely.send(b"x")
+        other, other_sender = _pair()
+
+        def datagram(data: bytes, _source: Any, tag: str, _now: float) -> None:
+            got.append(data)
+            # The first datagram's handler takes the other socket out mid-round.
+            poller.remove(other if tag == "first" else first)
+
+        def on_error(tag: str, error: OSError) -> bool:
+            errors.append(f"{tag}:{type(error).__name__}")
+            return False
+
+        first, first_sender = _pair()
+        poller: DatagramPoller[str] = DatagramPoller(loop, lambda: None, interval=0)
+        poller.add(lonely, datagram, "lonely", on_error=on_error)
+        poller.add(first, datagram, "first")
+        poller.add(other, datagram, "other")
+        first_sender.send(b"a")
+        other_sender.send(b"b")
+        await asyncio.sleep(0.01)
+        poller.run_round()
+        poller.close()
+        for sock in (lonely, other, other_sender, first, first_sender):
+            sock.close()
+        return errors, got
+
+    errors, got = asyncio.run(scenario())
+    assert errors == ["lonely:ConnectionRefusedError"]
+    # Whichever of the two came first in the round removed the other: one datagram only.
+    assert got in ([b"a"], [b"b"])
