@@ -178,9 +178,18 @@ def _make_xor_address_decoder(attribute_type: int) -> Decoder:
 
 
 def _encode_xor_address(value: Address, cookie_and_id: bytes) -> bytes:
-    family, raw = _address_bytes(value)
-    xport = value.port ^ _U16.unpack_from(cookie_and_id)[0]
-    return _ADDRESS_HEAD.pack(family, xport) + _xor(raw, cookie_and_id)
+    host, port = value
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} out of range")
+    raw = pack_ip(host)
+    n = len(raw)
+    # RFC 8489 §14.2: the port XORed with the cookie's high 16 bits, the address with the
+    # cookie (followed by the transaction id for IPv6).
+    xored = (int.from_bytes(raw, "big") ^ int.from_bytes(cookie_and_id[:n], "big")).to_bytes(
+        n, "big"
+    )
+    family = AddressFamily.IPV4 if n == 4 else AddressFamily.IPV6
+    return _ADDRESS_HEAD.pack(family, port ^ (cookie_and_id[0] << 8 | cookie_and_id[1])) + xored
 
 
 # --- text ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ is no reflection amplifier; the others are answered with the request's credentia
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from icerelay.errors import StunError
 from icerelay.stun import (
@@ -25,6 +25,7 @@ from icerelay.stun import (
 )
 from icerelay.stun.binding import BindingEngine
 from icerelay.stun.constants import TRANSPORT_UDP
+from icerelay.stun.message import encode_attributes, encode_message, message_type
 from icerelay.stun.ratelimit import LogLimiter
 from icerelay.turn.server.allocation import (
     CHANNEL_LIFETIME,
@@ -54,6 +55,8 @@ from icerelay.turn.server.refusals import (
     PeerIsServer,
     RequestRefused,
     SourceQuotaReached,
+    StaleNonce,
+    Unauthenticated,
     UnauthenticatedBadRequest,
     UnknownAttributes,
     UnsupportedTransport,
@@ -67,6 +70,8 @@ if TYPE_CHECKING:
     from random import Random
 
 A = AttributeType
+#: A request's attributes: each type's first value.
+Values = dict[int, Any]
 logger = logging.getLogger("icerelay.turn.server")
 
 #: ADDITIONAL-ADDRESS-FAMILY's number in draft-ietf-tram-dual-allocation, which coturn 4.6
@@ -117,6 +122,12 @@ class RequestHandler:
             settings.unauthenticated_rate, settings.unauthenticated_burst
         )
         self.software = settings.software
+        # SOFTWARE ends every answer: encoded once, as a value and as a whole attribute.
+        self._software_value: bytes | None = None
+        self._software = b""
+        if self.software is not None:
+            self._software_value = self.software.encode("utf-8")
+            self._software = encode_attributes([(A.SOFTWARE, self.software)], bytes(16))
         # Binding answers come from the STUN server's engine, so both behave the same.
         self.binding = BindingEngine(software=settings.software)
         self.channel_max = CHANNEL_MAX_LEGACY if settings.legacy_channel_numbers else CHANNEL_MAX
@@ -152,34 +163,42 @@ class RequestHandler:
         if message_class != MessageClass.REQUEST:
             counters["dropped_not_request"] += 1
             return
-        if message.method == Method.BINDING:
+        method = message.method
+        if method == Method.BINDING:
             self._binding(message, five_tuple, len(data), now)
             return
         credentials: Credentials | None = None
         try:
-            credentials = self._authenticate(message, five_tuple, now)
-            self._request(message, five_tuple, credentials, now)
+            if method not in _TURN_METHODS:
+                raise UnauthenticatedBadRequest("Unknown method")
+            # Each type's first value, looked up once here instead of a scan per attribute.
+            values: Values = dict(reversed(message.attributes))
+            outcome = self.auth.check(
+                message, five_tuple[0], five_tuple[1], now, now + self.wall_clock_offset, values
+            )
+            if isinstance(outcome, AuthFailure):
+                if outcome.code == 401 or outcome.code == 438:
+                    self._challenge(message, outcome, five_tuple, now)
+                    return
+                raise auth_refusal(outcome.code, outcome.reason)
+            credentials = outcome
+            self._request(message, values, five_tuple, credentials, now)
         except RequestRefused as refusal:
             self._refuse(message, refusal, five_tuple, credentials, now)
 
-    def _authenticate(self, message: Message, five_tuple: FiveTuple, now: float) -> Credentials:
-        if message.method not in _TURN_METHODS:
-            raise UnauthenticatedBadRequest("Unknown method")
-        outcome = self.auth.check(
-            message, five_tuple[0], five_tuple[1], now, now + self.wall_clock_offset
-        )
-        if isinstance(outcome, AuthFailure):
-            raise auth_refusal(outcome.code, outcome.reason)
-        return outcome
-
     def _request(
-        self, message: Message, five_tuple: FiveTuple, credentials: Credentials, now: float
+        self,
+        message: Message,
+        values: Values,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+        now: float,
     ) -> None:
         if message.unknown_comprehension_required:
             raise UnknownAttributes(list(message.unknown_comprehension_required))
         method = message.method
         if method == Method.ALLOCATE:
-            self._allocate(message, five_tuple, credentials, now)
+            self._allocate(message, values, five_tuple, credentials, now)
             return
         allocation = self.state.by_tuple.get(five_tuple)
         if allocation is None:
@@ -188,12 +207,35 @@ class RequestHandler:
             # RFC 8656 §5: later requests must use the credentials that made the allocation.
             raise WrongCredentials()
         if method == Method.REFRESH:
-            response = self._refresh(message, allocation, now)
+            response = self._refresh(message, values, allocation, now)
         elif method == Method.CREATE_PERMISSION:
             response = self._create_permission(message, allocation, now)
         else:
-            response = self._channel_bind(message, allocation, now)
+            response = self._channel_bind(message, values, allocation, now)
         self._respond(message, response, five_tuple, credentials)
+
+    def _challenge(
+        self, message: Message, failure: AuthFailure, five_tuple: FiveTuple, now: float
+    ) -> None:
+        """401 or 438 with a fresh nonce: what every client gets first, so it is encoded from
+        prepared bytes (only the nonce and the transaction id differ between answers)."""
+        counters = self.state.counters
+        # Nothing proves the source address is real: answer at a bounded rate only (no
+        # reflection amplifier), and without integrity.
+        if not self.limiter.allow(five_tuple[1][0], now):
+            counters["dropped_rate_limited"] += 1
+            return
+        code = failure.code
+        counters[Unauthenticated.COUNTER if code == 401 else StaleNonce.COUNTER] += 1
+        body = self.auth.challenge(code, failure.reason, five_tuple[0], five_tuple[1], now)
+        data = encode_message(
+            message_type(message.method, MessageClass.ERROR_RESPONSE),
+            message.transaction_id,
+            body + self._software,
+            message.cookie,
+            fingerprint=message.has_fingerprint,
+        )
+        self.state.out.append((data, five_tuple[2], five_tuple[1], five_tuple[0]))
 
     def _refuse(
         self,
@@ -204,6 +246,9 @@ class RequestHandler:
         now: float,
     ) -> None:
         """Answer *refusal* and count it: the one place refusals become error responses."""
+        if refusal.STATUS == 401 or refusal.STATUS == 438:
+            self._challenge(message, AuthFailure(refusal.STATUS, refusal.reason), five_tuple, now)
+            return
         counters = self.state.counters
         # Refused before authentication: nothing proves the source address is real, so answer
         # at a bounded rate only (no reflection amplifier), and without integrity.
@@ -212,12 +257,7 @@ class RequestHandler:
             return
         counters[refusal.COUNTER] += 1
         response = message.error_response(refusal.STATUS, refusal.reason)
-        if refusal.STATUS in (401, 438):
-            for attribute_type, value in self.auth.challenge_attributes(
-                five_tuple[0], five_tuple[1], now
-            ):
-                response.add(attribute_type, value)  # type: ignore[arg-type]
-        elif isinstance(refusal, UnknownAttributes):
+        if isinstance(refusal, UnknownAttributes):
             response.add(A.UNKNOWN_ATTRIBUTES, refusal.attributes)
         self._respond(message, response, five_tuple, credentials)
 
@@ -228,8 +268,8 @@ class RequestHandler:
         five_tuple: FiveTuple,
         credentials: Credentials | None,
     ) -> bytes:
-        if self.software is not None:
-            response.add(A.SOFTWARE, self.software)
+        if self._software_value is not None:
+            response.add(A.SOFTWARE, self._software_value)
         if credentials is None:
             data = response.encode(fingerprint=request.has_fingerprint)
         else:
@@ -259,7 +299,12 @@ class RequestHandler:
     # --- Allocate ---------------------------------------------------------------------------
 
     def _allocate(
-        self, message: Message, five_tuple: FiveTuple, credentials: Credentials, now: float
+        self,
+        message: Message,
+        values: Values,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+        now: float,
     ) -> None:
         state = self.state
         existing = state.by_tuple.get(five_tuple)
@@ -271,26 +316,31 @@ class RequestHandler:
                 (existing.allocate_response, five_tuple[2], five_tuple[1], five_tuple[0])
             )
             return
-        response = self._make_allocation(message, five_tuple, credentials, now)
+        response = self._make_allocation(message, values, five_tuple, credentials, now)
         data = self._respond(message, response, five_tuple, credentials)
         state.by_tuple[five_tuple].allocate_response = data
 
     def _make_allocation(
-        self, message: Message, five_tuple: FiveTuple, credentials: Credentials, now: float
+        self,
+        message: Message,
+        values: Values,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+        now: float,
     ) -> Message:
         state = self.state
         quotas = state.quotas
-        transport = message.get(A.REQUESTED_TRANSPORT)
+        transport = values.get(A.REQUESTED_TRANSPORT)
         if transport is None:
             raise BadRequest("REQUESTED-TRANSPORT missing")
         if transport != TRANSPORT_UDP:
             raise UnsupportedTransport()
-        token = message.get(A.RESERVATION_TOKEN)
-        even_port = message.get(A.EVEN_PORT)
-        requested_family = message.get(A.REQUESTED_ADDRESS_FAMILY)
-        additional_family = message.get(A.ADDITIONAL_ADDRESS_FAMILY)
+        token = values.get(A.RESERVATION_TOKEN)
+        even_port = values.get(A.EVEN_PORT)
+        requested_family = values.get(A.REQUESTED_ADDRESS_FAMILY)
+        additional_family = values.get(A.ADDITIONAL_ADDRESS_FAMILY)
         if additional_family is None:
-            draft = message.get(_ADDITIONAL_ADDRESS_FAMILY_DRAFT)
+            draft = values.get(_ADDITIONAL_ADDRESS_FAMILY_DRAFT)
             if isinstance(draft, bytes) and len(draft) == 4:
                 additional_family = draft[0]
         # RFC 8656 §7.2: combinations that make no sense are bad requests.
@@ -343,7 +393,7 @@ class RequestHandler:
         if family not in state.relay_hosts:
             raise AddressFamilyNotSupported()
 
-        dont_fragment = message.has(A.DONT_FRAGMENT)
+        dont_fragment = A.DONT_FRAGMENT in values
         relays: dict[int, tuple[str, int]] = {}
         new_token_value: bytes | None = None
         if reservation is not None:
@@ -371,7 +421,7 @@ class RequestHandler:
 
         settings = state.settings
         lifetime = _lifetime(
-            message.get(A.LIFETIME), settings.default_lifetime, settings.max_lifetime
+            values.get(A.LIFETIME), settings.default_lifetime, settings.max_lifetime
         )
         bucket = None
         if quotas.bandwidth_per_allocation:
@@ -409,11 +459,13 @@ class RequestHandler:
 
     # --- Refresh, CreatePermission, ChannelBind ---------------------------------------------
 
-    def _refresh(self, message: Message, allocation: Allocation, now: float) -> Message:
-        family = message.get(A.REQUESTED_ADDRESS_FAMILY)
+    def _refresh(
+        self, message: Message, values: Values, allocation: Allocation, now: float
+    ) -> Message:
+        family = values.get(A.REQUESTED_ADDRESS_FAMILY)
         if family is not None and _FAMILIES.get(family) not in allocation.relays:
             raise PeerAddressFamilyMismatch()
-        requested = message.get(A.LIFETIME)
+        requested = values.get(A.LIFETIME)
         response = message.response()
         state = self.state
         if requested == 0:
@@ -449,10 +501,12 @@ class RequestHandler:
             self.state.permit(allocation, host, expires)
         return message.response()
 
-    def _channel_bind(self, message: Message, allocation: Allocation, now: float) -> Message:
+    def _channel_bind(
+        self, message: Message, values: Values, allocation: Allocation, now: float
+    ) -> Message:
         state = self.state
-        number = message.get(A.CHANNEL_NUMBER)
-        peer_address = message.get(A.XOR_PEER_ADDRESS)
+        number = values.get(A.CHANNEL_NUMBER)
+        peer_address = values.get(A.XOR_PEER_ADDRESS)
         if number is None or peer_address is None:
             raise BadRequest("Missing attributes")
         if not CHANNEL_MIN <= number <= self.channel_max:
