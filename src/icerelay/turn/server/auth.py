@@ -62,7 +62,6 @@ OFFERED_ALGORITHMS = (
     PasswordAlgorithmEntry(PasswordAlgorithm.MD5),
 )
 _DUMMY_KEY = b"\x00" * 16
-_PASSWORD_KEYS = (A.PASSWORD_ALGORITHMS, A.PASSWORD_ALGORITHM)
 
 
 @dataclass(frozen=True, slots=True)
