@@ -28,6 +28,10 @@ from icerelay.stun.constants import (
     FINGERPRINT_XOR,
     HEADER_LENGTH,
     MAGIC_COOKIE,
+    MAX_NONCE_LENGTH,
+    MAX_REALM_LENGTH,
+    MAX_SOFTWARE_LENGTH,
+    MAX_USERNAME_LENGTH,
     TRANSACTION_ID_LENGTH,
     AttributeType,
     MessageClass,
@@ -45,6 +49,15 @@ _U32 = struct.Struct("!I")
 _MEMBERS: dict[int, AttributeType] = {int(t): t for t in AttributeType}
 _DECODERS = {t: codec[0] for t, codec in CODECS.items()}
 _ENCODERS = {t: codec[1] for t, codec in CODECS.items()}
+#: Text attributes and the most bytes each may have (RFC 8489 §14).
+_TEXT_LIMITS = {
+    int(AttributeType.USERNAME): MAX_USERNAME_LENGTH,
+    int(AttributeType.REALM): MAX_REALM_LENGTH,
+    int(AttributeType.NONCE): MAX_NONCE_LENGTH,
+    int(AttributeType.SOFTWARE): MAX_SOFTWARE_LENGTH,
+    int(AttributeType.ALTERNATE_DOMAIN): MAX_REALM_LENGTH,
+}
+_new_message = object.__new__
 _FINGERPRINT = int(AttributeType.FINGERPRINT)
 _MESSAGE_INTEGRITY = int(AttributeType.MESSAGE_INTEGRITY)
 _MESSAGE_INTEGRITY_SHA256 = int(AttributeType.MESSAGE_INTEGRITY_SHA256)
@@ -543,10 +556,21 @@ def decode_message(
     if kind is None:
         method, message_class = split_message_type(mtype)
         kind = _MESSAGE_TYPES[mtype] = (_method_or_int(method), MessageClass(message_class))
-    message = Message(kind[0], kind[1], transaction_id, cookie=cookie)
+    # Message.__init__'s checks hold by construction here; its call is a tenth of a decode.
+    message = _new_message(Message)
+    message.method = kind[0]
+    message.message_class = kind[1]
+    message.transaction_id = transaction_id
+    message.cookie = cookie
+    message.attributes = attributes = []
+    message.unknown_comprehension_required = []
+    message.ignored_after_integrity = 0
+    message.has_fingerprint = False
+    message.fingerprint_ok = False
     message._raw = raw
+    message._integrity_offset = None
+    message._integrity_sha256_offset = None
     cookie_and_id = raw[4:20]
-    attributes = message.attributes
     offset = HEADER_LENGTH
     # State for RFC 8489 §14.5-14.6: after MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256
     # and FINGERPRINT count; after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT.
@@ -583,7 +607,17 @@ def decode_message(
             message.ignored_after_integrity += 1
             offset = next_offset
             continue
-        value = raw[start : start + value_length]
+        value: Any = raw[start : start + value_length]
+        limit = _TEXT_LIMITS.get(attribute_type)
+        if limit is not None and value_length <= limit:
+            # Text (USERNAME, REALM, NONCE, ...): decoded here, without a decoder call.
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                value = _DECODERS[attribute_type](value, cookie_and_id)  # raises, with the reason
+            attributes.append((_MEMBERS[attribute_type], value))
+            offset = next_offset
+            continue
         decoder = _DECODERS.get(attribute_type)
         if decoder is not None:
             value = decoder(value, cookie_and_id)
