@@ -11,6 +11,7 @@ is no reflection amplifier; the others are answered with the request's credentia
 from __future__ import annotations
 
 import logging
+import struct
 from typing import TYPE_CHECKING, Any
 
 from icerelay.errors import StunError
@@ -72,6 +73,14 @@ if TYPE_CHECKING:
 A = AttributeType
 #: A request's attributes: each type's first value.
 Values = dict[int, Any]
+#: The attributes of a success response, in order.
+Attributes = list[tuple[int, Any]]
+_COOKIE = struct.Struct("!I")
+#: Success response type of each TURN method.
+_SUCCESS_TYPES: dict[int, int] = {
+    method: message_type(method, MessageClass.SUCCESS_RESPONSE)
+    for method in (Method.ALLOCATE, Method.REFRESH, Method.CREATE_PERMISSION, Method.CHANNEL_BIND)
+}
 logger = logging.getLogger("icerelay.turn.server")
 
 #: ADDITIONAL-ADDRESS-FAMILY's number in draft-ietf-tram-dual-allocation, which coturn 4.6
@@ -207,12 +216,12 @@ class RequestHandler:
             # RFC 8656 §5: later requests must use the credentials that made the allocation.
             raise WrongCredentials()
         if method == Method.REFRESH:
-            response = self._refresh(message, values, allocation, now)
+            answer = self._refresh(message, values, allocation, now)
         elif method == Method.CREATE_PERMISSION:
-            response = self._create_permission(message, allocation, now)
+            answer = self._create_permission(message, allocation, now)
         else:
-            response = self._channel_bind(message, values, allocation, now)
-        self._respond(message, response, five_tuple, credentials)
+            answer = self._channel_bind(message, values, allocation, now)
+        self._succeed(message, answer, five_tuple, credentials)
 
     def _challenge(
         self, message: Message, failure: AuthFailure, five_tuple: FiveTuple, now: float
@@ -260,6 +269,27 @@ class RequestHandler:
         if isinstance(refusal, UnknownAttributes):
             response.add(A.UNKNOWN_ATTRIBUTES, refusal.attributes)
         self._respond(message, response, five_tuple, credentials)
+
+    def _succeed(
+        self,
+        request: Message,
+        attributes: Attributes,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+    ) -> bytes:
+        """Answer *request* with a success response carrying *attributes* (and SOFTWARE)."""
+        body = encode_attributes(attributes, _COOKIE.pack(request.cookie) + request.transaction_id)
+        data = encode_message(
+            _SUCCESS_TYPES[request.method],
+            request.transaction_id,
+            body + self._software,
+            request.cookie,
+            credentials.key,
+            credentials.integrity,
+            request.has_fingerprint,
+        )
+        self.state.out.append((data, five_tuple[2], five_tuple[1], five_tuple[0]))
+        return data
 
     def _respond(
         self,
@@ -316,8 +346,8 @@ class RequestHandler:
                 (existing.allocate_response, five_tuple[2], five_tuple[1], five_tuple[0])
             )
             return
-        response = self._make_allocation(message, values, five_tuple, credentials, now)
-        data = self._respond(message, response, five_tuple, credentials)
+        answer = self._make_allocation(message, values, five_tuple, credentials, now)
+        data = self._succeed(message, answer, five_tuple, credentials)
         state.by_tuple[five_tuple].allocate_response = data
 
     def _make_allocation(
@@ -327,7 +357,7 @@ class RequestHandler:
         five_tuple: FiveTuple,
         credentials: Credentials,
         now: float,
-    ) -> Message:
+    ) -> Attributes:
         state = self.state
         quotas = state.quotas
         transport = values.get(A.REQUESTED_TRANSPORT)
@@ -444,40 +474,37 @@ class RequestHandler:
             AllocationCreated(five_tuple, credentials.username, tuple(relays.values()), lifetime)
         )
 
-        response = message.response()
-        for relay_family, relay in relays.items():
-            advertised = state.advertised_hosts.get(relay_family, relay[0])
-            response.add(A.XOR_RELAYED_ADDRESS, Address(advertised, relay[1]))
+        answer: Attributes = [
+            (A.XOR_RELAYED_ADDRESS, (state.advertised_hosts.get(relay_family, relay[0]), relay[1]))
+            for relay_family, relay in relays.items()
+        ]
         if address_error is not None:
-            response.add(A.ADDRESS_ERROR_CODE, address_error)
-        response.add(A.LIFETIME, lifetime)
+            answer.append((A.ADDRESS_ERROR_CODE, address_error))
+        answer.append((A.LIFETIME, lifetime))
         if new_token_value is not None:
-            response.add(A.RESERVATION_TOKEN, new_token_value)
-        client = five_tuple[1]
-        response.add(A.XOR_MAPPED_ADDRESS, Address(client[0], client[1]))
-        return response
+            answer.append((A.RESERVATION_TOKEN, new_token_value))
+        # The client's (host, port) is encoded as an Address is.
+        answer.append((A.XOR_MAPPED_ADDRESS, five_tuple[1]))
+        return answer
 
     # --- Refresh, CreatePermission, ChannelBind ---------------------------------------------
 
     def _refresh(
         self, message: Message, values: Values, allocation: Allocation, now: float
-    ) -> Message:
+    ) -> Attributes:
         family = values.get(A.REQUESTED_ADDRESS_FAMILY)
         if family is not None and _FAMILIES.get(family) not in allocation.relays:
             raise PeerAddressFamilyMismatch()
         requested = values.get(A.LIFETIME)
-        response = message.response()
         state = self.state
         if requested == 0:
             state.delete(allocation, "refresh", now)
-            response.add(A.LIFETIME, 0)
-            return response
+            return [(A.LIFETIME, 0)]
         settings = state.settings
         lifetime = _lifetime(requested, settings.default_lifetime, settings.max_lifetime)
         allocation.expires = now + lifetime
         state.schedule(allocation)
-        response.add(A.LIFETIME, lifetime)
-        return response
+        return [(A.LIFETIME, lifetime)]
 
     def _check_peer(self, allocation: Allocation, peer: Address) -> None:
         if peer.family not in allocation.relays:
@@ -485,7 +512,9 @@ class RequestHandler:
         if not self.policy.is_allowed(peer.host):
             raise Forbidden()
 
-    def _create_permission(self, message: Message, allocation: Allocation, now: float) -> Message:
+    def _create_permission(
+        self, message: Message, allocation: Allocation, now: float
+    ) -> Attributes:
         peers = message.get_all(A.XOR_PEER_ADDRESS)
         if not peers:
             raise BadRequest("XOR-PEER-ADDRESS missing")
@@ -499,11 +528,11 @@ class RequestHandler:
         expires = now + PERMISSION_LIFETIME
         for host in hosts:
             self.state.permit(allocation, host, expires)
-        return message.response()
+        return []
 
     def _channel_bind(
         self, message: Message, values: Values, allocation: Allocation, now: float
-    ) -> Message:
+    ) -> Attributes:
         state = self.state
         number = values.get(A.CHANNEL_NUMBER)
         peer_address = values.get(A.XOR_PEER_ADDRESS)
@@ -545,4 +574,4 @@ class RequestHandler:
         state.permit(allocation, host, now + PERMISSION_LIFETIME)
         # New or refreshed: a shell with a kernel fast path (re)installs it from here.
         state.events.append(ChannelBound(allocation.five_tuple, number, peer, channel.relay))
-        return message.response()
+        return []
