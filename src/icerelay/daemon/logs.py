@@ -14,9 +14,11 @@ import contextlib
 import json
 import logging
 import queue
+import re
 import sys
 import threading
 import time
+from functools import lru_cache
 from typing import Any, TextIO
 
 # Attributes every LogRecord has; anything else on a record came from ``extra`` and is a field.
@@ -32,14 +34,23 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
 
+@lru_cache(maxsize=4)
+def _seconds(unix_seconds: int) -> str:
+    # Memoised: a busy server logs many lines per second, and strftime is the dear part.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(unix_seconds))
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+    return f"{_seconds(int(record.created))}.{int(record.msecs):03d}Z"
+
+
+#: A value with one of these is written JSON-quoted.
+_NEEDS_QUOTES = re.compile('[ ="\n\t]')
 
 
 def _kv_value(value: Any) -> str:
-    text = str(value)
-    if text == "" or any(c in text for c in ' ="\n\t'):
+    text = value if value.__class__ is str else str(value)
+    if not text or _NEEDS_QUOTES.search(text) is not None:
         return json.dumps(text)
     return text
 
@@ -55,7 +66,7 @@ class KeyValueFormatter(logging.Formatter):
             "event": record.getMessage(),
             **record_fields(record),
         }
-        line = " ".join(f"{k}={_kv_value(v)}" for k, v in parts.items())
+        line = " ".join([f"{k}={_kv_value(v)}" for k, v in parts.items()])
         if record.exc_info:
             line += " exc=" + json.dumps(self.formatException(record.exc_info))
         return line

@@ -28,11 +28,16 @@ from icerelay.stun.constants import (
     FINGERPRINT_XOR,
     HEADER_LENGTH,
     MAGIC_COOKIE,
+    MAX_NONCE_LENGTH,
+    MAX_REALM_LENGTH,
+    MAX_SOFTWARE_LENGTH,
+    MAX_USERNAME_LENGTH,
     TRANSACTION_ID_LENGTH,
     AttributeType,
     MessageClass,
     Method,
 )
+from icerelay.stun.integrity import keyed
 
 if TYPE_CHECKING:
     from random import Random
@@ -43,6 +48,16 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _MEMBERS: dict[int, AttributeType] = {int(t): t for t in AttributeType}
 _DECODERS = {t: codec[0] for t, codec in CODECS.items()}
+_ENCODERS = {t: codec[1] for t, codec in CODECS.items()}
+#: Text attributes and the most bytes each may have (RFC 8489 §14).
+_TEXT_LIMITS = {
+    int(AttributeType.USERNAME): MAX_USERNAME_LENGTH,
+    int(AttributeType.REALM): MAX_REALM_LENGTH,
+    int(AttributeType.NONCE): MAX_NONCE_LENGTH,
+    int(AttributeType.SOFTWARE): MAX_SOFTWARE_LENGTH,
+    int(AttributeType.ALTERNATE_DOMAIN): MAX_REALM_LENGTH,
+}
+_new_message = object.__new__
 _FINGERPRINT = int(AttributeType.FINGERPRINT)
 _MESSAGE_INTEGRITY = int(AttributeType.MESSAGE_INTEGRITY)
 _MESSAGE_INTEGRITY_SHA256 = int(AttributeType.MESSAGE_INTEGRITY_SHA256)
@@ -52,6 +67,8 @@ _MESSAGE_TYPES: dict[int, tuple[int, MessageClass]] = {}
 _A = AttributeType
 
 # Attributes that encode() computes itself; any copies in the attribute list are skipped.
+_MESSAGE_INTEGRITY_HEADER = _ATTRIBUTE_HEADER.pack(_A.MESSAGE_INTEGRITY, 20)
+_FINGERPRINT_HEADER = _ATTRIBUTE_HEADER.pack(_A.FINGERPRINT, 4)
 _COMPUTED = frozenset({_A.MESSAGE_INTEGRITY, _A.MESSAGE_INTEGRITY_SHA256, _A.FINGERPRINT})
 
 IntegrityAlgorithm = Literal["sha1", "sha256", "both"]
@@ -358,58 +375,19 @@ class Message:
 
         Raises ValueError when a value cannot be encoded (a programming error, not bad input).
         """
-        cookie_and_id = _U32.pack(self.cookie) + self.transaction_id
-        chunks: list[bytes] = []
-        length = 0
-        pad = bytes((padding_byte,)) * 3
-        for attribute_type, value in self.attributes:
-            if attribute_type in _COMPUTED:
-                continue
-            if not 0 <= attribute_type <= 0xFFFF:
-                raise ValueError(f"attribute type {attribute_type} does not fit in 16 bits")
-            raw = encode_value(attribute_type, value, cookie_and_id)
-            if len(raw) > 0xFFFF:
-                raise ValueError(f"attribute 0x{attribute_type:04X} is longer than 65535 bytes")
-            chunks.append(_ATTRIBUTE_HEADER.pack(attribute_type, len(raw)))
-            chunks.append(raw)
-            padding = -len(raw) % 4
-            if padding:
-                chunks.append(pad[:padding])
-            length += 4 + len(raw) + padding
-        mtype = message_type(self.method, self.message_class)
-        body = b"".join(chunks)
-
-        if integrity_key is not None and integrity is not None:
-            if integrity in ("sha1", "both"):
-                # RFC 8489 §14.5: the length field covers up to and including this attribute.
-                length += 24
-                head = _HEADER.pack(mtype, length, self.cookie, self.transaction_id)
-                # hmac.digest: one-shot, in OpenSSL, without an HMAC object per message.
-                digest = hmac.digest(integrity_key, head + body, "sha1")
-                body += _ATTRIBUTE_HEADER.pack(_A.MESSAGE_INTEGRITY, 20) + digest
-            if integrity in ("sha256", "both"):
-                if not 16 <= sha256_length <= 32 or sha256_length % 4:
-                    raise ValueError(
-                        "MESSAGE-INTEGRITY-SHA256 length must be 16-32, a multiple of 4"
-                    )
-                length += 4 + sha256_length
-                head = _HEADER.pack(mtype, length, self.cookie, self.transaction_id)
-                digest = hmac.digest(integrity_key, head + body, "sha256")
-                body += (
-                    _ATTRIBUTE_HEADER.pack(_A.MESSAGE_INTEGRITY_SHA256, sha256_length)
-                    + digest[:sha256_length]
-                )
-            elif integrity not in ("sha1", "both"):
-                raise ValueError(f"unknown integrity algorithm {integrity!r}")
-
-        if fingerprint:
-            length += 8
-            data = _HEADER.pack(mtype, length, self.cookie, self.transaction_id) + body
-            crc = binascii.crc32(data) ^ FINGERPRINT_XOR
-            return data + _ATTRIBUTE_HEADER.pack(_A.FINGERPRINT, 4) + _U32.pack(crc)
-        if length > 0xFFFF:
-            raise ValueError("message longer than 65535 bytes after the header")
-        return _HEADER.pack(mtype, length, self.cookie, self.transaction_id) + body
+        body = encode_attributes(
+            self.attributes, _U32.pack(self.cookie) + self.transaction_id, padding_byte
+        )
+        return encode_message(
+            message_type(self.method, self.message_class),
+            self.transaction_id,
+            body,
+            self.cookie,
+            integrity_key,
+            integrity,
+            fingerprint,
+            sha256_length,
+        )
 
     # --- integrity ------------------------------------------------------------------------
 
@@ -437,21 +415,105 @@ class Message:
             algorithm = self.integrity_algorithm
             if algorithm is None:
                 return False
-        if algorithm == "sha256":
-            offset = self._integrity_sha256_offset
-            digestmod = "sha256"
-        else:
-            offset = self._integrity_offset
-            digestmod = "sha1"
+        offset = self._integrity_sha256_offset if algorithm == "sha256" else self._integrity_offset
         if offset is None:
             return False
         value_length = raw[offset + 2] << 8 | raw[offset + 3]
         received = raw[offset + 4 : offset + 4 + value_length]
         # The length field as if the message ended right after this attribute. One copy of
-        # the (small) message and a one-shot hmac.digest is cheaper than an HMAC object fed
-        # three slices.
+        # the (small) message is cheaper than feeding the HMAC three slices.
         text = raw[0:2] + _U16.pack(offset + 4 + value_length - HEADER_LENGTH) + raw[4:offset]
-        return hmac.compare_digest(hmac.digest(key, text, digestmod)[:value_length], received)
+        hmac_of = keyed(key if key.__class__ is bytes else bytes(key))
+        digest = hmac_of.sha256(text) if algorithm == "sha256" else hmac_of.sha1(text)
+        return hmac.compare_digest(digest[:value_length], received)
+
+
+def encode_attributes(
+    attributes: list[tuple[int, Any]], cookie_and_id: bytes, padding_byte: int = 0
+) -> bytes:
+    """The attribute part of a message: each (type, value) with its header and padding.
+
+    MESSAGE-INTEGRITY(-SHA256) and FINGERPRINT are left out (:func:`encode_message` computes
+    them). ``cookie_and_id`` is the header's magic cookie and transaction id (XOR addresses use
+    them). ``bytes`` values are written as they are. Raises ValueError for a value that cannot
+    be encoded.
+    """
+    chunks: list[bytes] = []
+    append = chunks.append
+    pack_header = _ATTRIBUTE_HEADER.pack
+    encoders = _ENCODERS
+    pad = bytes((padding_byte,)) * 3
+    for attribute_type, value in attributes:
+        if attribute_type in _COMPUTED:
+            continue
+        if value.__class__ is bytes:
+            raw = value  # already encoded
+        else:
+            encoder = encoders.get(attribute_type)
+            try:
+                if encoder is None:
+                    raise TypeError
+                raw = encoder(value, cookie_and_id)
+            except (struct.error, AttributeError, TypeError):
+                # The slow path says what was wrong (or encodes bytearray/memoryview).
+                raw = encode_value(attribute_type, value, cookie_and_id)
+        size = len(raw)
+        if size > 0xFFFF:
+            raise ValueError(f"attribute 0x{attribute_type:04X} is longer than 65535 bytes")
+        try:
+            append(pack_header(attribute_type, size))
+        except struct.error:
+            raise ValueError(f"attribute type {attribute_type} does not fit in 16 bits") from None
+        append(raw)
+        padding = -size & 3
+        if padding:
+            append(pad[:padding])
+    return b"".join(chunks)
+
+
+def encode_message(
+    mtype: int,
+    transaction_id: bytes,
+    body: bytes,
+    cookie: int = MAGIC_COOKIE,
+    integrity_key: bytes | None = None,
+    integrity: IntegrityAlgorithm | None = "sha1",
+    fingerprint: bool = False,
+    sha256_length: int = 32,
+) -> bytes:
+    """A whole message from its type (:func:`message_type`), transaction id and attribute part
+    (:func:`encode_attributes`, or bytes prepared beforehand), with MESSAGE-INTEGRITY(-SHA256)
+    and FINGERPRINT added as :meth:`Message.encode` describes."""
+    length = len(body)
+    if integrity_key is not None and integrity is not None:
+        if integrity_key.__class__ is not bytes:
+            integrity_key = bytes(integrity_key)
+        if integrity == "sha1" or integrity == "both":
+            # RFC 8489 §14.5: the length field covers up to and including this attribute.
+            length += 24
+            head = _HEADER.pack(mtype, length, cookie, transaction_id)
+            digest = keyed(integrity_key).sha1(head + body)
+            body += _MESSAGE_INTEGRITY_HEADER + digest
+        if integrity == "sha256" or integrity == "both":
+            if not 16 <= sha256_length <= 32 or sha256_length % 4:
+                raise ValueError("MESSAGE-INTEGRITY-SHA256 length must be 16-32, a multiple of 4")
+            length += 4 + sha256_length
+            head = _HEADER.pack(mtype, length, cookie, transaction_id)
+            digest = keyed(integrity_key).sha256(head + body)
+            body += (
+                _ATTRIBUTE_HEADER.pack(_A.MESSAGE_INTEGRITY_SHA256, sha256_length)
+                + digest[:sha256_length]
+            )
+        elif integrity != "sha1":
+            raise ValueError(f"unknown integrity algorithm {integrity!r}")
+    if fingerprint:
+        length += 8
+        data = _HEADER.pack(mtype, length, cookie, transaction_id) + body
+        crc = binascii.crc32(data) ^ FINGERPRINT_XOR
+        return data + _FINGERPRINT_HEADER + _U32.pack(crc)
+    if length > 0xFFFF:
+        raise ValueError("message longer than 65535 bytes after the header")
+    return _HEADER.pack(mtype, length, cookie, transaction_id) + body
 
 
 def _attribute_repr(attribute_type: int, value: Any) -> str:
@@ -494,10 +556,21 @@ def decode_message(
     if kind is None:
         method, message_class = split_message_type(mtype)
         kind = _MESSAGE_TYPES[mtype] = (_method_or_int(method), MessageClass(message_class))
-    message = Message(kind[0], kind[1], transaction_id, cookie=cookie)
+    # Message.__init__'s checks hold by construction here; its call is a tenth of a decode.
+    message = _new_message(Message)
+    message.method = kind[0]
+    message.message_class = kind[1]
+    message.transaction_id = transaction_id
+    message.cookie = cookie
+    message.attributes = attributes = []
+    message.unknown_comprehension_required = []
+    message.ignored_after_integrity = 0
+    message.has_fingerprint = False
+    message.fingerprint_ok = False
     message._raw = raw
+    message._integrity_offset = None
+    message._integrity_sha256_offset = None
     cookie_and_id = raw[4:20]
-    attributes = message.attributes
     offset = HEADER_LENGTH
     # State for RFC 8489 §14.5-14.6: after MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256
     # and FINGERPRINT count; after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT.
@@ -534,7 +607,17 @@ def decode_message(
             message.ignored_after_integrity += 1
             offset = next_offset
             continue
-        value = raw[start : start + value_length]
+        value: Any = raw[start : start + value_length]
+        limit = _TEXT_LIMITS.get(attribute_type)
+        if limit is not None and value_length <= limit:
+            # Text (USERNAME, REALM, NONCE, ...): decoded here, without a decoder call.
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                value = _DECODERS[attribute_type](value, cookie_and_id)  # raises, with the reason
+            attributes.append((_MEMBERS[attribute_type], value))
+            offset = next_offset
+            continue
         decoder = _DECODERS.get(attribute_type)
         if decoder is not None:
             value = decoder(value, cookie_and_id)

@@ -8,12 +8,13 @@ Two sources of users, usable together:
   (:mod:`icerelay.turn.credentials`). Expired timestamps are refused. Several secrets may be
   configured so that one can be rotated without downtime.
 
-Nonces are stateless: ``cookie || base64url(expiry || HMAC-SHA256(server key, expiry ||
-transport || client address)[:12])``. The server keeps nothing per client, a nonce cannot be
-replayed from another address or transport (the MAC would not match) and it expires (438 Stale
-Nonce, with a fresh one). The cookie is RFC 8489's ``obMatJos2`` + security features: when SHA-256
-is enabled the server offers PASSWORD-ALGORITHMS (SHA-256, MD5), and USERHASH (username anonymity)
-when no REST API secret is configured (a REST username's hash cannot be mapped back to it).
+Nonces are stateless: ``cookie || hex(expiry || MAC(server key, expiry || transport || client
+address))``, the MAC being keyed BLAKE2s (RFC 7693) cut to 96 bits. The server keeps
+nothing per client, a nonce cannot be replayed from another address or transport (the MAC would
+not match) and it expires (438 Stale Nonce, with a fresh one). The cookie is RFC 8489's
+``obMatJos2`` + security features: when SHA-256 is enabled the server offers
+PASSWORD-ALGORITHMS (SHA-256, MD5), and USERHASH (username anonymity) when no REST API secret
+is configured (a REST username's hash cannot be mapped back to it).
 
 Every secret comparison is constant-time (:func:`hmac.compare_digest`, and
 :meth:`Message.check_integrity`); an unknown username costs the same HMAC as a known one, so
@@ -22,18 +23,24 @@ timing does not tell which usernames exist.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from icerelay.errors import StunError, TurnError
-from icerelay.stun import AttributeType, Message, PasswordAlgorithm, PasswordAlgorithmEntry
+from icerelay.stun import (
+    AttributeType,
+    ErrorCode,
+    Message,
+    PasswordAlgorithm,
+    PasswordAlgorithmEntry,
+)
 from icerelay.stun.constants import SecurityFeature
 from icerelay.stun.credentials import long_term_key, userhash
-from icerelay.stun.nonce import make_nonce, nonce_opaque_part, nonce_security_features
+from icerelay.stun.message import encode_attributes
+from icerelay.stun.nonce import make_nonce
 from icerelay.turn.credentials import SEPARATOR, rest_api_expiry, rest_api_password
 
 if TYPE_CHECKING:
@@ -42,6 +49,12 @@ if TYPE_CHECKING:
 A = AttributeType
 _EXPIRY = struct.Struct("!Q")
 _MAC_LENGTH = 12
+#: The nonce's opaque part: expiry and MAC, in hex.
+_OPAQUE_LENGTH = 2 * (_EXPIRY.size + _MAC_LENGTH)
+_NONCE_HEADER = struct.Struct("!HH")
+#: Dummy magic cookie and transaction id for encoding the challenge's fixed attributes (none of
+#: them is an XOR address, so these bytes do not appear in the result).
+_NO_IDS = bytes(16)
 #: The PASSWORD-ALGORITHMS this server offers, most preferred first (RFC 8489 §14.11). The list
 #: must be identical in every response, since a client echoes it to detect a bid-down attack.
 OFFERED_ALGORITHMS = (
@@ -74,6 +87,12 @@ class AuthFailure:
     reason: str
 
 
+_UNAUTHENTICATED = AuthFailure(401, "Unauthenticated")
+_MISSING = AuthFailure(400, "Missing USERNAME, REALM or NONCE")
+_BAD_ALGORITHMS = AuthFailure(400, "Bad PASSWORD-ALGORITHM(S)")
+_STALE = AuthFailure(438, "Stale Nonce")
+
+
 class Authenticator:
     """Checks long-term credentials and mints nonces; holds no per-client state."""
 
@@ -93,11 +112,19 @@ class Authenticator:
         self._sha256 = sha256
         # A fresh key per process: nonces from a previous run are simply stale (438). Workers
         # of one server share a key (*nonce_key*) so a nonce is good whichever one answers.
-        self._nonce_key = nonce_key or rng.randbytes(32)
+        nonce_key = nonce_key or rng.randbytes(32)
+        if len(nonce_key) > hashlib.blake2s.MAX_KEY_SIZE:
+            nonce_key = hashlib.blake2s(nonce_key).digest()
+        # Keyed once; each nonce costs a copy of this state and one compression.
+        self._mac_state = hashlib.blake2s(key=nonce_key, digest_size=_MAC_LENGTH)
         self._configured = (dict(users), list(secrets))
         self._keys: dict[tuple[str, int], bytes] = {}
         self._by_userhash: dict[bytes, str] = {}
         self._passwords: dict[str, str] = {}
+        #: Credentials of static users, made once: (name, algorithm, integrity, by hash) ->.
+        self._credentials: dict[tuple[str, int, str, bool], Credentials] = {}
+        #: ERROR-CODE and REALM of a 401/438 answer, encoded, by (code, reason).
+        self._challenge_heads: dict[tuple[int, str], bytes] = {}
         self._load(users, secrets)
 
     def update_users(self, users: dict[str, str], secrets: list[str]) -> None:
@@ -120,6 +147,14 @@ class Authenticator:
             # anonymity with secrets configured would make RFC 8489 clients fail with 401.
             if not secrets:
                 self.features |= SecurityFeature.USERNAME_ANONYMITY
+        #: Every nonce starts with this (the RFC 8489 cookie, when there are features).
+        self._nonce_prefix = make_nonce("", self.features)
+        self._challenge_tail = (
+            encode_attributes([(A.PASSWORD_ALGORITHMS, list(OFFERED_ALGORITHMS))], _NO_IDS)
+            if self.features
+            else b""
+        )
+        self._credentials.clear()
         for name in [name for name in self._passwords if name not in users]:
             del self._passwords[name]
             self._keys.pop((name, PasswordAlgorithm.MD5), None)
@@ -137,34 +172,32 @@ class Authenticator:
 
     # --- nonces -------------------------------------------------------------------------
 
-    def _mac(self, expiry: bytes, transport: str, host: str, port: int) -> bytes:
-        text = b"%s|%s|%s|%d" % (expiry, transport.encode(), host.encode(), port)
-        return hmac.digest(self._nonce_key, text, "sha256")[:_MAC_LENGTH]
+    def _mac(self, expiry: int, transport: str, host: str, port: int) -> bytes:
+        state = self._mac_state.copy()
+        state.update(f"{expiry}|{transport}|{host}|{port}".encode())
+        return state.digest()
 
     def nonce(self, transport: str, client: tuple[str, int], now: float) -> str:
         """A nonce valid for *client* over *transport* for ``nonce_lifetime`` seconds."""
-        expiry = _EXPIRY.pack(int(now + self.nonce_lifetime))
+        expiry = int(now + self.nonce_lifetime)
         mac = self._mac(expiry, transport, client[0], client[1])
-        opaque = base64.urlsafe_b64encode(expiry + mac).decode("ascii").rstrip("=")
-        return make_nonce(opaque, self.features)
+        return f"{self._nonce_prefix}{expiry:016x}{mac.hex()}"
 
     def nonce_valid(self, nonce: str, transport: str, client: tuple[str, int], now: float) -> bool:
         """Whether *nonce* was minted by this server for *client*/*transport* and is unexpired."""
-        if self.features and nonce_security_features(nonce) != self.features:
+        prefix = self._nonce_prefix
+        # The cookie carries the features (RFC 8489 §9.2): a changed one is a bid-down attempt.
+        if len(nonce) != len(prefix) + _OPAQUE_LENGTH or not nonce.startswith(prefix):
             return False
-        opaque = nonce_opaque_part(nonce)
         try:
-            raw = base64.urlsafe_b64decode(opaque + "=" * (-len(opaque) % 4))
-        except (binascii.Error, ValueError):
+            raw = bytes.fromhex(nonce[len(prefix) :])
+        except ValueError:
             return False
         if len(raw) != _EXPIRY.size + _MAC_LENGTH:
-            return False
-        expiry, mac = raw[: _EXPIRY.size], raw[_EXPIRY.size :]
-        expected = self._mac(expiry, transport, client[0], client[1])
-        if not hmac.compare_digest(mac, expected):
-            return False
-        expires: int = _EXPIRY.unpack(expiry)[0]
-        return now < expires
+            return False  # fromhex skips spaces
+        expires: int = _EXPIRY.unpack_from(raw)[0]
+        expected = self._mac(expires, transport, client[0], client[1])
+        return hmac.compare_digest(raw[_EXPIRY.size :], expected) and now < expires
 
     # --- authentication -----------------------------------------------------------------
 
@@ -198,20 +231,28 @@ class Authenticator:
         client: tuple[str, int],
         now: float,
         wall_now: float,
+        values: dict[int, Any] | None = None,
     ) -> Credentials | AuthFailure:
-        """Authenticate a request (RFC 8489 §9.2.4, in the RFC's order)."""
+        """Authenticate a request (RFC 8489 §9.2.4, in the RFC's order).
+
+        *values*: the message's attributes as a dict of each type's first value, if the
+        caller has made it already.
+        """
         integrity = message.integrity_algorithm
         if integrity is None:
-            return AuthFailure(401, "Unauthenticated")
-        username = message.get(A.USERNAME)
-        hashed = message.get(A.USERHASH)
-        nonce = message.get(A.NONCE)
-        if (username is None and hashed is None) or message.get(A.REALM) is None or nonce is None:
-            return AuthFailure(400, "Missing USERNAME, REALM or NONCE")
+            return _UNAUTHENTICATED
+        if values is None:
+            values = dict(reversed(message.attributes))
+        get = values.get
+        username = get(A.USERNAME)
+        hashed = get(A.USERHASH)
+        nonce = get(A.NONCE)
+        if (username is None and hashed is None) or get(A.REALM) is None or nonce is None:
+            return _MISSING
         algorithm = PasswordAlgorithm.MD5
-        offered = message.get(A.PASSWORD_ALGORITHMS)
-        chosen = message.get(A.PASSWORD_ALGORITHM)
-        if self.features and (offered is not None or chosen is not None):
+        if self.features and (A.PASSWORD_ALGORITHMS in values or A.PASSWORD_ALGORITHM in values):
+            offered = get(A.PASSWORD_ALGORITHMS)
+            chosen = get(A.PASSWORD_ALGORITHM)
             # RFC 8489 §9.2.4: both present, the list unchanged (no bid-down), a choice from it.
             if (
                 offered is None
@@ -219,21 +260,32 @@ class Authenticator:
                 or tuple(offered) != OFFERED_ALGORITHMS
                 or chosen not in OFFERED_ALGORITHMS
             ):
-                return AuthFailure(400, "Bad PASSWORD-ALGORITHM(S)")
+                return _BAD_ALGORITHMS
             algorithm = PasswordAlgorithm(chosen.algorithm)
         if not self.nonce_valid(nonce, transport, client, now):
-            return AuthFailure(438, "Stale Nonce")
+            return _STALE
         by_userhash = False
         if username is None:
             if not self.features or hashed is None:
-                return AuthFailure(401, "Unauthenticated")
+                return _UNAUTHENTICATED
             by_userhash = True
             username = self._by_userhash.get(hashed, "")
+        key = self._keys.get((username, algorithm))
+        if key is not None:
+            # A static user (the common case): no REST API parsing, and the same Credentials.
+            if not message.check_integrity(key):
+                return _UNAUTHENTICATED
+            known = (username, algorithm, integrity, by_userhash)
+            credentials = self._credentials.get(known)
+            if credentials is None:
+                credentials = Credentials(username, username, key, integrity, by_userhash)
+                self._credentials[known] = credentials
+            return credentials
         found = self._key(username, algorithm, wall_now) if username else None
         if found is None:
             # Same work as for a real user, so response timing does not reveal user names.
             message.check_integrity(_DUMMY_KEY)
-            return AuthFailure(401, "Unauthenticated")
+            return _UNAUTHENTICATED
         key, quota_user = found
         if message.check_integrity(key):
             return Credentials(username, quota_user, key, integrity, by_userhash)
@@ -243,16 +295,30 @@ class Authenticator:
                 key = long_term_key(username, self.realm, password, algorithm)
                 if message.check_integrity(key):
                     return Credentials(username, quota_user, key, integrity, by_userhash)
-        return AuthFailure(401, "Unauthenticated")
+        return _UNAUTHENTICATED
 
-    def challenge_attributes(
-        self, transport: str, client: tuple[str, int], now: float
-    ) -> list[tuple[int, object]]:
-        """REALM, NONCE (and PASSWORD-ALGORITHMS) for a 401 or 438 answer."""
-        attributes: list[tuple[int, object]] = [
-            (A.REALM, self.realm),
-            (A.NONCE, self.nonce(transport, client, now)),
-        ]
-        if self.features:
-            attributes.append((A.PASSWORD_ALGORITHMS, list(OFFERED_ALGORITHMS)))
-        return attributes
+    def challenge(
+        self, code: int, reason: str, transport: str, client: tuple[str, int], now: float
+    ) -> bytes:
+        """The attributes of a 401 or 438 answer, encoded: ERROR-CODE (*code*, *reason*),
+        REALM, a fresh NONCE (and PASSWORD-ALGORITHMS). Only the nonce differs between
+        answers, so the rest is encoded once."""
+        head = self._challenge_heads.get((code, reason))
+        if head is None:
+            if len(self._challenge_heads) > 16:
+                self._challenge_heads.clear()  # reasons are the server's own: a few at most
+            head = encode_attributes(
+                [(A.ERROR_CODE, ErrorCode(code, reason)), (A.REALM, self.realm)], _NO_IDS
+            )
+            self._challenge_heads[(code, reason)] = head
+        nonce = self.nonce(transport, client, now).encode()
+        size = len(nonce)
+        return b"".join(
+            (
+                head,
+                _NONCE_HEADER.pack(A.NONCE, size),
+                nonce,
+                b"\x00" * (-size & 3),
+                self._challenge_tail,
+            )
+        )

@@ -11,7 +11,8 @@ is no reflection amplifier; the others are answered with the request's credentia
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import struct
+from typing import TYPE_CHECKING, Any
 
 from icerelay.errors import StunError
 from icerelay.stun import (
@@ -25,6 +26,7 @@ from icerelay.stun import (
 )
 from icerelay.stun.binding import BindingEngine
 from icerelay.stun.constants import TRANSPORT_UDP
+from icerelay.stun.message import encode_attributes, encode_message, message_type
 from icerelay.stun.ratelimit import LogLimiter
 from icerelay.turn.server.allocation import (
     CHANNEL_LIFETIME,
@@ -54,6 +56,8 @@ from icerelay.turn.server.refusals import (
     PeerIsServer,
     RequestRefused,
     SourceQuotaReached,
+    StaleNonce,
+    Unauthenticated,
     UnauthenticatedBadRequest,
     UnknownAttributes,
     UnsupportedTransport,
@@ -67,6 +71,16 @@ if TYPE_CHECKING:
     from random import Random
 
 A = AttributeType
+#: A request's attributes: each type's first value.
+Values = dict[int, Any]
+#: The attributes of a success response, in order.
+Attributes = list[tuple[int, Any]]
+_COOKIE = struct.Struct("!I")
+#: Success response type of each TURN method.
+_SUCCESS_TYPES: dict[int, int] = {
+    method: message_type(method, MessageClass.SUCCESS_RESPONSE)
+    for method in (Method.ALLOCATE, Method.REFRESH, Method.CREATE_PERMISSION, Method.CHANNEL_BIND)
+}
 logger = logging.getLogger("icerelay.turn.server")
 
 #: ADDITIONAL-ADDRESS-FAMILY's number in draft-ietf-tram-dual-allocation, which coturn 4.6
@@ -117,6 +131,12 @@ class RequestHandler:
             settings.unauthenticated_rate, settings.unauthenticated_burst
         )
         self.software = settings.software
+        # SOFTWARE ends every answer: encoded once, as a value and as a whole attribute.
+        self._software_value: bytes | None = None
+        self._software = b""
+        if self.software is not None:
+            self._software_value = self.software.encode("utf-8")
+            self._software = encode_attributes([(A.SOFTWARE, self.software)], bytes(16))
         # Binding answers come from the STUN server's engine, so both behave the same.
         self.binding = BindingEngine(software=settings.software)
         self.channel_max = CHANNEL_MAX_LEGACY if settings.legacy_channel_numbers else CHANNEL_MAX
@@ -152,34 +172,42 @@ class RequestHandler:
         if message_class != MessageClass.REQUEST:
             counters["dropped_not_request"] += 1
             return
-        if message.method == Method.BINDING:
+        method = message.method
+        if method == Method.BINDING:
             self._binding(message, five_tuple, len(data), now)
             return
         credentials: Credentials | None = None
         try:
-            credentials = self._authenticate(message, five_tuple, now)
-            self._request(message, five_tuple, credentials, now)
+            if method not in _TURN_METHODS:
+                raise UnauthenticatedBadRequest("Unknown method")
+            # Each type's first value, looked up once here instead of a scan per attribute.
+            values: Values = dict(reversed(message.attributes))
+            outcome = self.auth.check(
+                message, five_tuple[0], five_tuple[1], now, now + self.wall_clock_offset, values
+            )
+            if isinstance(outcome, AuthFailure):
+                if outcome.code == 401 or outcome.code == 438:
+                    self._challenge(message, outcome, five_tuple, now)
+                    return
+                raise auth_refusal(outcome.code, outcome.reason)
+            credentials = outcome
+            self._request(message, values, five_tuple, credentials, now)
         except RequestRefused as refusal:
             self._refuse(message, refusal, five_tuple, credentials, now)
 
-    def _authenticate(self, message: Message, five_tuple: FiveTuple, now: float) -> Credentials:
-        if message.method not in _TURN_METHODS:
-            raise UnauthenticatedBadRequest("Unknown method")
-        outcome = self.auth.check(
-            message, five_tuple[0], five_tuple[1], now, now + self.wall_clock_offset
-        )
-        if isinstance(outcome, AuthFailure):
-            raise auth_refusal(outcome.code, outcome.reason)
-        return outcome
-
     def _request(
-        self, message: Message, five_tuple: FiveTuple, credentials: Credentials, now: float
+        self,
+        message: Message,
+        values: Values,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+        now: float,
     ) -> None:
         if message.unknown_comprehension_required:
             raise UnknownAttributes(list(message.unknown_comprehension_required))
         method = message.method
         if method == Method.ALLOCATE:
-            self._allocate(message, five_tuple, credentials, now)
+            self._allocate(message, values, five_tuple, credentials, now)
             return
         allocation = self.state.by_tuple.get(five_tuple)
         if allocation is None:
@@ -188,12 +216,35 @@ class RequestHandler:
             # RFC 8656 §5: later requests must use the credentials that made the allocation.
             raise WrongCredentials()
         if method == Method.REFRESH:
-            response = self._refresh(message, allocation, now)
+            answer = self._refresh(message, values, allocation, now)
         elif method == Method.CREATE_PERMISSION:
-            response = self._create_permission(message, allocation, now)
+            answer = self._create_permission(message, allocation, now)
         else:
-            response = self._channel_bind(message, allocation, now)
-        self._respond(message, response, five_tuple, credentials)
+            answer = self._channel_bind(message, values, allocation, now)
+        self._succeed(message, answer, five_tuple, credentials)
+
+    def _challenge(
+        self, message: Message, failure: AuthFailure, five_tuple: FiveTuple, now: float
+    ) -> None:
+        """401 or 438 with a fresh nonce: what every client gets first, so it is encoded from
+        prepared bytes (only the nonce and the transaction id differ between answers)."""
+        counters = self.state.counters
+        # Nothing proves the source address is real: answer at a bounded rate only (no
+        # reflection amplifier), and without integrity.
+        if not self.limiter.allow(five_tuple[1][0], now):
+            counters["dropped_rate_limited"] += 1
+            return
+        code = failure.code
+        counters[Unauthenticated.COUNTER if code == 401 else StaleNonce.COUNTER] += 1
+        body = self.auth.challenge(code, failure.reason, five_tuple[0], five_tuple[1], now)
+        data = encode_message(
+            message_type(message.method, MessageClass.ERROR_RESPONSE),
+            message.transaction_id,
+            body + self._software,
+            message.cookie,
+            fingerprint=message.has_fingerprint,
+        )
+        self.state.out.append((data, five_tuple[2], five_tuple[1], five_tuple[0]))
 
     def _refuse(
         self,
@@ -204,6 +255,9 @@ class RequestHandler:
         now: float,
     ) -> None:
         """Answer *refusal* and count it: the one place refusals become error responses."""
+        if refusal.STATUS == 401 or refusal.STATUS == 438:
+            self._challenge(message, AuthFailure(refusal.STATUS, refusal.reason), five_tuple, now)
+            return
         counters = self.state.counters
         # Refused before authentication: nothing proves the source address is real, so answer
         # at a bounded rate only (no reflection amplifier), and without integrity.
@@ -212,14 +266,30 @@ class RequestHandler:
             return
         counters[refusal.COUNTER] += 1
         response = message.error_response(refusal.STATUS, refusal.reason)
-        if refusal.STATUS in (401, 438):
-            for attribute_type, value in self.auth.challenge_attributes(
-                five_tuple[0], five_tuple[1], now
-            ):
-                response.add(attribute_type, value)  # type: ignore[arg-type]
-        elif isinstance(refusal, UnknownAttributes):
+        if isinstance(refusal, UnknownAttributes):
             response.add(A.UNKNOWN_ATTRIBUTES, refusal.attributes)
         self._respond(message, response, five_tuple, credentials)
+
+    def _succeed(
+        self,
+        request: Message,
+        attributes: Attributes,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+    ) -> bytes:
+        """Answer *request* with a success response carrying *attributes* (and SOFTWARE)."""
+        body = encode_attributes(attributes, _COOKIE.pack(request.cookie) + request.transaction_id)
+        data = encode_message(
+            _SUCCESS_TYPES[request.method],
+            request.transaction_id,
+            body + self._software,
+            request.cookie,
+            credentials.key,
+            credentials.integrity,
+            request.has_fingerprint,
+        )
+        self.state.out.append((data, five_tuple[2], five_tuple[1], five_tuple[0]))
+        return data
 
     def _respond(
         self,
@@ -228,8 +298,8 @@ class RequestHandler:
         five_tuple: FiveTuple,
         credentials: Credentials | None,
     ) -> bytes:
-        if self.software is not None:
-            response.add(A.SOFTWARE, self.software)
+        if self._software_value is not None:
+            response.add(A.SOFTWARE, self._software_value)
         if credentials is None:
             data = response.encode(fingerprint=request.has_fingerprint)
         else:
@@ -259,7 +329,12 @@ class RequestHandler:
     # --- Allocate ---------------------------------------------------------------------------
 
     def _allocate(
-        self, message: Message, five_tuple: FiveTuple, credentials: Credentials, now: float
+        self,
+        message: Message,
+        values: Values,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+        now: float,
     ) -> None:
         state = self.state
         existing = state.by_tuple.get(five_tuple)
@@ -271,26 +346,31 @@ class RequestHandler:
                 (existing.allocate_response, five_tuple[2], five_tuple[1], five_tuple[0])
             )
             return
-        response = self._make_allocation(message, five_tuple, credentials, now)
-        data = self._respond(message, response, five_tuple, credentials)
+        answer = self._make_allocation(message, values, five_tuple, credentials, now)
+        data = self._succeed(message, answer, five_tuple, credentials)
         state.by_tuple[five_tuple].allocate_response = data
 
     def _make_allocation(
-        self, message: Message, five_tuple: FiveTuple, credentials: Credentials, now: float
-    ) -> Message:
+        self,
+        message: Message,
+        values: Values,
+        five_tuple: FiveTuple,
+        credentials: Credentials,
+        now: float,
+    ) -> Attributes:
         state = self.state
         quotas = state.quotas
-        transport = message.get(A.REQUESTED_TRANSPORT)
+        transport = values.get(A.REQUESTED_TRANSPORT)
         if transport is None:
             raise BadRequest("REQUESTED-TRANSPORT missing")
         if transport != TRANSPORT_UDP:
             raise UnsupportedTransport()
-        token = message.get(A.RESERVATION_TOKEN)
-        even_port = message.get(A.EVEN_PORT)
-        requested_family = message.get(A.REQUESTED_ADDRESS_FAMILY)
-        additional_family = message.get(A.ADDITIONAL_ADDRESS_FAMILY)
+        token = values.get(A.RESERVATION_TOKEN)
+        even_port = values.get(A.EVEN_PORT)
+        requested_family = values.get(A.REQUESTED_ADDRESS_FAMILY)
+        additional_family = values.get(A.ADDITIONAL_ADDRESS_FAMILY)
         if additional_family is None:
-            draft = message.get(_ADDITIONAL_ADDRESS_FAMILY_DRAFT)
+            draft = values.get(_ADDITIONAL_ADDRESS_FAMILY_DRAFT)
             if isinstance(draft, bytes) and len(draft) == 4:
                 additional_family = draft[0]
         # RFC 8656 §7.2: combinations that make no sense are bad requests.
@@ -343,7 +423,7 @@ class RequestHandler:
         if family not in state.relay_hosts:
             raise AddressFamilyNotSupported()
 
-        dont_fragment = message.has(A.DONT_FRAGMENT)
+        dont_fragment = A.DONT_FRAGMENT in values
         relays: dict[int, tuple[str, int]] = {}
         new_token_value: bytes | None = None
         if reservation is not None:
@@ -371,7 +451,7 @@ class RequestHandler:
 
         settings = state.settings
         lifetime = _lifetime(
-            message.get(A.LIFETIME), settings.default_lifetime, settings.max_lifetime
+            values.get(A.LIFETIME), settings.default_lifetime, settings.max_lifetime
         )
         bucket = None
         if quotas.bandwidth_per_allocation:
@@ -394,38 +474,37 @@ class RequestHandler:
             AllocationCreated(five_tuple, credentials.username, tuple(relays.values()), lifetime)
         )
 
-        response = message.response()
-        for relay_family, relay in relays.items():
-            advertised = state.advertised_hosts.get(relay_family, relay[0])
-            response.add(A.XOR_RELAYED_ADDRESS, Address(advertised, relay[1]))
+        answer: Attributes = [
+            (A.XOR_RELAYED_ADDRESS, (state.advertised_hosts.get(relay_family, relay[0]), relay[1]))
+            for relay_family, relay in relays.items()
+        ]
         if address_error is not None:
-            response.add(A.ADDRESS_ERROR_CODE, address_error)
-        response.add(A.LIFETIME, lifetime)
+            answer.append((A.ADDRESS_ERROR_CODE, address_error))
+        answer.append((A.LIFETIME, lifetime))
         if new_token_value is not None:
-            response.add(A.RESERVATION_TOKEN, new_token_value)
-        client = five_tuple[1]
-        response.add(A.XOR_MAPPED_ADDRESS, Address(client[0], client[1]))
-        return response
+            answer.append((A.RESERVATION_TOKEN, new_token_value))
+        # The client's (host, port) is encoded as an Address is.
+        answer.append((A.XOR_MAPPED_ADDRESS, five_tuple[1]))
+        return answer
 
     # --- Refresh, CreatePermission, ChannelBind ---------------------------------------------
 
-    def _refresh(self, message: Message, allocation: Allocation, now: float) -> Message:
-        family = message.get(A.REQUESTED_ADDRESS_FAMILY)
+    def _refresh(
+        self, message: Message, values: Values, allocation: Allocation, now: float
+    ) -> Attributes:
+        family = values.get(A.REQUESTED_ADDRESS_FAMILY)
         if family is not None and _FAMILIES.get(family) not in allocation.relays:
             raise PeerAddressFamilyMismatch()
-        requested = message.get(A.LIFETIME)
-        response = message.response()
+        requested = values.get(A.LIFETIME)
         state = self.state
         if requested == 0:
             state.delete(allocation, "refresh", now)
-            response.add(A.LIFETIME, 0)
-            return response
+            return [(A.LIFETIME, 0)]
         settings = state.settings
         lifetime = _lifetime(requested, settings.default_lifetime, settings.max_lifetime)
         allocation.expires = now + lifetime
         state.schedule(allocation)
-        response.add(A.LIFETIME, lifetime)
-        return response
+        return [(A.LIFETIME, lifetime)]
 
     def _check_peer(self, allocation: Allocation, peer: Address) -> None:
         if peer.family not in allocation.relays:
@@ -433,7 +512,9 @@ class RequestHandler:
         if not self.policy.is_allowed(peer.host):
             raise Forbidden()
 
-    def _create_permission(self, message: Message, allocation: Allocation, now: float) -> Message:
+    def _create_permission(
+        self, message: Message, allocation: Allocation, now: float
+    ) -> Attributes:
         peers = message.get_all(A.XOR_PEER_ADDRESS)
         if not peers:
             raise BadRequest("XOR-PEER-ADDRESS missing")
@@ -447,12 +528,14 @@ class RequestHandler:
         expires = now + PERMISSION_LIFETIME
         for host in hosts:
             self.state.permit(allocation, host, expires)
-        return message.response()
+        return []
 
-    def _channel_bind(self, message: Message, allocation: Allocation, now: float) -> Message:
+    def _channel_bind(
+        self, message: Message, values: Values, allocation: Allocation, now: float
+    ) -> Attributes:
         state = self.state
-        number = message.get(A.CHANNEL_NUMBER)
-        peer_address = message.get(A.XOR_PEER_ADDRESS)
+        number = values.get(A.CHANNEL_NUMBER)
+        peer_address = values.get(A.XOR_PEER_ADDRESS)
         if number is None or peer_address is None:
             raise BadRequest("Missing attributes")
         if not CHANNEL_MIN <= number <= self.channel_max:
@@ -491,4 +574,4 @@ class RequestHandler:
         state.permit(allocation, host, now + PERMISSION_LIFETIME)
         # New or refreshed: a shell with a kernel fast path (re)installs it from here.
         state.events.append(ChannelBound(allocation.five_tuple, number, peer, channel.relay))
-        return message.response()
+        return []

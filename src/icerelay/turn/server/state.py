@@ -99,9 +99,7 @@ def family_of(host: str) -> int:
 class ServerState:
     """Allocations and what hangs on them, owned by one :class:`~.engine.TurnServerEngine`."""
 
-    def __init__(
-        self, settings: TurnServerSettings, binder: RelayBinder, *, rng: Random
-    ) -> None:
+    def __init__(self, settings: TurnServerSettings, binder: RelayBinder, *, rng: Random) -> None:
         self.settings = settings
         self.binder = binder
         self.rng = rng

@@ -1,0 +1,162 @@
+"""TURN allocation set-up without sockets: the sans-I/O TurnServerEngine answers, per client,
+an unauthenticated Allocate (401 with REALM and NONCE), the authenticated Allocate and (unless
+``nobind``) a ChannelBind, as benchmarks/turn/allocate.py's clients do against the daemon.
+
+The requests are made beforehand by the benchmark's own client code (:mod:`.wire`, independent of
+icerelay's codec) in a separate step: the nonce in the second Allocate comes from the server's
+401, so ``prepare`` runs an engine once and stores every request in a file, and the measured run
+feeds that file to a fresh engine with the same nonce key, random seed and clock. The measured
+process then does little more than the server's work (reading the file is ~1% of it).
+
+Wall-clock timings were useless on the shared 2-CPU machine, so this is measured in
+instructions, which do not depend on the load::
+
+    python -m benchmarks.turn.engine_allocations prepare 2200   # once: /tmp/turn-allocations.bin
+    for n in 200 2200; do
+        valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \\
+            .venv/bin/python -m benchmarks.turn.engine_allocations run $n once 2>&1 | grep 'I *refs'
+    done
+    # (second - first) / 2000 = instructions per client (401 + Allocate + ChannelBind)
+
+``run N profile`` prints a cProfile of the run instead; without valgrind ``run N`` prints the
+microseconds per client (min of 5 runs). ``nobind`` after the count leaves the ChannelBind out.
+The binder is a fake (no sockets): the daemon's socket set-up per allocation is not counted.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pickle
+import pstats
+import random
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.turn import wire
+from benchmarks.turn.allocate import CHANNEL, client_ip
+from icerelay.turn.server.engine import TurnServerEngine
+from icerelay.turn.server.quotas import TurnQuotas
+from icerelay.turn.server.settings import TurnServerSettings
+
+USERNAME, PASSWORD, REALM = "bench", "bench-secret", "bench.icerelay"
+LISTEN = ("127.0.0.1", 13478)
+PEER = ("127.0.0.1", 40000)
+NOW = 1000.0
+NONCE_KEY = b"k" * 32
+SEED = 7
+FILE = Path("/tmp/turn-allocations.bin")
+
+# One request: (client address, request bytes); a client sends three (two without ChannelBind).
+Request = tuple[tuple[str, int], bytes]
+
+
+class FakeBinder:
+    """Every port binds; nothing is opened."""
+
+    def bind(self, address: tuple[str, int], dont_fragment: bool) -> bool:
+        return True
+
+    def release(self, address: tuple[str, int]) -> None:
+        pass
+
+
+def make_engine() -> TurnServerEngine:
+    """The benchmark's server settings (benchmarks/turn/run_ours.py), on a fake binder."""
+    settings = TurnServerSettings(
+        realm=REALM,
+        users={USERNAME: PASSWORD},
+        listen=(LISTEN,),
+        relay_ipv4="127.0.0.1",
+        relay_port_min=10000,
+        relay_port_max=65000,
+        allow_peers=("127.0.0.0/8",),
+        quotas=TurnQuotas(allocations_per_user=1_000_000, total_allocations=1_000_000),
+    )
+    return TurnServerEngine(settings, FakeBinder(), rng=random.Random(SEED), nonce_key=NONCE_KEY)
+
+
+def _exchange(engine: TurnServerEngine, client: tuple[str, int], request: bytes) -> wire.Response:
+    engine.receive(request, client, LISTEN, "udp", NOW)
+    out = engine.datagrams_to_send()
+    if len(out) != 1:
+        raise RuntimeError(f"{len(out)} answers from {client}")
+    response = wire.decode(out[0][0])
+    if response is None:
+        raise RuntimeError("not a STUN answer")
+    return response
+
+
+def prepare(count: int) -> list[list[Request]]:
+    """Every client's requests, in order, checked against one engine run."""
+    engine = make_engine()
+    key = wire.long_term_key(USERNAME, REALM, PASSWORD)
+    clients: list[list[Request]] = []
+    for index in range(count):
+        client = (client_ip(index), 50000)
+        first = wire.allocate_request(wire.new_transaction_id())
+        challenge = _exchange(engine, client, first)
+        if challenge.error_code != 401 or challenge.nonce is None:
+            raise RuntimeError(f"expected 401, got {challenge}")
+        second = wire.allocate_request(
+            wire.new_transaction_id(), USERNAME, REALM, challenge.nonce, key
+        )
+        if _exchange(engine, client, second).kind != wire.ALLOCATE_SUCCESS:
+            raise RuntimeError("Allocate failed")
+        third = wire.channel_bind_request(
+            wire.new_transaction_id(), CHANNEL, PEER[0], PEER[1], USERNAME, REALM,
+            challenge.nonce, key,
+        )  # fmt: skip
+        if _exchange(engine, client, third).kind != wire.CHANNEL_BIND_SUCCESS:
+            raise RuntimeError("ChannelBind failed")
+        clients.append([(client, first), (client, second), (client, third)])
+    return clients
+
+
+def run(clients: list[list[Request]]) -> float:
+    """Seconds per client: the requests fed to a fresh engine, answers and events taken."""
+    engine = make_engine()
+    receive = engine.receive
+    take = engine.datagrams_to_send
+    next_event = engine.next_event
+    answers = 0
+    start = time.perf_counter()
+    for requests in clients:
+        for client, request in requests:
+            receive(request, client, LISTEN, "udp", NOW)
+            answers += len(take())
+        while next_event() is not None:
+            pass
+    elapsed = time.perf_counter() - start
+    expected = sum(len(requests) for requests in clients)
+    if answers != expected or len(engine.allocations) != len(clients):
+        raise RuntimeError(f"{answers} answers to {expected} requests")
+    return elapsed / len(clients)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not args or args[0] not in ("prepare", "run"):
+        raise SystemExit(__doc__)
+    count = int(args[1]) if len(args) > 1 else 2200
+    if args[0] == "prepare":
+        FILE.write_bytes(pickle.dumps(prepare(count)))
+        print(f"{count} clients' requests in {FILE}")
+        return
+    clients: list[list[Request]] = pickle.loads(FILE.read_bytes())[:count]
+    if len(clients) < count:
+        raise SystemExit(f"{FILE} has {len(clients)} clients: prepare more")
+    if "nobind" in args:
+        clients = [requests[:2] for requests in clients]
+    if "profile" in args:
+        profile = cProfile.Profile()
+        profile.runcall(run, clients)
+        pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+        return
+    runs = 1 if "once" in args else 5
+    best = min(run(clients) for _ in range(runs))
+    print(f"{count} clients: {best * 1e6:.1f} us per client (min of {runs})")
+
+
+if __name__ == "__main__":
+    main()
