@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from icerelay.errors import SdpError
 from icerelay.sdp.fields import Connection, Origin
 from icerelay.sdp.ice import ICE_LITE, IceCredentials
-from icerelay.sdp.lines import Line, dominant_line_ending, render, split_lines
+from icerelay.sdp.lines import Line, render, split_lines, text_line_ending
 from icerelay.sdp.media import MediaDescription
 from icerelay.sdp.section import Section, parse_at
 
@@ -83,7 +83,7 @@ class SessionDescription(Section):
                 raise SdpError(f"{line.where}: unexpected v= line (two SDP bodies run together?)")
             sections[-1].append(line)
         session = cls(sections[0], [MediaDescription(section) for section in sections[1:]],
-                      dominant_line_ending(lines), from_bytes, final_newline=lines[-1].eol != "")
+                      text_line_ending(text), from_bytes, final_newline=lines[-1].eol != "")
         session.validate()
         for media in session.media:
             media.validate()
