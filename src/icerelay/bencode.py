@@ -254,7 +254,7 @@ def _decode_fast(data: bytes, pos: int) -> tuple[BencodeValue, int]:
             if not _INT_MIN <= value <= _INT_MAX:
                 raise _Unusual
             pos = match.end()
-        elif lead == _L or lead == _D:
+        elif lead in (_L, _D):
             if len(stack) >= MAX_DEPTH:
                 raise _Unusual
             stack.append((container, key))
@@ -270,10 +270,11 @@ def _decode_fast(data: bytes, pos: int) -> tuple[BencodeValue, int]:
             raise _Unusual
         if container is None:
             return value, pos
-        if type(container) is list:
+        if isinstance(container, list):
             container.append(value)
         else:
-            container[key] = value  # type: ignore[index]
+            assert key is not None  # a value follows its key
+            container[key] = value
             key = None
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
 from icerelay.errors import RelayError, SdpError
@@ -602,9 +602,15 @@ class SessionEngine:
         mux = offer.rtcp_mux
         if mode is not IceMode.FORCE_RELAY and plan.rtcp_mux is not None:
             mux = plan.rtcp_mux
-        plan = replace(
-            plan,
-            candidates=candidates_to_add(
+        # A constructor call, not dataclasses.replace (several times dearer, on every stream
+        # of every offer and answer).
+        plan = StreamPlan(
+            plan.address,
+            plan.rtp_port,
+            plan.rtcp_port,
+            plan.ice_credentials,
+            plan.rtcp_mux,
+            candidates_to_add(
                 plan,
                 mode,
                 priority,

@@ -306,7 +306,7 @@ def _load(payload: bytes, encoding: Encoding) -> Message:
         raise malformed("the message is not a dictionary", NgFailure.UNDECODABLE)
     message: Message = {}
     for raw_key, item in value.items():
-        key = _SPELLED.get(raw_key)  # type: ignore[call-overload]
+        key = _SPELLED.get(raw_key)
         if key is None:
             key = normalise(decode_text(raw_key, "a key"))
         if key in message:
