@@ -209,8 +209,11 @@ def rewrite(
     priority: IcePriority = IcePriority.LOW,
     replace_origin: bool = False,
     replace_session_connection: bool = False,
+    in_place: bool = False,
 ) -> SessionDescription:
-    """Return a copy of ``sdp`` in which every stream with a plan goes through the relay.
+    """Return a copy of ``sdp`` in which every stream with a plan goes through the relay
+    (``in_place``: rewrite ``sdp`` itself and return it, for a caller that parsed it only to
+    rewrite it).
 
     ``plans[i]`` belongs to ``sdp.media[i]``; None leaves that section as it is (a rejected
     stream, or one whose ICE went direct). ``c=0.0.0.0`` (RFC 2543 hold) stays as it is, because
@@ -218,7 +221,8 @@ def rewrite(
     """
     if len(plans) != len(sdp.media):
         raise RelayError(f"{len(plans)} stream plans for {len(sdp.media)} media sections")
-    out = sdp.copy()
+    originals = _originals(sdp, plans)
+    out = sdp if in_place else sdp.copy()
     planned = [(media, plan) for media, plan in zip(out.media, plans, strict=True) if plan]
     if not planned:
         return out
@@ -258,13 +262,16 @@ def rewrite(
     if ice is IceMode.FORCE:
         out.set_ice_lite(True)
 
-    for (media, plan), original in zip(planned, _originals(sdp, plans), strict=True):
+    for (media, plan), original in zip(planned, originals, strict=True):
         _rewrite_media(media, plan, original, ice, priority)
     return out
 
 
-def apply_plan(sdp: SessionDescription, plan: SessionPlan, options: RelayOptions) -> bytes:
-    """The SDP to forward: ``sdp`` rewritten as the engine's ``plan`` says; RelayError if not."""
+def apply_plan(
+    sdp: SessionDescription, plan: SessionPlan, options: RelayOptions, *, in_place: bool = False
+) -> bytes:
+    """The SDP to forward: ``sdp`` rewritten as the engine's ``plan`` says; RelayError if not.
+    ``in_place``: ``sdp`` itself is rewritten (see :func:`rewrite`)."""
     try:
         out = rewrite(
             sdp,
@@ -273,6 +280,7 @@ def apply_plan(sdp: SessionDescription, plan: SessionPlan, options: RelayOptions
             priority=plan.priority,
             replace_origin=options.replace_origin,
             replace_session_connection=options.replace_session_connection,
+            in_place=in_place,
         )
     except SdpError as error:
         raise RelayError(f"cannot rewrite the SDP: {error}") from None
@@ -280,8 +288,21 @@ def apply_plan(sdp: SessionDescription, plan: SessionPlan, options: RelayOptions
 
 
 def _originals(sdp: SessionDescription, plans: Sequence[StreamPlan | None]) -> list[bool]:
-    """Per planned section: did the original carry ICE (needed after session lines are gone)."""
-    return [carries_ice(sdp, media) for media, plan in zip(sdp.media, plans, strict=True) if plan]
+    """Per planned section: did the original carry ICE (needed after session lines are gone).
+    :func:`carries_ice`, reading each level's lines once."""
+    session = _Level(sdp.lines)
+    session_ufrag, session_pwd = session.ufrag(), session.pwd()
+    found = []
+    for media, plan in zip(sdp.media, plans, strict=True):
+        if plan:
+            level = _Level(media.lines)
+            ufrag, pwd = level.ufrag(), level.pwd()
+            found.append(
+                (ufrag if ufrag is not None else session_ufrag) is not None
+                and (pwd if pwd is not None else session_pwd) is not None
+                and bool(level.candidates())
+            )
+    return found
 
 
 def _rewrite_media(

@@ -191,7 +191,8 @@ class SessionEngine:
         bodies: list[bytes] = []
 
         def write(plan: SessionPlan) -> None:
-            bodies.append(apply_plan(sdp, plan, request.options))
+            # In place: the parsed body serves nothing else once described.
+            bodies.append(apply_plan(sdp, plan, request.options, in_place=True))
 
         self._update(
             request.dialog,
