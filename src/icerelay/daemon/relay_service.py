@@ -848,9 +848,10 @@ class RelayService:
                     )
                     failure = failure or error
             elif isinstance(event, ForwardingRemoved):
-                self._log_refusals(event.key)
                 # Its counters go into the totals before the data plane forgets them.
-                self.ops.forwarding_gone(event.key, self.dataplane.counters(event.key))
+                counters = self.dataplane.counters(event.key)
+                self._log_refusals(event.key, counters)
+                self.ops.forwarding_gone(event.key, counters)
                 await self.dataplane.remove(event.key)
             elif isinstance(event, StreamEnded):
                 logger.info(
@@ -884,10 +885,9 @@ class RelayService:
         self.records.deleting(record)
         self.records.hand_over(None, None)
 
-    def _log_refusals(self, key: str) -> None:
+    def _log_refusals(self, key: str, counters: ForwardingCounters | None) -> None:
         """One line per stream that refused packets (latching: garbage, strangers, forged
         checks), when it ends: a bounded rate however hard the stream was attacked."""
-        counters = self.dataplane.counters(key)
         if counters is None or not (counters.a.refusals or counters.b.refusals):
             return
         logger.info(
