@@ -245,13 +245,16 @@ def render(lines: list[Line], default_eol: str, final_newline: bool = True) -> s
     one gets ``default_eol`` so that no line can be glued onto it.
     """
     parts: list[str] = []
-    last = len(lines) - 1
-    for index, line in enumerate(lines):
-        eol = line.eol or default_eol
-        if index == last and not final_newline and line.text:
-            # An empty line keeps its ending even when it became the last one: without it the
-            # line would vanish (the text would end with the previous line's ending).
-            eol = ""
-        parts.append(line.text)
-        parts.append(eol)
+    append = parts.append
+    for line in lines:
+        raw = line.raw
+        if raw is not None:
+            append(raw)
+        else:
+            append(f"{line.type}={line.value}" if line.type else "")
+        append(line.eol or default_eol)
+    if not final_newline and parts and parts[-2]:
+        # An empty line keeps its ending even when it became the last one: without it the
+        # line would vanish (the text would end with the previous line's ending).
+        parts[-1] = ""
     return "".join(parts)

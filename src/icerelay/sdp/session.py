@@ -99,7 +99,10 @@ class SessionDescription(Section):
 
     def to_text(self) -> str:
         """The SDP as text: unchanged lines exactly as parsed, changed ones re-rendered."""
-        return render(list(self.all_lines()), self.line_ending, self.final_newline)
+        lines = list(self.lines)
+        for media in self.media:
+            lines += media.lines
+        return render(lines, self.line_ending, self.final_newline)
 
     def to_bytes(self) -> bytes:
         """The SDP as UTF-8 bytes."""
