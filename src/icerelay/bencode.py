@@ -201,6 +201,8 @@ class _Unusual(Exception):
 
 # A canonical integer (what every encoder writes): "0" or an optional minus and no leading zero.
 _CANONICAL_INTEGER = re.compile(rb"i(0|-?[1-9][0-9]{0,19})e")
+# A string's length and its colon, canonical (no leading zero), at most _MAX_DIGITS digits.
+_STRING_LENGTH = re.compile(rb"(0|[1-9][0-9]{0,%d}):" % (_MAX_DIGITS - 1))
 
 
 def _decode_fast(data: bytes, pos: int) -> tuple[BencodeValue, int]:
@@ -212,7 +214,7 @@ def _decode_fast(data: bytes, pos: int) -> tuple[BencodeValue, int]:
     does not recognise as plainly valid it hands to the recursive decoder, so errors are
     reported exactly as before.
     """
-    find = data.find
+    string_length = _STRING_LENGTH.match
     size = len(data)
     # (container, key pending in it) of every enclosing container; the top level's is None.
     stack: list[tuple[list[BencodeValue] | dict[bytes, BencodeValue] | None, bytes | None]] = []
@@ -224,14 +226,11 @@ def _decode_fast(data: bytes, pos: int) -> tuple[BencodeValue, int]:
             raise _Unusual
         lead = data[pos]
         if lead in _DIGITS:
-            colon = find(b":", pos, pos + _MAX_DIGITS + 1)
-            if colon <= pos:
+            length = string_length(data, pos)
+            if length is None:
                 raise _Unusual
-            digits = data[pos:colon]
-            if not digits.isdigit() or (lead == _ZERO and colon != pos + 1):
-                raise _Unusual
-            start = colon + 1
-            pos = start + int(digits)
+            start = length.end()
+            pos = start + int(length[1])
             if pos > size:
                 raise _Unusual
             value = data[start:pos]

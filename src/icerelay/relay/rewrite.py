@@ -121,6 +121,10 @@ def describe(sdp: SessionDescription) -> list[StreamOffer]:
     return infos
 
 
+# The attributes _Level keeps (any other a= line may only be the direction).
+_READ = frozenset({CANDIDATE, ICE_UFRAG, ICE_PWD, RTCP, RTCP_MUX, REMOTE_CANDIDATES})
+
+
 class _Level:
     """The lines of one SDP level that :func:`describe` reads, found in one pass (the first of
     each, as the model's accessors take them; every candidate)."""
@@ -146,7 +150,10 @@ class _Level:
                 if connection is None and line.type == "c":
                     connection = line
                 continue
-            if name == CANDIDATE:
+            if name not in _READ:
+                if direction is None and line.value in DIRECTIONS:
+                    direction = line
+            elif name == CANDIDATE:
                 candidates.append(line)
             elif name == ICE_UFRAG:
                 ufrag = ufrag or line
@@ -156,10 +163,8 @@ class _Level:
                 rtcp = rtcp or line
             elif name == RTCP_MUX:
                 mux = True
-            elif name == REMOTE_CANDIDATES:
+            else:
                 remote = remote or line
-            elif direction is None and line.value in DIRECTIONS:
-                direction = line
         self._connection, self._direction = connection, direction
         self._ufrag, self._pwd, self._rtcp, self._remote = ufrag, pwd, rtcp, remote
         self.mux, self._candidates = mux, candidates
@@ -210,10 +215,12 @@ def rewrite(
     replace_origin: bool = False,
     replace_session_connection: bool = False,
     in_place: bool = False,
+    carried_ice: Sequence[bool] | None = None,
 ) -> SessionDescription:
     """Return a copy of ``sdp`` in which every stream with a plan goes through the relay
     (``in_place``: rewrite ``sdp`` itself and return it, for a caller that parsed it only to
-    rewrite it).
+    rewrite it). ``carried_ice``: per section, whether it carries ICE (:attr:`StreamOffer.ice`
+    of its :func:`describe`, when the caller has it), else read from ``sdp``.
 
     ``plans[i]`` belongs to ``sdp.media[i]``; None leaves that section as it is (a rejected
     stream, or one whose ICE went direct). ``c=0.0.0.0`` (RFC 2543 hold) stays as it is, because
@@ -221,7 +228,10 @@ def rewrite(
     """
     if len(plans) != len(sdp.media):
         raise RelayError(f"{len(plans)} stream plans for {len(sdp.media)} media sections")
-    originals = _originals(sdp, plans)
+    if carried_ice is None:
+        originals = _originals(sdp, plans)
+    else:
+        originals = [ice for ice, plan in zip(carried_ice, plans, strict=True) if plan]
     out = sdp if in_place else sdp.copy()
     planned = [(media, plan) for media, plan in zip(out.media, plans, strict=True) if plan]
     if not planned:
@@ -268,10 +278,15 @@ def rewrite(
 
 
 def apply_plan(
-    sdp: SessionDescription, plan: SessionPlan, options: RelayOptions, *, in_place: bool = False
+    sdp: SessionDescription,
+    plan: SessionPlan,
+    options: RelayOptions,
+    *,
+    in_place: bool = False,
+    offers: Sequence[StreamOffer] | None = None,
 ) -> bytes:
     """The SDP to forward: ``sdp`` rewritten as the engine's ``plan`` says; RelayError if not.
-    ``in_place``: ``sdp`` itself is rewritten (see :func:`rewrite`)."""
+    ``in_place`` and ``offers`` (what :func:`describe` made of ``sdp``): see :func:`rewrite`."""
     try:
         out = rewrite(
             sdp,
@@ -281,6 +296,7 @@ def apply_plan(
             replace_origin=options.replace_origin,
             replace_session_connection=options.replace_session_connection,
             in_place=in_place,
+            carried_ice=None if offers is None else [offer.ice for offer in offers],
         )
     except SdpError as error:
         raise RelayError(f"cannot rewrite the SDP: {error}") from None

@@ -192,7 +192,7 @@ class SessionEngine:
 
         def write(plan: SessionPlan) -> None:
             # In place: the parsed body serves nothing else once described.
-            bodies.append(apply_plan(sdp, plan, request.options, in_place=True))
+            bodies.append(apply_plan(sdp, plan, request.options, in_place=True, offers=offers))
 
         self._update(
             request.dialog,
