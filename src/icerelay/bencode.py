@@ -188,6 +188,11 @@ def decode_prefix(data: bytes, start: int = 0) -> tuple[BencodeValue, int]:
     """
     data = bytes(data)
     try:
+        if data[start : start + 1] == b"d":
+            try:
+                return _decode_request(data, start)
+            except (_Unusual, IndexError):
+                pass  # something else than a flat request: the general loop decides
         return _decode_fast(data, start)
     except _Unusual:
         # Anything the fast loop does not take (an error, a leading zero, deep nesting): the
@@ -203,6 +208,59 @@ class _Unusual(Exception):
 _CANONICAL_INTEGER = re.compile(rb"i(0|-?[1-9][0-9]{0,19})e")
 # A string's length and its colon, canonical (no leading zero), at most _MAX_DIGITS digits.
 _STRING_LENGTH = re.compile(rb"(0|[1-9][0-9]{0,%d}):" % (_MAX_DIGITS - 1))
+
+
+def _decode_request(data: bytes, pos: int) -> tuple[BencodeValue, int]:
+    """The dictionary at ``pos`` when it has the shape of an ng request (values that are
+    strings, canonical integers or lists of strings), read key and value together; else
+    :class:`_Unusual` (or IndexError at the end of the input)."""
+    string_length = _STRING_LENGTH.match
+    size = len(data)
+    entries: dict[bytes, BencodeValue] = {}
+    pos += 1
+    while data[pos] != _E:
+        length = string_length(data, pos)
+        if length is None:
+            raise _Unusual
+        start = length.end()
+        pos = start + int(length[1])
+        key = data[start:pos]
+        if pos >= size or key in entries:
+            raise _Unusual
+        lead = data[pos]
+        if lead in _DIGITS:
+            length = string_length(data, pos)
+            if length is None:
+                raise _Unusual
+            start = length.end()
+            pos = start + int(length[1])
+            entries[key] = data[start:pos]
+        elif lead == _L:
+            items: list[BencodeValue] = []
+            pos += 1
+            while data[pos] != _E:
+                length = string_length(data, pos)
+                if length is None:
+                    raise _Unusual
+                start = length.end()
+                pos = start + int(length[1])
+                items.append(data[start:pos])
+            entries[key] = items
+            pos += 1
+        elif lead == _I:
+            number = _CANONICAL_INTEGER.match(data, pos)
+            if number is None:
+                raise _Unusual
+            value = int(number[1])
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise _Unusual
+            entries[key] = value
+            pos = number.end()
+        else:
+            raise _Unusual
+        if pos > size:
+            raise _Unusual
+    return entries, pos + 1
 
 
 def _decode_fast(data: bytes, pos: int) -> tuple[BencodeValue, int]:
