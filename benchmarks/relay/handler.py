@@ -30,6 +30,25 @@ SDP = (
 )
 
 
+_PLACEHOLDER = b"@@@@@@"
+
+
+def _template(command: str) -> bytes:
+    """The ``command`` request of call :data:`_PLACEHOLDER` (cookie, Call-ID and tags)."""
+    offer = command == "offer"
+    message: dict[str, bencode.Encodable] = {
+        "command": command,
+        "call-id": "c@@@@@@",
+        "from-tag": "a@@@@@@",
+        "replace": ["origin", "session-connection"],
+        "flags": ["trust-address"],
+        "sdp": SDP.format(origin="caller" if offer else "callee", port=12224 if offer else 12226),
+    }
+    if not offer:
+        message["to-tag"] = "b@@@@@@"
+    return command[0].encode() + b"@@@@@@ " + bencode.encode(message)
+
+
 async def pairs(count: int) -> float:
     """Seconds per offer+answer pair over ``count`` calls (a fresh service)."""
     service = RelayService(
@@ -41,23 +60,16 @@ async def pairs(count: int) -> float:
             port_max=59999,
         )
     )
-    requests = []
-    for index in range(count):
-        common: dict[str, bencode.Encodable] = {
-            "call-id": f"c{index}",
-            "from-tag": f"a{index}",
-            "replace": ["origin", "session-connection"],
-            "flags": ["trust-address"],
-        }
-        offer = {"command": "offer", "sdp": SDP.format(origin="caller", port=12224), **common}
-        answer = {
-            "command": "answer",
-            "sdp": SDP.format(origin="callee", port=12226),
-            "to-tag": f"b{index}",
-            **common,
-        }
-        requests.append(f"o{index} ".encode() + bencode.encode(offer))
-        requests.append(f"a{index} ".encode() + bencode.encode(answer))
+    # Every request from one encoded template whose identifiers have a fixed width (the
+    # placeholder and the number are both six characters, so the bencode lengths hold): building
+    # the requests costs next to nothing beside what is measured. (Encoding each one with
+    # bencode.encode, as this did before, added about 0.1M instructions per pair to the count.)
+    templates = [_template("offer"), _template("answer")]
+    requests = [
+        template.replace(_PLACEHOLDER, b"%06d" % index)
+        for index in range(count)
+        for template in templates
+    ]
     start = time.perf_counter()
     for data in requests:
         outcome = service.protocol.receive(data, 1.0)

@@ -168,6 +168,9 @@ class RelayService:
         self._queue: asyncio.Queue[_Work] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        # The deadline the timer task sleeps until (None: none), so that a request wakes it
+        # only when it brought a deadline forward, not after every request.
+        self._timer_deadline: float | None = None
         self._wall_offset = 0.0
         #: Forwardings the data plane refused (port already bound by someone else, ...).
         self.install_failures = 0
@@ -642,7 +645,13 @@ class RelayService:
                 self._log_limited("relay.worker_error", "worker_error", exc_info=True)
                 if work is not None:
                     work[2](None)
-            self._wake.set()
+            if work is None:
+                self._wake.set()  # the timer waits for its tick to be done
+            else:
+                deadline = self.engine.next_timer()
+                current = self._timer_deadline
+                if deadline is not None and (current is None or deadline < current):
+                    self._wake.set()
 
     async def _request(self, data: bytes, max_reply: int | None = None) -> bytes | None:
         """Run one ng request; ``max_reply``: the most bytes the reply may take (UDP)."""
@@ -839,9 +848,10 @@ class RelayService:
                     )
                     failure = failure or error
             elif isinstance(event, ForwardingRemoved):
-                self._log_refusals(event.key)
                 # Its counters go into the totals before the data plane forgets them.
-                self.ops.forwarding_gone(event.key, self.dataplane.counters(event.key))
+                counters = self.dataplane.counters(event.key)
+                self._log_refusals(event.key, counters)
+                self.ops.forwarding_gone(event.key, counters)
                 await self.dataplane.remove(event.key)
             elif isinstance(event, StreamEnded):
                 logger.info(
@@ -875,10 +885,9 @@ class RelayService:
         self.records.deleting(record)
         self.records.hand_over(None, None)
 
-    def _log_refusals(self, key: str) -> None:
+    def _log_refusals(self, key: str, counters: ForwardingCounters | None) -> None:
         """One line per stream that refused packets (latching: garbage, strangers, forged
         checks), when it ends: a bounded rate however hard the stream was attacked."""
-        counters = self.dataplane.counters(key)
         if counters is None or not (counters.a.refusals or counters.b.refusals):
             return
         logger.info(
@@ -934,6 +943,7 @@ class RelayService:
         while True:
             self._wake.clear()
             deadline = self.engine.next_timer()
+            self._timer_deadline = deadline
             delay = None if deadline is None else max(0.0, deadline - loop.time())
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             # that arrives as the event fires, and stop() would then wait for this task forever.

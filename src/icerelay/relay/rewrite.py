@@ -24,11 +24,27 @@ from icerelay.relay.policy import IceMode, IcePriority
 from icerelay.sdp import (
     Candidate,
     Connection,
+    Direction,
+    IceCredentials,
+    Line,
     MediaDescription,
     Origin,
+    RemoteCandidate,
     Rtcp,
     SessionDescription,
 )
+from icerelay.sdp.attributes import DIRECTIONS
+from icerelay.sdp.ice import (
+    CANDIDATE,
+    ICE_PWD,
+    ICE_UFRAG,
+    REMOTE_CANDIDATES,
+    parse_pwd,
+    parse_remote_candidates,
+    parse_ufrag,
+)
+from icerelay.sdp.media import RTCP, RTCP_MUX
+from icerelay.sdp.section import parse_at
 
 __all__ = [
     "MediaInfo",
@@ -47,16 +63,22 @@ MediaInfo = StreamOffer
 
 def describe(sdp: SessionDescription) -> list[StreamOffer]:
     """One :class:`StreamOffer` per ``m=`` section, in order."""
-    session_ice = sdp.ice_ufrag is not None and sdp.ice_pwd is not None
+    # Each level's lines are read once (the accessors of the SDP model scan a level's lines
+    # once per question, a dozen scans per stream); what is found is parsed by the same
+    # parsers, through the same per-line cache, as the accessors do.
+    session = _Level(sdp.lines)
+    session_connection = session.connection()
+    session_ufrag, session_pwd = session.ufrag(), session.pwd()
+    session_ice = session_ufrag is not None and session_pwd is not None
     infos = []
     for index, media in enumerate(sdp.media):
-        connection = media.effective_connection(sdp)
+        level = _Level(media.lines)
+        connection = level.connection() or session_connection
         address = connection.address if connection is not None else None
-        # The m= line parsed once: media.port, .proto, .formats and .media each parse it anew.
         media_line = media.media_line
         port = media_line.port
-        rtcp = media.rtcp
-        mux = media.rtcp_mux
+        rtcp = level.rtcp()
+        mux = level.mux
         if rtcp is not None:
             rtcp_port = rtcp.port
             rtcp_address = rtcp.address if rtcp.address is not None else address
@@ -64,12 +86,16 @@ def describe(sdp: SessionDescription) -> list[StreamOffer]:
             rtcp_port, rtcp_address = port, address
         else:
             rtcp_port, rtcp_address = (port + 1 if port else 0), address
-        candidates = media.candidates()
-        credentials = media.ice_credentials(sdp)
+        candidates = level.candidates()
+        ufrag, pwd = level.ufrag(), level.pwd()
+        ufrag = ufrag if ufrag is not None else session_ufrag
+        pwd = pwd if pwd is not None else session_pwd
+        credentials = None if ufrag is None or pwd is None else IceCredentials(ufrag, pwd)
         has_credentials = session_ice or credentials is not None
         codec = None
         if media_line.formats:
             codec = media.codec_name(media_line.formats[0]) or media_line.formats[0]
+        direction = level.direction() or session.direction() or Direction.SENDRECV
         infos.append(
             StreamOffer(
                 index=index,
@@ -80,12 +106,12 @@ def describe(sdp: SessionDescription) -> list[StreamOffer]:
                 rtcp_address=rtcp_address,
                 rtcp_port=rtcp_port,
                 rtcp_mux=mux,
-                direction=media.direction(sdp),
+                direction=direction,
                 ice=has_credentials and bool(candidates),
                 component_2=any(candidate.component == 2 for candidate in candidates),
                 codec=codec,
                 remote_candidates=tuple(
-                    (item.component, item.address, item.port) for item in media.remote_candidates
+                    (item.component, item.address, item.port) for item in level.remote()
                 ),
                 ice_credentials=credentials,
                 candidates=tuple(candidates),
@@ -93,6 +119,86 @@ def describe(sdp: SessionDescription) -> list[StreamOffer]:
             )
         )
     return infos
+
+
+# The attributes _Level keeps (any other a= line may only be the direction).
+_READ = frozenset({CANDIDATE, ICE_UFRAG, ICE_PWD, RTCP, RTCP_MUX, REMOTE_CANDIDATES})
+
+
+class _Level:
+    """The lines of one SDP level that :func:`describe` reads, found in one pass (the first of
+    each, as the model's accessors take them; every candidate)."""
+
+    __slots__ = (
+        "_candidates",
+        "_connection",
+        "_direction",
+        "_pwd",
+        "_remote",
+        "_rtcp",
+        "_ufrag",
+        "mux",
+    )
+
+    def __init__(self, lines: list[Line]) -> None:
+        connection = direction = ufrag = pwd = rtcp = remote = None
+        mux = False
+        candidates: list[Line] = []
+        for line in lines:
+            name = line.name
+            if name is None:  # not an a= line
+                if connection is None and line.type == "c":
+                    connection = line
+                continue
+            if name not in _READ:
+                if direction is None and line.value in DIRECTIONS:
+                    direction = line
+            elif name == CANDIDATE:
+                candidates.append(line)
+            elif name == ICE_UFRAG:
+                ufrag = ufrag or line
+            elif name == ICE_PWD:
+                pwd = pwd or line
+            elif name == RTCP:
+                rtcp = rtcp or line
+            elif name == RTCP_MUX:
+                mux = True
+            else:
+                remote = remote or line
+        self._connection, self._direction = connection, direction
+        self._ufrag, self._pwd, self._rtcp, self._remote = ufrag, pwd, rtcp, remote
+        self.mux, self._candidates = mux, candidates
+
+    def connection(self) -> Connection | None:
+        line = self._connection
+        return None if line is None else parse_at(line, Connection.parse, line.value)
+
+    def direction(self) -> Direction | None:
+        return None if self._direction is None else Direction(self._direction.value)
+
+    def ufrag(self) -> str | None:
+        line = self._ufrag
+        return None if line is None else parse_at(line, parse_ufrag, line.attribute_value)
+
+    def pwd(self) -> str | None:
+        line = self._pwd
+        return None if line is None else parse_at(line, parse_pwd, line.attribute_value)
+
+    def rtcp(self) -> Rtcp | None:
+        line = self._rtcp
+        return None if line is None else parse_at(line, Rtcp.parse, line.attribute_value or "")
+
+    def remote(self) -> tuple[RemoteCandidate, ...]:
+        line = self._remote
+        if line is None:
+            return ()
+        return parse_at(line, parse_remote_candidates, line.attribute_value)
+
+    def candidates(self) -> list[Candidate]:
+        return [
+            parse_at(line, Candidate.parse, line.attribute_value or "")
+            for line in self._candidates
+        ]
 
 
 def carries_ice(sdp: SessionDescription, media: MediaDescription) -> bool:
@@ -108,8 +214,13 @@ def rewrite(
     priority: IcePriority = IcePriority.LOW,
     replace_origin: bool = False,
     replace_session_connection: bool = False,
+    in_place: bool = False,
+    carried_ice: Sequence[bool] | None = None,
 ) -> SessionDescription:
-    """Return a copy of ``sdp`` in which every stream with a plan goes through the relay.
+    """Return a copy of ``sdp`` in which every stream with a plan goes through the relay
+    (``in_place``: rewrite ``sdp`` itself and return it, for a caller that parsed it only to
+    rewrite it). ``carried_ice``: per section, whether it carries ICE (:attr:`StreamOffer.ice`
+    of its :func:`describe`, when the caller has it), else read from ``sdp``.
 
     ``plans[i]`` belongs to ``sdp.media[i]``; None leaves that section as it is (a rejected
     stream, or one whose ICE went direct). ``c=0.0.0.0`` (RFC 2543 hold) stays as it is, because
@@ -117,7 +228,11 @@ def rewrite(
     """
     if len(plans) != len(sdp.media):
         raise RelayError(f"{len(plans)} stream plans for {len(sdp.media)} media sections")
-    out = sdp.copy()
+    if carried_ice is None:
+        originals = _originals(sdp, plans)
+    else:
+        originals = [ice for ice, plan in zip(carried_ice, plans, strict=True) if plan]
+    out = sdp if in_place else sdp.copy()
     planned = [(media, plan) for media, plan in zip(out.media, plans, strict=True) if plan]
     if not planned:
         return out
@@ -157,13 +272,21 @@ def rewrite(
     if ice is IceMode.FORCE:
         out.set_ice_lite(True)
 
-    for (media, plan), original in zip(planned, _originals(sdp, plans), strict=True):
+    for (media, plan), original in zip(planned, originals, strict=True):
         _rewrite_media(media, plan, original, ice, priority)
     return out
 
 
-def apply_plan(sdp: SessionDescription, plan: SessionPlan, options: RelayOptions) -> bytes:
-    """The SDP to forward: ``sdp`` rewritten as the engine's ``plan`` says; RelayError if not."""
+def apply_plan(
+    sdp: SessionDescription,
+    plan: SessionPlan,
+    options: RelayOptions,
+    *,
+    in_place: bool = False,
+    offers: Sequence[StreamOffer] | None = None,
+) -> bytes:
+    """The SDP to forward: ``sdp`` rewritten as the engine's ``plan`` says; RelayError if not.
+    ``in_place`` and ``offers`` (what :func:`describe` made of ``sdp``): see :func:`rewrite`."""
     try:
         out = rewrite(
             sdp,
@@ -172,6 +295,8 @@ def apply_plan(sdp: SessionDescription, plan: SessionPlan, options: RelayOptions
             priority=plan.priority,
             replace_origin=options.replace_origin,
             replace_session_connection=options.replace_session_connection,
+            in_place=in_place,
+            carried_ice=None if offers is None else [offer.ice for offer in offers],
         )
     except SdpError as error:
         raise RelayError(f"cannot rewrite the SDP: {error}") from None
@@ -179,8 +304,21 @@ def apply_plan(sdp: SessionDescription, plan: SessionPlan, options: RelayOptions
 
 
 def _originals(sdp: SessionDescription, plans: Sequence[StreamPlan | None]) -> list[bool]:
-    """Per planned section: did the original carry ICE (needed after session lines are gone)."""
-    return [carries_ice(sdp, media) for media, plan in zip(sdp.media, plans, strict=True) if plan]
+    """Per planned section: did the original carry ICE (needed after session lines are gone).
+    :func:`carries_ice`, reading each level's lines once."""
+    session = _Level(sdp.lines)
+    session_ufrag, session_pwd = session.ufrag(), session.pwd()
+    found = []
+    for media, plan in zip(sdp.media, plans, strict=True):
+        if plan:
+            level = _Level(media.lines)
+            ufrag, pwd = level.ufrag(), level.pwd()
+            found.append(
+                (ufrag if ufrag is not None else session_ufrag) is not None
+                and (pwd if pwd is not None else session_pwd) is not None
+                and bool(level.candidates())
+            )
+    return found
 
 
 def _rewrite_media(

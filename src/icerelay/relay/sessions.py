@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
 from icerelay.errors import RelayError, SdpError
@@ -191,7 +191,8 @@ class SessionEngine:
         bodies: list[bytes] = []
 
         def write(plan: SessionPlan) -> None:
-            bodies.append(apply_plan(sdp, plan, request.options))
+            # In place: the parsed body serves nothing else once described.
+            bodies.append(apply_plan(sdp, plan, request.options, in_place=True, offers=offers))
 
         self._update(
             request.dialog,
@@ -590,29 +591,35 @@ class SessionEngine:
             stream.ice_credentials[receiver] = planning.new_credentials(self._rng)
         ports = stream.ports[receiver]
         assert ports is not None
-        plan = StreamPlan(
-            address=self.config.advertised_address(stream.family[receiver]),
-            rtp_port=ports.rtp,
-            rtcp_port=ports.rtcp,
-            ice_credentials=stream.ice_credentials[receiver] if mode is IceMode.FORCE else None,
-            rtcp_mux=planning.mux_out(options.rtcp_mux, exchange, stream.offers[receiver]),
-        )
+        address = self.config.advertised_address(stream.family[receiver])
+        credentials = stream.ice_credentials[receiver] if mode is IceMode.FORCE else None
+        rtcp_mux = planning.mux_out(options.rtcp_mux, exchange, stream.offers[receiver])
         # What the receiving party is told about rtcp-mux (ICE=force-relay keeps the sender's
         # lines as they are).
         mux = offer.rtcp_mux
-        if mode is not IceMode.FORCE_RELAY and plan.rtcp_mux is not None:
-            mux = plan.rtcp_mux
-        plan = replace(
-            plan,
-            candidates=candidates_to_add(
-                plan,
-                mode,
-                priority,
-                carries_ice=offer.ice,
-                component_2=offer.component_2,
-                rtcp_mux=mux,
-            ),
-        )
+        if mode is not IceMode.FORCE_RELAY and rtcp_mux is not None:
+            mux = rtcp_mux
+        if mode is IceMode.REMOVE or (mode is not IceMode.FORCE and not offer.ice):
+            # No candidate to add (candidates_to_add's answer, without building the plan
+            # twice: this is every stream of a call without ICE).
+            plan = StreamPlan(address, ports.rtp, ports.rtcp, credentials, rtcp_mux, ())
+        else:
+            bare = StreamPlan(address, ports.rtp, ports.rtcp, credentials, rtcp_mux)
+            plan = StreamPlan(
+                address,
+                ports.rtp,
+                ports.rtcp,
+                credentials,
+                rtcp_mux,
+                candidates_to_add(
+                    bare,
+                    mode,
+                    priority,
+                    carries_ice=offer.ice,
+                    component_2=offer.component_2,
+                    rtcp_mux=mux,
+                ),
+            )
         if is_offer:
             stream.mux_sent[side] = None
         changed.append((stream, mux))

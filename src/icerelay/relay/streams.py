@@ -243,8 +243,14 @@ def _payload_types(offer: StreamOffer | None) -> frozenset[int] | None:
     control protocol that does not pass them, or formats that are not payload types)."""
     if offer is None or not offer.payload_types:
         return None
+    return _types_of(offer.payload_types)
+
+
+# Cached: every install reads both parties' formats, and phones send the same few lists.
+@functools.lru_cache(maxsize=1024)
+def _types_of(formats: tuple[str, ...]) -> frozenset[int] | None:
     types = set()
-    for value in offer.payload_types:
+    for value in formats:
         if not (value.isascii() and value.isdigit() and len(value) <= 3 and int(value) < 128):
             return None
         types.add(int(value))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from icerelay.errors import SdpError
@@ -37,6 +38,11 @@ class Origin:
 
     def to_sdp(self) -> str:
         """The value of the ``o=`` line."""
+        fields = (self.username, self.session_id, self.session_version, self.nettype,
+                  self.addrtype, self.address)
+        text = _joined(fields)
+        if text is not None:
+            return text
         for name in ("username", "session_id", "session_version", "nettype", "addrtype",
                      "address"):
             check_field(getattr(self, name), f"o= {name}")
@@ -100,6 +106,10 @@ class Connection:
 
     def to_sdp(self) -> str:
         """The value of the ``c=`` line."""
+        if self.ttl is None and self.count is None:
+            text = _joined((self.nettype, self.addrtype, self.address))
+            if text is not None:
+                return text
         check_field(self.nettype, "c= nettype")
         check_field(self.addrtype, "c= addrtype")
         check_field(self.address, "c= address")
@@ -139,6 +149,10 @@ class MediaLine:
 
     def to_sdp(self) -> str:
         """The value of the ``m=`` line."""
+        if self.port_count is None and 0 <= self.port <= 65535:
+            text = _joined((self.media, str(self.port), self.proto, *self.formats))
+            if text is not None:
+                return text
         check_field(self.media, "m= media")
         check_field(self.proto, "m= proto")
         for fmt in self.formats:
@@ -147,3 +161,19 @@ class MediaLine:
             raise SdpError(f"m= port {self.port} is out of range 0..65535")
         port = str(self.port) if self.port_count is None else f"{self.port}/{self.port_count}"
         return " ".join((self.media, port, self.proto, *self.formats))
+
+
+# What no field may hold besides the space that separates fields (see check_field).
+_BREAKS = re.compile("[\t\r\n\0]")
+
+
+def _joined(fields: tuple[str, ...]) -> str | None:
+    """The fields joined by single spaces when each is a valid field (non-empty, no blank, CR,
+    LF or NUL), else None (the caller's field-by-field check then says which is wrong). One
+    join and one search instead of a check per field: lines are rendered on every rewrite."""
+    if "" in fields:
+        return None
+    text = " ".join(fields)
+    if text.count(" ") != len(fields) - 1 or _BREAKS.search(text):
+        return None
+    return text

@@ -37,7 +37,7 @@ _FORBIDDEN_IN_VALUE = re.compile("[\r\n\0]")
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which made building
 # lines a tenth of an ng offer's cost. Lines are still never changed after they are built (edits
 # make new ones, see with_value), and hash like frozen ones.
-@dataclass(slots=True, unsafe_hash=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class Line:
     """One SDP line.
 
@@ -66,9 +66,23 @@ class Line:
         default=None, init=False, compare=False, repr=False
     )
 
-    def __post_init__(self) -> None:
-        if self.type == "a":
-            self.name = self.value.partition(":")[0]
+    # Written out rather than generated with a __post_init__: one call per line instead of two
+    # (a line is built for every line of every SDP the relay reads).
+    def __init__(
+        self,
+        type: str,
+        value: str,
+        raw: str | None = None,
+        eol: str | None = None,
+        number: int = 0,
+    ) -> None:
+        self.type = type
+        self.value = value
+        self.raw = raw
+        self.eol = eol
+        self.number = number
+        self.name = value.partition(":")[0] if type == "a" else None
+        self.parsed = None
 
     @classmethod
     def make(cls, type: str, value: str) -> Line:
@@ -131,6 +145,9 @@ def split_lines(text: str) -> list[Line]:
     """Cut ``text`` into :class:`Line` objects; SdpError (with the line number) on a bad line."""
     if not text:
         raise SdpError("empty SDP")
+    crlf = text.count("\r\n")
+    if crlf and crlf == text.count("\n") and crlf == text.count("\r"):
+        return _split_crlf(text)
     pieces = text.split("\n")
     # Text ending in LF leaves an empty last piece: that is no line. Otherwise the last piece is a
     # final line without an ending.
@@ -158,6 +175,35 @@ def split_lines(text: str) -> list[Line]:
     if last:
         append(_parse_line(last, "", number + 1))
     return lines
+
+
+def _split_crlf(text: str) -> list[Line]:
+    """:func:`split_lines` for a body whose every line ends in CRLF (no LF or CR elsewhere),
+    which is what SIP stacks send: no line ending to tell apart, no stray CR to look for."""
+    pieces = text.split(CRLF)
+    last = pieces.pop()
+    lines: list[Line] = []
+    append = lines.append
+    number = 0
+    for number, content in enumerate(pieces, start=1):
+        if (
+            len(content) > 2
+            and content[1] == "="
+            and content[0] in _LETTERS
+            and content[-1] not in _TRAILING
+        ):
+            append(Line(content[0], content[2:], content, CRLF, number))
+        else:
+            append(_parse_line(content, CRLF, number))
+    if last:
+        append(_parse_line(last, "", number + 1))
+    return lines
+
+
+def text_line_ending(text: str) -> str:
+    """:func:`dominant_line_ending` of the lines ``text`` splits into, counted on the text."""
+    crlf = text.count("\r\n")
+    return LF if text.count("\n") - crlf > crlf else CRLF
 
 
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -199,13 +245,16 @@ def render(lines: list[Line], default_eol: str, final_newline: bool = True) -> s
     one gets ``default_eol`` so that no line can be glued onto it.
     """
     parts: list[str] = []
-    last = len(lines) - 1
-    for index, line in enumerate(lines):
-        eol = line.eol or default_eol
-        if index == last and not final_newline and line.text:
-            # An empty line keeps its ending even when it became the last one: without it the
-            # line would vanish (the text would end with the previous line's ending).
-            eol = ""
-        parts.append(line.text)
-        parts.append(eol)
+    append = parts.append
+    for line in lines:
+        raw = line.raw
+        if raw is not None:
+            append(raw)
+        else:
+            append(f"{line.type}={line.value}" if line.type else "")
+        append(line.eol or default_eol)
+    if not final_newline and parts and parts[-2]:
+        # An empty line keeps its ending even when it became the last one: without it the
+        # line would vanish (the text would end with the previous line's ending).
+        parts[-1] = ""
     return "".join(parts)

@@ -285,7 +285,7 @@ class Section:
                 else:
                     parse_at(line, Connection.parse, line.value)
             elif line.type == "a":
-                name = line.attribute_name
+                name = line.name
                 if not name:
                     raise SdpError(f"{line.where}: attribute without a name")
                 if name in _SINGLE:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from icerelay.errors import SdpError
 from icerelay.sdp.fields import Connection, Origin
 from icerelay.sdp.ice import ICE_LITE, IceCredentials
-from icerelay.sdp.lines import Line, dominant_line_ending, render, split_lines
+from icerelay.sdp.lines import Line, render, split_lines, text_line_ending
 from icerelay.sdp.media import MediaDescription
 from icerelay.sdp.section import Section, parse_at
 
@@ -83,7 +83,7 @@ class SessionDescription(Section):
                 raise SdpError(f"{line.where}: unexpected v= line (two SDP bodies run together?)")
             sections[-1].append(line)
         session = cls(sections[0], [MediaDescription(section) for section in sections[1:]],
-                      dominant_line_ending(lines), from_bytes, final_newline=lines[-1].eol != "")
+                      text_line_ending(text), from_bytes, final_newline=lines[-1].eol != "")
         session.validate()
         for media in session.media:
             media.validate()
@@ -99,7 +99,10 @@ class SessionDescription(Section):
 
     def to_text(self) -> str:
         """The SDP as text: unchanged lines exactly as parsed, changed ones re-rendered."""
-        return render(list(self.all_lines()), self.line_ending, self.final_newline)
+        lines = list(self.lines)
+        for media in self.media:
+            lines += media.lines
+        return render(lines, self.line_ending, self.final_newline)
 
     def to_bytes(self) -> bytes:
         """The SDP as UTF-8 bytes."""

@@ -158,3 +158,47 @@ def test_fuzz_mutated_messages(value: BencodeValue, data: st.DataObject) -> None
     except BencodeError:
         return
     assert decode(encode(decoded)) == decoded
+
+
+def _reference(data: bytes) -> BencodeValue:
+    """The recursive decoder alone (what the fast loops must agree with)."""
+    from icerelay.bencode import _Decoder
+
+    value, end = _Decoder(data).value(0, 0)
+    if end != len(data):
+        raise BencodeError("trailing")
+    return value
+
+
+requests: st.SearchStrategy[BencodeValue] = st.dictionaries(
+    st.binary(max_size=12),
+    st.integers(-(2**63), 2**63 - 1)
+    | st.binary(max_size=40)
+    | st.lists(st.binary(max_size=12), max_size=4)
+    | values,
+    max_size=8,
+)
+
+
+@given(requests | values, st.data())
+@settings(max_examples=500)
+def test_fast_decoders_agree_with_the_recursive_one(
+    value: BencodeValue, data: st.DataObject
+) -> None:
+    # The ng request shape (flat dictionaries of strings, integers and lists of strings) and
+    # anything else, whole and mutated: the same value, or an error from both.
+    raw = bytearray(encode(value))
+    for _ in range(data.draw(st.integers(0, 3))):
+        index = data.draw(st.integers(0, len(raw)))
+        byte = data.draw(st.sampled_from(b"ield:0123456789-x"))
+        if data.draw(st.booleans()) or index == len(raw):
+            raw.insert(index, byte)
+        else:
+            raw[index] = byte
+    try:
+        expected = _reference(bytes(raw))
+    except BencodeError:
+        with pytest.raises(BencodeError):
+            decode(bytes(raw))
+        return
+    assert decode(bytes(raw)) == expected

@@ -282,6 +282,14 @@ def _media_options(message: Message) -> MediaOptions:
     flags = frozenset(normalise(flag) for flag in _text_list(message, "flags"))
 
     replace = _known_values(message, "replace", _REPLACE_VALUES)
+    if not _RARE_KEYS & message.keys():
+        # What Kamailio sends on nearly every offer and answer (flags, replace and the
+        # identifiers): the options below are all absent, so they keep their defaults.
+        return MediaOptions(
+            flags=flags,
+            replace=replace,
+            ignored=tuple(sorted(flag for flag in flags if flag not in _KNOWN_FLAGS)),
+        )
 
     ice: IceMode | None = None
     if "ice" in message:
@@ -406,13 +414,24 @@ _UNSUPPORTED_KEYS = frozenset(
         "to-label",
     }
 )
+# Keys :func:`_media_options` reads besides flags and replace (or warns about).
+_RARE_KEYS = _UNSUPPORTED_KEYS | {
+    "ice",
+    "ice-priority",
+    "direction",
+    "rtcp-mux",
+    "received-from",
+    "address-family",
+    "media-address",
+    "transport-protocol",
+}
 # Keys that need no action: ``supports`` is the proxy declaring what replies it understands
 # (Kamailio sends ``["load limit"]`` with every request); warning about it would be noise.
 
 
 def parse_command(message: Mapping[str, bencode.BencodeValue]) -> Command:
     """Turn a normalised request dictionary into a typed command, or raise ControlError."""
-    msg = dict(message)
+    msg = message if isinstance(message, dict) else dict(message)
     name = command_name(msg)
     if name == "ping":
         return Ping()

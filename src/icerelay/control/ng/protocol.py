@@ -306,11 +306,28 @@ def _load(payload: bytes, encoding: Encoding) -> Message:
         raise malformed("the message is not a dictionary", NgFailure.UNDECODABLE)
     message: Message = {}
     for raw_key, item in value.items():
-        key = normalise(decode_text(raw_key, "a key"))
+        key = _SPELLED.get(raw_key)
+        if key is None:
+            key = normalise(decode_text(raw_key, "a key"))
         if key in message:
             raise malformed(f"key {key!r} appears twice (spelt differently)")
         message[key] = item
     return message
+
+
+# The keys proxies send, as they spell them, mapped to their normalised form: a dictionary
+# lookup instead of decoding and normalising every key of every request. Any other spelling
+# takes the general path (the result is the same).
+_SPELLED: dict[bytes, str] = {
+    spelling.encode(): normalise(spelling)
+    for name in (
+        "command", "call-id", "from-tag", "to-tag", "via-branch", "sdp", "flags", "replace",
+        "ICE", "ICE-priority", "direction", "rtcp-mux", "received-from", "address-family",
+        "media-address", "transport-protocol", "delete-delay", "supports", "record-call",
+        "limit", "sdes", "DTLS", "OSRTP", "codec", "T38", "ptime", "metadata", "label",
+    )
+    for spelling in {name, name.lower(), name.replace("-", " "), name.lower().replace("-", " ")}
+}
 
 
 def _from_json(value: object, depth: int) -> bencode.BencodeValue:
