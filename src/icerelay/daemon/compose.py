@@ -24,7 +24,7 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Protocol
 
-from icerelay.daemon.cluster import ClusterService, take_adopted
+from icerelay.daemon.cluster import ClusterService
 from icerelay.daemon.config import Config, HostPort
 from icerelay.daemon.http import HttpService
 from icerelay.daemon.logs import configure_logging
@@ -125,9 +125,9 @@ def build_services(
         shared_turn = turn if config.cluster.turn_users else None
         if shared_turn is not None:
             shared_turn.external_users = True
-        services.append(ClusterService(config.cluster, relay, turn=shared_turn))
-        cluster = config.cluster
-        relay.adopted_elsewhere = lambda: take_adopted(cluster)
+        member = ClusterService(config.cluster, relay, turn=shared_turn)
+        services.append(member)
+        relay.adopted_elsewhere = member.recovery_skip
     for service in services:
         attach = getattr(service, "attach", None)
         if callable(attach):

@@ -54,6 +54,7 @@ from icerelay.control.ng import (
 from icerelay.daemon.cluster.adopted import AdoptedCalls
 from icerelay.daemon.cluster.forward import forward_ng
 from icerelay.daemon.cluster.keys import Keys
+from icerelay.daemon.cluster.recovery import take_recovery
 from icerelay.daemon.cluster.turn_users import TurnDirectory
 from icerelay.daemon.cluster.writer import CallWriter, Changes, EngineView
 from icerelay.daemon.cluster_config import ClusterConfig
@@ -134,6 +135,10 @@ class ClusterService:
         self._write_lock = asyncio.Lock()
         # Set when the writer forgot what it wrote: the next write removes stale calls.
         self._stale_check = True
+        # The calls of this instance's previous life still in Redis are to be adopted back
+        # (the first heartbeat that reaches Redis does it); False once done, or when the
+        # journal recovered them because Redis could not be asked (see recovery_skip).
+        self._resume_pending = True
         self._unresponsive: dict[str, float] = {}
         self._deferred: dict[str, tuple[Command, float]] = {}
         # Counters for the cluster view and metrics.
@@ -146,6 +151,18 @@ class ClusterService:
         self.outages = 0
 
     # -- life cycle -----------------------------------------------------------------------------
+
+    async def recovery_skip(self) -> set[str] | None:
+        """The calls of this instance's previous life that the relay's journal must not record
+        (run by the relay before its recovery): those adopted elsewhere, and those this
+        instance adopts back from Redis -- each is recorded once, when it really ends. None
+        when Redis cannot be asked: the journal records every call ``interrupted`` and none is
+        adopted back (it would be recorded twice)."""
+        recovery = await take_recovery(self.config)
+        if recovery is None:
+            self._resume_pending = False
+            return None
+        return recovery.skip
 
     async def start(self) -> None:
         """Connect (an unreachable Redis is not fatal: the relay works alone until it answers),
@@ -161,7 +178,7 @@ class ClusterService:
         self.relay.mediaproxy_router = self._route_mediaproxy
         if config.write_before_reply:
             self.relay.after_command = self._after_command
-        await self._heartbeat(register=True)
+        await self._heartbeat()
         with contextlib.suppress(*_REDIS_ERRORS):
             await self._turn_sync()
         self._tasks = [
@@ -265,7 +282,7 @@ class ClusterService:
 
     # -- heartbeat ------------------------------------------------------------------------------
 
-    async def _heartbeat(self, *, register: bool = False) -> None:
+    async def _heartbeat(self) -> None:
         redis = self._redis
         if redis is None:
             return
@@ -290,13 +307,17 @@ class ClusterService:
             self._outage(error)
             return
         self._back()
-        if register and int(results[-1]) > 0:
-            # Calls of this instance's previous life (it restarted within the TTL, so nobody
-            # adopted them): this instance adopts them itself, media goes on.
-            try:
-                await self._adopt(self.instance)
-            except _REDIS_ERRORS as error:
-                self._outage(error)
+        if self._resume_pending:
+            if int(results[-1]) > 0:
+                # Calls of this instance's previous life (nobody adopted them: alone, or
+                # restarted within the TTL): this instance adopts them itself, media goes
+                # on. Its journal left them out of its recovery (recovery_skip).
+                try:
+                    await self._adopt(self.instance)
+                except _REDIS_ERRORS as error:
+                    self._outage(error)
+                    return
+            self._resume_pending = False
             return
         if int(results[-1]) < self.writer.written:
             # Redis lost data (restarted without persistence): write everything again.
@@ -335,7 +356,8 @@ class ClusterService:
 
     async def _write(self) -> None:
         redis = self._redis
-        if redis is None or not self.redis_up:
+        if redis is None or not self.redis_up or self._resume_pending:
+            # Pending, the previous life's calls in Redis are not stale: they are adopted next.
             return
         # Under the lock, the state read and its write go together: a write computed before a
         # command's own write must not land after it.
@@ -547,8 +569,10 @@ class ClusterService:
             if failure is not None:
                 # The ports are still held: the old instance is alive after all (split
                 # brain on one host). This call cannot be relayed here, and its record is
-                # not ours to write.
-                group.discard.add(call_id)
+                # not ours to write -- unless it is this instance's own call of a previous
+                # life, which its journal did not record: it ends here, recorded once.
+                if origin != self.instance:
+                    group.discard.add(call_id)
                 with contextlib.suppress(RelayError):
                     group.engine.delete(
                         call_id, now, delay=0, reason=TerminationReason.RELAY_FAILURE
