@@ -55,7 +55,7 @@ from icerelay.daemon.cluster.adopted import AdoptedCalls
 from icerelay.daemon.cluster.forward import forward_ng
 from icerelay.daemon.cluster.keys import Keys
 from icerelay.daemon.cluster.recovery import take_recovery
-from icerelay.daemon.cluster.turn_users import TurnDirectory
+from icerelay.daemon.cluster.turn_users import DirectorySettings
 from icerelay.daemon.cluster.writer import CallWriter, Changes, EngineView
 from icerelay.daemon.cluster_config import ClusterConfig
 from icerelay.daemon.relay_service import RelayService
@@ -91,7 +91,9 @@ class ClusterService:
     :param journal_position: the accounting journal's position of a call (records branch),
         written into its document.
     :param turn: a TURN service whose users, REST secrets and per-user quotas are read from
-        Redis and enforced across instances (``[cluster] turn_users``; one TURN worker).
+        Redis and enforced across instances (``[cluster] turn_users``): it is given the
+        directory's settings here, before it starts, and each of its worker processes syncs
+        with Redis on its own (:mod:`.turn_users`).
     """
 
     name = "cluster"
@@ -108,11 +110,15 @@ class ClusterService:
         self.relay = relay
         #: The TURN service whose users, secrets and quotas live in Redis (``turn_users``).
         self.turn = turn
-        self.turn_directory = (
-            TurnDirectory(Keys(config.key_prefix), config.instance, ttl=config.heartbeat_ttl)
-            if turn is not None
-            else None
-        )
+        if turn is not None:
+            turn.external_users = True
+            turn.directory = DirectorySettings(
+                redis=config.redis,
+                key_prefix=config.key_prefix,
+                instance=config.instance,
+                ttl=config.heartbeat_ttl,
+                interval=config.heartbeat_interval,
+            )
         self.instance = config.instance
         self.keys = Keys(config.key_prefix)
         self.writer = CallWriter(
@@ -179,28 +185,17 @@ class ClusterService:
         if config.write_before_reply:
             self.relay.after_command = self._after_command
         await self._heartbeat()
-        with contextlib.suppress(*_REDIS_ERRORS):
-            await self._turn_sync()
         self._tasks = [
             asyncio.create_task(self._every(config.heartbeat_interval, self._heartbeat)),
             asyncio.create_task(self._every(config.write_interval, self._write)),
             asyncio.create_task(self._every(config.heartbeat_interval, self._watch)),
             asyncio.create_task(self._timers()),
         ]
-        if self.turn_directory is not None:
-            self._tasks.append(
-                asyncio.create_task(self._every(config.heartbeat_interval, self._turn_sync))
-            )
         wildcard = ipaddress.ip_address(self.relay.ng_address.host).is_unspecified
         if not config.ng_address and wildcard:
             logger.warning(
                 "cluster.ng_address_unknown",
                 extra={"hint": "set cluster.ng_address: ng_listen is a wildcard address"},
-            )
-        if self.turn is not None and self.turn.config.worker_count() > 1:
-            logger.warning(
-                "cluster.turn_workers",
-                extra={"hint": "TURN users and quotas from Redis reach the first worker only"},
             )
         logger.info(
             "cluster.started",
@@ -338,14 +333,6 @@ class ClusterService:
         return self.relay.engine.call_count + sum(
             group.engine.call_count for group in self.adopted.values()
         )
-
-    async def _turn_sync(self) -> None:
-        redis, directory, turn = self._redis, self.turn_directory, self.turn
-        if redis is None or directory is None or turn is None or not self.redis_up:
-            return
-        instances = self._view.get("instances", {})
-        alive = [name for name, item in instances.items() if item.get("alive")]
-        await directory.sync(redis, turn.engine, alive)
 
     # -- writer ---------------------------------------------------------------------------------
 
@@ -801,13 +788,15 @@ class ClusterService:
                 "write_failures": self.write_failures,
                 "redis_outages": self.outages,
             },
-            "turn": None
-            if self.turn_directory is None
-            else {
-                "users": self.turn_directory.users,
-                "secrets": self.turn_directory.secrets,
-            },
+            "turn": self._turn_view(),
         }
+
+    def _turn_view(self) -> dict[str, int] | None:
+        """What the first TURN worker last read from the directory (the others read the same)."""
+        sync = self.turn.directory_sync if self.turn is not None else None
+        if sync is None:
+            return None
+        return {"users": sync.directory.users, "secrets": sync.directory.secrets}
 
 
 
