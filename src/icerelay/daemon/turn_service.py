@@ -70,7 +70,7 @@ from icerelay.turn.server.engine import (
 from icerelay.turn.server.framing import StreamFramer
 
 if TYPE_CHECKING:
-    from icerelay.daemon.cluster.turn_users import DirectorySettings, DirectorySync
+    from icerelay.daemon.cluster.turn_users import DirectorySync
 from icerelay.turn.server.ports import check_relay_range
 
 logger = logging.getLogger("icerelay.turn.server")
@@ -293,9 +293,9 @@ class TurnService:
         #: Users come from elsewhere too (the cluster's Redis directory, issue 15): starting
         #: without configured users is then fine.
         self.external_users = False
-        #: Where those users are (``[cluster] turn_users``): every worker process reads them
-        #: and publishes its allocation counts with a Redis connection of its own.
-        self.directory: DirectorySettings | None = None
+        #: Where those users are (``[cluster] turn_users``; DirectorySettings' JSON): every
+        #: worker process reads them, and publishes its counts, with its own Redis connection.
+        self.directory: dict[str, Any] | None = None
         self.directory_sync: DirectorySync | None = None
 
     # --- properties ---------------------------------------------------------------------
@@ -408,14 +408,14 @@ class TurnService:
         )
 
     async def _start_directory(self) -> None:
-        """Users, secrets and quotas from the cluster's Redis, synced before anything is read
-        (a worker that does not know the users answers 401)."""
+        """The cluster's Redis users, synced before anything is read (else: 401)."""
         if self.directory is None:
             return
-        # Here, not at the top: the cluster package imports this module.
-        from icerelay.daemon.cluster.turn_users import DirectorySync
+        from icerelay.daemon.cluster.turn_users import DirectorySync  # (cycle at the top)
 
-        self.directory_sync = DirectorySync(self.directory, self.engine, self.worker_index)
+        self.directory_sync = DirectorySync.from_json(
+            self.directory, self.engine, self.worker_index
+        )
         await self.directory_sync.start()
 
     def _start_offload(self) -> None:
@@ -543,7 +543,7 @@ class TurnService:
                     "level": level,
                     "sockets": [[kind, sock.fileno()] for kind, sock in sockets],
                     "offload_maps": map_fds,
-                    "directory": None if self.directory is None else self.directory.to_json(),
+                    "directory": self.directory,
                 }
                 process.stdin.write(json.dumps(setup).encode() + b"\n")
                 await process.stdin.drain()
@@ -971,11 +971,7 @@ async def _worker(
         inherited=sockets,
         offload_maps=offload_maps,
     )
-    if directory is not None:
-        from icerelay.daemon.cluster.turn_users import DirectorySettings
-
-        service.external_users = True
-        service.directory = DirectorySettings.from_json(directory)
+    service.directory, service.external_users = directory, directory is not None
     await service.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -118,7 +118,7 @@ class ClusterService:
                 instance=config.instance,
                 ttl=config.heartbeat_ttl,
                 interval=config.heartbeat_interval,
-            )
+            ).to_json()
         self.instance = config.instance
         self.keys = Keys(config.key_prefix)
         self.writer = CallWriter(
@@ -797,7 +797,6 @@ class ClusterService:
         if sync is None:
             return None
         return {"users": sync.directory.users, "secrets": sync.directory.secrets}
-
 
 
 def _text(value: bytes | str) -> str:

@@ -145,6 +145,13 @@ class DirectorySync:
         self._task: asyncio.Task[None] | None = None
         self.failing = False
 
+    @classmethod
+    def from_json(
+        cls, settings: dict[str, Any], engine: TurnServerEngine, worker: int
+    ) -> DirectorySync:
+        """From :meth:`DirectorySettings.to_json` (what a worker process is handed)."""
+        return cls(DirectorySettings.from_json(settings), engine, worker)
+
     async def start(self) -> None:
         """Connect and sync once (bounded: the users are known before the first request, if
         Redis answers), then sync every interval."""
