@@ -557,3 +557,65 @@ def test_mediaproxy_remove_of_an_adopted_call(cluster: Cluster) -> None:
             os.unlink(path)
         with contextlib.suppress(OSError):
             os.rmdir(directory)
+
+
+def test_lone_instance_killed_and_restarted_resumes_its_call_with_one_record(
+    cluster: Cluster,
+) -> None:
+    """A lone instance with Redis is killed -9 and restarted under its name: it adopts its own
+    call back from Redis (media goes on) and its journal does not also recover the call as
+    ``interrupted``: one record, written when the call ends."""
+    # Checkpoints often: the journal holds the live call when the instance is killed.
+    solo = cluster.start("solo", 0, ICERELAY_RELAY__CHECKPOINT_INTERVAL="0.1")
+    media, relay_port = place_call(solo, "solo-1")
+    media.start(relay_port)
+    try:
+        wait_for(lambda: redis_call(cluster.redis.url, "solo", "solo-1") is not None, 5, "in Redis")
+        wait_for(lambda: len(media.arrivals) >= 5, 5, "media through solo")
+        time.sleep(0.3)  # a checkpoint or two
+        solo.kill()
+        solo_again = cluster.start("solo", 0)
+        restarted = time.monotonic()
+        wait_for(lambda: media.received_after(restarted) >= 10, 10, "media after the restart")
+    finally:
+        media.stop()
+        media.caller.close()
+        media.callee.close()
+    deleted = ng(solo_again.ng, {"command": "delete", "call-id": "solo-1", "delete-delay": 0})
+    assert deleted[b"result"] == b"ok", deleted
+    wait_for(lambda: ("solo-1", "deleted") in solo_again.records(), 5, "the record")
+    time.sleep(0.3)
+    assert solo_again.records() == [("solo-1", "deleted")]
+
+
+def test_calls_adopted_from_two_dead_instances_each_get_their_record(cluster: Cluster) -> None:
+    """B adopts the calls of two dead instances: each origin's engine numbers its sessions
+    from 1, and neither record may be taken for the other (same record id: the second one
+    dropped by the journal and the database)."""
+    a = cluster.start("relay-a", 0)
+    c = cluster.start("relay-c", 2)
+    b = cluster.start("relay-b", 1)
+    for instance, call_id in ((a, "two-a"), (c, "two-c")):
+        media, _ = place_call(instance, call_id)
+        media.caller.close()
+        media.callee.close()
+        wait_for(
+            lambda: redis_call(cluster.redis.url, instance.name, call_id) is not None,  # noqa: B023
+            5,
+            f"{call_id} in Redis",
+        )
+    a.kill()
+    c.kill()
+    for call_id in ("two-a", "two-c"):
+        wait_for(
+            lambda: redis_call(cluster.redis.url, "relay-b", call_id) is not None,  # noqa: B023
+            10,
+            f"{call_id} adopted by B",
+        )
+        deleted = ng(b.ng, {"command": "delete", "call-id": call_id, "delete-delay": 0})
+        assert deleted[b"result"] == b"ok", deleted
+    wait_for(
+        lambda: sorted(b.records()) == [("two-a", "deleted"), ("two-c", "deleted")],
+        5,
+        "B's two records",
+    )

@@ -1,8 +1,11 @@
-"""TURN users and per-user quotas in Redis, enforced across two ``icerelay serve`` instances.
+"""TURN users and per-user quotas in Redis, enforced across ``icerelay serve`` instances and
+across the TURN worker processes of each.
 
-The user exists only in Redis (no ``[turn] users``); its quota (one allocation) holds for the
-cluster: with an allocation on A, B refuses a second one (486 Allocation Quota Reached), and
-grants it once A's allocation is gone.
+The users exist only in Redis (no ``[turn] users``). Every worker process reads them itself
+before it serves, so any worker the kernel hands a client to lets it in (no 401), and each
+publishes its allocation counts, so that a quota holds for the cluster: with an allocation on
+A, B refuses a second one (486 Allocation Quota Reached) and grants it once A's allocation is
+gone; within one instance, allocations held by one worker count in the others.
 """
 
 from __future__ import annotations
@@ -27,10 +30,17 @@ pytestmark = [
 
 HOST = "127.0.0.1"
 USER, PASSWORD = "alice", "wonderland-in-redis"
+# Generous: the machine running the tests is shared (a slow answer is not what is tested).
+ALLOCATE_TIMEOUT = 10.0
+SYNC_INTERVAL = 0.1
 
 
 def start(
-    serve_factory: Callable[..., ServeProcess], redis_url: str, name: str, tmp_path: Path
+    serve_factory: Callable[..., ServeProcess],
+    redis_url: str,
+    name: str,
+    tmp_path: Path,
+    workers: int,
 ) -> int:
     turn_port, ng_port = free_ports(2)
     relay_block = free_ports(102, kinds=("udp",), consecutive=True)
@@ -43,6 +53,8 @@ def start(
         "ICERELAY_TURN__RELAY_PORT_MIN": str(relay_low),
         "ICERELAY_TURN__RELAY_PORT_MAX": str(relay_low + 99),
         "ICERELAY_TURN__ALLOW_PEERS": "127.0.0.0/8",
+        # Several processes on one port: the kernel spreads the clients over them.
+        "ICERELAY_TURN__WORKERS": str(workers),
         "ICERELAY_RELAY__ENABLED": "1",
         "ICERELAY_RELAY__NG_LISTEN": f"{HOST}:{ng_port}",
         "ICERELAY_RELAY__MEDIAPROXY_SOCKET": "",
@@ -52,26 +64,37 @@ def start(
         "ICERELAY_CLUSTER__REDIS": redis_url,
         "ICERELAY_CLUSTER__INSTANCE": name,
         "ICERELAY_CLUSTER__TURN_USERS": "1",
-        "ICERELAY_CLUSTER__HEARTBEAT_INTERVAL": "0.1",
+        "ICERELAY_CLUSTER__HEARTBEAT_INTERVAL": str(SYNC_INTERVAL),
         "ICERELAY_CLUSTER__HEARTBEAT_TTL": "0.5",
     }
-    serve_factory([], host=HOST, port=turn_port, env=server_env)
+    serve_factory([], host=HOST, port=turn_port, env=server_env, ready_timeout=30.0)
     return turn_port
 
 
-async def allocate(port: int) -> TurnClient:
-    return await TurnClient.connect((HOST, port), USER, PASSWORD, timeout=3.0)
+async def allocate(port: int, user: str = USER, password: str = PASSWORD) -> TurnClient:
+    return await TurnClient.connect((HOST, port), user, password, timeout=ALLOCATE_TIMEOUT)
 
 
-async def eventually_allocates(port: int, timeout: float) -> TurnClient:
+async def allocate_once_quota_allows(port: int, timeout: float) -> TurnClient:
+    """Allocate, accepting only 486 (quota reached, until the counts are synced) as a refusal."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return await allocate(port)
-        except AllocationError:
+        except AllocationError as error:
+            assert error.code == 486, error
             if time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(SYNC_INTERVAL)
+
+
+def directory(url: str, users: dict[str, str], quotas: dict[str, int]) -> None:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        client.hset("icerelay:turn:users", mapping=users)
+        client.hset("icerelay:turn:quotas", mapping=quotas)
+    finally:
+        client.close()
 
 
 def test_turn_user_and_quota_from_redis_hold_across_instances(
@@ -80,35 +103,63 @@ def test_turn_user_and_quota_from_redis_hold_across_instances(
     server = redisd.RedisServer(tmp_path)
     server.start()
     try:
-        client = redis.Redis.from_url(server.url, decode_responses=True)
-        client.hset("icerelay:turn:users", USER, PASSWORD)
-        client.hset("icerelay:turn:quotas", USER, 1)
-        client.close()
-        port_a = start(serve_factory, server.url, "turn-a", tmp_path)
-        port_b = start(serve_factory, server.url, "turn-b", tmp_path)
+        directory(server.url, {USER: PASSWORD}, {USER: 1})
+        port_a = start(serve_factory, server.url, "turn-a", tmp_path, workers=2)
+        port_b = start(serve_factory, server.url, "turn-b", tmp_path, workers=2)
 
         async def scenario() -> None:
-            # A user only Redis knows: A lets it allocate (once its directory synced).
-            first = await eventually_allocates(port_a, 5.0)
-            # B counts A's allocation against the quota of one (after one sync interval).
-            # Until B's first sync it does not know the user yet (401): that is no answer.
+            # A user only Redis knows: any worker of A knows it once A is ready.
+            first = await allocate(port_a)
+            # B counts A's allocation against the quota of one once the counts are synced
+            # (a sync interval or two); until then it may grant one, closed again here.
             deadline = time.monotonic() + 5.0
             refused: AllocationError | None = None
-            while time.monotonic() < deadline:
+            while refused is None:
                 try:
                     extra = await allocate(port_b)
                 except AllocationError as error:
+                    assert error.code == 486, error  # never 401: B's workers know the user
                     refused = error
-                    if error.code == 486:
-                        break
                 else:
                     await extra.close()
-                await asyncio.sleep(0.1)
-            assert refused is not None and refused.code == 486, refused
+                    assert time.monotonic() < deadline, "B never counted A's allocation"
+                    await asyncio.sleep(SYNC_INTERVAL)
             await first.close()
             # A's allocation is gone: B grants one.
-            second = await eventually_allocates(port_b, 5.0)
+            second = await allocate_once_quota_allows(port_b, 5.0)
             await second.close()
+
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+def test_every_worker_knows_the_users_and_counts_the_others_allocations(
+    tmp_path: Path, serve_factory: Callable[..., ServeProcess]
+) -> None:
+    """Three TURN workers on one port: clients from many source ports land on all of them;
+    each lets the Redis user in, and once the quota is used up in some workers, every worker
+    refuses (486)."""
+    quota = 4
+    server = redisd.RedisServer(tmp_path)
+    server.start()
+    try:
+        directory(server.url, {USER: PASSWORD}, {USER: quota})
+        port = start(serve_factory, server.url, "turn-w", tmp_path, workers=3)
+
+        async def scenario() -> None:
+            held = [await allocate(port) for _ in range(quota)]
+            # Every worker has read the others' counts after a few sync intervals.
+            await asyncio.sleep(5 * SYNC_INTERVAL)
+            for _ in range(8):
+                with pytest.raises(AllocationError) as refused:
+                    extra = await allocate(port)
+                    await extra.close()
+                assert refused.value.code == 486, refused.value
+            for client in held:
+                await client.close()
+            again = await allocate_once_quota_allows(port, 5.0)
+            await again.close()
 
         asyncio.run(scenario())
     finally:

@@ -24,7 +24,7 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Protocol
 
-from icerelay.daemon.cluster import ClusterService, take_adopted
+from icerelay.daemon.cluster import ClusterService
 from icerelay.daemon.config import Config, HostPort
 from icerelay.daemon.http import HttpService
 from icerelay.daemon.logs import configure_logging
@@ -81,10 +81,6 @@ def _turn(config: Config) -> Service | None:
     if not config.turn.enabled:
         return None
     turn = config.turn
-    if config.cluster.enabled and config.cluster.turn_users and turn.workers == "auto":
-        # Users and quotas from the cluster's Redis directory reach one process only: "auto"
-        # means one worker then (an explicit count is honoured, with a warning at start).
-        turn = turn.model_copy(update={"workers": 1})
     # Refuses relay addresses this host lacks; IPv6-loopback-only gets an IPv4 relay default.
     return TurnService(check_turn(turn))
 
@@ -122,12 +118,11 @@ def build_services(
     relay = next((s for s in services if isinstance(s, RelayService)), None)
     turn = next((s for s in services if isinstance(s, TurnService)), None)
     if config.cluster.enabled and relay is not None:
+        # Given the cluster's TURN directory (users, quotas) before it starts: every worker.
         shared_turn = turn if config.cluster.turn_users else None
-        if shared_turn is not None:
-            shared_turn.external_users = True
-        services.append(ClusterService(config.cluster, relay, turn=shared_turn))
-        cluster = config.cluster
-        relay.adopted_elsewhere = lambda: take_adopted(cluster)
+        member = ClusterService(config.cluster, relay, turn=shared_turn)
+        services.append(member)
+        relay.adopted_elsewhere = member.recovery_skip
     for service in services:
         attach = getattr(service, "attach", None)
         if callable(attach):

@@ -43,7 +43,7 @@ import ssl
 import struct
 import sys
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from icerelay.aio.poller import DatagramPoller
 from icerelay.daemon.fdlimit import raise_fd_limit
@@ -68,6 +68,9 @@ from icerelay.turn.server.engine import (
     TurnServerEngine,
 )
 from icerelay.turn.server.framing import StreamFramer
+
+if TYPE_CHECKING:
+    from icerelay.daemon.cluster.turn_users import DirectorySync
 from icerelay.turn.server.ports import check_relay_range
 
 logger = logging.getLogger("icerelay.turn.server")
@@ -290,6 +293,10 @@ class TurnService:
         #: Users come from elsewhere too (the cluster's Redis directory, issue 15): starting
         #: without configured users is then fine.
         self.external_users = False
+        #: Where those users are (``[cluster] turn_users``; DirectorySettings' JSON): every
+        #: worker process reads them, and publishes its counts, with its own Redis connection.
+        self.directory: dict[str, Any] | None = None
+        self.directory_sync: DirectorySync | None = None
 
     # --- properties ---------------------------------------------------------------------
 
@@ -343,6 +350,7 @@ class TurnService:
             nonce_key=self._nonce_key,
         )
         self._start_offload()
+        await self._start_directory()
         self._receive = self._engine.receive
         poller: DatagramPoller[HostPort] = DatagramPoller(loop, self.flush, size=_RECV_SIZE)
         self._poller = poller
@@ -398,6 +406,17 @@ class TurnService:
                 "relay_ipv6": config.relay_host(6) or "-",
             },
         )
+
+    async def _start_directory(self) -> None:
+        """The cluster's Redis users, synced before anything is read (else: 401)."""
+        if self.directory is None:
+            return
+        from icerelay.daemon.cluster.turn_users import DirectorySync  # (cycle at the top)
+
+        self.directory_sync = DirectorySync.from_json(
+            self.directory, self.engine, self.worker_index
+        )
+        await self.directory_sync.start()
 
     def _start_offload(self) -> None:
         """Load and attach the eBPF program (``offload = "auto"|"ebpf"``), or use the maps a
@@ -524,6 +543,7 @@ class TurnService:
                     "level": level,
                     "sockets": [[kind, sock.fileno()] for kind, sock in sockets],
                     "offload_maps": map_fds,
+                    "directory": self.directory,
                 }
                 process.stdin.write(json.dumps(setup).encode() + b"\n")
                 await process.stdin.drain()
@@ -573,6 +593,9 @@ class TurnService:
                 self._loop.remove_signal_handler(signal.SIGUSR2)
         if self._workers:
             await self._stop_workers()
+        if self.directory_sync is not None:
+            await self.directory_sync.stop()
+            self.directory_sync = None
         # Before the relayed sockets close: no packet is rewritten towards a closed port.
         self._close_offload()
         if self._tick is not None:
@@ -928,6 +951,7 @@ def _worker_main() -> None:
                 bytes.fromhex(setup["nonce_key"]),
                 sockets,
                 {str(name): int(fd) for name, fd in setup.get("offload_maps", {}).items()} or None,
+                setup.get("directory"),
             )
         )
 
@@ -938,6 +962,7 @@ async def _worker(
     nonce_key: bytes,
     sockets: list[tuple[str, socket.socket]],
     offload_maps: dict[str, int] | None,
+    directory: dict[str, Any] | None = None,
 ) -> None:
     service = TurnService(
         config,
@@ -946,6 +971,7 @@ async def _worker(
         inherited=sockets,
         offload_maps=offload_maps,
     )
+    service.directory, service.external_users = directory, directory is not None
     await service.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -78,7 +79,14 @@ class AdoptedCalls:
         rng = random.SystemRandom()
         self.pool = pool or PortPool(settings.port_min, settings.port_max, rng=rng)
         self.engine = SessionEngine(
-            settings.engine_config(), self.pool, rng=rng, counters=self.counters
+            settings.engine_config(),
+            self.pool,
+            rng=rng,
+            counters=self.counters,
+            # Unique to this engine, as the relay's own: session numbers start at 1 in every
+            # engine, and the journal and the database keep the first record of an id only
+            # (a second dead origin, or a later life of this adopter, would lose its records).
+            record_prefix=uuid.uuid4().hex[:16] + "-",
         )
         self.handler = NgHandler(self.engine, wall_offset=wall_offset)
         self.mediaproxy = MediaproxyHandler(self.engine)

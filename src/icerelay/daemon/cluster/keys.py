@@ -16,8 +16,9 @@ Layout (``P`` is ``[cluster] key_prefix``, ``I`` an instance name, ``C`` a Call-
     P:turn:users         HASH    TURN user -> password (long-term credentials, RFC 8489 §9.2)
     P:turn:secrets       SET     TURN REST API shared secrets (coturn's use-auth-secret)
     P:turn:quotas        HASH    TURN user -> allocations it may hold across the cluster
-    P:turn:allocations:I HASH    user -> allocations the user holds on I; expires with I's
-                                 heartbeat, so a dead instance's allocations stop counting
+    P:turn:members       SET     TURN directory members, ``I:W`` (instance I's TURN worker W)
+    P:turn:allocations:I:W HASH  user -> allocations the user holds in I's worker W; expires
+                                 unless refreshed, so a dead member's allocations stop counting
 """
 
 from __future__ import annotations
@@ -72,5 +73,9 @@ class Keys:
     def turn_quotas(self) -> str:
         return f"{self.prefix}:turn:quotas"
 
-    def turn_allocations(self, instance: str) -> str:
-        return f"{self.prefix}:turn:allocations:{instance}"
+    @property
+    def turn_members(self) -> str:
+        return f"{self.prefix}:turn:members"
+
+    def turn_allocations(self, member: str) -> str:
+        return f"{self.prefix}:turn:allocations:{member}"

@@ -54,7 +54,8 @@ from icerelay.control.ng import (
 from icerelay.daemon.cluster.adopted import AdoptedCalls
 from icerelay.daemon.cluster.forward import forward_ng
 from icerelay.daemon.cluster.keys import Keys
-from icerelay.daemon.cluster.turn_users import TurnDirectory
+from icerelay.daemon.cluster.recovery import take_recovery
+from icerelay.daemon.cluster.turn_users import DirectorySettings
 from icerelay.daemon.cluster.writer import CallWriter, Changes, EngineView
 from icerelay.daemon.cluster_config import ClusterConfig
 from icerelay.daemon.relay_service import RelayService
@@ -90,7 +91,9 @@ class ClusterService:
     :param journal_position: the accounting journal's position of a call (records branch),
         written into its document.
     :param turn: a TURN service whose users, REST secrets and per-user quotas are read from
-        Redis and enforced across instances (``[cluster] turn_users``; one TURN worker).
+        Redis and enforced across instances (``[cluster] turn_users``): it is given the
+        directory's settings here, before it starts, and each of its worker processes syncs
+        with Redis on its own (:mod:`.turn_users`).
     """
 
     name = "cluster"
@@ -107,11 +110,15 @@ class ClusterService:
         self.relay = relay
         #: The TURN service whose users, secrets and quotas live in Redis (``turn_users``).
         self.turn = turn
-        self.turn_directory = (
-            TurnDirectory(Keys(config.key_prefix), config.instance, ttl=config.heartbeat_ttl)
-            if turn is not None
-            else None
-        )
+        if turn is not None:
+            turn.external_users = True
+            turn.directory = DirectorySettings(
+                redis=config.redis,
+                key_prefix=config.key_prefix,
+                instance=config.instance,
+                ttl=config.heartbeat_ttl,
+                interval=config.heartbeat_interval,
+            ).to_json()
         self.instance = config.instance
         self.keys = Keys(config.key_prefix)
         self.writer = CallWriter(
@@ -134,6 +141,10 @@ class ClusterService:
         self._write_lock = asyncio.Lock()
         # Set when the writer forgot what it wrote: the next write removes stale calls.
         self._stale_check = True
+        # The calls of this instance's previous life still in Redis are to be adopted back
+        # (the first heartbeat that reaches Redis does it); False once done, or when the
+        # journal recovered them because Redis could not be asked (see recovery_skip).
+        self._resume_pending = True
         self._unresponsive: dict[str, float] = {}
         self._deferred: dict[str, tuple[Command, float]] = {}
         # Counters for the cluster view and metrics.
@@ -146,6 +157,18 @@ class ClusterService:
         self.outages = 0
 
     # -- life cycle -----------------------------------------------------------------------------
+
+    async def recovery_skip(self) -> set[str] | None:
+        """The calls of this instance's previous life that the relay's journal must not record
+        (run by the relay before its recovery): those adopted elsewhere, and those this
+        instance adopts back from Redis -- each is recorded once, when it really ends. None
+        when Redis cannot be asked: the journal records every call ``interrupted`` and none is
+        adopted back (it would be recorded twice)."""
+        recovery = await take_recovery(self.config)
+        if recovery is None:
+            self._resume_pending = False
+            return None
+        return recovery.skip
 
     async def start(self) -> None:
         """Connect (an unreachable Redis is not fatal: the relay works alone until it answers),
@@ -161,29 +184,18 @@ class ClusterService:
         self.relay.mediaproxy_router = self._route_mediaproxy
         if config.write_before_reply:
             self.relay.after_command = self._after_command
-        await self._heartbeat(register=True)
-        with contextlib.suppress(*_REDIS_ERRORS):
-            await self._turn_sync()
+        await self._heartbeat()
         self._tasks = [
             asyncio.create_task(self._every(config.heartbeat_interval, self._heartbeat)),
             asyncio.create_task(self._every(config.write_interval, self._write)),
             asyncio.create_task(self._every(config.heartbeat_interval, self._watch)),
             asyncio.create_task(self._timers()),
         ]
-        if self.turn_directory is not None:
-            self._tasks.append(
-                asyncio.create_task(self._every(config.heartbeat_interval, self._turn_sync))
-            )
         wildcard = ipaddress.ip_address(self.relay.ng_address.host).is_unspecified
         if not config.ng_address and wildcard:
             logger.warning(
                 "cluster.ng_address_unknown",
                 extra={"hint": "set cluster.ng_address: ng_listen is a wildcard address"},
-            )
-        if self.turn is not None and self.turn.config.worker_count() > 1:
-            logger.warning(
-                "cluster.turn_workers",
-                extra={"hint": "TURN users and quotas from Redis reach the first worker only"},
             )
         logger.info(
             "cluster.started",
@@ -265,7 +277,7 @@ class ClusterService:
 
     # -- heartbeat ------------------------------------------------------------------------------
 
-    async def _heartbeat(self, *, register: bool = False) -> None:
+    async def _heartbeat(self) -> None:
         redis = self._redis
         if redis is None:
             return
@@ -290,13 +302,17 @@ class ClusterService:
             self._outage(error)
             return
         self._back()
-        if register and int(results[-1]) > 0:
-            # Calls of this instance's previous life (it restarted within the TTL, so nobody
-            # adopted them): this instance adopts them itself, media goes on.
-            try:
-                await self._adopt(self.instance)
-            except _REDIS_ERRORS as error:
-                self._outage(error)
+        if self._resume_pending:
+            if int(results[-1]) > 0:
+                # Calls of this instance's previous life (nobody adopted them: alone, or
+                # restarted within the TTL): this instance adopts them itself, media goes
+                # on. Its journal left them out of its recovery (recovery_skip).
+                try:
+                    await self._adopt(self.instance)
+                except _REDIS_ERRORS as error:
+                    self._outage(error)
+                    return
+            self._resume_pending = False
             return
         if int(results[-1]) < self.writer.written:
             # Redis lost data (restarted without persistence): write everything again.
@@ -318,14 +334,6 @@ class ClusterService:
             group.engine.call_count for group in self.adopted.values()
         )
 
-    async def _turn_sync(self) -> None:
-        redis, directory, turn = self._redis, self.turn_directory, self.turn
-        if redis is None or directory is None or turn is None or not self.redis_up:
-            return
-        instances = self._view.get("instances", {})
-        alive = [name for name, item in instances.items() if item.get("alive")]
-        await directory.sync(redis, turn.engine, alive)
-
     # -- writer ---------------------------------------------------------------------------------
 
     def _engines(self) -> list[EngineView]:
@@ -335,7 +343,8 @@ class ClusterService:
 
     async def _write(self) -> None:
         redis = self._redis
-        if redis is None or not self.redis_up:
+        if redis is None or not self.redis_up or self._resume_pending:
+            # Pending, the previous life's calls in Redis are not stale: they are adopted next.
             return
         # Under the lock, the state read and its write go together: a write computed before a
         # command's own write must not land after it.
@@ -547,8 +556,10 @@ class ClusterService:
             if failure is not None:
                 # The ports are still held: the old instance is alive after all (split
                 # brain on one host). This call cannot be relayed here, and its record is
-                # not ours to write.
-                group.discard.add(call_id)
+                # not ours to write -- unless it is this instance's own call of a previous
+                # life, which its journal did not record: it ends here, recorded once.
+                if origin != self.instance:
+                    group.discard.add(call_id)
                 with contextlib.suppress(RelayError):
                     group.engine.delete(
                         call_id, now, delay=0, reason=TerminationReason.RELAY_FAILURE
@@ -777,14 +788,15 @@ class ClusterService:
                 "write_failures": self.write_failures,
                 "redis_outages": self.outages,
             },
-            "turn": None
-            if self.turn_directory is None
-            else {
-                "users": self.turn_directory.users,
-                "secrets": self.turn_directory.secrets,
-            },
+            "turn": self._turn_view(),
         }
 
+    def _turn_view(self) -> dict[str, int] | None:
+        """What the first TURN worker last read from the directory (the others read the same)."""
+        sync = self.turn.directory_sync if self.turn is not None else None
+        if sync is None:
+            return None
+        return {"users": sync.directory.users, "secrets": sync.directory.secrets}
 
 
 def _text(value: bytes | str) -> str:
