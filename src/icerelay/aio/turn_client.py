@@ -214,7 +214,10 @@ class TurnClient:
             engine, ssl=ssl, server_hostname=server_hostname, on_data=on_data, on_event=on_event
         )
         try:
-            await asyncio.wait_for(client._open(local_address), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that lands
+            # as the awaited operation completes (see icerelay.aio.tasks).
+            async with asyncio.timeout(timeout):
+                await client._open(local_address)
         except TimeoutError:
             client._abort()
             raise AllocationError(f"no allocation from {address} within {timeout} s") from None
@@ -339,7 +342,8 @@ class TurnClient:
             self.engine.close(self._loop.time())
             self._driver.transmit()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._closed)
         self._abort()
 
     async def __aenter__(self) -> TurnClient:

@@ -26,6 +26,7 @@ from typing import Any
 from icerelay import bencode
 from icerelay.aio.addresses import bound_socket
 from icerelay.aio.entropy import BufferedSystemRandom
+from icerelay.aio.tasks import cancel_and_wait
 from icerelay.aio.udp import UdpEndpoint
 from icerelay.control.mediaproxy import MediaproxyFramer, MediaproxyHandler
 from icerelay.control.ng import (
@@ -463,11 +464,8 @@ class RelayService:
                 with contextlib.suppress(OSError):
                     self._unix_path.unlink()
                 self._unix_path = None
-        for task in [*self._tasks, *self._tcp_clients]:
-            task.cancel()
-        for task in [*self._tasks, *self._tcp_clients]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Cancelled until done: the worker may be in a Redis call (cluster) that swallows one.
+        await cancel_and_wait([*self._tasks, *self._tcp_clients])
         self._tasks = []
         self._tcp_clients.clear()
         loop = asyncio.get_running_loop()

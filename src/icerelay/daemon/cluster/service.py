@@ -41,6 +41,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from icerelay.aio.tasks import cancel_and_wait
 from icerelay.control.mediaproxy.commands import parse_command as parse_mediaproxy
 from icerelay.control.ng import (
     Command,
@@ -205,11 +206,8 @@ class ClusterService:
     async def stop(self) -> None:
         """Adopted calls end (records written); this instance leaves the cluster cleanly, so
         nobody adopts the calls the relay is about to end."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Cancelled until done: redis-py may swallow one cancellation (see aio.tasks).
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         now = asyncio.get_running_loop().time()
         calls = [call_id for view in self._engines() for call_id in view.engine.call_ids()]
