@@ -15,11 +15,12 @@ old; a worker that exits drops out of the totals.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
+
+from icerelay.aio.tasks import cancel_and_wait
 
 __all__ = [
     "MAX_ALLOCATIONS_REPORTED",
@@ -88,11 +89,7 @@ class WorkerReports:
             self._reports.pop(index, None)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)  # bounded: a stop never hangs on a reader
         self._tasks.clear()
         self._reports.clear()
 
