@@ -89,12 +89,12 @@ _RELAY_BATCH = 8
 #: same turn in both directions.
 _LISTEN_BATCH = 1024
 #: SO_RCVBUF of a relayed socket (the kernel doubles it and counts each datagram's whole
-#: buffer, ~840 bytes for a 172-byte voice packet): about 9 voice packets (0.2 s of a
-#: 50 packet/s stream) or 3 full-size ones. Linux's default (rmem_default, often 208 KiB)
-#: holds ~250 voice packets, 5 s: above capacity media queued for seconds instead of being
-#: dropped. For real-time media a late packet is as useless as a lost one, so the queue is
-#: kept short and the kernel drops (and counts, in /proc/net/udp) what does not fit.
-_RELAY_RCVBUF = 4096
+#: buffer, ~840 bytes for a 172-byte voice packet): ~150 voice packets, or a video key frame's
+#: burst of ~60 full-size ones. Smaller (4 KiB, 0.2 s of voice) lost whole bursts whenever a
+#: worker was off the CPU for a moment on a busy host (uclient's 10-packet bursts with two
+#: workers); Linux's default (rmem_default, often 208 KiB) queues several seconds of voice
+#: above capacity, and for real-time media a packet that late is as useless as a lost one.
+_RELAY_RCVBUF = 65536
 #: ICMP errors read from one relay socket's error queue per wake-up.
 _BATCH = 64
 _RECV_SIZE = 65535
