@@ -68,10 +68,10 @@ from icerelay.turn.server.engine import (
     TurnServerEngine,
 )
 from icerelay.turn.server.framing import StreamFramer
+from icerelay.turn.server.ports import check_relay_range
 
 if TYPE_CHECKING:
     from icerelay.daemon.cluster.turn_users import DirectorySync
-from icerelay.turn.server.ports import check_relay_range
 
 logger = logging.getLogger("icerelay.turn.server")
 
