@@ -45,10 +45,17 @@ def _media_port(sdp: bencode.BencodeValue) -> int:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 def test_dtls_handshake_through_the_relay_from_behind_a_nat(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
-    callee_port, caller_sdp_port = free_ports(2, kinds=("udp",))
+    settings = config()
+    # The parties' ports must lie outside the relay's range: an SDP naming a relay port on the
+    # relay's host is taken for the relay itself and not used as the party's address.
+    callee_port, caller_sdp_port = next(
+        ports
+        for ports in (free_ports(2, kinds=("udp",)) for _ in range(100))
+        if all(not settings.port_min <= port <= settings.port_max for port in ports)
+    )
 
     async def main() -> None:
-        service = RelayService(config())
+        service = RelayService(settings)
         await service.start()
         server = await asyncio.create_subprocess_exec(
             "openssl", "s_server", "-dtls1_2", "-accept", f"{HOST}:{callee_port}",
