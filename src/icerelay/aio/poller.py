@@ -21,7 +21,14 @@ descriptor, and reads them in *rounds*:
   later from a timer instead of at the next readiness: one wake-up per interval instead of one
   per datagram or two, at the price of at most ``interval`` of added delay while the load
   lasts. A round that reads less goes back to waking on readiness, so a lightly loaded relay
-  adds no delay at all.
+  adds no delay at all;
+- requests do not count toward that load: a socket may be given an ``urgent`` test (a TURN
+  server's listening socket: "is this a STUN request?"), and datagrams it accepts are read and
+  handled like the rest but not counted for coalescing. A client waiting on its answers (an
+  Allocate, then its retry with credentials) would otherwise wait up to ``interval`` per round
+  trip as soon as a few clients were at it, which bounds how many requests a few clients can
+  make per second (benchmarks/turn, allocations/s at 8 in flight: 3,556/s, about 8 requests
+  per 2 ms) without saving any CPU worth having at such rates.
 
 Socket errors other than "nothing to read" (an ICMP error reported on the socket) go to the
 socket's ``on_error``, which says whether to keep reading it this round.
@@ -41,6 +48,8 @@ T = TypeVar("T")
 DatagramHandler = Callable[[bytes, Any, T, float], None]
 #: Told (tag, a socket error); returns True to keep reading this socket this round.
 ErrorHandler = Callable[[T, OSError], bool]
+#: Told a datagram; True if it is a request someone waits on (see the module docstring).
+UrgentTest = Callable[[bytes], bool]
 
 MAX_DATAGRAM = 65535
 #: Datagrams read between two ``on_flush`` calls at most: what the first datagrams of a deep
@@ -63,7 +72,17 @@ def _ignore(_tag: object, _error: OSError) -> bool:
 class _Source(Generic[T]):
     """One socket in the set."""
 
-    __slots__ = ("eager", "handler", "last_round", "limit", "on_error", "recvfrom", "sock", "tag")
+    __slots__ = (
+        "eager",
+        "handler",
+        "last_round",
+        "limit",
+        "on_error",
+        "recvfrom",
+        "sock",
+        "tag",
+        "urgent",
+    )
 
     def __init__(
         self,
@@ -73,6 +92,7 @@ class _Source(Generic[T]):
         limit: int,
         eager: bool,
         on_error: ErrorHandler[T],
+        urgent: UrgentTest | None,
     ) -> None:
         self.sock = sock
         self.recvfrom = sock.recvfrom
@@ -81,6 +101,7 @@ class _Source(Generic[T]):
         self.limit = limit
         self.eager = eager
         self.on_error = on_error
+        self.urgent = urgent
         self.last_round = -2
 
 
@@ -115,6 +136,8 @@ class DatagramPoller(Generic[T]):
         self._round = 0
         self._reading = False
         self._timer: asyncio.TimerHandle | None = None
+        #: Datagrams the last round read that count toward coalescing (not the urgent ones).
+        self._load = 0
         #: Rounds run, and those that ran from the timer (for tests and status).
         self.rounds = 0
         self.timed_rounds = 0
@@ -150,12 +173,15 @@ class DatagramPoller(Generic[T]):
         limit: int = 8,
         eager: bool = False,
         on_error: ErrorHandler[T] | None = None,
+        urgent: UrgentTest | None = None,
     ) -> None:
         """Read *sock* (non-blocking UDP): ``handler(data, source, tag, now)`` per datagram, at
-        most *limit* datagrams per round (see the module docstring for *eager*)."""
+        most *limit* datagrams per round (see the module docstring for *eager* and *urgent*)."""
         assert self._epoll is not None, "DatagramPoller closed"
         fd = sock.fileno()
-        self._sources[fd] = _Source(sock, handler, tag, limit, eager, on_error or _ignore)
+        self._sources[fd] = _Source(
+            sock, handler, tag, limit, eager, on_error or _ignore, urgent
+        )
         self._epoll.register(fd, select.EPOLLIN)
 
     def remove(self, sock: socket.socket) -> None:
@@ -174,7 +200,8 @@ class DatagramPoller(Generic[T]):
     # --- rounds -------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        if self.run_round() >= self.coalesce_after and self.interval > 0:
+        self.run_round()
+        if self._load >= self.coalesce_after and self.interval > 0:
             # High load: the next round comes from the timer, not from the next datagram.
             epoll = self._epoll
             if epoll is not None and self._reading:
@@ -185,11 +212,11 @@ class DatagramPoller(Generic[T]):
     def _on_timer(self) -> None:
         self._timer = None
         self.timed_rounds += 1
-        count = self.run_round()
+        self.run_round()
         epoll = self._epoll
         if epoll is None:
             return  # closed by a handler
-        if count >= self.coalesce_after and self.interval > 0:
+        if self._load >= self.coalesce_after and self.interval > 0:
             self._timer = self._loop.call_later(self.interval, self._on_timer)
         else:
             self._reading = True
@@ -197,6 +224,7 @@ class DatagramPoller(Generic[T]):
 
     def run_round(self) -> int:
         """Read every ready socket once (see the module docstring); the datagrams read."""
+        self._load = 0
         epoll = self._epoll
         if epoll is None:
             return 0
@@ -212,6 +240,7 @@ class DatagramPoller(Generic[T]):
         chunk = self.chunk
         flush_at = chunk
         count = 0
+        urgent_count = 0
         for fd, _mask in events:
             source = sources.get(fd)
             if source is None:
@@ -221,6 +250,7 @@ class DatagramPoller(Generic[T]):
             recvfrom = source.recvfrom
             handler = source.handler
             tag = source.tag
+            urgent = source.urgent
             while budget > 0:
                 budget -= 1
                 try:
@@ -233,6 +263,8 @@ class DatagramPoller(Generic[T]):
                     continue
                 if len(address) != 2:
                     address = address[:2]
+                if urgent is not None and urgent(data):
+                    urgent_count += 1
                 handler(data, address, tag, now)
                 count += 1
                 if count >= flush_at:
@@ -241,4 +273,5 @@ class DatagramPoller(Generic[T]):
                     if sources.get(fd) is not source:
                         break  # the flush's events released this socket
         self._on_flush()
+        self._load = count - urgent_count
         return count

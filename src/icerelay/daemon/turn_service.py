@@ -59,6 +59,7 @@ from icerelay.daemon.views import allocation_view
 from icerelay.dataplane.turn_offload import TurnOffload, interfaces_for
 from icerelay.dataplane.turn_offload_bpf import LoadedProgram, Maps, OffloadUnavailable
 from icerelay.errors import ConfigError, TurnError
+from icerelay.stun.demux import is_stun_request as urgent
 from icerelay.turn.server.allocation import HostPort
 from icerelay.turn.server.engine import (
     AllocationCreated,
@@ -378,9 +379,8 @@ class TurnService:
                 if kind == "udp":
                     self.udp[local] = sock
                     self.listen_udp.append(local)
-                    poller.add(
-                        sock, self._on_listen_datagram, local, limit=_LISTEN_BATCH, eager=True
-                    )
+                    listen = self._on_listen_datagram  # requests are answered without waiting:
+                    poller.add(sock, listen, local, limit=_LISTEN_BATCH, eager=True, urgent=urgent)
                 else:
                     await self._stream_server(sock, kind, context if kind == "tls" else None)
         except BaseException:

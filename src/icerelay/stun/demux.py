@@ -18,7 +18,7 @@ from enum import Enum
 from icerelay.errors import StunError
 from icerelay.stun.constants import HEADER_LENGTH
 
-__all__ = ["PacketKind", "classify_packet", "stream_frame_length"]
+__all__ = ["PacketKind", "classify_packet", "is_stun_request", "stream_frame_length"]
 
 
 class PacketKind(Enum):
@@ -83,3 +83,10 @@ def stream_frame_length(buffer: bytes | bytearray | memoryview) -> int | None:
     if 64 <= first <= 79:
         return 4 + ((length + 3) & ~3)
     raise StunError(f"byte 0x{first:02X} starts neither STUN nor ChannelData")
+
+
+def is_stun_request(data: bytes) -> bool:
+    """Whether *data* looks like a STUN request: a first byte of 0..3 and both class bits of the
+    message type clear (RFC 8489 §5: C1 is bit 8, the low bit of the first byte; C0 is bit 4,
+    0x10 in the second). A cheap look at two bytes, for scheduling; nothing is validated."""
+    return len(data) >= 2 and data[0] <= 3 and not data[0] & 0x01 and not data[1] & 0x10

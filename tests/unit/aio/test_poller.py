@@ -228,3 +228,47 @@ def test_socket_errors_go_to_on_error_and_removed_sockets_are_skipped() -> None:
     assert errors == ["lonely:ConnectionRefusedError"]
     # Whichever of the two came first in the round removed the other: one datagram only.
     assert got in ([b"a"], [b"b"])
+
+
+def test_urgent_datagrams_do_not_count_toward_coalescing() -> None:
+    """Requests a client waits on (the TURN listener's STUN requests) are answered at readiness:
+    a burst of them does not put the poller on its timer, a burst of other datagrams does."""
+
+    async def scenario(urgent_burst: bool) -> bool:
+        loop = asyncio.get_running_loop()
+        log = _Log()
+        poller: DatagramPoller[str] = DatagramPoller(
+            loop, log.flush, interval=0.05, coalesce_after=4
+        )
+        listen, sender = _pair()
+        poller.add(
+            listen, log.datagram, "listen", limit=100, eager=True, urgent=lambda d: d[:1] == b"R"
+        )
+        poller.start()
+        for index in range(10):
+            sender.send((b"R%d" if urgent_burst else b"M%d") % index)
+        for _ in range(100):
+            await asyncio.sleep(0.001)
+            if sum(item != "flush" for item in log.items) == 10:
+                break
+        timed = poller._timer is not None
+        poller.close()
+        listen.close()
+        sender.close()
+        assert sum(item != "flush" for item in log.items) == 10
+        return timed
+
+    assert not asyncio.run(scenario(urgent_burst=True))
+    assert asyncio.run(scenario(urgent_burst=False))
+
+
+def test_stun_request_test_reads_the_class_bits() -> None:
+    from icerelay.stun.demux import is_stun_request
+
+    assert is_stun_request(bytes([0x00, 0x03]))  # Allocate request
+    assert is_stun_request(bytes([0x00, 0x09]))  # ChannelBind request
+    assert not is_stun_request(bytes([0x00, 0x16]))  # Send indication (media)
+    assert not is_stun_request(bytes([0x01, 0x03]))  # Allocate success response
+    assert not is_stun_request(bytes([0x01, 0x13]))  # Allocate error response
+    assert not is_stun_request(bytes([0x40, 0x00]))  # ChannelData
+    assert not is_stun_request(b"\x00")
