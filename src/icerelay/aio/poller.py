@@ -109,7 +109,8 @@ class DatagramPoller(Generic[T]):
     """Reads the non-blocking UDP sockets added with :meth:`add` on *loop*, in rounds (see
     the module docstring); *on_flush* runs after each chunk and round. :meth:`start` (until
     then rounds run only when :meth:`run_round` is called), :meth:`close`; :attr:`interval`
-    0 turns coalescing off.
+    0 turns coalescing off; *clock* gives the handlers' ``now`` (the loop's ``time()`` by
+    default).
     """
 
     def __init__(
@@ -121,8 +122,12 @@ class DatagramPoller(Generic[T]):
         coalesce_after: int = COALESCE_AFTER,
         chunk: int = CHUNK,
         size: int = MAX_DATAGRAM,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._loop = loop
+        # The ``now`` handed to the handlers, read once per round (a data plane whose policy
+        # runs on an injected clock passes it here).
+        self._clock = clock if clock is not None else loop.time
         self._on_flush = on_flush
         #: Seconds between rounds under load (0: always wake on readiness).
         self.interval = interval
@@ -191,6 +196,13 @@ class DatagramPoller(Generic[T]):
         if source is not None and self._epoll is not None:
             self._epoll.unregister(fd)
 
+    def discard(self, sock: socket.socket) -> None:
+        """Stop reading *sock*, which the caller closes right away: closing a socket's only
+        descriptor takes it out of the epoll set, so this saves the ``epoll_ctl`` call (and
+        the GIL hand-over around it) that :meth:`remove` makes. A socket whose descriptor was
+        duplicated (``dup``, a forked child) must be taken out with :meth:`remove` instead."""
+        self._sources.pop(sock.fileno(), None)
+
     def set_limit(self, sock: socket.socket, limit: int) -> None:
         """Change how many datagrams a round reads from *sock* at most."""
         source = self._sources.get(sock.fileno())
@@ -235,7 +247,7 @@ class DatagramPoller(Generic[T]):
         self.rounds += 1
         self._round = current = self._round + 1
         previous = current - 1
-        now = self._loop.time()
+        now = self._clock()
         size = self.size
         chunk = self.chunk
         flush_at = chunk
