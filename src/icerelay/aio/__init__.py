@@ -6,6 +6,7 @@
 - :mod:`.probe` — ``icerelay stun-probe`` on real sockets.
 - :mod:`.addresses` — socket address tuples ⇄ :class:`~icerelay.stun.Address`, socket creation.
 - :mod:`.udp` — a UDP endpoint that hands each datagram to a callback.
+- :mod:`.poller` — many hot UDP sockets read through one epoll set, in rounds (TURN, relay).
 - :mod:`.stream` — a TCP server framing STUN/ChannelData (RFC 8489 §6.2.2, RFC 8656 §12.5).
 - :mod:`.loop` — event loop choice (uvloop when installed).
 """

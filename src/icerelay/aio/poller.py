@@ -109,7 +109,8 @@ class DatagramPoller(Generic[T]):
     """Reads the non-blocking UDP sockets added with :meth:`add` on *loop*, in rounds (see
     the module docstring); *on_flush* runs after each chunk and round. :meth:`start` (until
     then rounds run only when :meth:`run_round` is called), :meth:`close`; :attr:`interval`
-    0 turns coalescing off.
+    0 turns coalescing off; *clock* gives the handlers' ``now`` (the loop's ``time()`` by
+    default).
     """
 
     def __init__(
@@ -121,8 +122,12 @@ class DatagramPoller(Generic[T]):
         coalesce_after: int = COALESCE_AFTER,
         chunk: int = CHUNK,
         size: int = MAX_DATAGRAM,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._loop = loop
+        # The ``now`` handed to the handlers, read once per round (a data plane whose policy
+        # runs on an injected clock passes it here).
+        self._clock = clock if clock is not None else loop.time
         self._on_flush = on_flush
         #: Seconds between rounds under load (0: always wake on readiness).
         self.interval = interval
@@ -132,6 +137,15 @@ class DatagramPoller(Generic[T]):
         #: Receive buffer size (larger datagrams are truncated by the kernel).
         self.size = size
         self._epoll: select.epoll | None = select.epoll()
+        # What the event loop watches: an epoll set holding only ``_epoll``. Rounds that run
+        # from the timer mask ``_epoll`` in it (EPOLL_CTL_MOD, one cheap call) instead of
+        # taking a descriptor out of the loop and putting it back: adding an epoll set to
+        # another makes the kernel walk every socket in it (its loop and wake-up path
+        # checks), which with thousands of relay ports cost more than the rounds saved, and
+        # uvloop's add_reader/remove_reader cost some ten system calls more.
+        self._gate: select.epoll | None = select.epoll()
+        self._gate.register(self._epoll.fileno(), select.EPOLLIN)
+        self._watched = False
         self._sources: dict[int, _Source[T]] = {}
         self._round = 0
         self._reading = False
@@ -147,20 +161,24 @@ class DatagramPoller(Generic[T]):
 
     def start(self) -> None:
         """Run rounds from the loop: on readiness, or from the timer under load."""
-        if self._epoll is not None and not self._reading and self._timer is None:
-            self._reading = True
-            self._loop.add_reader(self._epoll.fileno(), self._on_readable)
+        if self._gate is not None and not self._watched:
+            self._watched = self._reading = True
+            self._loop.add_reader(self._gate.fileno(), self._on_readable)
 
     def close(self) -> None:
         """Stop reading; the sockets stay open (they are the caller's)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        gate, self._gate = self._gate, None
         epoll, self._epoll = self._epoll, None
+        self._reading = False
+        if gate is not None:
+            if self._watched:
+                self._watched = False
+                self._loop.remove_reader(gate.fileno())
+            gate.close()
         if epoll is not None:
-            if self._reading:
-                self._reading = False
-                self._loop.remove_reader(epoll.fileno())
             epoll.close()
         self._sources.clear()
 
@@ -191,6 +209,13 @@ class DatagramPoller(Generic[T]):
         if source is not None and self._epoll is not None:
             self._epoll.unregister(fd)
 
+    def discard(self, sock: socket.socket) -> None:
+        """Stop reading *sock*, which the caller closes right away: closing a socket's only
+        descriptor takes it out of the epoll set, so this saves the ``epoll_ctl`` call (and
+        the GIL hand-over around it) that :meth:`remove` makes. A socket whose descriptor was
+        duplicated (``dup``, a forked child) must be taken out with :meth:`remove` instead."""
+        self._sources.pop(sock.fileno(), None)
+
     def set_limit(self, sock: socket.socket, limit: int) -> None:
         """Change how many datagrams a round reads from *sock* at most."""
         source = self._sources.get(sock.fileno())
@@ -201,13 +226,11 @@ class DatagramPoller(Generic[T]):
 
     def _on_readable(self) -> None:
         self.run_round()
-        if self._load >= self.coalesce_after and self.interval > 0:
-            # High load: the next round comes from the timer, not from the next datagram.
-            epoll = self._epoll
-            if epoll is not None and self._reading:
-                self._reading = False
-                self._loop.remove_reader(epoll.fileno())
-                self._timer = self._loop.call_later(self.interval, self._on_timer)
+        # High load: the next round comes from the timer, not from the next datagram.
+        busy = self._load >= self.coalesce_after and self.interval > 0
+        if busy and self._reading and self._mask(0):
+            self._reading = False
+            self._timer = self._loop.call_later(self.interval, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -219,8 +242,15 @@ class DatagramPoller(Generic[T]):
         if self._load >= self.coalesce_after and self.interval > 0:
             self._timer = self._loop.call_later(self.interval, self._on_timer)
         else:
-            self._reading = True
-            self._loop.add_reader(epoll.fileno(), self._on_readable)
+            self._reading = self._mask(select.EPOLLIN)
+
+    def _mask(self, events: int) -> bool:
+        """Let the loop wake on the sockets' readiness (EPOLLIN) or not (0); False if closed."""
+        gate, epoll = self._gate, self._epoll
+        if gate is None or epoll is None:
+            return False
+        gate.modify(epoll.fileno(), events)
+        return True
 
     def run_round(self) -> int:
         """Read every ready socket once (see the module docstring); the datagrams read."""
@@ -235,7 +265,7 @@ class DatagramPoller(Generic[T]):
         self.rounds += 1
         self._round = current = self._round + 1
         previous = current - 1
-        now = self._loop.time()
+        now = self._clock()
         size = self.size
         chunk = self.chunk
         flush_at = chunk

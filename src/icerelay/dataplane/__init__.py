@@ -7,8 +7,9 @@ decides *what* to forward; the latching policy (:mod:`icerelay.relay.latching`) 
 packet, where it goes or why not; a data plane only moves bytes as told. This keeps a kernel
 forwarder (nftables maps) a drop-in alternative to the userspace one.
 
-- :mod:`.userspace` — asyncio sockets (uvloop when present) that ask the policy about every
-  packet (latching, RTCP mux demultiplexing, ICE-lite answers for ``ICE=force`` legs).
+- :mod:`.userspace` — UDP sockets read through one epoll set in the event loop (uvloop when
+  present) that ask the policy about every packet (latching, RTCP mux demultiplexing,
+  ICE-lite answers for ``ICE=force`` legs).
 """
 
 from icerelay.dataplane.interface import DataPlane, PortUnavailable

@@ -272,3 +272,121 @@ def test_stun_request_test_reads_the_class_bits() -> None:
     assert not is_stun_request(bytes([0x01, 0x13]))  # Allocate error response
     assert not is_stun_request(bytes([0x40, 0x00]))  # ChannelData
     assert not is_stun_request(b"\x00")
+
+
+def test_handlers_get_the_given_clock_once_per_round() -> None:
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        ticks = iter([5.0, 7.0])
+        seen: list[float] = []
+        poller: DatagramPoller[str] = DatagramPoller(
+            loop, lambda: None, interval=0, clock=lambda: next(ticks)
+        )
+        receiver, sender = _pair()
+        poller.add(receiver, lambda _d, _s, _t, now: seen.append(now), "r", eager=True)
+        sender.send(b"1")
+        sender.send(b"2")
+        poller.run_round()
+        sender.send(b"3")
+        poller.run_round()
+        poller.close()
+        receiver.close()
+        sender.close()
+        return seen
+
+    # One reading of the clock per round, whatever the round reads.
+    assert asyncio.run(scenario()) == [5.0, 5.0, 7.0]
+
+
+def test_a_socket_discarded_and_closed_mid_round_leaves_the_set() -> None:
+    """discard() does not call epoll_ctl: closing the socket takes it out of the epoll set. A
+    socket opened in its place mid-round (the same descriptor number, as the relay's next call
+    gets it) is read normally, and nothing of the old one is reported again."""
+
+    async def scenario() -> list[list[bytes]]:
+        loop = asyncio.get_running_loop()
+        got: list[bytes] = []
+        first, first_sender = _pair()
+        doomed, doomed_sender = _pair()
+        fresh: list[socket.socket] = []
+
+        def datagram(data: bytes, _source: Any, tag: str, _now: float) -> None:
+            got.append(data)
+            if tag == "first":
+                # The other socket, ready in this round too, goes; a new one takes its number.
+                number = doomed.fileno()
+                poller.discard(doomed)
+                doomed.close()
+                receiver, _ = _pair()
+                assert receiver.fileno() == number
+                fresh.append(receiver)
+                poller.add(receiver, datagram, "fresh")
+
+        poller: DatagramPoller[str] = DatagramPoller(loop, lambda: None, interval=0)
+        poller.add(first, datagram, "first")
+        poller.add(doomed, datagram, "doomed")
+        # Ready in this order: the round meets "first" before "doomed".
+        first_sender.send(b"a")
+        doomed_sender.send(b"never read")
+        rounds = []
+        for _ in range(2):
+            poller.run_round()
+            rounds.append(got.copy())
+            got.clear()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"new", fresh[0].getsockname())
+        poller.run_round()
+        rounds.append(got.copy())
+        assert len(poller) == 2
+        poller.close()
+        for sock in (first, first_sender, doomed_sender, *fresh):
+            sock.close()
+        return rounds
+
+    assert asyncio.run(scenario()) == [[b"a"], [], [b"new"]]
+
+
+def test_coalescing_masks_the_set_instead_of_leaving_the_event_loop() -> None:
+    """Going to the timer and back costs one epoll_ctl, not an add_reader/remove_reader pair:
+    putting an epoll set back into the loop's makes the kernel walk every socket in it."""
+
+    async def scenario() -> tuple[list[str], int, bool]:
+        loop = asyncio.get_running_loop()
+        calls: list[str] = []
+        add_reader, remove_reader = loop.add_reader, loop.remove_reader
+
+        def counting_add(fd: Any, callback: Any, *args: Any) -> None:
+            calls.append("add")
+            add_reader(fd, callback, *args)
+
+        def counting_remove(fd: Any) -> bool:
+            calls.append("remove")
+            return remove_reader(fd)
+
+        loop.add_reader = counting_add  # type: ignore[method-assign]
+        loop.remove_reader = counting_remove  # type: ignore[method-assign]
+        log = _Log()
+        poller: DatagramPoller[str] = DatagramPoller(
+            loop, log.flush, interval=0.001, coalesce_after=4
+        )
+        poller.start()
+        listen, sender = _pair()
+        poller.add(listen, log.datagram, "listen", limit=100, eager=True)
+        for cycle in range(3):
+            for index in range(10):
+                sender.send(b"%d-%d" % (cycle, index))
+            for _ in range(100):
+                await asyncio.sleep(0.002)
+                if poller._reading and sum(item != "flush" for item in log.items) == 10:
+                    break
+            log.items.clear()
+        timed, reading = poller.timed_rounds, poller._reading
+        poller.close()
+        listen.close()
+        sender.close()
+        return calls, timed, reading
+
+    calls, timed, reading = asyncio.run(scenario())
+    assert timed >= 3  # every burst put the poller on its timer, and it came back
+    assert reading
+    assert calls == ["add", "remove"]  # start() and close(), nothing in between
