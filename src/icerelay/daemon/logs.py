@@ -10,7 +10,6 @@ address=127.0.0.1:3478`` (``kv``) or one JSON object per line (``json``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -40,25 +39,70 @@ def _seconds(unix_seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(unix_seconds))
 
 
+#: Milliseconds as the timestamp writes them ("007"): a lookup instead of formatting.
+_MILLISECONDS = tuple(f"{ms:03d}" for ms in range(1000))
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    return f"{_seconds(int(record.created))}.{int(record.msecs):03d}Z"
+    seconds = _seconds(int(record.created))
+    ms = int(record.msecs)
+    if 0 <= ms < 1000:
+        return seconds + "." + _MILLISECONDS[ms] + "Z"
+    return f"{seconds}.{ms:03d}Z"
 
 
 #: A value with one of these is written JSON-quoted.
 _NEEDS_QUOTES = re.compile('[ ="\n\t]')
+_needs_quotes = _NEEDS_QUOTES.search
+#: The keys every ``key=value`` line starts with.
+_LEADING = ("ts", "level", "logger", "event")
 
 
 def _kv_value(value: Any) -> str:
     text = value if value.__class__ is str else str(value)
-    if not text or _NEEDS_QUOTES.search(text) is not None:
+    if not text or _needs_quotes(text) is not None:
         return json.dumps(text)
     return text
+
+
+@lru_cache(maxsize=256)
+def _kv_layout(names: tuple[str, ...]) -> tuple[tuple[str, ...], str] | None:
+    """For a record with these attributes (in order): its fields' names and the line's
+    template with a ``{}`` per value; None when a field is named like a leading key (the
+    general path then writes it in that key's place).
+
+    Memoised: the records of one log call site have the same attributes, so a line costs
+    a lookup instead of a pass over every attribute of the record."""
+    fields = tuple(name for name in names if name not in _STANDARD and not name.startswith("_"))
+    if any(name in _LEADING for name in fields):
+        return None
+    escaped = [name.replace("{", "{{").replace("}", "}}") for name in _LEADING + fields]
+    return fields, " ".join([name + "={}" for name in escaped])
 
 
 class KeyValueFormatter(logging.Formatter):
     """``key=value`` lines; values with spaces or quotes are JSON-quoted."""
 
     def format(self, record: logging.LogRecord) -> str:
+        attributes = record.__dict__
+        layout = _kv_layout(tuple(attributes))
+        if layout is None:
+            return self._format_general(record)
+        fields, template = layout
+        texts = [_timestamp(record), record.levelname.lower(), record.name, record.getMessage()]
+        for name in fields:
+            value = attributes[name]
+            texts.append(value if value.__class__ is str else str(value))
+        # One search over every value at once (the pattern is a character class): a value
+        # is quoted only when this finds something, or one is empty.
+        if _needs_quotes("".join(texts)) is not None or "" in texts:
+            texts = [_kv_value(text) for text in texts]
+        line = template.format(*texts)
+        if record.exc_info:
+            line += " exc=" + json.dumps(self.formatException(record.exc_info))
+        return line
+
+    def _format_general(self, record: logging.LogRecord) -> str:
         parts = {
             "ts": _timestamp(record),
             "level": record.levelname.lower(),
