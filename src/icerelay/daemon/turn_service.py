@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any, cast
 from icerelay.aio.poller import DatagramPoller
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.turn_config import TurnServerConfig
+from icerelay.daemon.turn_log import format_addresses as _fmt
+from icerelay.daemon.turn_log import log_created, log_deleted
 from icerelay.daemon.turn_workers import (
     MAX_ALLOCATIONS_REPORTED,
     REPORT_LINE_LIMIT,
@@ -786,31 +788,9 @@ class TurnService:
         engine = self.engine
         while (event := engine.next_event()) is not None:
             if isinstance(event, AllocationCreated):
-                logger.info(
-                    "turn.allocation_created",
-                    extra={
-                        "client": _fmt([event.five_tuple[1]]),
-                        "transport": event.five_tuple[0],
-                        "user": event.username,
-                        "relayed": _fmt(list(event.relayed)),
-                        "lifetime": event.lifetime,
-                    },
-                )
+                log_created(logger, event)
             elif isinstance(event, AllocationDeleted):
-                logger.info(
-                    "turn.allocation_deleted",
-                    extra={
-                        "client": _fmt([event.five_tuple[1]]),
-                        "user": event.username,
-                        "relayed": _fmt(list(event.relayed)),
-                        "reason": str(event.reason),
-                        "duration": round(event.duration),
-                        "packets_to_peers": event.packets_to_peers,
-                        "packets_to_client": event.packets_to_client,
-                        "bytes_to_peers": event.bytes_to_peers,
-                        "bytes_to_client": event.bytes_to_client,
-                    },
-                )
+                log_deleted(logger, event)
             elif isinstance(event, ChannelBound):
                 offload = self.offload
                 if offload is not None:
@@ -989,10 +969,6 @@ async def _worker(
             wait.cancel()
         reports.cancel()
         await service.stop()
-
-
-def _fmt(addresses: list[HostPort]) -> str:
-    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses) or "-"
 
 
 if __name__ == "__main__":
