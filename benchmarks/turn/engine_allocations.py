@@ -21,15 +21,29 @@ instructions, which do not depend on the load::
 ``run N profile`` prints a cProfile of the run instead; without valgrind ``run N`` prints the
 microseconds per client (min of 5 runs). ``nobind`` after the count leaves the ChannelBind out.
 The binder is a fake (no sockets): the daemon's socket set-up per allocation is not counted.
+
+``service N [profile]`` counts the rest too: the whole TURN service (one worker, INFO log lines
+to a file through the background writer) in this process with real sockets. Per client: the
+first Allocate is sent, one round of the service's poller is run by hand, the 401 is read, the
+authenticated Allocate is sent, another round, the answer is read (no ChannelBind). The client's
+part (this module's wire code, its two sends and reads) is in the count; it is the same for
+every server version, so differences between versions are the server's::
+
+    for n in 500 2500; do valgrind ... python -m benchmarks.turn.engine_allocations service $n \\
+        2>&1 | grep 'I *refs'; done     # (second - first) / 2000 per allocation
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import cProfile
 import pickle
 import pstats
 import random
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +60,8 @@ NOW = 1000.0
 NONCE_KEY = b"k" * 32
 SEED = 7
 FILE = Path("/tmp/turn-allocations.bin")
+#: The ``service`` mode's listening port.
+SERVICE_PORT = 13612
 
 # One request: (client address, request bytes); a client sends three (two without ChannelBind).
 Request = tuple[tuple[str, int], bytes]
@@ -134,11 +150,75 @@ def run(clients: list[list[Request]]) -> float:
     return elapsed / len(clients)
 
 
+async def service(count: int, profile: bool) -> None:
+    """The whole service in this process (see the module docstring); prints the CPU time."""
+    from benchmarks.turn.run_ours import build_config
+    from icerelay.daemon.logs import configure_logging
+    from icerelay.daemon.turn_service import TurnService
+
+    log = Path(tempfile.mkdtemp()) / "turn.log"
+    configure_logging("info", "kv", log.open("w"))
+    port = SERVICE_PORT
+    options = argparse.Namespace(
+        host=LISTEN[0], port=port, realm=REALM, user=f"{USERNAME}:{PASSWORD}",
+        min_port=10000, max_port=31999, workers=1, offload="off",
+    )  # fmt: skip
+    turn = TurnService(build_config(options))
+    await turn.start()
+    poller = turn._poller
+    assert poller is not None
+    key = wire.long_term_key(USERNAME, REALM, PASSWORD)
+    warm = 50
+    sockets = []
+    for index in range(warm + count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((client_ip(index), 0))
+        sock.connect((LISTEN[0], port))
+        sockets.append(sock)
+
+    def allocate(sock: socket.socket) -> None:
+        sock.send(wire.allocate_request(wire.new_transaction_id()))
+        poller.run_round()
+        challenge = wire.decode(sock.recv(2048))
+        if challenge is None or challenge.error_code != 401 or challenge.nonce is None:
+            raise RuntimeError(f"expected 401, got {challenge}")
+        tid = wire.new_transaction_id()
+        sock.send(wire.allocate_request(tid, USERNAME, REALM, challenge.nonce, key))
+        poller.run_round()
+        answer = wire.decode(sock.recv(2048))
+        if answer is None or answer.kind != wire.ALLOCATE_SUCCESS:
+            raise RuntimeError(f"Allocate failed: {answer}")
+
+    def measured() -> None:
+        for sock in sockets[warm:]:
+            allocate(sock)
+
+    try:
+        for sock in sockets[:warm]:
+            allocate(sock)
+        start = time.process_time()
+        if profile:
+            profiler = cProfile.Profile()
+            profiler.runcall(measured)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        else:
+            measured()
+        elapsed = time.process_time() - start
+        print(f"{count} clients: {elapsed / count * 1e6:.1f} us of CPU per allocation")
+    finally:
+        await turn.stop()
+        for sock in sockets:
+            sock.close()
+
+
 def main() -> None:
     args = sys.argv[1:]
-    if not args or args[0] not in ("prepare", "run"):
+    if not args or args[0] not in ("prepare", "run", "service"):
         raise SystemExit(__doc__)
     count = int(args[1]) if len(args) > 1 else 2200
+    if args[0] == "service":
+        asyncio.run(service(count, "profile" in args))
+        return
     if args[0] == "prepare":
         FILE.write_bytes(pickle.dumps(prepare(count)))
         print(f"{count} clients' requests in {FILE}")

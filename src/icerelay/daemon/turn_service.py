@@ -48,6 +48,9 @@ from typing import TYPE_CHECKING, Any, cast
 from icerelay.aio.poller import DatagramPoller
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.turn_config import TurnServerConfig
+from icerelay.daemon.turn_log import format_addresses as _fmt
+from icerelay.daemon.turn_log import log_created, log_deleted
+from icerelay.daemon.turn_sockets import IP_RECVERR, IPV6_RECVERR, relay_socket
 from icerelay.daemon.turn_workers import (
     MAX_ALLOCATIONS_REPORTED,
     REPORT_LINE_LIMIT,
@@ -89,13 +92,6 @@ _RELAY_BATCH = 8
 #: it reads _RELAY_BATCH per relayed socket: under overload each stream then gets about the
 #: same turn in both directions.
 _LISTEN_BATCH = 1024
-#: SO_RCVBUF of a relayed socket (the kernel doubles it and counts each datagram's whole
-#: buffer, ~840 bytes for a 172-byte voice packet): ~150 voice packets, or a video key frame's
-#: burst of ~60 full-size ones. Smaller (4 KiB, 0.2 s of voice) lost whole bursts whenever a
-#: worker was off the CPU for a moment on a busy host (uclient's 10-packet bursts with two
-#: workers); Linux's default (rmem_default, often 208 KiB) queues several seconds of voice
-#: above capacity, and for real-time media a packet that late is as useless as a lost one.
-_RELAY_RCVBUF = 65536
 #: ICMP errors read from one relay socket's error queue per wake-up.
 _BATCH = 64
 _RECV_SIZE = 65535
@@ -107,15 +103,9 @@ _TICK = 1.0
 _SOCKET_BUFFER = 1 << 20
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-# Linux socket options that the socket module may not name.
-_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
-_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
-_IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
 # ICMP errors on relayed sockets (Linux IP_RECVERR / IPV6_RECVERR and struct sock_extended_err).
-_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
-_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-_RECVERR_CMSGS = {(socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)}
+_RECVERR_CMSGS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
 _EXTENDED_ERR = struct.Struct("=IBBBBII")
 _SO_EE_ORIGIN_ICMP = 2
 _SO_EE_ORIGIN_ICMP6 = 3
@@ -264,6 +254,8 @@ class TurnService:
         self.udp: dict[HostPort, socket.socket] = {}
         #: Reads every socket in :attr:`udp` (made in start()).
         self._poller: DatagramPoller[HostPort] | None = None
+        #: The listening sockets' read limit, as last set (see _update_listen_budget).
+        self._listen_budget = 0
         # Bound once: every relayed socket shares them (no closure per socket).
         self._relay_error = self._on_relay_error
         self._receive: Any = None  # the engine's receive(), looked up once
@@ -660,23 +652,9 @@ class TurnService:
     def bind(self, address: HostPort, dont_fragment: bool) -> bool:
         """Open the UDP socket of a relayed address (called by the engine)."""
         try:
-            sock = _udp_socket(address, buffers=False)
+            sock = relay_socket(address, dont_fragment)
         except OSError:
             return False
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RELAY_RCVBUF)
-        with contextlib.suppress(OSError):
-            # Queue ICMP errors (with the peer they concern) so they can be told to the client.
-            if sock.family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
-            else:
-                sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
-        if dont_fragment:
-            with contextlib.suppress(OSError):
-                if sock.family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1)
-                else:
-                    sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
         self.udp[address] = sock
         assert self._poller is not None
         self._poller.add(
@@ -712,6 +690,9 @@ class TurnService:
         if poller is None:
             return
         budget = max(_LISTEN_BATCH, _RELAY_BATCH * (len(self.udp) - len(self.listen_udp)))
+        if budget == self._listen_budget:
+            return  # (the first 128 relayed sockets, on every bind)
+        self._listen_budget = budget
         for local in self.listen_udp:
             sock = self.udp.get(local)
             if sock is not None:
@@ -786,31 +767,9 @@ class TurnService:
         engine = self.engine
         while (event := engine.next_event()) is not None:
             if isinstance(event, AllocationCreated):
-                logger.info(
-                    "turn.allocation_created",
-                    extra={
-                        "client": _fmt([event.five_tuple[1]]),
-                        "transport": event.five_tuple[0],
-                        "user": event.username,
-                        "relayed": _fmt(list(event.relayed)),
-                        "lifetime": event.lifetime,
-                    },
-                )
+                log_created(logger, event)
             elif isinstance(event, AllocationDeleted):
-                logger.info(
-                    "turn.allocation_deleted",
-                    extra={
-                        "client": _fmt([event.five_tuple[1]]),
-                        "user": event.username,
-                        "relayed": _fmt(list(event.relayed)),
-                        "reason": str(event.reason),
-                        "duration": round(event.duration),
-                        "packets_to_peers": event.packets_to_peers,
-                        "packets_to_client": event.packets_to_client,
-                        "bytes_to_peers": event.bytes_to_peers,
-                        "bytes_to_client": event.bytes_to_client,
-                    },
-                )
+                log_deleted(logger, event)
             elif isinstance(event, ChannelBound):
                 offload = self.offload
                 if offload is not None:
@@ -989,10 +948,6 @@ async def _worker(
             wait.cancel()
         reports.cancel()
         await service.stop()
-
-
-def _fmt(addresses: list[HostPort]) -> str:
-    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses) or "-"
 
 
 if __name__ == "__main__":

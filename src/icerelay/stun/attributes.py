@@ -27,12 +27,15 @@ from icerelay.stun.constants import (
     AddressFamily,
     AttributeType,
 )
-from icerelay.stun.inet import pack_ip, unpack_ip
+from icerelay.stun.inet import ipv4_number, pack_ip, unpack_ip
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _ADDRESS_HEAD = struct.Struct("!xBH")
+#: An XOR-...-ADDRESS value for IPv4: reserved, family 1, X-Port, X-Address.
+_XOR_IPV4 = struct.Struct("!xBHI")
+_FAMILY_IPV4 = int(AddressFamily.IPV4)  # a plain int: an enum member is a slow lookup
 #: Address((host, port)) without the named tuple's Python-level __new__.
 _new_address = partial(tuple.__new__, Address)
 
@@ -191,6 +194,11 @@ def _encode_xor_address(value: Address, cookie_and_id: bytes) -> bytes:
     host, port = value
     if not 0 <= port <= 0xFFFF:
         raise ValueError(f"port {port} out of range")
+    if ":" not in host:
+        # IPv4 (every XOR-MAPPED- and XOR-RELAYED-ADDRESS of an IPv4 server): on numbers,
+        # the same bytes as below in a third of the work.
+        cookie = _U32.unpack_from(cookie_and_id)[0]
+        return _XOR_IPV4.pack(_FAMILY_IPV4, port ^ cookie >> 16, ipv4_number(host) ^ cookie)
     raw = pack_ip(host)
     n = len(raw)
     # RFC 8489 §14.2: the port XORed with the cookie's high 16 bits, the address with the

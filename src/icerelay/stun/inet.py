@@ -38,6 +38,22 @@ def _pack_ipv4(text: str) -> bytes:
     raise ValueError(f"not an IPv4 address: {text!r}")
 
 
+def ipv4_number(text: str) -> int:
+    """IPv4 address *text* as a 32-bit number: what :func:`pack_ip` packs, without making the
+    bytes (an XOR address is computed on the number). Raises :class:`ValueError` for anything
+    :func:`pack_ip` refuses."""
+    parts = text.split(".")
+    if len(parts) == 4:
+        octets = _OCTETS
+        try:
+            return (
+                octets[parts[0]] << 24 | octets[parts[1]] << 16 | octets[parts[2]] << 8
+            ) | octets[parts[3]]
+        except KeyError:
+            pass
+    raise ValueError(f"not an IPv4 address: {text!r}")
+
+
 def _pack_ipv6(text: str) -> bytes:
     tail = b""
     if "." in text:

@@ -4,6 +4,7 @@ flushes, coalesced wake-ups, errors, sockets removed mid-round."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from typing import Any
 
@@ -390,3 +391,97 @@ def test_coalescing_masks_the_set_instead_of_leaving_the_event_loop() -> None:
     assert timed >= 3  # every burst put the poller on its timer, and it came back
     assert reading
     assert calls == ["add", "remove"]  # start() and close(), nothing in between
+
+
+class _CountingSocket(socket.socket):
+    """A real UDP socket that counts its recvfrom calls."""
+
+    reads = 0
+
+    def recvfrom(self, size: int, flags: int = 0) -> tuple[bytes, Any]:
+        self.reads += 1
+        return super().recvfrom(size, flags)
+
+
+def _counting_pair() -> tuple[_CountingSocket, socket.socket]:
+    receiver = _CountingSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.connect(receiver.getsockname())
+    return receiver, sender
+
+
+def test_an_eager_socket_with_one_datagram_is_not_read_again_for_nothing() -> None:
+    # "Nothing to read" is an exception in Python, dearer than asking the socket's own epoll
+    # set; with more queued, the socket is read until it is empty, in the same round.
+    async def scenario() -> tuple[list[int], list[list[bytes]]]:
+        loop = asyncio.get_running_loop()
+        log = _Log()
+        poller: DatagramPoller[str] = DatagramPoller(loop, log.flush, interval=0)
+        listen, sender = _counting_pair()
+        poller.add(listen, log.datagram, "listen", limit=100, eager=True)
+        reads, rounds = [], []
+        for batch in (1, 3, 1):
+            for index in range(batch):
+                sender.send(b"%d" % index)
+            await asyncio.sleep(0.01)
+            log.items.clear()
+            listen.reads = 0
+            poller.run_round()
+            reads.append(listen.reads)
+            rounds.append([item[1] for item in log.items if item != "flush"])
+        poller.close()
+        listen.close()
+        sender.close()
+        return reads, rounds
+
+    reads, rounds = asyncio.run(scenario())
+    assert rounds == [[b"0"], [b"0", b"1", b"2"], [b"0"]]
+    # One datagram: one read. Three: three, and the read that finds the queue empty.
+    assert reads == [1, 4, 1]
+
+
+def test_an_eager_socket_removed_or_closed_leaves_no_descriptor_behind() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        poller: DatagramPoller[str] = DatagramPoller(loop, lambda: None)
+        first, first_sender = _pair()
+        second, second_sender = _pair()
+        before = len(os.listdir("/proc/self/fd"))
+        poller.add(first, _Log().datagram, "first", eager=True)
+        poller.add(second, _Log().datagram, "second", eager=True)
+        assert len(os.listdir("/proc/self/fd")) == before + 2  # one epoll set each
+        poller.remove(first)
+        assert len(os.listdir("/proc/self/fd")) == before + 1
+        poller.close()
+        # The poller's own sets too: its epoll set and the gate that masks it while coalescing.
+        assert len(os.listdir("/proc/self/fd")) == before - 2
+        for sock in (first, first_sender, second, second_sender):
+            sock.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_handler_that_removes_its_eager_socket_ends_its_reads() -> None:
+    async def scenario() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        seen: list[bytes] = []
+        poller: DatagramPoller[str] = DatagramPoller(loop, lambda: None, interval=0)
+        listen, sender = _pair()
+
+        def handler(data: bytes, _source: Any, _tag: str, _now: float) -> None:
+            seen.append(data)
+            poller.remove(listen)
+
+        poller.add(listen, handler, "listen", limit=10, eager=True)
+        for index in range(3):
+            sender.send(b"%d" % index)
+        await asyncio.sleep(0.01)
+        poller.run_round()
+        poller.close()
+        listen.close()
+        sender.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [b"0"]

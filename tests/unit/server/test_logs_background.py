@@ -76,3 +76,46 @@ def test_lines_keep_their_order_and_close_writes_them_all() -> None:
     numbers = [int(line.split(" n=")[1]) for line in stream.getvalue().splitlines()]
     assert numbers == list(range(1000))
     assert handler.dropped == 0
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_a_burst_of_lines_goes_out_in_one_write() -> None:
+    # The writer is woken by the first line only and gathers the rest during its linger
+    # (flush cuts the linger short): waking it per line cost more than formatting the line.
+    stream = _CountingStream()
+    handler = BackgroundWriter(stream, linger=30.0)
+    handler.setFormatter(KeyValueFormatter())
+    log = _logger(handler)
+    for n in range(100):
+        log.info("test.burst", extra={"n": n})
+    handler.flush(timeout=10)
+    numbers = [int(line.split(" n=")[1]) for line in stream.getvalue().splitlines()]
+    assert numbers == list(range(100))
+    assert stream.writes == 1
+    handler.close()
+
+
+def test_lines_after_a_flush_wake_the_writer_again_and_close_does_not_wait() -> None:
+    stream = io.StringIO()
+    handler = BackgroundWriter(stream, linger=30.0)
+    handler.setFormatter(KeyValueFormatter())
+    log = _logger(handler)
+    log.info("test.first")
+    handler.flush(timeout=10)
+    assert "event=test.first" in stream.getvalue()
+    log.info("test.second")
+    handler.flush(timeout=10)
+    assert "event=test.second" in stream.getvalue()
+    log.info("test.last")
+    handler.close()  # well before the 30 s linger: the thread is done and the line written
+    assert not handler._thread.is_alive()
+    assert stream.getvalue().splitlines()[-1].endswith("event=test.last")

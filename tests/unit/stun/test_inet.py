@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from icerelay.stun.inet import pack_ip, unpack_ip
+from icerelay.stun.inet import ipv4_number, pack_ip, unpack_ip
 
 
 def _pton(text: str) -> bytes | None:
@@ -91,3 +91,23 @@ def test_packed_addresses_round_trip_as_with_inet_ntop(raw: bytes) -> None:
 @given(st.text(alphabet="0123456789abcdefABCDEF:.%g ", max_size=24))
 def test_any_text_gets_the_answer_inet_pton_gives(text: str) -> None:
     assert _pack(text) == _pton(text)
+
+
+def _number(text: str) -> bytes | None:
+    try:
+        return ipv4_number(text).to_bytes(4, "big")
+    except ValueError:
+        return None
+
+
+@given(st.text(alphabet="0123456789.+- \u0661", max_size=20))
+def test_ipv4_numbers_are_what_pack_ip_packs(text: str) -> None:
+    expected = _pack(text) if ":" not in text else None
+    assert _number(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["1.2.3.4", "0.0.0.0", "255.255.255.255", "01.2.3.4", "256.1.1.1", "1.2.3", " 1.2.3.4"]
+)
+def test_ipv4_numbers_of_the_edge_cases(text: str) -> None:
+    assert _number(text) == _pton(text)
