@@ -476,6 +476,10 @@ class Accounting:
                 return
 
 
+#: As json.dumps(..., sort_keys=True), without building an encoder per record.
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)
+
+
 def _session_row(record: SessionRecord) -> tuple[object, ...]:
     metadata = dict(record.metadata)
     from_uri = metadata.pop("from_uri", None)
@@ -495,7 +499,7 @@ def _session_row(record: SessionRecord) -> tuple[object, ...]:
         record.ended,
         record.duration,
         str(record.reason),
-        json.dumps(metadata, sort_keys=True),
+        _SORTED_JSON.encode(metadata),
     )
 
 
