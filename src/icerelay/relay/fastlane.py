@@ -63,7 +63,7 @@ class SimpleSdp:
 
     def write(self, plan: SessionPlan, options: RelayOptions) -> bytes | None:
         """The body rewritten as :func:`~.rewrite.apply_plan` would, or None when the plan
-        needs what only the general path does (ICE changes, rtcp-mux changes, a new ``c=``)."""
+        needs what only the general path does (ICE=force or force-relay, a new ``c=``)."""
         if plan.ice is not IceMode.DEFAULT and plan.ice is not IceMode.REMOVE:
             # FORCE adds ICE lines, FORCE_RELAY keeps the defaults; REMOVE has nothing to remove.
             return None
@@ -76,12 +76,7 @@ class SimpleSdp:
         if not planned:
             return _join(lines)
         for _, stream in planned:
-            if (
-                stream.rtcp_mux is not None
-                or (stream.candidates is not None and stream.candidates)
-                or not _is_field(stream.address)
-                or not 0 <= stream.rtp_port <= 65535
-            ):
+            if not _is_field(stream.address) or not 0 <= stream.rtp_port <= 65535:
                 return None
         out = list(lines)
         relay_address = planned[0][1].address
@@ -100,6 +95,17 @@ class SimpleSdp:
             if connection is not None:
                 _relay_connection(out, connection, stream.address)
             out[m_line] = f"m={fields[0]} {stream.rtp_port} " + " ".join(fields[2:])
+        # a=rtcp-mux taken away or added (at the end of its section), last section first so
+        # that the positions of the earlier ones hold.
+        ends = [m_line for m_line, _, _ in media[1:]] + [len(lines)]
+        for ((m_line, _, _), stream), end in reversed(
+            [(item, end) for item, end in zip(zip(media, streams, strict=True), ends, strict=True)
+             if item[1]]
+        ):
+            if stream.rtcp_mux is False:
+                out[m_line:end] = [line for line in out[m_line:end] if not _is_mux(line)]
+            elif stream.rtcp_mux and not any(_is_mux(line) for line in out[m_line:end]):
+                out.insert(end, "a=rtcp-mux")
         return _join(out)
 
 
@@ -248,6 +254,10 @@ def _is_port(text: str) -> bool:
         and (text == "0" or text[0] != "0")
         and int(text) <= 65535
     )
+
+
+def _is_mux(line: str) -> bool:
+    return line[0] == "a" and line[2:].partition(":")[0] == _RTCP_MUX
 
 
 def _is_field(text: str) -> bool:

@@ -64,6 +64,23 @@ def test_what_phones_send_takes_the_fast_lane() -> None:
     )
 
 
+def test_rtcp_mux_is_added_and_taken_away_as_the_general_model_does() -> None:
+    body = VIDEO.replace(b"m=video 0", b"a=rtcp-mux\r\nm=video 0")  # two in the first section
+    simple = fastlane.read(body)
+    assert simple is not None
+    for first, last in ((False, True), (True, False), (None, True), (False, None)):
+        plan = SessionPlan(
+            (
+                StreamPlan("203.0.113.5", 30000, 30001, None, first, ()),
+                None,
+                StreamPlan("203.0.113.5", 30002, 30003, None, last, ()),
+            )
+        )
+        written = simple.write(plan, RelayOptions())
+        assert written is not None and written == _general_write(body, plan, RelayOptions())
+        assert written.count(b"a=rtcp-mux") == (first is not False) * 2 + (last is True)
+
+
 def test_what_it_does_not_know_goes_the_general_way() -> None:
     ice = PHONE + b"a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n"
     for body in (
@@ -79,9 +96,8 @@ def test_what_it_does_not_know_goes_the_general_way() -> None:
         b"",
     ):
         assert fastlane.read(body) is None
-    plan = SessionPlan((StreamPlan("203.0.113.5", 30000, 30001, None, True, ()),))
     simple = fastlane.read(PHONE)
-    assert simple is not None and simple.write(plan, RelayOptions()) is None  # adds rtcp-mux
+    assert simple is not None
     forced = SessionPlan(
         (StreamPlan("203.0.113.5", 30000, 30001, IceCredentials("a" * 4, "b" * 22), None, ()),),
         IceMode.FORCE,
