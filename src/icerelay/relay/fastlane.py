@@ -98,13 +98,15 @@ class SimpleSdp:
         # a=rtcp-mux taken away or added (at the end of its section), last section first so
         # that the positions of the earlier ones hold.
         ends = [m_line for m_line, _, _ in media[1:]] + [len(lines)]
-        for ((m_line, _, _), stream), end in reversed(
-            [(item, end) for item, end in zip(zip(media, streams, strict=True), ends, strict=True)
-             if item[1]]
-        ):
-            if stream.rtcp_mux is False:
-                out[m_line:end] = [line for line in out[m_line:end] if not _is_mux(line)]
-            elif stream.rtcp_mux and not any(_is_mux(line) for line in out[m_line:end]):
+        for index in reversed(range(len(media))):
+            wanted = streams[index]
+            mux = None if wanted is None else wanted.rtcp_mux
+            if mux is None:
+                continue
+            start, end = media[index][0], ends[index]
+            if not mux:
+                out[start:end] = [line for line in out[start:end] if not _is_mux(line)]
+            elif not any(_is_mux(line) for line in out[start:end]):
                 out.insert(end, "a=rtcp-mux")
         return _join(out)
 
