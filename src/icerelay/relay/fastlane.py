@@ -36,8 +36,6 @@ _PLAIN = frozenset("siuepbtrzk")
 # Attributes the general path parses or checks (ICE, a=rtcp): such a body is not simple.
 _GENERAL = ICE_ATTRIBUTES | {"rtcp"}
 _RTCP_MUX = "rtcp-mux"
-# What must not appear in the fields of the lines rewritten or split here.
-_BREAKS = frozenset("\t\0")
 
 
 class SimpleSdp:
@@ -117,7 +115,7 @@ def read(body: bytes) -> SimpleSdp | None:
         return None
     text = body.decode("ascii")
     crlf = text.count("\r\n")
-    if crlf != text.count("\n") or crlf != text.count("\r"):
+    if crlf != text.count("\n") or crlf != text.count("\r") or "\t" in text or "\0" in text:
         return None
     lines = text.split("\r\n")
     lines.pop()  # the empty piece after the last CRLF
@@ -131,14 +129,14 @@ def read(body: bytes) -> SimpleSdp | None:
     level = levels[0]
     for index in range(1, len(lines)):
         line = lines[index]
-        if len(line) < 3 or line[1] != "=" or line[-1] == " " or not _BREAKS.isdisjoint(line):
+        if len(line) < 3 or line[1] != "=" or line[-1] == " ":
             return None
         kind = line[0]
         if kind == "a":
-            name, _, _ = line[2:].partition(":")
+            value = line[2:]
+            name = value.partition(":")[0]
             if not name or name in _GENERAL:
                 return None
-            value = line[2:]
             if value in DIRECTIONS:
                 if level.direction is not None:
                     return None  # two directions: the general parser's error
