@@ -5,7 +5,7 @@ lines, all ending in CRLF, with single spaces between fields: the general model
 (:class:`~icerelay.sdp.SessionDescription`, :func:`~.rewrite.describe`, :func:`~.rewrite.rewrite`)
 spends most of an offer's CPU building objects for lines a relay never changes. Here such a body
 is read once into its lines and the few positions the relay needs (``o=``, the ``c=`` lines, each
-``m=``), and rewritten by replacing those lines' text.
+``m=`` and ``a=rtcp``), and rewritten by replacing those lines' text.
 
 Anything else takes the general path: a body this module does not recognise as simple gives
 None (:func:`read`), and so does a plan it does not handle (:meth:`SimpleSdp.write`). What it
@@ -24,7 +24,7 @@ from icerelay.numbers import parse_uint as small_uint
 from icerelay.relay.options import RelayOptions
 from icerelay.relay.plans import SessionPlan, StreamOffer, is_unspecified
 from icerelay.relay.policy import IceMode
-from icerelay.sdp.attributes import DIRECTIONS, STATIC_PAYLOAD_TYPES, Direction, RtpMap
+from icerelay.sdp.attributes import DIRECTIONS, STATIC_PAYLOAD_TYPES, Direction, Rtcp, RtpMap
 from icerelay.sdp.grammar import split_fields
 from icerelay.sdp.ice import ICE_ATTRIBUTES
 
@@ -33,15 +33,16 @@ __all__ = ["SimpleSdp", "read"]
 # Line types taken as they are (no typed access, not validated by the general parser either);
 # v=, o=, c=, m= and a= are looked at below. Upper-case and other letters: general path.
 _PLAIN = frozenset("siuepbtrzk")
-# Attributes the general path parses or checks (ICE, a=rtcp): such a body is not simple.
-_GENERAL = ICE_ATTRIBUTES | {"rtcp"}
+# Attributes only the general path reads (ICE): such a body is not simple.
+_GENERAL = ICE_ATTRIBUTES
+_RTCP = "rtcp"
 _RTCP_MUX = "rtcp-mux"
 
 
 class SimpleSdp:
     """A simple body's lines, where its ``o=`` and ``c=`` lines are, and each stream."""
 
-    __slots__ = ("_lines", "_media", "_origin", "_session_connection", "offers")
+    __slots__ = ("_lines", "_media", "_origin", "_rtcp", "_session_connection", "offers")
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class SimpleSdp:
         origin: int,
         session_connection: int | None,
         media: list[tuple[int, int | None, list[str]]],
+        rtcp: list[tuple[int, Rtcp] | None],
         offers: list[StreamOffer],
     ) -> None:
         self._lines = lines
@@ -56,6 +58,8 @@ class SimpleSdp:
         self._session_connection = session_connection
         #: Per stream: index of its m= line, of its c= line (or None), the m= fields.
         self._media = media
+        #: Per stream: its a=rtcp line (index and value), or None.
+        self._rtcp = rtcp
         #: What :func:`~.rewrite.describe` makes of the body.
         self.offers = offers
 
@@ -93,6 +97,23 @@ class SimpleSdp:
             if connection is not None:
                 _relay_connection(out, connection, stream.address)
             out[m_line] = f"m={fields[0]} {stream.rtp_port} " + " ".join(fields[2:])
+        for index, wanted in enumerate(streams):
+            found = self._rtcp[index]
+            if wanted is None or found is None:
+                continue
+            where, rtcp = found
+            # RTCP on the RTP port (RFC 5761) stays so, unless mux is taken away.
+            on_rtp_port = rtcp.port == int(media[index][2][1]) and wanted.rtcp_mux is not False
+            port = wanted.rtp_port if on_rtp_port else wanted.rtcp_port
+            if rtcp.address is not None and not is_unspecified(rtcp.address):
+                family = "IP6" if ":" in wanted.address else "IP4"
+                rtcp = Rtcp(port, rtcp.nettype or "IN", family, wanted.address)
+            else:
+                rtcp = Rtcp(port, rtcp.nettype, rtcp.addrtype, rtcp.address)
+            try:
+                out[where] = "a=rtcp:" + rtcp.to_sdp()
+            except SdpError:
+                return None  # the general path says what is wrong
         # a=rtcp-mux taken away or added (at the end of its section), last section first so
         # that the positions of the earlier ones hold.
         ends = [m_line for m_line, _, _ in media[1:]] + [len(lines)]
@@ -143,6 +164,13 @@ def read(body: bytes) -> SimpleSdp | None:
                 level.direction = Direction(value)
             elif name == _RTCP_MUX:
                 level.mux = True
+            elif name == _RTCP:
+                if level.rtcp is not None or not media or not value.startswith("rtcp:"):
+                    return None  # a second one, one at session level, or one without a value
+                try:
+                    level.rtcp = (index, Rtcp.parse(value[5:]))
+                except SdpError:
+                    return None
             elif name == "rtpmap":
                 level.rtpmaps.append(line[9:] if len(line) > 8 and line[8] == ":" else None)
         elif kind in _PLAIN:
@@ -192,6 +220,12 @@ def read(body: bytes) -> SimpleSdp | None:
         address = level.connection if level.connection is not None else session.connection
         port = int(fields[1])
         mux = level.mux
+        if level.rtcp is not None:
+            rtcp = level.rtcp[1]
+            rtcp_port = rtcp.port
+            rtcp_address = rtcp.address if rtcp.address is not None else address
+        else:
+            rtcp_port, rtcp_address = (port if mux else (port + 1 if port else 0)), address
         offers.append(
             StreamOffer(
                 index=number,
@@ -199,8 +233,8 @@ def read(body: bytes) -> SimpleSdp | None:
                 proto=fields[2],
                 address=address,
                 port=port,
-                rtcp_address=address,
-                rtcp_port=port if mux else (port + 1 if port else 0),
+                rtcp_address=rtcp_address,
+                rtcp_port=rtcp_port,
                 rtcp_mux=mux,
                 direction=level.direction or session.direction or Direction.SENDRECV,
                 ice=False,
@@ -210,14 +244,17 @@ def read(body: bytes) -> SimpleSdp | None:
                 payload_types=formats,
             )
         )
-    return SimpleSdp(lines, origin, session_connection, media, offers)
+    rtcp_lines = [level.rtcp for level in levels[1:]]
+    return SimpleSdp(lines, origin, session_connection, media, rtcp_lines, offers)
 
 
 class _Level:
-    __slots__ = ("connection", "direction", "mux", "rtpmaps")
+    __slots__ = ("connection", "direction", "mux", "rtcp", "rtpmaps")
 
     def __init__(self) -> None:
         self.connection: str | None = None
+        #: The a=rtcp line: its index and value.
+        self.rtcp: tuple[int, Rtcp] | None = None
         self.direction: Direction | None = None
         self.mux = False
         #: The values of the level's a=rtpmap lines (None: an a=rtpmap without a value).

@@ -87,7 +87,9 @@ def test_what_it_does_not_know_goes_the_general_way() -> None:
         PHONE.replace(b"\r\n", b"\n"),  # LF endings
         PHONE.replace(b"s=-", b"s=\xc3\xa9"),  # not ASCII
         PHONE.replace(b"RTP/AVP 0", b"RTP/AVP  0"),  # two spaces in a field list
-        PHONE.replace(b"a=ptime:20", b"a=rtcp:4001"),
+        PHONE.replace(b"a=ptime:20", b"a=rtcp:4001\r\na=rtcp:4003"),  # two: an error
+        PHONE.replace(b"a=ptime:20", b"a=rtcp:x"),  # malformed: the general path says so
+        PHONE.replace(b"t=0 0", b"t=0 0\r\na=rtcp:4001"),  # session level
         ice,
         PHONE + b"a=sendonly\r\n",  # two directions: the general parser's error
         PHONE.replace(b"4000", b"04000"),
@@ -125,7 +127,8 @@ _SIMPLE_ATTRIBUTES = st.sampled_from(
 )  # fmt: skip
 _ODD_ATTRIBUTES = st.sampled_from(
     ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive", "a=rtcp-mux", "a=rtcp-mux:x",
-     "a=rtcp:4001", "a=rtcp:4001 IN IP4 192.0.2.9", "a=ptime:20", "a=tool:x y", "a=",
+     "a=rtcp:4001", "a=rtcp:4001 IN IP4 192.0.2.9", "a=rtcp:04001", "a=rtcp", "a=rtcp:",
+     "a=rtcp:1 IN IP4", "a=rtcp:70000", "a=rtcp:4001  IN IP4 h", "a=ptime:20", "a=tool:x y", "a=",
      "a=:x", "a=mid:0", "a=rtpmap:0 PCMU/8000", "a=rtpmap:96 opus/48000/2", "a=rtpmap:96",
      "a=rtpmap:96 opus", "a=rtpmap:", "a=rtpmap", "a=rtpmap:101 telephone-event/8000",
      "a=rtpmap:  96 x/1", "a=fmtp:101 0-16", "a=ice-lite", "a=ice-ufrag:abcd",
@@ -145,7 +148,13 @@ _MEDIA_LINE = st.builds(
         lambda formats: "".join(" " + f for f in formats)
     ),
 )
-_MEDIA = st.tuples(_MEDIA_LINE, st.none() | _CONNECTION, st.lists(_ATTRIBUTES, max_size=5))
+_RTCP = st.sampled_from(
+    ["a=rtcp:4001", "a=rtcp:4000", "a=rtcp:4001 IN IP4 192.0.2.9", "a=rtcp:4001 IN IP6 ::",
+     "a=rtcp:0", "a=rtcp:4001 IN IP4 0.0.0.0", "a=rtcp:9 IN X y"]
+)  # fmt: skip
+_MEDIA = st.tuples(
+    _MEDIA_LINE, st.none() | _CONNECTION, st.lists(_ATTRIBUTES, max_size=5), st.none() | _RTCP
+)
 
 
 @st.composite
@@ -158,11 +167,13 @@ def _bodies(draw: st.DrawFn) -> bytes:
         lines.append(draw(_CONNECTION))
     lines.append("t=0 0")
     lines += draw(st.lists(_ATTRIBUTES, max_size=3))
-    for m_line, connection, attributes in draw(st.lists(_MEDIA, max_size=3)):
+    for m_line, connection, attributes, rtcp in draw(st.lists(_MEDIA, max_size=3)):
         lines.append(m_line)
         if connection is not None:
             lines.append(connection)
         lines += attributes
+        if rtcp is not None:
+            lines.insert(len(lines) - draw(st.integers(0, len(attributes))), rtcp)
     ending = "\r\n" if draw(st.integers(0, 19)) else "\n"
     return (ending.join(lines) + ending).encode()
 
