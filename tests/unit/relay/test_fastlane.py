@@ -219,3 +219,60 @@ def test_the_fast_lane_reads_and_writes_as_the_general_model(
             continue
         event("plan: fast lane")
         assert written == _general_write(body, plan, options)
+
+
+# -- through the engine ------------------------------------------------------------------------
+
+
+def _engine() -> object:
+    import random
+
+    from icerelay.relay.ports import PortPool
+    from icerelay.relay.sessions import RelayConfig, SessionEngine
+
+    pool = PortPool(30000, 30199, rng=random.Random(3))
+    return SessionEngine(RelayConfig(), pool, rng=random.Random(4))
+
+
+def _exchange(engine: object, crlf: bool) -> list[object]:
+    """A call's requests through ``engine``: simple bodies (CRLF) take the fast lane; with LF
+    endings the same bodies take the general model. Returns the replies and events."""
+    from icerelay.relay.sessions import MediaRequest, SessionEngine
+
+    assert isinstance(engine, SessionEngine)
+    hold = PHONE.replace(b"a=sendrecv", b"a=sendonly").replace(b"o=caller 1 1", b"o=caller 1 2")
+    answer = PHONE.replace(b"o=caller", b"o=callee").replace(b"4000", b"5000")
+    muxed = VIDEO.replace(b"a=rtcp-mux\r\n", b"a=rtcp-mux\r\na=rtcp:4000\r\n")
+    steps: list[tuple[str, bytes, str | None, RelayOptions]] = [
+        ("offer", PHONE, None, RelayOptions(replace_origin=True)),
+        ("answer", answer, "callee", RelayOptions(replace_session_connection=True)),
+        ("offer", hold, "callee", RelayOptions(rtcp_mux=frozenset({"offer"}))),
+        ("answer", answer, "callee", RelayOptions(rtcp_mux=frozenset({"accept"}))),
+        # ICE=force: the body is simple, the plan is not (the general model writes it).
+        ("offer", PHONE, "callee", RelayOptions(ice=IceMode.FORCE)),
+        ("offer", muxed, None, RelayOptions(replace_origin=True)),
+    ]
+    out: list[object] = []
+    for number, (kind, sdp, to_tag, options) in enumerate(steps):
+        if not crlf:
+            sdp = sdp.replace(b"\r\n", b"\n")
+        call = "call-2" if sdp.count(b"m=") > 1 else "call-1"
+        request = MediaRequest(call, "caller", sdp, to_tag=to_tag, options=options)
+        try:
+            reply = engine.offer(request, float(number)) if kind == "offer" else engine.answer(
+                request, float(number)
+            )
+        except RelayError as error:
+            out.append(str(error))
+            continue
+        out.append(reply if crlf else reply.replace(b"\n", b"\r\n"))
+        while (event := engine.next_event()) is not None:
+            out.append(event)
+    return out
+
+
+def test_the_engine_answers_the_same_through_either_path() -> None:
+    fast, general = _exchange(_engine(), crlf=True), _exchange(_engine(), crlf=False)
+    assert fast == general
+    assert any(isinstance(item, bytes) and b"a=ice-lite" in item for item in fast)
+    assert any(isinstance(item, bytes) and b"a=rtcp:30" in item for item in fast)
