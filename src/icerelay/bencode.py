@@ -126,6 +126,15 @@ def _encode_mapping(value: Mapping[object, object], out: list[bytes], depth: int
                 out.append(b"%d:%b" % (len(item), item))
             elif kind is dict and depth + 1 < MAX_DEPTH:
                 _encode_mapping(item, out, depth + 1)
+            elif kind is list and depth + 2 < MAX_DEPTH:
+                # A list of dictionaries (a delete's per-tag media) or of strings.
+                out.append(b"l")
+                for element in item:
+                    if type(element) is dict:
+                        _encode_mapping(element, out, depth + 2)
+                    else:
+                        _encode(element, out, depth + 2)
+                out.append(b"e")
             else:
                 _encode(item, out, depth + 1)
         out.append(b"e")
