@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import re
 import signal
@@ -59,6 +60,8 @@ async def _serve(ng_port: int, workdir: Path) -> None:
         )
     )
     await service.start()
+    # As `icerelay serve` does once its services run (daemon/compose.py).
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -108,16 +108,33 @@ def _encode(value: object, out: list[bytes], depth: int) -> None:
 
 def _encode_mapping(value: Mapping[object, object], out: list[bytes], depth: int) -> None:
     if depth < MAX_DEPTH and type(value) is dict and all(type(key) is str for key in value):
-        # Every reply's case: text keys, which cannot collide once encoded (UTF-8 is one-to-one).
+        # Every reply's case: text keys, which cannot collide once encoded (UTF-8 is one-to-one)
+        # and sort as their UTF-8 bytes do (UTF-8 keeps code point order), so the keys are
+        # sorted as they are. The common item types are written here, without a call each.
         out.append(b"d")
-        for raw_key, item in sorted([(key.encode(), item) for key, item in value.items()]):
+        for key in sorted(value):
+            raw_key = key.encode("utf-8")
             out.append(b"%d:%b" % (len(raw_key), raw_key))
+            item = value[key]
             kind = type(item)
-            if kind is bytes:
-                out.append(b"%d:%b" % (len(item), item))
-            elif kind is str:
+            if kind is str:
                 raw = item.encode("utf-8")
                 out.append(b"%d:%b" % (len(raw), raw))
+            elif kind is int and _INT_MIN <= item <= _INT_MAX:
+                out.append(b"i%de" % item)
+            elif kind is bytes:
+                out.append(b"%d:%b" % (len(item), item))
+            elif kind is dict and depth + 1 < MAX_DEPTH:
+                _encode_mapping(item, out, depth + 1)
+            elif kind is list and depth + 2 < MAX_DEPTH:
+                # A list of dictionaries (a delete's per-tag media) or of strings.
+                out.append(b"l")
+                for element in item:
+                    if type(element) is dict:
+                        _encode_mapping(element, out, depth + 2)
+                    else:
+                        _encode(element, out, depth + 2)
+                out.append(b"e")
             else:
                 _encode(item, out, depth + 1)
         out.append(b"e")

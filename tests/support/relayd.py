@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -212,6 +213,8 @@ async def _serve(args: argparse.Namespace) -> None:
     )
     service = RelayService(config)
     await service.start()
+    # As `icerelay serve` does once its services run (daemon/compose.py).
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -174,6 +174,14 @@ class AccountingTarget(Protocol):
         """Drop the connection (the next :meth:`insert` reconnects); never raises."""
 
 
+# The statements, built once (not per record).
+_SQLITE_INSERT_SESSION = (
+    f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+    " ON CONFLICT (record_id) DO NOTHING"
+)
+_SQLITE_INSERT_STREAM = f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+
+
 class SqliteTarget:
     """Records in an SQLite database file (created 0600, its directory 0700, if missing)."""
 
@@ -215,16 +223,11 @@ class SqliteTarget:
         new = 0
         with connection:
             for record in records:
-                cursor = connection.execute(
-                    f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * 15)})"
-                    " ON CONFLICT (record_id) DO NOTHING",
-                    _session_row(record),
-                )
+                cursor = connection.execute(_SQLITE_INSERT_SESSION, _session_row(record))
                 if cursor.rowcount == 1:
                     new += 1
                     connection.executemany(
-                        f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES ({', '.join('?' * 15)})",
-                        _stream_rows(cursor.lastrowid, record),
+                        _SQLITE_INSERT_STREAM, _stream_rows(cursor.lastrowid, record)
                     )
         return new
 
@@ -476,6 +479,10 @@ class Accounting:
                 return
 
 
+#: As json.dumps(..., sort_keys=True), without building an encoder per record.
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)
+
+
 def _session_row(record: SessionRecord) -> tuple[object, ...]:
     metadata = dict(record.metadata)
     from_uri = metadata.pop("from_uri", None)
@@ -495,7 +502,7 @@ def _session_row(record: SessionRecord) -> tuple[object, ...]:
         record.ended,
         record.duration,
         str(record.reason),
-        json.dumps(metadata, sort_keys=True),
+        _SORTED_JSON.encode(metadata),
     )
 
 

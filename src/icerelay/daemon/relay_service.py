@@ -778,6 +778,8 @@ class RelayService:
 
     def _release_quarantine(self, now: float, *, everything: bool = False) -> None:
         """Take quarantined pairs out of the pool, and give back those whose time is up."""
+        if not self._quarantined:  # nearly always (it runs before every request)
+            return
         for pair, until in list(self._quarantined.items()):
             if until <= now or everything:
                 del self._quarantined[pair]

@@ -121,5 +121,7 @@ class ForwardingCounters:
     @property
     def last_packet(self) -> float | None:
         """The most recent packet in either direction, or None if nothing arrived yet."""
-        times = [t for t in (self.a.last_packet, self.b.last_packet) if t is not None]
-        return max(times) if times else None
+        a, b = self.a.last_packet, self.b.last_packet
+        if a is None or b is None:
+            return b if a is None else a
+        return a if a >= b else b

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
 from icerelay.errors import RelayError, SdpError
-from icerelay.relay import stepaside
+from icerelay.relay import fastlane, stepaside
 from icerelay.relay import streams as planning
 from icerelay.relay.candidates import candidates_to_add
 from icerelay.relay.dialogs import DialogRef, Dialogs, Session, describe_call
@@ -183,14 +183,30 @@ class SessionEngine:
         return self._sdp(request, Exchange.ANSWER, now)
 
     def _sdp(self, request: MediaRequest, exchange: Exchange, now: float) -> bytes:
-        sdp = _parse(request.sdp)
-        try:
-            offers = describe(sdp)
-        except SdpError as error:
-            raise RelayError(f"cannot rewrite the SDP: {error}") from None
+        simple = fastlane.read(request.sdp)
+        sdp: SessionDescription | None = None
+        if simple is not None:
+            # A simple body (no ICE, CRLF, single spaces): read and rewritten on its lines,
+            # with the same outcome as the general model's (see fastlane).
+            offers = simple.offers
+        else:
+            sdp = _parse(request.sdp)
+            try:
+                offers = describe(sdp)
+            except SdpError as error:
+                raise RelayError(f"cannot rewrite the SDP: {error}") from None
         bodies: list[bytes] = []
 
         def write(plan: SessionPlan) -> None:
+            nonlocal sdp
+            if sdp is None:
+                assert simple is not None
+                body = simple.write(plan, request.options)
+                if body is not None:
+                    bodies.append(body)
+                    return
+                # A plan only the general path writes (ICE=force, rtcp-mux changes...).
+                sdp = _parse(request.sdp)
             # In place: the parsed body serves nothing else once described.
             bodies.append(apply_plan(sdp, plan, request.options, in_place=True, offers=offers))
 

@@ -202,3 +202,44 @@ def test_fast_decoders_agree_with_the_recursive_one(
             decode(bytes(raw))
         return
     assert decode(bytes(raw)) == expected
+
+
+_text = st.text(max_size=8)
+text_values: st.SearchStrategy[object] = st.recursive(
+    st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=20) | _text,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=6)
+    ),
+    max_leaves=30,
+)
+
+
+def _bytes_keys(value: object) -> object:
+    """``value`` with every text key and string as UTF-8 bytes (the general encoder's path)."""
+    if isinstance(value, dict):
+        return {key.encode(): _bytes_keys(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_bytes_keys(item) for item in value]
+    if isinstance(value, str):
+        return value.encode()
+    return value
+
+
+@given(st.dictionaries(_text, text_values, max_size=8))
+@settings(max_examples=500)
+def test_text_keyed_replies_encode_as_their_bytes_would(value: dict[str, object]) -> None:
+    # Replies take the text-key fast path (keys sorted as text, common items inline); the
+    # general path sorts the UTF-8 bytes: the two must write the same bytes.
+    assert encode(value) == encode(_bytes_keys(value))  # type: ignore[arg-type]
+
+
+def test_the_text_key_path_still_refuses_what_bencode_cannot_express() -> None:
+    with pytest.raises(BencodeError, match="boolean"):
+        encode({"a": {"b": True}})
+    with pytest.raises(BencodeError, match="64 bits"):
+        encode({"a": 2**63})
+    with pytest.raises(BencodeError, match="deeper"):
+        nested: dict[str, object] = {}
+        for _ in range(200):
+            nested = {"a": nested}
+        encode(nested)  # type: ignore[arg-type]

@@ -410,3 +410,38 @@ def test_refusals_carry_the_kind_of_failure() -> None:
 def test_normalise_is_rtpengines_key_matching(text: str) -> None:
     # Case-insensitive, with "-", "_" and space interchangeable, whatever the order of the steps.
     assert normalise(text) == text.translate(str.maketrans({" ": "-", "_": "-"})).lower()
+
+
+_option_words = st.sampled_from(
+    [b"trust-address", b"Trust_Address", b"origin", b"session-connection", b"SIP source address",
+     b"no-such-flag", b"\xff", b"", b"symmetric", b"origin-full"]
+)  # fmt: skip
+_option_values = st.none() | _option_words | st.lists(_option_words | st.integers(), max_size=4)
+
+
+@given(_option_values, _option_values, st.booleans())
+@settings(max_examples=300)
+def test_the_usual_options_are_made_once_and_as_the_full_reading_makes_them(
+    flags: bencode.BencodeValue | None, replace: bencode.BencodeValue | None, rare: bool
+) -> None:
+    from icerelay.control.ng.commands import _all_media_options, _media_options
+
+    message: dict[str, bencode.BencodeValue] = {}
+    if flags is not None:
+        message["flags"] = flags
+    if replace is not None:
+        message["replace"] = replace
+    if rare:
+        message["ICE"] = b"remove"
+        message["ice"] = b"remove"
+    try:
+        expected = _all_media_options(message)
+    except ControlError as error:
+        with pytest.raises(ControlError) as raised:
+            _media_options(message)
+        assert str(raised.value) == str(error)
+        return
+    assert _media_options(message) == expected
+    if not rare:
+        # Shared: the handler maps one options value to the engine's once.
+        assert _media_options(dict(message)) is _media_options(message)

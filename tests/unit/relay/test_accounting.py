@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from icerelay.daemon.accounting import Accounting, SqliteTarget, open_target
-from icerelay.daemon.journal import Journal, record_from_json, record_to_json
+from icerelay.daemon.journal import Journal, journaled, record_from_json, record_to_json
 from icerelay.errors import ConfigError, RelayError
 from icerelay.relay.sessions import (
     SessionRecord,
@@ -164,6 +164,42 @@ def test_one_relay_per_state_directory(tmp_path: Path) -> None:
 def test_json_round_trip() -> None:
     original = record("j", streams=2)
     assert record_from_json(record_to_json(original)) == original
+
+
+def test_the_replayer_gets_committed_records_as_their_rows_decode(tmp_path: Path) -> None:
+    # pending() hands over this process's committed records without parsing their JSON:
+    # they must be what the rows decode to (the JSON leaves the step-aside details out), a
+    # record without an id gets the id of its row, and a reopened journal decodes the rows.
+    stepped = dataclasses.replace(
+        record("stepped", streams=2),
+        streams=tuple(
+            dataclasses.replace(
+                s, path_from_caller="relayed", path_from_callee="direct", stepped_aside=5.0
+            )
+            for s in record("stepped", streams=2).streams
+        ),
+    )
+    anonymous = dataclasses.replace(record("anonymous"), record_id="")
+    journal = Journal(tmp_path)
+    journal.commit([record("plain", streams=3), stepped, anonymous])
+    journal.commit([record("plain")])  # already there: ignored, one row
+    rows = journal._reader.execute("SELECT seq, body FROM records ORDER BY seq").fetchall()
+    decoded = [(seq, record_from_json(body)) for seq, body in rows]
+    assert len(decoded) == 3
+    assert journal.pending(10) == decoded
+    assert decoded[1][1] == journaled(stepped) != stepped
+    assert decoded[2][1].record_id and decoded[2][1] == dataclasses.replace(
+        anonymous, record_id=decoded[2][1].record_id
+    )
+    journal.delivered(decoded[0][0])
+    assert journal.pending(10) == decoded[1:]
+    assert list(journal._committed) == [seq for seq, _ in decoded[1:]]
+    journal.close()
+    journal = Journal(tmp_path)
+    assert journal.pending(10) == decoded[1:]
+    journal.delivered(decoded[-1][0])
+    assert journal.pending(10) == [] and not journal._committed
+    journal.close()
 
 
 def test_journal_recovers_live_calls_as_checkpointed(tmp_path: Path) -> None:

@@ -565,3 +565,31 @@ def test_the_hot_path_keeps_nothing_per_packet() -> None:
         decide(state.a, RTP, packet, ALICE, now)
     # A few blocks of slack for the interpreter's own bookkeeping, not 1000 of them.
     assert sys.getallocatedblocks() - before < 10
+
+
+def test_a_counters_snapshot_names_every_field_and_copies_the_refusals() -> None:
+    """The snapshot is built positionally (it is taken often): each value lands in its field."""
+    state = ForwardingState(Forwarding("k", Leg(RELAY_A, ALICE_SDP), Leg(RELAY_B, BOB_SDP)))
+    leg = state.a
+    values = {
+        "packets": 1, "bytes": 2, "rtcp_packets": 3, "dropped": 4, "stun_requests": 5,
+        "stun_nominations": 6, "checks_authenticated": 7, "last_check": 8.5,
+        "last_nomination": 9.5, "last_media": 10.5, "last_packet": 11.5,
+    }  # fmt: skip
+    for name, value in values.items():
+        setattr(leg, name, value)
+    leg.refusals["stranger"] = 12
+    leg.latched = [ALICE, ALICE_RTCP]
+    snapshot = state.counters()
+    assert snapshot.a == LegCounters(
+        **values,
+        refusals={"stranger": 12},
+        latched_rtp=Address(*ALICE),
+        latched_rtcp=Address(*ALICE_RTCP),
+    )
+    assert snapshot.b == LegCounters()
+    snapshot.a.refusals["stranger"] = 0
+    assert leg.refusals == {"stranger": 12}
+    assert snapshot.last_packet == 11.5
+    state.b.last_packet = 12.0
+    assert state.counters().last_packet == 12.0

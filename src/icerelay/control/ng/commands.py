@@ -12,6 +12,7 @@ hand-written scripts do not agree on one spelling. Flags in lists are matched th
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -278,13 +279,46 @@ def _integer(message: Message, key: str, minimum: int, maximum: int) -> int | No
 
 
 def _media_options(message: Message) -> MediaOptions:
+    if not _RARE_KEYS & message.keys():
+        # What Kamailio sends on nearly every offer and answer (flags, replace and the
+        # identifiers): the options below are all absent, so they keep their defaults, and
+        # the same lists give the same (immutable) options: made once per spelling.
+        flags, replace = message.get("flags"), message.get("replace")
+        if _plain(flags) and _plain(replace):
+            return _usual_options(
+                tuple(flags) if type(flags) is list else flags,  # type: ignore[arg-type]
+                tuple(replace) if type(replace) is list else replace,  # type: ignore[arg-type]
+            )
+    return _all_media_options(message)
+
+
+def _plain(value: bencode.BencodeValue | None) -> bool:
+    """None, a string or a list of strings: what :func:`_usual_options` can be keyed by."""
+    kind = type(value)
+    if kind is list:
+        return all(type(item) is bytes for item in value)  # type: ignore[union-attr]
+    return value is None or kind is bytes
+
+
+@functools.lru_cache(maxsize=64)
+def _usual_options(
+    flags: tuple[bytes, ...] | bytes | None, replace: tuple[bytes, ...] | bytes | None
+) -> MediaOptions:
+    message: dict[str, bencode.BencodeValue] = {}
+    for key, value in (("flags", flags), ("replace", replace)):
+        if isinstance(value, tuple):
+            message[key] = list(value)
+        elif value is not None:
+            message[key] = value
+    return _all_media_options(message)
+
+
+def _all_media_options(message: Message) -> MediaOptions:
     ignored: list[str] = []
     flags = frozenset(normalise(flag) for flag in _text_list(message, "flags"))
 
     replace = _known_values(message, "replace", _REPLACE_VALUES)
     if not _RARE_KEYS & message.keys():
-        # What Kamailio sends on nearly every offer and answer (flags, replace and the
-        # identifiers): the options below are all absent, so they keep their defaults.
         return MediaOptions(
             flags=flags,
             replace=replace,

@@ -111,6 +111,9 @@ class NgHandler:
         #: reports and what monitoring scripts compute call ages from.
         self.wall_offset = wall_offset
         self._started: float | None = None
+        # The engine's options for the last ng options seen: the usual options are one shared
+        # value per spelling (commands._usual_options), so consecutive requests hit this.
+        self._options: tuple[MediaOptions, RelayOptions] | None = None
 
     def handle(self, command: Command, now: float, *, max_reply: int | None = None) -> Reply:
         """The reply dictionary for ``command``; engine errors become ``error-reason``.
@@ -145,13 +148,19 @@ class NgHandler:
         if isinstance(command, Ping):
             return {"result": "pong"}
         if isinstance(command, Offer | Answer):
+            known = self._options
+            if known is not None and known[0] is command.options:
+                options = known[1]
+            else:
+                options = relay_options(command.options)
+                self._options = (command.options, options)
             request = MediaRequest(
                 call_id=command.call_id,
                 from_tag=command.from_tag,
                 sdp=command.sdp,
                 to_tag=command.to_tag,
                 via_branch=command.via_branch,
-                options=relay_options(command.options),
+                options=options,
             )
             if isinstance(command, Offer):
                 sdp = engine.offer(request, now)
