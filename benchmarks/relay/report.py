@@ -123,10 +123,14 @@ def _stop_reason(data: Result, server: str) -> str:
             f"{late}{last['streams']:,} streams lost {last['loss_pct']}% "
             f"(p99 {last['latency_us']['p99']:,.0f} us, server CPU {last['server_cpu_pct']}%)"
         )
-    return (
-        f"{late}no loss up to the plan's largest step ({last['streams']:,} streams, bounded by "
-        "the relay port range)"
+    plan = data["plan"]
+    calls_in_range = (plan["port_max"] - plan["port_min"] + 1) // 4  # RTP+RTCP on each side
+    bound = (
+        "bounded by the relay port range"
+        if calls_in_range < last["streams"] * 2
+        else f"{last['target_pps']:,} packets/s, about the load generator's limit"
     )
+    return f"{late}no loss up to the plan's largest step ({last['streams']:,} streams, {bound})"
 
 
 def _ratio(ours: float | None, theirs: float | None) -> str:
