@@ -55,6 +55,10 @@ class Session:
     ended: bool = False
     user_agents: list[str | None] = field(default_factory=lambda: [None, None])
     metadata: dict[str, str] = field(default_factory=dict)
+    #: Names the call's accounting record, chosen by the engine that first opened it and kept
+    #: through snapshots: whichever instance records the call, the record has this id, so a
+    #: shared accounting database keeps one ("" until an engine takes the session).
+    record_id: str = ""
 
     def note(
         self, side: int, user_agent: str | None, metadata: tuple[tuple[str, str], ...]

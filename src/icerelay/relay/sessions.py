@@ -116,8 +116,9 @@ class SessionEngine:
         and for the final numbers of accounting records. Without it the engine sees no media.
     :param rng: source of the relay's ICE credentials (``ICE=force``); a
         :class:`random.SystemRandom` in production, a seeded :class:`random.Random` in tests.
-    :param record_prefix: put before each session's number to make its record's
-        ``record_id``; the driver makes it unique per process start.
+    :param record_prefix: put before a new session's number to make its record's
+        ``record_id``; the driver makes it unique per process start. A restored session keeps
+        the id its snapshot carries (the call's first engine chose it).
     """
 
     def __init__(
@@ -344,6 +345,9 @@ class SessionEngine:
                 self.pool.release(pair)
             raise
         self._dialogs.add(session)
+        if not session.record_id:
+            # A snapshot from before record ids were carried: an id of this engine's.
+            session.record_id = f"{self.record_prefix}{session.id}"
         session.ended = False
         session.scheduled = None
         for stream in session.streams:
@@ -462,6 +466,8 @@ class SessionEngine:
                 max_sessions=self.config.max_sessions,
             )
             fresh = not session.streams
+            if not session.record_id:
+                session.record_id = f"{self.record_prefix}{session.id}"
         else:
             if dialog.to_tag is None:
                 raise RelayError("an answer needs a to-tag")
@@ -825,7 +831,7 @@ class SessionEngine:
             caller_user_agent=session.user_agents[A],
             callee_user_agent=session.user_agents[B],
             metadata=tuple(sorted(session.metadata.items())),
-            record_id=f"{self.record_prefix}{session.id}",
+            record_id=session.record_id or f"{self.record_prefix}{session.id}",
         )
 
     def _last_activity(self, session: Session) -> float:

@@ -6,8 +6,9 @@ the engine takes them over (:meth:`~icerelay.relay.sessions.SessionEngine.restor
 holds what the call needs to go on where it stopped: its tags, each stream's offers (so re-offers
 and ICE-restart detection still work), relay ports, where each party is (the latched addresses
 first: the party's NAT mapping, which the SDP may not name), the relay's own ICE credentials,
-rtcp-mux decisions, streams already ended (ICE went direct, rejected...), and the counters at
-the moment of writing, so the call's record counts what crossed either instance.
+rtcp-mux decisions, streams already ended (ICE went direct, rejected...), the counters at
+the moment of writing, so the call's record counts what crossed either instance, and the
+record's id, so that the call is recorded once whichever instance records it.
 
 Times: the engine's clock is a process's monotonic clock, which means nothing in another
 process. Snapshots carry Unix times; ``wall_offset`` (wall clock minus engine clock) converts
@@ -75,6 +76,7 @@ def export_session(
         "ice_priority": None if session.ice_priority is None else str(session.ice_priority),
         "user_agents": list(session.user_agents),
         "metadata": dict(session.metadata),
+        "record_id": session.record_id,
         "streams": streams,
     }
 
@@ -122,6 +124,9 @@ def _restore(
         delete_at=_unshift(snapshot.get("delete_at"), wall_offset),
         user_agents=[_text(agent) for agent in snapshot.get("user_agents", [None, None])][:2],
         metadata={str(k): str(v) for k, v in dict(snapshot.get("metadata", {})).items()},
+        # Optional: a snapshot written before record ids were carried has none, and the
+        # adopting engine then gives the session one of its own.
+        record_id=str(snapshot.get("record_id") or ""),
     )
     for name in _SESSION_TIMES[3:]:
         # Set by name: ``deleted_at`` (when the first delete arrived) is a newer field.

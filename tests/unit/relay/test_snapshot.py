@@ -140,3 +140,66 @@ def test_malformed_snapshots_are_a_relay_error(damage: object) -> None:
     damage(data)  # type: ignore[operator]
     with pytest.raises(RelayError, match="snapshot"):
         restore_session(data, wall_offset=0.0)
+
+
+def _ended_records(engine: object) -> list[object]:
+    from icerelay.relay.sessions import SessionEngine
+
+    assert isinstance(engine, SessionEngine)
+    return [event.record for event in drain(engine) if isinstance(event, SessionEnded)]
+
+
+def test_restored_session_keeps_the_record_id_its_first_engine_chose() -> None:
+    # The owner ends the call and records it, but dies before Redis forgets it: the adopter's
+    # record of the same call must carry the same id, so that the shared accounting database
+    # (ON CONFLICT (record_id) DO NOTHING) keeps one of the two.
+    counters = Counters()
+    owner = make_engine(counters=counters)
+    owner.record_prefix = "owner-"
+    offer(owner, ASTERISK, now=1.0)
+    answer(owner, SIPP_ANSWER, now=2.0)
+    (data,) = snapshots(owner, counters)
+    assert data["record_id"] == "owner-1"
+    assert [r.record_id for r in owner.snapshot(3.0)] == ["owner-1"]
+    owner.delete("call-1", now=3.0, delay=0)
+    (owner_record,) = _ended_records(owner)
+
+    adopter = make_engine(counters=Counters())
+    adopter.record_prefix = "adopter-"
+    session, _ = restore_session(data, wall_offset=OLD_OFFSET)
+    assert session.record_id == "owner-1"
+    adopter.restore(session, now=4.0)
+    # A call the adopter opens itself gets an id of its own.
+    offer(adopter, ASTERISK, now=4.5, call="own-call")
+    assert {r.call_id: r.record_id for r in adopter.snapshot(5.0)} == {
+        "call-1": "owner-1",
+        "own-call": "adopter-2",
+    }
+    adopter.delete("call-1", now=6.0, delay=0)
+    (adopter_record,) = _ended_records(adopter)
+    assert adopter_record.record_id == owner_record.record_id == "owner-1"  # type: ignore[attr-defined]
+
+    # The adopter's own snapshot of the call (for the next adopter) still names the owner's id.
+    again = make_engine(counters=Counters())
+    again.restore(restore_session(data, wall_offset=OLD_OFFSET)[0], now=7.0)
+    (data_again,) = snapshots(again, Counters())
+    assert data_again["record_id"] == "owner-1"
+
+
+def test_snapshot_without_a_record_id_restores_with_a_fresh_one() -> None:
+    # Written by a relay from before record ids were carried: the adopter names the record.
+    counters = Counters()
+    owner = make_engine(counters=counters)
+    owner.record_prefix = "owner-"
+    offer(owner, ASTERISK, now=1.0)
+    (data,) = snapshots(owner, counters)
+    del data["record_id"]
+    session, _ = restore_session(data, wall_offset=OLD_OFFSET)
+    assert session.record_id == ""
+    adopter = make_engine(counters=Counters())
+    adopter.record_prefix = "adopter-"
+    adopter.restore(session, now=2.0)
+    assert session.record_id == f"adopter-{session.id}"
+    adopter.delete("call-1", now=3.0, delay=0)
+    (record,) = _ended_records(adopter)
+    assert record.record_id == f"adopter-{session.id}"  # type: ignore[attr-defined]

@@ -86,6 +86,7 @@ class AdoptedCalls:
             # Unique to this engine, as the relay's own: session numbers start at 1 in every
             # engine, and the journal and the database keep the first record of an id only
             # (a second dead origin, or a later life of this adopter, would lose its records).
+            # Only sessions opened here use it: a restored one keeps its owner's record id.
             record_prefix=uuid.uuid4().hex[:16] + "-",
         )
         self.handler = NgHandler(self.engine, wall_offset=wall_offset)
