@@ -619,3 +619,45 @@ def test_calls_adopted_from_two_dead_instances_each_get_their_record(cluster: Cl
         5,
         "B's two records",
     )
+
+
+def test_call_ended_by_its_owner_and_adopted_after_a_kill_is_recorded_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A ends a call on its own timer (no media) and records it at once, but the call leaves
+    Redis only at A's next periodic write. A is killed in between: B adopts the ended call and
+    records it again when its own timer ends it. Both records carry the id A chose when the
+    call opened, so the accounting database the two share keeps one."""
+    shared = tmp_path / "shared.sqlite3"
+    settings = {"ICERELAY_RELAY__ACCOUNTING": f"sqlite://{shared}"}
+    # A writes to Redis every 30 s: the ended call stays there long after its record.
+    a = cluster.start(
+        "relay-a",
+        0,
+        ICERELAY_RELAY__MEDIA_TIMEOUT="1",
+        ICERELAY_CLUSTER__WRITE_INTERVAL="30",
+        **settings,
+    )
+    b = cluster.start("relay-b", 1, **settings)
+    url = cluster.redis.url
+
+    def records() -> list[tuple[str, str]]:
+        if not shared.exists():
+            return []
+        with sqlite3.connect(shared) as connection:
+            return connection.execute("SELECT call_id, reason FROM sessions").fetchall()
+
+    media, _ = place_call(a, "ended-1")  # no media at all: A's media timeout ends it
+    media.caller.close()
+    media.callee.close()
+    assert redis_call(url, "relay-a", "ended-1") is not None  # written with the answer
+    wait_for(lambda: records() == [("ended-1", "no-media")], 10, "A's record in the database")
+    a.kill()
+    # Inside the window: the ended call is still in Redis, as A's.
+    assert redis_call(url, "relay-a", "ended-1") is not None
+    wait_for(lambda: redis_call(url, "relay-b", "ended-1") is not None, 10, "B adopting it")
+    # Adopted calls keep A's settings: B's media timeout ends it after a second.
+    wait_for(lambda: redis_call(url, "relay-b", "ended-1") is None, 10, "B ending it")
+    time.sleep(1.0)  # B's journal delivers its record (or finds it already there)
+    assert records() == [("ended-1", "no-media")]
+    assert b.records() == []  # its own database was never used
