@@ -20,8 +20,9 @@ descriptor, and reads them in *rounds*:
   ``coalesce_after`` datagrams the load is high, and the next round runs ``interval`` seconds
   later from a timer instead of at the next readiness: one wake-up per interval instead of one
   per datagram or two, at the price of at most ``interval`` of added delay while the load
-  lasts. A round that reads less goes back to waking on readiness, so a lightly loaded relay
-  adds no delay at all;
+  lasts. A round that reads less (a timed round: less than ``coalesce_while``, which a poller
+  may set higher, so that a burst alone does not keep it on the timer) goes back to waking on
+  readiness, so a lightly loaded relay adds no delay at all;
 - requests do not count toward that load: a socket may be given an ``urgent`` test (a TURN
   server's listening socket: "is this a STUN request?"), and datagrams it accepts are read and
   handled like the rest but not counted for coalescing. A client waiting on its answers (an
@@ -142,6 +143,7 @@ class DatagramPoller(Generic[T]):
         *,
         interval: float = INTERVAL,
         coalesce_after: int = COALESCE_AFTER,
+        coalesce_while: int | None = None,
         chunk: int = CHUNK,
         size: int = MAX_DATAGRAM,
         clock: Callable[[], float] | None = None,
@@ -155,6 +157,10 @@ class DatagramPoller(Generic[T]):
         self.interval = interval
         #: Datagrams a round must read for the next one to wait for the timer.
         self.coalesce_after = coalesce_after
+        #: Datagrams a timed round must read for the next one to stay on the timer (at least
+        #: ``coalesce_after``): a higher bar to stay than to enter sends a poller that a burst
+        #: put on the timer back to readiness unless the load stays high.
+        self.coalesce_while = max(coalesce_after, coalesce_while or coalesce_after)
         self.chunk = chunk
         #: Receive buffer size (larger datagrams are truncated by the kernel).
         self.size = size
@@ -271,7 +277,7 @@ class DatagramPoller(Generic[T]):
         epoll = self._epoll
         if epoll is None:
             return  # closed by a handler
-        if self._load >= self.coalesce_after and self.interval > 0:
+        if self._load >= self.coalesce_while and self.interval > 0:
             self._timer = self._loop.call_later(self.interval, self._on_timer)
         else:
             self._reading = self._mask(select.EPOLLIN)

@@ -485,3 +485,41 @@ def test_a_handler_that_removes_its_eager_socket_ends_its_reads() -> None:
         return seen
 
     assert asyncio.run(scenario()) == [b"0"]
+
+
+def test_a_timed_round_must_read_coalesce_while_to_stay_on_the_timer() -> None:
+    """A burst puts the poller on the timer (>= coalesce_after); a timed round that reads
+    fewer than coalesce_while sends it back to readiness, one that reads more keeps it there."""
+
+    async def scenario(second_burst: int) -> tuple[bool, int]:
+        loop = asyncio.get_running_loop()
+        log = _Log()
+        poller: DatagramPoller[str] = DatagramPoller(
+            loop, log.flush, interval=0.02, coalesce_after=4, coalesce_while=8
+        )
+        listen, sender = _pair()
+        poller.add(listen, log.datagram, "listen", limit=100, eager=True)
+        poller.start()
+        for index in range(10):
+            sender.send(b"a%d" % index)
+        for _ in range(100):  # the burst's round, at readiness
+            await asyncio.sleep(0.001)
+            if sum(item != "flush" for item in log.items) == 10:
+                break
+        assert poller._timer is not None  # on the timer now
+        for index in range(second_burst):  # read by the timed round
+            sender.send(b"b%d" % index)
+        for _ in range(200):
+            await asyncio.sleep(0.001)
+            if poller.timed_rounds:
+                break
+        result = (poller._timer is not None, poller.timed_rounds)
+        poller.close()
+        listen.close()
+        sender.close()
+        return result
+
+    # 5 datagrams: >= coalesce_after but < coalesce_while: back to readiness.
+    assert asyncio.run(scenario(5)) == (False, 1)
+    # 12: the next round comes from the timer too.
+    assert asyncio.run(scenario(12)) == (True, 1)
