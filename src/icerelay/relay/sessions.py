@@ -206,7 +206,7 @@ class SessionEngine:
                 if body is not None:
                     bodies.append(body)
                     return
-                # A plan only the general path writes (ICE=force, rtcp-mux changes...).
+                # A plan only the general path writes (ICE=force or force-relay, a new c= line).
                 sdp = _parse(request.sdp)
             # In place: the parsed body serves nothing else once described.
             bodies.append(apply_plan(sdp, plan, request.options, in_place=True, offers=offers))
