@@ -164,3 +164,47 @@ def test_every_worker_knows_the_users_and_counts_the_others_allocations(
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def test_a_member_that_stopped_syncing_is_dropped_from_the_directory(tmp_path: Path) -> None:
+    """A TURN worker killed without leaving (kill -9) stops refreshing its alive key; once that
+    and its counts have expired, the next sync of another member drops its name, so the set of
+    members does not grow with every killed worker. A member that still holds allocations, or a
+    live one, stays."""
+    import redis.asyncio as aioredis
+
+    from icerelay.daemon.cluster.keys import Keys
+    from icerelay.daemon.cluster.turn_users import TurnDirectory
+    from tests.unit.turn.server_helpers import make_engine
+
+    server = redisd.RedisServer(tmp_path)
+    server.start()
+    try:
+
+        async def scenario() -> tuple[set[str], set[str]]:
+            client = aioredis.Redis.from_url(server.url, decode_responses=True)
+            keys = Keys("icerelay")
+            engine, _ = make_engine()
+            ttl = 0.3
+            dead = TurnDirectory(keys, "a:1", ttl=ttl)
+            holder = TurnDirectory(keys, "a:2", ttl=ttl)
+            live = TurnDirectory(keys, "b:1", ttl=ttl)
+            for member in (dead, holder, live):
+                await member.sync(client, engine)
+            # "a:2" holds allocations (written as an older member would: no alive key).
+            await client.hset(keys.turn_allocations("a:2"), mapping={"alice": 1})
+            await client.delete(keys.turn_alive("a:2"))
+            await asyncio.sleep(ttl + 0.2)  # "a:1" and "a:2" sync no more
+            await live.sync(client, engine)
+            after = set(await client.smembers(keys.turn_members))
+            await client.delete(keys.turn_allocations("a:2"))
+            await live.sync(client, engine)
+            final = set(await client.smembers(keys.turn_members))
+            await client.aclose()
+            return after, final
+
+        after, final = asyncio.run(scenario())
+        assert after == {"a:2", "b:1"}  # the dead member without counts is gone
+        assert final == {"b:1"}  # the other one too, once its counts are gone
+    finally:
+        server.stop()

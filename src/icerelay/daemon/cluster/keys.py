@@ -17,6 +17,8 @@ Layout (``P`` is ``[cluster] key_prefix``, ``I`` an instance name, ``C`` a Call-
     P:turn:secrets       SET     TURN REST API shared secrets (coturn's use-auth-secret)
     P:turn:quotas        HASH    TURN user -> allocations it may hold across the cluster
     P:turn:members       SET     TURN directory members, ``I:W`` (instance I's TURN worker W)
+    P:turn:alive:I:W     STRING  set by member I:W at each sync; expires after the TTL (a member
+                                 with neither this key nor allocations is dropped from the set)
     P:turn:allocations:I:W HASH  user -> allocations the user holds in I's worker W; expires
                                  unless refreshed, so a dead member's allocations stop counting
 """
@@ -76,6 +78,9 @@ class Keys:
     @property
     def turn_members(self) -> str:
         return f"{self.prefix}:turn:members"
+
+    def turn_alive(self, member: str) -> str:
+        return f"{self.prefix}:turn:alive:{member}"
 
     def turn_allocations(self, member: str) -> str:
         return f"{self.prefix}:turn:allocations:{member}"

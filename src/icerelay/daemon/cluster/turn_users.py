@@ -96,6 +96,7 @@ class TurnDirectory:
                 if mine:
                     pipe.hset(own, mapping=_mapping(mine))
             pipe.pexpire(own, int(self.ttl * 1000))
+            pipe.set(keys.turn_alive(self.member), "1", px=int(self.ttl * 1000))
             # Every time: a Redis that restarted empty may not have said so.
             pipe.sadd(keys.turn_members, self.member)
             pipe.smembers(keys.turn_members)
@@ -107,10 +108,20 @@ class TurnDirectory:
             async with redis.pipeline(transaction=False) as pipe:
                 for name in others:
                     pipe.hgetall(keys.turn_allocations(name))
-                counts = await pipe.execute()
-            for values in counts:
+                    pipe.exists(keys.turn_alive(name))
+                answers = await pipe.execute()
+            gone = []
+            for name, values, alive in zip(others, answers[::2], answers[1::2], strict=True):
+                if not values and not alive:
+                    # A member that stopped syncing (killed: a clean stop leaves by itself)
+                    # and holds nothing: dropped, or every sync would ask for it forever.
+                    # One that still has counts (or an older version, which sets no alive
+                    # key) stays until they expire.
+                    gone.append(name)
                 for user, count in _counts(values).items():
                     elsewhere[user] = elsewhere.get(user, 0) + count
+            if gone:
+                await redis.srem(keys.turn_members, *gone)
         users = {_text(k): _text(v) for k, v in results[0].items()}
         secrets = sorted(_text(secret) for secret in results[1])
         engine.auth.update_users(users, secrets)
@@ -122,6 +133,7 @@ class TurnDirectory:
         """Withdraw this member's counts (a clean stop: its allocations are gone)."""
         async with redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.turn_allocations(self.member))
+            pipe.delete(self.keys.turn_alive(self.member))
             pipe.srem(self.keys.turn_members, self.member)
             await pipe.execute()
 
