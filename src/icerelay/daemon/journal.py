@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -314,8 +314,6 @@ def journaled(record: SessionRecord) -> SessionRecord:
         for s in record.streams
     ):
         return record
-    from dataclasses import replace
-
     streams = tuple(
         replace(s, path_from_caller="none", path_from_callee="none", stepped_aside=None)
         for s in record.streams
@@ -334,8 +332,6 @@ def _record_id(record: SessionRecord) -> str:
 def _with_id(record: SessionRecord, record_id: str) -> SessionRecord:
     if record.record_id == record_id:
         return record
-    from dataclasses import replace
-
     return replace(record, record_id=record_id)
 
 

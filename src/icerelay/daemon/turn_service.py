@@ -48,8 +48,7 @@ from typing import TYPE_CHECKING, Any, cast
 from icerelay.aio.poller import DatagramPoller
 from icerelay.daemon.fdlimit import raise_fd_limit
 from icerelay.daemon.turn_config import TurnServerConfig
-from icerelay.daemon.turn_log import format_addresses as _fmt
-from icerelay.daemon.turn_log import log_created, log_deleted
+from icerelay.daemon.turn_log import format_addresses, log_created, log_deleted
 from icerelay.daemon.turn_sockets import IP_RECVERR, IPV6_RECVERR, relay_socket
 from icerelay.daemon.turn_workers import (
     MAX_ALLOCATIONS_REPORTED,
@@ -62,7 +61,7 @@ from icerelay.daemon.views import allocation_view
 from icerelay.dataplane.turn_offload import TurnOffload, interfaces_for
 from icerelay.dataplane.turn_offload_bpf import LoadedProgram, Maps, OffloadUnavailable
 from icerelay.errors import ConfigError, TurnError
-from icerelay.stun.demux import is_stun_request as urgent
+from icerelay.stun.demux import is_stun_request
 from icerelay.turn.server.allocation import HostPort
 from icerelay.turn.server.engine import (
     AllocationCreated,
@@ -129,7 +128,8 @@ def _tcp_listener(address: HostPort, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _udp_socket(address: HostPort, buffers: bool, reuse_port: bool = False) -> socket.socket:
+def _listen_socket(address: HostPort, reuse_port: bool = False) -> socket.socket:
+    """A listening UDP socket (relayed ones: :func:`~.turn_sockets.relay_socket`)."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -138,18 +138,17 @@ def _udp_socket(address: HostPort, buffers: bool, reuse_port: bool = False) -> s
         if family == socket.AF_INET6:
             # Keep the families apart: an IPv6 relay must not receive IPv4-mapped traffic.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if buffers:
-            # The listening socket carries every client's traffic: give it room to absorb a
-            # scheduling hiccup. SO_RCVBUFFORCE passes net.core.rmem_max when we may (root).
-            for force, plain in (
-                (_SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                (_SO_SNDBUFFORCE, socket.SO_SNDBUF),
-            ):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
+        # The listening socket carries every client's traffic: give it room to absorb a
+        # scheduling hiccup. SO_RCVBUFFORCE passes net.core.rmem_max when we may (root).
+        for force, plain in (
+            (_SO_RCVBUFFORCE, socket.SO_RCVBUF),
+            (_SO_SNDBUFFORCE, socket.SO_SNDBUF),
+        ):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
         sock.bind(address)
         sock.setblocking(False)
     except BaseException:
@@ -371,8 +370,15 @@ class TurnService:
                 if kind == "udp":
                     self.udp[local] = sock
                     self.listen_udp.append(local)
-                    listen = self._on_listen_datagram  # requests are answered without waiting:
-                    poller.add(sock, listen, local, limit=_LISTEN_BATCH, eager=True, urgent=urgent)
+                    poller.add(
+                        sock,
+                        self._on_listen_datagram,
+                        local,
+                        limit=_LISTEN_BATCH,
+                        eager=True,
+                        # STUN requests are answered at once, never after the coalescing timer.
+                        urgent=is_stun_request,
+                    )
                 else:
                     await self._stream_server(sock, kind, context if kind == "tls" else None)
         except BaseException:
@@ -390,9 +396,9 @@ class TurnService:
         logger.info(
             "turn.started",
             extra={
-                "udp": _fmt(self.listen_udp),
-                "tcp": _fmt(self.listen_tcp),
-                "tls": _fmt(self.listen_tls),
+                "udp": format_addresses(self.listen_udp),
+                "tcp": format_addresses(self.listen_tcp),
+                "tls": format_addresses(self.listen_tls),
                 "realm": config.realm,
                 "relay_ipv4": config.relay_host(4) or "-",
                 "relay_ipv6": config.relay_host(6) or "-",
@@ -485,7 +491,7 @@ class TurnService:
         try:
             for kind, address in specs:
                 if kind == "udp":
-                    made.append((kind, _udp_socket(address, buffers=True, reuse_port=reuse_port)))
+                    made.append((kind, _listen_socket(address, reuse_port=reuse_port)))
                 else:
                     made.append((kind, _tcp_listener(address, reuse_port)))
         except BaseException:

@@ -7,6 +7,7 @@ import os
 import socket
 
 import pytest
+from tests.support.ports import ipv6_loopback
 
 from icerelay.daemon.turn_sockets import (
     IP_MTU_DISCOVER,
@@ -17,15 +18,6 @@ from icerelay.daemon.turn_sockets import (
     RELAY_RCVBUF,
     relay_socket,
 )
-
-
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("dont_fragment", [False, True])
@@ -46,7 +38,7 @@ def test_an_ipv4_relay_socket(dont_fragment: bool) -> None:
         sock.close()
 
 
-@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
 @pytest.mark.parametrize("dont_fragment", [False, True])
 def test_an_ipv6_relay_socket(dont_fragment: bool) -> None:
     sock = relay_socket(("::1", 0), dont_fragment)
